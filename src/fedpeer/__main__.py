@@ -1,0 +1,5 @@
+"""``python -m fedpeer`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""HTTP edge helpers: content negotiation, bounded body reading, error bodies.
+
+Bodies are DAG-CBOR (``application/cbor``) or DAG-JSON (``application/json``);
+the same value goes out in either, chosen by ``Accept``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import (
+    BodyTooLarge,
+    FedpeerError,
+    Malformed,
+    NotAcceptable,
+    UnsupportedMediaType,
+)
+from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode, dagjson_encode
+
+CBOR = "application/cbor"
+JSON = "application/json"
+Encoding = Literal["cbor", "json"]
+
+
+def negotiate(request: Request) -> Encoding:
+    """Pick the response encoding from ``Accept`` (JSON unless CBOR is preferred).
+
+    Raises NotAcceptable when the client accepts neither.
+    """
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return "json"
+    best: tuple[float, Encoding] | None = None
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for f in fields[1:]:
+            if f.startswith("q="):
+                try:
+                    q = float(f[2:])
+                except ValueError:
+                    q = 0.0
+        enc: Encoding | None
+        if media == CBOR:
+            enc = "cbor"
+        elif media in (JSON, "application/*", "*/*", "text/event-stream"):
+            enc = "json"
+        else:
+            enc = None
+        if enc is not None and q > 0 and (best is None or q > best[0]):
+            best = (q, enc)
+    if best is None:
+        raise NotAcceptable(f"cannot answer with {accept!r}; accept {JSON} or {CBOR}")
+    return best[1]
+
+
+def encode_body(value: object, encoding: Encoding) -> tuple[bytes, str]:
+    """Encode ``value`` as DAG-CBOR or DAG-JSON; returns (bytes, media type)."""
+    if encoding == "cbor":
+        return dagcbor_encode(value), CBOR
+    return dagjson_encode(value), JSON
+
+
+def respond(
+    value: object, request: Request, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A response carrying ``value`` in the negotiated encoding."""
+    body, media = encode_body(value, negotiate(request))
+    return Response(body, status_code=status, media_type=media, headers=headers)
+
+
+def error_response(err: FedpeerError, headers: dict[str, str] | None = None) -> Response:
+    """``{"error": {"code", "message"}}`` as JSON with the error's status."""
+    body = json.dumps(err.to_dict(), ensure_ascii=False).encode()
+    return Response(body, status_code=err.http_status, media_type=JSON, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the request body, refusing more than ``limit`` bytes (BodyTooLarge)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+        except ValueError:
+            raise Malformed("Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request_encoding(request: Request) -> Encoding:
+    """The body encoding from ``Content-Type`` (JSON when absent)."""
+    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    if ctype == CBOR:
+        return "cbor"
+    if ctype in (JSON, ""):
+        return "json"
+    raise UnsupportedMediaType(f"cannot read {ctype!r}; send {JSON} or {CBOR}")
+
+
+async def read_value(request: Request, limit: int) -> object:
+    """Read and decode a DAG-JSON or DAG-CBOR body (Malformed, NonCanonical)."""
+    enc = request_encoding(request)
+    body = await read_body(request, limit)
+    if not body:
+        raise Malformed("the request needs a body")
+    if enc == "cbor":
+        return dagcbor_decode(body)
+    return dagjson_decode(body)
+
+
+def read_json_object(value: object) -> dict[str, object]:
+    """Check that a decoded body is a map (Malformed otherwise)."""
+    if not isinstance(value, dict):
+        raise Malformed("the body must be an object")
+    return value

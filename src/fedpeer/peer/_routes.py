@@ -1,0 +1,714 @@
+"""Route handlers and THE route table (:data:`ROUTES`).
+
+Each entry names its scope; :mod:`._routing` enforces it. Handlers parse and
+validate input at the edge, call the layers below, and answer in the
+negotiated encoding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+import trio
+from starlette.responses import Response, StreamingResponse
+
+from ..consent import tokens
+from ..consent.scopes import parse_scopes
+from ..errors import (
+    FedpeerError,
+    InvalidRequest,
+    Malformed,
+    RecordNotFound,
+)
+from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
+from ..store.base import ChangeFilter, StoredRecord
+from ..sync.feed import Cursor, FeedPage, build_page, page_to_wire, resolve_since
+from ..sync.records import record_to_wire, verify_record
+from ._http import read_json_object, read_value, respond
+from ._routing import Ctx, Param, RouteSpec
+from .manifest import capabilities, federation_body
+
+Visible = Callable[[StoredRecord], bool]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- consent view ------------------------------------------------------------------
+
+
+async def visible_for(ctx: Ctx) -> Visible:
+    """What the caller may see. The node itself and admins see everything."""
+    return lambda _rec: True
+
+
+# --- query parsing -----------------------------------------------------------------
+
+
+def _q(ctx: Ctx, name: str) -> str | None:
+    value = ctx.request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    return value
+
+
+def _limit(ctx: Ctx) -> int:
+    raw = _q(ctx, "limit")
+    cfg = ctx.app.config
+    if raw is None:
+        return cfg.page_limit_default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"limit must be an integer from 1 to {cfg.page_limit_max}") from None
+    if not 1 <= limit <= cfg.page_limit_max:
+        raise InvalidRequest(f"limit must be from 1 to {cfg.page_limit_max}, got {limit}")
+    return limit
+
+
+def _name_param(ctx: Ctx, name: str) -> str | None:
+    value = _q(ctx, name)
+    if value is not None and len(value) > ctx.app.limits.max_name_len:
+        raise InvalidRequest(f"{name} is longer than {ctx.app.limits.max_name_len} characters")
+    return value
+
+
+def _cid(text: str) -> CID:
+    try:
+        return CID.parse(text)
+    except FedpeerError:
+        raise
+    except Exception:
+        raise Malformed(f"{text[:80]!r} is not a CID") from None
+
+
+def _rec_json(rec: StoredRecord) -> dict[str, object]:
+    """The JSON (DAG-JSON) form of a record: the exact wire fields plus a readable view."""
+    wire = record_to_wire(rec)
+    wire["seq"] = rec.seq
+    wire["record"] = dagcbor_decode(rec.data)
+    return wire
+
+
+# --- meta ---------------------------------------------------------------------------
+
+
+async def health(ctx: Ctx) -> Response:
+    store = ctx.app.store
+    body: dict[str, object] = {
+        "status": "ok",
+        "did": ctx.app.did,
+        "records": await store.count(),
+        "head_seq": await store.head_seq(),
+    }
+    health_fn = ctx.app.extra.get("health")
+    if callable(health_fn):
+        body["health"] = await health_fn()
+    return respond(body, ctx.request)
+
+
+def _manifest_body(ctx: Ctx) -> dict[str, object]:
+    cfg = ctx.app.config
+    consent = {
+        "posture": "grants-required" if cfg.auth_enabled else "auth-disabled",
+        "revision": int(str(ctx.app.extra.get("consent_revision", 0))),
+    }
+    return federation_body(
+        did=ctx.app.did,
+        handle=cfg.handle,
+        urls=ctx.app.urls,
+        namespaces=list(cfg.advertised_namespaces),
+        consent=consent,
+    )
+
+
+def _capabilities(ctx: Ctx) -> dict[str, object]:
+    return capabilities(
+        did=ctx.app.did,
+        max_record_bytes=ctx.app.limits.max_record_bytes,
+        page_limit_max=ctx.app.config.page_limit_max,
+    )
+
+
+async def well_known(ctx: Ctx) -> Response:
+    signed = ctx.app.signer.current(_manifest_body(ctx))
+    return respond(
+        {"capabilities_manifest": _capabilities(ctx), "federation_manifest": signed},
+        ctx.request,
+    )
+
+
+async def get_capabilities(ctx: Ctx) -> Response:
+    return respond(_capabilities(ctx), ctx.request)
+
+
+async def get_identity(ctx: Ctx) -> Response:
+    p = ctx.principal
+    token: dict[str, object] = {"authenticated": p is not None}
+    if p is not None:
+        token.update(
+            {
+                "service_account_id": p.sa_id,
+                "token_id": p.token_id,
+                "holder_did": p.holder_did,
+                "scopes": sorted(p.scopes),
+                "expires_ms": p.expires_ms,
+            }
+        )
+    body = {
+        "did": ctx.app.did,
+        "handle": ctx.app.config.handle,
+        "urls": ctx.app.urls,
+        "auth_enabled": ctx.app.config.auth_enabled,
+        "token": token,
+    }
+    return respond(body, ctx.request)
+
+
+async def openapi(ctx: Ctx) -> Response:
+    from .openapi import openapi_document
+
+    return respond(openapi_document(ROUTES), ctx.request)
+
+
+# --- records ---------------------------------------------------------------------
+
+
+async def post_record(ctx: Ctx) -> Response:
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    if "data" in obj or "sig" in obj:
+        return await _ingest_signed(ctx, obj)
+    allowed = {"namespace", "thread", "kind", "body", "parents"}
+    extra = set(obj) - allowed
+    if extra:
+        raise InvalidRequest(f"unknown fields {sorted(extra)}; allowed: {sorted(allowed)}")
+    for field in ("namespace", "thread", "kind"):
+        if not isinstance(obj.get(field), str):
+            raise InvalidRequest(f"{field} is required and must be a string")
+    if "body" not in obj:
+        raise InvalidRequest("body is required (any JSON value)")
+    raw_parents = obj.get("parents", [])
+    if not isinstance(raw_parents, list):
+        raise InvalidRequest("parents must be a list of CIDs")
+    parents = [p if isinstance(p, CID) else _cid(str(p)) for p in raw_parents]
+    signed = await ctx.app.append(
+        namespace=obj["namespace"],
+        thread=obj["thread"],
+        kind=obj["kind"],
+        body=obj["body"],
+        parents=parents,
+    )
+    stored = await ctx.app.store.get(signed.cid.raw)
+    return respond(
+        {"cid": str(signed.cid), "seq": stored.seq if stored else None, "created": True},
+        ctx.request,
+        status=201,
+    )
+
+
+async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
+    """Verify a record signed elsewhere ({data, sig}) and store it as is."""
+    data, sig = obj.get("data"), obj.get("sig")
+    if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
+        raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
+    signed = verify_record(data, sig, limits=ctx.app.limits, now_ms=_now_ms())
+    result = await ctx.app.store.put([signed.to_new()])
+    created = bool(result.new)
+    if created:
+        seq: int | None = result.new[0][1]
+    else:
+        existing = await ctx.app.store.get(signed.cid.raw)
+        seq = existing.seq if existing else None
+    return respond(
+        {"cid": str(signed.cid), "seq": seq, "created": created},
+        ctx.request,
+        status=201 if created else 200,
+    )
+
+
+async def get_record(ctx: Ctx) -> Response:
+    cid = _cid(ctx.request.path_params["cid"])
+    rec = await ctx.app.store.get(cid.raw)
+    visible = await visible_for(ctx)
+    if rec is None or not visible(rec):
+        raise RecordNotFound(f"no record {cid} here (or you may not see it)")
+    if _wants_cbor(ctx):
+        wire = record_to_wire(rec)
+        wire["seq"] = rec.seq
+        return respond(wire, ctx.request)
+    return respond(_rec_json(rec), ctx.request)
+
+
+def _wants_cbor(ctx: Ctx) -> bool:
+    from ._http import negotiate
+
+    return negotiate(ctx.request) == "cbor"
+
+
+async def list_threads(ctx: Ctx) -> Response:
+    prefix = _name_param(ctx, "namespace")
+    visible = await visible_for(ctx)
+    infos = await ctx.app.store.threads(prefix)
+    allowed_thread = ctx.app.extra.get("thread_visible")
+    out = []
+    for info in infos:
+        if callable(allowed_thread) and not allowed_thread(ctx, info):
+            continue
+        out.append(
+            {
+                "namespace": info.namespace,
+                "thread": info.thread,
+                "count": info.count,
+                "last_seq": info.last_seq,
+            }
+        )
+    del visible
+    return respond({"threads": out}, ctx.request)
+
+
+async def thread_records(ctx: Ctx) -> Response:
+    thread = ctx.request.path_params["thread"]
+    if len(thread) > ctx.app.limits.max_name_len:
+        raise InvalidRequest("thread name too long")
+    flt = ChangeFilter(namespace_prefix=_name_param(ctx, "namespace"), thread=thread)
+    page = await _one_page(ctx, flt, _q(ctx, "since"), _limit(ctx))
+    return respond(_page_body(ctx, page), ctx.request)
+
+
+# --- sync feed ---------------------------------------------------------------------
+
+
+def _page_body(ctx: Ctx, page: FeedPage) -> dict[str, object]:
+    if _wants_cbor(ctx):
+        return page_to_wire(page)
+    wire = page_to_wire(page)
+    wire["records"] = [_rec_json(r) for r in page.records]
+    return wire
+
+
+async def _one_page(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int) -> FeedPage:
+    store = ctx.app.store
+    since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
+    visible = await visible_for(ctx)
+    changes = await store.changes(since, limit, flt)
+    return build_page(changes, epoch=store.epoch, visible=visible)
+
+
+async def _wait_new(ctx: Ctx, after_seq: int, timeout: float) -> bool:
+    """Wait until the store has a record past ``after_seq``, the node closes or time is up.
+
+    Returns True when new records landed.
+    """
+    landed = False
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+
+            async def new_records() -> None:
+                nonlocal landed
+                await ctx.app.store.wait_for_seq(after_seq)
+                landed = True
+                nursery.cancel_scope.cancel()
+
+            async def closing() -> None:
+                await ctx.app.closing.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(new_records)
+            nursery.start_soon(closing)
+    return landed
+
+
+def _feed_filter(ctx: Ctx) -> ChangeFilter:
+    return ChangeFilter(
+        namespace_prefix=_name_param(ctx, "namespace"), thread=_name_param(ctx, "thread")
+    )
+
+
+async def changes(ctx: Ctx) -> Response:
+    feed = _q(ctx, "feed") or "normal"
+    if feed not in ("normal", "longpoll", "continuous"):
+        raise InvalidRequest("feed must be normal, longpoll or continuous")
+    flt = _feed_filter(ctx)
+    limit = _limit(ctx)
+    since_text = _q(ctx, "since")
+    if feed == "continuous":
+        since_text = ctx.request.headers.get("last-event-id") or since_text
+        return await _stream(ctx, flt, since_text, limit)
+    page = await _one_page(ctx, flt, since_text, limit)
+    if feed == "longpoll" and not page.records and not page.has_more:
+        timeout = ctx.app.config.longpoll_max_s
+        raw_timeout = _q(ctx, "timeout")
+        if raw_timeout is not None:
+            try:
+                timeout = min(timeout, max(0.0, float(raw_timeout)))
+            except ValueError:
+                raise InvalidRequest("timeout must be a number of seconds") from None
+        deadline = trio.current_time() + timeout
+        # Loop: records may land that the caller may not see; keep waiting until a
+        # visible one lands or time is up, advancing the cursor past the rest.
+        for _ in range(10_000):
+            remaining = deadline - trio.current_time()
+            if remaining <= 0 or ctx.app.closing.is_set():
+                break
+            seq = Cursor.decode(page.next_cursor).seq
+            if not await _wait_new(ctx, seq, remaining):
+                break
+            page = await _one_page(ctx, flt, page.next_cursor, limit)
+            if page.records or page.has_more:
+                break
+    return respond(_page_body(ctx, page), ctx.request)
+
+
+def _sse_event(event: str, event_id: str, data: bytes) -> bytes:
+    return b"event: " + event.encode() + b"\nid: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
+
+
+async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int) -> Response:
+    store = ctx.app.store
+    # Validate the cursor before the stream starts so errors are plain HTTP errors.
+    since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
+    visible = await visible_for(ctx)
+    heartbeat = ctx.app.config.heartbeat_s
+
+    async def events() -> AsyncIterator[bytes]:
+        seq = since
+        yield b": fedpeer continuous feed\n\n"
+        while not ctx.app.closing.is_set():
+            page = await store.changes(seq, limit, flt)
+            for rec in page.records:
+                if visible(rec):
+                    cursor = Cursor(store.epoch, rec.seq).encode()
+                    yield _sse_event("record", cursor, dagjson_encode(_rec_json(rec)))
+            if page.last_seq > seq:
+                last_sent = page.records[-1].seq if page.records else seq
+                if page.last_seq != last_sent or not any(visible(r) for r in page.records[-1:]):
+                    # Records the caller may not see advanced the feed: checkpoint the
+                    # cursor so a resume does not rescan them.
+                    cursor = Cursor(store.epoch, page.last_seq).encode()
+                    yield _sse_event("checkpoint", cursor, b"{}")
+                seq = page.last_seq
+            if page.last_seq < page.head_seq:
+                continue
+            if not await _wait_new(ctx, seq, heartbeat):
+                yield b": heartbeat\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def batch_records(ctx: Ctx) -> Response:
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    ids = obj.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str | CID) for i in ids):
+        raise InvalidRequest("body must be {ids: [cid, ...]}")
+    if len(ids) > ctx.app.config.batch_fetch_max:
+        raise InvalidRequest(f"at most {ctx.app.config.batch_fetch_max} ids per request")
+    cids: list[CID] = []
+    seen: set[bytes] = set()
+    for i in ids:
+        cid = i if isinstance(i, CID) else _cid(i)
+        if cid.raw not in seen:
+            seen.add(cid.raw)
+            cids.append(cid)
+    found = {r.cid: r for r in await ctx.app.store.get_many([c.raw for c in cids])}
+    visible = await visible_for(ctx)
+    out: list[object] = []
+    missing: list[str] = []
+    cbor = _wants_cbor(ctx)
+    for cid in cids:
+        rec = found.get(cid.raw)
+        if rec is None or not visible(rec):
+            missing.append(str(cid))
+        else:
+            out.append(record_to_wire(rec) if cbor else _rec_json(rec))
+    return respond({"records": out, "missing": missing}, ctx.request)
+
+
+# --- service accounts --------------------------------------------------------------
+
+
+async def bootstrap(ctx: Ctx) -> Response:
+    holder = ctx.app.did
+    sa, issued = await ctx.app.store.transact(
+        lambda tx: tokens.bootstrap_admin(tx, holder, _now_ms())
+    )
+    return respond(_issued(sa, issued), ctx.request, status=201)
+
+
+def _issued(sa: tokens.ServiceAccount, issued: tokens.IssuedToken) -> dict[str, object]:
+    return {
+        "service_account": sa.to_dict(),
+        "token": issued.bearer,
+        "token_id": issued.token_id,
+        "expires_ms": issued.expires_ms,
+    }
+
+
+async def list_service_accounts(ctx: Ctx) -> Response:
+    accounts = await ctx.app.store.transact(lambda tx: tokens.list_service_accounts(tx))
+    return respond({"service_accounts": [a.to_dict() for a in accounts]}, ctx.request)
+
+
+async def create_service_account(ctx: Ctx) -> Response:
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    allowed = {"name", "holder_did", "scopes", "token_ttl_s"}
+    if set(obj) - allowed:
+        raise InvalidRequest(f"unknown fields {sorted(set(obj) - allowed)}")
+    name = obj.get("name", "service account")
+    holder = obj.get("holder_did", ctx.app.did)
+    raw_scopes = obj.get("scopes", ["reader"])
+    ttl_s = obj.get("token_ttl_s")
+    if not isinstance(name, str):
+        raise InvalidRequest("name must be a string")
+    if not isinstance(holder, str):
+        raise InvalidRequest("holder_did must be a DID string")
+    if not isinstance(raw_scopes, list) or not all(isinstance(s, str) for s in raw_scopes):
+        raise InvalidRequest("scopes must be a list of scope or preset names")
+    if ttl_s is not None and (not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or ttl_s <= 0):
+        raise InvalidRequest("token_ttl_s must be a positive integer")
+    scopes = parse_scopes(raw_scopes)
+    ttl_ms = None if ttl_s is None else ttl_s * 1000
+    sa, issued = await ctx.app.store.transact(
+        lambda tx: tokens.create_service_account(
+            tx, name=name, holder_did=holder, scopes=scopes, origin="api", ttl_ms=ttl_ms
+        )
+    )
+    return respond(_issued(sa, issued), ctx.request, status=201)
+
+
+async def delete_service_account(ctx: Ctx) -> Response:
+    sa_id = ctx.request.path_params["sa_id"]
+    sa = await ctx.app.store.transact(lambda tx: tokens.revoke_service_account(tx, sa_id))
+    return respond({"service_account": sa.to_dict()}, ctx.request)
+
+
+async def rotate_service_account(ctx: Ctx) -> Response:
+    sa_id = ctx.request.path_params["sa_id"]
+    issued = await ctx.app.store.transact(lambda tx: tokens.rotate_key(tx, sa_id))
+    return respond(
+        {"token": issued.bearer, "token_id": issued.token_id, "expires_ms": issued.expires_ms},
+        ctx.request,
+    )
+
+
+# --- the table ---------------------------------------------------------------------
+
+_CURSOR = Param("since", schema={"type": "string"}, description="opaque cursor from next_cursor")
+_LIMIT = Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 10000})
+_NS = Param("namespace", schema={"type": "string", "maxLength": 256})
+_THREAD = Param("thread", schema={"type": "string", "maxLength": 256})
+_FEED = Param("feed", schema={"type": "string", "enum": ["normal", "longpoll", "continuous"]})
+_TIMEOUT = Param("timeout", schema={"type": "number", "minimum": 0, "maximum": 30})
+
+_RECORD_VIEW = {"type": "object", "required": ["cid"], "properties": {"cid": {"type": "string"}}}
+_PAGE = {
+    "type": "object",
+    "required": ["records", "next_cursor", "has_more"],
+    "properties": {
+        "records": {"type": "array", "items": {"type": "object"}},
+        "next_cursor": {"type": "string"},
+        "has_more": {"type": "boolean"},
+    },
+}
+_SA_CREATED = {
+    "type": "object",
+    "required": ["service_account", "token", "token_id"],
+    "properties": {
+        "service_account": {"type": "object"},
+        "token": {"type": "string"},
+        "token_id": {"type": "string"},
+    },
+}
+
+ROUTES: list[RouteSpec] = [
+    RouteSpec("GET", "/health", "public", health, "Liveness and sync health", "health"),
+    RouteSpec(
+        "GET",
+        "/.well-known/fedpeer",
+        "public",
+        well_known,
+        "Capabilities and the signed federation manifest",
+        "well_known",
+        response_schema={
+            "type": "object",
+            "required": ["capabilities_manifest", "federation_manifest"],
+        },
+    ),
+    RouteSpec("GET", "/v1/capabilities", "public", get_capabilities, "Capabilities", "caps"),
+    RouteSpec("GET", "/v1/identity", "public", get_identity, "Node and token identity", "ident"),
+    RouteSpec("GET", "/v1/openapi.json", "public", openapi, "This document", "openapi"),
+    RouteSpec(
+        "POST",
+        "/v1/records",
+        "records:write",
+        post_record,
+        "Append a record (JSON: built and signed by the node) or ingest a signed one (CBOR)",
+        "post_record",
+        request_schema={
+            "type": "object",
+            "required": ["namespace", "thread", "kind", "body"],
+            "properties": {
+                "namespace": {"type": "string", "minLength": 1, "maxLength": 256},
+                "thread": {"type": "string", "minLength": 1, "maxLength": 256},
+                "kind": {"type": "string", "minLength": 1, "maxLength": 256},
+                "body": {},
+                "parents": {"type": "array", "items": {"type": "string"}, "maxItems": 64},
+            },
+            "additionalProperties": False,
+        },
+        response_schema={"type": "object", "required": ["cid", "created"]},
+        success_status=201,
+        errors=(
+            "RECORD_INVALID",
+            "RECORD_TOO_LARGE",
+            "NON_CANONICAL",
+            "BAD_SIGNATURE",
+            "RECORD_FROM_FUTURE",
+            "MALFORMED",
+            "INVALID_REQUEST",
+            "BODY_TOO_LARGE",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "DID_INVALID",
+        ),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/records/{cid}",
+        "records:read",
+        get_record,
+        "One record by CID",
+        "get_record",
+        params=(Param("cid", "path", required=True),),
+        response_schema=_RECORD_VIEW,
+        errors=("RECORD_NOT_FOUND", "MALFORMED"),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/threads",
+        "records:read",
+        list_threads,
+        "Threads with record counts",
+        "list_threads",
+        params=(_NS,),
+        response_schema={"type": "object", "required": ["threads"]},
+        errors=("INVALID_REQUEST", "CONSENT_DENIED"),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/threads/{thread:path}/records",
+        "records:read",
+        thread_records,
+        "Records of one thread, cursor paginated",
+        "thread_records",
+        params=(Param("thread", "path", required=True), _NS, _CURSOR, _LIMIT),
+        response_schema=_PAGE,
+        errors=(
+            "CURSOR_INVALID",
+            "CURSOR_RESET",
+            "CURSOR_FROM_FUTURE",
+            "INVALID_REQUEST",
+            "CONSENT_DENIED",
+        ),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/sync/changes",
+        "sync:read",
+        changes,
+        "The changes feed: normal, longpoll (up to 30 s) or continuous (SSE)",
+        "changes",
+        params=(_CURSOR, _LIMIT, _FEED, _THREAD, _NS, _TIMEOUT),
+        response_schema=_PAGE,
+        errors=(
+            "CURSOR_INVALID",
+            "CURSOR_RESET",
+            "CURSOR_FROM_FUTURE",
+            "INVALID_REQUEST",
+            "CONSENT_DENIED",
+        ),
+        stream=True,
+    ),
+    RouteSpec(
+        "POST",
+        "/v1/sync/records",
+        "sync:read",
+        batch_records,
+        "Fetch records by id; unknown or invisible ids are listed under missing",
+        "batch_records",
+        request_schema={
+            "type": "object",
+            "required": ["ids"],
+            "properties": {"ids": {"type": "array", "items": {"type": "string"}}},
+        },
+        response_schema={"type": "object", "required": ["records", "missing"]},
+        errors=("MALFORMED", "INVALID_REQUEST", "BODY_TOO_LARGE"),
+    ),
+    RouteSpec(
+        "POST",
+        "/v1/bootstrap/service-account",
+        "public",
+        bootstrap,
+        "One-shot: mint the admin service account (when no admin.token file was written)",
+        "bootstrap",
+        response_schema=_SA_CREATED,
+        success_status=201,
+        errors=("BOOTSTRAP_CLOSED",),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/service-accounts",
+        "admin",
+        list_service_accounts,
+        "List service accounts",
+        "list_service_accounts",
+        response_schema={"type": "object", "required": ["service_accounts"]},
+    ),
+    RouteSpec(
+        "POST",
+        "/v1/service-accounts",
+        "admin",
+        create_service_account,
+        "Create a service account and its first token (shown once)",
+        "create_service_account",
+        request_schema={
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                "holder_did": {"type": "string"},
+                "scopes": {"type": "array", "items": {"type": "string"}},
+                "token_ttl_s": {"type": "integer", "minimum": 1},
+            },
+        },
+        response_schema=_SA_CREATED,
+        success_status=201,
+        errors=("INVALID_REQUEST", "DID_INVALID", "MALFORMED"),
+    ),
+    RouteSpec(
+        "DELETE",
+        "/v1/service-accounts/{sa_id}",
+        "admin",
+        delete_service_account,
+        "Revoke a service account and all its tokens",
+        "delete_service_account",
+        params=(Param("sa_id", "path", required=True),),
+        errors=("SERVICE_ACCOUNT_NOT_FOUND",),
+    ),
+    RouteSpec(
+        "POST",
+        "/v1/service-accounts/{sa_id}/rotate-key",
+        "admin",
+        rotate_service_account,
+        "Mint a new token, then revoke the old ones",
+        "rotate_service_account",
+        params=(Param("sa_id", "path", required=True),),
+        response_schema={"type": "object", "required": ["token", "token_id"]},
+        errors=("SERVICE_ACCOUNT_NOT_FOUND",),
+    ),
+]
+
+__all__ = ["ROUTES"]

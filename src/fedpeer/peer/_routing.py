@@ -1,0 +1,131 @@
+"""The route table and the one wrapper every route goes through.
+
+Every route is declared once, as a :class:`RouteSpec`, with the scope it needs.
+:func:`endpoint` wraps each handler with the same steps, in order: rate limit,
+authenticate, check the scope, run, render errors. There is no other way to add
+a route, and a test fails if a served route is missing from the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..consent.scopes import ALL_SCOPES, has_scope
+from ..consent.tokens import Principal, authenticate_bearer
+from ..errors import AuthRequired, FedpeerError, InternalError, ScopeForbidden
+from ._http import error_response
+
+if TYPE_CHECKING:
+    from .app import AppState
+
+log = logging.getLogger("fedpeer.http")
+
+Scope = Literal["public", "records:read", "records:write", "sync:read", "admin"]
+
+
+@attrs.frozen
+class Param:
+    """A query or path parameter, for validation messages and the OpenAPI document."""
+
+    name: str
+    where: Literal["query", "path", "header"] = "query"
+    schema: Mapping[str, object] = attrs.field(factory=lambda: {"type": "string"})
+    required: bool = False
+    description: str = ""
+
+
+@attrs.define
+class Ctx:
+    """What a handler gets: the request, the node's state and the caller."""
+
+    request: Request
+    app: AppState
+    principal: Principal | None
+
+    @property
+    def caller_did(self) -> str | None:
+        return None if self.principal is None else self.principal.holder_did
+
+
+Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+@attrs.frozen
+class RouteSpec:
+    """One route: method, path, required scope, handler and its documentation."""
+
+    method: str
+    path: str
+    scope: Scope
+    handler: Handler
+    summary: str
+    operation_id: str
+    params: tuple[Param, ...] = ()
+    request_schema: Mapping[str, object] | None = None
+    response_schema: Mapping[str, object] = attrs.field(factory=lambda: {"type": "object"})
+    success_status: int = 200
+    errors: tuple[str, ...] = ()
+    cbor: bool = True
+    stream: bool = False
+
+
+ANONYMOUS_DEV_SCOPES = frozenset(s for s in ALL_SCOPES if s != "admin")
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthRequired("use `Authorization: Bearer <token>`")
+    return value.strip()
+
+
+def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap ``spec.handler``: rate limit, authenticate, enforce ``spec.scope``, render errors."""
+
+    async def run(request: Request) -> Response:
+        headers: dict[str, str] = {}
+        try:
+            bearer = _bearer(request)
+            principal: Principal | None = None
+            if bearer is not None:
+                principal = await authenticate_bearer(
+                    state.store, bearer, now_ms=int(time.time() * 1000)
+                )
+            client = request.client.host if request.client else "unknown"
+            key = f"tok:{principal.token_id}" if principal else f"ip:{client}"
+            decision = state.rate_limiter.check(key, time.monotonic())
+            headers = decision.headers()
+            if not decision.allowed:
+                raise decision.error()
+            if spec.scope != "public":
+                if principal is None:
+                    if spec.scope == "admin" or state.config.auth_enabled:
+                        raise AuthRequired(
+                            f"{spec.method} {spec.path} needs a bearer token with scope "
+                            f"{spec.scope!r}; send `Authorization: Bearer <token>`"
+                        )
+                elif not has_scope(principal.scopes, spec.scope):
+                    raise ScopeForbidden(
+                        f"{spec.method} {spec.path} needs scope {spec.scope!r}; "
+                        f"this token has {sorted(principal.scopes)}"
+                    )
+            response = await spec.handler(Ctx(request, state, principal))
+        except FedpeerError as err:
+            return error_response(err, headers)
+        except Exception:
+            log.exception("unhandled error in %s %s", spec.method, spec.path)
+            return error_response(InternalError("unexpected error; see the node log"), headers)
+        response.headers.update(headers)
+        return response
+
+    return run

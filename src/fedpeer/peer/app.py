@@ -1,0 +1,92 @@
+"""The node's ASGI application (Starlette) and its shared state.
+
+Routes are declared in :mod:`fedpeer.peer._routes` as one table; this module
+turns the table into a Starlette app, renders unknown routes and methods as
+fedpeer errors, and serves the OpenAPI document generated from the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..consent.ratelimit import RateLimiter
+from ..errors import FedpeerError, MethodNotAllowed, NotFound
+from ..identity.keys import SigningKey
+from ..store.base import Store
+from ..sync.records import Limits
+from ._config import NodeConfig
+from ._http import error_response
+from ._routing import RouteSpec, endpoint
+from .manifest import ManifestSigner
+
+if TYPE_CHECKING:
+    from ..sync.records import SignedRecord
+
+AppendFn = Callable[..., Awaitable["SignedRecord"]]
+
+
+@attrs.define
+class AppState:
+    """Everything the routes share: identity, store, config, limits and hooks.
+
+    ``closing`` is set when the node shuts down, so longpolls and streams end
+    at once instead of holding the shutdown for up to 30 s.
+    """
+
+    key: SigningKey
+    store: Store
+    config: NodeConfig
+    limits: Limits
+    rate_limiter: RateLimiter
+    signer: ManifestSigner
+    append: AppendFn
+    closing: trio.Event = attrs.field(factory=trio.Event)
+    urls: list[str] = attrs.field(factory=list)
+    extra: dict[str, object] = attrs.field(factory=dict)
+
+    @property
+    def did(self) -> str:
+        return self.key.did
+
+
+def build_app(state: AppState, routes: list[RouteSpec] | None = None) -> Starlette:
+    """A Starlette app serving ``routes`` (default: every fedpeer route)."""
+    if routes is None:
+        from ._routes import ROUTES
+
+        routes = ROUTES
+    starlette_routes = [
+        Route(
+            spec.path,
+            endpoint(spec, state),
+            methods=[spec.method],
+            name=spec.operation_id,
+        )
+        for spec in routes
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        err: FedpeerError
+        if exc.status_code == 405:
+            err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        elif exc.status_code == 404:
+            err = NotFound(f"no route {request.url.path}; see /v1/openapi.json")
+        else:
+            err = FedpeerError(str(exc.detail))
+            err.http_status = exc.status_code  # type: ignore[misc]
+        return error_response(err)
+
+    app = Starlette(routes=starlette_routes, exception_handlers={HTTPException: http_error})
+    app.state.fedpeer = state
+    app.state.route_table = routes
+    return app

@@ -1,0 +1,380 @@
+"""PeerClient: talk to another node over HTTP (httpx on trio).
+
+Every record the client hands back has been verified with the one record
+pipeline (canonical bytes, CID, author signature, limits); the server's word
+is never trusted. HTTP errors come back as the server's :class:`FedpeerError`
+subclass; transport failures as :class:`PeerUnreachable`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Literal
+
+import attrs
+import httpx
+
+from ..errors import (
+    FedpeerError,
+    Malformed,
+    PeerError,
+    PeerUnreachable,
+    RateLimited,
+    error_from_code,
+)
+from ..identity.canonical import CID, dagcbor_decode, dagcbor_encode, dagjson_decode
+from ..identity.envelope import VerifiedDocument
+from ..sync.feed import page_from_wire
+from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
+from .manifest import verify_manifest
+
+CBOR = "application/cbor"
+Feed = Literal["normal", "longpoll", "continuous"]
+
+
+@attrs.frozen
+class ChangesResult:
+    """One verified page of the changes feed."""
+
+    records: tuple[SignedRecord, ...]
+    next_cursor: str
+    has_more: bool
+
+
+@attrs.frozen
+class StreamEvent:
+    """One Server-Sent Event of the continuous feed: a record, or a checkpoint (record None)."""
+
+    cursor: str
+    record: SignedRecord | None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    """Turn an error response into the server's FedpeerError (PeerError if unreadable)."""
+    if response.status_code < 400:
+        return
+    code, message = "", ""
+    try:
+        body = response.json()
+        code = str(body["error"]["code"])
+        message = str(body["error"]["message"])
+    except Exception:
+        raise PeerError(
+            f"peer answered HTTP {response.status_code} without a fedpeer error body"
+        ) from None
+    err = error_from_code(code, message, response.status_code)
+    if isinstance(err, RateLimited):
+        try:
+            err.retry_after = float(response.headers.get("retry-after", "1"))
+        except ValueError:
+            err.retry_after = 1.0
+    raise err
+
+
+class PeerClient:
+    """A client for one peer node.
+
+    ``base_url`` is the peer's URL (``http://host:port``; https works the same).
+    ``token`` is a bearer token minted by that peer. ``limits`` bound what the
+    client accepts. Use as ``async with PeerClient(url) as peer:``; all methods
+    are cancellable; network failures raise PeerUnreachable.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 40.0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.limits = limits
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._owned = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._headers = headers
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections (only when the client created them)."""
+        if self._owned:
+            await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json_body: object = None,
+        cbor_body: object = None,
+        accept: str = CBOR,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request; raise the server's error for a 4xx/5xx answer."""
+        headers = dict(self._headers)
+        headers["Accept"] = accept
+        content: bytes | None = None
+        if cbor_body is not None:
+            content = dagcbor_encode(cbor_body)
+            headers["Content-Type"] = CBOR
+        kwargs: dict[str, object] = {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            response = await self._client.request(
+                method,
+                self.base_url + path,
+                params={k: str(v) for k, v in (params or {}).items()},
+                headers=headers,
+                content=content,
+                json=json_body,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        except httpx.TransportError as exc:
+            raise PeerUnreachable(f"{self.base_url} is unreachable: {exc!r}") from exc
+        raise_for_error(response)
+        return response
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> object:
+        ctype = response.headers.get("content-type", "").split(";")[0].strip()
+        if ctype == CBOR:
+            return dagcbor_decode(response.content)
+        return dagjson_decode(response.content)
+
+    async def get_value(self, path: str, **params: str | int) -> object:
+        """GET ``path`` and decode the DAG-CBOR answer."""
+        return self._decode(await self.request("GET", path, params=params))
+
+    # --- identity ----------------------------------------------------------------
+
+    async def manifest(
+        self, expected_did: str | None = None, *, now: float | None = None
+    ) -> VerifiedDocument:
+        """Fetch and verify the peer's well-known manifest.
+
+        Raises BadSignature (tampered), SignatureExpired, DidMismatch (signed
+        by another DID than ``expected_did``), PeerInvalid, PeerUnreachable.
+        """
+        body = await self.get_value("/.well-known/fedpeer")
+        return verify_manifest(body, expected_did=expected_did, now=now)
+
+    # --- feed --------------------------------------------------------------------
+
+    async def changes_raw(
+        self,
+        since: str | None = None,
+        *,
+        limit: int = 1000,
+        feed: Literal["normal", "longpoll"] = "normal",
+        namespace: str | None = None,
+        thread: str | None = None,
+        timeout: float | None = None,
+    ) -> object:
+        """One page of the feed, decoded but not verified (the puller verifies)."""
+        params: dict[str, str | int] = {"limit": limit, "feed": feed}
+        if since:
+            params["since"] = since
+        if namespace:
+            params["namespace"] = namespace
+        if thread:
+            params["thread"] = thread
+        http_timeout: float | None = None
+        if feed == "longpoll":
+            wait = 30.0 if timeout is None else timeout
+            params["timeout"] = str(wait)
+            http_timeout = wait + 15.0
+        response = await self.request(
+            "GET", "/v1/sync/changes", params=params, timeout=http_timeout
+        )
+        return self._decode(response)
+
+    async def changes(
+        self,
+        since: str | None = None,
+        *,
+        limit: int = 1000,
+        feed: Literal["normal", "longpoll"] = "normal",
+        namespace: str | None = None,
+        thread: str | None = None,
+        timeout: float | None = None,
+    ) -> ChangesResult:
+        """One verified page of the changes feed."""
+        raw = await self.changes_raw(
+            since, limit=limit, feed=feed, namespace=namespace, thread=thread, timeout=timeout
+        )
+        page = page_from_wire(raw)
+        now = _now_ms()
+        records = tuple(record_from_wire(r, limits=self.limits, now_ms=now) for r in page.records)
+        return ChangesResult(records, page.next_cursor, page.has_more)
+
+    async def iter_changes(
+        self,
+        since: str | None = None,
+        *,
+        limit: int = 1000,
+        namespace: str | None = None,
+        thread: str | None = None,
+        follow: bool = True,
+        longpoll_s: float = 30.0,
+    ) -> AsyncIterator[tuple[str, SignedRecord]]:
+        """Yield ``(cursor_after_page, record)`` following cursors.
+
+        With ``follow`` the iterator longpolls once caught up and never ends by
+        itself (cancel it); without, it stops when caught up.
+        """
+        cursor = since
+        feed: Literal["normal", "longpoll"] = "normal"
+        while True:
+            page = await self.changes(
+                cursor,
+                limit=limit,
+                feed=feed,
+                namespace=namespace,
+                thread=thread,
+                timeout=longpoll_s,
+            )
+            for rec in page.records:
+                yield page.next_cursor, rec
+            cursor = page.next_cursor
+            if not page.has_more:
+                if not follow:
+                    return
+                feed = "longpoll"
+            else:
+                feed = "normal"
+
+    async def stream_changes(
+        self,
+        since: str | None = None,
+        *,
+        namespace: str | None = None,
+        thread: str | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Follow the continuous feed (Server-Sent Events); resumes from ``since``.
+
+        Yields a StreamEvent per record (verified) and per checkpoint. Runs until
+        cancelled or the server closes the stream.
+        """
+        params: dict[str, str] = {"feed": "continuous"}
+        if namespace:
+            params["namespace"] = namespace
+        if thread:
+            params["thread"] = thread
+        headers = dict(self._headers)
+        headers["Accept"] = "text/event-stream"
+        if since:
+            headers["Last-Event-ID"] = since
+        try:
+            async with self._client.stream(
+                "GET",
+                self.base_url + "/v1/sync/changes",
+                params=params,
+                headers=headers,
+                timeout=httpx.Timeout(10.0, read=None),
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise_for_error(response)
+                event: dict[str, str] = {}
+                async for line in response.aiter_lines():
+                    if line == "":
+                        if "id" in event:
+                            yield self._stream_event(event)
+                        event = {}
+                    elif line.startswith(":"):
+                        continue
+                    else:
+                        field, _, value = line.partition(":")
+                        event[field] = value[1:] if value.startswith(" ") else value
+        except httpx.TransportError as exc:
+            raise PeerUnreachable(f"stream from {self.base_url} broke: {exc!r}") from exc
+
+    def _stream_event(self, event: dict[str, str]) -> StreamEvent:
+        cursor = event["id"]
+        if event.get("event") != "record":
+            return StreamEvent(cursor, None)
+        item = dagjson_decode(event.get("data", "").encode())
+        if not isinstance(item, dict):
+            raise Malformed("stream event data is not an object")
+        wire = {k: item[k] for k in ("cid", "data", "sig") if k in item}
+        return StreamEvent(cursor, record_from_wire(wire, limits=self.limits, now_ms=_now_ms()))
+
+    async def fetch_records(
+        self, ids: Sequence[CID | str]
+    ) -> tuple[list[SignedRecord], list[str]]:
+        """Batch fetch by CID: (verified records, ids the peer did not give)."""
+        response = await self.request(
+            "POST", "/v1/sync/records", cbor_body={"ids": [str(i) for i in ids]}
+        )
+        body = self._decode(response)
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            raise Malformed("batch answer has no records list")
+        now = _now_ms()
+        records = [record_from_wire(r, limits=self.limits, now_ms=now) for r in body["records"]]
+        missing = [str(m) for m in body.get("missing", [])]
+        return records, missing
+
+    # --- writes --------------------------------------------------------------------
+
+    async def append(
+        self,
+        *,
+        namespace: str,
+        thread: str,
+        kind: str,
+        body: object,
+        parents: Sequence[CID | str] = (),
+    ) -> dict[str, object]:
+        """Ask the peer to build and sign a record as itself (needs records:write)."""
+        response = await self.request(
+            "POST",
+            "/v1/records",
+            cbor_body={
+                "namespace": namespace,
+                "thread": thread,
+                "kind": kind,
+                "body": body,
+                "parents": [str(p) for p in parents],
+            },
+            accept="application/json",
+        )
+        value = response.json()
+        if not isinstance(value, dict):
+            raise Malformed("append answer is not an object")
+        return value
+
+    async def put_signed(self, record: SignedRecord) -> dict[str, object]:
+        """Send a record signed elsewhere; the peer verifies it before storing."""
+        response = await self.request(
+            "POST",
+            "/v1/records",
+            cbor_body={"data": record.data, "sig": record.sig},
+            accept="application/json",
+        )
+        value = response.json()
+        if not isinstance(value, dict):
+            raise Malformed("answer is not an object")
+        return value
+
+
+__all__ = ["ChangesResult", "FedpeerError", "PeerClient", "StreamEvent", "raise_for_error"]

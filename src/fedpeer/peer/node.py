@@ -1,0 +1,266 @@
+"""The embeddable node: ``async with fedpeer.open_node(...) as node``.
+
+A node owns an identity (``node.key`` in the data dir), a store
+(``store.sqlite3`` by default) and an HTTP server (hypercorn's trio worker)
+running in a nursery that lives as long as the ``async with`` block. Leaving
+the block shuts down cleanly: longpolls and streams end at once, the server
+drains, the store closes. Several nodes can run in one process; there is no
+global state.
+
+Files in the data dir (a contract, other tools rely on these names):
+
+- ``node.key``      the Ed25519 identity, mode 0600
+- ``store.sqlite3`` the SQLite store (WAL)
+- ``admin.token``   the admin bearer token minted on first start, mode 0600
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from ..consent import tokens
+from ..consent.ratelimit import RateLimiter
+from ..errors import KeyFileMissing
+from ..identity.canonical import CID, dagcbor_decode
+from ..identity.keys import SigningKey
+from ..store import MemoryStore, SQLiteStore
+from ..store.base import StateTx, Store
+from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, build_record
+from ._config import NodeConfig
+from .app import AppState, build_app
+from .manifest import ManifestSigner
+
+log = logging.getLogger("fedpeer.node")
+
+KEY_FILE = "node.key"
+STORE_FILE = "store.sqlite3"
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically with mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_or_create_key(data_dir: Path) -> SigningKey:
+    """Load ``data_dir/node.key``, creating the dir (0700) and a fresh key if absent."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / KEY_FILE
+    try:
+        return SigningKey.load(path)
+    except KeyFileMissing:
+        key = SigningKey.generate()
+        key.save(path)
+        log.info("created identity %s in %s", key.did, path)
+        return key
+
+
+@attrs.define(eq=False)
+class Node:
+    """A running node. Create it with :func:`open_node`.
+
+    ``did``, ``url``, ``store`` and ``key`` are fixed for its lifetime;
+    ``nursery`` runs the node's background tasks (server, pullers).
+    """
+
+    key: SigningKey
+    store: Store
+    config: NodeConfig
+    url: str
+    urls: list[str]
+    data_dir: Path | None
+    nursery: trio.Nursery
+    state: AppState
+    _append_lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    @property
+    def did(self) -> str:
+        """This node's did:key."""
+        return self.key.did
+
+    @property
+    def admin_token_path(self) -> Path | None:
+        """Where the admin token was written (None for a node without a data dir)."""
+        return None if self.data_dir is None else self.data_dir / ADMIN_TOKEN_FILE
+
+    async def append(
+        self,
+        *,
+        namespace: str,
+        thread: str,
+        kind: str,
+        body: object,
+        parents: Sequence[CID] = (),
+    ) -> SignedRecord:
+        """Build, sign and store a record authored by this node; return it.
+
+        ``clock`` is a Lamport clock: one more than the largest of this node's
+        last clock and the parents' clocks. Raises RecordInvalid,
+        RecordTooLarge (limits), never stores a partial record.
+        """
+        async with self._append_lock:
+            meta = await self.store.get_state("meta", "clock")
+            clock = int(str(meta["value"])) if meta else 0
+            if parents:
+                for prow in await self.store.get_many([p.raw for p in parents]):
+                    pmap = dagcbor_decode(prow.data)
+                    if isinstance(pmap, dict) and isinstance(pmap.get("clock"), int):
+                        clock = max(clock, int(pmap["clock"]))
+            signed = build_record(
+                self.key,
+                namespace=namespace,
+                thread=thread,
+                kind=kind,
+                body=body,
+                parents=tuple(parents),
+                clock=clock + 1,
+                ts=int(time.time() * 1000),
+                limits=self.state.limits,
+            )
+            new = signed.to_new()
+            next_clock = clock + 1
+
+            def commit(tx: StateTx) -> None:
+                tx.put_records([new])
+                tx.put("meta", "clock", {"value": next_clock})
+
+            await self.store.transact(commit)
+            return signed
+
+
+async def _serve(
+    app: object, host: str, port: int, cfg: NodeConfig, shutdown: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    hconf = HypercornConfig()
+    hconf.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hconf.graceful_timeout = cfg.graceful_timeout_s
+    hconf.accesslog = None
+    hconf.errorlog = logging.getLogger("fedpeer.hypercorn")
+    hconf.keep_alive_timeout = 75
+    hconf.h11_max_incomplete_size = 64 * 1024
+    await serve(app, hconf, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def open_node(
+    data_dir: str | os.PathLike[str] | None = None,
+    store: Store | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    config: NodeConfig | None = None,
+    key: SigningKey | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> AsyncIterator[Node]:
+    """Start a node for the duration of the ``async with`` block.
+
+    ``data_dir`` holds the identity, the SQLite store and the admin token; with
+    ``data_dir=None`` the node is ephemeral (fresh key, MemoryStore unless a
+    ``store`` is given). A ``store`` passed in is used as is and not closed.
+    ``port=0`` picks a free port; ``node.url`` tells which.
+
+    On a fresh data dir the node mints an admin service account bound to its
+    own DID and writes the token to ``admin.token`` (mode 0600), unless
+    ``config.write_admin_token_file`` is False: then
+    ``POST /v1/bootstrap/service-account`` mints it once.
+
+    Raises KeyFileInsecure / KeyFileError for a bad key file, StoreCorrupt /
+    SchemaTooNew for a bad store, OSError when the port cannot be bound.
+    """
+    cfg = config or NodeConfig()
+    ddir = None if data_dir is None else Path(data_dir)
+    if key is None:
+        key = SigningKey.generate() if ddir is None else await trio.to_thread.run_sync(
+            load_or_create_key, ddir
+        )
+    owned_store = store is None
+    if store is None:
+        store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
+    try:
+        if ddir is not None and cfg.write_admin_token_file:
+            await _ensure_admin_token(store, key.did, ddir)
+        state = AppState(
+            key=key,
+            store=store,
+            config=cfg,
+            limits=limits,
+            rate_limiter=RateLimiter(cfg.rate_per_s, cfg.rate_burst),
+            signer=ManifestSigner(key, cfg.manifest_ttl_s, cfg.manifest_resign_after_s),
+            append=_unbound_append,
+        )
+        app = build_app(state)
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            urls: list[str] = await nursery.start(_serve, app, host, port, cfg, shutdown)
+            state.urls = list(urls)
+            node = Node(
+                key=key,
+                store=store,
+                config=cfg,
+                url=urls[0],
+                urls=list(urls),
+                data_dir=ddir,
+                nursery=nursery,
+                state=state,
+            )
+            state.append = node.append
+            log.info("node %s serving at %s", key.did, node.url)
+            try:
+                yield node
+            finally:
+                state.closing.set()
+                shutdown.set()
+                # Backstop: the server drains within graceful_timeout; never hang.
+                nursery.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout_s + 3
+    finally:
+        if owned_store:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _unbound_append(**_kw: object) -> SignedRecord:
+    raise RuntimeError("node is not started")
+
+
+async def _ensure_admin_token(store: Store, did: str, data_dir: Path) -> None:
+    path = data_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        return
+    now = int(time.time() * 1000)
+
+    def boot(tx: StateTx) -> str | None:
+        if tokens.is_bootstrapped(tx):
+            return None
+        _sa, issued = tokens.bootstrap_admin(tx, did, now)
+        return issued.bearer
+
+    # Write the file before the transaction commits would need two-phase I/O;
+    # instead mint, commit, then write. If the write fails the owner can still
+    # rotate the key through the CLI's local mode.
+    plaintext = await store.transact(boot)
+    if plaintext is None:
+        log.warning(
+            "%s is missing but the admin account exists; rotate it with "
+            "`fedpeer token rotate-admin`",
+            path,
+        )
+        return
+    await trio.to_thread.run_sync(_write_secret, path, plaintext + "\n")
+    log.info("wrote the admin token to %s", path)
