@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DidMismatch, PeerInvalid
 from ..identity.envelope import VerifiedDocument, sign_document, verify_document
 from ..identity.keys import SigningKey

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .. import __version__
+from .._version import __version__
 from ..errors import all_codes
 from ._routing import RouteSpec
 

@@ -1,0 +1,34 @@
+"""Embed a fedpeer node in a trio program: append records, read them back over HTTP.
+
+Run: .venv/bin/python examples/embed.py [DATA_DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import trio
+
+import fedpeer
+
+
+async def main(data_dir: str) -> None:
+    async with fedpeer.open_node(data_dir) as node:
+        print("did:", node.did)
+        print("url:", node.url)
+        first = await node.append(namespace="notes", thread="groceries", kind="item", body="milk")
+        await node.append(
+            namespace="notes", thread="groceries", kind="item", body="eggs", parents=[first.cid]
+        )
+        assert node.admin_token_path is not None
+        token = node.admin_token_path.read_text().strip()
+        async with fedpeer.PeerClient(node.url, token=token) as client:
+            manifest = await client.manifest(expected_did=node.did)
+            print("manifest verified, signed by", manifest.did)
+            async for _cursor, rec in client.iter_changes(follow=False):
+                print(rec.cid, rec.record.kind, rec.record.body)
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="fedpeer-"))

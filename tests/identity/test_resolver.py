@@ -1,0 +1,525 @@
+"""DID resolver: registry, did:key offline, did:web against a real hypercorn on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from fedpeer.errors import DidInvalid, DidMethodUnsupported, DidNotFound, KeyUnknown
+from fedpeer.identity import (
+    DidKeyDriver,
+    DidWebDriver,
+    Resolver,
+    SigningKey,
+    b64url_encode,
+    did_document,
+    did_from_public_key,
+    did_web_url,
+    ed25519_multibase,
+    find_verification_method,
+    public_key_from_method,
+    sign_document,
+    verify_document_resolved,
+    x25519_multibase,
+)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+KEY = SigningKey.from_seed(bytes(range(32)))
+OTHER = SigningKey.from_seed(bytes(range(1, 33)))
+
+
+class DocServer:
+    """A tiny raw ASGI app: path -> (status, body, extra headers); counts hits per path."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, bytes, list[tuple[bytes, bytes]]]] = {}
+        self.hits: Counter[str] = Counter()
+        self.release = trio.Event()  # for the "never answers" route
+
+    def put_json(self, path: str, obj: object, status: int = 200) -> None:
+        self.routes[path] = (status, json.dumps(obj).encode(), [])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert scope["type"] == "http"
+        path = scope["path"]
+        self.hits[path] += 1
+        if path == "/hang/did.json":
+            await self.release.wait()
+        status, body, headers = self.routes.get(path, (404, b"not found", []))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[tuple[DocServer, int]]:
+    app = DocServer()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1
+    shutdown = trio.Event()
+    urls: list[str] = await nursery.start(
+        partial(serve, app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    )
+    port = int(urls[0].rsplit(":", 1)[1])
+    try:
+        yield app, port
+    finally:
+        app.release.set()
+        shutdown.set()
+
+
+def _web_did(port: int, *path: str) -> str:
+    return ":".join([f"did:web:127.0.0.1%3A{port}", *path])
+
+
+def _web_doc(did: str, key: SigningKey = KEY) -> dict[str, object]:
+    """A did:web document with the key in three spellings."""
+    return {
+        "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],
+        "id": did,
+        "verificationMethod": [
+            {
+                "id": f"{did}#mk",
+                "type": "Multikey",
+                "controller": did,
+                "publicKeyMultibase": ed25519_multibase(key.public_key),
+            },
+            {
+                "id": "#ed2020",
+                "type": "Ed25519VerificationKey2020",
+                "controller": did,
+                "publicKeyMultibase": ed25519_multibase(key.public_key),
+            },
+            {
+                "id": f"{did}#jwk",
+                "type": "JsonWebKey2020",
+                "controller": did,
+                "publicKeyJwk": {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": b64url_encode(key.public_key),
+                },
+            },
+            {
+                "id": f"{did}#x25519",
+                "type": "Multikey",
+                "controller": did,
+                "publicKeyMultibase": x25519_multibase(bytes(range(32))),
+            },
+            {
+                "id": f"{did}#bad-point",
+                "type": "Multikey",
+                "controller": did,
+                "publicKeyMultibase": ed25519_multibase(bytes(32)),
+            },
+            {
+                "id": f"{did}#rsa",
+                "type": "JsonWebKey2020",
+                "controller": did,
+                "publicKeyJwk": {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
+            },
+        ],
+        "assertionMethod": [f"{did}#mk", "#ed2020", f"{did}#jwk"],
+    }
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _web_resolver(client: httpx.AsyncClient | None = None, **kw: Any) -> Resolver:
+    return Resolver(drivers={"web": DidWebDriver(client, allow_http=True, timeout_s=5)}, **kw)
+
+
+# --- did:web URL mapping (pure) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("did", "url"),
+    [
+        ("did:web:example.com", "https://example.com/.well-known/did.json"),
+        ("did:web:example.com:user:alice", "https://example.com/user/alice/did.json"),
+        ("did:web:example.com%3A3000", "https://example.com:3000/.well-known/did.json"),
+        ("did:web:example.com%3a3000:u", "https://example.com:3000/u/did.json"),
+        ("did:web:w3c-ccg.github.io:user:alice", "https://w3c-ccg.github.io/user/alice/did.json"),
+        ("did:web:127.0.0.1%3A8080", "https://127.0.0.1:8080/.well-known/did.json"),
+        ("did:web:example.com:a%20b", "https://example.com/a%20b/did.json"),
+    ],
+)
+def test_did_web_url(did: str, url: str) -> None:
+    assert did_web_url(did) == url
+
+
+def test_did_web_http_only_on_loopback_when_allowed() -> None:
+    assert did_web_url("did:web:localhost%3A8080", allow_http=True) == (
+        "http://localhost:8080/.well-known/did.json"
+    )
+    assert (
+        did_web_url("did:web:127.0.0.1%3A1:x", allow_http=True) == "http://127.0.0.1:1/x/did.json"
+    )
+    assert did_web_url("did:web:127.9.9.9", allow_http=True).startswith("http://")
+    assert did_web_url("did:web:example.com", allow_http=True).startswith("https://")
+    assert did_web_url("did:web:10.0.0.1", allow_http=True).startswith("https://")
+    assert did_web_url("did:web:localhost").startswith("https://")
+
+
+@pytest.mark.parametrize(
+    "did",
+    [
+        "did:key:z6Mk",
+        "did:web:",
+        "did:web:exa_mple.com",
+        "did:web:-example.com",
+        "did:web:example..com",
+        "did:web:user@example.com",
+        "did:web:example.com%3A",
+        "did:web:example.com%3A0",
+        "did:web:example.com%3A65536",
+        "did:web:example.com%3Aabc",
+        "did:web:example.com::x",
+        "did:web:example.com:x:",
+        "did:web:example.com:..",
+        "did:web:example.com:.",
+        "did:web:example.com:%2e%2e",
+        "did:web:example.com:a%2Fb",
+        "did:web:example.com:a/b",
+        "did:web:example.com:a?b",
+        "did:web:example.com#frag",
+        "did:web:" + "a" * 3000,
+    ],
+)
+def test_did_web_url_invalid(did: str) -> None:
+    with pytest.raises(DidInvalid):
+        did_web_url(did)
+
+
+# --- registry ---------------------------------------------------------------------------
+
+
+async def test_default_methods_and_did_key_offline() -> None:
+    resolver = Resolver()
+    assert resolver.methods == ("key", "web")
+    doc = await resolver.resolve(KEY.did)
+    assert doc == did_document(KEY.did)
+    assert await resolver.public_key_for(KEY.key_id) == KEY.public_key
+    x_id = doc["keyAgreement"][0]  # type: ignore[index]
+    with pytest.raises(KeyUnknown):  # the X25519 method is not a signing key
+        await resolver.public_key_for(x_id)
+    with pytest.raises(KeyUnknown):
+        await resolver.public_key_for(f"{KEY.did}#nope")
+    with pytest.raises(KeyUnknown):
+        await resolver.public_key_for(KEY.did)
+    with pytest.raises(KeyUnknown):
+        await resolver.public_key_for(f"{KEY.did}#")
+
+
+@pytest.mark.parametrize(
+    "did",
+    ["", "did:", "did:key", "did:key:", "DID:key:z6Mk", "did:KEY:x", "did:key:z#x", "did:web:a b"],
+)
+async def test_bad_did_syntax(did: str) -> None:
+    with pytest.raises(DidInvalid):
+        await Resolver().resolve(did)
+
+
+async def test_unsupported_method() -> None:
+    resolver = Resolver(drivers={})
+    assert resolver.methods == ("key",)
+    with pytest.raises(DidMethodUnsupported) as info:
+        await resolver.resolve("did:web:example.com")
+    assert "did:key" in str(info.value)
+    with pytest.raises(DidMethodUnsupported):
+        await resolver.public_key_for("did:plc:abc#k")
+
+
+async def test_invalid_did_key() -> None:
+    with pytest.raises(DidInvalid):
+        await Resolver().resolve("did:key:z6LSeu9HkTHSfLLeUs2nnzUSNedgDUevfNQgQjQC23ZCit6F")
+    with pytest.raises(DidInvalid):
+        await DidKeyDriver().resolve("did:key:zzz")
+
+
+class CountingDriver:
+    def __init__(self, make: Callable[[str], dict[str, object]]) -> None:
+        self.make = make
+        self.calls = 0
+
+    async def resolve(self, did: str) -> dict[str, object]:
+        self.calls += 1
+        return self.make(did)
+
+
+async def test_register_replaces_driver_and_checks_document_id() -> None:
+    resolver = Resolver(drivers={})
+    good = CountingDriver(lambda did: {"id": did})
+    resolver.register("example", good)
+    assert await resolver.resolve("did:example:a") == {"id": "did:example:a"}
+    wrong = CountingDriver(lambda did: {"id": "did:example:someone-else"})
+    resolver.register("example", wrong)  # also drops cached did:example documents
+    with pytest.raises(DidInvalid):
+        await resolver.resolve("did:example:a")
+    assert wrong.calls == 1
+    with pytest.raises(DidInvalid):
+        resolver.register("Bad-Name", good)
+
+
+async def test_cache_ttl_lru_and_copies() -> None:
+    clock = FakeClock()
+    driver = CountingDriver(lambda did: {"id": did, "n": [1]})
+    resolver = Resolver(drivers={"example": driver}, cache_ttl_s=60, cache_size=2, clock=clock)
+    first = await resolver.resolve("did:example:a")
+    first["n"].append(2)  # type: ignore[attr-defined]
+    assert await resolver.resolve("did:example:a") == {"id": "did:example:a", "n": [1]}
+    assert driver.calls == 1
+    clock.now += 59.9
+    await resolver.resolve("did:example:a")
+    assert driver.calls == 1
+    clock.now += 0.2  # past the TTL
+    await resolver.resolve("did:example:a")
+    assert driver.calls == 2
+    # LRU bound: a, b, c with size 2 evicts a
+    await resolver.resolve("did:example:b")
+    await resolver.resolve("did:example:c")
+    assert driver.calls == 4
+    await resolver.resolve("did:example:a")
+    assert driver.calls == 5
+    resolver.clear_cache()
+    await resolver.resolve("did:example:a")
+    assert driver.calls == 6
+
+
+async def test_ttl_zero_disables_cache_and_failures_are_not_cached() -> None:
+    outcomes = [DidNotFound("down"), None]
+
+    async def flaky(did: str) -> dict[str, object]:
+        err = outcomes.pop(0) if outcomes else None
+        if err is not None:
+            raise err
+        return {"id": did}
+
+    class Flaky:
+        resolve = staticmethod(flaky)
+
+    resolver = Resolver(drivers={"example": Flaky()})
+    with pytest.raises(DidNotFound):
+        await resolver.resolve("did:example:a")
+    assert await resolver.resolve("did:example:a") == {"id": "did:example:a"}
+
+    driver = CountingDriver(lambda did: {"id": did})
+    uncached = Resolver(drivers={"example": driver}, cache_ttl_s=0)
+    await uncached.resolve("did:example:a")
+    await uncached.resolve("did:example:a")
+    assert driver.calls == 2
+
+
+def test_find_method_and_key_material_pure() -> None:
+    did = "did:web:example.com"
+    doc = _web_doc(did)
+    assert find_verification_method(doc, f"{did}#mk")["type"] == "Multikey"
+    assert find_verification_method(doc, f"{did}#ed2020")["id"] == "#ed2020"
+    for frag in ("mk", "ed2020", "jwk"):
+        vm = find_verification_method(doc, f"{did}#{frag}")
+        assert public_key_from_method(vm) == KEY.public_key
+    for frag in ("x25519", "bad-point", "rsa"):
+        with pytest.raises(KeyUnknown):
+            public_key_from_method(find_verification_method(doc, f"{did}#{frag}"))
+    with pytest.raises(KeyUnknown):
+        find_verification_method(doc, f"{did}#missing")
+    # embedded in a relationship, and the legacy 2018 form
+    from fedpeer.identity import base58btc_encode
+
+    embedded = {
+        "id": did,
+        "authentication": [
+            {
+                "id": "#legacy",
+                "type": "Ed25519VerificationKey2018",
+                "publicKeyBase58": base58btc_encode(KEY.public_key),
+            }
+        ],
+    }
+    assert (
+        public_key_from_method(find_verification_method(embedded, f"{did}#legacy"))
+        == KEY.public_key
+    )
+
+
+# --- did:web over a real HTTP server ---------------------------------------------------------
+
+
+async def test_did_web_200_and_keys(server: tuple[DocServer, int]) -> None:
+    app, port = server
+    did = _web_did(port)
+    app.put_json("/.well-known/did.json", _web_doc(did))
+    async with httpx.AsyncClient() as client:
+        resolver = _web_resolver(client)
+        doc = await resolver.resolve(did)
+        assert doc["id"] == did
+        for frag in ("mk", "ed2020", "jwk"):
+            assert await resolver.public_key_for(f"{did}#{frag}") == KEY.public_key
+        for frag in ("x25519", "bad-point", "rsa", "missing"):
+            with pytest.raises(KeyUnknown):
+                await resolver.public_key_for(f"{did}#{frag}")
+    assert app.hits["/.well-known/did.json"] == 1  # everything after the first came from cache
+
+
+async def test_did_web_path_form_with_default_client(server: tuple[DocServer, int]) -> None:
+    app, port = server
+    did = _web_did(port, "user", "alice")
+    app.put_json("/user/alice/did.json", _web_doc(did, OTHER))
+    resolver = _web_resolver()  # the driver makes its own short-lived client
+    assert await resolver.public_key_for(f"{did}#jwk") == OTHER.public_key
+    assert app.hits["/user/alice/did.json"] == 1
+
+
+async def test_did_web_https_by_default(server: tuple[DocServer, int]) -> None:
+    """Without allow_http the driver speaks TLS to the plain-http server and fails."""
+    app, port = server
+    did = _web_did(port)
+    app.put_json("/.well-known/did.json", _web_doc(did))
+    resolver = Resolver(drivers={"web": DidWebDriver(timeout_s=5)})
+    with pytest.raises(DidNotFound):
+        await resolver.resolve(did)
+
+
+async def test_did_web_404(server: tuple[DocServer, int]) -> None:
+    app, port = server
+    with pytest.raises(DidNotFound, match="404"):
+        await _web_resolver().resolve(_web_did(port, "nobody"))
+    assert app.hits["/nobody/did.json"] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (200, b"this is not json", []),
+        (200, b"[1, 2, 3]", []),
+        (200, b"\xff\xfe\x00", []),
+        (200, b"[" * 100_000, []),
+        (500, b"{}", []),
+        (302, b"", [(b"location", b"/elsewhere/did.json")]),
+        (200, b'{"id": "' + b"a" * 300_000 + b'"}', []),
+    ],
+)
+async def test_did_web_bad_answers_are_not_found(
+    server: tuple[DocServer, int], status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    app, port = server
+    app.routes["/bad/did.json"] = (status, body, headers)
+    with pytest.raises(DidNotFound):
+        await _web_resolver().resolve(_web_did(port, "bad"))
+    assert app.hits["/bad/did.json"] == 1
+    assert app.hits["/elsewhere/did.json"] == 0  # redirects are not followed
+
+
+async def test_did_web_id_mismatch(server: tuple[DocServer, int]) -> None:
+    app, port = server
+    did = _web_did(port, "mallory")
+    app.put_json("/mallory/did.json", _web_doc(_web_did(port, "alice")))
+    with pytest.raises(DidInvalid, match="another DID"):
+        await _web_resolver().resolve(did)
+    app.put_json("/mallory/did.json", {"verificationMethod": []})  # no id at all
+    with pytest.raises(DidInvalid):
+        await _web_resolver().resolve(did)
+
+
+async def test_did_web_network_error() -> None:
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(DidNotFound, match="cannot fetch"):
+        await _web_resolver().resolve(_web_did(port))
+
+
+async def test_did_web_timeout(server: tuple[DocServer, int]) -> None:
+    app, port = server
+    resolver = Resolver(drivers={"web": DidWebDriver(allow_http=True, timeout_s=0.3)})
+    with trio.fail_after(10):
+        with pytest.raises(DidNotFound, match="timed out"):
+            await resolver.resolve(_web_did(port, "hang"))
+    assert app.hits["/hang/did.json"] == 1
+
+
+async def test_did_web_cache_ttl_counts_server_hits(server: tuple[DocServer, int]) -> None:
+    app, port = server
+    did = _web_did(port)
+    app.put_json("/.well-known/did.json", _web_doc(did))
+    clock = FakeClock()
+    async with httpx.AsyncClient() as client:
+        resolver = _web_resolver(client, cache_ttl_s=300, clock=clock)
+        await resolver.resolve(did)
+        await resolver.resolve(did)
+        assert await resolver.public_key_for(f"{did}#mk") == KEY.public_key
+        assert app.hits["/.well-known/did.json"] == 1
+        clock.now += 299
+        await resolver.resolve(did)
+        assert app.hits["/.well-known/did.json"] == 1
+        clock.now += 2  # now past the TTL
+        # The document changed meanwhile (key rotation): the new one is served.
+        app.put_json("/.well-known/did.json", _web_doc(did, OTHER))
+        assert await resolver.public_key_for(f"{did}#mk") == OTHER.public_key
+        assert app.hits["/.well-known/did.json"] == 2
+        await resolver.resolve(did)
+        assert app.hits["/.well-known/did.json"] == 2
+
+
+async def test_did_web_signed_document_end_to_end(server: tuple[DocServer, int]) -> None:
+    app, port = server
+    did = _web_did(port)
+    app.put_json("/.well-known/did.json", _web_doc(did))
+    # Sign as the did:web identity: same key, key_id in the did:web document.
+    doc = sign_document({"hello": "web"}, KEY, ttl_s=60, now=1_800_000_000)
+    from fedpeer.identity import jcs
+
+    member = doc["signature"]
+    assert isinstance(member, dict)
+    member["key_id"] = f"{did}#mk"
+    del member["signature"]
+    member["signature"] = b64url_encode(KEY.sign(jcs(doc)))
+    resolver = _web_resolver()
+    res = await verify_document_resolved(doc, resolver, expected_did=did, now=1_800_000_010)
+    assert res.did == did
+    # The same signature under the X25519 method id is refused as KEY_UNKNOWN.
+    member["key_id"] = f"{did}#x25519"
+    with pytest.raises(KeyUnknown):
+        await verify_document_resolved(doc, resolver, now=1_800_000_010)
+
+
+async def test_did_key_driver_matches_module_function() -> None:
+    for i in range(3):
+        key = SigningKey.from_seed(bytes([i]) * 32)
+        assert await DidKeyDriver().resolve(key.did) == did_document(key.did)
+        assert did_from_public_key(key.public_key) == key.did
