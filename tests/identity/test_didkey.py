@@ -26,7 +26,7 @@ from fedpeer.identity import (
     x25519_multibase,
 )
 
-VECTORS = Path(os.environ.get("FEDPEER_VECTORS", Path(__file__).parents[3] / "shared" / "vectors"))
+VECTORS = Path(os.environ.get("FEDPEER_VECTORS", Path(__file__).parents[2] / "interop" / "vectors"))
 DID_KEY_VECTORS = VECTORS / "did-key" / "w3c-ccg-ed25519-x25519.json"
 X25519_VECTORS = VECTORS / "did-key" / "w3c-ccg-x25519.json"
 needs_vectors = pytest.mark.skipif(

@@ -32,7 +32,7 @@ from fedpeer.identity import (
 )
 from fedpeer.identity import keys as keys_module
 
-VECTORS = Path(os.environ.get("FEDPEER_VECTORS", Path(__file__).parents[3] / "shared" / "vectors"))
+VECTORS = Path(os.environ.get("FEDPEER_VECTORS", Path(__file__).parents[2] / "interop" / "vectors"))
 RFC8032 = VECTORS / "ed25519" / "rfc8032-7.1-ed25519.json"
 WYCHEPROOF = VECTORS / "ed25519" / "wycheproof-ed25519_test.json"
 

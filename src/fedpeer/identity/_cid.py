@@ -223,20 +223,36 @@ def _is_v0(raw: bytes) -> bool:
 
 
 # The stdlib base32 codec is pure Python (several microseconds per CID) and the
-# same few CIDs (parents, recent records) are printed and parsed again and again.
-@functools.lru_cache(maxsize=4096)
+# same few CIDs (parents, recent records) are printed and parsed again and again,
+# so both directions are cached. Only short values are cached: an identity-hash
+# CID can be as long as a peer likes.
+_CACHE_MAX_LEN = 96
+
+
 def _text(raw: bytes) -> str:
+    return _text_cached(raw) if len(raw) <= _CACHE_MAX_LEN else _text_uncached(raw)
+
+
+def _text_uncached(raw: bytes) -> str:
     if _is_v0(raw):
         return _b58encode(raw)
     return "b" + base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
-@functools.lru_cache(maxsize=4096)
+_text_cached = functools.lru_cache(maxsize=4096)(_text_uncached)
+
+
 def _decode_text(text: str) -> bytes:
     if not text:
         raise Malformed("a CID string cannot be empty")
     if len(text) > _MAX_TEXT:
         raise Malformed(f"a CID string of {len(text)} characters is too long")
+    if len(text) <= _CACHE_MAX_LEN * 2:
+        return _decode_text_cached(text)
+    return _decode_text_uncached(text)
+
+
+def _decode_text_uncached(text: str) -> bytes:
     if len(text) == 46 and text.startswith("Qm"):
         return _b58decode(text)
     prefix, body = text[0], text[1:]
@@ -255,6 +271,9 @@ def _decode_text(text: str) -> bytes:
     except Exception as exc:  # multiformats raises assorted KeyError/ValueError subclasses
         raise Malformed(f"{text[:80]!r} is not a multibase-encoded CID: {exc}") from exc
     return bytes(decoded)
+
+
+_decode_text_cached = functools.lru_cache(maxsize=4096)(_decode_text_uncached)
 
 
 def _trusted(raw: bytes) -> CID:

@@ -96,8 +96,10 @@ def _head(major: int, n: int) -> bytes:
 
 
 # Encoded map keys, cached: records reuse the same dozen field names forever.
+# Bounded in entries and in key length, since decoding feeds it peer-chosen keys.
 _KEY_CACHE: dict[str, bytes] = {}
 _KEY_CACHE_MAX = 4096
+_KEY_CACHE_MAX_LEN = 64
 _first = itemgetter(0)
 
 
@@ -110,7 +112,7 @@ def _key(k: Any) -> bytes:
     b = str.encode(k)
     n = len(b)
     kb = (_TEXT[n] if n < 24 else _head(3, n)) + b
-    if type(k) is str and len(_KEY_CACHE) < _KEY_CACHE_MAX:
+    if type(k) is str and n <= _KEY_CACHE_MAX_LEN and len(_KEY_CACHE) < _KEY_CACHE_MAX:
         _KEY_CACHE[k] = kb
     return kb
 
@@ -138,12 +140,23 @@ def _enc(v: Any, out: bytearray, depth: int) -> None:
         n = len(v)
         out += _MAP[n] if n < 24 else _head(5, n)
         if n:
-            items = [(_key(k), x) for k, x in v.items()]
+            cached = _KEY_CACHE.get
+            items = [(cached(k) or _key(k), x) for k, x in v.items()]
             items.sort(key=_first)
             depth += 1
             for kb, x in items:
                 out += kb
-                _enc(x, out, depth)
+                # Inline the two commonest leaves; a call per leaf is most of the cost.
+                tx = type(x)
+                if tx is str:
+                    b = x.encode()
+                    n = len(b)
+                    out += _TEXT[n] if n < 24 else _head(3, n)
+                    out += b
+                elif tx is int and 0 <= x < 24:
+                    out += _UINT[x]
+                else:
+                    _enc(x, out, depth)
     elif t is list or t is tuple:
         if depth >= MAX_DEPTH:
             raise _Unencodable(f"value is nested deeper than {MAX_DEPTH} levels")
@@ -151,7 +164,14 @@ def _enc(v: Any, out: bytearray, depth: int) -> None:
         out += _ARRAY[n] if n < 24 else _head(4, n)
         depth += 1
         for x in v:
-            _enc(x, out, depth)
+            tx = type(x)
+            if tx is str:
+                b = x.encode()
+                n = len(b)
+                out += _TEXT[n] if n < 24 else _head(3, n)
+                out += b
+            else:
+                _enc(x, out, depth)
     elif t is bytes:
         n = len(v)
         out += _BYTES[n] if n < 24 else _head(2, n)
@@ -295,7 +315,7 @@ def _parse(data: bytes, *, whole: bool) -> object:
     return value
 
 
-def dagcbor_decode(data: bytes) -> object:
+def dagcbor_decode(data: bytes | bytearray | memoryview) -> object:
     """Decode strict DAG-CBOR ``data`` into plain values.
 
     Returns ``dict`` (string keys, in canonical order), ``list``, ``str``,
@@ -311,24 +331,26 @@ def dagcbor_decode(data: bytes) -> object:
     length, indefinite length, 16/32-bit float, unsorted or duplicate map keys).
     Pure; CPU-bound (a few microseconds for a small record).
     """
-    if type(data) is not bytes:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise Malformed(f"DAG-CBOR input must be bytes, not {type(data).__name__}")
-        data = bytes(data)
-    if not data:
+    if type(data) is bytes:
+        raw = data
+    elif isinstance(data, bytes | bytearray | memoryview):
+        raw = bytes(data)
+    else:
+        raise Malformed(f"DAG-CBOR input must be bytes, not {type(data).__name__}")
+    if not raw:
         raise Malformed("DAG-CBOR input is empty")
-    value = _parse(data, whole=False)
+    value = _parse(raw, whole=False)
     try:
         again = _encode(value)
     except _Unencodable as exc:
         raise Malformed(f"not in the DAG-CBOR data model: {exc}") from None
     except RecursionError:  # pragma: no cover - cbor2's max_depth stops this first
         raise Malformed("DAG-CBOR value is nested too deeply") from None
-    if again == data:
+    if again == raw:
         return value
     # Slow path: find out what is wrong, for the error and its message.
-    _parse(data, whole=True)  # raises Malformed for trailing bytes
-    raise NonCanonical(f"DAG-CBOR is not canonical: {_explain(data)}")
+    _parse(raw, whole=True)  # raises Malformed for trailing bytes
+    raise NonCanonical(f"DAG-CBOR is not canonical: {_explain(raw)}")
 
 
 # --- diagnostics (slow path only) ------------------------------------------------------

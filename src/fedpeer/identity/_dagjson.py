@@ -12,11 +12,16 @@ The same data model as DAG-CBOR, written as JSON:
   come back as floats; NaN and Infinity are not allowed;
 * strings are UTF-8, escaped as ``JSON.stringify`` does.
 
-The reserved namespace: a map whose first key (in sorted order) is ``"/"`` and
-whose value is a string, or a map whose own first key is ``"bytes"`` with a
-string value, can only be a link or bytes. Such maps are refused by the
-encoder (they would come back as a link or bytes) and by the decoder when they
-are not exactly a valid link or bytes form.
+The reserved namespace: a map whose first key is ``"/"`` with a string value,
+or with a map value whose own first key is ``"bytes"`` with a string value, can
+only be a link or bytes. The encoder refuses such data-model maps (they would
+read back as a link or bytes). The decoder turns the exact single-key forms
+into a :class:`CID` or ``bytes`` and refuses every other map in the namespace.
+"First key" is taken both in document order (what the spec's tokenizing
+decoders see) and in sorted key order (what a canonical re-encoding writes),
+and either one puts a map in the namespace. The spec's example of a valid map,
+``{"0bar":"baz","/":"foo"}``, is refused for that reason: ``"/"`` (0x2f) sorts
+before ``"0"``, so its canonical encoding starts with ``"/"``.
 
 Decoding is strict about content (valid UTF-8 JSON, no duplicate keys, no
 NaN/Infinity, integers within 64 bits, canonical base64 and CID strings) but,
@@ -96,19 +101,51 @@ def _float_text(f: float) -> str:
     return text + ".0"
 
 
-# --- encoder -----------------------------------------------------------------------------
+# --- the reserved "/" namespace ---------------------------------------------------------------
 
 
-def _reserved(m: Mapping[str, object]) -> bool:
-    """True if ``m`` falls in the DAG-JSON reserved namespace (see module docstring)."""
-    if "/" not in m or min(m) != "/":
+def _first_keys(m: Mapping[str, object]) -> tuple[str, str]:
+    """(first key in document/insertion order, first key in sorted order)."""
+    return next(iter(m)), min(m)
+
+
+def _is_bytes_form(inner: object) -> bool:
+    """A map whose first key (either order) is "bytes" with a string value."""
+    return (
+        isinstance(inner, Mapping)
+        and "bytes" in inner
+        and "bytes" in _first_keys(inner)
+        and isinstance(inner["bytes"], str)
+    )
+
+
+def _sorted_first(m: Mapping[Any, object]) -> object:
+    return min((k for k in m if isinstance(k, str)), default=None)
+
+
+def _reserved_when_sorted(m: Mapping[Any, object]) -> bool:
+    """The encoder's check: only sorted order matters, as that is the order written."""
+    if "/" not in m or _sorted_first(m) != "/":
         return False
     inner = m["/"]
     if isinstance(inner, str):
         return True
-    if isinstance(inner, dict) and "bytes" in inner and min(inner) == "bytes":
-        return isinstance(inner["bytes"], str)
-    return False
+    return (
+        isinstance(inner, Mapping)
+        and _sorted_first(inner) == "bytes"
+        and isinstance(inner["bytes"], str)
+    )
+
+
+def _reserved(m: Mapping[str, object]) -> bool:
+    """The decoder's check: is ``m`` in the reserved namespace in either key order?"""
+    if "/" not in m or "/" not in _first_keys(m):
+        return False
+    inner = m["/"]
+    return isinstance(inner, str) or _is_bytes_form(inner)
+
+
+# --- encoder -----------------------------------------------------------------------------
 
 
 def _jenc(v: Any, out: list[str], depth: int) -> None:
@@ -125,7 +162,7 @@ def _jenc(v: Any, out: list[str], depth: int) -> None:
         for k in v:
             if type(k) is not str:
                 raise _Bad(f"map keys must be strings, not {type(k).__name__}")
-        if _reserved(v):
+        if _reserved_when_sorted(v):
             raise _Bad(
                 'a map whose first key is "/" with a string or bytes-like value cannot be '
                 "written in DAG-JSON (it would read back as a link or bytes)"
@@ -220,20 +257,16 @@ def _pairs(pairs: list[tuple[str, Any]]) -> object:
             if k in seen:
                 raise _Bad(f"duplicate map key {k!r}")
             seen.add(k)
-    if "/" not in m or min(m) != "/":
+    if not _reserved(m):
         return m
     inner = m["/"]
+    if len(m) != 1:
+        raise _Bad('a map whose first key is "/" must be a link or bytes form alone')
     if isinstance(inner, str):
-        if len(m) != 1:
-            raise _Bad('a link map {"/": "<cid>"} cannot have other keys')
         return _link(inner)
-    if isinstance(inner, dict) and "bytes" in inner and min(inner) == "bytes":
-        data = inner["bytes"]
-        if isinstance(data, str):
-            if len(m) != 1 or len(inner) != 1:
-                raise _Bad('a bytes map {"/": {"bytes": "..."}} cannot have other keys')
-            return b64std_decode(data)
-    return m
+    if len(inner) != 1:  # inner is a {"bytes": str, ...} dict: see _reserved
+        raise _Bad('a bytes map {"/": {"bytes": "..."}} cannot have other keys')
+    return b64std_decode(inner["bytes"])
 
 
 def _link(text: str) -> CID:
@@ -263,7 +296,7 @@ def _constant(name: str) -> object:
     raise _Bad(f"{name} is not allowed: the data model has no NaN or Infinity")
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _check_strings(v: object) -> None:
@@ -280,7 +313,7 @@ def _check_strings(v: object) -> None:
             stack.extend(x.values())
 
 
-def dagjson_decode(data: bytes) -> object:
+def dagjson_decode(data: bytes | bytearray | memoryview | str) -> object:
     """Decode DAG-JSON ``data`` (UTF-8 bytes or ``str``) into plain values.
 
     Returns the same value types as :func:`dagcbor_decode`: JSON integers become
@@ -289,7 +322,9 @@ def dagjson_decode(data: bytes) -> object:
     (``MALFORMED``) for invalid UTF-8 or JSON, duplicate keys, NaN/Infinity,
     integers outside 64 bits, floats that overflow, lone surrogates, bad
     base64 or CID strings, and malformed maps in the reserved ``"/"`` namespace.
-    Key order and whitespace are not checked. Pure.
+    Key order and whitespace are not checked. Nesting is bounded only by the
+    interpreter (deeper than about 900 levels is ``MALFORMED``); values nested
+    deeper than ``MAX_DEPTH`` decode but cannot be re-encoded. Pure.
     """
     if isinstance(data, bytes | bytearray | memoryview):
         try:
