@@ -1,0 +1,692 @@
+"""SQLiteStore: the default Store, on the stdlib ``sqlite3`` module.
+
+Theory of operation
+-------------------
+* **One writer.** A single read-write connection does every write, on a worker
+  thread (``trio.to_thread.run_sync``) while holding a ``trio.Lock``, inside
+  ``BEGIN IMMEDIATE`` ... ``COMMIT``. :meth:`SQLiteStore.transact` runs the
+  caller's function right there, so records, state rows and audit entries of
+  one transaction commit together or not at all.
+* **Readers apart.** Reads use a small pool of read-only connections (URI
+  ``mode=ro``), also on worker threads, so a long scan never waits for a write
+  and vice versa (WAL lets readers see the last committed snapshot). A
+  multi-statement read runs in one ``BEGIN`` ... ``COMMIT`` snapshot.
+* **Durability: WAL + ``synchronous=NORMAL`` by default.** A commit is durable
+  once ``COMMIT`` returns as far as the *process* is concerned: if fedpeer is
+  killed (even SIGKILL) the next open recovers every committed transaction and
+  no partial one (tested with a real child process killed at random points).
+  On power loss or an OS crash the last transactions before the failure may be
+  rolled back (the database stays consistent; records and the cursor that
+  covers them are in one transaction, so a pull simply fetches them again).
+  Pass ``synchronous="FULL"`` to :meth:`SQLiteStore.open` to fsync the WAL on
+  every commit and survive power loss too, at the cost of one fsync per write.
+* **Sequence numbers** are the rowid (``seq INTEGER PRIMARY KEY``): a new row
+  gets ``max(seq) + 1``, so seqs are contiguous, like MemoryStore's. (Not
+  ``AUTOINCREMENT``: with it every duplicate skipped by ``ON CONFLICT DO
+  NOTHING`` burns a number and leaves a gap.) Records are never deleted in
+  this schema, so a seq is never reused; a future migration that prunes
+  records must keep the highest one (or a high-water mark). A rolled-back
+  transaction's seqs are reused, but nobody could have seen them. An insert
+  batch uses ``executemany`` with
+  ``ON CONFLICT(cid) DO NOTHING``; the rows that were new are known from
+  ``total_changes`` and the max seq before and after (the common all-new case
+  needs no extra read), falling back to ``SELECT ... WHERE seq > before``.
+* **Filters.** ``thread`` uses the ``(thread, seq)`` index and is exact. A
+  namespace prefix is a range ``ns >= p AND ns < upper(p)`` (no LIKE, so ``%``
+  and ``_`` are ordinary characters) applied to a bounded window of
+  ``scan_window`` sequence numbers on the primary key, so one call's cost is
+  bounded whatever the filter matches; the page's ``last_seq`` tells the caller
+  where to resume.
+* **Schema** is versioned by ``PRAGMA user_version`` with forward migrations
+  (``MIGRATIONS``); a newer file raises ``SchemaTooNew``, a file that is not a
+  SQLite database (or is damaged) raises ``StoreCorrupt``. The database file is
+  created with mode 0600 (SQLite gives ``-wal`` and ``-shm`` the same mode).
+* **Wake-ups** for :meth:`SQLiteStore.wait_for_seq` come from commits made
+  through this object (one process owns a store file; other processes writing
+  the same file are not announced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import trio
+
+from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError
+from ._watch import HeadWatch
+from .base import (
+    AuditEntry,
+    ChangeFilter,
+    ChangesPage,
+    JsonDict,
+    NewRecord,
+    PutResult,
+    StateTx,
+    StoredRecord,
+    ThreadInfo,
+    check_changes_args,
+    check_name,
+    dump_json,
+    load_json,
+    prefix_upper_bound,
+)
+from .memory import DEFAULT_SCAN_WINDOW
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+T = TypeVar("T")
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+_GET_MANY_CHUNK = 500
+_BUSY_TIMEOUT_S = 10.0
+_EPOCH_RE = re.compile(r"[0-9a-f]{32}")
+
+_SELECT = "SELECT seq, cid, data, sig, author, namespace, thread, kind, ts FROM records"
+_BY_SEQ = _SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?"
+_BY_THREAD = _SELECT + " WHERE thread = ? AND seq > ? ORDER BY seq LIMIT ?"
+_BY_CID = _SELECT + " WHERE cid = ?"
+# Dynamic SQL below is assembled from these fixed fragments only; every value is bound.
+_INSERT = (
+    "INSERT INTO records (cid, data, sig, author, namespace, thread, kind, ts) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cid) DO NOTHING"
+)
+
+
+# --- schema ------------------------------------------------------------------
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    """The first schema: records, state, audit, meta."""
+    statements = [
+        """CREATE TABLE records (
+            seq INTEGER PRIMARY KEY,
+            cid BLOB NOT NULL UNIQUE,
+            data BLOB NOT NULL,
+            sig BLOB NOT NULL,
+            author TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            ts INTEGER NOT NULL
+        )""",
+        # thread filter in seq order
+        "CREATE INDEX records_thread_seq ON records (thread, seq)",
+        # threads() listing and namespace ranges (the rowid rides along: covering)
+        "CREATE INDEX records_ns_thread ON records (namespace, thread)",
+        """CREATE TRIGGER records_immutable BEFORE UPDATE ON records
+           BEGIN SELECT RAISE(ABORT, 'records are immutable'); END""",
+        """CREATE TABLE state (
+            tbl TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (tbl, key)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts_ms INTEGER NOT NULL,
+            event TEXT NOT NULL
+        )""",
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    ]
+    for sql in statements:
+        conn.execute(sql)
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?)",
+        [("epoch", secrets.token_hex(16)), ("created_ms", str(int(time.time() * 1000)))],
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+"""Forward migrations; step ``i`` brings ``user_version`` from ``i`` to ``i + 1``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The ``PRAGMA user_version`` this code writes and understands."""
+
+
+# --- helpers (worker threads) -------------------------------------------------
+
+
+def _map_error(exc: sqlite3.Error, doing: str) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreCorrupt(f"{doing}: {exc}; the store file is damaged or not a fedpeer store")
+    if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+        return StoreCorrupt(f"{doing}: {exc}")
+    return StoreError(f"{doing}: {exc}")
+
+
+def _scalar(conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> object:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int):
+        raise StoreCorrupt(f"expected an integer in the store, got {type(value).__name__}")
+    return value
+
+
+def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str, int]:
+    """Create or open the file, migrate it, return (writer, epoch, head)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create the store file {path}: {exc}") from exc
+    else:
+        os.close(fd)
+    if not path.is_file():
+        raise StoreError(f"the store path {path} is not a regular file")
+    try:
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
+        )
+    except sqlite3.Error as exc:
+        raise _map_error(exc, f"open {path}") from exc
+    try:
+        version = _int(_scalar(conn, "PRAGMA user_version"))
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{path} has schema version {version}, this fedpeer knows up to "
+                f"{SCHEMA_VERSION}; upgrade fedpeer to open it"
+            )
+        if version == 0 and _int(_scalar(conn, "SELECT count(*) FROM sqlite_master")):
+            raise StoreCorrupt(
+                f"{path} is a SQLite database of another program, not a fedpeer store; "
+                "point fedpeer at a new file"
+            )
+        mode = _scalar(conn, "PRAGMA journal_mode=WAL")
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot switch {path} to WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA cache_size=-16000")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # another process may have migrated meanwhile
+                if _int(_scalar(conn, "PRAGMA user_version")) < target:
+                    MIGRATIONS[target - 1](conn)
+                    conn.execute(f"PRAGMA user_version={target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        epoch = _scalar(conn, "SELECT value FROM meta WHERE key = 'epoch'")
+        if not isinstance(epoch, str) or not _EPOCH_RE.fullmatch(epoch):
+            raise StoreCorrupt(f"{path} has no valid epoch; it is damaged")
+        head = _int(_scalar(conn, "SELECT coalesce(max(seq), 0) FROM records"))
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _map_error(exc, f"open {path}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn, epoch, head
+
+
+class _SQLiteTx:
+    """The StateTx of a SQLiteStore transaction; used on the writer thread only."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.finished = False
+        self.max_new_seq = 0
+
+    def _check(self) -> None:
+        if self.finished:
+            raise StoreError("the transaction is finished; use tx only inside transact's fn")
+
+    def get(self, table: str, key: str) -> JsonDict | None:
+        self._check()
+        check_name("table", table)
+        check_name("key", key)
+        try:
+            text = _scalar(
+                self._conn, "SELECT value FROM state WHERE tbl = ? AND key = ?", (table, key)
+            )
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "read state") from exc
+        return None if text is None else load_json(str(text))
+
+    def put(self, table: str, key: str, value: JsonDict) -> None:
+        self._check()
+        check_name("table", table)
+        check_name("key", key)
+        text = dump_json(value)
+        try:
+            self._conn.execute(
+                "INSERT INTO state (tbl, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
+                (table, key, text),
+            )
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "write state") from exc
+
+    def delete(self, table: str, key: str) -> bool:
+        self._check()
+        check_name("table", table)
+        check_name("key", key)
+        try:
+            cur = self._conn.execute("DELETE FROM state WHERE tbl = ? AND key = ?", (table, key))
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "delete state") from exc
+        return cur.rowcount > 0
+
+    def list(self, table: str, prefix: str = "") -> list[tuple[str, JsonDict]]:
+        self._check()
+        try:
+            return _list_state(self._conn, table, prefix)
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "list state") from exc
+
+    def audit(self, event: JsonDict, *, ts_ms: int | None = None) -> int:
+        self._check()
+        text = dump_json(event, "audit event")
+        when = int(time.time() * 1000) if ts_ms is None else int(ts_ms)
+        try:
+            cur = self._conn.execute("INSERT INTO audit (ts_ms, event) VALUES (?, ?)", (when, text))
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "append to the audit log") from exc
+        return _int(cur.lastrowid)
+
+    def put_records(self, records: Sequence[NewRecord]) -> PutResult:
+        self._check()
+        if not records:
+            return PutResult((), 0)
+        conn = self._conn
+        rows = [
+            (r.cid, r.data, r.sig, r.author, r.namespace, r.thread, r.kind, r.ts) for r in records
+        ]
+        try:
+            before = _int(_scalar(conn, "SELECT coalesce(max(seq), 0) FROM records"))
+            changes_before = conn.total_changes
+            conn.executemany(_INSERT, rows)
+            inserted = conn.total_changes - changes_before
+            if inserted == 0:
+                return PutResult((), len(rows))
+            after = _int(_scalar(conn, "SELECT max(seq) FROM records"))
+            new: tuple[tuple[bytes, int], ...]
+            if inserted == len(rows) and after == before + inserted:
+                # every row was new and got the next seq in input order
+                new = tuple(
+                    zip((row[0] for row in rows), range(before + 1, after + 1), strict=True)
+                )
+            else:
+                new = tuple(
+                    (bytes(cid), int(seq))
+                    for cid, seq in conn.execute(
+                        "SELECT cid, seq FROM records WHERE seq > ? ORDER BY seq", (before,)
+                    )
+                )
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "store records") from exc
+        self.max_new_seq = max(self.max_new_seq, after)
+        return PutResult(new, len(rows) - len(new))
+
+
+def _list_state(conn: sqlite3.Connection, table: str, prefix: str) -> list[tuple[str, JsonDict]]:
+    check_name("table", table)
+    check_name("prefix", prefix)
+    sql = "SELECT key, value FROM state WHERE tbl = ? AND key >= ?"
+    params: list[object] = [table, prefix]
+    upper = prefix_upper_bound(prefix)
+    if upper is not None:
+        sql += " AND key < ?"
+        params.append(upper)
+    sql += " ORDER BY key"
+    return [(str(k), load_json(str(v))) for k, v in conn.execute(sql, params)]
+
+
+def _changes(
+    conn: sqlite3.Connection,
+    since_seq: int,
+    limit: int,
+    filter: ChangeFilter | None,
+    window: int,
+) -> ChangesPage:
+    conn.execute("BEGIN")
+    try:
+        head = _int(_scalar(conn, "SELECT coalesce(max(seq), 0) FROM records"))
+        exact = True
+        end = head
+        if filter is None or filter.is_empty:
+            sql = _BY_SEQ
+            params: list[object] = [since_seq, limit]
+        elif not filter.namespace_prefix:
+            sql = _BY_THREAD
+            params = [filter.thread, since_seq, limit]
+        else:
+            exact = False
+            end = min(head, since_seq + window)
+            # "+namespace" keeps the planner on the seq range (bounded work) instead
+            # of walking the whole namespace range of the index.
+            clauses = ["seq > ?", "seq <= ?", "+namespace >= ?"]
+            params = [since_seq, end, filter.namespace_prefix]
+            upper = prefix_upper_bound(filter.namespace_prefix)
+            if upper is not None:
+                clauses.append("+namespace < ?")
+                params.append(upper)
+            if filter.thread is not None:
+                clauses.append("thread = ?")
+                params.append(filter.thread)
+            sql = f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
+            params.append(limit)
+        rows = conn.execute(sql, params).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    records = tuple(StoredRecord(*row) for row in rows)
+    last = records[-1].seq if len(records) == limit else max(since_seq, head if exact else end)
+    return ChangesPage(records, last, head)
+
+
+def _in_thread_read(
+    fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, doing: str
+) -> T:
+    try:
+        return fn(conn)
+    except sqlite3.Error as exc:
+        raise _map_error(exc, doing) from exc
+    finally:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+
+def _close_all(conns: Sequence[sqlite3.Connection]) -> None:
+    for conn in conns:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+# --- the store -------------------------------------------------------------------
+
+
+class SQLiteStore:
+    """A Store in one SQLite file. Open it with ``await SQLiteStore.open(path)``.
+
+    See :class:`fedpeer.store.Store` for the contract of each method and the
+    module docstring for the design (threads, durability, schema).
+    """
+
+    epoch: str
+
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        epoch: str,
+        head: int,
+        *,
+        scan_window: int,
+        readers: int,
+    ) -> None:
+        """Internal: use :meth:`open`."""
+        self.path = path
+        self.epoch = epoch
+        self.scan_window = scan_window
+        self._writer = writer
+        self._write_lock = trio.Lock()
+        self._reader_uri = path.resolve().as_uri() + "?mode=ro"
+        self._read_limiter = trio.CapacityLimiter(readers)
+        self._idle: list[sqlite3.Connection] = []
+        self._watch = HeadWatch(head)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        scan_window: int = DEFAULT_SCAN_WINDOW,
+        readers: int = 4,
+    ) -> SQLiteStore:
+        """Open (creating with mode 0600 and migrating if needed) the store at ``path``.
+
+        ``synchronous`` picks durability (module docstring): ``NORMAL`` survives
+        process crashes, ``FULL`` also power loss. ``scan_window`` bounds a
+        namespace-filtered ``changes`` call; ``readers`` is the read pool size.
+        Raises ``SchemaTooNew`` (file from a newer fedpeer), ``StoreCorrupt``
+        (not a SQLite database / damaged) or ``StoreError`` (cannot create or
+        open: missing directory, permissions). Runs on a worker thread; a
+        cancellation is delivered once the open finished.
+        """
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
+        if scan_window < 1 or readers < 1:
+            raise ValueError("scan_window and readers must be >= 1")
+        p = Path(path)
+        writer, epoch, head = await trio.to_thread.run_sync(_open_writer, p, synchronous)
+        return cls(p, writer, epoch, head, scan_window=scan_window, readers=readers)
+
+    # --- plumbing ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("the store is closed")
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self._reader_uri,
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=_BUSY_TIMEOUT_S,
+            )
+        except sqlite3.Error as exc:
+            raise _map_error(exc, f"open a reader on {self.path}") from exc
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        self._check_open()
+        async with self._read_limiter:
+            self._check_open()
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                conn = await trio.to_thread.run_sync(self._connect_reader)
+            try:
+                return await trio.to_thread.run_sync(_in_thread_read, fn, conn, doing)
+            finally:
+                if self._closed:
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+
+    def _write_in_thread(self, fn: Callable[[StateTx], T]) -> tuple[T, int]:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "begin a write transaction") from exc
+        tx = _SQLiteTx(conn)
+        try:
+            result = fn(tx)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise StoreError("transact needs a synchronous function, got an awaitable")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _map_error(exc, "commit") from exc
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        finally:
+            tx.finished = True
+        return result, tx.max_new_seq
+
+    # --- record log -------------------------------------------------------
+
+    async def put(self, records: Sequence[NewRecord]) -> PutResult:
+        """See :meth:`fedpeer.store.Store.put`."""
+        return await self.transact(lambda tx: tx.put_records(records))
+
+    async def get(self, cid: bytes) -> StoredRecord | None:
+        """See :meth:`fedpeer.store.Store.get`."""
+
+        def run(conn: sqlite3.Connection) -> StoredRecord | None:
+            row = conn.execute(_BY_CID, (cid,)).fetchone()
+            return None if row is None else StoredRecord(*row)
+
+        return await self._read(run, "read a record")
+
+    async def get_many(self, cids: Sequence[bytes]) -> list[StoredRecord]:
+        """See :meth:`fedpeer.store.Store.get_many`."""
+        wanted = list(dict.fromkeys(cids))
+
+        def run(conn: sqlite3.Connection) -> list[StoredRecord]:
+            found: dict[bytes, StoredRecord] = {}
+            for i in range(0, len(wanted), _GET_MANY_CHUNK):
+                chunk = wanted[i : i + _GET_MANY_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"{_SELECT} WHERE cid IN ({marks})"
+                for row in conn.execute(sql, chunk):
+                    rec = StoredRecord(*row)
+                    found[rec.cid] = rec
+            return [found[c] for c in wanted if c in found]
+
+        if not wanted:
+            self._check_open()
+            await trio.lowlevel.checkpoint()
+            return []
+        return await self._read(run, "read records")
+
+    async def changes(
+        self, since_seq: int, limit: int, filter: ChangeFilter | None = None
+    ) -> ChangesPage:
+        """See :meth:`fedpeer.store.Store.changes`."""
+        check_changes_args(since_seq, limit)
+        window = self.scan_window
+        page = await self._read(
+            lambda conn: _changes(conn, since_seq, limit, filter, window), "scan changes"
+        )
+        # a reader may see a commit before the writer task has announced it; keep
+        # head_seq() >= every seq ever handed out
+        self._watch.advance(page.head_seq)
+        return page
+
+    async def head_seq(self) -> int:
+        """See :meth:`fedpeer.store.Store.head_seq` (no I/O: the last committed seq)."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return self._watch.head
+
+    async def wait_for_seq(self, after_seq: int) -> int:
+        """See :meth:`fedpeer.store.Store.wait_for_seq`."""
+        self._check_open()
+        return await self._watch.wait_above(after_seq)
+
+    async def count(self) -> int:
+        """See :meth:`fedpeer.store.Store.count`."""
+        return await self._read(
+            lambda conn: _int(_scalar(conn, "SELECT count(*) FROM records")), "count records"
+        )
+
+    async def threads(self, namespace_prefix: str | None = None) -> list[ThreadInfo]:
+        """See :meth:`fedpeer.store.Store.threads`."""
+
+        def run(conn: sqlite3.Connection) -> list[ThreadInfo]:
+            sql = "SELECT namespace, thread, count(*), max(seq) FROM records"
+            params: list[object] = []
+            if namespace_prefix:
+                sql += " WHERE namespace >= ?"
+                params.append(namespace_prefix)
+                upper = prefix_upper_bound(namespace_prefix)
+                if upper is not None:
+                    sql += " AND namespace < ?"
+                    params.append(upper)
+            sql += " GROUP BY namespace, thread ORDER BY namespace, thread"
+            return [ThreadInfo(*row) for row in conn.execute(sql, params)]
+
+        return await self._read(run, "list threads")
+
+    # --- state area -------------------------------------------------------
+
+    async def transact(self, fn: Callable[[StateTx], T]) -> T:
+        """See :meth:`fedpeer.store.Store.transact` (``fn`` runs on the writer thread)."""
+        self._check_open()
+        async with self._write_lock:
+            self._check_open()
+            result, new_head = await trio.to_thread.run_sync(self._write_in_thread, fn)
+            self._watch.advance(new_head)
+        return result
+
+    async def get_state(self, table: str, key: str) -> JsonDict | None:
+        """See :meth:`fedpeer.store.Store.get_state`."""
+        check_name("table", table)
+        check_name("key", key)
+
+        def run(conn: sqlite3.Connection) -> JsonDict | None:
+            text = _scalar(conn, "SELECT value FROM state WHERE tbl = ? AND key = ?", (table, key))
+            return None if text is None else load_json(str(text))
+
+        return await self._read(run, "read state")
+
+    async def list_state(self, table: str, prefix: str = "") -> list[tuple[str, JsonDict]]:
+        """See :meth:`fedpeer.store.Store.list_state`."""
+        return await self._read(lambda conn: _list_state(conn, table, prefix), "list state")
+
+    async def audit_log(self, since_id: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """See :meth:`fedpeer.store.Store.audit_log`."""
+
+        def run(conn: sqlite3.Connection) -> list[AuditEntry]:
+            rows = conn.execute(
+                "SELECT id, ts_ms, event FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                (since_id, max(limit, 0)),
+            )
+            return [AuditEntry(i, ts, load_json(str(ev))) for i, ts, ev in rows]
+
+        return await self._read(run, "read the audit log")
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """See :meth:`fedpeer.store.Store.aclose`. Waits for an in-flight write."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._watch.close()
+        with trio.CancelScope(shield=True):
+            async with self._write_lock:
+                idle, self._idle = self._idle, []
+                await trio.to_thread.run_sync(_close_all, [*idle, self._writer])
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def integrity_check(self) -> str:
+        """``PRAGMA integrity_check`` of the file: ``"ok"`` or SQLite's list of problems.
+
+        Reads the whole file (slow on big stores); for tests and operators.
+        """
+
+        def run(conn: sqlite3.Connection) -> str:
+            return "\n".join(str(row[0]) for row in conn.execute("PRAGMA integrity_check"))
+
+        return await self._read(run, "check integrity")

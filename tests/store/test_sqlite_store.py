@@ -1,0 +1,275 @@
+"""SQLiteStore specifics: persistence, file mode, schema versions, damaged files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+
+import fedpeer.store
+from fedpeer.errors import SchemaTooNew, StoreCorrupt, StoreError
+from fedpeer.store import (
+    SCHEMA_VERSION,
+    MemoryStore,
+    SQLiteStore,
+    StateTx,
+    Store,
+    StoredRecord,
+    open_store,
+)
+
+from .store_backends import rec
+
+
+async def test_reopen_keeps_epoch_records_state_and_audit(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    store = await SQLiteStore.open(path)
+    epoch = store.epoch
+    await store.put([rec(i) for i in range(10)])
+
+    def write(tx: StateTx) -> None:
+        tx.put("pairs", "p", {"cursor": "c1"})
+        tx.audit({"a": 1})
+
+    await store.transact(write)
+    await store.aclose()
+
+    again = await SQLiteStore.open(path)
+    try:
+        assert again.epoch == epoch
+        assert await again.head_seq() == 10
+        assert await again.count() == 10
+        assert await again.get_state("pairs", "p") == {"cursor": "c1"}
+        assert [e.event for e in await again.audit_log()] == [{"a": 1}]
+        res = await again.put([rec(9), rec(10)])
+        assert res.new == ((rec(10).cid, 11),)
+    finally:
+        await again.aclose()
+
+    other = await SQLiteStore.open(tmp_path / "other.db")
+    try:
+        assert other.epoch != epoch
+    finally:
+        await other.aclose()
+
+
+async def test_file_mode_is_0600_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    store = await SQLiteStore.open(path)
+    try:
+        await store.put([rec(1)])
+        for name in ("node.db", "node.db-wal", "node.db-shm"):
+            mode = stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+            assert mode == 0o600, (name, oct(mode))
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        finally:
+            conn.close()
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.aclose()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    store = await SQLiteStore.open(path)
+    await store.aclose()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaTooNew) as info:
+        await SQLiteStore.open(path)
+    assert info.value.code == "SCHEMA_TOO_NEW"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database at all, just some text " * 50, os.urandom(4096)],
+    ids=["text", "random"],
+)
+async def test_not_a_database_is_corrupt(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "node.db"
+    path.write_bytes(content)
+    with pytest.raises(StoreCorrupt) as info:
+        await SQLiteStore.open(path)
+    assert info.value.code == "STORE_CORRUPT"
+
+
+async def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE records (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreCorrupt):
+        await SQLiteStore.open(path)
+    conn = sqlite3.connect(path)  # left untouched
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+        assert names == ["records"]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        conn.close()
+
+
+async def test_damaged_pages_are_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    store = await SQLiteStore.open(path)
+    await store.put([rec(i, data=os.urandom(300)) for i in range(400)])
+    await store.aclose()  # checkpoints the WAL into the main file
+    size = path.stat().st_size
+    with path.open("r+b") as f:  # smash every page but the first (the header)
+        for offset in range(4096, size, 4096):
+            f.seek(offset)
+            f.write(b"\xff" * 64)
+
+    async def open_and_read_everything() -> None:
+        s = await SQLiteStore.open(path)  # may already fail here
+        try:
+            await s.changes(0, 1000)
+            await s.threads()
+        finally:
+            await s.aclose()
+
+    with pytest.raises(StoreCorrupt):
+        await open_and_read_everything()
+
+
+async def test_missing_directory_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as info:
+        await SQLiteStore.open(tmp_path / "no" / "such" / "dir" / "node.db")
+    assert type(info.value) is StoreError
+
+
+async def test_open_migrates_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    path.touch()
+    store = await SQLiteStore.open(path)
+    try:
+        assert len(store.epoch) == 32
+        assert await store.head_seq() == 0
+    finally:
+        await store.aclose()
+
+
+async def test_audit_and_records_are_protected_by_triggers(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    store = await SQLiteStore.open(path)
+    await store.put([rec(1)])
+    await store.transact(lambda tx: tx.audit({"x": 1}))
+    await store.aclose()
+    conn = sqlite3.connect(path)
+    try:
+        for sql in (
+            "UPDATE audit SET event = '{}'",
+            "DELETE FROM audit",
+            "UPDATE records SET data = x'00'",
+        ):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute(sql)
+    finally:
+        conn.close()
+
+
+async def test_transact_runs_off_the_trio_thread(tmp_path: Path) -> None:
+    import threading
+
+    store = await SQLiteStore.open(tmp_path / "node.db")
+    try:
+        ident = await store.transact(lambda tx: threading.get_ident())
+        assert ident != threading.get_ident()
+    finally:
+        await store.aclose()
+
+
+async def test_readers_see_commits_while_a_write_waits(tmp_path: Path) -> None:
+    """A read is not queued behind the writer lock."""
+    store = await SQLiteStore.open(tmp_path / "node.db")
+    try:
+        await store.put([rec(1)])
+        entered = trio.Event()
+        release = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def slow(tx: object) -> None:
+            trio.from_thread.run_sync(entered.set, trio_token=token)
+            trio.from_thread.run(release.wait, trio_token=token)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.transact, slow)
+                await entered.wait()
+                page = await store.changes(0, 10)  # the writer holds its lock right now
+                assert [r.seq for r in page.records] == [1]
+                assert await store.count() == 1
+                release.set()
+    finally:
+        await store.aclose()
+
+
+async def test_open_store_picks_the_backend(tmp_path: Path) -> None:
+    mem = await open_store(None)
+    assert isinstance(mem, MemoryStore)
+    await mem.aclose()
+    disk = await open_store(tmp_path / "x.db")
+    assert isinstance(disk, SQLiteStore)
+    await disk.aclose()
+
+
+def test_exports() -> None:
+    for name in fedpeer.store.__all__:
+        assert getattr(fedpeer.store, name) is not None
+    assert {"Store", "MemoryStore", "SQLiteStore", "open_store", "NewRecord"} <= set(
+        fedpeer.store.__all__
+    )
+
+
+def test_implementations_satisfy_the_protocol() -> None:
+    # structural check at type-check time (mypy) and a cheap runtime one here
+    def accepts(store: Store) -> Store:
+        return store
+
+    accepts(MemoryStore())
+
+    def accepts_sqlite(store: SQLiteStore) -> Store:  # mypy: SQLiteStore is a Store
+        return store
+
+    assert accepts_sqlite is not None
+    for name in dir(Store):
+        if not name.startswith("_"):
+            assert hasattr(MemoryStore, name) or name == "epoch", name
+            assert hasattr(SQLiteStore, name) or name == "epoch", name
+
+
+async def test_large_batch_and_blob_round_trip(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "node.db")
+    try:
+        big = rec("big", data=os.urandom(1_048_576))
+        batch = [rec(i) for i in range(3000)]
+        res = await store.put([*batch, big])
+        assert len(res.new) == 3001
+        got = await store.get(big.cid)
+        assert isinstance(got, StoredRecord)
+        assert got.data == big.data
+    finally:
+        await store.aclose()
+
+
+async def test_path_with_uri_special_characters(tmp_path: Path) -> None:
+    odd = tmp_path / "a dir %41?x=1#frag"
+    odd.mkdir()
+    store = await SQLiteStore.open(odd / "node ?.db")
+    try:
+        await store.put([rec(1), rec(2)])
+        assert [r.seq for r in (await store.changes(0, 10)).records] == [1, 2]
+        assert await store.count() == 2
+    finally:
+        await store.aclose()
+    assert sorted(p.name for p in odd.iterdir()) == ["node ?.db"]
