@@ -29,7 +29,7 @@ async def test_every_served_route_declares_a_scope(node: Node) -> None:
 
 
 def _fill(spec: RouteSpec, values: dict[str, str]) -> str:
-    return re.sub(r"\{(\w+)(:\w+)?\}", lambda m: values[m.group(1)], spec.path)
+    return re.sub(r"\{(\w+)(:\w+)?\}", lambda m: values.get(m.group(1), "unknown0id"), spec.path)
 
 
 def _body(spec: RouteSpec) -> dict[str, object] | None:
@@ -65,6 +65,7 @@ async def test_auth_matrix(
     appended = await node.append(namespace="ns", thread="t", kind="note", body={"n": 1})
     _, victim = await _mint(http, admin_token, ["reader"])
     values = {"cid": str(appended.cid), "thread": "t", "sa_id": victim}
+    values |= {"grant_id": "0" * 20, "invite_id": "0" * 32, "token_id": "0" * 16}
     url = _fill(spec, values)
     body = _body(spec)
 

@@ -1,4 +1,4 @@
-"""fedpeer.consent: scopes, service accounts and bearer tokens, rate limiting.
+"""fedpeer.consent: scopes, service accounts and bearer tokens, rate limiting, grants, invites.
 
 Pure logic over the store's state area (``Store.transact``); no network I/O.
 See docs/architecture.md, section "consent".
@@ -6,6 +6,37 @@ See docs/architecture.md, section "consent".
 
 from __future__ import annotations
 
+from .grants import EVERYTHING as EVERYTHING
+from .grants import NOTHING as NOTHING
+from .grants import ConsentView as ConsentView
+from .grants import Grant as Grant
+from .grants import Target as Target
+from .grants import create_grant as create_grant
+from .grants import delete_grant as delete_grant
+from .grants import list_grants as list_grants
+from .grants import load_view as load_view
+from .grants import parse_target as parse_target
+from .grants import view_for as view_for
+from .invites import Credential as Credential
+from .invites import Invite as Invite
+from .invites import InviteParams as InviteParams
+from .invites import InviteUrl as InviteUrl
+from .invites import IssuedInvite as IssuedInvite
+from .invites import Redeemed as Redeemed
+from .invites import RedeemRequest as RedeemRequest
+from .invites import bulk_revoke as bulk_revoke
+from .invites import confirmation_code as confirmation_code
+from .invites import create_invite as create_invite
+from .invites import get_invite as get_invite
+from .invites import list_invites as list_invites
+from .invites import parse_invite_params as parse_invite_params
+from .invites import parse_invite_url as parse_invite_url
+from .invites import parse_redeem_request as parse_redeem_request
+from .invites import redeem_in_tx as redeem_in_tx
+from .invites import redeem_proof_payload as redeem_proof_payload
+from .invites import revoke_invite as revoke_invite
+from .invites import sign_redeem_proof as sign_redeem_proof
+from .invites import verify_redeem_proof as verify_redeem_proof
 from .ratelimit import RateDecision as RateDecision
 from .ratelimit import RateLimiter as RateLimiter
 from .scopes import ADMIN as ADMIN

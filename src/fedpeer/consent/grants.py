@@ -257,28 +257,36 @@ def _grant_key(grantee_did: str, grant_id: str) -> str:
 
 
 def _grant_from_row(row: Mapping[str, object]) -> Grant:
+    def bad(what: str) -> StoreCorrupt:
+        return StoreCorrupt(f"a stored grant row is damaged ({what})")
+
+    gid, did, origin = row.get("id"), row.get("grantee_did"), row.get("origin", "api")
+    if not (isinstance(gid, str) and isinstance(did, str) and isinstance(origin, str)):
+        raise bad("id, grantee_did or origin")
+    scopes = row.get("scopes")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise bad("scopes")
+    created, expires, sa_id = row.get("created_ms"), row.get("expires_ms"), row.get("sa_id")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise bad("created_ms")
+    if expires is not None and (not isinstance(expires, int) or isinstance(expires, bool)):
+        raise bad("expires_ms")
+    if sa_id is not None and not isinstance(sa_id, str):
+        raise bad("sa_id")
     try:
-        target_raw = row["target"]
-        scopes_raw = row["scopes"]
-        assert isinstance(scopes_raw, list)
-        expires = row.get("expires_ms")
-        sa_id = row.get("sa_id")
-        created = row["created_ms"]
-        assert isinstance(created, int)
-        assert expires is None or isinstance(expires, int)
-        assert sa_id is None or isinstance(sa_id, str)
-        return Grant(
-            id=str(row["id"]),
-            grantee_did=str(row["grantee_did"]),
-            target=parse_target(target_raw),
-            scopes=frozenset(str(s) for s in scopes_raw) & ALL_SCOPES,
-            created_ms=created,
-            expires_ms=expires,
-            origin=str(row.get("origin", "api")),
-            sa_id=sa_id,
-        )
-    except (KeyError, AssertionError, InvalidRequest) as exc:
-        raise StoreCorrupt(f"a stored grant row is damaged: {exc!r}") from None
+        target = parse_target(row.get("target"))
+    except InvalidRequest:
+        raise bad("target") from None
+    return Grant(
+        id=gid,
+        grantee_did=did,
+        target=target,
+        scopes=frozenset(str(s) for s in scopes) & ALL_SCOPES,
+        created_ms=created,
+        expires_ms=expires,
+        origin=origin,
+        sa_id=sa_id,
+    )
 
 
 def _check_did(did: object) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from ..errors import ConfigInvalid
 
 
-def _positive(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ConfigInvalid(f"{attr.name} must be > 0, got {value!r}")
 
@@ -18,6 +20,11 @@ class NodeConfig:
 
     ``auth_enabled=False`` is for local development only: non-admin routes then
     accept anonymous callers, admin routes still require an admin token.
+
+    ``discovery=True`` advertises the node over mDNS and browses for others
+    (see :mod:`fedpeer.peer.discovery`); off by default for embedded nodes and
+    tests, ``fedpeer run`` turns it on. ``interfaces`` restricts mDNS to those
+    network interfaces (names such as ``"eth0"``); empty means all.
     """
 
     handle: str = "fedpeer"
@@ -35,3 +42,5 @@ class NodeConfig:
     manifest_resign_after_s: int = attrs.field(default=24 * 3600, validator=_positive)
     graceful_timeout_s: float = attrs.field(default=2.0, validator=_positive)
     advertised_namespaces: tuple[str, ...] = ()
+    discovery: bool = False
+    interfaces: tuple[str, ...] = ()

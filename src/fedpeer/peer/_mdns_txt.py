@@ -40,6 +40,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import attrs
 
@@ -61,6 +62,7 @@ __all__ = [
     "SERVICE_TYPE",
     "TXT_VERSION",
     "Announcement",
+    "TxtProperties",
     "decode_txt",
     "sign_txt",
     "signing_input",
@@ -198,7 +200,11 @@ def sign_txt(
     return txt
 
 
-def decode_txt(properties: Mapping[bytes | str, bytes | str | None]) -> dict[str, str]:
+TxtProperties: TypeAlias = Mapping[bytes, bytes | None] | Mapping[str, str | None]
+"""Raw TXT properties: zeroconf's ``{bytes: bytes | None}`` or ``{str: str}``."""
+
+
+def decode_txt(properties: TxtProperties) -> dict[str, str]:
     """Decode raw TXT properties (as zeroconf gives them) into ``{str: str}``.
 
     Raises Malformed for a key that is not printable ASCII, a key present twice
@@ -299,4 +305,3 @@ def verify_txt(
         version=txt["v"],
         extra=extra,
     )
-

@@ -26,6 +26,8 @@ from ..store.base import ChangeFilter, StoredRecord
 from ..sync.feed import Cursor, FeedPage, build_page, page_to_wire, resolve_since
 from ..sync.records import record_to_wire, verify_record
 from ._http import read_json_object, read_value, respond
+from ._routes_consent import CONSENT_ROUTES, consent_view, publish_consent_revision
+from ._routes_sync import SYNC_ROUTES
 from ._routing import Ctx, Param, RouteSpec
 from .manifest import capabilities, federation_body
 
@@ -39,9 +41,11 @@ def _now_ms() -> int:
 # --- consent view ------------------------------------------------------------------
 
 
-async def visible_for(ctx: Ctx) -> Visible:
-    """What the caller may see. The node itself and admins see everything."""
-    return lambda _rec: True
+async def visible_for(ctx: Ctx, scope: str = "sync:read") -> Visible:
+    """What the caller may see through ``scope``: its grants, read fresh for each
+    request (see :func:`._routes_consent.consent_view`). The node itself and
+    admins see everything."""
+    return (await consent_view(ctx, scope)).record_visible
 
 
 # --- query parsing -----------------------------------------------------------------
@@ -133,6 +137,7 @@ def _capabilities(ctx: Ctx) -> dict[str, object]:
 
 
 async def well_known(ctx: Ctx) -> Response:
+    await publish_consent_revision(ctx.app)
     signed = ctx.app.signer.current(_manifest_body(ctx))
     return respond(
         {"capabilities_manifest": _capabilities(ctx), "federation_manifest": signed},
@@ -231,7 +236,7 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
 async def get_record(ctx: Ctx) -> Response:
     cid = _cid(ctx.request.path_params["cid"])
     rec = await ctx.app.store.get(cid.raw)
-    visible = await visible_for(ctx)
+    visible = await visible_for(ctx, "records:read")
     if rec is None or not visible(rec):
         raise RecordNotFound(f"no record {cid} here (or you may not see it)")
     if _wants_cbor(ctx):
@@ -249,12 +254,12 @@ def _wants_cbor(ctx: Ctx) -> bool:
 
 async def list_threads(ctx: Ctx) -> Response:
     prefix = _name_param(ctx, "namespace")
-    visible = await visible_for(ctx)
+    view = await consent_view(ctx, "records:read")
+    view.check_filter(prefix, None)  # CONSENT_DENIED for a namespace outside every grant
     infos = await ctx.app.store.threads(prefix)
-    allowed_thread = ctx.app.extra.get("thread_visible")
     out = []
     for info in infos:
-        if callable(allowed_thread) and not allowed_thread(ctx, info):
+        if not view.visible(info.namespace, info.thread):
             continue
         out.append(
             {
@@ -264,7 +269,6 @@ async def list_threads(ctx: Ctx) -> Response:
                 "last_seq": info.last_seq,
             }
         )
-    del visible
     return respond({"threads": out}, ctx.request)
 
 
@@ -273,7 +277,7 @@ async def thread_records(ctx: Ctx) -> Response:
     if len(thread) > ctx.app.limits.max_name_len:
         raise InvalidRequest("thread name too long")
     flt = ChangeFilter(namespace_prefix=_name_param(ctx, "namespace"), thread=thread)
-    page = await _one_page(ctx, flt, _q(ctx, "since"), _limit(ctx))
+    page = await _one_page(ctx, flt, _q(ctx, "since"), _limit(ctx), scope="records:read")
     return respond(_page_body(ctx, page), ctx.request)
 
 
@@ -288,12 +292,15 @@ def _page_body(ctx: Ctx, page: FeedPage) -> dict[str, object]:
     return wire
 
 
-async def _one_page(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int) -> FeedPage:
+async def _one_page(
+    ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int, scope: str = "sync:read"
+) -> FeedPage:
     store = ctx.app.store
+    view = await consent_view(ctx, scope)
+    view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
     since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
-    visible = await visible_for(ctx)
     changes = await store.changes(since, limit, flt)
-    return build_page(changes, epoch=store.epoch, visible=visible)
+    return build_page(changes, epoch=store.epoch, visible=view.record_visible)
 
 
 async def _wait_new(ctx: Ctx, after_seq: int, timeout: float) -> bool:
@@ -368,14 +375,16 @@ def _sse_event(event: str, event_id: str, data: bytes) -> bytes:
 async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int) -> Response:
     store = ctx.app.store
     # Validate the cursor before the stream starts so errors are plain HTTP errors.
+    (await consent_view(ctx, "sync:read")).check_change_filter(flt)
     since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
-    visible = await visible_for(ctx)
     heartbeat = ctx.app.config.heartbeat_s
 
     async def events() -> AsyncIterator[bytes]:
         seq = since
         yield b": fedpeer continuous feed\n\n"
         while not ctx.app.closing.is_set():
+            # Grants are read again for every page, so a change applies mid-stream.
+            visible = await visible_for(ctx, "sync:read")
             page = await store.changes(seq, limit, flt)
             for rec in page.records:
                 if visible(rec):
@@ -416,7 +425,7 @@ async def batch_records(ctx: Ctx) -> Response:
             seen.add(cid.raw)
             cids.append(cid)
     found = {r.cid: r for r in await ctx.app.store.get_many([c.raw for c in cids])}
-    visible = await visible_for(ctx)
+    visible = await visible_for(ctx, "sync:read")
     out: list[object] = []
     missing: list[str] = []
     cbor = _wants_cbor(ctx)
@@ -710,5 +719,8 @@ ROUTES: list[RouteSpec] = [
         errors=("SERVICE_ACCOUNT_NOT_FOUND",),
     ),
 ]
+
+ROUTES += CONSENT_ROUTES  # grants, invites, scope presets, token rotation
+ROUTES += SYNC_ROUTES  # sync pairs and health
 
 __all__ = ["ROUTES"]

@@ -16,16 +16,25 @@ from typing import Literal
 import attrs
 import httpx
 
+from ..consent.invites import (
+    Credential,
+    check_invite_preview,
+    credential_from_answer,
+    parse_invite_url,
+    sign_redeem_proof,
+)
 from ..errors import (
     FedpeerError,
     Malformed,
     PeerError,
+    PeerInvalid,
     PeerUnreachable,
     RateLimited,
     error_from_code,
 )
-from ..identity.canonical import CID, dagcbor_decode, dagcbor_encode, dagjson_decode
+from ..identity.canonical import CID, b64url_encode, dagcbor_decode, dagcbor_encode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
+from ..identity.keys import SigningKey
 from ..sync.feed import page_from_wire
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
 from .manifest import verify_manifest
@@ -319,9 +328,7 @@ class PeerClient:
         wire = {k: item[k] for k in ("cid", "data", "sig") if k in item}
         return StreamEvent(cursor, record_from_wire(wire, limits=self.limits, now_ms=_now_ms()))
 
-    async def fetch_records(
-        self, ids: Sequence[CID | str]
-    ) -> tuple[list[SignedRecord], list[str]]:
+    async def fetch_records(self, ids: Sequence[CID | str]) -> tuple[list[SignedRecord], list[str]]:
         """Batch fetch by CID: (verified records, ids the peer did not give)."""
         response = await self.request(
             "POST", "/v1/sync/records", cbor_body={"ids": [str(i) for i in ids]}
@@ -333,6 +340,73 @@ class PeerClient:
         records = [record_from_wire(r, limits=self.limits, now_ms=now) for r in body["records"]]
         missing = [str(m) for m in body.get("missing", [])]
         return records, missing
+
+    # --- invites -------------------------------------------------------------------
+
+    async def redeem(
+        self,
+        invite_url: str,
+        *,
+        holder_key: SigningKey,
+        holder_type: Literal["federated", "guest"] = "federated",
+        label: str | None = None,
+        reciprocal: Mapping[str, object] | None = None,
+        now_ms: int | None = None,
+    ) -> Credential:
+        """Redeem an invite URL at the node that issued it; return the credential.
+
+        Talks to the node named in the URL (not ``base_url``; the HTTP client is
+        shared, no bearer is sent). Steps: parse the URL (``MALFORMED``); fetch the
+        node's manifest and require it to be signed by the URL's issuer DID
+        (``DID_MISMATCH``: a LAN impostor cannot take the redemption); fetch the
+        public preview and verify the signed invite document; redeem as
+        ``holder_type``: ``federated`` signs a fresh proof with ``holder_key``
+        (holder DID = its did:key), ``guest`` sends its public key. ``label`` names
+        the account on the issuer; ``reciprocal`` (``{token, scopes, url}``) hands
+        the issuer a credential for the way back (bidirectional pairing). The
+        answer's issuer, holder and confirmation code are checked
+        (``PEER_INVALID``).
+
+        Raises the issuer's error otherwise (``INVITE_EXPIRED``,
+        ``INVITE_EXHAUSTED``, ``INVITE_SECRET_INVALID``, ``HOLDER_TYPE_MISMATCH``,
+        ...) and ``PEER_UNREACHABLE``. Cancellable; a redemption cancelled after
+        the POST was sent may still have happened on the issuer.
+        """
+        invite = parse_invite_url(invite_url)
+        issuer = PeerClient(invite.node_url, client=self._client, limits=self.limits)
+        await issuer.manifest(expected_did=invite.issuer_did)
+        preview = await issuer.get_value(f"/v1/invites/{invite.invite_id}")
+        check_invite_preview(preview, invite)
+        body: dict[str, object] = {"holder_type": holder_type, "secret": invite.secret}
+        if label is not None:
+            body["holder_label"] = label
+        if reciprocal is not None:
+            body["reciprocal"] = dict(reciprocal)
+        if holder_type == "federated":
+            proof, issued_at = sign_redeem_proof(
+                holder_key,
+                invite_id=invite.invite_id,
+                audience=invite.issuer_did,
+                issued_at_ms=now_ms,
+            )
+            body |= {
+                "holder_did": holder_key.did,
+                "holder_proof": proof,
+                "holder_proof_issued_at_ms": issued_at,
+            }
+        else:
+            body["holder_pubkey"] = b64url_encode(holder_key.public_key)
+        response = await issuer.request(
+            "POST",
+            f"/v1/invites/{invite.invite_id}/redeem",
+            json_body=body,
+            accept="application/json",
+        )
+        try:
+            answer = response.json()
+        except ValueError:
+            raise PeerInvalid("the redeem answer is not JSON") from None
+        return credential_from_answer(answer, invite, holder_did=holder_key.did)
 
     # --- writes --------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ Files in the data dir (a contract, other tools rely on these names):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import attrs
+import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -35,9 +37,14 @@ from ..identity.canonical import CID, dagcbor_decode
 from ..identity.keys import SigningKey
 from ..store import MemoryStore, SQLiteStore
 from ..store.base import StateTx, Store
+from ..sync._manager import PairManager
+from ..sync._puller import SyncOptions
+from ..sync.pairs import Pair, PairFilter
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, build_record
 from ._config import NodeConfig
+from ._pairing import PeerPageSource, create_pair
 from .app import AppState, build_app
+from .discovery import Discovery
 from .manifest import ManifestSigner
 
 log = logging.getLogger("fedpeer.node")
@@ -78,6 +85,8 @@ class Node:
 
     ``did``, ``url``, ``store`` and ``key`` are fixed for its lifetime;
     ``nursery`` runs the node's background tasks (server, pullers).
+    ``discovery`` is the running mDNS :class:`~fedpeer.peer.discovery.Discovery`
+    when ``config.discovery`` is on, else None.
     """
 
     key: SigningKey
@@ -88,12 +97,61 @@ class Node:
     data_dir: Path | None
     nursery: trio.Nursery
     state: AppState
+    pairs: PairManager
     _append_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    discovery: Discovery | None = None
 
     @property
     def did(self) -> str:
         """This node's did:key."""
         return self.key.did
+
+    async def pair_with(
+        self,
+        peer_url: str,
+        *,
+        token: str | None,
+        peer_did: str | None = None,
+        filter: PairFilter | None = None,
+        author_allowlist: Sequence[str] | None = None,
+    ) -> Pair:
+        """Pull from the node at ``peer_url`` (showing it ``token``); return the pair.
+
+        Fetches and verifies the peer's manifest to learn its DID (which must be
+        ``peer_did`` when given), refuses this node's own URL or DID (PAIR_SELF),
+        then creates the pair and starts pulling; the same peer and filter again
+        returns the existing pair. For two-way sync each side calls this for the
+        other. Raises PairSelf, InvalidRequest, PeerUnreachable, DidMismatch,
+        PeerInvalid, DidInvalid. Blocks on one HTTP request (at most 10 s).
+        """
+        pair, _created = await self.create_pair(
+            peer_url,
+            token=token,
+            peer_did=peer_did,
+            filter=filter,
+            author_allowlist=author_allowlist,
+        )
+        return pair
+
+    async def create_pair(
+        self,
+        peer_url: str,
+        *,
+        token: str | None,
+        peer_did: str | None = None,
+        filter: PairFilter | None = None,
+        author_allowlist: Sequence[str] | None = None,
+    ) -> tuple[Pair, bool]:
+        """:meth:`pair_with`, also saying whether the pair is new (``POST /v1/sync/pairs``)."""
+        return await create_pair(
+            self.pairs,
+            own_urls=self.urls,
+            peer_url=peer_url,
+            token=token,
+            peer_did=peer_did,
+            filter=filter,
+            author_allowlist=author_allowlist,
+        )
 
     @property
     def admin_token_path(self) -> Path | None:
@@ -168,6 +226,7 @@ async def open_node(
     config: NodeConfig | None = None,
     key: SigningKey | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    sync: SyncOptions | None = None,
 ) -> AsyncIterator[Node]:
     """Start a node for the duration of the ``async with`` block.
 
@@ -180,6 +239,9 @@ async def open_node(
     own DID and writes the token to ``admin.token`` (mode 0600), unless
     ``config.write_admin_token_file`` is False: then
     ``POST /v1/bootstrap/service-account`` mints it once.
+
+    ``sync`` tunes the pullers (:class:`~fedpeer.sync._puller.SyncOptions`);
+    the stored pairs start pulling as the node starts (``node.pairs``).
 
     Raises KeyFileInsecure / KeyFileError for a bad key file, StoreCorrupt /
     SchemaTooNew for a bad store, OSError when the port cannot be bound.
@@ -207,9 +269,21 @@ async def open_node(
         )
         app = build_app(state)
         shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
+        sync_opts = sync or SyncOptions()
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        async with http, trio.open_nursery() as nursery:
             urls: list[str] = await nursery.start(_serve, app, host, port, cfg, shutdown)
             state.urls = list(urls)
+            pairs = PairManager(
+                store,
+                local_did=key.did,
+                source=PeerPageSource(http, longpoll_s=sync_opts.longpoll_s, limits=limits),
+                limits=limits,
+                options=sync_opts,
+            )
             node = Node(
                 key=key,
                 store=store,
@@ -219,12 +293,24 @@ async def open_node(
                 data_dir=ddir,
                 nursery=nursery,
                 state=state,
+                pairs=pairs,
             )
             state.append = node.append
             log.info("node %s serving at %s", key.did, node.url)
+            state.extra["pairs"] = pairs
+            state.extra["create_pair"] = node.create_pair
+            state.extra["health"] = pairs.health_summary
+            await nursery.start(pairs.run)
+            if cfg.discovery:
+                # mDNS trouble never stops the node: run() reports started at
+                # once and retries in the background; it ends on state.closing.
+                node.discovery = Discovery.for_node(key, cfg, url=node.url, bind_host=host)
+                state.extra["discovery"] = node.discovery
+                await nursery.start(functools.partial(node.discovery.run, stop=state.closing))
             try:
                 yield node
             finally:
+                pairs.stop()
                 state.closing.set()
                 shutdown.set()
                 # Backstop: the server drains within graceful_timeout; never hang.

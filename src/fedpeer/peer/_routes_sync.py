@@ -1,0 +1,315 @@
+"""Sync pair routes: ``/v1/sync/pairs`` (create, list, get, delete, pause, resume,
+kick, credential, stats) and ``/v1/sync/health``.
+
+Every route needs the ``admin`` scope: a pair holds a credential for another
+node, and the health view names this node's peers. Handlers parse input at the
+edge and call the node's :class:`~fedpeer.sync._manager.PairManager` (kept in
+``AppState.extra["pairs"]``); creating a pair goes through the node's
+``create_pair`` (``extra["create_pair"]``), which verifies the peer's manifest
+and refuses this node itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from starlette.responses import Response
+
+from ..errors import InternalError, InvalidRequest
+from ..sync._manager import PairManager
+from ..sync.pairs import Pair, PairAction, PairFilter
+from ._http import read_json_object, read_value, respond
+from ._routing import Ctx, Param, RouteSpec
+
+__all__ = ["SYNC_ROUTES"]
+
+
+class _CreatePair(Protocol):
+    def __call__(
+        self,
+        peer_url: str,
+        *,
+        token: str | None,
+        peer_did: str | None = None,
+        filter: PairFilter | None = None,
+        author_allowlist: Sequence[str] | None = None,
+    ) -> Awaitable[tuple[Pair, bool]]: ...
+
+
+def _manager(ctx: Ctx) -> PairManager:
+    manager = ctx.app.extra.get("pairs")
+    if not isinstance(manager, PairManager):
+        raise InternalError("sync pairs are not running on this node")
+    return manager
+
+
+def _pair_id(ctx: Ctx) -> str:
+    return str(ctx.request.path_params["pair_id"])
+
+
+def _opt_str(obj: dict[str, object], name: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string or null")
+    return value
+
+
+async def create_pair(ctx: Ctx) -> Response:
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    allowed = {"peer_url", "peer_did", "credential", "filter", "author_allowlist"}
+    extra = set(obj) - allowed
+    if extra:
+        raise InvalidRequest(f"unknown fields {sorted(extra)}; allowed: {sorted(allowed)}")
+    peer_url = obj.get("peer_url")
+    if not isinstance(peer_url, str):
+        raise InvalidRequest("peer_url is required: the http(s) URL of the node to pull from")
+    peer_did = _opt_str(obj, "peer_did")
+    credential = _opt_str(obj, "credential")
+    flt = PairFilter.from_dict(obj.get("filter"))
+    allow = obj.get("author_allowlist")
+    if allow is not None and (
+        not isinstance(allow, list) or not all(isinstance(d, str) for d in allow)
+    ):
+        raise InvalidRequest("author_allowlist must be a list of DIDs or null")
+    create = ctx.app.extra.get("create_pair")
+    if not callable(create):
+        raise InternalError("sync pairs are not running on this node")
+    fn: _CreatePair = create
+    pair, created = await fn(
+        peer_url, token=credential, peer_did=peer_did, filter=flt, author_allowlist=allow
+    )
+    body = _manager(ctx).public(pair.id)
+    return respond(body, ctx.request, status=201 if created else 200)
+
+
+async def list_pairs(ctx: Ctx) -> Response:
+    manager = _manager(ctx)
+    pairs = [manager.public(p.id) for p in manager.list()]
+    return respond({"pairs": pairs}, ctx.request)
+
+
+async def get_pair(ctx: Ctx) -> Response:
+    return respond(_manager(ctx).public(_pair_id(ctx)), ctx.request)
+
+
+async def delete_pair(ctx: Ctx) -> Response:
+    pid = _pair_id(ctx)
+    await _manager(ctx).delete(pid)
+    return respond({"deleted": pid}, ctx.request)
+
+
+def _action(action: PairAction) -> Callable[[Ctx], Awaitable[Response]]:
+    async def handler(ctx: Ctx) -> Response:
+        manager = _manager(ctx)
+        pid = _pair_id(ctx)
+        await manager.act(pid, action)
+        return respond(manager.public(pid), ctx.request)
+
+    handler.__name__ = f"{action.value}_pair"
+    return handler
+
+
+async def set_credential(ctx: Ctx) -> Response:
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    if set(obj) != {"credential"}:
+        raise InvalidRequest('the body is {"credential": "<bearer token>" | null}')
+    manager = _manager(ctx)
+    pid = _pair_id(ctx)
+    await manager.set_credential(pid, _opt_str(obj, "credential"))
+    return respond(manager.public(pid), ctx.request)
+
+
+async def pair_stats(ctx: Ctx) -> Response:
+    return respond(_manager(ctx).stats(_pair_id(ctx)), ctx.request)
+
+
+async def sync_health(ctx: Ctx) -> Response:
+    return respond(_manager(ctx).health(), ctx.request)
+
+
+# --- the table ------------------------------------------------------------------------
+
+_ID = Param("pair_id", "path", required=True, description="pair id (p_ + 24 hex)")
+_NAME = {"type": ["string", "null"], "minLength": 1, "maxLength": 256}
+_FILTER = {
+    "type": ["object", "null"],
+    "properties": {"namespace": _NAME, "thread": _NAME},
+    "additionalProperties": False,
+}
+_PAIR = {
+    "type": "object",
+    "required": ["id", "peer_did", "peer_url", "state", "cursor", "retries", "last_error", "lag"],
+    "properties": {
+        "id": {"type": "string"},
+        "peer_did": {"type": "string"},
+        "peer_url": {"type": "string"},
+        "state": {
+            "type": "string",
+            "enum": ["running", "caught_up", "failing", "paused", "stopped"],
+        },
+        "cursor": {"type": ["string", "null"]},
+        "retries": {"type": "integer"},
+        "last_error": {"type": ["object", "null"]},
+        "lag": {"type": "object"},
+        "stats": {"type": "object"},
+        "has_credential": {"type": "boolean"},
+    },
+}
+_ACTION_ERRORS = ("PAIR_NOT_FOUND", "PAIR_STATE_INVALID", "STORE_ERROR")
+
+
+def _action_route(action: PairAction, summary: str) -> RouteSpec:
+    return RouteSpec(
+        "POST",
+        f"/v1/sync/pairs/{{pair_id}}/{action.value}",
+        "admin",
+        _action(action),
+        summary,
+        f"{action.value}_pair",
+        params=(_ID,),
+        response_schema=_PAIR,
+        errors=_ACTION_ERRORS,
+    )
+
+
+SYNC_ROUTES: list[RouteSpec] = [
+    RouteSpec(
+        "POST",
+        "/v1/sync/pairs",
+        "admin",
+        create_pair,
+        "Pull from another node: verify its manifest, create the pair (or return the "
+        "existing one) and start pulling",
+        "create_pair",
+        request_schema={
+            "type": "object",
+            "required": ["peer_url"],
+            "properties": {
+                "peer_url": {"type": "string", "maxLength": 2048},
+                "peer_did": {"type": ["string", "null"]},
+                "credential": {"type": ["string", "null"], "maxLength": 4096},
+                "filter": _FILTER,
+                "author_allowlist": {"type": ["array", "null"], "items": {"type": "string"}},
+            },
+            "additionalProperties": False,
+        },
+        response_schema=_PAIR,
+        success_status=201,
+        errors=(
+            "PAIR_SELF",
+            "INVALID_REQUEST",
+            "DID_INVALID",
+            "DID_MISMATCH",
+            "PEER_UNREACHABLE",
+            "PEER_INVALID",
+            "PEER_ERROR",
+            "STORE_ERROR",
+        ),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/sync/pairs",
+        "admin",
+        list_pairs,
+        "List the pairs this node pulls through",
+        "list_pairs",
+        response_schema={
+            "type": "object",
+            "required": ["pairs"],
+            "properties": {"pairs": {"type": "array", "items": _PAIR}},
+        },
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/sync/pairs/{pair_id}",
+        "admin",
+        get_pair,
+        "One pair: state, cursor, lag, retries, last error, timestamps, stats",
+        "get_pair",
+        params=(_ID,),
+        response_schema=_PAIR,
+        errors=("PAIR_NOT_FOUND",),
+    ),
+    RouteSpec(
+        "DELETE",
+        "/v1/sync/pairs/{pair_id}",
+        "admin",
+        delete_pair,
+        "Delete a pair (the records it pulled stay)",
+        "delete_pair",
+        params=(_ID,),
+        response_schema={"type": "object", "required": ["deleted"]},
+        errors=_ACTION_ERRORS,
+    ),
+    _action_route(PairAction.PAUSE, "Pause a pair (a request in flight is abandoned)"),
+    _action_route(PairAction.RESUME, "Resume a paused or stopped pair"),
+    _action_route(PairAction.KICK, "Poll now: end a backoff or longpoll, reset retries"),
+    RouteSpec(
+        "POST",
+        "/v1/sync/pairs/{pair_id}/credential",
+        "admin",
+        set_credential,
+        "Replace the bearer token shown to the peer (a stopped pair then needs resume)",
+        "set_pair_credential",
+        params=(_ID,),
+        request_schema={
+            "type": "object",
+            "required": ["credential"],
+            "properties": {"credential": {"type": ["string", "null"], "maxLength": 4096}},
+            "additionalProperties": False,
+        },
+        response_schema=_PAIR,
+        errors=_ACTION_ERRORS,
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/sync/pairs/{pair_id}/stats",
+        "admin",
+        pair_stats,
+        "A pair's counters, rolling rate, latency histogram, errors last hour, backoff",
+        "pair_stats",
+        params=(_ID,),
+        response_schema={
+            "type": "object",
+            "required": [
+                "pair_id",
+                "state",
+                "records",
+                "bytes",
+                "pages",
+                "rate_per_s",
+                "latency_p50_ms",
+                "latency_p95_ms",
+                "latency_counts",
+                "errors_last_hour",
+                "current_backoff_s",
+                "lag",
+            ],
+        },
+        errors=("PAIR_NOT_FOUND",),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/sync/health",
+        "admin",
+        sync_health,
+        "Sync health: pairs by state, records per minute/hour, p50/p95 latency, "
+        "slowest and most failing pairs",
+        "sync_health",
+        response_schema={
+            "type": "object",
+            "required": [
+                "status",
+                "pairs",
+                "by_state",
+                "records_per_minute",
+                "records_last_hour",
+                "latency_p50_ms",
+                "latency_p95_ms",
+                "slowest",
+                "most_failing",
+            ],
+        },
+    ),
+]
