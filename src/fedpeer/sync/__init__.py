@@ -1,1 +1,60 @@
-"""fedpeer.sync."""
+"""fedpeer.sync: records, the changes feed and cursors (sans-I/O core).
+
+Records (:mod:`fedpeer.sync.records`): build, sign and verify the DAG-CBOR
+records nodes exchange, through one verification pipeline. The feed
+(:mod:`fedpeer.sync.feed`): opaque cursors, page building and the page wire form.
+"""
+
+from __future__ import annotations
+
+from .feed import CURSOR_VERSION as CURSOR_VERSION
+from .feed import MAX_CURSOR_LEN as MAX_CURSOR_LEN
+from .feed import MAX_SEQ as MAX_SEQ
+from .feed import Cursor as Cursor
+from .feed import FeedPage as FeedPage
+from .feed import WirePage as WirePage
+from .feed import build_page as build_page
+from .feed import everything as everything
+from .feed import page_from_wire as page_from_wire
+from .feed import page_to_wire as page_to_wire
+from .feed import resolve_since as resolve_since
+from .records import DEFAULT_LIMITS as DEFAULT_LIMITS
+from .records import MAX_SAFE_INT as MAX_SAFE_INT
+from .records import NAME_PATTERN as NAME_PATTERN
+from .records import RECORD_VERSION as RECORD_VERSION
+from .records import SIGNATURE_BYTES as SIGNATURE_BYTES
+from .records import Limits as Limits
+from .records import Record as Record
+from .records import SignedRecord as SignedRecord
+from .records import build_record as build_record
+from .records import record_from_wire as record_from_wire
+from .records import record_to_json_view as record_to_json_view
+from .records import record_to_wire as record_to_wire
+from .records import verify_record as verify_record
+
+__all__ = [
+    "CURSOR_VERSION",
+    "DEFAULT_LIMITS",
+    "MAX_CURSOR_LEN",
+    "MAX_SAFE_INT",
+    "MAX_SEQ",
+    "NAME_PATTERN",
+    "RECORD_VERSION",
+    "SIGNATURE_BYTES",
+    "Cursor",
+    "FeedPage",
+    "Limits",
+    "Record",
+    "SignedRecord",
+    "WirePage",
+    "build_page",
+    "build_record",
+    "everything",
+    "page_from_wire",
+    "page_to_wire",
+    "record_from_wire",
+    "record_to_json_view",
+    "record_to_wire",
+    "resolve_since",
+    "verify_record",
+]

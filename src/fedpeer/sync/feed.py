@@ -1,0 +1,249 @@
+"""The changes feed, sans-I/O: cursors, page building, the page wire form.
+
+Theory of operation
+-------------------
+A reader pages through a store's record log with ``since=CURSOR``. A cursor is
+``(epoch, seq)``: the store's epoch (32 lowercase hex chars, random at creation)
+and the highest local sequence number the reader has been *shown past*. It is
+opaque to readers: :meth:`Cursor.encode` gives ``base64url(0x01 || epoch (16
+bytes) || seq (8 bytes, big-endian))``, 34 characters; the leading byte is the
+format version, so a later format can be told apart and refused cleanly.
+Decoding is strict (exact length, alphabet, version, canonical spelling, seq
+>= 0) and every failure is ``CURSOR_INVALID``.
+
+:func:`resolve_since` turns the reader's cursor into the ``since_seq`` to scan
+from, and tells apart the two ways a well-formed cursor can be wrong for this
+store: another epoch (another store, or this one before a wipe) is
+``CURSOR_RESET`` (start again from no cursor; records dedupe by CID), a seq
+past the head is ``CURSOR_FROM_FUTURE`` (the store went back in time, e.g.
+restored from an older copy).
+
+:func:`build_page` turns one store :class:`~fedpeer.store.base.ChangesPage` into
+what the reader gets: the records it may see, and a next cursor at the page's
+``last_seq``, the highest seq the store *scanned*. So the cursor moves past
+records the reader may not see (consent) or that the filter skipped, and a
+reader with no visible records never stalls. ``has_more`` is ``last_seq <
+head_seq``. Following ``next_cursor`` from no cursor until ``has_more`` is false
+yields every visible record once, in seq order.
+
+Pure functions and frozen values; no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import struct
+from collections.abc import Callable
+
+import attrs
+
+from fedpeer.errors import CursorFromFuture, CursorInvalid, CursorReset, PageInvalid
+from fedpeer.store.base import ChangesPage, StoredRecord
+
+from .records import record_to_wire
+
+__all__ = [
+    "CURSOR_VERSION",
+    "MAX_CURSOR_LEN",
+    "MAX_SEQ",
+    "Cursor",
+    "FeedPage",
+    "WirePage",
+    "build_page",
+    "everything",
+    "page_from_wire",
+    "page_to_wire",
+    "resolve_since",
+]
+
+CURSOR_VERSION = 1
+"""The cursor format version (first byte of the encoded form)."""
+
+MAX_SEQ = 2**63 - 1
+"""Largest sequence number a cursor can carry."""
+
+MAX_CURSOR_LEN = 256
+"""Longest ``next_cursor`` text :func:`page_from_wire` accepts from a peer."""
+
+_EPOCH_RE = re.compile(r"[0-9a-f]{32}")
+_CURSOR_STRUCT = struct.Struct(">B16sq")  # version, epoch, seq (signed: a negative is garbage)
+_CURSOR_TEXT_LEN = 34  # base64url of 25 bytes, no padding
+_CURSOR_TEXT_RE = re.compile(r"[A-Za-z0-9_-]{34}")
+_PAGE_KEYS = frozenset(("records", "next_cursor", "has_more"))
+
+
+def _check_epoch(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if type(value) is not str or _EPOCH_RE.fullmatch(value) is None:
+        raise CursorInvalid("a cursor's epoch is 32 lowercase hex characters")
+
+
+def _check_seq(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise CursorInvalid("a cursor's seq is an integer in 0..2**63-1")
+
+
+@attrs.frozen
+class Cursor:
+    """A position in one store's feed: the store ``epoch`` and a ``seq``.
+
+    Construction checks both (``epoch`` 32 lowercase hex chars, ``seq`` an int in
+    ``0..2**63-1``) and raises ``CursorInvalid`` otherwise.
+    """
+
+    epoch: str = attrs.field(validator=_check_epoch)
+    seq: int = attrs.field(validator=_check_seq)
+
+    def encode(self) -> str:
+        """The opaque, versioned text form (34 base64url characters). Never raises."""
+        raw = _CURSOR_STRUCT.pack(CURSOR_VERSION, bytes.fromhex(self.epoch), self.seq)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Parse a cursor made by :meth:`encode`.
+
+        Raises ``CursorInvalid`` for anything else: not a string, wrong length or
+        alphabet, padding, another format version, a negative seq, or a
+        non-canonical spelling of valid bytes. Never raises anything but
+        ``CursorInvalid``.
+        """
+        if type(text) is not str or len(text) != _CURSOR_TEXT_LEN:
+            raise CursorInvalid("this is not a cursor issued by a fedpeer node")
+        if _CURSOR_TEXT_RE.fullmatch(text) is None:
+            raise CursorInvalid("a cursor is base64url text without padding")
+        try:
+            raw = base64.urlsafe_b64decode(text + "==")
+        except (binascii.Error, ValueError):  # pragma: no cover - the regex rules it out
+            raise CursorInvalid("a cursor is base64url text without padding") from None
+        version, epoch, seq = _CURSOR_STRUCT.unpack(raw)
+        if version != CURSOR_VERSION:
+            raise CursorInvalid(
+                f"cursor format version {version} is not supported; start again without it"
+            )
+        cursor = cls(epoch.hex(), seq)  # CursorInvalid for a negative seq
+        if cursor.encode() != text:  # unused trailing bits set: a second spelling
+            raise CursorInvalid("the cursor is not in canonical form")
+        return cursor
+
+
+def resolve_since(cursor: str | None, *, epoch: str, head_seq: int) -> int:
+    """The ``since_seq`` to scan from for a reader's ``cursor``.
+
+    ``None`` (no cursor: from the beginning) gives 0. Otherwise the cursor must be
+    one this store issued: raises ``CursorInvalid`` (not a cursor; an empty string
+    too), ``CursorReset`` (another ``epoch``: another store, or this one before a
+    wipe; the reader restarts without a cursor) or ``CursorFromFuture`` (its seq
+    is past ``head_seq``: the store was restored from an older copy). Pure.
+    """
+    if cursor is None:
+        return 0
+    parsed = Cursor.decode(cursor)
+    if parsed.epoch != epoch:
+        raise CursorReset(
+            "the cursor was issued by another store (or this one before a wipe); "
+            "start again without a cursor"
+        )
+    if parsed.seq > head_seq:
+        raise CursorFromFuture(
+            f"the cursor is at seq {parsed.seq} but this store's head is {head_seq}; "
+            "the store was restored from an older copy, start again without a cursor"
+        )
+    return parsed.seq
+
+
+def everything(record: StoredRecord) -> bool:
+    """The visibility predicate that shows every record (the default)."""
+    return True
+
+
+@attrs.frozen
+class FeedPage:
+    """One page of the feed as served: visible records, next cursor, more to come."""
+
+    records: tuple[StoredRecord, ...]
+    next_cursor: str
+    has_more: bool
+
+
+def build_page(
+    page: ChangesPage,
+    *,
+    epoch: str,
+    visible: Callable[[StoredRecord], bool] = everything,
+) -> FeedPage:
+    """The feed page for a store scan ``page`` of the store with ``epoch``.
+
+    Keeps the records for which ``visible`` is true (in order); ``next_cursor``
+    encodes ``(epoch, page.last_seq)``, so it moves past the records the reader
+    may not see; ``has_more`` is ``page.last_seq < page.head_seq``. Raises
+    ``CursorInvalid`` only if ``epoch`` is not 32 lowercase hex characters;
+    exceptions from ``visible`` propagate. Pure.
+    """
+    records = tuple(r for r in page.records if visible(r))
+    return FeedPage(
+        records=records,
+        next_cursor=Cursor(epoch, page.last_seq).encode(),
+        has_more=page.last_seq < page.head_seq,
+    )
+
+
+def page_to_wire(page: FeedPage) -> dict[str, object]:
+    """The wire form of a page, for DAG-CBOR or DAG-JSON encoding.
+
+    ``{"records": [{"cid": CID, "data": bytes, "sig": bytes}, ...], "next_cursor":
+    str, "has_more": bool}``. Never raises.
+    """
+    return {
+        "records": [record_to_wire(r) for r in page.records],
+        "next_cursor": page.next_cursor,
+        "has_more": page.has_more,
+    }
+
+
+@attrs.frozen
+class WirePage:
+    """A page as a client received it: shape checked, records NOT verified.
+
+    ``records`` are the raw wire items (pass each to
+    :func:`~fedpeer.sync.records.record_from_wire`); ``next_cursor`` is opaque.
+    """
+
+    records: tuple[object, ...]
+    next_cursor: str
+    has_more: bool
+
+
+def page_from_wire(obj: object) -> WirePage:
+    """Check the shape of a decoded page from a peer; do not verify its records.
+
+    ``obj`` must be a map with exactly the keys ``records`` (a list), ``next_cursor``
+    (a non-empty string of at most :data:`MAX_CURSOR_LEN` printable ASCII characters;
+    otherwise opaque) and ``has_more`` (a bool). Raises ``PageInvalid`` otherwise
+    (the peer broke the feed protocol). Pure.
+    """
+    if type(obj) is not dict:
+        raise PageInvalid("a feed page is a map {records, next_cursor, has_more}")
+    if obj.keys() != _PAGE_KEYS:
+        raise PageInvalid(
+            "a feed page has exactly the keys records, next_cursor and has_more; "
+            f"got {sorted(map(str, obj))[:10]}"
+        )
+    records = obj["records"]
+    next_cursor = obj["next_cursor"]
+    has_more = obj["has_more"]
+    if type(records) is not list:
+        raise PageInvalid("a feed page's records is a list")
+    if (
+        type(next_cursor) is not str
+        or not 1 <= len(next_cursor) <= MAX_CURSOR_LEN
+        or not next_cursor.isascii()
+        or not next_cursor.isprintable()
+    ):
+        raise PageInvalid(
+            f"a feed page's next_cursor is 1 to {MAX_CURSOR_LEN} printable ASCII characters"
+        )
+    if type(has_more) is not bool:
+        raise PageInvalid("a feed page's has_more is a boolean")
+    return WirePage(records=tuple(records), next_cursor=next_cursor, has_more=has_more)
