@@ -279,3 +279,19 @@ async def test_node_shutdown_ends_longpolls_promptly(tmp_path: object) -> None:
                 for _ in range(50):
                     await trio.testing.wait_all_tasks_blocked()
     assert result == [200]
+
+
+async def test_oversized_body_without_length_is_413(
+    node: Node, http: httpx.AsyncClient, admin_token: str
+) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+
+    r = await http.post(
+        "/v1/records",
+        content=chunks(),
+        headers={**_auth(admin_token), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "BODY_TOO_LARGE"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..errors import (
@@ -80,22 +80,48 @@ def error_response(err: FedpeerError, headers: dict[str, str] | None = None) -> 
     return Response(body, status_code=err.http_status, media_type=JSON, headers=headers)
 
 
+# How much of an oversized body is read and thrown away before answering 413, so
+# the client gets to read the answer instead of blocking on a full socket buffer.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+async def _drain(request: Request) -> None:
+    drained = 0
+    try:
+        async for chunk in request.stream():
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT:
+                return
+    except (RuntimeError, ClientDisconnect):
+        return  # already fully read, or the client went away: nothing to drain
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """Read the request body, refusing more than ``limit`` bytes (BodyTooLarge)."""
+    """Read the request body, refusing more than ``limit`` bytes (BodyTooLarge).
+
+    An oversized body is drained (up to 64 MiB) before the error is raised so
+    the client reads the 413 answer rather than a reset connection.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise BodyTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+            size = int(declared)
         except ValueError:
             raise Malformed("Content-Length is not a number") from None
+        if size > limit:
+            await _drain(request)
+            raise BodyTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                await _drain(request)
+                raise BodyTooLarge(f"body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Malformed("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
