@@ -20,27 +20,69 @@ subpackages (``fedpeer.identity``, ``fedpeer.store``, ``fedpeer.sync``,
 
 from __future__ import annotations
 
-from .errors import FedpeerError as FedpeerError
-from .identity import CID as CID
-from .identity import Resolver as Resolver
-from .identity import SigningKey as SigningKey
-from .identity import sign_document as sign_document
-from .identity import verify_document as verify_document
-from .peer import Node as Node
-from .peer import NodeConfig as NodeConfig
-from .peer import PeerClient as PeerClient
-from .peer import open_node as open_node
-from .store import MemoryStore as MemoryStore
-from .store import SQLiteStore as SQLiteStore
-from .store import Store as Store
-from .store import open_store as open_store
-from .sync import Limits as Limits
-from .sync import Record as Record
-from .sync import SignedRecord as SignedRecord
-from .sync import build_record as build_record
-from .sync import verify_record as verify_record
+from typing import TYPE_CHECKING
 
 from ._version import __version__ as __version__
+from .errors import FedpeerError as FedpeerError
+
+if TYPE_CHECKING:
+    from .identity import CID as CID
+    from .identity import Resolver as Resolver
+    from .identity import SigningKey as SigningKey
+    from .identity import sign_document as sign_document
+    from .identity import verify_document as verify_document
+    from .peer import Node as Node
+    from .peer import NodeConfig as NodeConfig
+    from .peer import PeerClient as PeerClient
+    from .peer import open_node as open_node
+    from .store import MemoryStore as MemoryStore
+    from .store import SQLiteStore as SQLiteStore
+    from .store import Store as Store
+    from .store import open_store as open_store
+    from .sync import Limits as Limits
+    from .sync import Record as Record
+    from .sync import SignedRecord as SignedRecord
+    from .sync import build_record as build_record
+    from .sync import verify_record as verify_record
+
+# Names are imported on first use, so `import fedpeer.store` (or the CLI) does not
+# pay for the HTTP stack. Each name lives in exactly one subpackage.
+_LAZY = {
+    "CID": "identity",
+    "Resolver": "identity",
+    "SigningKey": "identity",
+    "sign_document": "identity",
+    "verify_document": "identity",
+    "Node": "peer",
+    "NodeConfig": "peer",
+    "PeerClient": "peer",
+    "open_node": "peer",
+    "MemoryStore": "store",
+    "SQLiteStore": "store",
+    "Store": "store",
+    "open_store": "store",
+    "Limits": "sync",
+    "Record": "sync",
+    "SignedRecord": "sync",
+    "build_record": "sync",
+    "verify_record": "sync",
+}
+
+
+def __getattr__(name: str) -> object:
+    sub = _LAZY.get(name)
+    if sub is None:
+        raise AttributeError(f"module 'fedpeer' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{sub}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CID",
