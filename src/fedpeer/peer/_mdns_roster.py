@@ -368,6 +368,14 @@ class Roster:
             self.version += 1
         return entry
 
+    def clear(self) -> int:
+        """Forget every entry (discovery stopped working); return how many there were."""
+        count = len(self._entries)
+        self._entries.clear()
+        if count:
+            self.version += 1
+        return count
+
     def expired(self, now: float) -> tuple[RosterEntry, ...]:
         """Entries whose signed announcement is past ``exp`` (plus skew)."""
         return tuple(

@@ -414,7 +414,7 @@ class Discovery:
     )
     _checking: set[tuple[str, int]] = attrs.field(init=False, factory=set)
     _resolving: dict[str, bool] = attrs.field(init=False, factory=dict)
-    _unresolved: set[str] = attrs.field(init=False, factory=set)
+    _unresolved: dict[str, str] = attrs.field(init=False, factory=dict)  # key -> name
     _epoch: dict[str, int] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -522,6 +522,9 @@ class Discovery:
             except Exception as exc:  # mDNS trouble never stops the node
                 error = f"{DiscoveryUnavailable.code}: {type(exc).__name__}: {exc}"
             log.warning("mDNS discovery unavailable (%s); retrying in %.0f s", error, delay)
+            # Without a working browser the roster would only go stale.
+            self.roster.clear()
+            self._sync_roster()
             self._set_status("failed", error)
             await trio.sleep(delay)
             delay = min(delay * 2, self.restart_max_s)
@@ -647,7 +650,7 @@ class Discovery:
                 continue
             if kind == "removed":
                 self._epoch[key] = self._epoch.get(key, 0) + 1
-                self._unresolved.discard(key)
+                self._unresolved.pop(key, None)
                 if self.roster.remove(name) is not None:
                     log.info("mDNS: %s left", name)
                     self._sync_roster()
@@ -677,9 +680,9 @@ class Discovery:
                 if self._epoch.get(key, 0) != epoch or key in self.roster.own_names:
                     pass  # removed (or became ours) while resolving
                 elif info is None or info.port is None:
-                    self._unresolved.add(key)
+                    self._unresolved[key] = name
                 else:
-                    self._unresolved.discard(key)
+                    self._unresolved.pop(key, None)
                     entry, needs_check = self.roster.observe(
                         name,
                         info.properties,
@@ -712,18 +715,10 @@ class Discovery:
             updated = self.roster.apply_check(entry.name, entry.generation, result, now=time.time())
             if updated is not None:
                 self._sync_roster()
-                if result.status == "invalid":
-                    log.warning(
-                        "mDNS: %s (%s) is invalid: %s", entry.name, entry.did, result.reason
-                    )
-                else:
-                    log.info(
-                        "mDNS: %s (%s) is %s %s",
-                        entry.name,
-                        entry.did,
-                        result.status,
-                        result.reason,
-                    )
+                if updated.status != entry.status:  # log transitions, not every re-check
+                    level = logging.WARNING if result.status == "invalid" else logging.INFO
+                    log.log(level, "mDNS: %s (%s) is %s %s", entry.name, entry.did,
+                            result.status, result.reason)  # fmt: skip
         finally:
             self._checking.discard(marker)
 
@@ -777,7 +772,8 @@ class Discovery:
             # Re-read every entry from zeroconf's cache: the browser reports new
             # address records but not flushed ones (a peer that lost an address),
             # and names that did not resolve get another try. Cache hits are cheap.
-            for name in {e.name for e in self.roster.entries()} | self._unresolved:
+            names = {e.name.lower(): e.name for e in self.roster.entries()} | self._unresolved
+            for name in names.values():
                 self._request_resolve(zc, name, nursery)
             for entry in self.roster.due_for_check(
                 now, retry_s=self.retry_s, reverify_s=self.reverify_s
