@@ -23,15 +23,22 @@ run: $(STAMP)
 ## test: install what the tests need (Debian packages too when root), lint, type-check, test
 test: system-deps $(STAMP) lint typecheck pytest
 
-# Debian packages the multi-host and discovery tests use; installed only when root and missing.
-SYSTEM_PACKAGES := iproute2
+# Debian packages the multi-host, discovery and Avahi interop tests use (iproute2: network
+# namespaces; avahi-daemon, avahi-utils, dbus: tests/peer/test_avahi_interop.py).
+# Installed only when root and missing (one `command -v` per package, so a repeated
+# `make test` costs nothing); `apt-get update` only when something is missing.
+SYSTEM_PACKAGES := iproute2 avahi-daemon avahi-utils dbus
 system-deps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-	  missing=""; \
+	  PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
 	  command -v ip >/dev/null || missing="$$missing iproute2"; \
+	  command -v avahi-daemon >/dev/null || missing="$$missing avahi-daemon"; \
+	  command -v avahi-browse >/dev/null || missing="$$missing avahi-utils"; \
+	  command -v dbus-daemon >/dev/null || missing="$$missing dbus"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing; \
 	  fi; \
 	fi
 

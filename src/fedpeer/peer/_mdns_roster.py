@@ -288,7 +288,7 @@ class Roster:
                 first_seen=first_seen,
                 last_seen=now,
             )
-            return self._invalid(bad, f"{err.code}: {err}", old), False
+            return self._invalid(bad, f"{err.code}: {err.message}", old), False
         if old is not None and old.did == ann.did and ann.seq < old.seq:
             return old, False  # a stale record arriving after a newer one
         entry = RosterEntry(
