@@ -72,8 +72,10 @@ The tree::
     ├── RateLimited               RATE_LIMITED             429
     ├── PeerError                 PEER_ERROR               502
     │   ├── PeerUnreachable       PEER_UNREACHABLE         503
+    │   │   └── NodeNotRunning    NODE_NOT_RUNNING         503
     │   └── PeerInvalid           PEER_INVALID             502
     ├── DiscoveryUnavailable      DISCOVERY_UNAVAILABLE    503
+    ├── TimedOut                  TIMED_OUT                504
     └── InternalError             INTERNAL                 500
 """
 
@@ -117,6 +119,7 @@ __all__ = [
     "KeyUnknown",
     "Malformed",
     "MethodNotAllowed",
+    "NodeNotRunning",
     "NonCanonical",
     "NotAcceptable",
     "NotFound",
@@ -143,6 +146,7 @@ __all__ = [
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
+    "TimedOut",
     "TokenExpired",
     "TokenInvalid",
     "UnsupportedMediaType",
@@ -610,6 +614,14 @@ class PeerUnreachable(PeerError):
     http_status = 503
 
 
+class NodeNotRunning(PeerUnreachable):
+    """The local node is not running (or not at the URL the CLI was given); start
+    it with `fedpeer run`, or pass --url."""
+
+    code = "NODE_NOT_RUNNING"
+    http_status = 503
+
+
 class PeerInvalid(PeerError):
     """The peer failed verification (manifest, DID or signature)."""
 
@@ -621,6 +633,14 @@ class DiscoveryUnavailable(FedpeerError):
 
     code = "DISCOVERY_UNAVAILABLE"
     http_status = 503
+
+
+class TimedOut(FedpeerError):
+    """A bounded wait ended before the awaited state was reached; the work may
+    still complete in the background."""
+
+    code = "TIMED_OUT"
+    http_status = 504
 
 
 class InternalError(FedpeerError):

@@ -533,8 +533,11 @@ class Discovery:
         """One zeroconf instance; returns when it must be recreated."""
         adapters = await trio.to_thread.run_sync(_adapters)
         plan = _make_plan(adapters, self.interfaces, self.bind_host)
+        # zeroconf wants a list (not a tuple) of addresses / interface indexes
+        choice = plan.zc_interfaces
+        zc_choice = list(choice) if isinstance(choice, tuple) else choice
         zc = await trio.to_thread.run_sync(
-            functools.partial(Zeroconf, interfaces=plan.zc_interfaces, ip_version=plan.ip_version)
+            functools.partial(Zeroconf, interfaces=zc_choice, ip_version=plan.ip_version)
         )
         browser: list[ServiceBrowser] = []
         registered: list[ServiceInfo] = []

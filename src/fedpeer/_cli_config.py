@@ -1,0 +1,364 @@
+"""Settings of the ``fedpeer`` command: ``fedpeer.toml``, ``FEDPEER_*`` variables, flags.
+
+Precedence, lowest to highest: built-in defaults, ``<data_dir>/fedpeer.toml``,
+``FEDPEER_*`` environment variables, command-line flags. The data dir itself
+comes from ``--data-dir``, else ``$FEDPEER_DATA_DIR``, else the platform's user
+data dir (it cannot come from the file that lives in it).
+
+``fedpeer.toml`` holds flat keys only; an unknown key is an error (a typo
+should not be ignored silently)::
+
+    host = "0.0.0.0"          # FEDPEER_HOST        address `run` listens on
+    port = 8765               # FEDPEER_PORT        port `run` listens on (0 = any free)
+    handle = "alice-laptop"   # FEDPEER_HANDLE      display name announced over mDNS
+    interfaces = ["eth0"]     # FEDPEER_INTERFACES  mDNS interfaces (comma separated)
+    discovery = true          # FEDPEER_DISCOVERY   mDNS on/off (1/0, true/false, on/off)
+    url = "http://127.0.0.1:8765"   # FEDPEER_URL   where operator commands reach the node
+
+``FEDPEER_TOKEN`` overrides the admin token read from ``admin.token``.
+
+Also here: the ``node.url`` file that ``fedpeer run`` writes while it serves,
+and how an operator command picks the node URL and the admin token. Plain
+file I/O, no network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+import unicodedata
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from .errors import AuthRequired, ConfigInvalid, NodeNotRunning
+
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "NODE_URL_FILE",
+    "Settings",
+    "admin_token",
+    "check_handle",
+    "default_handle",
+    "load_settings",
+    "loopback_url",
+    "node_url",
+    "read_node_url",
+    "remove_node_url",
+    "save_handle",
+    "write_node_url",
+]
+
+CONFIG_FILE = "fedpeer.toml"
+NODE_URL_FILE = "node.url"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+MAX_HANDLE_CHARS = 128  # as the mDNS TXT record allows
+
+_KEYS = ("host", "port", "handle", "interfaces", "discovery", "url")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@attrs.frozen
+class Settings:
+    """The merged configuration (file < environment); flags are applied by the caller.
+
+    ``sources`` says where each value that is not a default came from
+    (``"fedpeer.toml"`` or the variable name), for messages.
+    """
+
+    data_dir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    handle: str | None = None
+    interfaces: tuple[str, ...] = ()
+    discovery: bool = True
+    url: str | None = None
+    sources: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        """``<data_dir>/fedpeer.toml`` (it may not exist)."""
+        return self.data_dir / CONFIG_FILE
+
+
+def check_handle(handle: str, where: str = "handle") -> str:
+    """Return ``handle`` if it is 1..128 characters without control characters.
+
+    Raises ConfigInvalid naming ``where`` otherwise. Pure.
+    """
+    if not 1 <= len(handle) <= MAX_HANDLE_CHARS or any(
+        unicodedata.category(c).startswith("C") for c in handle
+    ):
+        raise ConfigInvalid(
+            f"{where} must be 1..{MAX_HANDLE_CHARS} characters without control characters, "
+            f"got {handle[:40]!r}"
+        )
+    return handle
+
+
+def default_handle() -> str:
+    """The machine's host name (first label), or ``"fedpeer"`` if it has none."""
+    name = socket.gethostname().split(".")[0].strip()
+    name = "".join(c for c in name if c.isprintable())[:MAX_HANDLE_CHARS]
+    return name or "fedpeer"
+
+
+def _check_port(value: object, where: str) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigInvalid(f"{where} must be a port number 0..65535, got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise ConfigInvalid(f"{where} must be a port number 0..65535, got {value!r}")
+    return value
+
+
+def _check_host(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ConfigInvalid(f"{where} must be an address like 127.0.0.1 or 0.0.0.0, got {value!r}")
+    return value.strip()
+
+
+def _check_url(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigInvalid(f"{where} must be the node's URL like http://127.0.0.1:8765")
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        _ = parts.port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        raise ConfigInvalid(
+            f"{where} must be the node's http(s) URL like http://127.0.0.1:8765, got {value!r:.80}"
+        )
+    return value.strip().rstrip("/")
+
+
+def _check_bool(value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigInvalid(f"{where} must be true or false (1/0, on/off), got {value!r}")
+
+
+def _check_interfaces(value: object, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [v for v in re.split(r"[,\s]+", value) if v]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [str(v) for v in value]
+    else:
+        raise ConfigInvalid(f"{where} must be a list of interface names like ['eth0']")
+    if any(not v or len(v) > 64 or any(c.isspace() for c in v) for v in items):
+        raise ConfigInvalid(f"{where} holds a bad interface name: {items!r:.120}")
+    return tuple(items)
+
+
+_CHECKS = {
+    "host": _check_host,
+    "port": _check_port,
+    "handle": lambda v, where: check_handle(v, where) if isinstance(v, str) else _bad_handle(where),
+    "interfaces": _check_interfaces,
+    "discovery": _check_bool,
+    "url": _check_url,
+}
+
+
+def _bad_handle(where: str) -> str:
+    raise ConfigInvalid(f"{where} must be a string")
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigInvalid(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigInvalid(f"{path} is not valid TOML ({exc}); fix or remove the file") from None
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise ConfigInvalid(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}"
+        )
+    return data
+
+
+def load_settings(data_dir: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge ``<data_dir>/fedpeer.toml`` and ``FEDPEER_*`` variables (``environ``,
+    default ``os.environ``) over the defaults.
+
+    Raises ConfigInvalid (CONFIG_INVALID) naming the file or variable and the
+    bad value. Reads one small file; never touches the network.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    path = data_dir / CONFIG_FILE
+    for key, value in _read_toml(path).items():
+        values[key] = _CHECKS[key](value, f"{path}: {key}")
+        sources[key] = CONFIG_FILE
+    for key in _KEYS:
+        var = f"FEDPEER_{key.upper()}"
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        values[key] = _CHECKS[key](raw, var)
+        sources[key] = var
+    return Settings(data_dir=data_dir, sources=sources, **values)  # type: ignore[arg-type]
+
+
+def save_handle(data_dir: Path, handle: str) -> Path:
+    """Set ``handle`` in ``<data_dir>/fedpeer.toml`` (creating the file); return its path.
+
+    Keeps the rest of the file as it is: replaces an existing top-level
+    ``handle = ...`` line or adds one at the top. Raises ConfigInvalid for a
+    bad handle or an unreadable file.
+    """
+    check_handle(handle)
+    path = data_dir / CONFIG_FILE
+    line = f"handle = {_toml_string(handle)}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except OSError as exc:
+        raise ConfigInvalid(f"cannot read {path}: {exc.strerror or exc}") from None
+    pattern = re.compile(r"^handle\s*=.*$", re.MULTILINE)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: line, text, count=1)
+    else:
+        text = line + "\n" + text
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    _read_toml(path)  # what we wrote must load
+    return path
+
+
+def _toml_string(value: str) -> str:
+    out = ['"']
+    for c in value:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif unicodedata.category(c).startswith("C"):
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+# --- node.url ----------------------------------------------------------------------
+
+
+def loopback_url(url: str) -> str:
+    """``url`` with a wildcard host (0.0.0.0, ::) replaced by loopback, so a client
+    on this machine can use it. Pure."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if host in ("0.0.0.0", ""):  # noqa: S104 (compared, not bound)
+        netloc = f"127.0.0.1:{parts.port}" if parts.port else "127.0.0.1"
+    elif host == "::":
+        netloc = f"[::1]:{parts.port}" if parts.port else "[::1]"
+    else:
+        return url.rstrip("/")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+
+
+def write_node_url(data_dir: Path, url: str) -> Path:
+    """Write ``<data_dir>/node.url`` (one line, the URL) atomically; return the path."""
+    path = data_dir / NODE_URL_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(url + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_node_url(data_dir: Path) -> str | None:
+    """The URL in ``<data_dir>/node.url``, or None when there is no such file."""
+    try:
+        text = (data_dir / NODE_URL_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return None
+    return text or None
+
+
+def remove_node_url(data_dir: Path, url: str) -> None:
+    """Remove ``<data_dir>/node.url`` if it still holds ``url`` (another node that
+    started meanwhile keeps its file). Never raises."""
+    try:
+        if read_node_url(data_dir) == url:
+            (data_dir / NODE_URL_FILE).unlink()
+    except OSError:
+        pass
+
+
+def node_url(settings: Settings, flag: str | None) -> tuple[str, str]:
+    """The URL operator commands use and where it came from.
+
+    ``--url`` flag, else ``FEDPEER_URL`` / ``url`` in fedpeer.toml, else the
+    ``node.url`` file of a running ``fedpeer run``. Raises NodeNotRunning when
+    none of these exists, ConfigInvalid for a bad flag value.
+    """
+    if flag:
+        return _check_url(flag, "--url"), "--url"
+    if settings.url:
+        return settings.url, settings.sources.get("url", "config")
+    written = read_node_url(settings.data_dir)
+    if written:
+        return written, str(settings.data_dir / NODE_URL_FILE)
+    raise NodeNotRunning(
+        f"no node is running for {settings.data_dir} (there is no {NODE_URL_FILE}): start it "
+        f"with `fedpeer --data-dir {settings.data_dir} run`, or pass --url"
+    )
+
+
+def admin_token(data_dir: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The admin bearer: ``$FEDPEER_TOKEN``, else ``<data_dir>/admin.token``.
+
+    Raises AuthRequired (AUTH_REQUIRED) saying how to get one when neither exists.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get("FEDPEER_TOKEN", "").strip()
+    if token:
+        return token
+    from .peer.node import ADMIN_TOKEN_FILE
+
+    path = data_dir / ADMIN_TOKEN_FILE
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise AuthRequired(
+            f"no admin token at {path}: the node writes it on its first start "
+            f"(`fedpeer --data-dir {data_dir} run`); set FEDPEER_TOKEN to use another"
+        ) from None
+    except OSError as exc:
+        raise AuthRequired(f"cannot read the admin token {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise AuthRequired(
+            f"{path} is empty: mint a new admin token with `fedpeer token rotate-admin`"
+        )
+    return token

@@ -1,0 +1,159 @@
+"""``fedpeer doctor`` with no node running: store integrity through SQLiteStore, a
+damaged store, a busy port, a bad config file, and the clock check against a peer
+whose clock is off (a tiny stdlib HTTP server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http.server
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from click.testing import CliRunner
+
+from fedpeer._cli_doctor import SKEW_LIMIT_S, check_clock, clock_skew_s
+from fedpeer.cli import cli
+from fedpeer.store import SQLiteStore
+
+
+def doctor(data_dir: Path, *args: str) -> tuple[int, str, dict[str, dict[str, Any]]]:
+    """Run doctor twice (text and --json) on lo; (exit code, text, checks by name)."""
+    base = ["--data-dir", str(data_dir), "doctor", "--interface", "lo", *args]
+    text = CliRunner().invoke(cli, base)
+    as_json = CliRunner().invoke(cli, [*base, "--json"])
+    assert text.exit_code == as_json.exit_code
+    checks = {c["name"]: c for c in json.loads(as_json.stdout)["checks"]}
+    return text.exit_code, text.stdout, checks
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An initialised data dir with a store (as after a first run), node stopped."""
+    d = tmp_path / "d"
+    assert CliRunner().invoke(cli, ["--data-dir", str(d), "init"]).exit_code == 0
+
+    async def make_store() -> None:
+        store = await SQLiteStore.open(d / "store.sqlite3")
+        await store.aclose()
+
+    trio.run(make_store)
+    (d / "admin.token").write_text("fp_x\n")
+    (d / "admin.token").chmod(0o600)
+    return d
+
+
+def test_doctor_on_a_stopped_node_checks_the_store(data_dir: Path) -> None:
+    code, text, checks = doctor(data_dir)
+    assert code == 0, text
+    assert checks["node"]["status"] == "skip"
+    assert checks["store"]["status"] == "ok"
+    assert checks["port"]["status"] == "ok"
+    assert "all checks passed" in text
+
+
+def test_doctor_reports_a_damaged_store(data_dir: Path) -> None:
+    store = data_dir / "store.sqlite3"
+    for suffix in ("-wal", "-shm"):
+        (data_dir / f"store.sqlite3{suffix}").unlink(missing_ok=True)
+    store.write_bytes(b"this is not a database" * 100)
+    code, text, checks = doctor(data_dir)
+    assert code == 5
+    assert checks["store"]["status"] == "FAIL"
+    assert "STORE_CORRUPT" in checks["store"]["detail"]
+    assert "restore a backup" in checks["store"]["fix"]
+    assert re.search(r"^FAIL store: ", text, re.MULTILINE)
+
+
+def test_doctor_reports_a_busy_port(data_dir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code, _text, checks = doctor(data_dir, "--port", str(port))
+    assert code == 5
+    assert checks["port"]["status"] == "FAIL"
+    assert f"cannot bind 127.0.0.1:{port}" in checks["port"]["detail"]
+    assert "--port" in checks["port"]["fix"]
+
+
+def test_doctor_reports_a_bad_config_and_a_missing_identity(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    (d / "fedpeer.toml").write_text("colour = 'blue'\n")
+    code, _text, checks = doctor(d)
+    assert code == 5
+    assert checks["config"]["status"] == "FAIL"
+    assert "colour" in checks["config"]["detail"]
+    assert checks["key"]["status"] == "FAIL"
+    assert checks["key"]["fix"] == f"fedpeer --data-dir {d} init"
+    assert checks["admin token"]["status"] == "skip"  # not created before the first run
+    assert checks["store"]["status"] == "skip"
+    assert not (d / "store.sqlite3").exists()  # doctor never creates the store
+
+
+def test_doctor_reports_a_missing_admin_token(data_dir: Path) -> None:
+    (data_dir / "admin.token").unlink()
+    code, _text, checks = doctor(data_dir)
+    assert code == 5
+    assert checks["admin token"]["status"] == "FAIL"
+    assert "token rotate-admin" in checks["admin token"]["fix"]
+
+
+def test_clock_skew_from_a_date_header() -> None:
+    header = email.utils.formatdate(1_000_000.0, usegmt=True)
+    assert clock_skew_s(1_000_010.0, 1_000_012.0, header) == pytest.approx(11.0)
+    assert clock_skew_s(999_990.0, 999_990.0, header) == pytest.approx(-10.0)
+    with pytest.raises((TypeError, ValueError)):
+        clock_skew_s(0.0, 0.0, "yesterday")
+
+
+@contextlib.contextmanager
+def skewed_server(offset_s: float) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 whose Date header is ``offset_s`` off."""
+    import time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return email.utils.formatdate(time.time() + offset_s, usegmt=True)
+
+        def do_GET(self) -> None:
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_clock_check_fails_on_a_skewed_peer_and_passes_on_a_close_one() -> None:
+    with skewed_server(-(SKEW_LIMIT_S + 60)) as url:
+        behind = check_clock(url)
+    assert behind.status == "FAIL"
+    assert behind.detail.startswith(f"ahead of {url} by ")
+    assert behind.fix is not None
+    assert "NTP" in behind.fix
+    with skewed_server(0) as url:
+        close = check_clock(url)
+    assert close.status == "ok"
+    assert "manifest rejected" in close.detail  # {} is no fedpeer manifest
