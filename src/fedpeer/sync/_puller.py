@@ -1,0 +1,732 @@
+"""The pull driver: one trio task per pair, driving a :class:`PullMachine` (the I/O side).
+
+Theory of operation
+-------------------
+:class:`Puller` owns one pair's :class:`~fedpeer.sync._machine.PullMachine` and
+does what the machine asks: fetch a page from the source (through a
+:class:`PageSource`, so this layer never imports ``peer/``), hand the answer to
+the machine, and store an accepted page's records *and* the pair's new cursor in
+ONE shielded :meth:`Store.transact`. The cursor in the store therefore never
+runs ahead of the data (a crash before the commit refetches the page, a crash
+after it finds the cursor past the page; records dedupe by CID either way).
+
+One ``trio.Lock`` per pair serialises everything that talks to the machine: the
+driver takes it to ask for a request and to feed an answer in and commit it;
+user actions (:meth:`Puller.act`, from API handlers) take it too, so they never
+see the machine mid-commit and their persisted row can never be overwritten by
+an older snapshot. Network waits and backoff sleeps happen *outside* the lock,
+inside a cancel scope that a user action cancels ("poke"): a kick cuts a backoff
+short, a pause abandons a longpoll at once, node shutdown cancels everything
+(the commit in flight still finishes: it is shielded).
+
+Speed (the hot path while behind):
+
+* **pipelined**: as soon as a page is accepted, the fetch of the next page (the
+  request the machine will ask for once the commit is done) starts, so the
+  network round trip and the source's work overlap with our commit. If the
+  machine then asks for something else (commit failed, user action) the
+  speculative fetch is dropped, never fed in.
+* **parallel verification**: each fetched page is verified record by record
+  with :func:`~fedpeer.sync.records.record_from_wire` (the one pipeline) in
+  worker threads, in chunks; libsodium releases the GIL, so signatures are
+  checked on every core while the trio thread decodes the next page and SQLite
+  commits the previous one. The machine then checks the page (cursor rules,
+  filter, allow-list, duplicates) against the pre-verified records instead of
+  verifying each record a second time (:class:`_VerifiedMachine`). When
+  pre-verification finds *any* problem, the machine's own full check runs
+  instead, so every rejection and its error message come from the machine.
+
+Nothing here sleeps to synchronise; all waits are on events, the store, or the
+network, and every one of them is cancellable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Protocol
+
+import attrs
+import trio
+
+from ..errors import FedpeerError, PeerError
+from ..store.base import StateTx, Store
+from ._backoff import DEFAULT_BACKOFF, Backoff
+from ._machine import (
+    CursorWasReset,
+    MachineState,
+    PageAccepted,
+    PageRejected,
+    PageRequest,
+    PairStopped,
+    PullMachine,
+    RetryScheduled,
+)
+from .feed import Cursor, page_from_wire
+from .pairs import Pair, PairAction, PairState
+from .records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
+
+__all__ = ["PageSource", "Puller", "SyncEvent", "SyncOptions"]
+
+log = logging.getLogger("fedpeer.sync")
+
+_MIN_CHUNK = 64  # records per verification chunk: below this a thread hop costs more than it saves
+
+
+class PageSource(Protocol):
+    """Where pages come from: the peer layer implements it over HTTP.
+
+    ``fetch`` performs ``request`` against ``pair.peer_url`` with
+    ``pair.credential`` and returns the decoded page body (DAG-CBOR or DAG-JSON
+    value; NOT verified: the machine checks it). It raises the source's
+    :class:`~fedpeer.errors.FedpeerError` for an HTTP error (``RateLimited``
+    carrying ``retry_after``, ``AuthRequired``/``ScopeForbidden`` for 401/403,
+    ``CursorReset``...), ``PeerUnreachable`` for transport failures, and
+    ``Malformed``/``NonCanonical`` for an undecodable body. For a longpoll
+    request it holds at most its configured longpoll time (plus a margin). It
+    must be cancellable at any point.
+    """
+
+    async def fetch(self, pair: Pair, request: PageRequest) -> object: ...
+
+
+def _default_verify_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _check_page_limit(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise ValueError(f"page_limit must be in 1..10000, got {value!r}")
+
+
+def _check_positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attr.name} must be a positive int, got {value!r}")
+
+
+@attrs.frozen
+class SyncOptions:
+    """How a node's pullers behave.
+
+    ``backoff``: the retry policy (1 s base, 5 min cap by default; tests inject a
+    tiny base). ``page_limit``: records asked per page (1..10000).
+    ``longpoll_s``: how long a caught-up pair asks the source to hold a
+    longpoll (the source caps it). ``verify_threads``: worker threads verifying
+    signatures at once, shared by all pairs of the node (default: CPUs, at most
+    4). ``seed``: when set, each pair's jitter comes from
+    ``random.Random(f"{seed}:{pair_id}")`` (deterministic tests).
+    ``autostart``: start the stored pairs when the node starts.
+    ``pipeline_depth``: pages in flight per pair (fetched, being verified,
+    being committed); 1 turns speculation off.
+    """
+
+    backoff: Backoff = DEFAULT_BACKOFF
+    page_limit: int = attrs.field(default=1000, validator=_check_page_limit)
+    longpoll_s: float = 30.0
+    verify_threads: int = attrs.field(
+        factory=_default_verify_threads, validator=_check_positive_int
+    )
+    seed: int | None = None
+    autostart: bool = True
+    pipeline_depth: int = attrs.field(default=3, validator=_check_positive_int)
+
+
+@attrs.frozen
+class SyncEvent:
+    """What happened to a pair, after it was persisted (for listeners and logs).
+
+    ``kind`` is one of ``page`` (a page committed: ``records`` new records
+    verified, ``pair.cursor`` advanced), ``rejected`` (a bad page: ``code``),
+    ``retry`` (request or commit failed: ``code``, ``delay_s``), ``stopped``
+    (401/403: ``code``), ``reset`` (the source reset its feed: full pull),
+    ``changed`` (a user action: ``actions``), ``deleted``.
+    """
+
+    kind: str
+    pair: Pair
+    records: int = 0
+    code: str | None = None
+    delay_s: float | None = None
+    actions: tuple[str, ...] = ()
+
+
+Listener = Callable[[SyncEvent], None]
+
+
+# --- the machine with a pre-verified fast path -------------------------------------------
+
+
+def _verify_chunk(
+    items: Sequence[object], limits: Limits, now_ms: int
+) -> list[SignedRecord] | None:
+    """Verify wire items in a worker thread; None at the first problem of any kind."""
+    out: list[SignedRecord] = []
+    try:
+        for item in items:
+            out.append(record_from_wire(item, limits=limits, now_ms=now_ms))
+    except Exception:
+        return None
+    return out
+
+
+class _VerifiedMachine(PullMachine):
+    """A :class:`PullMachine` that can take a page whose records were already verified.
+
+    Adapter (the machine has no public hook for this yet): :meth:`receive_verified`
+    is :meth:`PullMachine.receive_page` for a page whose every item went through
+    :func:`record_from_wire` with this machine's limits and the same ``now_ms``
+    (done in worker threads by the driver). The override of ``_check_page`` can
+    only *accept*: it mirrors the machine's page rules (shape, cursor epoch and
+    direction, cursor moves with records or has_more, page limit, filter,
+    allow-list, no CID twice) and checks that each pre-verified record is the
+    very bytes of its item; if anything is off it defers to the machine's own
+    full check, which then names the error. A differential test pins the two
+    paths to the same verdicts.
+    """
+
+    __slots__ = ("_preverified",)
+
+    def __init__(
+        self,
+        pair: Pair,
+        *,
+        limits: Limits,
+        backoff: Backoff,
+        rng: random.Random | None,
+        page_limit: int,
+    ) -> None:
+        super().__init__(pair, limits=limits, backoff=backoff, rng=rng, page_limit=page_limit)
+        self._preverified: tuple[object, tuple[SignedRecord, ...]] | None = None
+
+    def receive_verified(
+        self, obj: object, verified: tuple[SignedRecord, ...], *, now_ms: int
+    ) -> PageAccepted | PageRejected:
+        """:meth:`receive_page` for ``obj`` whose records are ``verified`` (in order)."""
+        self._preverified = (obj, verified)
+        try:
+            return self.receive_page(obj, now_ms=now_ms)
+        finally:
+            self._preverified = None
+
+    def _check_page(self, obj: object, now: int) -> tuple[tuple[SignedRecord, ...], Cursor, bool]:
+        pre = self._preverified
+        if pre is not None and pre[0] is obj:
+            fast = self._accept_verified(obj, pre[1])
+            if fast is not None:
+                return fast
+        return super()._check_page(obj, now)
+
+    def _accept_verified(
+        self, obj: object, verified: tuple[SignedRecord, ...]
+    ) -> tuple[tuple[SignedRecord, ...], Cursor, bool] | None:
+        try:
+            page = page_from_wire(obj)
+            new = Cursor.decode(page.next_cursor)
+        except FedpeerError:
+            return None
+        old: Cursor | None = self._cursor
+        if old is not None and (new.epoch != old.epoch or new.seq < old.seq):
+            return None
+        moved = old is None or new.seq > old.seq
+        if not moved and (page.records or page.has_more):
+            return None
+        if len(page.records) > self._page_limit or len(page.records) != len(verified):
+            return None
+        flt = self._pair.filter
+        allow = self._pair.author_allowlist
+        seen: set[bytes] = set()
+        for item, rec in zip(page.records, verified, strict=True):
+            if (
+                type(item) is not dict
+                or item.get("data") is not rec.data
+                or item.get("sig") is not rec.sig
+            ):
+                return None
+            r = rec.record
+            if not flt.matches(r.namespace, r.thread):
+                return None
+            if allow is not None and r.author not in allow:
+                return None
+            raw = rec.cid.raw
+            if raw in seen:
+                return None
+            seen.add(raw)
+        return verified, new, page.has_more
+
+
+# --- one fetch (maybe speculative) ---------------------------------------------------------
+
+
+class _Fetch:
+    """A request in flight: its answer (decoded body + pre-verified records) or error."""
+
+    __slots__ = ("arrived", "body", "done", "error", "now_ms", "request", "scope", "verified")
+
+    def __init__(self, request: PageRequest) -> None:
+        self.request = request
+        self.done = trio.Event()
+        self.scope = trio.CancelScope()
+        self.body: object = None
+        self.arrived = False
+        self.verified: tuple[SignedRecord, ...] | None = None
+        self.now_ms = 0
+        self.error: FedpeerError | None = None
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Puller:
+    """Pulls one pair until it is deleted or the task is cancelled.
+
+    ``pair`` is the stored pair; ``store`` where records and the pair row go;
+    ``source`` fetches pages; ``limits`` the record limits; ``options`` the
+    :class:`SyncOptions`; ``verify_limiter`` bounds the verification threads
+    (shared by a node's pullers); ``listener`` gets a :class:`SyncEvent` after
+    each persisted change. Run it with ``await puller.run()`` in a nursery;
+    call :meth:`act` / :meth:`set_credential` from other tasks.
+    """
+
+    def __init__(
+        self,
+        pair: Pair,
+        *,
+        store: Store,
+        source: PageSource,
+        limits: Limits = DEFAULT_LIMITS,
+        options: SyncOptions | None = None,
+        verify_limiter: trio.CapacityLimiter | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        opts = options or SyncOptions()
+        rng = random.Random(f"{opts.seed}:{pair.id}") if opts.seed is not None else None  # noqa: S311
+        self._m = _VerifiedMachine(
+            pair, limits=limits, backoff=opts.backoff, rng=rng, page_limit=opts.page_limit
+        )
+        self._store = store
+        self._source = source
+        self._limits = limits
+        self._threads = opts.verify_threads
+        self._depth = opts.pipeline_depth
+        self._limiter = verify_limiter or trio.CapacityLimiter(opts.verify_threads)
+        self._listener = listener
+        self._lock = trio.Lock()
+        self._pokes = 0
+        self._wait_scope: trio.CancelScope | None = None
+        self._chain: list[_Fetch] = []  # fetches in cursor order; [0] is the next to use
+        self._nursery: trio.Nursery | None = None
+        self.finished = trio.Event()
+        """Set when :meth:`run` has returned or was cancelled."""
+        self.caught_up_ms: int | None = (
+            pair.updated_ms if pair.state is PairState.CAUGHT_UP else None
+        )
+        """When the source last said "nothing more" (in this process), or None."""
+
+    # --- views ---
+
+    @property
+    def pair(self) -> Pair:
+        """The pair as last committed or changed (its cursor is the stored one)."""
+        return self._m.pair
+
+    @property
+    def machine_state(self) -> MachineState:
+        """The machine's state (``backing_off`` while waiting to retry...)."""
+        return self._m.state
+
+    @property
+    def retry_delay_s(self) -> float | None:
+        """The current backoff while backing off, else None."""
+        return self._m.retry_delay_s
+
+    def lag(self, now_ms: int | None = None) -> dict[str, object]:
+        """How far behind the pair is: ``{"caught_up", "behind_s", "cursor_seq"}``.
+
+        ``behind_s`` is 0 when caught up, else the seconds since the source last
+        said "nothing more" (None when that has not happened in this process).
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        pair = self._m.pair
+        caught = pair.state is PairState.CAUGHT_UP
+        behind: float | None
+        if caught:
+            behind = 0.0
+        elif self.caught_up_ms is None:
+            behind = None
+        else:
+            behind = round(max(0, now - self.caught_up_ms) / 1000, 3)
+        seq = Cursor.decode(pair.cursor).seq if pair.cursor else None
+        return {"caught_up": caught, "behind_s": behind, "cursor_seq": seq}
+
+    # --- user actions ---
+
+    async def act(self, action: PairAction) -> Pair:
+        """Apply a user action (pause, resume, kick, delete); return the new pair.
+
+        Persists the pair (removes the row on delete) before returning, then
+        wakes the driver: a kick retries at once, a pause or delete abandons the
+        request in flight. Raises ``PairStateInvalid`` (409) when the pair's
+        state refuses the action, ``StoreError`` if the row cannot be written.
+        """
+        async with self._lock:
+            m = self._m
+            calls = {
+                PairAction.PAUSE: m.pause,
+                PairAction.RESUME: m.resume,
+                PairAction.KICK: m.kick,
+                PairAction.DELETE: m.delete,
+            }
+            if action not in calls:
+                raise ValueError(f"{action.value} is not a user action")
+            ev = calls[action]()
+            assert ev is not None  # never deferred: the lock keeps us out of AWAITING_COMMIT
+            self._poke()
+            await self._persist(ev.pair, strict=True)
+        kind = "deleted" if ev.pair.state is PairState.DELETED else "changed"
+        self._emit(SyncEvent(kind, ev.pair, actions=ev.actions))
+        return ev.pair
+
+    async def set_credential(self, credential: str | None) -> Pair:
+        """Replace the bearer token shown to the source (state unchanged; a
+        stopped pair still needs a resume). Raises ``InvalidRequest`` for a
+        badly shaped token, ``PairStateInvalid`` when deleted."""
+        async with self._lock:
+            ev = self._m.set_credential(credential)
+            assert ev is not None
+            self._poke()
+            await self._persist(ev.pair, strict=True)
+        self._emit(SyncEvent("changed", ev.pair, actions=ev.actions))
+        return ev.pair
+
+    def _poke(self) -> None:
+        """Wake the driver out of whatever it waits for; drop the speculative fetch."""
+        self._pokes += 1
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        self._drop_chain()
+
+    # --- the loop ---
+
+    async def run(self) -> None:
+        """Pull until the pair is deleted (returns) or the task is cancelled.
+
+        Raises only what a bug would raise (``PullMachineError``); every
+        source, page and store failure becomes a pair state with backoff.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._loop()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self.finished.set()
+
+    async def _loop(self) -> None:
+        m = self._m
+        while True:
+            async with self._lock:
+                state = m.state
+                seen = self._pokes
+                request = m.next_request() if state is MachineState.IDLE else None
+                delay = m.retry_delay_s
+            if state is MachineState.DELETED:
+                return
+            if request is not None:
+                await self._pull(request, seen)
+            elif state is MachineState.BACKING_OFF:
+                if await self._sleep(delay if delay is not None else 0.0, seen):
+                    async with self._lock:
+                        if self._pokes == seen and m.state is MachineState.BACKING_OFF:
+                            m.backoff_elapsed()
+            else:  # paused or stopped: until a user action
+                await self._sleep(math.inf, seen)
+
+    async def _sleep(self, seconds: float, seen: int) -> bool:
+        """Sleep unless poked; True when the full time passed."""
+        with trio.CancelScope() as scope:
+            self._wait_scope = scope
+            if self._pokes != seen:
+                scope.cancel()
+            await trio.sleep(seconds)
+        self._wait_scope = None
+        return not scope.cancelled_caught
+
+    async def _pull(self, request: PageRequest, seen: int) -> None:
+        fetch = self._take_fetch(request)
+        with trio.CancelScope() as scope:
+            self._wait_scope = scope
+            if self._pokes != seen:
+                scope.cancel()
+            await fetch.done.wait()
+        self._wait_scope = None
+        if scope.cancelled_caught:
+            fetch.scope.cancel()
+            return
+        async with self._lock:
+            m = self._m
+            if m.request is not request:
+                return  # a user action abandoned it; its answer must not be fed in
+            if self._chain and self._chain[0] is fetch:
+                del self._chain[0]  # consumed; what follows was fetched assuming it is accepted
+                self._extend_chain()
+            if fetch.error is not None:
+                self._drop_chain()
+                await self._on_request_error(fetch.error)
+                return
+            if fetch.verified is not None:
+                ev = m.receive_verified(fetch.body, fetch.verified, now_ms=fetch.now_ms)
+            else:
+                # a bad page (or one we could not pre-check): the machine's full,
+                # sequential check names the error; off the trio thread.
+                ev = await trio.to_thread.run_sync(
+                    partial(m.receive_page, fetch.body, now_ms=fetch.now_ms)
+                )
+            if isinstance(ev, PageRejected):
+                self._drop_chain()
+                await self._persist(ev.pair)
+                log.warning(
+                    "pair %s: rejected a page from %s: %s (retry in %.1f s)",
+                    ev.pair.id,
+                    ev.pair.peer_url,
+                    ev.error,
+                    ev.delay_s,
+                )
+                self._emit(SyncEvent("rejected", ev.pair, code=ev.code, delay_s=ev.delay_s))
+                return
+            await self._commit(ev, request)
+
+    async def _commit(self, ev: PageAccepted, request: PageRequest) -> None:
+        m = self._m
+        # What the machine will ask next once this commits: fetch it meanwhile (if the
+        # chain does not hold it already).
+        nxt = PageRequest(
+            since=ev.pair.cursor,
+            limit=request.limit,
+            feed="normal" if ev.has_more else "longpoll",
+            namespace=request.namespace,
+            thread=request.thread,
+        )
+        if not self._chain or self._chain[0].request != nxt:
+            self._drop_chain()
+            self._chain.append(self._start_fetch(nxt))
+        new = ev.new_records
+        row = ev.pair.to_dict()
+        pid = ev.pair.id
+
+        def commit(tx: StateTx) -> None:
+            if new:
+                tx.put_records(new)
+            tx.put("pairs", pid, row)
+
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.transact(commit)
+        except Exception as exc:
+            self._drop_chain()
+            after = m.commit_failed(exc)
+            await self._persist(after.pair)
+            log.warning("pair %s: could not store a page: %r", pid, exc)
+            if isinstance(after, RetryScheduled):
+                self._emit(SyncEvent("retry", after.pair, code=after.code, delay_s=after.delay_s))
+            else:
+                self._emit(SyncEvent("changed", after.pair, actions=after.actions))
+            return
+        changed = m.commit_done()
+        if ev.caught_up:
+            self.caught_up_ms = _now_ms()
+        self._emit(SyncEvent("page", ev.pair, records=len(ev.records)))
+        if changed is not None:  # pragma: no cover - the lock keeps user actions out
+            await self._persist(changed.pair)
+
+    async def _on_request_error(self, err: FedpeerError) -> None:
+        m = self._m
+        ev = m.receive_error(err)
+        if isinstance(ev, CursorWasReset):
+            audit: dict[str, object] = {
+                "type": "sync.cursor_reset",
+                "pair_id": ev.pair.id,
+                "peer_did": ev.pair.peer_did,
+                "code": err.code,
+            }
+            await self._persist(ev.pair, audit=audit)
+            log.warning(
+                "pair %s: %s answered %s for our cursor (its store was wiped, replaced or "
+                "restored); pulling everything again, duplicates are skipped by CID",
+                ev.pair.id,
+                ev.pair.peer_url,
+                err.code,
+            )
+            self._emit(SyncEvent("reset", ev.pair, code=err.code))
+        elif isinstance(ev, PairStopped):
+            await self._persist(ev.pair)
+            le = ev.pair.last_error
+            log.error("pair %s stopped: %s", ev.pair.id, le.message if le else err)
+            self._emit(SyncEvent("stopped", ev.pair, code=err.code))
+        else:
+            assert isinstance(ev, RetryScheduled)
+            await self._persist(ev.pair)
+            log.info(
+                "pair %s: %s failed: %s (retry %d in %.2f s)",
+                ev.pair.id,
+                ev.pair.peer_url,
+                err,
+                ev.pair.retries,
+                ev.delay_s,
+            )
+            self._emit(SyncEvent("retry", ev.pair, code=ev.code, delay_s=ev.delay_s))
+
+    # --- fetching ---
+
+    def _take_fetch(self, request: PageRequest) -> _Fetch:
+        """The fetch for ``request``: the head of the chain if it is that request,
+        else a new one (and the chain, fetched on other assumptions, is dropped)."""
+        if self._chain and self._chain[0].request == request:
+            return self._chain[0]
+        self._drop_chain()
+        fetch = self._start_fetch(request)
+        self._chain.append(fetch)
+        return fetch
+
+    def _drop_chain(self) -> None:
+        for fetch in self._chain:
+            fetch.scope.cancel()
+        self._chain.clear()
+
+    def _extend_chain(self) -> None:
+        """Keep up to ``pipeline_depth`` pages in flight: after the last fetched page,
+        fetch the page the machine will ask for if it accepts that one.
+
+        The guess is ``since`` = the page's ``next_cursor``, longpoll when it said
+        nothing is left. The page is untrusted: a wrong guess only costs a dropped
+        fetch, since nothing is fed to the machine unless it asks for exactly that.
+        """
+        while 0 < len(self._chain) < self._depth:
+            last = self._chain[-1]
+            body = last.body
+            if not last.arrived or type(body) is not dict:
+                return
+            cursor, more = body.get("next_cursor"), body.get("has_more")
+            if type(cursor) is not str or type(more) is not bool:
+                return
+            req = last.request
+            nxt = PageRequest(
+                since=cursor,
+                limit=req.limit,
+                feed="normal" if more else "longpoll",
+                namespace=req.namespace,
+                thread=req.thread,
+            )
+            self._chain.append(self._start_fetch(nxt))
+
+    def _start_fetch(self, request: PageRequest) -> _Fetch:
+        assert self._nursery is not None
+        fetch = _Fetch(request)
+        self._nursery.start_soon(self._fetch_task, fetch, self._m.pair)
+        return fetch
+
+    async def _fetch_task(self, fetch: _Fetch, pair: Pair) -> None:
+        try:
+            with fetch.scope:
+                try:
+                    body = await self._source.fetch(pair, fetch.request)
+                except FedpeerError as err:
+                    fetch.error = err
+                    return
+                except Exception as exc:
+                    # a source must raise FedpeerError; anything else is still the peer's
+                    # problem as far as this pair is concerned, never a crash.
+                    log.warning("pair %s: fetch failed unexpectedly: %r", pair.id, exc)
+                    fetch.error = PeerError(f"fetching from {pair.peer_url} failed: {exc!r}")
+                    return
+                fetch.body = body
+                fetch.arrived = True
+                if fetch in self._chain:
+                    self._extend_chain()
+                fetch.now_ms = _now_ms()
+                fetch.verified = await self._preverify(body, fetch.now_ms)
+        finally:
+            fetch.done.set()
+
+    async def _preverify(self, body: object, now_ms: int) -> tuple[SignedRecord, ...] | None:
+        """Every record of ``body`` through record_from_wire, in parallel chunks.
+
+        None when the body is not a page or any record fails (the machine's full
+        check will say why).
+        """
+        if type(body) is not dict:
+            return None
+        items = body.get("records")
+        if type(items) is not list:
+            return None
+        if not items:
+            return ()
+        n = min(self._threads, max(1, len(items) // _MIN_CHUNK))
+        size = -(-len(items) // n)
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        results: list[list[SignedRecord] | None] = [None] * len(chunks)
+
+        async def one(i: int) -> None:
+            results[i] = await trio.to_thread.run_sync(
+                _verify_chunk, chunks[i], self._limits, now_ms, limiter=self._limiter
+            )
+
+        if len(chunks) == 1:
+            await one(0)
+        else:
+            async with trio.open_nursery() as nursery:
+                for i in range(len(chunks)):
+                    nursery.start_soon(one, i)
+        out: list[SignedRecord] = []
+        for part in results:
+            if part is None:
+                return None
+            out.extend(part)
+        return tuple(out)
+
+    # --- persistence and events ---
+
+    async def _persist(
+        self, pair: Pair, *, strict: bool = False, audit: dict[str, object] | None = None
+    ) -> None:
+        """Write (or, when deleted, remove) the pair row; shielded from cancellation.
+
+        With ``strict`` a store failure propagates (user actions report it);
+        otherwise it is logged: the next committed page writes the row anyway.
+        """
+        row = None if pair.state is PairState.DELETED else pair.to_dict()
+        pid = pair.id
+
+        def write(tx: StateTx) -> None:
+            if row is None:
+                tx.delete("pairs", pid)
+            else:
+                tx.put("pairs", pid, row)
+            if audit is not None:
+                tx.audit(audit)
+
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.transact(write)
+        except Exception:
+            if strict:
+                raise
+            log.exception("pair %s: could not persist its state", pid)
+
+    def _emit(self, event: SyncEvent) -> None:
+        if self._listener is not None:
+            try:
+                self._listener(event)
+            except Exception:
+                log.exception("sync listener failed on %s", event.kind)
