@@ -103,7 +103,9 @@ async def longpoll_latency(appends: int) -> list[float]:
             got = trio.Event()
             stamp: list[float] = []
 
-            async def poll(cur: str = cursor) -> None:
+            async def poll(
+                cur: str = cursor, stamp: list[float] = stamp, got: trio.Event = got
+            ) -> None:
                 page = await peer.changes(cur, feed="longpoll", timeout=30)
                 stamp.append(time.perf_counter())
                 stamp.append(float(len(page.records)))

@@ -61,6 +61,12 @@ def _vmhwm_kb() -> int:
     return 0
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system, all threads) this process has used."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
@@ -77,14 +83,16 @@ async def child_main(data_dir: str, url: str, token: str, n: int, page_limit: in
 
         node.pairs.add_listener(on_event)
         t0 = time.monotonic()
+        cpu0 = _cpu_s()
         pair = await node.pair_with(url, token=token)
         await node.pairs.wait_for(
             pair.id, lambda p: p.state is PairState.CAUGHT_UP and p.stats.records >= n
         )
         seconds = time.monotonic() - t0
+        cpu = _cpu_s() - cpu0
         count = await node.store.count()
         live = True
-        _emit(event="synced", records=count, seconds=seconds, hwm_kb=_vmhwm_kb())
+        _emit(event="synced", records=count, seconds=seconds, hwm_kb=_vmhwm_kb(), cpu_s=cpu)
         await trio.sleep_forever()
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import attrs
 
+from ._netutil import loopback_url as loopback_url
 from .errors import AuthRequired, ConfigInvalid, NodeNotRunning
 
 __all__ = [
@@ -270,20 +271,6 @@ def _toml_string(value: str) -> str:
 
 
 # --- node.url ----------------------------------------------------------------------
-
-
-def loopback_url(url: str) -> str:
-    """``url`` with a wildcard host (0.0.0.0, ::) replaced by loopback, so a client
-    on this machine can use it. Pure."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if host in ("0.0.0.0", ""):  # noqa: S104 (compared, not bound)
-        netloc = f"127.0.0.1:{parts.port}" if parts.port else "127.0.0.1"
-    elif host == "::":
-        netloc = f"[::1]:{parts.port}" if parts.port else "[::1]"
-    else:
-        return url.rstrip("/")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
 
 
 def write_node_url(data_dir: Path, url: str) -> Path:

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import time
 import urllib.parse
@@ -58,11 +57,13 @@ from ._cli_config import (
     save_handle,
     write_node_url,
 )
+from ._netutil import is_loopback_host as _is_loopback_host
+from ._netutil import is_wildcard as _is_wildcard
+from ._netutil import with_host as _with_host
 from .errors import (
     AuthRequired,
     ConfigInvalid,
     FedpeerError,
-    InvalidRequest,
     NodeNotRunning,
     PairSelf,
     PeerError,
@@ -72,8 +73,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .consent.invites import InviteUrl
-    from .identity.keys import SigningKey
+    pass
 
 __all__ = [
     "DEFAULT_PORT",
@@ -102,7 +102,6 @@ EXIT_INTERRUPTED = 130
 T = TypeVar("T")
 Json = dict[str, Any]
 
-READ_SCOPES = ("records:read", "sync:read")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._:@/+-]{1,256}$")  # record names (sync.records.NAME_PATTERN)
 
 
@@ -505,29 +504,6 @@ def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:
             ):
                 out.append(ip.ip)
     return out
-
-
-def _is_wildcard(host: str) -> bool:
-    return host in ("0.0.0.0", "::", "")  # noqa: S104 (compared, not bound)
-
-
-def _is_loopback_host(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _with_host(url: str, host: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
 
 
 @cli.command()
@@ -943,66 +919,6 @@ def invite_revoke(obj: Ctx, invite_id: str) -> None:
 # --- pairing ----------------------------------------------------------------------------
 
 
-def _pair_filter(target: object) -> Json | None:
-    if not isinstance(target, dict):
-        return None
-    if target.get("type") == "namespace":
-        return {"namespace": target.get("value")}
-    if target.get("type") == "thread":
-        return {"thread": target.get("value"), "namespace": target.get("namespace")}
-    return None
-
-
-def _source_address(toward_url: str) -> str | None:
-    """The local address this machine would use to reach ``toward_url`` (UDP
-    connect: no packet is sent), or None."""
-    parts = urllib.parse.urlsplit(toward_url)
-    host = parts.hostname
-    if not host:
-        return None
-    try:
-        infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_DGRAM)
-        family, _, _, _, addr = infos[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect(addr)
-            return str(sock.getsockname()[0])
-    except (OSError, IndexError):
-        return None
-
-
-async def _reachable_url(api: NodeApi, ident: Json, toward_url: str) -> str:
-    """The URL of the local node as the node at ``toward_url`` can reach it.
-
-    Raises InvalidRequest when the local node listens on loopback only and the
-    other node is elsewhere.
-    """
-    urls = [str(u) for u in ident.get("urls", []) if isinstance(u, str)]
-    if not urls:
-        raise InvalidRequest("the local node reports no URL")
-    mine = urls[0]
-    host = urllib.parse.urlsplit(mine).hostname or ""
-    peer_host = urllib.parse.urlsplit(toward_url).hostname or ""
-    if _is_loopback_host(host):
-        if _is_loopback_host(peer_host):
-            return mine.rstrip("/")
-        raise InvalidRequest(
-            f"the local node listens on {host} only, so {peer_host} cannot pull from it: "
-            "restart it with `fedpeer run --host 0.0.0.0` for two-way sync, or pair with --one-way"
-        )
-    if not _is_wildcard(host):
-        return mine.rstrip("/")
-    api_host = urllib.parse.urlsplit(api.url).hostname or ""
-    if _is_loopback_host(peer_host):
-        return loopback_url(mine)
-    source = _source_address(toward_url) if _is_loopback_host(api_host) else api_host
-    if not source or _is_loopback_host(source):
-        raise InvalidRequest(
-            f"cannot tell which address of this node {peer_host} can reach; "
-            "pair with --one-way, or run the node bound to its LAN address (--host)"
-        )
-    return _with_host(mine, source)
-
-
 @cli.command()
 @click.argument("invite_url", metavar="URL", callback=_invite_url_cb)
 @click.option("--one-way", is_flag=True, help="Only pull from the issuer (default: both ways).")
@@ -1039,17 +955,10 @@ def pair(
     credential for this node so it can pull back. Prints the confirmation code:
     compare it with the one the issuer shows (`fedpeer invite list`).
     """
-    from .identity.keys import SigningKey
-    from .peer.node import KEY_FILE
-
-    try:
-        key = SigningKey.load(obj.data_dir / KEY_FILE)
-    except FedpeerError as err:
-        fail(err)
 
     async def main() -> Json:
         async with obj.api() as api:
-            result = await _pair_with_invite(api, key, invite_url, one_way=one_way, label=label)
+            result = await _pair_with_invite(api, invite_url, one_way=one_way, label=label)
             if not as_json:
                 _print_paired(result)
             if wait:
@@ -1062,122 +971,23 @@ def pair(
 
 
 async def _pair_with_invite(
-    api: NodeApi, key: SigningKey, invite_url: str, *, one_way: bool, label: str | None
+    api: NodeApi, invite_url: str, *, one_way: bool, label: str | None
 ) -> Json:
-    """Redeem ``invite_url`` as ``key`` (the local node's identity) and create the
-    pair on the local node; with ``one_way`` False, first mint the issuer a
-    read-only account + grant here and pass it along as the reciprocal credential
-    (undone if the redemption fails). Returns what ``pair --json`` prints."""
-    from .consent.invites import check_invite_preview, parse_invite_url
-    from .peer.client import PeerClient
+    """Ask the local node to redeem ``invite_url`` and set up the pair(s)
+    (``POST /v1/sync/pairs/from-invite``). Returns what ``pair --json`` prints."""
+    from .consent.invites import parse_invite_url
 
     invite = parse_invite_url(invite_url)
     ident = await api.call("GET", "/v1/identity")
-    if ident.get("did") != key.did:
-        raise ConfigInvalid(
-            f"the node at {api.url} is {ident.get('did')}, but the key in {api.data_dir} is "
-            f"{key.did}: use the --data-dir and --url of the same node"
-        )
-    if invite.issuer_did == key.did:
+    if invite.issuer_did == ident.get("did"):
         raise PairSelf(
             "this invite was issued by this node: run `fedpeer pair` on the other device"
         )
+    body: Json = {"invite_url": invite_url, "bidirectional": not one_way}
     handle = str(ident.get("handle") or "")
-    async with httpx.AsyncClient(timeout=20.0) as http:
-        issuer = PeerClient(invite.node_url, client=http)
-        await issuer.manifest(expected_did=invite.issuer_did)  # DID_MISMATCH: an impostor
-        preview = await issuer.get_value(f"/v1/invites/{invite.invite_id}")
-        doc = check_invite_preview(preview, invite)
-        raw_scopes = doc.get("scopes")
-        scopes = [str(s) for s in raw_scopes] if isinstance(raw_scopes, list) else []
-        target = doc.get("scope_target")
-        if not {"sync:read", "admin"} & set(scopes):
-            raise InvalidRequest(
-                f"this invite grants {', '.join(scopes) or 'nothing'}, not sync:read, so there "
-                "is nothing to pull: ask for an invite with `--scopes reader`"
-            )
-        reciprocal: Json | None = None
-        minted: Json = {}
-        try:
-            if not one_way:
-                reciprocal = await _mint_reciprocal(api, ident, invite, scopes, target, minted)
-            cred = await PeerClient(invite.node_url, client=http).redeem(
-                invite_url,
-                holder_key=key,
-                label=(label or handle or None),
-                reciprocal=reciprocal,
-            )
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await _undo_reciprocal(api, minted)
-            raise
-    pair_body: Json = {
-        "peer_url": cred.peer_url,
-        "peer_did": cred.peer_did,
-        "credential": cred.token,
-        "filter": _pair_filter(target),
-    }
-    pair_row = await api.call("POST", "/v1/sync/pairs", body=pair_body)
-    if api.last_status == 200:
-        # The pair existed (paired before): it must use the new credential, and a
-        # pair stopped by a revoked credential runs again.
-        pid = urllib.parse.quote(str(pair_row["id"]), safe="")
-        pair_row = await api.call(
-            "POST", f"/v1/sync/pairs/{pid}/credential", body={"credential": cred.token}
-        )
-        if pair_row.get("state") in ("stopped", "paused"):
-            pair_row = await api.call("POST", f"/v1/sync/pairs/{pid}/resume")
-    return {
-        "pair": pair_row,
-        "confirmation_code": cred.confirmation_code,
-        "issuer_did": cred.peer_did,
-        "issuer_url": cred.peer_url,
-        "invite_id": cred.invite_id,
-        "scopes": sorted(cred.scopes),
-        "two_way": reciprocal is not None,
-        "reciprocal_url": None if reciprocal is None else reciprocal["url"],
-        "reciprocal_service_account": minted.get("sa_id"),
-    }
-
-
-async def _mint_reciprocal(
-    api: NodeApi, ident: Json, invite: InviteUrl, scopes: list[str], target: object, minted: Json
-) -> Json:
-    """Create, on the local node, a read-only account and a grant for the issuer
-    (mirroring the invite's read scopes and target); record their ids in
-    ``minted`` as they are made; return the ``reciprocal`` redeem field."""
-    my_url = await _reachable_url(api, ident, invite.node_url)
-    back = [s for s in READ_SCOPES if s in scopes or "admin" in scopes]
-    if "sync:read" not in back:
-        back.append("sync:read")
-    sa = await api.call(
-        "POST",
-        "/v1/service-accounts",
-        body={
-            "name": f"pair {invite.issuer_did[-8:]} (invite {invite.invite_id[:8]})",
-            "holder_did": invite.issuer_did,
-            "scopes": back,
-        },
-    )
-    minted["sa_id"] = sa["service_account"]["id"]
-    grant_body: Json = {"grantee_did": invite.issuer_did, "scopes": back}
-    if isinstance(target, dict):
-        grant_body["target"] = target
-    grant = await api.call("POST", "/v1/grants", body=grant_body)
-    minted["grant_id"] = grant["grant"]["id"]
-    return {"token": sa["token"], "scopes": back, "url": my_url}
-
-
-async def _undo_reciprocal(api: NodeApi, minted: Json) -> None:
-    """Remove the credential minted for a redemption that failed (best effort)."""
-    for key, path in (("sa_id", "/v1/service-accounts/"), ("grant_id", "/v1/grants/")):
-        if minted.get(key) is None:
-            continue
-        method, path = "DELETE", path + str(minted[key])
-        try:
-            await api.call(method, path)
-        except FedpeerError:
-            logging.getLogger("fedpeer.cli").warning("could not undo %s %s", method, path)
+    if label or handle:
+        body["label"] = label or handle
+    return await api.call("POST", "/v1/sync/pairs/from-invite", body=body)
 
 
 def _print_paired(result: Json) -> None:

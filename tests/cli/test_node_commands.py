@@ -351,7 +351,10 @@ def test_two_way_pair_hands_the_issuer_a_working_credential(two_nodes: NodeThrea
     accounts = as_json(fp(b, "token", "list", "--json").stdout)["service_accounts"]
     (back,) = [s for s in accounts if s["holder_did"] == a.did]
     assert back["scopes"] == ["records:read", "sync:read"]
-    assert back["id"] == result["reciprocal_service_account"]
+    # a created the reverse pair with it during the redemption
+    assert result["reverse_pair"]["created"] is True
+    a_pairs = as_json(fp(a, "pairs", "--json").stdout)["pairs"]
+    assert [p["peer_did"] for p in a_pairs] == [b.did]
     grants = httpx.get(
         b.url + "/v1/grants",
         params={"grantee_did": a.did},

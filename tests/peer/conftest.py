@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedpeer.peer import NodeConfig, Node, open_node
+from fedpeer.peer import Node, NodeConfig, open_node
 
 
 @pytest.fixture
@@ -45,6 +45,8 @@ async def serve_asgi(nursery: object, app: object) -> tuple[str, object]:
     config.graceful_timeout = 1
     shutdown = trio.Event()
     urls = await nursery.start(
-        lambda task_status: serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+        lambda task_status: serve(
+            app, config, shutdown_trigger=shutdown.wait, task_status=task_status
+        )  # type: ignore[arg-type]
     )
     return urls[0], shutdown

@@ -6,7 +6,7 @@ import httpx
 import pytest
 import trio
 
-from fedpeer.errors import CursorInvalid, CursorReset
+from fedpeer.errors import CursorFromFuture, CursorInvalid, CursorReset
 from fedpeer.identity.canonical import dagcbor_decode, dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import Node, PeerClient
@@ -169,7 +169,12 @@ BAD_BODIES = [
     # A map with keys out of canonical order: valid CBOR, not DAG-CBOR.
     (bytes.fromhex("a2616202616101"), "application/cbor", 400, "NON_CANONICAL"),
     (b'{"namespace": "n"}', "application/json", 400, "INVALID_REQUEST"),
-    (b'{"namespace": "", "thread": "t", "kind": "k", "body": 1}', "application/json", 400, "RECORD_INVALID"),
+    (
+        b'{"namespace": "", "thread": "t", "kind": "k", "body": 1}',
+        "application/json",
+        400,
+        "RECORD_INVALID",
+    ),
     (b"[1,2]", "application/json", 400, "MALFORMED"),
     (b"hello", "text/plain", 415, "UNSUPPORTED_MEDIA_TYPE"),
 ]
@@ -177,7 +182,13 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("body", "ctype", "status", "code"), BAD_BODIES)
 async def test_bad_bodies_get_4xx_and_store_unchanged(
-    node: Node, http: httpx.AsyncClient, admin_token: str, body: bytes, ctype: str, status: int, code: str
+    node: Node,
+    http: httpx.AsyncClient,
+    admin_token: str,
+    body: bytes,
+    ctype: str,
+    status: int,
+    code: str,
 ) -> None:
     await _fill(node, 2)
     before = await _count(node)
@@ -192,14 +203,18 @@ async def test_bad_bodies_get_4xx_and_store_unchanged(
 async def test_oversized_body_is_413(node: Node, http: httpx.AsyncClient, admin_token: str) -> None:
     big = b'{"namespace":"n","thread":"t","kind":"k","body":"' + b"x" * (5 * 1024 * 1024) + b'"}'
     r = await http.post(
-        "/v1/records", content=big, headers={**_auth(admin_token), "Content-Type": "application/json"}
+        "/v1/records",
+        content=big,
+        headers={**_auth(admin_token), "Content-Type": "application/json"},
     )
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "BODY_TOO_LARGE"
     assert await _count(node) == 0
 
 
-async def test_tampered_signed_record_is_refused(node: Node, http: httpx.AsyncClient, admin_token: str) -> None:
+async def test_tampered_signed_record_is_refused(
+    node: Node, http: httpx.AsyncClient, admin_token: str
+) -> None:
     rec = build_record(SigningKey.generate(), namespace="n", thread="t", kind="k", body=1)
     sig = bytes([rec.sig[0] ^ 1]) + rec.sig[1:]
     r = await http.post(
@@ -223,7 +238,9 @@ async def test_tampered_signed_record_is_refused(node: Node, http: httpx.AsyncCl
         ("namespace=" + "n" * 300, "INVALID_REQUEST"),
     ],
 )
-async def test_bad_feed_queries(http: httpx.AsyncClient, admin_token: str, query: str, code: str) -> None:
+async def test_bad_feed_queries(
+    http: httpx.AsyncClient, admin_token: str, query: str, code: str
+) -> None:
     r = await http.get(f"/v1/sync/changes?{query}", headers=_auth(admin_token))
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == code
@@ -236,9 +253,8 @@ async def test_cursor_from_other_store_resets(node: Node, admin_token: str) -> N
     async with PeerClient(node.url, token=admin_token) as peer:
         with pytest.raises(CursorReset):
             await peer.changes(foreign)
-        with pytest.raises(Exception) as info:
+        with pytest.raises(CursorFromFuture):
             await peer.changes(future)
-        assert info.value.code == "CURSOR_FROM_FUTURE"  # type: ignore[attr-defined]
         with pytest.raises(CursorInvalid):
             await peer.changes("!!!")
 
@@ -264,20 +280,22 @@ async def test_node_shutdown_ends_longpolls_promptly(tmp_path: object) -> None:
 
     result: list[int] = []
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            async with open_node(None, config=NodeConfig(auth_enabled=False)) as node:
-                started = trio.Event()
+        async with (
+            trio.open_nursery() as nursery,
+            open_node(None, config=NodeConfig(auth_enabled=False)) as node,
+        ):
+            started = trio.Event()
 
-                async def poll() -> None:
-                    async with httpx.AsyncClient() as http:
-                        started.set()
-                        r = await http.get(node.url + "/v1/sync/changes?feed=longpoll", timeout=60)
-                        result.append(r.status_code)
+            async def poll() -> None:
+                async with httpx.AsyncClient() as http:
+                    started.set()
+                    r = await http.get(node.url + "/v1/sync/changes?feed=longpoll", timeout=60)
+                    result.append(r.status_code)
 
-                nursery.start_soon(poll)
-                await started.wait()
-                for _ in range(50):
-                    await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(poll)
+            await started.wait()
+            for _ in range(50):
+                await trio.testing.wait_all_tasks_blocked()
     assert result == [200]
 
 

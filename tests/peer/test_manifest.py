@@ -58,7 +58,9 @@ async def _real_well_known(node: Node) -> dict[str, object]:
     return value
 
 
-@pytest.mark.parametrize("member", ["handle", "did", "urls", "signature.expires_at", "signature.key_id"])
+@pytest.mark.parametrize(
+    "member", ["handle", "did", "urls", "signature.expires_at", "signature.key_id"]
+)
 async def test_tampered_manifest_is_rejected(node: Node, member: str) -> None:
     wk = await _real_well_known(node)
     bad = copy.deepcopy(wk)

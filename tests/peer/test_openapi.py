@@ -78,7 +78,8 @@ class LiveNode:
         assert self.ready.wait(30), "node did not start"
 
     def stop(self) -> None:
-        assert self._stop is not None and self._token is not None
+        assert self._stop is not None
+        assert self._token is not None
         trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self.thread.join(30)
 

@@ -369,7 +369,9 @@ async def changes(ctx: Ctx) -> Response:
 
 
 def _sse_event(event: str, event_id: str, data: bytes) -> bytes:
-    return b"event: " + event.encode() + b"\nid: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
+    return (
+        b"event: " + event.encode() + b"\nid: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
+    )
 
 
 async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int) -> Response:

@@ -369,7 +369,19 @@ async def redeem_invite(ctx: Ctx) -> Response:
     log.info(
         "invite %s redeemed by %s holder %s", invite_id, redeemed.holder_type, redeemed.holder_did
     )
-    return respond(redeemed.to_dict(), ctx.request, status=201)
+    answer = redeemed.to_dict()
+    reverse = ctx.app.extra.get("reverse_pair")
+    if request.reciprocal is not None and request.holder_type == "federated" and callable(reverse):
+        # Two-way pairing: pull back from the redeemer with the credential it gave
+        # us. Only for a federated holder, whose DID the proof established; the
+        # redeemer's URL must serve a manifest signed by that DID.
+        answer["reverse_pair"] = await reverse(
+            holder_did=redeemed.holder_did,
+            url=request.reciprocal.url,
+            token=request.reciprocal.token,
+            target=redeemed.grant.target,
+        )
+    return respond(answer, ctx.request, status=201)
 
 
 async def _audit_rejection(

@@ -83,6 +83,39 @@ async def create_pair(ctx: Ctx) -> Response:
     return respond(body, ctx.request, status=201 if created else 200)
 
 
+async def pair_from_invite(ctx: Ctx) -> Response:
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    allowed = {"invite_url", "bidirectional", "label"}
+    if set(obj) - allowed:
+        raise InvalidRequest(
+            f"unknown fields {sorted(set(obj) - allowed)}; allowed: {sorted(allowed)}"
+        )
+    url = obj.get("invite_url")
+    if not isinstance(url, str):
+        raise InvalidRequest("invite_url is required: the invite URL from the other node")
+    both = obj.get("bidirectional", True)
+    if not isinstance(both, bool):
+        raise InvalidRequest("bidirectional must be true or false")
+    label = _opt_str(obj, "label")
+    fn = ctx.app.extra.get("pair_from_invite")
+    if not callable(fn):
+        raise InternalError("sync pairs are not running on this node")
+    result = await fn(url, bidirectional=both, label=label)
+    body = {
+        "pair": _manager(ctx).public(result.pair.id),
+        "created": result.created,
+        "confirmation_code": result.confirmation_code,
+        "issuer_did": result.credential.peer_did,
+        "issuer_url": result.credential.peer_url,
+        "invite_id": result.credential.invite_id,
+        "scopes": sorted(result.credential.scopes),
+        "two_way": result.two_way,
+        "reciprocal_url": result.reciprocal_url,
+        "reverse_pair": result.reverse,
+    }
+    return respond(body, ctx.request, status=201 if result.created else 200)
+
+
 async def list_pairs(ctx: Ctx) -> Response:
     manager = _manager(ctx)
     pairs = [manager.public(p.id) for p in manager.list()]
@@ -174,6 +207,46 @@ def _action_route(action: PairAction, summary: str) -> RouteSpec:
 
 
 SYNC_ROUTES: list[RouteSpec] = [
+    RouteSpec(
+        "POST",
+        "/v1/sync/pairs/from-invite",
+        "admin",
+        pair_from_invite,
+        "Redeem another node's invite and set up the pair; two-way by default (the "
+        "issuer then pulls back with a read credential minted here)",
+        "pair_from_invite",
+        request_schema={
+            "type": "object",
+            "required": ["invite_url"],
+            "properties": {
+                "invite_url": {"type": "string", "maxLength": 4096},
+                "bidirectional": {"type": "boolean"},
+                "label": {"type": ["string", "null"], "maxLength": 128},
+            },
+            "additionalProperties": False,
+        },
+        response_schema={
+            "type": "object",
+            "required": ["pair", "created", "confirmation_code", "two_way"],
+        },
+        success_status=201,
+        errors=(
+            "PAIR_SELF",
+            "INVALID_REQUEST",
+            "MALFORMED",
+            "DID_MISMATCH",
+            "PEER_UNREACHABLE",
+            "PEER_INVALID",
+            "INVITE_NOT_FOUND",
+            "INVITE_EXPIRED",
+            "INVITE_REVOKED",
+            "INVITE_EXHAUSTED",
+            "INVITE_SECRET_INVALID",
+            "HOLDER_TYPE_MISMATCH",
+            "BAD_SIGNATURE",
+            "SIGNATURE_EXPIRED",
+        ),
+    ),
     RouteSpec(
         "POST",
         "/v1/sync/pairs",

@@ -343,7 +343,7 @@ class PeerClient:
 
     # --- invites -------------------------------------------------------------------
 
-    async def redeem(
+    async def redeem_with_answer(
         self,
         invite_url: str,
         *,
@@ -352,26 +352,9 @@ class PeerClient:
         label: str | None = None,
         reciprocal: Mapping[str, object] | None = None,
         now_ms: int | None = None,
-    ) -> Credential:
-        """Redeem an invite URL at the node that issued it; return the credential.
-
-        Talks to the node named in the URL (not ``base_url``; the HTTP client is
-        shared, no bearer is sent). Steps: parse the URL (``MALFORMED``); fetch the
-        node's manifest and require it to be signed by the URL's issuer DID
-        (``DID_MISMATCH``: a LAN impostor cannot take the redemption); fetch the
-        public preview and verify the signed invite document; redeem as
-        ``holder_type``: ``federated`` signs a fresh proof with ``holder_key``
-        (holder DID = its did:key), ``guest`` sends its public key. ``label`` names
-        the account on the issuer; ``reciprocal`` (``{token, scopes, url}``) hands
-        the issuer a credential for the way back (bidirectional pairing). The
-        answer's issuer, holder and confirmation code are checked
-        (``PEER_INVALID``).
-
-        Raises the issuer's error otherwise (``INVITE_EXPIRED``,
-        ``INVITE_EXHAUSTED``, ``INVITE_SECRET_INVALID``, ``HOLDER_TYPE_MISMATCH``,
-        ...) and ``PEER_UNREACHABLE``. Cancellable; a redemption cancelled after
-        the POST was sent may still have happened on the issuer.
-        """
+    ) -> tuple[Credential, dict[str, object]]:
+        """Like :meth:`redeem`, also returning the issuer's whole answer (it reports
+        the reverse pair of a two-way pairing under ``reverse_pair``)."""
         invite = parse_invite_url(invite_url)
         issuer = PeerClient(invite.node_url, client=self._client, limits=self.limits)
         await issuer.manifest(expected_did=invite.issuer_did)
@@ -406,7 +389,46 @@ class PeerClient:
             answer = response.json()
         except ValueError:
             raise PeerInvalid("the redeem answer is not JSON") from None
-        return credential_from_answer(answer, invite, holder_did=holder_key.did)
+        return credential_from_answer(answer, invite, holder_did=holder_key.did), answer
+
+    async def redeem(
+        self,
+        invite_url: str,
+        *,
+        holder_key: SigningKey,
+        holder_type: Literal["federated", "guest"] = "federated",
+        label: str | None = None,
+        reciprocal: Mapping[str, object] | None = None,
+        now_ms: int | None = None,
+    ) -> Credential:
+        """Redeem an invite URL at the node that issued it; return the credential.
+
+        Talks to the node named in the URL (not ``base_url``; the HTTP client is
+        shared, no bearer is sent). Steps: parse the URL (``MALFORMED``); fetch the
+        node's manifest and require it to be signed by the URL's issuer DID
+        (``DID_MISMATCH``: a LAN impostor cannot take the redemption); fetch the
+        public preview and verify the signed invite document; redeem as
+        ``holder_type``: ``federated`` signs a fresh proof with ``holder_key``
+        (holder DID = its did:key), ``guest`` sends its public key. ``label`` names
+        the account on the issuer; ``reciprocal`` (``{token, scopes, url}``) hands
+        the issuer a credential for the way back (bidirectional pairing). The
+        answer's issuer, holder and confirmation code are checked
+        (``PEER_INVALID``).
+
+        Raises the issuer's error otherwise (``INVITE_EXPIRED``,
+        ``INVITE_EXHAUSTED``, ``INVITE_SECRET_INVALID``, ``HOLDER_TYPE_MISMATCH``,
+        ...) and ``PEER_UNREACHABLE``. Cancellable; a redemption cancelled after
+        the POST was sent may still have happened on the issuer.
+        """
+        credential, _answer = await self.redeem_with_answer(
+            invite_url,
+            holder_key=holder_key,
+            holder_type=holder_type,
+            label=label,
+            reciprocal=reciprocal,
+            now_ms=now_ms,
+        )
+        return credential
 
     # --- writes --------------------------------------------------------------------
 

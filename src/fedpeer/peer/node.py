@@ -42,6 +42,7 @@ from ..sync._puller import SyncOptions
 from ..sync.pairs import Pair, PairFilter
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, build_record
 from ._config import NodeConfig
+from ._invite_pairing import InvitePairing, pair_from_invite, reverse_pair_after_redeem
 from ._pairing import PeerPageSource, create_pair
 from .app import AppState, build_app
 from .discovery import Discovery
@@ -51,7 +52,7 @@ log = logging.getLogger("fedpeer.node")
 
 KEY_FILE = "node.key"
 STORE_FILE = "store.sqlite3"
-ADMIN_TOKEN_FILE = "admin.token"
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -98,6 +99,7 @@ class Node:
     nursery: trio.Nursery
     state: AppState
     pairs: PairManager
+    http: httpx.AsyncClient
     _append_lock: trio.Lock = attrs.field(factory=trio.Lock)
     discovery: Discovery | None = None
 
@@ -153,6 +155,20 @@ class Node:
             author_allowlist=author_allowlist,
         )
 
+    async def pair_from_invite(
+        self, invite_url: str, *, bidirectional: bool = True, label: str | None = None
+    ) -> InvitePairing:
+        """Redeem an invite from another node and set up sync with it.
+
+        One-way: this node pulls from the issuer. Two-way (the default): this
+        node also hands the issuer a read credential for itself, and the issuer
+        creates the reverse pair during the redemption. Both sides get the same
+        confirmation code (``result.confirmation_code``) for people to compare.
+        See :func:`fedpeer.peer._invite_pairing.pair_from_invite` for the error
+        codes. Blocks on a few HTTP requests to the issuer.
+        """
+        return await pair_from_invite(self, invite_url, bidirectional=bidirectional, label=label)
+
     @property
     def admin_token_path(self) -> Path | None:
         """Where the admin token was written (None for a node without a data dir)."""
@@ -204,7 +220,13 @@ class Node:
 
 
 async def _serve(
-    app: object, host: str, port: int, cfg: NodeConfig, shutdown: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    app: object,
+    host: str,
+    port: int,
+    cfg: NodeConfig,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     hconf = HypercornConfig()
     hconf.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -249,9 +271,13 @@ async def open_node(
     cfg = config or NodeConfig()
     ddir = None if data_dir is None else Path(data_dir)
     if key is None:
-        key = SigningKey.generate() if ddir is None else await trio.to_thread.run_sync(
-            load_or_create_key, ddir
+        key = (
+            SigningKey.generate()
+            if ddir is None
+            else await trio.to_thread.run_sync(load_or_create_key, ddir)
         )
+    if ddir is not None:
+        ddir.mkdir(parents=True, exist_ok=True, mode=0o700)
     owned_store = store is None
     if store is None:
         store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
@@ -294,12 +320,15 @@ async def open_node(
                 nursery=nursery,
                 state=state,
                 pairs=pairs,
+                http=http,
             )
             state.append = node.append
             log.info("node %s serving at %s", key.did, node.url)
             state.extra["pairs"] = pairs
             state.extra["create_pair"] = node.create_pair
             state.extra["health"] = pairs.health_summary
+            state.extra["reverse_pair"] = functools.partial(reverse_pair_after_redeem, node)
+            state.extra["pair_from_invite"] = node.pair_from_invite
             await nursery.start(pairs.run)
             if cfg.discovery:
                 # mDNS trouble never stops the node: run() reports started at

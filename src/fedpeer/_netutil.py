@@ -1,0 +1,94 @@
+"""Small URL and address helpers shared by the node, pairing and the CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Sequence
+
+from .errors import InvalidRequest
+
+
+def is_wildcard(host: str) -> bool:
+    """True for an address that means "every interface" (0.0.0.0, ::)."""
+    return host in ("0.0.0.0", "::", "")  # noqa: S104 (compared, not bound)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def with_host(url: str, host: str) -> str:
+    """``url`` with its host replaced by ``host`` (IPv6 bracketed)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+
+
+def loopback_url(url: str) -> str:
+    """``url`` with a wildcard host replaced by loopback, for a client on this machine."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host in ("0.0.0.0", ""):  # noqa: S104 (compared, not bound)
+        return with_host(url, "127.0.0.1")
+    if host == "::":
+        return with_host(url, "::1")
+    return url.rstrip("/")
+
+
+def source_address(toward_url: str) -> str | None:
+    """The local address this machine would use to reach ``toward_url``, or None.
+
+    Uses a UDP ``connect`` (no packet is sent). Blocking only on name resolution.
+    """
+    parts = urllib.parse.urlsplit(toward_url)
+    host = parts.hostname
+    if not host:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_DGRAM)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            return str(sock.getsockname()[0])
+    except (OSError, IndexError):
+        return None
+
+
+def reachable_url(own_urls: Sequence[str], toward_url: str) -> str:
+    """This node's URL as the node at ``toward_url`` can reach it.
+
+    Raises InvalidRequest when this node listens on loopback only and the other
+    node is elsewhere, or when no local address toward it can be found.
+    """
+    if not own_urls:
+        raise InvalidRequest("this node reports no URL")
+    mine = own_urls[0]
+    host = urllib.parse.urlsplit(mine).hostname or ""
+    peer_host = urllib.parse.urlsplit(toward_url).hostname or ""
+    if is_loopback_host(host):
+        if is_loopback_host(peer_host):
+            return mine.rstrip("/")
+        raise InvalidRequest(
+            f"this node listens on {host} only, so {peer_host} cannot pull from it: "
+            "run it with `--host 0.0.0.0` for two-way sync, or pair one way"
+        )
+    if not is_wildcard(host):
+        return mine.rstrip("/")
+    if is_loopback_host(peer_host):
+        return loopback_url(mine)
+    source = source_address(toward_url)
+    if not source or is_loopback_host(source):
+        raise InvalidRequest(
+            f"cannot tell which address of this node {peer_host} can reach; "
+            "pair one way, or bind the node to its LAN address"
+        )
+    return with_host(mine, source)
