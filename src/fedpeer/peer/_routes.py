@@ -28,6 +28,7 @@ from ..sync.records import record_to_wire, verify_record
 from ._http import read_json_object, read_value, respond
 from ._routes_consent import CONSENT_ROUTES, consent_view, publish_consent_revision
 from ._routes_sync import SYNC_ROUTES
+from .discovery import MDNS_ROUTE
 from ._routing import Ctx, Param, RouteSpec
 from .manifest import capabilities, federation_body
 
@@ -724,5 +725,6 @@ ROUTES: list[RouteSpec] = [
 
 ROUTES += CONSENT_ROUTES  # grants, invites, scope presets, token rotation
 ROUTES += SYNC_ROUTES  # sync pairs and health
+ROUTES.append(MDNS_ROUTE)  # the mDNS roster
 
 __all__ = ["ROUTES"]

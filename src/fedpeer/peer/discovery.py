@@ -848,13 +848,3 @@ MDNS_ROUTE = RouteSpec(
         },
     },
 )
-
-
-def _install_route() -> None:
-    from ._routes import ROUTES
-
-    if not any(r.path == MDNS_ROUTE.path for r in ROUTES):
-        ROUTES.append(MDNS_ROUTE)
-
-
-_install_route()
