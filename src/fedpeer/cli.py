@@ -57,6 +57,7 @@ from ._cli_config import (
     save_handle,
     write_node_url,
 )
+from ._files import write_private
 from ._netutil import is_loopback_host as _is_loopback_host
 from ._netutil import is_wildcard as _is_wildcard
 from ._netutil import with_host as _with_host
@@ -1454,14 +1455,8 @@ def token_rotate(obj: Ctx, sa_id: str) -> None:
 
 
 def _write_secret(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically with mode 0600."""
+    write_private(path, text.encode())
 
 
 @token.command(name="rotate-admin")

@@ -27,13 +27,11 @@ one bounded LRU, so a verify costs one dict lookup over raw pynacl.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 import attrs
@@ -41,6 +39,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
+from fedpeer._files import write_private
 from fedpeer.errors import (
     BadSignature,
     KeyFileError,
@@ -146,31 +145,12 @@ class SigningKey:
         """
         path = Path(path)
         data = json.dumps(self.to_jwk(), separators=(",", ":"), sort_keys=True).encode()
-        tmp_name: str | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                if hasattr(os, "fchmod"):  # POSIX; mkstemp already uses 0600, be explicit
-                    os.fchmod(fd, 0o600)
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp_name, path)
-            tmp_name = None
-            _fsync_dir(path.parent)
+            write_private(path, data)
         except OSError as err:
             raise KeyFileError(
                 f"cannot write the key file {path}: {err.strerror or err.__class__.__name__}"
             ) from None
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
         log.info("saved key for %s to %s", self.did, path)
 
     @classmethod
@@ -251,16 +231,6 @@ def _key_from_jwk_bytes(data: bytes, path: Path) -> SigningKey:
     if public != key.public_key:
         raise KeyFileError(f"the key file {path} is damaged: its public key does not match")
     return key
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- verification -----------------------------------------------------------------

@@ -28,8 +28,8 @@ from ..sync.records import record_to_wire, verify_record
 from ._http import read_json_object, read_value, respond
 from ._routes_consent import CONSENT_ROUTES, consent_view, publish_consent_revision
 from ._routes_sync import SYNC_ROUTES
-from .discovery import MDNS_ROUTE
 from ._routing import Ctx, Param, RouteSpec
+from .discovery import MDNS_ROUTE
 from .manifest import capabilities, federation_body
 
 Visible = Callable[[StoredRecord], bool]

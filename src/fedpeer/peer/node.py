@@ -30,6 +30,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from .._files import write_private
 from ..consent import tokens
 from ..consent.ratelimit import RateLimiter
 from ..errors import KeyFileMissing
@@ -57,14 +58,7 @@ ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
 
 def _write_secret(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically with mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, text.encode())
 
 
 def load_or_create_key(data_dir: Path) -> SigningKey:
