@@ -13,7 +13,28 @@ the other namespace and measures, from the JSON lines both print
 * A registered: when A's own announcement finished probing (for the breakdown);
 * goodbye -> gone from B: from A's SIGTERM to B dropping the entry.
 
-Prints a ``SKIP`` line and exits 0 when not root or ``ip`` is missing.
+Then, ``--pair-runs`` times (fresh data dirs and keys each run), pairing two
+``fedpeer run`` processes (``tests/nodeproc.py``) in two namespaces: each
+data dir is first filled with ``--records`` records signed by its node (through
+the store, in this process, before the node starts), A issues an invite, and the
+clock runs from launching ``fedpeer pair URL`` on B (two-way pairing) to:
+
+* all records on both sides: both nodes hold every record of both sides (each
+  side's ``tests/e2e/ns_tool.py wait``, started beforehand, follows its node's
+  feed by longpoll and stamps the moment the last record landed);
+* both pairs caught up: each node's pair is ``caught_up`` with its cursor at the
+  source's head (``ns_tool.py caught-up`` asks ``GET /v1/sync/pairs`` every
+  50 ms: a pair state has no event to wait on). This is later than the first:
+  each side also pulls back its own records through the other's feed and drops
+  them as duplicates;
+* ``fedpeer pair`` returned: it waits for B's pair to be caught up (it polls
+  every 0.25 s).
+
+Two variants: ``each``, N records on A and N on B (each direction moves N);
+``one``, N records on A only (B pulls N; A's reverse pair pulls them back).
+
+``--only verified`` / ``--only pair`` runs one part. Prints a ``SKIP`` line and
+exits 0 when not root or ``ip`` is missing.
 """
 
 from __future__ import annotations
@@ -25,6 +46,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import netns  # noqa: E402
+from tests.nodeproc import RunningNode, clean_env  # noqa: E402
 
 HELPER = str(ROOT / "tests" / "peer" / "discovery_node.py")
+NS_TOOL = str(ROOT / "tests" / "e2e" / "ns_tool.py")
 TARGET_S = 2.0
 Event = dict[str, object]
 
@@ -147,17 +171,143 @@ async def bench(net: netns.Lan, runs: int) -> dict[str, list[float]]:
     return out
 
 
+# --- pair URL -> both caught up ------------------------------------------------------------
+
+
+async def _preload(data_dir: Path, n: int, label: str) -> None:
+    """Create the node's data dir (identity, store, admin token) and store ``n``
+    records signed by its key, in chunks, straight into the store."""
+    from fedpeer.peer import open_node
+    from fedpeer.store.base import StateTx
+    from fedpeer.sync.records import build_record
+
+    async with open_node(data_dir) as node:
+        now = int(time.time() * 1000)
+        for start in range(0, n, 2000):
+            chunk = [
+                build_record(
+                    node.key,
+                    namespace="bench",
+                    thread=f"{label}-{i % 50}",
+                    kind="note",
+                    body={"from": label, "i": i, "text": "a sentence of ordinary size here."},
+                    clock=i + 1,
+                    ts=now,
+                ).to_new()
+                for i in range(start, min(n, start + 2000))
+            ]
+
+            def commit(tx: StateTx, chunk: list = chunk) -> None:  # type: ignore[type-arg]
+                tx.put_records(chunk)
+
+            await node.store.transact(commit)
+
+
+def _tool(host: netns.Host, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        host.exec_args(sys.executable, NS_TOOL, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ns_tool failed ({proc.returncode}): {err.strip()[-500:]}")
+    value = json.loads(out)
+    assert isinstance(value, dict)
+    return value
+
+
+def pair_once(net: netns.Lan, tmp: Path, n_a: int, n_b: int) -> dict[str, float]:
+    """One pairing on fresh data dirs; seconds from launching ``pair`` to each milestone."""
+    a_host, b_host = net.hosts
+    a_dir, b_dir = tmp / "a", tmp / "b"
+    trio.run(_preload, a_dir, n_a, "a")
+    trio.run(_preload, b_dir, n_b, "b")
+    a = RunningNode(a_host, a_dir, "alice")
+    b = RunningNode(b_host, b_dir, "bob")
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        url = json.loads(a.cli("invite", "create", "--no-qr", "--json").stdout)["url"]
+        total = n_a + n_b
+        waits = [_tool(h, "wait", str(d), "--count", str(total), "--timeout", "300")
+                 for h, d in ((a_host, a_dir), (b_host, b_dir))]  # fmt: skip
+        # ... and every pair caught up with its source's head (which is `total` on
+        # both sides: each also pulls back, and drops as duplicates, its own records)
+        quiets = [_tool(h, "caught-up", str(d), "--seq", str(total), "--timeout", "300")
+                  for h, d in ((a_host, a_dir), (b_host, b_dir))]  # fmt: skip
+        # each waiter first reads what its node already holds, then longpolls
+        t0 = time.time()
+        paired = b.cli("pair", url, "--json", "--timeout", "300", timeout=320)
+        t_pair = time.time()
+        if paired.returncode != 0:
+            raise RuntimeError(f"pair failed: {paired.stderr.strip()}")
+        done = [_finish(w, 330) for w in waits]
+        if [d["count"] for d in done] != [total, total]:
+            raise RuntimeError(f"expected {total} records on each side: {done}")
+        quiet = [_finish(q, 330) for q in quiets]
+        t_data = max(as_float(d["t"]) for d in done)
+        t_quiet = max(as_float(q["t"]) for q in quiet)
+        return {"data": t_data - t0, "pairs": t_quiet - t0, "pair_cmd": t_pair - t0}
+    finally:
+        for node in (b, a):
+            node.stop()
+
+
+def pair_bench(runs: int, n: int) -> None:
+    print(f"pair URL -> both caught up ({runs} runs per variant, {n:,} records, "
+          "fresh nodes each run)")  # fmt: skip
+    for variant, (n_a, n_b) in (("each", (n, n)), ("one", (n, 0))):
+        res: dict[str, list[float]] = {"data": [], "pairs": [], "pair_cmd": []}
+        for i in range(runs):
+            with tempfile.TemporaryDirectory(prefix="fedpeer-bench-") as tmp, netns.lan(2) as net:
+                r = pair_once(net, Path(tmp), n_a, n_b)
+            for k, v in r.items():
+                res[k].append(v)
+            print(f"  {variant} run {i + 1}: all records on both sides {r['data']:.2f} s, "
+                  f"both pairs caught up {r['pairs']:.2f} s, "
+                  f"`pair` returned {r['pair_cmd']:.2f} s", flush=True)  # fmt: skip
+        med = {k: statistics.median(v) for k, v in res.items()}
+        what = f"{n:,} records on each side" if variant == "each" else f"{n:,} records on A only"
+        print(f"  {what}:")
+        print(f"    pair URL -> all records on both sides   median {med['data']:6.2f} s   "
+              f"({(n_a + n_b) / med['data']:,.0f} new records/s)")  # fmt: skip
+        print(
+            f"    pair URL -> both pairs caught up        median {med['pairs']:6.2f} s   "
+            "(also pulled back: each side's own records, dropped as duplicates)"
+        )
+        print(
+            f"    pair URL -> `fedpeer pair` returned     median {med['pair_cmd']:6.2f} s   "
+            "(B's pair caught up; it polls every 0.25 s)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=10, help="runs of the verified latency")
+    parser.add_argument("--pair-runs", type=int, default=3, help="runs per pairing variant")
+    parser.add_argument("--records", type=int, default=10_000, help="records per side to pair")
+    parser.add_argument("--only", choices=("verified", "pair"), default=None)
     args = parser.parse_args()
     reason = netns.skip_reason()
     if reason:
         print(f"SKIP discovery benchmark: {reason}")
         return
-    print(f"fedpeer discovery benchmark ({args.runs} runs, two namespaces on a veth pair)")
+    if args.only in (None, "verified"):
+        verified_bench(args.runs)
+    if args.only in (None, "pair"):
+        pair_bench(args.pair_runs, args.records)
+
+
+def verified_bench(runs: int) -> None:
+    print(f"fedpeer discovery benchmark ({runs} runs, two namespaces on a veth pair)")
     with netns.lan(2) as net:
-        results = trio.run(bench, net, args.runs)
+        results = trio.run(bench, net, runs)
     med = {k: statistics.median(v) for k, v in results.items()}
     verdict = "ok" if med["ready"] < TARGET_S else "ABOVE TARGET"
     print(f"  node ready -> verified on peer   median {med['ready']:.2f} s   "

@@ -15,6 +15,16 @@ should not be ignored silently)::
     discovery = true          # FEDPEER_DISCOVERY   mDNS on/off (1/0, true/false, on/off)
     url = "http://127.0.0.1:8765"   # FEDPEER_URL   where operator commands reach the node
 
+Tuning (`fedpeer run` only; defaults are the library's)::
+
+    sync_longpoll_s = 30      # FEDPEER_SYNC_LONGPOLL_S     how long a caught-up pair's longpoll
+                              #   asks the peer to hold (a silent peer is noticed after about
+                              #   this plus 15 s)
+    sync_backoff_cap_s = 300  # FEDPEER_SYNC_BACKOFF_CAP_S  longest wait between retries of a
+                              #   failing pair (the first retry waits up to min(1 s, cap))
+    rate_per_s = 50           # FEDPEER_RATE_PER_S          requests per second per token / address
+    rate_burst = 200          # FEDPEER_RATE_BURST          burst allowance of that rate limit
+
 ``FEDPEER_TOKEN`` overrides the admin token read from ``admin.token``.
 
 Also here: the ``node.url`` file that ``fedpeer run`` writes while it serves,
@@ -24,13 +34,14 @@ file I/O, no network.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
 import tomllib
 import unicodedata
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
@@ -62,7 +73,20 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MAX_HANDLE_CHARS = 128  # as the mDNS TXT record allows
 
-_KEYS = ("host", "port", "handle", "interfaces", "discovery", "url")
+_KEYS = (
+    "host",
+    "port",
+    "handle",
+    "interfaces",
+    "discovery",
+    "url",
+    "sync_longpoll_s",
+    "sync_backoff_cap_s",
+    "rate_per_s",
+    "rate_burst",
+)
+MAX_LONGPOLL_S = 300.0
+MAX_BACKOFF_CAP_S = 86_400.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -82,6 +106,10 @@ class Settings:
     interfaces: tuple[str, ...] = ()
     discovery: bool = True
     url: str | None = None
+    sync_longpoll_s: float | None = None
+    sync_backoff_cap_s: float | None = None
+    rate_per_s: float | None = None
+    rate_burst: int | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
@@ -171,13 +199,55 @@ def _check_interfaces(value: object, where: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-_CHECKS = {
+def _number(value: object, where: str, what: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigInvalid(f"{where} must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
+    return float(value)
+
+
+def _seconds_check(upper: float) -> Callable[[object, str], float]:
+    def check(value: object, where: str) -> float:
+        what = f"a number of seconds > 0 and <= {upper:g}"
+        seconds = _number(value, where, what)
+        if not (math.isfinite(seconds) and 0 < seconds <= upper):
+            raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
+        return seconds
+
+    return check
+
+
+def _check_rate(value: object, where: str) -> float:
+    what = "a number of requests per second > 0"
+    rate = _number(value, where, what)
+    if not (math.isfinite(rate) and rate > 0):
+        raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
+    return rate
+
+
+def _check_burst(value: object, where: str) -> int:
+    what = "a whole number of requests >= 1"
+    burst = _number(value, where, what)
+    if not (math.isfinite(burst) and burst >= 1 and burst == int(burst)):
+        raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
+    return int(burst)
+
+
+_CHECKS: dict[str, Callable[[object, str], object]] = {
     "host": _check_host,
     "port": _check_port,
     "handle": lambda v, where: check_handle(v, where) if isinstance(v, str) else _bad_handle(where),
     "interfaces": _check_interfaces,
     "discovery": _check_bool,
     "url": _check_url,
+    "sync_longpoll_s": _seconds_check(MAX_LONGPOLL_S),
+    "sync_backoff_cap_s": _seconds_check(MAX_BACKOFF_CAP_S),
+    "rate_per_s": _check_rate,
+    "rate_burst": _check_burst,
 }
 
 

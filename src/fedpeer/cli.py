@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
+import attrs
 import click
 import httpx
 import trio
@@ -74,7 +75,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from .sync._puller import SyncOptions
 
 __all__ = [
     "DEFAULT_PORT",
@@ -507,6 +508,35 @@ def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:
     return out
 
 
+def _rate_settings(settings: Settings) -> dict[str, Any]:
+    """NodeConfig keyword arguments for the rate limit settings that are set."""
+    out: dict[str, Any] = {}
+    if settings.rate_per_s is not None:
+        out["rate_per_s"] = settings.rate_per_s
+    if settings.rate_burst is not None:
+        out["rate_burst"] = settings.rate_burst
+    return out
+
+
+def _sync_options(settings: Settings) -> SyncOptions:
+    """The pullers' options: the library defaults with the sync_* settings applied."""
+    from .sync._backoff import DEFAULT_BACKOFF, Backoff
+    from .sync._puller import SyncOptions
+
+    opts = SyncOptions()
+    if settings.sync_longpoll_s is not None:
+        opts = attrs.evolve(opts, longpoll_s=settings.sync_longpoll_s)
+    cap = settings.sync_backoff_cap_s
+    if cap is not None:
+        backoff = Backoff(
+            base_s=min(DEFAULT_BACKOFF.base_s, cap),
+            cap_s=cap,
+            max_retry_after_s=DEFAULT_BACKOFF.max_retry_after_s,
+        )
+        opts = attrs.evolve(opts, backoff=backoff)
+    return opts
+
+
 @cli.command()
 @click.option(
     "--host",
@@ -560,7 +590,9 @@ def run(
             handle=handle or settings.handle or default_handle(),
             discovery=settings.discovery if discovery is None else discovery,
             interfaces=tuple(interfaces) or settings.interfaces,
+            **_rate_settings(settings),
         )
+        sync_opts = _sync_options(settings)
     except FedpeerError as err:
         fail(err, EXIT_START)
     bind_host = host or settings.host
@@ -573,7 +605,9 @@ def run(
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_node(data_dir, host=bind_host, port=bind_port, config=cfg) as node:
+            async with open_node(
+                data_dir, host=bind_host, port=bind_port, config=cfg, sync=sync_opts
+            ) as node:
                 url = loopback_url(node.url)
                 await trio.to_thread.run_sync(write_node_url, data_dir, url)
                 try:

@@ -9,92 +9,27 @@ the reason, when not root or without ``ip``.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.netns import Host, lan, skip_reason
+from tests.netns import lan, skip_reason
+from tests.nodeproc import PORT, RunningNode, fedpeer, wait_for_verified
 
 pytestmark = pytest.mark.e2e
 
 _SKIP = skip_reason()
 needs_netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
-PORT = 8765
-WAIT_S = 40.0
-
-
-def fedpeer(host: Host, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """One CLI command inside ``host``'s namespace (bounded: 60 s)."""
-    return subprocess.run(
-        host.exec_args(sys.executable, "-m", "fedpeer", "--data-dir", str(data_dir), *args),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-    )
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("FEDPEER_")}
-
-
-class RunningNode:
-    """``fedpeer run --host 0.0.0.0`` inside a namespace, until :meth:`stop`."""
-
-    def __init__(self, host: Host, data_dir: Path, handle: str) -> None:
-        self.host = host
-        self.data_dir = data_dir
-        argv = host.exec_args(
-            sys.executable, "-m", "fedpeer", "--data-dir", str(data_dir), "run",
-            "--host", "0.0.0.0", "--port", str(PORT), "--handle", handle,
-            "--interface", host.ifname,
-        )  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
-        )
-        self.lines: dict[str, str] = {}
-        watchdog = threading.Timer(WAIT_S, self.proc.kill)  # bounds the reads below
-        watchdog.start()
-        try:
-            assert self.proc.stdout is not None
-            for _ in range(20):
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                key, _, value = line.partition(":")
-                self.lines.setdefault(key.strip(), value.strip())
-                if key == "mdns":
-                    break
-        finally:
-            watchdog.cancel()
-        assert "mdns" in self.lines, f"node did not start: {self.lines}"
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
-
 
 @pytest.fixture
 def two_hosts(tmp_path: Path) -> Iterator[tuple[RunningNode, RunningNode]]:
     with lan(2) as net:
         a_host, b_host = net.hosts
-        a = RunningNode(a_host, tmp_path / "a", "alice")
+        a = RunningNode(a_host, tmp_path / "a", "alice").wait_ready()
         try:
-            b = RunningNode(b_host, tmp_path / "b", "bob")
+            b = RunningNode(b_host, tmp_path / "b", "bob").wait_ready()
             try:
                 yield a, b
             finally:
@@ -102,20 +37,6 @@ def two_hosts(tmp_path: Path) -> Iterator[tuple[RunningNode, RunningNode]]:
         finally:
             assert a.stop() == 0
             assert not (tmp_path / "a" / "node.url").exists()
-
-
-def wait_for_verified(node: RunningNode, did: str) -> dict[str, Any]:
-    """Poll ``fedpeer peers --json`` (each call a process) until ``did`` is verified."""
-    deadline = time.monotonic() + WAIT_S
-    roster: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        r = fedpeer(node.host, node.data_dir, "peers", "--json")
-        assert r.returncode == 0, r.stderr
-        roster = json.loads(r.stdout)
-        for entry in roster["peers"]:
-            if entry["did"] == did and entry["status"] == "verified":
-                return entry  # type: ignore[no-any-return]
-    raise AssertionError(f"{did} not verified within {WAIT_S} s: {roster}")
 
 
 @needs_netns

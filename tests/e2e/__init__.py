@@ -1,0 +1,1 @@
+"""End-to-end tests: ``fedpeer run`` processes on network-namespace LANs (root only)."""
