@@ -44,6 +44,7 @@ from .keys import PUBLIC_KEY_BYTES as PUBLIC_KEY_BYTES
 from .keys import SIGNATURE_BYTES as SIGNATURE_BYTES
 from .keys import SigningKey as SigningKey
 from .keys import is_valid_public_key as is_valid_public_key
+from .keys import verify_batch as verify_batch
 from .keys import verify_signature as verify_signature
 from .resolver import DidDriver as DidDriver
 from .resolver import DidKeyDriver as DidKeyDriver
@@ -94,6 +95,7 @@ __all__ = [
     "public_key_from_did",
     "public_key_from_method",
     "sign_document",
+    "verify_batch",
     "verify_document",
     "verify_document_resolved",
     "verify_signature",

@@ -353,6 +353,36 @@ def dagcbor_decode(data: bytes | bytearray | memoryview) -> object:
     raise NonCanonical(f"DAG-CBOR is not canonical: {_explain(raw)}")
 
 
+# --- building blocks for shape-specific fast paths ------------------------------------
+#
+# Callers that know the exact shape of a value (a record, a feed page) can check
+# canonicity faster than the general re-encode: parse with :func:`parse_unchecked`,
+# check the shape, write the canonical bytes of that shape directly (with
+# :func:`head` and :func:`encode_into`) and compare. On any mismatch, error or
+# unexpected shape they must fall back to :func:`dagcbor_decode`, which then gives
+# the verdict and the error message; so the fast path can only *accept* what the
+# general path accepts. Each such fast path is pinned to the general one by a
+# differential test.
+
+
+def parse_unchecked(data: bytes) -> object:
+    """The first step of :func:`dagcbor_decode`: parse ``data`` (non-empty ``bytes``)
+    with the DAG-CBOR tag rules, WITHOUT the canonical check or the trailing-bytes
+    check. Raises ``Malformed``. Never use the result unless its canonical encoding
+    was then compared with ``data``."""
+    return _parse(data, whole=False)
+
+
+head = _head
+"""``head(major, n)``: the shortest CBOR head (``bytes``) for major type ``major``
+and argument ``n`` (raises an internal error past 64 bits)."""
+
+encode_into = _enc
+"""``encode_into(v, out, depth)``: append the canonical encoding of ``v`` to the
+bytearray ``out``, ``depth`` = containers around ``v`` (0 at the top). Raises an
+internal error (not a FedpeerError) for values outside the data model."""
+
+
 # --- diagnostics (slow path only) ------------------------------------------------------
 
 

@@ -23,9 +23,16 @@ from ..errors import (
 )
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
 from ..store.base import ChangeFilter, StoredRecord
-from ..sync.feed import Cursor, FeedPage, build_page, page_to_wire, resolve_since
+from ..sync.feed import (
+    Cursor,
+    FeedPage,
+    build_page,
+    encode_page_cbor,
+    page_to_wire,
+    resolve_since,
+)
 from ..sync.records import record_to_wire, verify_record
-from ._http import read_json_object, read_value, respond
+from ._http import CBOR, read_json_object, read_value, respond
 from ._routes_consent import CONSENT_ROUTES, consent_view, publish_consent_revision
 from ._routes_sync import SYNC_ROUTES
 from ._routing import Ctx, Param, RouteSpec
@@ -279,18 +286,20 @@ async def thread_records(ctx: Ctx) -> Response:
         raise InvalidRequest("thread name too long")
     flt = ChangeFilter(namespace_prefix=_name_param(ctx, "namespace"), thread=thread)
     page = await _one_page(ctx, flt, _q(ctx, "since"), _limit(ctx), scope="records:read")
-    return respond(_page_body(ctx, page), ctx.request)
+    return _page_response(ctx, page)
 
 
 # --- sync feed ---------------------------------------------------------------------
 
 
-def _page_body(ctx: Ctx, page: FeedPage) -> dict[str, object]:
+def _page_response(ctx: Ctx, page: FeedPage) -> Response:
     if _wants_cbor(ctx):
-        return page_to_wire(page)
+        # the fast page encoder: the same bytes as dagcbor_encode(page_to_wire(page))
+        body = encode_page_cbor(page.records, page.next_cursor, page.has_more)
+        return Response(body, media_type=CBOR)
     wire = page_to_wire(page)
     wire["records"] = [_rec_json(r) for r in page.records]
-    return wire
+    return respond(wire, ctx.request)
 
 
 async def _one_page(
@@ -366,7 +375,7 @@ async def changes(ctx: Ctx) -> Response:
             page = await _one_page(ctx, flt, page.next_cursor, limit)
             if page.records or page.has_more:
                 break
-    return respond(_page_body(ctx, page), ctx.request)
+    return _page_response(ctx, page)
 
 
 def _sse_event(event: str, event_id: str, data: bytes) -> bytes:

@@ -14,6 +14,8 @@ from .feed import Cursor as Cursor
 from .feed import FeedPage as FeedPage
 from .feed import WirePage as WirePage
 from .feed import build_page as build_page
+from .feed import decode_page_cbor as decode_page_cbor
+from .feed import encode_page_cbor as encode_page_cbor
 from .feed import everything as everything
 from .feed import page_from_wire as page_from_wire
 from .feed import page_to_wire as page_to_wire
@@ -24,13 +26,16 @@ from .records import NAME_PATTERN as NAME_PATTERN
 from .records import RECORD_VERSION as RECORD_VERSION
 from .records import SIGNATURE_BYTES as SIGNATURE_BYTES
 from .records import Limits as Limits
+from .records import PreparedRecords as PreparedRecords
 from .records import Record as Record
 from .records import SignedRecord as SignedRecord
 from .records import build_record as build_record
+from .records import prepare_wire_items as prepare_wire_items
 from .records import record_from_wire as record_from_wire
 from .records import record_to_json_view as record_to_json_view
 from .records import record_to_wire as record_to_wire
 from .records import verify_record as verify_record
+from .records import verify_wire_items as verify_wire_items
 
 __all__ = [
     "CURSOR_VERSION",
@@ -44,17 +49,22 @@ __all__ = [
     "Cursor",
     "FeedPage",
     "Limits",
+    "PreparedRecords",
     "Record",
     "SignedRecord",
     "WirePage",
     "build_page",
     "build_record",
+    "decode_page_cbor",
+    "encode_page_cbor",
     "everything",
     "page_from_wire",
     "page_to_wire",
+    "prepare_wire_items",
     "record_from_wire",
     "record_to_json_view",
     "record_to_wire",
     "resolve_since",
     "verify_record",
+    "verify_wire_items",
 ]

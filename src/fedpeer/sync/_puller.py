@@ -26,15 +26,20 @@ Speed (the hot path while behind):
   network round trip and the source's work overlap with our commit. If the
   machine then asks for something else (commit failed, user action) the
   speculative fetch is dropped, never fed in.
-* **parallel verification**: each fetched page is verified record by record
-  with :func:`~fedpeer.sync.records.record_from_wire` (the one pipeline) in
-  worker threads, in chunks; libsodium releases the GIL, so signatures are
-  checked on every core while the trio thread decodes the next page and SQLite
-  commits the previous one. The machine then checks the page (cursor rules,
-  filter, allow-list, duplicates) against the pre-verified records instead of
-  verifying each record a second time (:class:`_VerifiedMachine`). When
-  pre-verification finds *any* problem, the machine's own full check runs
-  instead, so every rejection and its error message come from the machine.
+* **parallel verification**: each fetched page goes through the one pipeline
+  in two passes (:func:`~fedpeer.sync.records.prepare_wire_items`): the
+  GIL-bound checks (decode, canonical form, shape, CID, author key, limits) for
+  the whole page in one worker thread, then the Ed25519 checks, in slices, by
+  :func:`~fedpeer.identity.keys.verify_batch` in worker *processes*
+  (:class:`_SignatureWorkers`; small slices in a thread). Threads alone do not
+  scale here: a thread must take the GIL back after every libsodium call and
+  waits for it whenever the event loop or the SQLite thread runs Python, so
+  signature threads sat idle more than half the time; a worker process has its
+  own GIL. The machine then checks the page (cursor rules, filter, allow-list,
+  duplicates) against the pre-verified records instead of verifying each record
+  a second time (:class:`_VerifiedMachine`). When pre-verification finds *any*
+  problem, the machine's own full check runs instead, so every rejection and
+  its error message come from the machine.
 
 Nothing here sleeps to synchronise; all waits are on events, the store, or the
 network, and every one of them is cancellable.
@@ -46,6 +51,8 @@ import logging
 import math
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -54,7 +61,9 @@ from typing import Protocol
 import attrs
 import trio
 
+from .. import _ed25519
 from ..errors import FedpeerError, PeerError
+from ..identity.keys import verify_batch
 from ..store.base import StateTx, Store
 from ._backoff import DEFAULT_BACKOFF, Backoff
 from ._machine import (
@@ -69,13 +78,26 @@ from ._machine import (
 )
 from .feed import Cursor, page_from_wire
 from .pairs import Pair, PairAction, PairState
-from .records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
+from .records import (
+    DEFAULT_LIMITS,
+    Limits,
+    SignedRecord,
+    prepare_wire_items,
+    verify_wire_items,
+)
 
 __all__ = ["PageSource", "Puller", "SyncEvent", "SyncOptions"]
 
 log = logging.getLogger("fedpeer.sync")
 
 _MIN_CHUNK = 64  # records per verification chunk: below this a thread hop costs more than it saves
+_PROCESS_MIN_JOBS = 200  # smaller slices verify in a thread: not worth a worker process
+_WORKER_START_TIMEOUT_S = 20.0
+_WORKER_BATCH_TIMEOUT_S = 120.0
+_WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
+# The directory holding the fedpeer package, put first on the worker's sys.path so
+# it imports this very fedpeer whatever the parent's sys.path tricks were.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_ed25519.__file__)))
 
 
 class PageSource(Protocol):
@@ -116,13 +138,17 @@ class SyncOptions:
     ``backoff``: the retry policy (1 s base, 5 min cap by default; tests inject a
     tiny base). ``page_limit``: records asked per page (1..10000).
     ``longpoll_s``: how long a caught-up pair asks the source to hold a
-    longpoll (the source caps it). ``verify_threads``: worker threads verifying
-    signatures at once, shared by all pairs of the node (default: CPUs, at most
-    4). ``seed``: when set, each pair's jitter comes from
+    longpoll (the source caps it). ``verify_threads``: signature checks running
+    at once (in threads or worker processes), shared by all pairs of the node
+    (default: CPUs, at most 4). ``seed``: when set, each pair's jitter comes from
     ``random.Random(f"{seed}:{pair_id}")`` (deterministic tests).
     ``autostart``: start the stored pairs when the node starts.
     ``pipeline_depth``: pages in flight per pair (fetched, being verified,
-    being committed); 1 turns speculation off.
+    being committed); 1 turns speculation off. ``verify_processes``: check the
+    signatures of large pages in worker processes (up to ``verify_threads`` per
+    pair, started on demand, stopped once the pair is caught up) instead of
+    threads; see :class:`_SignatureWorkers`. Off, or when a worker cannot be
+    started, worker threads do it.
     """
 
     backoff: Backoff = DEFAULT_BACKOFF
@@ -134,6 +160,7 @@ class SyncOptions:
     seed: int | None = None
     autostart: bool = True
     pipeline_depth: int = attrs.field(default=3, validator=_check_positive_int)
+    verify_processes: bool = True
 
 
 @attrs.frozen
@@ -158,20 +185,173 @@ class SyncEvent:
 Listener = Callable[[SyncEvent], None]
 
 
+# --- signature checks in worker processes ----------------------------------------------
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    chunks: list[bytes] = []
+    while n > 0:
+        chunk = await stream.receive_some(n)
+        if not chunk:
+            raise EOFError("the verification worker closed its output")
+        chunks.append(bytes(chunk))
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+class _SignatureWorkers:
+    """Worker processes that run :func:`~fedpeer.identity.keys.verify_batch` for us.
+
+    Why processes: a signature check releases the GIL, but a thread must take
+    it back after every check, and while the event loop or another thread runs
+    Python it waits up to the interpreter's switch interval for it, so
+    signature threads idle exactly when the puller is busiest (measured: the
+    threads spent over half their time waiting). A worker process has its own
+    GIL. Each is ``python -c`` :func:`fedpeer._ed25519.worker_main` on pipes,
+    importing only pynacl and cffi (~15 MB, tens of milliseconds to start); the
+    verdicts come from the same :func:`verify_batch` as in-process checks.
+
+    At most ``size`` processes, started on demand, one request at a time each.
+    A worker that is cancelled mid-request is killed (its pipe state is
+    unknown); one that fails (cannot start, dies, answers garbage or too late)
+    is killed, the batch is checked in a worker thread instead, and threads are
+    used from then on (logged once). Correctness never depends on a worker:
+    every verdict is a :func:`verify_batch` result. :meth:`aclose` stops them.
+    """
+
+    def __init__(self, size: int, *, enabled: bool = True) -> None:
+        self._size = size
+        self._idle: list[trio.Process] = []
+        self._procs: set[trio.Process] = set()
+        self._slots = trio.Semaphore(size)
+        frozen = bool(getattr(sys, "frozen", False))  # sys.executable is not python
+        self.broken = not enabled or frozen or not sys.executable
+        """True once processes are off (disabled or failed): threads do the checks."""
+
+    async def check(
+        self, jobs: Sequence[tuple[bytes, bytes, bytes]], limiter: trio.CapacityLimiter
+    ) -> list[bool]:
+        """``verify_batch(jobs)``, in a worker process (or a thread as the fallback).
+
+        Holds a token of ``limiter`` while the check runs. Cancellable (a worker
+        caught mid-request is killed).
+        """
+        if self.broken:
+            return await trio.to_thread.run_sync(verify_batch, jobs, limiter=limiter)
+        shipped = [job for job in jobs if _ed25519.shippable(job)]
+        async with limiter, self._slots:
+            answer = await self._ask(shipped)
+        if answer is None:
+            return await trio.to_thread.run_sync(verify_batch, jobs, limiter=limiter)
+        if len(shipped) == len(jobs):
+            return answer
+        verdicts = iter(answer)  # a job that cannot be shipped fails verify_batch anyway
+        return [next(verdicts) if _ed25519.shippable(job) else False for job in jobs]
+
+    async def _ask(self, jobs: list[tuple[bytes, bytes, bytes]]) -> list[bool] | None:
+        """The worker's verdicts, or None when the workers failed (now broken)."""
+        proc: trio.Process | None = None
+        try:
+            proc = self._idle.pop() if self._idle else await self._start()
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            with trio.fail_after(_WORKER_BATCH_TIMEOUT_S):
+                await proc.stdin.send_all(_ed25519.encode_request(jobs))
+                answer = await _receive_exactly(proc.stdout, len(jobs))
+            if answer.strip(b"\x00\x01"):
+                raise ValueError("the verification worker answered garbage")
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as exc:
+            if proc is not None:
+                await self._kill(proc)
+            if not self.broken:  # the first failure: log it, stop the other workers
+                self.broken = True
+                log.warning(
+                    "signature checks in worker processes failed (%r); using threads from now on",
+                    exc,
+                )
+                await self.aclose()
+            return None
+        except BaseException:
+            if proc is not None:
+                await self._kill(proc)
+            raise
+        self._idle.append(proc)
+        return [b == 1 for b in answer]
+
+    async def _start(self) -> trio.Process:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
+        )
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-c", _WORKER_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self._procs.add(proc)
+        try:
+            assert proc.stdout is not None
+            with trio.fail_after(_WORKER_START_TIMEOUT_S):
+                ready = await _receive_exactly(proc.stdout, len(_ed25519.READY))
+            if ready != _ed25519.READY:
+                raise ValueError("the verification worker did not start properly")
+        except BaseException:
+            await self._kill(proc)
+            raise
+        return proc
+
+    async def _kill(self, proc: trio.Process) -> None:
+        self._procs.discard(proc)
+        if proc in self._idle:
+            self._idle.remove(proc)
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()  # reaps it
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    await pipe.aclose()
+
+    async def close_idle(self) -> None:
+        """Stop the workers that are not checking anything now (restarted on demand)."""
+        while self._idle:
+            await self._kill(self._idle[-1])
+
+    async def aclose(self) -> None:
+        """Stop every worker (a request in flight fails over to a thread). Shielded."""
+        for proc in list(self._procs):
+            await self._kill(proc)
+
+
 # --- the machine with a pre-verified fast path -------------------------------------------
+
+
+def _all_verified(results: Sequence[SignedRecord | FedpeerError]) -> list[SignedRecord] | None:
+    """The records when every result is one, else None (at least one item failed)."""
+    out: list[SignedRecord] = []
+    for result in results:
+        if type(result) is not SignedRecord:
+            return None
+        out.append(result)
+    return out
 
 
 def _verify_chunk(
     items: Sequence[object], limits: Limits, now_ms: int
 ) -> list[SignedRecord] | None:
-    """Verify wire items in a worker thread; None at the first problem of any kind."""
-    out: list[SignedRecord] = []
-    try:
-        for item in items:
-            out.append(record_from_wire(item, limits=limits, now_ms=now_ms))
-    except Exception:
-        return None
-    return out
+    """What the driver's pre-verification computes, in one synchronous call.
+
+    The same two passes as :meth:`Puller._preverify` (prepare, verify_batch,
+    finish); None at the first problem of any kind.
+    """
+    return _all_verified(verify_wire_items(items, limits=limits, now_ms=now_ms))
 
 
 class _VerifiedMachine(PullMachine):
@@ -179,8 +359,10 @@ class _VerifiedMachine(PullMachine):
 
     Adapter (the machine has no public hook for this yet): :meth:`receive_verified`
     is :meth:`PullMachine.receive_page` for a page whose every item went through
-    :func:`record_from_wire` with this machine's limits and the same ``now_ms``
-    (done in worker threads by the driver). The override of ``_check_page`` can
+    the record pipeline (:func:`~fedpeer.sync.records.verify_wire_items`, or its
+    two passes, which give :func:`record_from_wire`'s verdicts) with this
+    machine's limits and the same ``now_ms`` (done off the event loop by the
+    driver). The override of ``_check_page`` can
     only *accept*: it mirrors the machine's page rules (shape, cursor epoch and
     direction, cursor moves with records or has_more, page limit, filter,
     allow-list, no CID twice) and checks that each pre-verified record is the
@@ -318,6 +500,7 @@ class Puller:
         self._threads = opts.verify_threads
         self._depth = opts.pipeline_depth
         self._limiter = verify_limiter or trio.CapacityLimiter(opts.verify_threads)
+        self._workers = _SignatureWorkers(opts.verify_threads, enabled=opts.verify_processes)
         self._listener = listener
         self._lock = trio.Lock()
         self._pokes = 0
@@ -431,6 +614,7 @@ class Puller:
                     nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+            await self._workers.aclose()
             self.finished.set()
 
     async def _loop(self) -> None:
@@ -546,6 +730,7 @@ class Puller:
         changed = m.commit_done()
         if ev.caught_up:
             self.caught_up_ms = _now_ms()
+            await self._workers.close_idle()  # caught up: small pages from now on
         self._emit(SyncEvent("page", ev.pair, records=len(ev.records)))
         if changed is not None:  # pragma: no cover - the lock keeps user actions out
             await self._persist(changed.pair)
@@ -660,10 +845,14 @@ class Puller:
             fetch.done.set()
 
     async def _preverify(self, body: object, now_ms: int) -> tuple[SignedRecord, ...] | None:
-        """Every record of ``body`` through record_from_wire, in parallel chunks.
+        """Every record of ``body`` through the one pipeline, off the event loop.
 
-        None when the body is not a page or any record fails (the machine's full
-        check will say why).
+        Two passes (see :func:`~fedpeer.sync.records.prepare_wire_items`): the
+        GIL-bound checks of the whole page in one worker thread, then the Ed25519
+        checks, in up to ``verify_threads`` slices at once: large slices in
+        worker processes (:class:`_SignatureWorkers`), small ones in a worker
+        thread. None when the body is not a page or any record fails: the
+        machine's full check then names the error.
         """
         if type(body) is not dict:
             return None
@@ -672,28 +861,35 @@ class Puller:
             return None
         if not items:
             return ()
-        n = min(self._threads, max(1, len(items) // _MIN_CHUNK))
-        size = -(-len(items) // n)
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        results: list[list[SignedRecord] | None] = [None] * len(chunks)
-
-        async def one(i: int) -> None:
-            results[i] = await trio.to_thread.run_sync(
-                _verify_chunk, chunks[i], self._limits, now_ms, limiter=self._limiter
+        try:
+            prepared = await trio.to_thread.run_sync(
+                partial(prepare_wire_items, items, limits=self._limits, now_ms=now_ms)
             )
+        except Exception:  # untrusted input must never crash the puller
+            log.debug("pre-verification failed; the machine's full check decides", exc_info=True)
+            return None
+        jobs = prepared.signature_jobs
+        n = min(self._threads, max(1, len(jobs) // _MIN_CHUNK))
+        size = max(1, -(-len(jobs) // n))
+        slices = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        verdicts: list[list[bool]] = [[] for _ in slices]
+        limiter = self._limiter
 
-        if len(chunks) == 1:
-            await one(0)
-        else:
+        async def check(i: int) -> None:
+            part = slices[i]
+            if len(part) >= _PROCESS_MIN_JOBS:
+                verdicts[i] = await self._workers.check(part, limiter)
+            else:
+                verdicts[i] = await trio.to_thread.run_sync(verify_batch, part, limiter=limiter)
+
+        if len(slices) == 1:
+            await check(0)
+        elif slices:
             async with trio.open_nursery() as nursery:
-                for i in range(len(chunks)):
-                    nursery.start_soon(one, i)
-        out: list[SignedRecord] = []
-        for part in results:
-            if part is None:
-                return None
-            out.extend(part)
-        return tuple(out)
+                for i in range(len(slices)):
+                    nursery.start_soon(check, i)
+        out = _all_verified(prepared.finish([v for part in verdicts for v in part]))
+        return None if out is None else tuple(out)
 
     # --- persistence and events ---
 

@@ -39,10 +39,21 @@ Limits come after the signature so that a tampered record always reads
 "the author really wrote this, and it breaks a rule".
 
 The hot path is built for pull sync, where verifying thousands of records a
-second is the job: size first; one strict decode (the decoder's canonical check
-is the re-encode comparison, done once); one sha-256; the author's key comes
-from two caches (``public_key_from_did`` and the VerifyKey cache in
+second is the job: size first; one strict decode, whose canonical check writes
+the record's canonical bytes field by field in the known key order and compares
+(anything unexpected falls back to the general strict decoder, which gives the
+verdict); one sha-256; the author's key comes from two caches
+(``public_key_from_did`` and the point-check cache in
 :mod:`fedpeer.identity.keys`); the body depth walk returns at once for scalars.
+
+The same pipeline runs in two passes for many records
+(:func:`prepare_wire_items`): every stage but the Ed25519 check itself, with a
+stage-7 error held back, then the signature checks in bulk
+(:func:`~fedpeer.identity.keys.verify_batch`, in threads or worker processes),
+then :meth:`PreparedRecords.finish` puts the verdicts together in stage order.
+:func:`verify_wire_items` does both; its verdict for each item is exactly
+:func:`record_from_wire`'s (same class and message, pinned by a differential
+test).
 
 Limits on names: ``namespace``, ``thread`` and ``kind`` are 1 to
 ``max_name_len`` characters from ``[A-Za-z0-9._:@/+-]`` and do not start with
@@ -63,18 +74,19 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
 from fedpeer.errors import (
     BadSignature,
-    KeyUnknown,
+    FedpeerError,
     Malformed,
     RecordFromFuture,
     RecordInvalid,
     RecordTooLarge,
 )
+from fedpeer.identity._dagcbor import encode_into, head, parse_unchecked
 from fedpeer.identity.canonical import (
     CID,
     b64url_encode,
@@ -84,7 +96,12 @@ from fedpeer.identity.canonical import (
     dagjson_encode,
 )
 from fedpeer.identity.didkey import public_key_from_did
-from fedpeer.identity.keys import SigningKey, verify_signature
+from fedpeer.identity.keys import (
+    SigningKey,
+    is_valid_public_key,
+    verify_batch,
+    verify_signature,
+)
 from fedpeer.store.base import NewRecord, StoredRecord
 
 __all__ = [
@@ -94,13 +111,16 @@ __all__ = [
     "RECORD_VERSION",
     "SIGNATURE_BYTES",
     "Limits",
+    "PreparedRecords",
     "Record",
     "SignedRecord",
     "build_record",
+    "prepare_wire_items",
     "record_from_wire",
     "record_to_json_view",
     "record_to_wire",
     "verify_record",
+    "verify_wire_items",
 ]
 
 RECORD_VERSION = 1
@@ -229,9 +249,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _decode_record(data: bytes) -> Record:
-    """Stages 2 and 3: strict decode and exact shape. Malformed/NonCanonical/RecordInvalid."""
-    obj = dagcbor_decode(data)
+def _record_from_value(obj: object) -> Record:
+    """Stage 3, the exact shape of a decoded record. RecordInvalid."""
     if type(obj) is not dict:
         raise RecordInvalid("a record is a DAG-CBOR map")
     if obj.keys() != _RECORD_KEYS:
@@ -268,16 +287,108 @@ def _decode_record(data: bytes) -> Record:
     return Record(v, author, namespace, thread, kind, obj["body"], tuple(parents), clock, ts)
 
 
-def _check_signature(author: str, cid_raw: bytes, sig: bytes) -> None:
-    """Stages 5 and 6: the author's did:key and the signature over the CID bytes."""
-    public_key = public_key_from_did(author)  # cached; DidInvalid
+# The canonical key order of a record map (length first, then bytewise), with each
+# key's encoding: v, ts, body, kind, clock, author, thread, parents, namespace.
+# ``_record_bytes`` writes a record in exactly that form.
+_HEAD_V1_TS = b"\xa9\x61v\x01\x62ts"  # map(9), "v": 1, "ts":
+_KEY_BODY = b"\x64body"
+_KEY_KIND = b"\x64kind"
+_KEY_CLOCK = b"\x65clock"
+_KEY_AUTHOR = b"\x66author"
+_KEY_THREAD = b"\x66thread"
+_KEY_PARENTS = b"\x67parents"
+_KEY_NAMESPACE = b"\x69namespace"
+_LINK_PREFIX = b"\xd8\x2a"  # tag 42
+
+
+# Encoded text (head + UTF-8) of the names and authors records repeat, bounded
+# in entries and length since peers choose them.
+_TEXT_CACHE: dict[str, bytes] = {}
+_TEXT_CACHE_MAX = 4096
+_TEXT_CACHE_MAX_LEN = 256
+
+
+def _text(value: str) -> bytes:
+    encoded = _TEXT_CACHE.get(value)
+    if encoded is None:
+        b = value.encode()
+        encoded = head(3, len(b)) + b
+        if len(value) <= _TEXT_CACHE_MAX_LEN and len(_TEXT_CACHE) < _TEXT_CACHE_MAX:
+            _TEXT_CACHE[value] = encoded
+    return encoded
+
+
+def _int(value: int) -> bytes:
+    return head(0, value) if value >= 0 else head(1, -1 - value)
+
+
+def _record_bytes(rec: Record) -> bytearray:
+    """The canonical DAG-CBOR of a record that passed :func:`_record_from_value`.
+
+    Equal to ``dagcbor_encode(rec.to_map())`` (pinned by a differential test), but
+    written field by field in the known key order instead of sorting a map. Raises
+    what the encoder raises for a body or an integer outside the data model.
+    """
+    out = bytearray(_HEAD_V1_TS)
+    out += _int(rec.ts)
+    out += _KEY_BODY
+    encode_into(rec.body, out, 1)
+    out += _KEY_KIND
+    out += _text(rec.kind)
+    out += _KEY_CLOCK
+    out += _int(rec.clock)
+    out += _KEY_AUTHOR
+    out += _text(rec.author)
+    out += _KEY_THREAD
+    out += _text(rec.thread)
+    out += _KEY_PARENTS
+    parents = rec.parents
+    out += head(4, len(parents))
+    for parent in parents:
+        raw = parent.raw
+        out += _LINK_PREFIX
+        out += head(2, len(raw) + 1)
+        out += b"\x00"
+        out += raw
+    out += _KEY_NAMESPACE
+    out += _text(rec.namespace)
+    return out
+
+
+def _decode_record(data: bytes) -> Record:
+    """Stages 2 and 3: strict decode and exact shape. Malformed/NonCanonical/RecordInvalid.
+
+    Fast path: parse, check the shape, write the record's canonical bytes directly
+    and compare with ``data``. It only ever *accepts* (the same value the strict
+    decoder would return, as the bytes are the canonical encoding of exactly that
+    value); anything else (an error, another shape, different bytes) goes to the
+    general strict decoder, which names the problem exactly as it always has.
+    """
     try:
-        verify_signature(public_key, cid_raw, sig)
-    except KeyUnknown:
+        rec = _record_from_value(parse_unchecked(data))
+        if _record_bytes(rec) == data:
+            return rec
+    except Exception:  # noqa: S110 - any surprise: the general path decides and names it
+        pass
+    return _record_from_value(dagcbor_decode(data))
+
+
+def _author_key(author: str, sig: bytes) -> bytes:
+    """Stages 5 and the cheap half of 6: the author's usable key and a 64-byte sig.
+
+    Raises ``DidInvalid`` (not an Ed25519 did:key) and ``BadSignature`` (an author
+    key that is not a usable curve point, or a signature that is not 64 bytes),
+    in that order, with the same messages as :func:`verify_signature` would give.
+    """
+    public_key = public_key_from_did(author)  # cached; DidInvalid
+    if not is_valid_public_key(public_key):  # cached
         raise BadSignature(
             "the author's did:key does not hold a usable Ed25519 key, so no signature "
             "can verify; the record is rejected"
-        ) from None
+        )
+    if type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
+        raise BadSignature("an Ed25519 signature is exactly 64 bytes")
+    return public_key
 
 
 def _reserved_map(m: dict[str, object]) -> bool:
@@ -378,6 +489,41 @@ def _check_size(data: bytes, limits: Limits) -> None:
         )
 
 
+def _prepass(
+    data: bytes,
+    sig: bytes,
+    limits: Limits,
+    now_ms: int | None,
+    expected_cid: CID | None,
+) -> tuple[SignedRecord, bytes, FedpeerError | None]:
+    """Every stage but the Ed25519 check itself (the GIL-bound part of the pipeline).
+
+    Raises the errors of stages 1 to 5 and the cheap part of 6 (as they come
+    first); returns ``(record, author_key, limit_error)``, where ``record`` is NOT
+    yet verified (never let it out before the signature check) and
+    ``limit_error`` is the stage-7 error to raise only if the signature verifies.
+    """
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise Malformed("record data must be bytes")
+        data = bytes(data)
+    _check_size(data, limits)
+    rec = _decode_record(data)
+    cid = cid_for_dagcbor(data)
+    if expected_cid is not None and expected_cid.raw != cid.raw:
+        raise RecordInvalid(
+            f"cid does not match content: the item names {expected_cid} but its data "
+            f"hashes to {cid}"
+        )
+    public_key = _author_key(rec.author, sig)
+    limit_error: FedpeerError | None = None
+    try:
+        _check_limits(rec, limits, now_ms)
+    except FedpeerError as exc:
+        limit_error = exc
+    return SignedRecord(cid, data, sig, rec), public_key, limit_error
+
+
 def verify_record(
     data: bytes,
     sig: bytes,
@@ -398,23 +544,13 @@ def verify_record(
     limits), ``DidInvalid`` (author not an Ed25519 did:key), ``BadSignature`` (sig
     not 64 bytes, not valid for this CID and author, or an unusable author key),
     ``RecordFromFuture``. Pure CPU (one Ed25519 verify plus a small overhead); never
-    blocks.
+    blocks. :func:`verify_wire_items` is the same check for many wire items.
     """
-    if type(data) is not bytes:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise Malformed("record data must be bytes")
-        data = bytes(data)
-    _check_size(data, limits)
-    rec = _decode_record(data)
-    cid = cid_for_dagcbor(data)
-    if expected_cid is not None and expected_cid.raw != cid.raw:
-        raise RecordInvalid(
-            f"cid does not match content: the item names {expected_cid} but its data "
-            f"hashes to {cid}"
-        )
-    _check_signature(rec.author, cid.raw, sig)
-    _check_limits(rec, limits, now_ms)
-    return SignedRecord(cid, data, sig, rec)
+    signed, public_key, limit_error = _prepass(data, sig, limits, now_ms, expected_cid)
+    verify_signature(public_key, signed.cid.raw, signed.sig)  # BadSignature
+    if limit_error is not None:
+        raise limit_error
+    return signed
 
 
 def build_record(
@@ -482,16 +618,8 @@ def record_to_wire(rec: StoredRecord | SignedRecord) -> dict[str, object]:
     return {"cid": cid, "data": rec.data, "sig": rec.sig}
 
 
-def record_from_wire(
-    obj: object, *, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = None
-) -> SignedRecord:
-    """Parse and verify one wire item (as :func:`record_to_wire` makes, decoded).
-
-    ``obj`` must be a map with exactly the keys ``cid`` (a CID), ``data`` and ``sig``
-    (byte strings); otherwise ``Malformed``. Then :func:`verify_record` runs with
-    ``expected_cid`` = the item's ``cid`` (a mismatch is ``RecordInvalid``) and
-    raises as documented there. Pure CPU.
-    """
+def _wire_fields(obj: object) -> tuple[CID, bytes, bytes]:
+    """The ``(cid, data, sig)`` of a decoded wire item; Malformed for another shape."""
     if type(obj) is not dict:
         raise Malformed("a record item is a map {cid, data, sig}")
     if obj.keys() != _WIRE_KEYS:
@@ -505,7 +633,108 @@ def record_from_wire(
         raise Malformed("a record item's cid is a CID link")
     if type(data) is not bytes or type(sig) is not bytes:
         raise Malformed("a record item's data and sig are byte strings")
+    return cid, data, sig
+
+
+def record_from_wire(
+    obj: object, *, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = None
+) -> SignedRecord:
+    """Parse and verify one wire item (as :func:`record_to_wire` makes, decoded).
+
+    ``obj`` must be a map with exactly the keys ``cid`` (a CID), ``data`` and ``sig``
+    (byte strings); otherwise ``Malformed``. Then :func:`verify_record` runs with
+    ``expected_cid`` = the item's ``cid`` (a mismatch is ``RecordInvalid``) and
+    raises as documented there. Pure CPU.
+    """
+    cid, data, sig = _wire_fields(obj)
     return verify_record(data, sig, limits=limits, now_ms=now_ms, expected_cid=cid)
+
+
+_SIGNATURE_FAILED = "the signature does not verify for this content and key"
+
+
+class PreparedRecords:
+    """Wire items that went through every stage of the pipeline but the Ed25519 check.
+
+    Made by :func:`prepare_wire_items`. ``signature_jobs`` holds one
+    ``(public_key, cid_bytes, signature)`` triple per item that passed so far, in
+    item order: check them with :func:`~fedpeer.identity.keys.verify_batch` (in
+    threads or worker processes, in slices, in any order) and hand the verdicts,
+    in job order, to :meth:`finish`. Nothing in here counts as verified before
+    :meth:`finish` says so.
+    """
+
+    __slots__ = ("_outcomes", "_pending", "signature_jobs")
+
+    def __init__(self) -> None:
+        self._outcomes: list[SignedRecord | FedpeerError] = []
+        self._pending: list[tuple[int, FedpeerError | None]] = []
+        self.signature_jobs: list[tuple[bytes, bytes, bytes]] = []
+        """``(public_key, message, signature)`` per item still pending, in item order."""
+
+    def _add(self, item: object, limits: Limits, now_ms: int) -> None:
+        try:
+            cid, data, sig = _wire_fields(item)
+            signed, public_key, limit_error = _prepass(data, sig, limits, now_ms, cid)
+        except FedpeerError as exc:
+            self._outcomes.append(exc)
+            return
+        self._pending.append((len(self._outcomes), limit_error))
+        self._outcomes.append(signed)
+        self.signature_jobs.append((public_key, signed.cid.raw, sig))
+
+    def finish(self, verdicts: Sequence[bool]) -> list[SignedRecord | FedpeerError]:
+        """The verdict per item, in item order: the verified record or its error.
+
+        ``verdicts[i]`` must be the signature verdict of ``signature_jobs[i]``
+        (``ValueError`` when the counts differ). An item's error is exactly what
+        :func:`record_from_wire` would raise for it (same class, same message):
+        the first failing stage, ``BAD_SIGNATURE`` before any limit error. Pure.
+        """
+        if len(verdicts) != len(self.signature_jobs):
+            raise ValueError(
+                f"{len(verdicts)} verdicts for {len(self.signature_jobs)} signature jobs"
+            )
+        out = list(self._outcomes)
+        for (i, limit_error), ok in zip(self._pending, verdicts, strict=True):
+            if not ok:
+                out[i] = BadSignature(_SIGNATURE_FAILED)
+            elif limit_error is not None:
+                out[i] = limit_error
+        return out
+
+
+def prepare_wire_items(
+    items: Iterable[object], *, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = None
+) -> PreparedRecords:
+    """The GIL-bound part of :func:`record_from_wire` for many wire items.
+
+    Runs every stage but the Ed25519 check itself (wire shape, size, strict
+    decode, shape, CID, author key, signature length, limits) on each item and
+    returns the :class:`PreparedRecords` whose ``signature_jobs`` are what is
+    left to check. ``now_ms`` (None: the wall clock, read once) is the clock for
+    every item. Errors are kept per item, never raised. Pure CPU.
+    """
+    now = _now_ms() if now_ms is None else now_ms
+    prepared = PreparedRecords()
+    for item in items:
+        prepared._add(item, limits, now)
+    return prepared
+
+
+def verify_wire_items(
+    items: Iterable[object], *, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = None
+) -> list[SignedRecord | FedpeerError]:
+    """:func:`record_from_wire` for many items: a verdict per item, nothing raised.
+
+    Each result is the :class:`SignedRecord` that :func:`record_from_wire` would
+    return for the item, or the error (same class and message) it would raise;
+    ``now_ms`` as in :func:`prepare_wire_items`. The same pipeline in two passes
+    (:func:`prepare_wire_items`, then :func:`~fedpeer.identity.keys.verify_batch`
+    and :meth:`PreparedRecords.finish`). Pure CPU.
+    """
+    prepared = prepare_wire_items(items, limits=limits, now_ms=now_ms)
+    return prepared.finish(verify_batch(prepared.signature_jobs))
 
 
 def record_to_json_view(rec: SignedRecord | StoredRecord) -> dict[str, object]:
