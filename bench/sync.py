@@ -15,7 +15,9 @@ the runs (and the per-run values):
 * the raw single-core pynacl verify rate measured here, on 36-byte messages
   (the CID bytes a record signature covers), and the ratio end-to-end / raw
   (target >= 0.8; past 1.0 means B verifies on more than one core);
-* peak RSS of B (VmHWM of the child process; target < 200 MB);
+* peak RSS of B (VmHWM of the child process; target < 200 MB), and apart the
+  peak RSS of the signature worker processes B starts while catching up (each
+  its own small process: pynacl and cffi only);
 * append-on-A to stored-on-B latency while caught up, p50/p95 over the appends
   (target p50 < 50 ms): A appends one record at a time; the time runs from just
   before ``node.append`` on A to B's commit of the page holding it (both ends read
@@ -112,6 +114,29 @@ def raw_verify_rate(count: int = 20_000) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def _children_hwm_kb(pid: int) -> int:
+    """The largest VmHWM of ``pid``'s live child processes (0 if none)."""
+    best = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == str(pid) and "VmHWM" in fields:
+            best = max(best, int(fields["VmHWM"].split()[0]))
+    return best
+
+
+async def watch_workers(pid: int, out: list[float]) -> None:
+    """Sample the peak RSS of B's worker processes (they exit once B is caught up)."""
+    while True:
+        out.append(_children_hwm_kb(pid) / 1024)
+        await trio.sleep(0.5)  # a measurement interval, not synchronisation
+
+
 class Child:
     def __init__(self, proc: trio.Process) -> None:
         assert proc.stdout is not None
@@ -166,6 +191,7 @@ async def parent_main(args: argparse.Namespace) -> None:
     print(f"  record size: {len(recs[0].data)} bytes (+ 36-byte CID, 64-byte signature)")
     rates: list[float] = []
     hwms: list[float] = []
+    worker_hwms: list[float] = []
     latencies: list[float] = []
     with tempfile.TemporaryDirectory(prefix="fedpeer-bench-") as tmp:
         a_dir = Path(tmp) / "a"
@@ -198,8 +224,11 @@ async def parent_main(args: argparse.Namespace) -> None:
                 )
                 child = Child(proc)
                 try:
-                    with trio.fail_after(600):
-                        ev = await child.next_event()
+                    async with trio.open_nursery() as watch:
+                        watch.start_soon(watch_workers, proc.pid, worker_hwms)
+                        with trio.fail_after(600):
+                            ev = await child.next_event()
+                        watch.cancel_scope.cancel()
                     if ev["event"] != "synced" or ev["records"] != n:
                         raise RuntimeError(f"node B did not sync everything: {ev}")
                     seconds = float(str(ev["seconds"]))
@@ -237,6 +266,10 @@ async def parent_main(args: argparse.Namespace) -> None:
     print(
         f"  B peak RSS           median {hwm_med:>10.0f} MB          ({fmt(hwms, ' MB')}) "
         f"(target < {RSS_TARGET_MB:.0f}) {'OK' if hwm_med < RSS_TARGET_MB else 'OVER'}"
+    )
+    print(
+        f"  B's signature worker processes: peak RSS {max(worker_hwms, default=0):.0f} MB each "
+        f"(separate processes, up to verify_threads of them while catching up)"
     )
     if latencies:
         lat = sorted(latencies)
