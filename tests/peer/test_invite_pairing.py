@@ -40,8 +40,13 @@ async def two(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
 
 async def _converge(node: Node, count: int) -> None:
     with trio.fail_after(20):
-        while await node.store.count() < count:
-            await node.store.wait_for_seq(await node.store.head_seq())
+        while True:
+            # Read the head before the count: a batch landing in between then wakes
+            # the wait at once instead of being waited past.
+            head = await node.store.head_seq()
+            if await node.store.count() >= count:
+                return
+            await node.store.wait_for_seq(head)
 
 
 async def _cids(node: Node) -> set[bytes]:
