@@ -194,8 +194,11 @@ def _enc(v: Any, out: bytearray, depth: int) -> None:
         _enc(_normalise(v), out, depth)
 
 
-def _normalise(v: object) -> object:
-    """Map subclasses and other bytes-like/mapping types onto the exact builtin types."""
+def _normalise(v: object, model: str = "DAG-CBOR") -> object:
+    """Map subclasses and other bytes-like/mapping types onto the exact builtin types.
+
+    Shared with the DAG-JSON encoder (``model`` names the codec in the error).
+    """
     if isinstance(v, bool):  # pragma: no cover - bool cannot be subclassed
         return bool(v)
     if isinstance(v, int):
@@ -217,7 +220,7 @@ def _normalise(v: object) -> object:
         if len(out) != len(v):  # pragma: no cover - only for broken Mapping types
             raise _Unencodable("map has duplicate keys")
         return out
-    raise _Unencodable(f"a {type(v).__name__} is not in the DAG-CBOR data model")
+    raise _Unencodable(f"a {type(v).__name__} is not in the {model} data model")
 
 
 def _encode(value: object) -> bytes:

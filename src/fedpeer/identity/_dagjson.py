@@ -43,7 +43,7 @@ from typing import Any
 from fedpeer.errors import FedpeerError, Malformed, RecordInvalid
 from fedpeer.identity._b64 import b64std_decode, b64std_encode
 from fedpeer.identity._cid import CID
-from fedpeer.identity._dagcbor import MAX_DEPTH
+from fedpeer.identity._dagcbor import MAX_DEPTH, _normalise, _Unencodable
 
 __all__ = ["dagjson_decode", "dagjson_encode", "es6_number"]
 
@@ -201,26 +201,7 @@ def _jenc(v: Any, out: list[str], depth: int) -> None:
     elif t is float:
         out.append(_float_text(v))
     else:
-        _jenc(_normalise(v), out, depth)
-
-
-def _normalise(v: object) -> object:
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, str):
-        return str.__str__(v)
-    if isinstance(v, float):
-        return float(v)
-    if isinstance(v, bytes | bytearray | memoryview):
-        return bytes(v)
-    if isinstance(v, list | tuple):
-        return list(v)
-    if isinstance(v, Mapping):
-        out: dict[object, object] = {}
-        for k, x in v.items():
-            out[str.__str__(k) if isinstance(k, str) else k] = x
-        return out
-    raise _Bad(f"a {type(v).__name__} is not in the DAG-JSON data model")
+        _jenc(_normalise(v, "DAG-JSON"), out, depth)
 
 
 def dagjson_encode(value: object) -> bytes:
@@ -236,7 +217,7 @@ def dagjson_encode(value: object) -> bytes:
     try:
         _jenc(value, out, 0)
         return "".join(out).encode("utf-8")
-    except _Bad as exc:
+    except (_Bad, _Unencodable) as exc:
         raise RecordInvalid(f"cannot encode as DAG-JSON: {exc}") from None
     except UnicodeEncodeError:
         raise RecordInvalid(

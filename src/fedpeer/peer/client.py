@@ -211,7 +211,9 @@ class PeerClient:
         if feed == "longpoll":
             wait = 30.0 if timeout is None else timeout
             params["timeout"] = str(wait)
-            http_timeout = wait + 15.0
+            # Slack for the answer to travel; proportional, so a dead link is noticed
+            # soon after the longpoll would have ended (not a fixed 15 s later).
+            http_timeout = wait + max(5.0, wait * 0.25)
         response = await self.request(
             "GET", "/v1/sync/changes", params=params, timeout=http_timeout
         )
