@@ -42,8 +42,8 @@ import trio
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.store.base import StateTx
-from fedpeer.sync._puller import SyncEvent, SyncOptions
 from fedpeer.sync.feed import Cursor
+from fedpeer.sync.options import SyncEvent, SyncOptions
 from fedpeer.sync.pairs import PairState
 from fedpeer.sync.records import build_record
 

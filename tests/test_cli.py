@@ -20,8 +20,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from fedpeer._cli_config import load_settings, save_handle
 from fedpeer.cli import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_START, EXIT_USAGE, cli
+from fedpeer.cli.config import load_settings, save_handle
 from fedpeer.errors import ConfigInvalid
 
 

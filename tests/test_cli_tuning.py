@@ -15,12 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedpeer._cli_config import load_settings
-from fedpeer.cli import _rate_settings, _sync_options
+from fedpeer.cli.config import load_settings
+from fedpeer.cli.node import rate_settings as _rate_settings
+from fedpeer.cli.node import sync_options as _sync_options
 from fedpeer.errors import ConfigInvalid
 from fedpeer.peer import NodeConfig
-from fedpeer.sync._backoff import DEFAULT_BACKOFF
-from fedpeer.sync._puller import SyncOptions
+from fedpeer.sync.backoff import DEFAULT_BACKOFF
+from fedpeer.sync.options import SyncOptions
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from fedpeer._cli_doctor import SKEW_LIMIT_S, check_clock, clock_skew_s
 from fedpeer.cli import cli
+from fedpeer.cli.checks import SKEW_LIMIT_S, check_clock, clock_skew_s
 from fedpeer.store import SQLiteStore
 
 

@@ -451,14 +451,12 @@ def _wait(node: Node, pair_row: dict[str, Any], timeout: int) -> BaseException |
     """Run the CLI's bounded wait for ``pair_row`` against ``node``; the error it ends with."""
     import trio
 
-    from fedpeer.cli import NodeApi, _wait_caught_up
+    from fedpeer.cli.pairs import wait_caught_up
+    from fedpeer.peer import AdminClient, PairStatus
 
     async def main() -> None:
-        assert node.data_dir is not None
-        async with NodeApi(
-            node.url, admin_token(node), source="test", data_dir=node.data_dir
-        ) as api:
-            await _wait_caught_up(api, pair_row, timeout, quiet=True)
+        async with AdminClient(node.url, admin_token(node)) as admin:
+            await wait_caught_up(admin, PairStatus.from_dict(pair_row), timeout, quiet=True)
 
     try:
         trio.run(main)

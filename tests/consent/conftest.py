@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import BOTH_BACKENDS, backend_for
 
 from fedpeer.store.base import Store
 
@@ -25,3 +26,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.aclose()
+
+
+@pytest.fixture(params=BOTH_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Every test of this suite runs on trio and on asyncio."""
+    return backend_for(request, request.param)

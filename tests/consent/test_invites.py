@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
 
 from fedpeer.consent import grants as g
 from fedpeer.consent import invites as inv
@@ -501,8 +503,8 @@ async def test_concurrent_redeems_in_the_store(store: Store, max_uses: int) -> N
         except InviteExhausted:
             outcomes.append("exhausted")
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
             for i in range(1, 51):
                 nursery.start_soon(one, i)
     assert outcomes.count("ok") == max_uses

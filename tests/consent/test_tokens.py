@@ -10,8 +10,10 @@ from functools import partial
 from pathlib import Path
 from typing import cast
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
 
 from fedpeer.consent import (
     ALL_SCOPES,
@@ -504,8 +506,8 @@ async def test_concurrent_bootstraps_give_exactly_one_admin(store: Store) -> Non
         else:
             outcomes.append("created")
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
             for _ in range(8):
                 nursery.start_soon(attempt)
     assert sorted(outcomes) == ["closed"] * 7 + ["created"]
@@ -611,8 +613,8 @@ async def test_concurrent_self_rotations_yield_one_winner(store: Store) -> None:
         except TokenInvalid as exc:
             losers.append(exc)
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
             for i in range(6):
                 nursery.start_soon(attempt, i)
     assert len(winners) == 1
@@ -630,8 +632,8 @@ async def test_concurrent_creates_get_distinct_ids(store: Store) -> None:
     async def one(i: int) -> None:
         made.append(await create(store, name=f"device {i}", now_ms=T0 + i))
 
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as nursery:
             for i in range(25):
                 nursery.start_soon(one, i)
     assert len(made) == 25

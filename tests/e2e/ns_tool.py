@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from fedpeer._cli_config import admin_token, read_node_url
+from fedpeer.cli.config import admin_token, read_node_url
 
 EXIT_TIMEOUT = 3
 PAGE = 10_000

@@ -76,7 +76,7 @@ async def normal(args: argparse.Namespace, key: SigningKey) -> None:
             if disc is None:  # --poll: the same Discovery, polling addresses faster
                 disc = Discovery.for_node(node.key, cfg, url=node.url, bind_host="0.0.0.0")
                 disc.poll_s = args.poll
-                node.state.extra["discovery"] = disc
+                node.state.discovery = disc
                 await node.nursery.start(functools.partial(disc.run, stop=node.state.closing))
             seen = disc.version
             report(disc)

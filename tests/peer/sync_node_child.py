@@ -16,9 +16,9 @@ import sys
 import trio
 
 from fedpeer.peer import open_node
-from fedpeer.sync._backoff import Backoff
-from fedpeer.sync._puller import SyncEvent, SyncOptions
+from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.feed import Cursor
+from fedpeer.sync.options import SyncEvent, SyncOptions
 from fedpeer.sync.pairs import Pair, PairState
 
 

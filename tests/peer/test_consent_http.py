@@ -21,15 +21,14 @@ from hypothesis import strategies as st
 
 from fedpeer.consent import grants as grants_mod
 from fedpeer.consent import invites as inv
-from fedpeer.consent.ratelimit import RateLimiter
-from fedpeer.consent.tokens import bootstrap_admin, create_service_account
+from fedpeer.consent.tokens import create_service_account
 from fedpeer.errors import DidMismatch, InviteExhausted
 from fedpeer.identity import SigningKey, b64url_encode, did_from_public_key, jcs
 from fedpeer.identity.canonical import dagcbor_decode
 from fedpeer.identity.envelope import verify_document
 from fedpeer.peer import Node, NodeConfig, PeerClient, open_node
 from fedpeer.peer.app import AppState, build_app
-from fedpeer.peer.manifest import ManifestSigner
+from fedpeer.peer.services import NodeCore
 from fedpeer.store.base import StateTx, Store
 from fedpeer.store.memory import MemoryStore
 from fedpeer.sync.records import DEFAULT_LIMITS, SignedRecord, build_record
@@ -99,20 +98,9 @@ def oracle(grants: list[Spec], scope: str, ns: str, thread: str) -> bool:
 
 
 def app_state(store: Store) -> AppState:
-    key = SigningKey.generate()
-
-    async def no_append(**_kw: object) -> SignedRecord:
-        raise AssertionError("the property test does not append")
-
-    return AppState(
-        key=key,
-        store=store,
-        config=FAST,
-        limits=DEFAULT_LIMITS,
-        rate_limiter=RateLimiter(FAST.rate_per_s, FAST.rate_burst),
-        signer=ManifestSigner(key, FAST.manifest_ttl_s, FAST.manifest_resign_after_s),
-        append=no_append,
-    )
+    """The node's services over ``store``, without a server or sync pairs."""
+    core = NodeCore(key=SigningKey.generate(), store=store, config=FAST, limits=DEFAULT_LIMITS)
+    return AppState.create(core)
 
 
 async def _check_scenario(data: dict[str, object]) -> None:
@@ -249,8 +237,8 @@ async def running(
     """A node on loopback and its admin token; memory (open_node(None)) or SQLite."""
     if kind == "memory":
         async with open_node(None, config=config) as node:
-            _sa, issued = await node.store.transact(lambda tx: bootstrap_admin(tx, node.did))
-            yield node, issued.bearer
+            assert node.admin_token is not None  # minted in memory for an ephemeral node
+            yield node, node.admin_token
     else:
         async with open_node(tmp_path / "node", config=config) as node:
             assert node.admin_token_path is not None

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+import anyio
 import attrs
 import httpx
 import pytest
@@ -31,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zeroconf import ServiceStateChange
 
+from fedpeer._aio import threadsafe_soon
 from fedpeer.errors import (
     BadSignature,
     ConfigInvalid,
@@ -60,6 +62,7 @@ from fedpeer.peer.discovery import (
     verify_txt,
 )
 from tests import netns
+from tests.conftest import BOTH_BACKENDS
 
 NOW = 1_800_000_000.0
 SEED_A = bytes(range(32))
@@ -505,12 +508,13 @@ def test_plan_addresses_and_interfaces() -> None:
         _make_plan([*ADAPTERS, _adapter("tun0")], ("tun0",), "0.0.0.0")
 
 
-# --- the zeroconf -> trio hand-off -------------------------------------------------------
+# --- the zeroconf -> event loop hand-off (trio and asyncio) -------------------------------
 
 
-async def test_browser_handler_hands_events_to_trio_without_blocking() -> None:
-    send, recv = trio.open_memory_channel[tuple[str, str]](1)
-    handler = _forwarder(trio.lowlevel.current_trio_token(), send)
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+async def test_browser_handler_hands_events_to_the_loop_without_blocking() -> None:
+    send, recv = anyio.create_memory_object_stream[tuple[str, str]](1)
+    handler = _forwarder(threadsafe_soon(), send)
 
     def zeroconf_thread() -> None:  # what ServiceBrowser does: keyword arguments, its thread
         for change in (ServiceStateChange.Added, ServiceStateChange.Removed):
@@ -518,22 +522,23 @@ async def test_browser_handler_hands_events_to_trio_without_blocking() -> None:
         handler(zeroconf=None, service_type="_other._tcp.local.", name="o",
                 state_change=ServiceStateChange.Added)  # fmt: skip
 
-    await trio.to_thread.run_sync(zeroconf_thread)  # returns although the buffer holds 1
-    with trio.fail_after(5):
+    await anyio.to_thread.run_sync(zeroconf_thread)  # returns although the buffer holds 1
+    with anyio.fail_after(5):
         assert await recv.receive() == ("n", "added")
-    await trio.testing.wait_all_tasks_blocked()
-    with pytest.raises(trio.WouldBlock):  # the second event was dropped, not blocking anyone
+    await anyio.wait_all_tasks_blocked()
+    with pytest.raises(anyio.WouldBlock):  # the second event was dropped, not blocking anyone
         recv.receive_nowait()
 
 
-def test_browser_handler_after_trio_finished_is_harmless() -> None:
+@pytest.mark.parametrize("backend", BOTH_BACKENDS)
+def test_browser_handler_after_the_loop_finished_is_harmless(backend: str) -> None:
     box: list[Callable[..., None]] = []
 
     async def main() -> None:
-        send, _recv = trio.open_memory_channel[tuple[str, str]](1)
-        box.append(_forwarder(trio.lowlevel.current_trio_token(), send))
+        send, _recv = anyio.create_memory_object_stream[tuple[str, str]](1)
+        box.append(_forwarder(threadsafe_soon(), send))
 
-    trio.run(main)
+    anyio.run(main, backend=backend)
     box[0](zeroconf=None, service_type=SERVICE_TYPE, name="n",
            state_change=ServiceStateChange.Added)  # fmt: skip
 
@@ -647,7 +652,7 @@ async def test_route_returns_the_roster(node: Node) -> None:
     assert entry is not None
     disc.roster.apply_check(NAME_A, entry.generation, CheckResult("verified", url="http://10.0.0.5:8750"),
                             now=time.time())  # fmt: skip
-    node.state.extra["discovery"] = disc
+    node.state.discovery = disc
     token = node.admin_token_path.read_text().strip()  # type: ignore[union-attr]
     async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
         r = await http.get("/v1/discovery/mdns", headers={"Authorization": f"Bearer {token}"})
@@ -672,7 +677,7 @@ async def test_discovery_failure_never_stops_the_node(
     async with open_node(tmp_path / "n", config=cfg) as n:
         disc = n.discovery
         assert disc is not None
-        assert n.state.extra["discovery"] is disc
+        assert n.state.discovery is disc
         seen = disc.version
         with trio.fail_after(10):
             while disc.status != "failed":  # bounded by fail_after

@@ -33,9 +33,9 @@ from fedpeer.identity.canonical import CID, cid_for_dagcbor, dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import Node, NodeConfig, open_node
 from fedpeer.store.base import StateTx, Store
-from fedpeer.sync._backoff import Backoff
-from fedpeer.sync._puller import SyncEvent, SyncOptions
+from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.feed import Cursor
+from fedpeer.sync.options import SyncEvent, SyncOptions
 from fedpeer.sync.pairs import Pair, PairFilter, PairState
 from fedpeer.sync.records import SignedRecord, build_record, record_to_wire
 
@@ -507,7 +507,9 @@ async def test_bad_page_stores_nothing_then_recovers(
     opts = SyncOptions(page_limit=5, backoff=Backoff(base_s=600, cap_s=600))
     try:
         async with open_node(tmp_path / "b", sync=opts) as b:
-            pair, _ = await b.pairs.create(peer_did=fake.key.did, peer_url=url, credential=None)
+            pair, _ = await b.pairs.manager.create(
+                peer_did=fake.key.did, peer_url=url, credential=None
+            )
             failing = await wait_pair(b, pair.id, lambda p: p.state is PairState.FAILING)
             assert failing.last_error is not None
             assert failing.last_error.code == BAD_PAGES[mode], failing.last_error
@@ -541,7 +543,9 @@ async def test_bad_page_recovers_by_backoff_expiry(tmp_path: Path, nursery: trio
     opts = SyncOptions(page_limit=5, backoff=FAST_BACKOFF)
     try:
         async with open_node(tmp_path / "b", sync=opts) as b:
-            pair, _ = await b.pairs.create(peer_did=fake.key.did, peer_url=url, credential=None)
+            pair, _ = await b.pairs.manager.create(
+                peer_did=fake.key.did, peer_url=url, credential=None
+            )
             await wait_pair(b, pair.id, lambda p: p.retries >= 3)
             assert await b.store.count() == 5
             fake.mode = None
@@ -564,7 +568,9 @@ async def test_server_errors_back_off_then_recover(
     try:
         async with open_node(tmp_path / "b", sync=opts) as b:
             b.pairs.add_listener(events.append)
-            pair, _ = await b.pairs.create(peer_did=fake.key.did, peer_url=url, credential=None)
+            pair, _ = await b.pairs.manager.create(
+                peer_did=fake.key.did, peer_url=url, credential=None
+            )
             failing = await wait_pair(b, pair.id, lambda p: p.state is PairState.FAILING)
             assert failing.last_error is not None
             assert failing.last_error.code == code

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedpeer.store import Store
+from tests.conftest import BOTH_BACKENDS, backend_for
 
 from .store_backends import STORE_FACTORIES, StoreFactory
 
@@ -27,3 +28,9 @@ async def store(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator[St
         yield s
     finally:
         await s.aclose()
+
+
+@pytest.fixture(params=BOTH_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Every test of this suite runs on trio and on asyncio."""
+    return backend_for(request, request.param)

@@ -16,8 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
 
 from fedpeer.store import ChangeFilter, SQLiteStore
 
@@ -26,7 +28,7 @@ BATCH = 50
 
 
 class ChildOutput:
-    def __init__(self, proc: trio.Process) -> None:
+    def __init__(self, proc: anyio.abc.Process) -> None:
         assert proc.stdout is not None
         self._stream = proc.stdout
         self.buffer = b""
@@ -34,14 +36,18 @@ class ChildOutput:
     async def wait_for_line(self, prefix: str) -> None:
         """Read until a line starting with ``prefix`` arrived (bounded by the caller)."""
         while not any(line.startswith(prefix) for line in self.lines()):
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                raise AssertionError(f"child exited before printing {prefix!r}")
+            try:
+                chunk = await self._stream.receive(65536)
+            except anyio.EndOfStream:
+                raise AssertionError(f"child exited before printing {prefix!r}") from None
             self.buffer += chunk
 
     async def drain(self) -> None:
-        while chunk := await self._stream.receive_some(65536):
-            self.buffer += chunk
+        for _ in range(100_000):  # bounded: the child is dead, its pipe ends
+            try:
+                self.buffer += await self._stream.receive(65536)
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
 
     def lines(self) -> list[str]:
         return [ln for ln in self.buffer.decode().split("\n")[:-1]]
@@ -56,24 +62,24 @@ async def run_and_kill(path: Path, rng: random.Random, wait_for: str) -> int:
 
     Returns the highest batch the child reported committed.
     """
-    proc = await trio.lowlevel.open_process(
+    proc = await anyio.open_process(
         [sys.executable, str(CHILD), str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     out = ChildOutput(proc)
     try:
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             await out.wait_for_line(wait_for)
-        await trio.sleep(rng.uniform(0, 0.04))  # picks the kill point, not synchronisation
+        await anyio.sleep(rng.uniform(0, 0.04))  # picks the kill point, not synchronisation
     finally:
         proc.kill()
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             await proc.wait()
             await out.drain()
     if proc.returncode != -signal.SIGKILL:
         assert proc.stderr is not None
-        err = await proc.stderr.receive_some(65536)
+        err = await proc.stderr.receive(65536)
         raise AssertionError(f"child ended on its own ({proc.returncode}): {err.decode()}")
     return out.last_committed()
 

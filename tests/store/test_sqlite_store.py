@@ -7,8 +7,10 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
 
 import fedpeer.store
 from fedpeer.errors import SchemaTooNew, StoreCorrupt, StoreError
@@ -178,7 +180,7 @@ async def test_audit_and_records_are_protected_by_triggers(tmp_path: Path) -> No
         conn.close()
 
 
-async def test_transact_runs_off_the_trio_thread(tmp_path: Path) -> None:
+async def test_transact_runs_off_the_event_loop_thread(tmp_path: Path) -> None:
     import threading
 
     store = await SQLiteStore.open(tmp_path / "node.db")
@@ -194,16 +196,16 @@ async def test_readers_see_commits_while_a_write_waits(tmp_path: Path) -> None:
     store = await SQLiteStore.open(tmp_path / "node.db")
     try:
         await store.put([rec(1)])
-        entered = trio.Event()
-        release = trio.Event()
-        token = trio.lowlevel.current_trio_token()
+        entered = anyio.Event()
+        release = anyio.Event()
+        token = anyio.lowlevel.current_token()
 
         def slow(tx: object) -> None:
-            trio.from_thread.run_sync(entered.set, trio_token=token)
-            trio.from_thread.run(release.wait, trio_token=token)
+            anyio.from_thread.run_sync(entered.set, token=token)
+            anyio.from_thread.run(release.wait, token=token)
 
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(store.transact, slow)
                 await entered.wait()
                 page = await store.changes(0, 10)  # the writer holds its lock right now

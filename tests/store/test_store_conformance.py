@@ -5,14 +5,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
-import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedpeer.errors import InvalidRequest, StoreClosed, StoreError
+from fedpeer.errors import InvalidRequest, Malformed, StoreClosed, StoreError
+from fedpeer.identity.keys import SigningKey
 from fedpeer.store import ChangeFilter, NewRecord, StateTx, Store, StoredRecord
+from fedpeer.sync.records import build_record
+from tests.conftest import BOTH_BACKENDS
 
 from .store_backends import STORE_FACTORIES, StoreFactory, rec
 
@@ -112,6 +116,31 @@ async def test_get_many_order_missing_and_repeats(store: Store) -> None:
     assert await store.get_many([]) == []
     many = await store.get_many([rec(i).cid for i in range(1200)])  # more than one SQL chunk
     assert len(many) == 5
+
+
+async def test_get_takes_a_cid_its_text_or_its_bytes_alike(store: Store) -> None:
+    """Every store answers the same for each form of a record id (a CID object
+    once gave None on one store and STORE_ERROR on another)."""
+    key = SigningKey.from_seed(b"\x09" * 32)
+    signed = build_record(key, namespace="app", thread="t", kind="note", body=1, ts=1)
+    await store.put([signed.to_new()])
+    by_bytes = await store.get(signed.cid.raw)
+    assert by_bytes is not None
+    assert await store.get(signed.cid) == by_bytes
+    assert await store.get(str(signed.cid)) == by_bytes
+    assert await store.get_many([signed.cid, str(signed.cid), signed.cid.raw]) == [by_bytes]
+    other = build_record(key, namespace="app", thread="t", kind="note", body=2, ts=1)
+    assert await store.get(other.cid) is None
+    assert await store.get(str(other.cid)) is None
+    assert await store.get(b"not a cid at all") is None
+    with pytest.raises(Malformed):
+        await store.get("bafy-not-a-cid")
+    with pytest.raises(Malformed):
+        await store.get_many(["zzz"])
+    with pytest.raises(InvalidRequest):
+        await store.get(42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        await store.get(None)  # type: ignore[arg-type]
 
 
 async def test_changes_pages_in_order(store: Store) -> None:
@@ -225,8 +254,10 @@ _threads = st.sampled_from(["t1", "t2", "t_", "t%"])
     prefix=st.none() | st.sampled_from(["", "a", "a_", "a%", "%", "b/", "z"]),
     thread=st.none() | _threads,
 )
+@pytest.mark.parametrize("loop", BOTH_BACKENDS)
 def test_paging_yields_each_matching_record_once_in_order(
     tmp_path: Path,
+    loop: str,
     backend: str,
     batches: list[list[tuple[int, str, str]]],
     page: int,
@@ -260,7 +291,7 @@ def test_paging_yields_each_matching_record_once_in_order(
         finally:
             await store.aclose()
 
-    trio.run(body)
+    anyio.run(body, backend=loop)
 
 
 async def test_threads_lists_counts_and_last_seq(store: Store) -> None:
@@ -461,7 +492,7 @@ async def test_concurrent_writers(store: Store) -> None:
             await store.put([*mine, rec(f"shared-{b}"), rec(f"shared-{(b + 1) % batches}")])
             await store.transact(bump)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for t in range(tasks):
             nursery.start_soon(writer, t)
 
@@ -476,7 +507,7 @@ async def test_concurrent_writers(store: Store) -> None:
 
 async def test_wait_for_seq_returns_at_once_when_ahead(store: Store) -> None:
     await store.put([rec(1), rec(2)])
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         assert await store.wait_for_seq(0) == 2
         assert await store.wait_for_seq(1) == 2
 
@@ -487,41 +518,41 @@ async def test_wait_for_seq_wakes_on_put_and_transact(store: Store) -> None:
     async def waiter(after: int) -> None:
         results.append(await store.wait_for_seq(after))
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as nursery:
             for _ in range(3):
                 nursery.start_soon(waiter, 0)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             assert results == []
             # a transaction without records does not wake anybody
             await store.transact(lambda tx: tx.put("t", "k", {}))
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             assert results == []
             await store.put([rec(1)])
         assert results == [1, 1, 1]
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(waiter, 1)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             await store.put([rec(1)])  # duplicate: nothing new
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             assert results == [1, 1, 1]
             await store.transact(lambda tx: tx.put_records([rec(2), rec(3)]))
         assert results == [1, 1, 1, 3]
 
 
 async def test_wait_for_seq_is_cancellable(store: Store) -> None:
-    with trio.fail_after(5):
-        with trio.move_on_after(0) as scope:
+    with anyio.fail_after(5):
+        with anyio.move_on_after(0) as scope:
             await store.wait_for_seq(0)
         assert scope.cancelled_caught
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(store.wait_for_seq, 10)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     # the store still works and wakes later waiters
     await store.put([rec(1)])
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         assert await store.wait_for_seq(0) == 1
 
 
@@ -538,10 +569,10 @@ async def test_aclose_wakes_waiters_and_closes_everything(
         except StoreClosed as exc:
             errors.append(exc)
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(waiter)
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             await store.aclose()
     assert len(errors) == 1
     await store.aclose()  # idempotent

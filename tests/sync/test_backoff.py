@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedpeer.sync._backoff import DEFAULT_BACKOFF, Backoff
+from fedpeer.sync.backoff import DEFAULT_BACKOFF, Backoff
 
 
 def test_default_policy_is_one_second_base_five_minute_cap() -> None:

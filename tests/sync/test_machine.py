@@ -37,7 +37,6 @@ from fedpeer.errors import (
 from fedpeer.identity.canonical import cid_for_dagcbor, dagcbor_decode, dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.store.base import ChangesPage, StoredRecord
-from fedpeer.sync._backoff import DEFAULT_BACKOFF
 from fedpeer.sync._machine import (
     MACHINE_TRANSITIONS,
     CursorWasReset,
@@ -51,6 +50,7 @@ from fedpeer.sync._machine import (
     PullMachineError,
     RetryScheduled,
 )
+from fedpeer.sync.backoff import DEFAULT_BACKOFF
 from fedpeer.sync.feed import Cursor, build_page, page_to_wire
 from fedpeer.sync.pairs import Pair, PairFilter, PairState, make_pair
 from fedpeer.sync.records import SignedRecord, build_record, record_to_wire

@@ -2,8 +2,9 @@
 
 The source here is a MemoryStore served through the real page builder, so the
 driver, the machine and the stores are real; only HTTP is left out (the e2e
-tests in tests/peer/test_sync_e2e.py cover it). Timing tests run on trio's
-autojump clock; nothing sleeps to synchronise.
+tests in tests/peer/test_sync_e2e.py cover it). Timing tests run on a virtual
+clock (trio's autojump clock, or tests/virtual_time.py on asyncio); nothing
+sleeps to synchronise.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import attrs
 import pytest
-import trio
-import trio.testing
 
 from fedpeer.errors import (
     BadSignature,
@@ -33,11 +35,12 @@ from fedpeer.identity.canonical import CID, cid_for_dagcbor
 from fedpeer.identity.keys import SigningKey
 from fedpeer.store import MemoryStore
 from fedpeer.store.base import StateTx, Store
-from fedpeer.sync._backoff import Backoff
 from fedpeer.sync._machine import PageRequest, PullMachine
-from fedpeer.sync._manager import PairManager
-from fedpeer.sync._puller import SyncEvent, SyncOptions, _VerifiedMachine, _verify_chunk
+from fedpeer.sync._puller import _VerifiedMachine, _verify_chunk
+from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.feed import Cursor, build_page, page_to_wire, resolve_since
+from fedpeer.sync.manager import PairManager
+from fedpeer.sync.options import SyncEvent, SyncOptions
 from fedpeer.sync.pairs import Pair, PairFilter, PairState, make_pair
 from fedpeer.sync.records import DEFAULT_LIMITS, SignedRecord, build_record, record_to_wire
 
@@ -74,13 +77,13 @@ class FakeSource:
         self.store = store
         self.fail: FedpeerError | None = None
         self.requests: list[PageRequest] = []
-        self.fetched = trio.Event()
+        self.fetched = anyio.Event()
 
     async def fetch(self, pair: Pair, request: PageRequest) -> object:
         self.requests.append(request)
         self.fetched.set()
-        self.fetched = trio.Event()
-        await trio.lowlevel.checkpoint()
+        self.fetched = anyio.Event()
+        await anyio.lowlevel.checkpoint()
         if self.fail is not None:
             raise self.fail
         store = self.store
@@ -114,12 +117,12 @@ class Env:
         return pair
 
     async def wait(self, pair_id: str, pred: Callable[[Pair], bool]) -> Pair:
-        with trio.fail_after(self.timeout):
+        with anyio.fail_after(self.timeout):
             return await self.manager.wait_for(pair_id, pred)
 
 
 async def start_env(
-    nursery: trio.Nursery,
+    nursery: anyio.abc.TaskGroup,
     options: SyncOptions,
     target: MemoryStore | None = None,
     *,
@@ -136,7 +139,7 @@ async def start_env(
 
 
 @pytest.fixture
-async def env(nursery: trio.Nursery) -> AsyncIterator[Env]:
+async def env(nursery: anyio.abc.TaskGroup) -> AsyncIterator[Env]:
     e = await start_env(nursery, SyncOptions(page_limit=100, seed=7))
     yield e
     e.manager.stop()
@@ -179,12 +182,14 @@ async def test_new_record_reaches_a_caught_up_pair_through_the_longpoll(env: Env
     await env.wait(pair.id, caught_up)
     rec = make_records(1, start=1000)[0]
     await env.source_store.put([rec.to_new()])
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         await env.target.wait_for_seq(0)
     assert await cids(env.target) == [rec.cid.raw]
 
 
-async def test_records_and_cursor_commit_together_or_not_at_all(nursery: trio.Nursery) -> None:
+async def test_records_and_cursor_commit_together_or_not_at_all(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
     class FlakyStore(MemoryStore):
         fail_next = 0
 
@@ -220,7 +225,7 @@ async def test_records_and_cursor_commit_together_or_not_at_all(nursery: trio.Nu
     assert await env.target.count() == 30
 
 
-async def test_manager_resumes_stored_pairs_from_their_cursor(nursery: trio.Nursery) -> None:
+async def test_manager_resumes_stored_pairs_from_their_cursor(nursery: anyio.abc.TaskGroup) -> None:
     target = MemoryStore()
     env1 = await start_env(nursery, SyncOptions(page_limit=50), target)
     recs = make_records(120)
@@ -234,7 +239,7 @@ async def test_manager_resumes_stored_pairs_from_their_cursor(nursery: trio.Nurs
     await nursery.start(manager.run)
     assert [p.id for p in manager.list()] == [pair.id]
     await env1.source_store.put([r.to_new() for r in recs[100:]])
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         done = await manager.wait_for(pair.id, lambda p: caught_up(p) and p.stats.records == 120)
     assert source.requests[0].since == pair.cursor or source.requests[0].since is not None
     assert Cursor.decode(source.requests[0].since or "").seq == 100
@@ -246,7 +251,7 @@ async def test_manager_resumes_stored_pairs_from_their_cursor(nursery: trio.Nurs
 # --- bad pages -----------------------------------------------------------------------
 
 
-async def test_a_bad_record_rejects_the_whole_page(nursery: trio.Nursery) -> None:
+async def test_a_bad_record_rejects_the_whole_page(nursery: anyio.abc.TaskGroup) -> None:
     env = await start_env(nursery, SyncOptions(page_limit=10, backoff=Backoff(base_s=30)))
     recs = make_records(20)
     await env.source_store.put([r.to_new() for r in recs[:10]])
@@ -274,7 +279,7 @@ async def test_a_bad_record_rejects_the_whole_page(nursery: trio.Nursery) -> Non
 
 
 async def test_backoff_grows_to_the_cap_and_kick_cuts_it_short(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: anyio.abc.TaskGroup, virtual_clock: None
 ) -> None:
     backoff = Backoff()  # the real policy: 1 s base, 5 min cap
     env = await start_env(nursery, SyncOptions(backoff=backoff, seed=3), timeout=VIRTUAL)
@@ -296,7 +301,7 @@ async def test_backoff_grows_to_the_cap_and_kick_cuts_it_short(
     assert p.stats.errors_last_hour(int(p.updated_ms)) >= 12
     assert env.manager.stats(pair.id)["current_backoff_s"] is not None
     # kick: the retry happens now, not in ~5 minutes
-    t0 = trio.current_time()
+    t0 = anyio.current_time()
     n = len(env.source.requests)
     env.source.fail = None
     kicked = await env.manager.kick(pair.id)
@@ -304,26 +309,26 @@ async def test_backoff_grows_to_the_cap_and_kick_cuts_it_short(
     assert kicked.state is PairState.RUNNING
     await env.wait(pair.id, caught_up)
     assert len(env.source.requests) > n
-    assert trio.current_time() - t0 < 1.0
+    assert anyio.current_time() - t0 < 1.0
 
 
 async def test_backoff_expiry_resumes_without_a_kick(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: anyio.abc.TaskGroup, virtual_clock: None
 ) -> None:
     env = await start_env(nursery, SyncOptions(seed=5), timeout=VIRTUAL)
     env.source.fail = PeerUnreachable("down")
     pair = await env.create()
     await env.wait(pair.id, lambda p: p.retries >= 3)
     env.source.fail = None
-    t0 = trio.current_time()
+    t0 = anyio.current_time()
     done = await env.wait(pair.id, caught_up)
     assert done.retries == 0
     assert done.last_error is None
-    assert trio.current_time() - t0 >= 1.99  # waited out the third backoff (>= 2 s)
+    assert anyio.current_time() - t0 >= 1.99  # waited out the third backoff (>= 2 s)
 
 
 async def test_rate_limited_waits_at_least_retry_after(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: anyio.abc.TaskGroup, virtual_clock: None
 ) -> None:
     env = await start_env(nursery, SyncOptions(seed=1), timeout=VIRTUAL)
     env.source.fail = RateLimited("slow down", retry_after=42.0)
@@ -333,14 +338,14 @@ async def test_rate_limited_waits_at_least_retry_after(
     assert env.events[-1].code == "RATE_LIMITED"
     assert env.events[-1].delay_s is not None
     assert env.events[-1].delay_s >= 42.0
-    t0 = trio.current_time()
+    t0 = anyio.current_time()
     env.source.fail = None
     await env.wait(pair.id, caught_up)
-    assert trio.current_time() - t0 >= 41.9
+    assert anyio.current_time() - t0 >= 41.9
 
 
 async def test_401_stops_the_pair_until_a_new_credential_and_resume(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: anyio.abc.TaskGroup, virtual_clock: None
 ) -> None:
     env = await start_env(nursery, SyncOptions(), timeout=VIRTUAL)
     env.source.fail = TokenInvalid("unknown token")
@@ -352,7 +357,7 @@ async def test_401_stops_the_pair_until_a_new_credential_and_resume(
     assert "resume" in stopped.last_error.message
     # it stays stopped: no request for a long (virtual) time
     n = len(env.source.requests)
-    await trio.sleep(3600)
+    await anyio.sleep(3600)
     assert len(env.source.requests) == n
     with pytest.raises(PairStateInvalid):
         await env.manager.kick(pair.id)
@@ -394,7 +399,7 @@ async def test_cursor_reset_pulls_everything_again_without_duplicates(env: Env) 
 async def test_pause_abandons_the_longpoll_and_resume_continues(env: Env) -> None:
     pair = await env.create()
     await env.wait(pair.id, caught_up)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         while env.source.requests[-1].feed != "longpoll":
             await env.source.fetched.wait()
     paused = await env.manager.pause(pair.id)
@@ -404,7 +409,7 @@ async def test_pause_abandons_the_longpoll_and_resume_continues(env: Env) -> Non
     assert row["state"] == "paused"
     rec = make_records(1, start=77)[0]
     await env.source_store.put([rec.to_new()])
-    await trio.testing.wait_all_tasks_blocked()
+    await anyio.wait_all_tasks_blocked()
     assert await env.target.count() == 0  # the abandoned longpoll's answer was not used
     with pytest.raises(PairStateInvalid):
         await env.manager.pause(pair.id)

@@ -11,14 +11,17 @@ import random
 import time
 from typing import Any
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
-import trio
 
 from fedpeer.identity.keys import SigningKey, verify_batch
 from fedpeer.store import MemoryStore
 from fedpeer.sync import _puller
-from fedpeer.sync._manager import PairManager
-from fedpeer.sync._puller import SyncEvent, SyncOptions, _SignatureWorkers
+from fedpeer.sync._puller import _SignatureWorkers
+from fedpeer.sync.manager import PairManager
+from fedpeer.sync.options import SyncEvent, SyncOptions
 from fedpeer.sync.pairs import PairState
 from fedpeer.sync.records import build_record
 
@@ -44,7 +47,7 @@ def make_jobs(n: int, *, bad_every: int = 7) -> list[tuple[bytes, bytes, bytes]]
 
 async def test_workers_give_verify_batch_verdicts_and_are_reused() -> None:
     workers = _SignatureWorkers(2)
-    limiter = trio.CapacityLimiter(2)
+    limiter = anyio.CapacityLimiter(2)
     jobs = make_jobs(600)
     expected = verify_batch(jobs)
     assert expected.count(False) > 80
@@ -54,7 +57,7 @@ async def test_workers_give_verify_batch_verdicts_and_are_reused() -> None:
         async def one(i: int) -> None:
             results[i] = await workers.check(jobs, limiter)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for i in range(4):
                 nursery.start_soon(one, i)
         assert results == [expected] * 4
@@ -83,30 +86,30 @@ async def test_a_failing_worker_falls_back_to_threads(
     monkeypatch.setattr(_puller, "_WORKER_CODE", code)
     workers = _SignatureWorkers(2)
     jobs = make_jobs(300)
-    with trio.fail_after(30):
-        assert await workers.check(jobs, trio.CapacityLimiter(2)) == verify_batch(jobs)
+    with anyio.fail_after(30):
+        assert await workers.check(jobs, anyio.CapacityLimiter(2)) == verify_batch(jobs)
     assert workers.broken
     assert not workers._procs
     assert "using threads from now on" in caplog.text
     # from now on threads, no more processes
-    assert await workers.check(jobs[:10], trio.CapacityLimiter(1)) == verify_batch(jobs[:10])
+    assert await workers.check(jobs[:10], anyio.CapacityLimiter(1)) == verify_batch(jobs[:10])
     assert not workers._procs
 
 
 async def test_disabled_workers_use_threads() -> None:
     workers = _SignatureWorkers(2, enabled=False)
     jobs = make_jobs(250)
-    assert await workers.check(jobs, trio.CapacityLimiter(1)) == verify_batch(jobs)
+    assert await workers.check(jobs, anyio.CapacityLimiter(1)) == verify_batch(jobs)
     assert not workers._procs
 
 
 async def test_cancelled_check_kills_its_worker() -> None:
     workers = _SignatureWorkers(1)
-    limiter = trio.CapacityLimiter(1)
+    limiter = anyio.CapacityLimiter(1)
     jobs = make_jobs(2000)
     await workers.check(jobs[:10], limiter)  # a started, idle worker
     (proc,) = workers._procs
-    with trio.move_on_after(0.01):
+    with anyio.move_on_after(0.01):
         await workers.check(jobs, limiter)  # 2000 checks take far longer than 10 ms
     assert proc.returncode is not None  # killed and reaped, not left mid-request
     assert not workers._procs
@@ -116,7 +119,7 @@ async def test_cancelled_check_kills_its_worker() -> None:
 
 
 async def test_a_puller_checks_large_pages_in_workers_and_stops_them_when_caught_up(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: anyio.abc.TaskGroup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[Any] = []
     real_start = _SignatureWorkers._start
@@ -138,7 +141,7 @@ async def test_a_puller_checks_large_pages_in_workers_and_stops_them_when_caught
     manager = PairManager(
         target, local_did=LOCAL_DID, source=FakeSource(source_store), options=opts
     )
-    caught_up = trio.Event()
+    caught_up = anyio.Event()
 
     def on_event(ev: SyncEvent) -> None:
         if ev.kind == "page" and ev.pair.state is PairState.CAUGHT_UP:
@@ -149,7 +152,7 @@ async def test_a_puller_checks_large_pages_in_workers_and_stops_them_when_caught
     pair, _ = await manager.create(
         peer_did=SRC_KEY.did, peer_url="http://127.0.0.1:9", credential=None
     )
-    with trio.fail_after(60):
+    with anyio.fail_after(60):
         await caught_up.wait()
     assert await cids(target) == [r.cid.raw for r in recs]
     assert manager.get(pair.id).stats.records == 900

@@ -88,7 +88,7 @@ class RateLimiter:
 
     ``rate_per_s`` (> 0) tokens are added per second up to ``burst`` (>= 1);
     at most ``max_keys`` (>= 1) buckets are remembered. Bad values raise
-    ``CONFIG_INVALID``. Not thread-safe (use it from one trio thread); never
+    ``CONFIG_INVALID``. Not thread-safe (use it from one event loop thread); never
     blocks.
     """
 

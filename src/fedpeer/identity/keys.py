@@ -146,7 +146,7 @@ class SigningKey:
         Creates the parent directory (mode 0700) if needed, writes a temp file in
         the same directory, fsyncs it, ``os.replace``-s it over ``path`` and fsyncs
         the directory, so a crash leaves either the old file or the new one. Blocking
-        file I/O (call it via ``trio.to_thread.run_sync`` from async code). Raises
+        file I/O (call it via ``anyio.to_thread.run_sync`` from async code). Raises
         :class:`~fedpeer.errors.KeyFileError` if the file cannot be written.
         """
         path = Path(path)

@@ -31,8 +31,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+import anyio
 import httpx
-import trio
 
 from fedpeer.errors import DidInvalid, DidMethodUnsupported, DidNotFound, FedpeerError, KeyUnknown
 
@@ -162,7 +162,7 @@ class DidWebDriver:
         """
         url = did_web_url(did, allow_http=self._allow_http)
         body = b""
-        with trio.move_on_after(self._timeout_s) as scope:
+        with anyio.move_on_after(self._timeout_s) as scope:
             if self._client is not None:
                 body = await self._fetch(self._client, url)
             else:

@@ -1,6 +1,14 @@
-"""fedpeer.peer: the embeddable node, its HTTP app, and the client for other nodes."""
+"""fedpeer.peer: the embeddable node, its services, its HTTP app, and the clients.
+
+:func:`open_node` runs a :class:`Node`; its application layer is
+:mod:`fedpeer.peer.services` (``node.records``, ``node.invites``,
+``node.grants``, ``node.tokens``, ``node.pairs``). :class:`AdminClient` offers
+the same methods over HTTP (what the ``fedpeer`` CLI uses); :class:`PeerClient`
+talks to other nodes (manifest, feed, invite redemption).
+"""
 
 from ._config import NodeConfig as NodeConfig
+from .admin import AdminClient as AdminClient
 from .client import ChangesResult as ChangesResult
 from .client import PeerClient as PeerClient
 from .client import StreamEvent as StreamEvent
@@ -14,19 +22,44 @@ from .node import KEY_FILE as KEY_FILE
 from .node import STORE_FILE as STORE_FILE
 from .node import Node as Node
 from .node import open_node as open_node
+from .services import GrantService as GrantService
+from .services import InviteCreated as InviteCreated
+from .services import InviteInfo as InviteInfo
+from .services import InviteService as InviteService
+from .services import IssuedAccount as IssuedAccount
+from .services import PairService as PairService
+from .services import PairStatus as PairStatus
+from .services import RecordEntry as RecordEntry
+from .services import RecordService as RecordService
+from .services import RecordsPage as RecordsPage
+from .services import RotatedToken as RotatedToken
+from .services import TokenService as TokenService
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
     "KEY_FILE",
     "STORE_FILE",
+    "AdminClient",
     "ChangesResult",
     "Discovery",
+    "GrantService",
+    "InviteCreated",
+    "InviteInfo",
+    "InviteService",
+    "IssuedAccount",
     "Node",
     "NodeConfig",
+    "PairService",
+    "PairStatus",
     "PeerClient",
+    "RecordEntry",
+    "RecordService",
+    "RecordsPage",
+    "RotatedToken",
     "Roster",
     "RosterEntry",
     "StreamEvent",
+    "TokenService",
     "open_node",
     "verify_manifest",
     "verify_peer",

@@ -183,7 +183,7 @@ def _raw_str(properties: TxtProperties, key: str) -> str:
 
 @attrs.define
 class Roster:
-    """The set of announced peers. Not thread-safe: use it from one trio task tree.
+    """The set of announced peers. Not thread-safe: use it from one event loop.
 
     ``own_did`` and ``own_names`` (lower-case instance names) are this node's
     own announcements, which are never listed. ``version`` grows on every

@@ -7,20 +7,12 @@ negotiated encoding.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 
-import trio
+import anyio
 from starlette.responses import Response, StreamingResponse
 
-from ..consent import tokens
-from ..consent.scopes import parse_scopes
-from ..errors import (
-    FedpeerError,
-    InvalidRequest,
-    Malformed,
-    RecordNotFound,
-)
+from ..errors import InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
 from ..store.base import ChangeFilter, StoredRecord
 from ..sync.feed import (
@@ -31,29 +23,22 @@ from ..sync.feed import (
     page_to_wire,
     resolve_since,
 )
-from ..sync.records import record_to_wire, verify_record
+from ..sync.records import record_to_wire
 from ._http import CBOR, read_json_object, read_value, respond
-from ._routes_consent import CONSENT_ROUTES, consent_view, publish_consent_revision
+from ._routes_consent import CONSENT_ROUTES
+from ._routes_discovery import MDNS_ROUTE
 from ._routes_sync import SYNC_ROUTES
 from ._routing import Ctx, Param, RouteSpec
-from .discovery import MDNS_ROUTE
-from .manifest import capabilities, federation_body
+from .services import parse_cid
 
 Visible = Callable[[StoredRecord], bool]
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# --- consent view ------------------------------------------------------------------
-
-
 async def visible_for(ctx: Ctx, scope: str = "sync:read") -> Visible:
     """What the caller may see through ``scope``: its grants, read fresh for each
-    request (see :func:`._routes_consent.consent_view`). The node itself and
-    admins see everything."""
-    return (await consent_view(ctx, scope)).record_visible
+    request (:meth:`GrantService.view_for`). The node itself and admins see
+    everything."""
+    return (await ctx.view(scope)).record_visible
 
 
 # --- query parsing -----------------------------------------------------------------
@@ -87,15 +72,6 @@ def _name_param(ctx: Ctx, name: str) -> str | None:
     return value
 
 
-def _cid(text: str) -> CID:
-    try:
-        return CID.parse(text)
-    except FedpeerError:
-        raise
-    except Exception:
-        raise Malformed(f"{text[:80]!r} is not a CID") from None
-
-
 def _rec_json(rec: StoredRecord) -> dict[str, object]:
     """The JSON (DAG-JSON) form of a record: the exact wire fields plus a readable view."""
     wire = record_to_wire(rec)
@@ -115,46 +91,22 @@ async def health(ctx: Ctx) -> Response:
         "records": await store.count(),
         "head_seq": await store.head_seq(),
     }
-    health_fn = ctx.app.extra.get("health")
-    if callable(health_fn):
-        body["health"] = await health_fn()
+    if ctx.app.pairs is not None:
+        body["health"] = await ctx.app.pairs.health_summary()
     return respond(body, ctx.request)
 
 
-def _manifest_body(ctx: Ctx) -> dict[str, object]:
-    cfg = ctx.app.config
-    consent = {
-        "posture": "grants-required" if cfg.auth_enabled else "auth-disabled",
-        "revision": int(str(ctx.app.extra.get("consent_revision", 0))),
-    }
-    return federation_body(
-        did=ctx.app.did,
-        handle=cfg.handle,
-        urls=ctx.app.urls,
-        namespaces=list(cfg.advertised_namespaces),
-        consent=consent,
-    )
-
-
-def _capabilities(ctx: Ctx) -> dict[str, object]:
-    return capabilities(
-        did=ctx.app.did,
-        max_record_bytes=ctx.app.limits.max_record_bytes,
-        page_limit_max=ctx.app.config.page_limit_max,
-    )
-
-
 async def well_known(ctx: Ctx) -> Response:
-    await publish_consent_revision(ctx.app)
-    signed = ctx.app.signer.current(_manifest_body(ctx))
+    core = ctx.app.core
+    signed = await core.signed_manifest()
     return respond(
-        {"capabilities_manifest": _capabilities(ctx), "federation_manifest": signed},
+        {"capabilities_manifest": core.capabilities(), "federation_manifest": signed},
         ctx.request,
     )
 
 
 async def get_capabilities(ctx: Ctx) -> Response:
-    return respond(_capabilities(ctx), ctx.request)
+    return respond(ctx.app.core.capabilities(), ctx.request)
 
 
 async def get_identity(ctx: Ctx) -> Response:
@@ -205,19 +157,16 @@ async def post_record(ctx: Ctx) -> Response:
     raw_parents = obj.get("parents", [])
     if not isinstance(raw_parents, list):
         raise InvalidRequest("parents must be a list of CIDs")
-    parents = [p if isinstance(p, CID) else _cid(str(p)) for p in raw_parents]
-    signed = await ctx.app.append(
-        namespace=obj["namespace"],
-        thread=obj["thread"],
-        kind=obj["kind"],
+    parents = [p if isinstance(p, CID) else parse_cid(str(p)) for p in raw_parents]
+    entry = await ctx.app.records.append(
+        namespace=str(obj["namespace"]),
+        thread=str(obj["thread"]),
+        kind=str(obj["kind"]),
         body=obj["body"],
         parents=parents,
     )
-    stored = await ctx.app.store.get(signed.cid.raw)
     return respond(
-        {"cid": str(signed.cid), "seq": stored.seq if stored else None, "created": True},
-        ctx.request,
-        status=201,
+        {"cid": str(entry.cid), "seq": entry.seq, "created": True}, ctx.request, status=201
     )
 
 
@@ -226,27 +175,18 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     data, sig = obj.get("data"), obj.get("sig")
     if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
         raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
-    signed = verify_record(data, sig, limits=ctx.app.limits, now_ms=_now_ms())
-    result = await ctx.app.store.put([signed.to_new()])
-    created = bool(result.new)
-    if created:
-        seq: int | None = result.new[0][1]
-    else:
-        existing = await ctx.app.store.get(signed.cid.raw)
-        seq = existing.seq if existing else None
+    entry, created = await ctx.app.records.ingest(data, sig)
     return respond(
-        {"cid": str(signed.cid), "seq": seq, "created": created},
+        {"cid": str(entry.cid), "seq": entry.seq, "created": created},
         ctx.request,
         status=201 if created else 200,
     )
 
 
 async def get_record(ctx: Ctx) -> Response:
-    cid = _cid(ctx.request.path_params["cid"])
-    rec = await ctx.app.store.get(cid.raw)
-    visible = await visible_for(ctx, "records:read")
-    if rec is None or not visible(rec):
-        raise RecordNotFound(f"no record {cid} here (or you may not see it)")
+    cid = parse_cid(ctx.request.path_params["cid"])
+    view = await ctx.view("records:read")
+    rec = await ctx.app.records.get_stored(cid, view=view)
     if _wants_cbor(ctx):
         wire = record_to_wire(rec)
         wire["seq"] = rec.seq
@@ -260,15 +200,33 @@ def _wants_cbor(ctx: Ctx) -> bool:
     return negotiate(ctx.request) == "cbor"
 
 
+async def list_records(ctx: Ctx) -> Response:
+    order = _q(ctx, "order") or "oldest"
+    if order not in ("oldest", "newest"):
+        raise InvalidRequest("order must be oldest or newest")
+    page = await ctx.app.records.list(
+        namespace=_name_param(ctx, "namespace"),
+        thread=_name_param(ctx, "thread"),
+        limit=_limit(ctx),
+        since=_q(ctx, "since"),
+        newest_first=order == "newest",
+        view=await ctx.view("records:read"),
+    )
+    if _wants_cbor(ctx):
+        records: list[object] = [e.to_wire() for e in page.records]
+    else:
+        records = [e.to_dict() for e in page.records]
+    return respond(
+        {"records": records, "next_cursor": page.next_cursor, "has_more": page.has_more},
+        ctx.request,
+    )
+
+
 async def list_threads(ctx: Ctx) -> Response:
     prefix = _name_param(ctx, "namespace")
-    view = await consent_view(ctx, "records:read")
-    view.check_filter(prefix, None)  # CONSENT_DENIED for a namespace outside every grant
-    infos = await ctx.app.store.threads(prefix)
+    infos = await ctx.app.records.threads(prefix, view=await ctx.view("records:read"))
     out = []
     for info in infos:
-        if not view.visible(info.namespace, info.thread):
-            continue
         out.append(
             {
                 "namespace": info.namespace,
@@ -306,7 +264,7 @@ async def _one_page(
     ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int, scope: str = "sync:read"
 ) -> FeedPage:
     store = ctx.app.store
-    view = await consent_view(ctx, scope)
+    view = await ctx.view(scope)
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
     since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
     changes = await store.changes(since, limit, flt)
@@ -319,8 +277,8 @@ async def _wait_new(ctx: Ctx, after_seq: int, timeout: float) -> bool:
     Returns True when new records landed.
     """
     landed = False
-    with trio.move_on_after(timeout):
-        async with trio.open_nursery() as nursery:
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as nursery:
 
             async def new_records() -> None:
                 nonlocal landed
@@ -362,11 +320,11 @@ async def changes(ctx: Ctx) -> Response:
                 timeout = min(timeout, max(0.0, float(raw_timeout)))
             except ValueError:
                 raise InvalidRequest("timeout must be a number of seconds") from None
-        deadline = trio.current_time() + timeout
+        deadline = anyio.current_time() + timeout
         # Loop: records may land that the caller may not see; keep waiting until a
         # visible one lands or time is up, advancing the cursor past the rest.
         for _ in range(10_000):
-            remaining = deadline - trio.current_time()
+            remaining = deadline - anyio.current_time()
             if remaining <= 0 or ctx.app.closing.is_set():
                 break
             seq = Cursor.decode(page.next_cursor).seq
@@ -387,7 +345,7 @@ def _sse_event(event: str, event_id: str, data: bytes) -> bytes:
 async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int) -> Response:
     store = ctx.app.store
     # Validate the cursor before the stream starts so errors are plain HTTP errors.
-    (await consent_view(ctx, "sync:read")).check_change_filter(flt)
+    (await ctx.view("sync:read")).check_change_filter(flt)
     since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
     heartbeat = ctx.app.config.heartbeat_s
 
@@ -427,26 +385,9 @@ async def batch_records(ctx: Ctx) -> Response:
     ids = obj.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str | CID) for i in ids):
         raise InvalidRequest("body must be {ids: [cid, ...]}")
-    if len(ids) > ctx.app.config.batch_fetch_max:
-        raise InvalidRequest(f"at most {ctx.app.config.batch_fetch_max} ids per request")
-    cids: list[CID] = []
-    seen: set[bytes] = set()
-    for i in ids:
-        cid = i if isinstance(i, CID) else _cid(i)
-        if cid.raw not in seen:
-            seen.add(cid.raw)
-            cids.append(cid)
-    found = {r.cid: r for r in await ctx.app.store.get_many([c.raw for c in cids])}
-    visible = await visible_for(ctx, "sync:read")
-    out: list[object] = []
-    missing: list[str] = []
+    found, missing = await ctx.app.records.fetch(ids, view=await ctx.view("sync:read"))
     cbor = _wants_cbor(ctx)
-    for cid in cids:
-        rec = found.get(cid.raw)
-        if rec is None or not visible(rec):
-            missing.append(str(cid))
-        else:
-            out.append(record_to_wire(rec) if cbor else _rec_json(rec))
+    out: list[object] = [record_to_wire(r) if cbor else _rec_json(r) for r in found]
     return respond({"records": out, "missing": missing}, ctx.request)
 
 
@@ -454,24 +395,12 @@ async def batch_records(ctx: Ctx) -> Response:
 
 
 async def bootstrap(ctx: Ctx) -> Response:
-    holder = ctx.app.did
-    sa, issued = await ctx.app.store.transact(
-        lambda tx: tokens.bootstrap_admin(tx, holder, _now_ms())
-    )
-    return respond(_issued(sa, issued), ctx.request, status=201)
-
-
-def _issued(sa: tokens.ServiceAccount, issued: tokens.IssuedToken) -> dict[str, object]:
-    return {
-        "service_account": sa.to_dict(),
-        "token": issued.bearer,
-        "token_id": issued.token_id,
-        "expires_ms": issued.expires_ms,
-    }
+    issued = await ctx.app.tokens.bootstrap()
+    return respond(issued.to_dict(), ctx.request, status=201)
 
 
 async def list_service_accounts(ctx: Ctx) -> Response:
-    accounts = await ctx.app.store.transact(lambda tx: tokens.list_service_accounts(tx))
+    accounts = await ctx.app.tokens.list()
     return respond({"service_accounts": [a.to_dict() for a in accounts]}, ctx.request)
 
 
@@ -481,40 +410,31 @@ async def create_service_account(ctx: Ctx) -> Response:
     if set(obj) - allowed:
         raise InvalidRequest(f"unknown fields {sorted(set(obj) - allowed)}")
     name = obj.get("name", "service account")
-    holder = obj.get("holder_did", ctx.app.did)
+    holder = obj.get("holder_did")
     raw_scopes = obj.get("scopes", ["reader"])
     ttl_s = obj.get("token_ttl_s")
     if not isinstance(name, str):
         raise InvalidRequest("name must be a string")
-    if not isinstance(holder, str):
+    if holder is not None and not isinstance(holder, str):
         raise InvalidRequest("holder_did must be a DID string")
     if not isinstance(raw_scopes, list) or not all(isinstance(s, str) for s in raw_scopes):
         raise InvalidRequest("scopes must be a list of scope or preset names")
     if ttl_s is not None and (not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or ttl_s <= 0):
         raise InvalidRequest("token_ttl_s must be a positive integer")
-    scopes = parse_scopes(raw_scopes)
-    ttl_ms = None if ttl_s is None else ttl_s * 1000
-    sa, issued = await ctx.app.store.transact(
-        lambda tx: tokens.create_service_account(
-            tx, name=name, holder_did=holder, scopes=scopes, origin="api", ttl_ms=ttl_ms
-        )
+    issued = await ctx.app.tokens.create(
+        name, scopes=[str(s) for s in raw_scopes], holder_did=holder, ttl_s=ttl_s
     )
-    return respond(_issued(sa, issued), ctx.request, status=201)
+    return respond(issued.to_dict(), ctx.request, status=201)
 
 
 async def delete_service_account(ctx: Ctx) -> Response:
-    sa_id = ctx.request.path_params["sa_id"]
-    sa = await ctx.app.store.transact(lambda tx: tokens.revoke_service_account(tx, sa_id))
+    sa = await ctx.app.tokens.revoke(ctx.request.path_params["sa_id"])
     return respond({"service_account": sa.to_dict()}, ctx.request)
 
 
 async def rotate_service_account(ctx: Ctx) -> Response:
-    sa_id = ctx.request.path_params["sa_id"]
-    issued = await ctx.app.store.transact(lambda tx: tokens.rotate_key(tx, sa_id))
-    return respond(
-        {"token": issued.bearer, "token_id": issued.token_id, "expires_ms": issued.expires_ms},
-        ctx.request,
-    )
+    rotated = await ctx.app.tokens.rotate(ctx.request.path_params["sa_id"])
+    return respond(rotated.to_dict(), ctx.request)
 
 
 # --- the table ---------------------------------------------------------------------
@@ -607,6 +527,29 @@ ROUTES: list[RouteSpec] = [
         params=(Param("cid", "path", required=True),),
         response_schema=_RECORD_VIEW,
         errors=("RECORD_NOT_FOUND", "MALFORMED"),
+    ),
+    RouteSpec(
+        "GET",
+        "/v1/records",
+        "records:read",
+        list_records,
+        "List records, oldest first (the order this node stored them) or newest first",
+        "list_records",
+        params=(
+            _NS,
+            _THREAD,
+            _CURSOR,
+            _LIMIT,
+            Param("order", schema={"type": "string", "enum": ["oldest", "newest"]}),
+        ),
+        response_schema=_PAGE,
+        errors=(
+            "CURSOR_INVALID",
+            "CURSOR_RESET",
+            "CURSOR_FROM_FUTURE",
+            "INVALID_REQUEST",
+            "CONSENT_DENIED",
+        ),
     ),
     RouteSpec(
         "GET",

@@ -1,47 +1,31 @@
-"""Sync pair routes: ``/v1/sync/pairs`` (create, list, get, delete, pause, resume,
-kick, credential, stats) and ``/v1/sync/health``.
+"""Sync pair routes: ``/v1/sync/pairs`` (create, from-invite, list, get, delete,
+pause, resume, kick, credential, stats) and ``/v1/sync/health``.
 
 Every route needs the ``admin`` scope: a pair holds a credential for another
 node, and the health view names this node's peers. Handlers parse input at the
-edge and call the node's :class:`~fedpeer.sync._manager.PairManager` (kept in
-``AppState.extra["pairs"]``); creating a pair goes through the node's
-``create_pair`` (``extra["create_pair"]``), which verifies the peer's manifest
-and refuses this node itself.
+edge and call the node's :class:`~fedpeer.peer.services.PairService`; a pair is
+shown as its :class:`~fedpeer.peer.services.PairStatus` (never the credential).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 
 from ..errors import InternalError, InvalidRequest
-from ..sync._manager import PairManager
-from ..sync.pairs import Pair, PairAction, PairFilter
+from ..sync.pairs import PairAction, PairFilter
 from ._http import read_json_object, read_value, respond
 from ._routing import Ctx, Param, RouteSpec
+from .services import PairService
 
 __all__ = ["SYNC_ROUTES"]
 
 
-class _CreatePair(Protocol):
-    def __call__(
-        self,
-        peer_url: str,
-        *,
-        token: str | None,
-        peer_did: str | None = None,
-        filter: PairFilter | None = None,
-        author_allowlist: Sequence[str] | None = None,
-    ) -> Awaitable[tuple[Pair, bool]]: ...
-
-
-def _manager(ctx: Ctx) -> PairManager:
-    manager = ctx.app.extra.get("pairs")
-    if not isinstance(manager, PairManager):
+def _pairs(ctx: Ctx) -> PairService:
+    if ctx.app.pairs is None:
         raise InternalError("sync pairs are not running on this node")
-    return manager
+    return ctx.app.pairs
 
 
 def _pair_id(ctx: Ctx) -> str:
@@ -72,15 +56,11 @@ async def create_pair(ctx: Ctx) -> Response:
         not isinstance(allow, list) or not all(isinstance(d, str) for d in allow)
     ):
         raise InvalidRequest("author_allowlist must be a list of DIDs or null")
-    create = ctx.app.extra.get("create_pair")
-    if not callable(create):
-        raise InternalError("sync pairs are not running on this node")
-    fn: _CreatePair = create
-    pair, created = await fn(
+    pairs = _pairs(ctx)
+    pair, created = await pairs.create(
         peer_url, token=credential, peer_did=peer_did, filter=flt, author_allowlist=allow
     )
-    body = _manager(ctx).public(pair.id)
-    return respond(body, ctx.request, status=201 if created else 200)
+    return respond(pairs.status(pair.id).to_dict(), ctx.request, status=201 if created else 200)
 
 
 async def pair_from_invite(ctx: Ctx) -> Response:
@@ -97,47 +77,32 @@ async def pair_from_invite(ctx: Ctx) -> Response:
     if not isinstance(both, bool):
         raise InvalidRequest("bidirectional must be true or false")
     label = _opt_str(obj, "label")
-    fn = ctx.app.extra.get("pair_from_invite")
-    if not callable(fn):
-        raise InternalError("sync pairs are not running on this node")
-    result = await fn(url, bidirectional=both, label=label)
-    body = {
-        "pair": _manager(ctx).public(result.pair.id),
-        "created": result.created,
-        "confirmation_code": result.confirmation_code,
-        "issuer_did": result.credential.peer_did,
-        "issuer_url": result.credential.peer_url,
-        "invite_id": result.credential.invite_id,
-        "scopes": sorted(result.credential.scopes),
-        "two_way": result.two_way,
-        "reciprocal_url": result.reciprocal_url,
-        "reverse_pair": result.reverse,
-    }
+    pairs = _pairs(ctx)
+    result = await pairs.from_invite(url, bidirectional=both, label=label)
+    body = pairs.pairing_result(result).to_dict()
     return respond(body, ctx.request, status=201 if result.created else 200)
 
 
 async def list_pairs(ctx: Ctx) -> Response:
-    manager = _manager(ctx)
-    pairs = [manager.public(p.id) for p in manager.list()]
-    return respond({"pairs": pairs}, ctx.request)
+    return respond({"pairs": [p.to_dict() for p in _pairs(ctx).statuses()]}, ctx.request)
 
 
 async def get_pair(ctx: Ctx) -> Response:
-    return respond(_manager(ctx).public(_pair_id(ctx)), ctx.request)
+    return respond(_pairs(ctx).status(_pair_id(ctx)).to_dict(), ctx.request)
 
 
 async def delete_pair(ctx: Ctx) -> Response:
     pid = _pair_id(ctx)
-    await _manager(ctx).delete(pid)
+    await _pairs(ctx).delete(pid)
     return respond({"deleted": pid}, ctx.request)
 
 
 def _action(action: PairAction) -> Callable[[Ctx], Awaitable[Response]]:
     async def handler(ctx: Ctx) -> Response:
-        manager = _manager(ctx)
+        pairs = _pairs(ctx)
         pid = _pair_id(ctx)
-        await manager.act(pid, action)
-        return respond(manager.public(pid), ctx.request)
+        await pairs.manager.act(pid, action)
+        return respond(pairs.status(pid).to_dict(), ctx.request)
 
     handler.__name__ = f"{action.value}_pair"
     return handler
@@ -147,18 +112,18 @@ async def set_credential(ctx: Ctx) -> Response:
     obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
     if set(obj) != {"credential"}:
         raise InvalidRequest('the body is {"credential": "<bearer token>" | null}')
-    manager = _manager(ctx)
+    pairs = _pairs(ctx)
     pid = _pair_id(ctx)
-    await manager.set_credential(pid, _opt_str(obj, "credential"))
-    return respond(manager.public(pid), ctx.request)
+    await pairs.set_credential(pid, _opt_str(obj, "credential"))
+    return respond(pairs.status(pid).to_dict(), ctx.request)
 
 
 async def pair_stats(ctx: Ctx) -> Response:
-    return respond(_manager(ctx).stats(_pair_id(ctx)), ctx.request)
+    return respond(_pairs(ctx).stats(_pair_id(ctx)), ctx.request)
 
 
 async def sync_health(ctx: Ctx) -> Response:
-    return respond(_manager(ctx).health(), ctx.request)
+    return respond(_pairs(ctx).health(), ctx.request)
 
 
 # --- the table ------------------------------------------------------------------------

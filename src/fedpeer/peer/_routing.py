@@ -11,19 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import attrs
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..consent.grants import ConsentView
 from ..consent.scopes import ALL_SCOPES, has_scope
-from ..consent.tokens import Principal, authenticate_bearer
+from ..consent.tokens import Principal
 from ..errors import AuthRequired, FedpeerError, InternalError, ScopeForbidden
 from ._http import error_response
-
-if TYPE_CHECKING:
-    from .app import AppState
+from ._state import AppState
 
 log = logging.getLogger("fedpeer.http")
 
@@ -52,6 +51,10 @@ class Ctx:
     @property
     def caller_did(self) -> str | None:
         return None if self.principal is None else self.principal.holder_did
+
+    async def view(self, scope: str) -> ConsentView:
+        """What the caller may read through ``scope``, read fresh for this request."""
+        return await self.app.grants.view_for(self.principal, scope)
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]
@@ -98,9 +101,7 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
             bearer = _bearer(request)
             principal: Principal | None = None
             if bearer is not None:
-                principal = await authenticate_bearer(
-                    state.store, bearer, now_ms=int(time.time() * 1000)
-                )
+                principal = await state.tokens.authenticate(bearer)
             client = request.client.host if request.client else "unknown"
             key = f"tok:{principal.token_id}" if principal else f"ip:{client}"
             decision = state.rate_limiter.check(key, time.monotonic())

@@ -1,4 +1,4 @@
-"""The node's ASGI application (Starlette) and its shared state.
+"""The node's ASGI application (Starlette).
 
 Routes are declared in :mod:`fedpeer.peer._routes` as one table; this module
 turns the table into a Starlette app, renders unknown routes and methods as
@@ -7,62 +7,24 @@ fedpeer errors, and serves the OpenAPI document generated from the same table.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-import attrs
-import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..consent.ratelimit import RateLimiter
 from ..errors import FedpeerError, MethodNotAllowed, NotFound
-from ..identity.keys import SigningKey
-from ..store.base import Store
-from ..sync.records import Limits
-from ._config import NodeConfig
 from ._http import error_response
+from ._routes import ROUTES
 from ._routing import RouteSpec, endpoint
-from .manifest import ManifestSigner
+from ._state import AppState
 
-if TYPE_CHECKING:
-    from ..sync.records import SignedRecord
-
-AppendFn = Callable[..., Awaitable["SignedRecord"]]
-
-
-@attrs.define
-class AppState:
-    """Everything the routes share: identity, store, config, limits and hooks.
-
-    ``closing`` is set when the node shuts down, so longpolls and streams end
-    at once instead of holding the shutdown for up to 30 s.
-    """
-
-    key: SigningKey
-    store: Store
-    config: NodeConfig
-    limits: Limits
-    rate_limiter: RateLimiter
-    signer: ManifestSigner
-    append: AppendFn
-    closing: trio.Event = attrs.field(factory=trio.Event)
-    urls: list[str] = attrs.field(factory=list)
-    extra: dict[str, object] = attrs.field(factory=dict)
-
-    @property
-    def did(self) -> str:
-        return self.key.did
+__all__ = ["AppState", "build_app"]
 
 
 def build_app(state: AppState, routes: list[RouteSpec] | None = None) -> Starlette:
     """A Starlette app serving ``routes`` (default: every fedpeer route)."""
     if routes is None:
-        from ._routes import ROUTES
-
         routes = ROUTES
     starlette_routes = [
         Route(

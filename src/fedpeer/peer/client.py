@@ -1,4 +1,4 @@
-"""PeerClient: talk to another node over HTTP (httpx on trio).
+"""PeerClient: talk to another node over HTTP (httpx, on trio or asyncio).
 
 Every record the client hands back has been verified with the one record
 pipeline (canonical bytes, CID, author signature, limits); the server's word
@@ -8,7 +8,6 @@ subclass; transport failures as :class:`PeerUnreachable`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Literal
@@ -16,6 +15,7 @@ from typing import Literal
 import attrs
 import httpx
 
+from .._clock import now_ms
 from ..consent.invites import (
     Credential,
     check_invite_preview,
@@ -23,23 +23,15 @@ from ..consent.invites import (
     parse_invite_url,
     sign_redeem_proof,
 )
-from ..errors import (
-    FedpeerError,
-    Malformed,
-    PeerError,
-    PeerInvalid,
-    PeerUnreachable,
-    RateLimited,
-    error_from_code,
-)
-from ..identity.canonical import CID, b64url_encode, dagcbor_decode, dagcbor_encode, dagjson_decode
+from ..errors import FedpeerError, Malformed, PeerInvalid, PeerUnreachable
+from ..identity.canonical import CID, b64url_encode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
 from ..identity.keys import SigningKey
 from ..sync.feed import decode_page_cbor, page_from_wire
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
+from ._transport import CBOR, HttpTransport, raise_for_error
 from .manifest import verify_manifest
 
-CBOR = "application/cbor"
 Feed = Literal["normal", "longpoll", "continuous"]
 
 
@@ -60,32 +52,6 @@ class StreamEvent:
     record: SignedRecord | None
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def raise_for_error(response: httpx.Response) -> None:
-    """Turn an error response into the server's FedpeerError (PeerError if unreadable)."""
-    if response.status_code < 400:
-        return
-    code, message = "", ""
-    try:
-        body = response.json()
-        code = str(body["error"]["code"])
-        message = str(body["error"]["message"])
-    except Exception:
-        raise PeerError(
-            f"peer answered HTTP {response.status_code} without a fedpeer error body"
-        ) from None
-    err = error_from_code(code, message, response.status_code)
-    if isinstance(err, RateLimited):
-        try:
-            err.retry_after = float(response.headers.get("retry-after", "1"))
-        except ValueError:
-            err.retry_after = 1.0
-    raise err
-
-
 class PeerClient:
     """A client for one peer node.
 
@@ -104,12 +70,11 @@ class PeerClient:
         timeout: float = 40.0,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self._transport = HttpTransport(base_url, token=token, client=client, timeout=timeout)
+        self.base_url = self._transport.base_url
         self.limits = limits
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._owned = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout)
-        self._headers = headers
+        self._client = self._transport.client
+        self._headers = self._transport.headers
 
     async def __aenter__(self) -> PeerClient:
         return self
@@ -124,8 +89,7 @@ class PeerClient:
 
     async def aclose(self) -> None:
         """Close the HTTP connections (only when the client created them)."""
-        if self._owned:
-            await self._client.aclose()
+        await self._transport.aclose()
 
     async def request(
         self,
@@ -139,36 +103,19 @@ class PeerClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         """Send one request; raise the server's error for a 4xx/5xx answer."""
-        headers = dict(self._headers)
-        headers["Accept"] = accept
-        content: bytes | None = None
-        if cbor_body is not None:
-            content = dagcbor_encode(cbor_body)
-            headers["Content-Type"] = CBOR
-        kwargs: dict[str, object] = {}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
-        try:
-            response = await self._client.request(
-                method,
-                self.base_url + path,
-                params={k: str(v) for k, v in (params or {}).items()},
-                headers=headers,
-                content=content,
-                json=json_body,
-                **kwargs,  # type: ignore[arg-type]
-            )
-        except httpx.TransportError as exc:
-            raise PeerUnreachable(f"{self.base_url} is unreachable: {exc!r}") from exc
-        raise_for_error(response)
-        return response
+        return await self._transport.request(
+            method,
+            path,
+            params=params,
+            json_body=json_body,
+            cbor_body=cbor_body,
+            accept=accept,
+            timeout=timeout,
+        )
 
     @staticmethod
     def _decode(response: httpx.Response) -> object:
-        ctype = response.headers.get("content-type", "").split(";")[0].strip()
-        if ctype == CBOR:
-            return dagcbor_decode(response.content)
-        return dagjson_decode(response.content)
+        return HttpTransport.decode(response)
 
     async def get_value(self, path: str, **params: str | int) -> object:
         """GET ``path`` and decode the DAG-CBOR answer."""
@@ -237,7 +184,7 @@ class PeerClient:
             since, limit=limit, feed=feed, namespace=namespace, thread=thread, timeout=timeout
         )
         page = page_from_wire(raw)
-        now = _now_ms()
+        now = now_ms()
         records = tuple(record_from_wire(r, limits=self.limits, now_ms=now) for r in page.records)
         return ChangesResult(records, page.next_cursor, page.has_more)
 
@@ -331,7 +278,7 @@ class PeerClient:
         if not isinstance(item, dict):
             raise Malformed("stream event data is not an object")
         wire = {k: item[k] for k in ("cid", "data", "sig") if k in item}
-        return StreamEvent(cursor, record_from_wire(wire, limits=self.limits, now_ms=_now_ms()))
+        return StreamEvent(cursor, record_from_wire(wire, limits=self.limits, now_ms=now_ms()))
 
     async def fetch_records(self, ids: Sequence[CID | str]) -> tuple[list[SignedRecord], list[str]]:
         """Batch fetch by CID: (verified records, ids the peer did not give)."""
@@ -341,7 +288,7 @@ class PeerClient:
         body = self._decode(response)
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             raise Malformed("batch answer has no records list")
-        now = _now_ms()
+        now = now_ms()
         records = [record_from_wire(r, limits=self.limits, now_ms=now) for r in body["records"]]
         missing = [str(m) for m in body.get("missing", [])]
         return records, missing

@@ -14,14 +14,17 @@ verified against the DID in the TXT (:func:`verify_peer`). Only ``verified``
 entries are ever offered for pairing.
 
 zeroconf runs its own asyncio loop on its own thread (the sync ``Zeroconf``
-class started outside any asyncio loop). Its blocking calls (constructor,
-``register_service``, ``update_service``, ``get_service_info``,
-``unregister_service``, ``ServiceBrowser`` start and ``cancel``, ``close``) go
-through ``trio.to_thread.run_sync``; each has an internal timeout. The
-``ServiceBrowser`` handler runs on zeroconf's thread: it only hands the event
-to trio with ``TrioToken.run_sync_soon`` onto a memory channel
-(``send_nowait``), never blocks and never touches trio objects itself. Every
-roster change happens in trio.
+class constructed in a worker thread, where no loop runs), on trio and on
+asyncio alike: the node's loop never runs zeroconf code, so a slow or stuck
+mDNS stack cannot stall it, and an asyncio host's loop is left alone. Its
+blocking calls (constructor, ``register_service``, ``update_service``,
+``get_service_info``, ``unregister_service``, ``ServiceBrowser`` start and
+``cancel``, ``close``) go through ``anyio.to_thread.run_sync``; each has an
+internal timeout. The ``ServiceBrowser`` handler runs on zeroconf's thread: it
+only hands the event to the node's loop (``TrioToken.run_sync_soon`` or
+``loop.call_soon_threadsafe``, see :mod:`fedpeer._aio`) onto a memory stream
+(``send_nowait``), never blocks and never touches the loop's objects itself.
+Every roster change happens on the node's loop.
 
 One *session* is one ``Zeroconf`` instance: browse first (so our own probes
 and the answers to them are seen), then register (RFC 6762 probing, ~1.5 s),
@@ -49,7 +52,6 @@ of other devices, which mDNS itself only shows to the local link) returns
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import ipaddress
 import logging
@@ -59,11 +61,12 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
+import anyio
+import anyio.abc
 import attrs
 import httpx
 import ifaddr
-import trio
-from starlette.responses import Response
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from zeroconf import (
     InterfaceChoice,
     IPVersion,
@@ -74,6 +77,7 @@ from zeroconf import (
     Zeroconf,
 )
 
+from .._aio import threadsafe_soon
 from ..errors import (
     ConfigInvalid,
     DidInvalid,
@@ -86,7 +90,6 @@ from ..errors import (
 )
 from ..identity.keys import SigningKey
 from ._config import NodeConfig
-from ._http import respond
 from ._mdns_roster import (
     CheckResult,
     Roster,
@@ -105,13 +108,11 @@ from ._mdns_txt import (
     signing_input,
     verify_txt,
 )
-from ._routing import Ctx, RouteSpec
 from .client import PeerClient
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
     "DOMAIN_PREFIX",
-    "MDNS_ROUTE",
     "SERVICE_TYPE",
     "Announcement",
     "CheckResult",
@@ -172,7 +173,7 @@ async def verify_peer(
     unreachable: list[str] = []
     invalid: str | None = None
     for url in entry.urls[:_MAX_VERIFY_ADDRESSES]:
-        with trio.move_on_after(timeout_s) as scope:
+        with anyio.move_on_after(timeout_s) as scope:
             try:
                 async with PeerClient(url, client=client, timeout=timeout_s) as peer:
                     await peer.manifest(expected_did=entry.did, now=now)
@@ -329,21 +330,22 @@ def _state_name(change: object) -> _Change | None:
 
 
 def _forwarder(
-    token: trio.lowlevel.TrioToken, send: trio.MemorySendChannel[_Event]
+    soon: Callable[[Callable[[], object]], None], send: MemoryObjectSendStream[_Event]
 ) -> Callable[..., None]:
-    """A ServiceBrowser handler that hands events to trio and returns at once.
+    """A ServiceBrowser handler that hands events to the node's loop and returns at once.
 
-    It runs on zeroconf's thread (arguments by keyword). ``run_sync_soon``
-    queues ``push`` for the trio thread without waiting; ``push`` runs there
-    and never blocks either (a full channel drops the event and says so).
+    It runs on zeroconf's thread (arguments by keyword). ``soon`` (see
+    :func:`fedpeer._aio.threadsafe_soon`) queues ``push`` for the loop's thread
+    without waiting; ``push`` runs there and never blocks either (a full stream
+    drops the event and says so).
     """
 
-    def push(event: _Event) -> None:  # runs in trio
+    def push(event: _Event) -> None:  # runs on the node's loop
         try:
             send.send_nowait(event)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             log.warning("mDNS event queue full; dropped %s for %s", event[1], event[0])
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
     def on_service_state_change(
@@ -352,13 +354,12 @@ def _forwarder(
         kind = _state_name(state_change)
         if kind is None or service_type != SERVICE_TYPE:
             return
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(push, (name, kind))
+        soon(functools.partial(push, (name, kind)))
 
     return on_service_state_change
 
 
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
 
@@ -406,11 +407,11 @@ class Discovery:
     advertised_addresses: tuple[str, ...] = attrs.field(init=False, default=())
     announcement: dict[str, str] | None = attrs.field(init=False, default=None)
     version: int = attrs.field(init=False, default=0)
-    _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _roster_version: int = attrs.field(init=False, default=0)
     _seq: int = attrs.field(init=False, default=0)
-    _limiter: trio.CapacityLimiter = attrs.field(
-        init=False, factory=lambda: trio.CapacityLimiter(8)
+    _limiter: anyio.CapacityLimiter = attrs.field(
+        init=False, factory=lambda: anyio.CapacityLimiter(8)
     )
     _checking: set[tuple[str, int]] = attrs.field(init=False, factory=set)
     _resolving: dict[str, bool] = attrs.field(init=False, factory=dict)
@@ -445,7 +446,7 @@ class Discovery:
     def _notify(self) -> None:
         self.version += 1
         self._changed.set()
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     def _sync_roster(self) -> None:
         if self.roster.version != self._roster_version:
@@ -463,7 +464,7 @@ class Discovery:
 
         The version grows on every roster change (entry added, removed, status
         or announcement changed) and every status change. Cancellable; does
-        not time out by itself (wrap it in ``trio.fail_after``).
+        not time out by itself (wrap it in ``anyio.fail_after``).
         """
         while self.version == seen:
             await self._changed.wait()
@@ -487,8 +488,8 @@ class Discovery:
     async def run(
         self,
         *,
-        stop: trio.Event | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        stop: anyio.Event | None = None,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Advertise, browse and verify until cancelled or ``stop`` is set.
 
@@ -501,7 +502,7 @@ class Discovery:
         self._set_status("starting")
         task_status.started()
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 if stop is not None:
                     nursery.start_soon(_cancel_when, stop, nursery.cancel_scope)
                 await self._supervise()
@@ -526,30 +527,30 @@ class Discovery:
             self.roster.clear()
             self._sync_roster()
             self._set_status("failed", error)
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
             delay = min(delay * 2, self.restart_max_s)
 
     async def _session(self) -> None:
         """One zeroconf instance; returns when it must be recreated."""
-        adapters = await trio.to_thread.run_sync(_adapters)
+        adapters = await anyio.to_thread.run_sync(_adapters)
         plan = _make_plan(adapters, self.interfaces, self.bind_host)
         # zeroconf wants a list (not a tuple) of addresses / interface indexes
         choice = plan.zc_interfaces
         zc_choice = list(choice) if isinstance(choice, tuple) else choice
-        zc = await trio.to_thread.run_sync(
+        zc = await anyio.to_thread.run_sync(
             functools.partial(Zeroconf, interfaces=zc_choice, ip_version=plan.ip_version)
         )
         browser: list[ServiceBrowser] = []
         registered: list[ServiceInfo] = []
         try:
-            send, recv = trio.open_memory_channel[_Event](_EVENT_BUFFER)
-            handler = _forwarder(trio.lowlevel.current_trio_token(), send)
+            send, recv = anyio.create_memory_object_stream[_Event](_EVENT_BUFFER)
+            handler = _forwarder(threadsafe_soon(), send)
 
             def start_browser() -> None:
                 browser.append(ServiceBrowser(zc, SERVICE_TYPE, handlers=[handler]))
 
-            await trio.to_thread.run_sync(start_browser)
-            async with trio.open_nursery() as nursery:
+            await anyio.to_thread.run_sync(start_browser)
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(self._consume, zc, recv, nursery)
                 if plan.advertise:
                     await self._register(zc, plan, registered)
@@ -560,7 +561,7 @@ class Discovery:
                 await self._maintain(zc, plan, registered, nursery)
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._close(zc, browser, registered)
 
     def _next_seq(self, now: float) -> int:
@@ -600,7 +601,7 @@ class Discovery:
             self.roster.remove(name)
             info = self._service_info(name, plan.advertise, time.time())
             try:
-                await trio.to_thread.run_sync(register, info)
+                await anyio.to_thread.run_sync(register, info)
             except NonUniqueNameException:
                 self.roster.own_names.discard(name.lower())
                 log.warning("mDNS name %r is taken on this network; trying another", name)
@@ -619,21 +620,21 @@ class Discovery:
         self, zc: Zeroconf, browser: list[ServiceBrowser], registered: list[ServiceInfo]
     ) -> None:
         """Goodbyes, then close; bounded, each step abandoned if it hangs."""
-        with trio.move_on_after(_CLOSE_TIMEOUT_S):
+        with anyio.move_on_after(_CLOSE_TIMEOUT_S):
             for info in registered:
                 try:
-                    await trio.to_thread.run_sync(
+                    await anyio.to_thread.run_sync(
                         zc.unregister_service, info, abandon_on_cancel=True
                     )
                 except Exception as exc:
                     log.debug("mDNS unregister failed: %r", exc)
             for b in browser:
                 try:
-                    await trio.to_thread.run_sync(b.cancel, abandon_on_cancel=True)
+                    await anyio.to_thread.run_sync(b.cancel, abandon_on_cancel=True)
                 except Exception as exc:
                     log.debug("mDNS browser cancel failed: %r", exc)
             try:
-                await trio.to_thread.run_sync(zc.close, abandon_on_cancel=True)
+                await anyio.to_thread.run_sync(zc.close, abandon_on_cancel=True)
             except Exception as exc:
                 log.debug("mDNS close failed: %r", exc)
         for info in registered:
@@ -644,8 +645,8 @@ class Discovery:
     async def _consume(
         self,
         zc: Zeroconf,
-        recv: trio.MemoryReceiveChannel[_Event],
-        nursery: trio.Nursery,
+        recv: MemoryObjectReceiveStream[_Event],
+        nursery: anyio.abc.TaskGroup,
     ) -> None:
         async for name, kind in recv:
             key = name.lower()
@@ -660,7 +661,7 @@ class Discovery:
             else:
                 self._request_resolve(zc, name, nursery)
 
-    def _request_resolve(self, zc: Zeroconf, name: str, nursery: trio.Nursery) -> None:
+    def _request_resolve(self, zc: Zeroconf, name: str, nursery: anyio.abc.TaskGroup) -> None:
         key = name.lower()
         if key in self._resolving:
             self._resolving[key] = True  # resolve once more when the current one ends
@@ -668,13 +669,13 @@ class Discovery:
         self._resolving[key] = False
         nursery.start_soon(self._resolve, zc, name, nursery)
 
-    async def _resolve(self, zc: Zeroconf, name: str, nursery: trio.Nursery) -> None:
+    async def _resolve(self, zc: Zeroconf, name: str, nursery: anyio.abc.TaskGroup) -> None:
         key = name.lower()
         try:
             for _ in range(3):  # bounded: updates arriving meanwhile get one more round each
                 epoch = self._epoch.get(key, 0)
                 async with self._limiter:
-                    info = await trio.to_thread.run_sync(
+                    info = await anyio.to_thread.run_sync(
                         functools.partial(
                             zc.get_service_info, SERVICE_TYPE, name, self.resolve_timeout_ms
                         ),
@@ -704,7 +705,7 @@ class Discovery:
         finally:
             self._resolving.pop(key, None)
 
-    def _start_check(self, entry: RosterEntry, nursery: trio.Nursery) -> None:
+    def _start_check(self, entry: RosterEntry, nursery: anyio.abc.TaskGroup) -> None:
         marker = (entry.name.lower(), entry.generation)
         if marker in self._checking:
             return
@@ -730,7 +731,7 @@ class Discovery:
         zc: Zeroconf,
         plan: _Plan,
         registered: list[ServiceInfo],
-        nursery: trio.Nursery,
+        nursery: anyio.abc.TaskGroup,
     ) -> None:
         """Poll addresses, re-sign, re-check; return when the session must restart.
 
@@ -742,10 +743,10 @@ class Discovery:
         session = plan
         resign_at = time.time() + self.txt_ttl_s / 2
         while True:  # ends by cancellation or restart
-            await trio.sleep(self.poll_s)
+            await anyio.sleep(self.poll_s)
             now = time.time()
             try:
-                adapters = await trio.to_thread.run_sync(_adapters)
+                adapters = await anyio.to_thread.run_sync(_adapters)
                 new_plan = _make_plan(adapters, self.interfaces, self.bind_host)
             except DiscoveryUnavailable as exc:
                 log.warning("mDNS: %s; restarting discovery", exc)
@@ -761,7 +762,7 @@ class Discovery:
                 return
             if registered and (new_plan.advertise != plan.advertise or now >= resign_at):
                 info = self._service_info(registered[0].name, new_plan.advertise, now)
-                await trio.to_thread.run_sync(zc.update_service, info)
+                await anyio.to_thread.run_sync(zc.update_service, info)
                 registered[0] = info
                 self.announcement = decode_txt(info.properties)
                 resign_at = now + self.txt_ttl_s / 2
@@ -782,69 +783,3 @@ class Discovery:
                 now, retry_s=self.retry_s, reverify_s=self.reverify_s
             ):
                 self._start_check(entry, nursery)
-
-
-# --- HTTP route ------------------------------------------------------------------------
-
-_OFF: dict[str, object] = {
-    "enabled": False,
-    "status": "off",
-    "last_error": None,
-    "did": None,
-    "instance": None,
-    "addresses": [],
-    "port": None,
-    "peers": [],
-}
-
-
-async def _get_mdns(ctx: Ctx) -> Response:
-    disc = ctx.app.extra.get("discovery")
-    body = disc.to_json() if isinstance(disc, Discovery) else dict(_OFF, did=ctx.app.did)
-    return respond(body, ctx.request)
-
-
-_PEER_SCHEMA: dict[str, object] = {
-    "type": "object",
-    "required": ["name", "did", "handle", "addresses", "port", "status", "reason"],
-    "properties": {
-        "name": {"type": "string"},
-        "did": {"type": "string"},
-        "handle": {"type": "string"},
-        "addresses": {"type": "array", "items": {"type": "string"}},
-        "port": {"type": "integer"},
-        "url": {"type": ["string", "null"]},
-        "namespaces": {"type": "array", "items": {"type": "string"}},
-        "capabilities": {"type": "array", "items": {"type": "string"}},
-        "seq": {"type": "integer"},
-        "expires_at_ms": {"type": "integer"},
-        "first_seen_ms": {"type": "integer"},
-        "last_seen_ms": {"type": "integer"},
-        "status": {"enum": ["unverified", "verified", "invalid"]},
-        "reason": {"type": "string"},
-        "checked_at_ms": {"type": ["integer", "null"]},
-    },
-}
-
-MDNS_ROUTE = RouteSpec(
-    "GET",
-    "/v1/discovery/mdns",
-    "admin",
-    _get_mdns,
-    "The mDNS roster: fedpeer nodes announced on the local network, with verification status",
-    "discovery_mdns",
-    response_schema={
-        "type": "object",
-        "required": ["enabled", "status", "peers"],
-        "properties": {
-            "enabled": {"type": "boolean"},
-            "status": {"enum": ["off", "stopped", "starting", "running", "browse-only", "failed"]},
-            "last_error": {"type": ["string", "null"]},
-            "did": {"type": ["string", "null"]},
-            "instance": {"type": ["string", "null"]},
-            "addresses": {"type": "array", "items": {"type": "string"}},
-            "port": {"type": ["integer", "null"]},
-            "peers": {"type": "array", "items": _PEER_SCHEMA},
-        },
-    },
-)

@@ -1,11 +1,17 @@
 """The embeddable node: ``async with fedpeer.open_node(...) as node``.
 
 A node owns an identity (``node.key`` in the data dir), a store
-(``store.sqlite3`` by default) and an HTTP server (hypercorn's trio worker)
-running in a nursery that lives as long as the ``async with`` block. Leaving
+(``store.sqlite3`` by default) and an HTTP server (hypercorn) running in a task
+group that lives as long as the ``async with`` block. It runs on anyio: under
+``trio.run`` (the default, first-class) and under ``asyncio.run`` alike. Leaving
 the block shuts down cleanly: longpolls and streams end at once, the server
 drains, the store closes. Several nodes can run in one process; there is no
 global state.
+
+The node's use cases are its services (the application layer, also reachable
+over HTTP with the same method names through
+:class:`~fedpeer.peer.admin.AdminClient`): ``node.records``, ``node.invites``,
+``node.grants``, ``node.tokens`` and ``node.pairs``.
 
 Files in the data dir (a contract, other tools rely on these names):
 
@@ -20,34 +26,46 @@ import contextlib
 import functools
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import attrs
 import httpx
-import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.config import Sockets
+from hypercorn.utils import repr_socket_addr, wrap_app
 
+from .._aio import backend_name
+from .._clock import now_ms
 from .._files import write_private
 from ..consent import tokens
-from ..consent.ratelimit import RateLimiter
-from ..errors import KeyFileMissing
-from ..identity.canonical import CID, dagcbor_decode
+from ..consent.scopes import parse_scopes
+from ..errors import ConfigInvalid, KeyFileMissing
+from ..identity.canonical import CID
 from ..identity.keys import SigningKey
 from ..store import MemoryStore, SQLiteStore
 from ..store.base import StateTx, Store
-from ..sync._manager import PairManager
-from ..sync._puller import SyncOptions
+from ..sync.manager import PairManager
+from ..sync.options import SyncOptions
 from ..sync.pairs import Pair, PairFilter
-from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, build_record
+from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord
 from ._config import NodeConfig
-from ._invite_pairing import InvitePairing, pair_from_invite, reverse_pair_after_redeem
-from ._pairing import PeerPageSource, create_pair
-from .app import AppState, build_app
+from ._pairing import PeerPageSource
+from ._state import AppState
+from ._transport import new_http_client
+from .app import build_app
 from .discovery import Discovery
-from .manifest import ManifestSigner
+from .services import (
+    GrantService,
+    InvitePairing,
+    InviteService,
+    NodeCore,
+    PairService,
+    RecordService,
+    TokenService,
+)
 
 log = logging.getLogger("fedpeer.node")
 
@@ -78,29 +96,88 @@ def load_or_create_key(data_dir: Path) -> SigningKey:
 class Node:
     """A running node. Create it with :func:`open_node`.
 
-    ``did``, ``url``, ``store`` and ``key`` are fixed for its lifetime;
-    ``nursery`` runs the node's background tasks (server, pullers).
-    ``discovery`` is the running mDNS :class:`~fedpeer.peer.discovery.Discovery`
-    when ``config.discovery`` is on, else None.
+    Its services: ``records`` (append, ingest, get, list, threads), ``invites``,
+    ``grants``, ``tokens`` and ``pairs``. ``did``, ``url``, ``store`` and ``key``
+    are fixed for its lifetime; ``task_group`` runs the node's background tasks
+    (server, pullers, discovery). ``admin_token`` is the admin bearer minted on
+    first start (read from ``admin.token`` for a node with a data dir; kept in
+    memory for an ephemeral one), for HTTP clients of this node.
     """
 
-    key: SigningKey
-    store: Store
-    config: NodeConfig
+    state: AppState
     url: str
     urls: list[str]
     data_dir: Path | None
-    nursery: trio.Nursery
-    state: AppState
-    pairs: PairManager
-    http: httpx.AsyncClient
-    _append_lock: trio.Lock = attrs.field(factory=trio.Lock)
-    discovery: Discovery | None = None
+    task_group: anyio.abc.TaskGroup
+    admin_token: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def core(self) -> NodeCore:
+        """What the services share (key, store, config, limits, URLs, HTTP client)."""
+        return self.state.core
+
+    @property
+    def key(self) -> SigningKey:
+        """The node's signing key."""
+        return self.state.core.key
+
+    @property
+    def store(self) -> Store:
+        """The node's store."""
+        return self.state.core.store
+
+    @property
+    def config(self) -> NodeConfig:
+        """The node's configuration."""
+        return self.state.core.config
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP client the node uses for other nodes (closed when the node stops)."""
+        assert self.state.core.http is not None
+        return self.state.core.http
 
     @property
     def did(self) -> str:
         """This node's did:key."""
         return self.key.did
+
+    @property
+    def records(self) -> RecordService:
+        """The node's records: append, ingest, get, list, threads."""
+        return self.state.records
+
+    @property
+    def invites(self) -> InviteService:
+        """Invites this node issues: create, list, preview, revoke, audit, redeem."""
+        return self.state.invites
+
+    @property
+    def grants(self) -> GrantService:
+        """Who may read what: list, create, delete, and the consent view."""
+        return self.state.grants
+
+    @property
+    def tokens(self) -> TokenService:
+        """Service accounts and bearer tokens."""
+        return self.state.tokens
+
+    @property
+    def pairs(self) -> PairService:
+        """Sync pairs: create, pair from an invite, pause, resume, kick, stats, health."""
+        assert self.state.pairs is not None
+        return self.state.pairs
+
+    @property
+    def discovery(self) -> Discovery | None:
+        """The running mDNS :class:`~fedpeer.peer.discovery.Discovery` when
+        ``config.discovery`` is on, else None."""
+        return self.state.discovery
+
+    @property
+    def nursery(self) -> anyio.abc.TaskGroup:
+        """Alias of :attr:`task_group` (``await node.nursery.start(...)``)."""
+        return self.task_group
 
     async def pair_with(
         self,
@@ -113,14 +190,11 @@ class Node:
     ) -> Pair:
         """Pull from the node at ``peer_url`` (showing it ``token``); return the pair.
 
-        Fetches and verifies the peer's manifest to learn its DID (which must be
-        ``peer_did`` when given), refuses this node's own URL or DID (PAIR_SELF),
-        then creates the pair and starts pulling; the same peer and filter again
-        returns the existing pair. For two-way sync each side calls this for the
-        other. Raises PairSelf, InvalidRequest, PeerUnreachable, DidMismatch,
-        PeerInvalid, DidInvalid. Blocks on one HTTP request (at most 10 s).
+        Same as ``(await node.pairs.create(...))[0]``; see
+        :meth:`PairService.create` for the checks and error codes. For two-way
+        sync each side calls this for the other (or use :meth:`pair_from_invite`).
         """
-        pair, _created = await self.create_pair(
+        pair, _created = await self.pairs.create(
             peer_url,
             token=token,
             peer_did=peer_did,
@@ -138,11 +212,9 @@ class Node:
         filter: PairFilter | None = None,
         author_allowlist: Sequence[str] | None = None,
     ) -> tuple[Pair, bool]:
-        """:meth:`pair_with`, also saying whether the pair is new (``POST /v1/sync/pairs``)."""
-        return await create_pair(
-            self.pairs,
-            own_urls=self.urls,
-            peer_url=peer_url,
+        """:meth:`pair_with`, also saying whether the pair is new (= ``node.pairs.create``)."""
+        return await self.pairs.create(
+            peer_url,
             token=token,
             peer_did=peer_did,
             filter=filter,
@@ -152,20 +224,15 @@ class Node:
     async def pair_from_invite(
         self, invite_url: str, *, bidirectional: bool = True, label: str | None = None
     ) -> InvitePairing:
-        """Redeem an invite from another node and set up sync with it.
-
-        One-way: this node pulls from the issuer. Two-way (the default): this
-        node also hands the issuer a read credential for itself, and the issuer
-        creates the reverse pair during the redemption. Both sides get the same
-        confirmation code (``result.confirmation_code``) for people to compare.
-        See :func:`fedpeer.peer._invite_pairing.pair_from_invite` for the error
-        codes. Blocks on a few HTTP requests to the issuer.
-        """
-        return await pair_from_invite(self, invite_url, bidirectional=bidirectional, label=label)
+        """Redeem an invite from another node and set up sync with it (=
+        ``node.pairs.from_invite``). Both sides get the same confirmation code
+        (``result.confirmation_code``) for people to compare."""
+        return await self.pairs.from_invite(invite_url, bidirectional=bidirectional, label=label)
 
     @property
     def admin_token_path(self) -> Path | None:
-        """Where the admin token was written (None for a node without a data dir)."""
+        """Where the admin token file is (None for a node without a data dir: use
+        :attr:`admin_token`, which both kinds of node have)."""
         return None if self.data_dir is None else self.data_dir / ADMIN_TOKEN_FILE
 
     async def append(
@@ -175,53 +242,25 @@ class Node:
         thread: str,
         kind: str,
         body: object,
-        parents: Sequence[CID] = (),
+        parents: Sequence[CID | str] = (),
     ) -> SignedRecord:
         """Build, sign and store a record authored by this node; return it.
 
-        ``clock`` is a Lamport clock: one more than the largest of this node's
-        last clock and the parents' clocks. Raises RecordInvalid,
-        RecordTooLarge (limits), never stores a partial record.
+        ``node.records.append`` with the same arguments, returning the
+        :class:`SignedRecord` (without the local seq).
         """
-        async with self._append_lock:
-            meta = await self.store.get_state("meta", "clock")
-            clock = int(str(meta["value"])) if meta else 0
-            if parents:
-                for prow in await self.store.get_many([p.raw for p in parents]):
-                    pmap = dagcbor_decode(prow.data)
-                    if isinstance(pmap, dict) and isinstance(pmap.get("clock"), int):
-                        clock = max(clock, int(pmap["clock"]))
-            signed = build_record(
-                self.key,
-                namespace=namespace,
-                thread=thread,
-                kind=kind,
-                body=body,
-                parents=tuple(parents),
-                clock=clock + 1,
-                ts=int(time.time() * 1000),
-                limits=self.state.limits,
-            )
-            new = signed.to_new()
-            next_clock = clock + 1
-
-            def commit(tx: StateTx) -> None:
-                tx.put_records([new])
-                tx.put("meta", "clock", {"value": next_clock})
-
-            await self.store.transact(commit)
-            return signed
+        entry = await self.records.append(
+            namespace=namespace, thread=thread, kind=kind, body=body, parents=parents
+        )
+        return entry.signed
 
 
-async def _serve(
-    app: object,
-    host: str,
-    port: int,
-    cfg: NodeConfig,
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
+# --- serving --------------------------------------------------------------------------
+
+
+def _bind(host: str, port: int, cfg: NodeConfig) -> tuple[HypercornConfig, Sockets, list[str]]:
+    """Hypercorn's config and its listening sockets, bound now (OSError when the
+    port is taken), so the URLs are known before the server runs, on any backend."""
     hconf = HypercornConfig()
     hconf.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconf.graceful_timeout = cfg.graceful_timeout_s
@@ -229,7 +268,32 @@ async def _serve(
     hconf.errorlog = logging.getLogger("fedpeer.hypercorn")
     hconf.keep_alive_timeout = 75
     hconf.h11_max_incomplete_size = 64 * 1024
-    await serve(app, hconf, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+    sockets = hconf.create_sockets()
+    urls: list[str] = []
+    try:
+        for sock in sockets.insecure_sockets:
+            sock.listen(hconf.backlog)
+            urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+    except BaseException:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+        raise
+    return hconf, sockets, urls
+
+
+async def _serve(
+    app: object, hconf: HypercornConfig, sockets: Sockets, shutdown: anyio.Event
+) -> None:
+    """Run hypercorn on the running backend's own worker (trio or asyncio)."""
+    wrapped = wrap_app(app, hconf.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    if backend_name() == "trio":
+        from hypercorn.trio.run import worker_serve as trio_serve
+
+        await trio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
+    else:
+        from hypercorn.asyncio.run import worker_serve as asyncio_serve
+
+        await asyncio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
 
 
 @contextlib.asynccontextmanager
@@ -244,20 +308,21 @@ async def open_node(
     limits: Limits = DEFAULT_LIMITS,
     sync: SyncOptions | None = None,
 ) -> AsyncIterator[Node]:
-    """Start a node for the duration of the ``async with`` block.
+    """Start a node for the duration of the ``async with`` block (trio or asyncio).
 
     ``data_dir`` holds the identity, the SQLite store and the admin token; with
     ``data_dir=None`` the node is ephemeral (fresh key, MemoryStore unless a
     ``store`` is given). A ``store`` passed in is used as is and not closed.
     ``port=0`` picks a free port; ``node.url`` tells which.
 
-    On a fresh data dir the node mints an admin service account bound to its
-    own DID and writes the token to ``admin.token`` (mode 0600), unless
-    ``config.write_admin_token_file`` is False: then
-    ``POST /v1/bootstrap/service-account`` mints it once.
+    The node has an admin service account bound to its own DID, whose token is
+    ``node.admin_token``: with a data dir, minted on first start and written to
+    ``admin.token`` (mode 0600); without one, minted for this run and kept in
+    memory only. With ``config.write_admin_token_file`` False a data-dir node
+    mints nothing: ``POST /v1/bootstrap/service-account`` mints it once.
 
-    ``sync`` tunes the pullers (:class:`~fedpeer.sync._puller.SyncOptions`);
-    the stored pairs start pulling as the node starts (``node.pairs``).
+    ``sync`` tunes the pullers (:class:`~fedpeer.sync.SyncOptions`); the stored
+    pairs start pulling as the node starts (``node.pairs``).
 
     Raises KeyFileInsecure / KeyFileError for a bad key file, StoreCorrupt /
     SchemaTooNew for a bad store, OSError when the port cannot be bound.
@@ -268,7 +333,7 @@ async def open_node(
         key = (
             SigningKey.generate()
             if ddir is None
-            else await trio.to_thread.run_sync(load_or_create_key, ddir)
+            else await anyio.to_thread.run_sync(load_or_create_key, ddir)
         )
     if ddir is not None:
         ddir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -276,83 +341,79 @@ async def open_node(
     if store is None:
         store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
     try:
-        if ddir is not None and cfg.write_admin_token_file:
-            await _ensure_admin_token(store, key.did, ddir)
-        state = AppState(
-            key=key,
-            store=store,
-            config=cfg,
-            limits=limits,
-            rate_limiter=RateLimiter(cfg.rate_per_s, cfg.rate_burst),
-            signer=ManifestSigner(key, cfg.manifest_ttl_s, cfg.manifest_resign_after_s),
-            append=_unbound_append,
-        )
-        app = build_app(state)
-        shutdown = trio.Event()
+        admin_token: str | None = None
+        if cfg.write_admin_token_file or ddir is None:
+            admin_token = await _ensure_admin_token(store, key.did, ddir)
+        hconf, sockets, urls = _bind(host, port, cfg)
         sync_opts = sync or SyncOptions()
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        http = new_http_client(timeout=30.0, connect_timeout=10.0)
+        core = NodeCore(key=key, store=store, config=cfg, limits=limits, urls=list(urls), http=http)
+        manager = PairManager(
+            store,
+            local_did=key.did,
+            source=PeerPageSource(http, longpoll_s=sync_opts.longpoll_s, limits=limits),
+            limits=limits,
+            options=sync_opts,
         )
-        async with http, trio.open_nursery() as nursery:
-            urls: list[str] = await nursery.start(_serve, app, host, port, cfg, shutdown)
-            state.urls = list(urls)
-            pairs = PairManager(
-                store,
-                local_did=key.did,
-                source=PeerPageSource(http, longpoll_s=sync_opts.longpoll_s, limits=limits),
-                limits=limits,
-                options=sync_opts,
-            )
+        state = AppState.create(core, pairs=PairService(core, manager))
+        state.invites.attach_pairs(state.pairs)  # type: ignore[arg-type]
+        app = build_app(state)
+        shutdown = anyio.Event()
+        async with http, anyio.create_task_group() as tg:
+            tg.start_soon(_serve, app, hconf, sockets, shutdown)
             node = Node(
-                key=key,
-                store=store,
-                config=cfg,
+                state=state,
                 url=urls[0],
                 urls=list(urls),
                 data_dir=ddir,
-                nursery=nursery,
-                state=state,
-                pairs=pairs,
-                http=http,
+                task_group=tg,
+                admin_token=admin_token,
             )
-            state.append = node.append
             log.info("node %s serving at %s", key.did, node.url)
-            state.extra["pairs"] = pairs
-            state.extra["create_pair"] = node.create_pair
-            state.extra["health"] = pairs.health_summary
-            state.extra["reverse_pair"] = functools.partial(reverse_pair_after_redeem, node)
-            state.extra["pair_from_invite"] = node.pair_from_invite
-            await nursery.start(pairs.run)
+            await tg.start(manager.run)
             if cfg.discovery:
                 # mDNS trouble never stops the node: run() reports started at
-                # once and retries in the background; it ends on state.closing.
-                node.discovery = Discovery.for_node(key, cfg, url=node.url, bind_host=host)
-                state.extra["discovery"] = node.discovery
-                await nursery.start(functools.partial(node.discovery.run, stop=state.closing))
+                # once and retries in the background; it ends on core.closing.
+                state.discovery = Discovery.for_node(key, cfg, url=node.url, bind_host=host)
+                await tg.start(functools.partial(state.discovery.run, stop=core.closing))
             try:
                 yield node
             finally:
-                pairs.stop()
-                state.closing.set()
+                manager.stop()
+                core.closing.set()
                 shutdown.set()
                 # Backstop: the server drains within graceful_timeout; never hang.
-                nursery.cancel_scope.deadline = trio.current_time() + cfg.graceful_timeout_s + 3
+                tg.cancel_scope.deadline = anyio.current_time() + cfg.graceful_timeout_s + 3
     finally:
         if owned_store:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await store.aclose()
 
 
-async def _unbound_append(**_kw: object) -> SignedRecord:
-    raise RuntimeError("node is not started")
+async def _ensure_admin_token(store: Store, did: str, data_dir: Path | None) -> str | None:
+    """The admin bearer of this node.
 
+    With a data dir: the bootstrap admin account, minted into a fresh store and
+    written to ``admin.token``, else read from that file (None when the file is
+    lost: ``fedpeer token rotate-admin`` replaces it). Without one: an admin
+    account minted for this run, its token kept in memory only (the one-shot
+    bootstrap route stays open).
+    """
+    if data_dir is None:
+        sa_name = "admin (in memory)"
 
-async def _ensure_admin_token(store: Store, did: str, data_dir: Path) -> None:
+        def mint(tx: StateTx) -> str:
+            _sa, issued = tokens.create_service_account(
+                tx, name=sa_name, holder_did=did, scopes=parse_scopes(["admin"]), origin="api"
+            )
+            return issued.bearer
+
+        return await store.transact(mint)
     path = data_dir / ADMIN_TOKEN_FILE
     if path.exists():
-        return
-    now = int(time.time() * 1000)
+        text = await anyio.to_thread.run_sync(path.read_text)
+        return text.strip() or None
+    now = now_ms()
 
     def boot(tx: StateTx) -> str | None:
         if tokens.is_bootstrapped(tx):
@@ -370,6 +431,43 @@ async def _ensure_admin_token(store: Store, did: str, data_dir: Path) -> None:
             "`fedpeer token rotate-admin`",
             path,
         )
-        return
-    await trio.to_thread.run_sync(_write_secret, path, plaintext + "\n")
+        return None
+    await anyio.to_thread.run_sync(_write_secret, path, plaintext + "\n")
     log.info("wrote the admin token to %s", path)
+    return plaintext
+
+
+async def rotate_admin_token(data_dir: str | os.PathLike[str]) -> Path:
+    """Mint a new admin token into ``<data_dir>/admin.token`` (mode 0600), straight
+    on the store, also when the token file was lost; the old admin token stops
+    working. Return the file's path.
+
+    Raises CONFIG_INVALID when the data dir has no store yet or its store has no
+    admin account (start the node once), and the store's errors. Do it while the
+    node is stopped, or use the admin API (``tokens.rotate``) while it runs.
+    """
+    ddir = Path(data_dir)
+    store_path = ddir / STORE_FILE
+    if not store_path.exists():
+        raise ConfigInvalid(
+            f"no store at {store_path}: start the node once (`fedpeer run`); it writes "
+            "the admin token itself"
+        )
+    store = await SQLiteStore.open(store_path)
+    try:
+
+        def rotate(tx: StateTx) -> str:
+            boot = tx.get(tokens.META_TABLE, tokens.BOOTSTRAP_META_KEY)
+            if boot is None or not isinstance(boot.get("sa_id"), str):
+                raise ConfigInvalid(
+                    "this store has no admin account yet: start the node (`fedpeer run`)"
+                )
+            return tokens.rotate_key(tx, str(boot["sa_id"])).bearer
+
+        bearer = await store.transact(rotate)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
+    path = ddir / ADMIN_TOKEN_FILE
+    await anyio.to_thread.run_sync(_write_secret, path, bearer + "\n")
+    return path

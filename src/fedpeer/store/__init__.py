@@ -12,6 +12,7 @@ import os
 from .base import AuditEntry as AuditEntry
 from .base import ChangeFilter as ChangeFilter
 from .base import ChangesPage as ChangesPage
+from .base import CidLike as CidLike
 from .base import JsonDict as JsonDict
 from .base import NewRecord as NewRecord
 from .base import PutResult as PutResult
@@ -19,6 +20,7 @@ from .base import StateTx as StateTx
 from .base import Store as Store
 from .base import StoredRecord as StoredRecord
 from .base import ThreadInfo as ThreadInfo
+from .base import cid_key as cid_key
 from .base import prefix_upper_bound as prefix_upper_bound
 from .memory import DEFAULT_SCAN_WINDOW as DEFAULT_SCAN_WINDOW
 from .memory import MemoryStore as MemoryStore
@@ -31,6 +33,7 @@ __all__ = [
     "AuditEntry",
     "ChangeFilter",
     "ChangesPage",
+    "CidLike",
     "JsonDict",
     "MemoryStore",
     "NewRecord",
@@ -40,6 +43,7 @@ __all__ = [
     "Store",
     "StoredRecord",
     "ThreadInfo",
+    "cid_key",
     "open_store",
     "prefix_upper_bound",
 ]

@@ -1,15 +1,16 @@
-"""Wake-ups for :meth:`Store.wait_for_seq`: one trio.Event per generation.
+"""Wake-ups for :meth:`Store.wait_for_seq`: one anyio.Event per generation.
 
 Each commit that stores new records ends the current generation: the head
 moves forward, the generation's Event is set (waking every waiter at once) and
 a fresh Event starts the next one. Waiters re-check the head after waking, so
-spurious wake-ups are harmless and nothing polls. Only the trio thread touches
+spurious wake-ups are harmless and nothing polls. Only the event loop thread touches
 this object.
 """
 
 from __future__ import annotations
 
-import trio
+import anyio
+import anyio.lowlevel
 
 from ..errors import StoreClosed
 
@@ -21,14 +22,14 @@ class HeadWatch:
 
     def __init__(self, head: int) -> None:
         self.head = head
-        self._event = trio.Event()
+        self._event = anyio.Event()
         self._closed = False
 
     def advance(self, head: int) -> None:
         """Record a new head (ignored unless it grows) and wake the waiters."""
         if head > self.head:
             self.head = head
-            event, self._event = self._event, trio.Event()
+            event, self._event = self._event, anyio.Event()
             event.set()
 
     def close(self) -> None:
@@ -38,11 +39,11 @@ class HeadWatch:
 
     async def wait_above(self, after_seq: int) -> int:
         """Block until ``head > after_seq``; return head. Cancellable."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._closed:
                 raise StoreClosed("the store was closed")
             if self.head > after_seq:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await anyio.lowlevel.cancel_shielded_checkpoint()
                 return self.head
             await self._event.wait()

@@ -38,12 +38,14 @@ from typing import Protocol, TypeVar
 
 import attrs
 
-from ..errors import InvalidRequest, StoreCorrupt, StoreError
+from ..errors import FedpeerError, InvalidRequest, Malformed, StoreCorrupt, StoreError
+from ..identity.canonical import CID
 
 __all__ = [
     "AuditEntry",
     "ChangeFilter",
     "ChangesPage",
+    "CidLike",
     "JsonDict",
     "NewRecord",
     "PutResult",
@@ -51,6 +53,7 @@ __all__ = [
     "Store",
     "StoredRecord",
     "ThreadInfo",
+    "cid_key",
     "prefix_upper_bound",
 ]
 
@@ -79,6 +82,31 @@ class NewRecord:
     thread: str
     kind: str
     ts: int
+
+
+CidLike = bytes | CID | str
+"""What :meth:`Store.get` takes: a binary CID, a :class:`CID` or its text."""
+
+
+def cid_key(cid: object) -> bytes:
+    """The binary CID a store looks records up by, from any :data:`CidLike`.
+
+    Bytes are taken as they are (an unknown id simply is not found); a
+    :class:`CID` gives its bytes; text is parsed (MALFORMED when it is not a
+    CID). Anything else is INVALID_REQUEST. Pure.
+    """
+    if isinstance(cid, bytes):
+        return cid
+    if isinstance(cid, CID):
+        return cid.raw
+    if isinstance(cid, str):
+        try:
+            return CID.parse(cid).raw
+        except FedpeerError:
+            raise
+        except Exception:
+            raise Malformed(f"{cid[:80]!r} is not a CID") from None
+    raise InvalidRequest(f"a record id is a CID, its text or its bytes, not {type(cid).__name__}")
 
 
 @attrs.frozen
@@ -210,7 +238,7 @@ class Store(Protocol):
 
     All methods raise ``StoreClosed`` after :meth:`aclose`, ``StoreError`` when
     the backend fails (disk full, I/O error) and ``StoreCorrupt`` when the
-    backend finds damaged data. Every method is a trio checkpoint. Writes that
+    backend finds damaged data. Every method is a checkpoint (anyio: trio or asyncio). Writes that
     have started when the caller is cancelled still complete (commit or roll
     back as a whole); the cancellation is delivered afterwards.
     """
@@ -227,14 +255,20 @@ class Store(Protocol):
         """
         ...
 
-    async def get(self, cid: bytes) -> StoredRecord | None:
-        """The record with this CID, or None."""
+    async def get(self, cid: CidLike) -> StoredRecord | None:
+        """The record with this CID, or None.
+
+        ``cid`` is the binary CID, a :class:`~fedpeer.identity.CID` or its text
+        (:func:`cid_key`): the same answer on every store; MALFORMED for text
+        that is not a CID, INVALID_REQUEST for anything else.
+        """
         ...
 
-    async def get_many(self, cids: Sequence[bytes]) -> list[StoredRecord]:
+    async def get_many(self, cids: Sequence[CidLike]) -> list[StoredRecord]:
         """The stored records among ``cids``, in the order first asked for.
 
-        Missing CIDs are left out; a CID asked for twice is returned once.
+        Missing CIDs are left out; a CID asked for twice is returned once. Each
+        CID may take any form :meth:`get` takes.
         """
         ...
 
@@ -266,7 +300,7 @@ class Store(Protocol):
     async def transact(self, fn: Callable[[StateTx], T]) -> T:
         """Run ``fn(tx)`` atomically and return its result.
 
-        ``fn`` must be synchronous and must not call back into trio (on SQLite
+        ``fn`` must be synchronous and must not call back into the event loop (on SQLite
         it runs on the writer thread). If it raises, everything it did through
         ``tx`` (state, audit entries *and* records) is rolled back and the
         exception propagates unchanged. Transactions are serialised.

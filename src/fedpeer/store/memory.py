@@ -1,7 +1,7 @@
 """MemoryStore: the Store protocol held in Python objects (tests, embedding).
 
-Nothing is persisted. Every operation runs synchronously on the trio thread
-between two checkpoints, so operations are atomic with respect to other trio
+Nothing is persisted. Every operation runs synchronously on the event loop thread
+between two checkpoints, so operations are atomic with respect to other
 tasks without any lock. :meth:`MemoryStore.transact` keeps an undo journal: if
 the function raises, the journal is replayed backwards, which removes the
 records, state changes and audit entries it made.
@@ -19,7 +19,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import trio
+import anyio.lowlevel
 
 from ..errors import StoreClosed, StoreError
 from ._watch import HeadWatch
@@ -27,6 +27,7 @@ from .base import (
     AuditEntry,
     ChangeFilter,
     ChangesPage,
+    CidLike,
     JsonDict,
     NewRecord,
     PutResult,
@@ -35,6 +36,7 @@ from .base import (
     ThreadInfo,
     check_changes_args,
     check_name,
+    cid_key,
     dump_json,
     load_json,
 )
@@ -189,7 +191,7 @@ class MemoryStore:
             del self._by_pair[pair]
 
     async def _enter(self) -> None:
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         if self._closed:
             raise StoreClosed("the store is closed")
 
@@ -199,16 +201,18 @@ class MemoryStore:
         """See :meth:`fedpeer.store.Store.put`."""
         return await self.transact(lambda tx: tx.put_records(records))
 
-    async def get(self, cid: bytes) -> StoredRecord | None:
+    async def get(self, cid: CidLike) -> StoredRecord | None:
         """See :meth:`fedpeer.store.Store.get`."""
+        key = cid_key(cid)
         await self._enter()
-        return self._by_cid.get(cid)
+        return self._by_cid.get(key)
 
-    async def get_many(self, cids: Sequence[bytes]) -> list[StoredRecord]:
+    async def get_many(self, cids: Sequence[CidLike]) -> list[StoredRecord]:
         """See :meth:`fedpeer.store.Store.get_many`."""
+        keys = [cid_key(c) for c in cids]
         await self._enter()
         out: dict[bytes, StoredRecord] = {}
-        for cid in cids:
+        for cid in keys:
             rec = self._by_cid.get(cid)
             if rec is not None and cid not in out:
                 out[cid] = rec
@@ -315,7 +319,7 @@ class MemoryStore:
         """See :meth:`fedpeer.store.Store.aclose`."""
         self._closed = True
         self._watch.close()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> MemoryStore:
         return self

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 * **One writer.** A single read-write connection does every write, on a worker
-  thread (``trio.to_thread.run_sync``) while holding a ``trio.Lock``, inside
+  thread (``anyio.to_thread.run_sync``) while holding an ``anyio.Lock``, inside
   ``BEGIN IMMEDIATE`` ... ``COMMIT``. :meth:`SQLiteStore.transact` runs the
   caller's function right there, so records, state rows and audit entries of
   one transaction commit together or not at all.
@@ -64,7 +64,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import trio
+import anyio
+import anyio.lowlevel
 
 from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError
 from ._watch import HeadWatch
@@ -72,6 +73,7 @@ from .base import (
     AuditEntry,
     ChangeFilter,
     ChangesPage,
+    CidLike,
     JsonDict,
     NewRecord,
     PutResult,
@@ -80,6 +82,7 @@ from .base import (
     ThreadInfo,
     check_changes_args,
     check_name,
+    cid_key,
     dump_json,
     load_json,
     prefix_upper_bound,
@@ -504,9 +507,9 @@ class SQLiteStore:
         self.epoch = epoch
         self.scan_window = scan_window
         self._writer = writer
-        self._write_lock = trio.Lock()
+        self._write_lock = anyio.Lock()
         self._reader_uri = path.resolve().as_uri() + "?mode=ro"
-        self._read_limiter = trio.CapacityLimiter(readers)
+        self._read_limiter = anyio.CapacityLimiter(readers)
         self._idle: list[sqlite3.Connection] = []
         self._watch = HeadWatch(head)
         self._closed = False
@@ -535,7 +538,7 @@ class SQLiteStore:
         if scan_window < 1 or readers < 1:
             raise ValueError("scan_window and readers must be >= 1")
         p = Path(path)
-        writer, epoch, head = await trio.to_thread.run_sync(_open_writer, p, synchronous)
+        writer, epoch, head = await anyio.to_thread.run_sync(_open_writer, p, synchronous)
         return cls(p, writer, epoch, head, scan_window=scan_window, readers=readers)
 
     # --- plumbing ---------------------------------------------------------
@@ -564,9 +567,9 @@ class SQLiteStore:
             if self._idle:
                 conn = self._idle.pop()
             else:
-                conn = await trio.to_thread.run_sync(self._connect_reader)
+                conn = await anyio.to_thread.run_sync(self._connect_reader)
             try:
-                return await trio.to_thread.run_sync(_in_thread_read, fn, conn, doing)
+                return await anyio.to_thread.run_sync(_in_thread_read, fn, conn, doing)
             finally:
                 if self._closed:
                     conn.close()
@@ -605,18 +608,19 @@ class SQLiteStore:
         """See :meth:`fedpeer.store.Store.put`."""
         return await self.transact(lambda tx: tx.put_records(records))
 
-    async def get(self, cid: bytes) -> StoredRecord | None:
+    async def get(self, cid: CidLike) -> StoredRecord | None:
         """See :meth:`fedpeer.store.Store.get`."""
+        key = cid_key(cid)
 
         def run(conn: sqlite3.Connection) -> StoredRecord | None:
-            row = conn.execute(_BY_CID, (cid,)).fetchone()
+            row = conn.execute(_BY_CID, (key,)).fetchone()
             return None if row is None else StoredRecord(*row)
 
         return await self._read(run, "read a record")
 
-    async def get_many(self, cids: Sequence[bytes]) -> list[StoredRecord]:
+    async def get_many(self, cids: Sequence[CidLike]) -> list[StoredRecord]:
         """See :meth:`fedpeer.store.Store.get_many`."""
-        wanted = list(dict.fromkeys(cids))
+        wanted = list(dict.fromkeys(cid_key(c) for c in cids))
 
         def run(conn: sqlite3.Connection) -> list[StoredRecord]:
             found: dict[bytes, StoredRecord] = {}
@@ -631,7 +635,7 @@ class SQLiteStore:
 
         if not wanted:
             self._check_open()
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
             return []
         return await self._read(run, "read records")
 
@@ -652,7 +656,7 @@ class SQLiteStore:
     async def head_seq(self) -> int:
         """See :meth:`fedpeer.store.Store.head_seq` (no I/O: the last committed seq)."""
         self._check_open()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         self._check_open()
         return self._watch.head
 
@@ -692,7 +696,7 @@ class SQLiteStore:
         self._check_open()
         async with self._write_lock:
             self._check_open()
-            result, new_head = await trio.to_thread.run_sync(self._write_in_thread, fn)
+            result, new_head = await anyio.to_thread.run_sync(self._write_in_thread, fn)
             self._watch.advance(new_head)
         return result
 
@@ -728,14 +732,14 @@ class SQLiteStore:
     async def aclose(self) -> None:
         """See :meth:`fedpeer.store.Store.aclose`. Waits for an in-flight write."""
         if self._closed:
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
             return
         self._closed = True
         self._watch.close()
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             async with self._write_lock:
                 idle, self._idle = self._idle, []
-                await trio.to_thread.run_sync(_close_all, [*idle, self._writer])
+                await anyio.to_thread.run_sync(_close_all, [*idle, self._writer])
 
     async def __aenter__(self) -> SQLiteStore:
         return self

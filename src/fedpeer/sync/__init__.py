@@ -1,12 +1,21 @@
-"""fedpeer.sync: records, the changes feed and cursors (sans-I/O core).
+"""fedpeer.sync: records, the changes feed and cursors (sans-I/O core), and the pullers.
 
 Records (:mod:`fedpeer.sync.records`): build, sign and verify the DAG-CBOR
 records nodes exchange, through one verification pipeline. The feed
 (:mod:`fedpeer.sync.feed`): opaque cursors, page building and the page wire form.
+Pairs (:mod:`fedpeer.sync.pairs`): the pair values and their state table.
+:class:`SyncOptions`, :class:`Backoff` (:mod:`fedpeer.sync.options`,
+:mod:`fedpeer.sync.backoff`): how pullers behave. :class:`PairManager`
+(:mod:`fedpeer.sync.manager`): a node's pairs and their pullers (the I/O side,
+on anyio; imported on first use).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .backoff import DEFAULT_BACKOFF as DEFAULT_BACKOFF
+from .backoff import Backoff as Backoff
 from .feed import CURSOR_VERSION as CURSOR_VERSION
 from .feed import MAX_CURSOR_LEN as MAX_CURSOR_LEN
 from .feed import MAX_SEQ as MAX_SEQ
@@ -20,9 +29,16 @@ from .feed import everything as everything
 from .feed import page_from_wire as page_from_wire
 from .feed import page_to_wire as page_to_wire
 from .feed import resolve_since as resolve_since
+from .options import PageSource as PageSource
+from .options import SyncEvent as SyncEvent
+from .options import SyncOptions as SyncOptions
+from .pairs import Pair as Pair
+from .pairs import PairFilter as PairFilter
+from .pairs import PairState as PairState
 from .records import DEFAULT_LIMITS as DEFAULT_LIMITS
 from .records import MAX_SAFE_INT as MAX_SAFE_INT
 from .records import NAME_PATTERN as NAME_PATTERN
+from .records import NAME_RE as NAME_RE
 from .records import RECORD_VERSION as RECORD_VERSION
 from .records import SIGNATURE_BYTES as SIGNATURE_BYTES
 from .records import Limits as Limits
@@ -31,27 +47,52 @@ from .records import Record as Record
 from .records import SignedRecord as SignedRecord
 from .records import build_record as build_record
 from .records import prepare_wire_items as prepare_wire_items
+from .records import record_from_stored as record_from_stored
 from .records import record_from_wire as record_from_wire
 from .records import record_to_json_view as record_to_json_view
 from .records import record_to_wire as record_to_wire
 from .records import verify_record as verify_record
 from .records import verify_wire_items as verify_wire_items
 
+if TYPE_CHECKING:
+    from .manager import PairManager as PairManager
+
+
+def __getattr__(name: str) -> object:
+    # PairManager runs the pullers (anyio, worker processes): loaded on first use, so
+    # the sans-I/O core above stays cheap to import.
+    if name == "PairManager":
+        from .manager import PairManager
+
+        return PairManager
+    raise AttributeError(f"module 'fedpeer.sync' has no attribute {name!r}")
+
+
 __all__ = [
     "CURSOR_VERSION",
+    "DEFAULT_BACKOFF",
     "DEFAULT_LIMITS",
     "MAX_CURSOR_LEN",
     "MAX_SAFE_INT",
     "MAX_SEQ",
     "NAME_PATTERN",
+    "NAME_RE",
     "RECORD_VERSION",
     "SIGNATURE_BYTES",
+    "Backoff",
     "Cursor",
     "FeedPage",
     "Limits",
+    "PageSource",
+    "Pair",
+    "PairFilter",
+    "PairManager",
+    "PairState",
     "PreparedRecords",
     "Record",
     "SignedRecord",
+    "SyncEvent",
+    "SyncOptions",
     "WirePage",
     "build_page",
     "build_record",
@@ -61,6 +102,7 @@ __all__ = [
     "page_from_wire",
     "page_to_wire",
     "prepare_wire_items",
+    "record_from_stored",
     "record_from_wire",
     "record_to_json_view",
     "record_to_wire",

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A :class:`PullMachine` holds one :class:`~fedpeer.sync.pairs.Pair` and decides,
 without doing any I/O, what to ask the source next and what to do with the
-answer. A driver (a trio task per pair, ``sync/_driver.py``) does the I/O::
+answer. A driver (a task per pair, ``sync/_puller.py``) does the I/O::
 
     m = PullMachine(pair)
     while True:
@@ -39,7 +39,7 @@ same transaction as its records; run that transaction shielded from cancellation
 and if the node itself is shutting down mid-commit just drop the machine (the
 stored row is the truth on restart). Never feed the answer of an abandoned
 request back (after ``pause``/``kick``/``delete``/``set_credential`` while
-AWAITING_PAGE): cancel the request. All calls come from one trio thread; the
+AWAITING_PAGE): cancel the request. All calls come from one event loop thread; the
 machine itself is not thread-safe.
 
 Why the cursor is safe (PouchDB once wrote its checkpoint ahead of the data): the
@@ -122,7 +122,7 @@ from ..errors import (
     TokenExpired,
 )
 from ..store.base import NewRecord
-from ._backoff import DEFAULT_BACKOFF, Backoff
+from .backoff import DEFAULT_BACKOFF, Backoff
 from .feed import Cursor, page_from_wire
 from .pairs import LastError, Pair, PairAction, PairState
 from .records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire

@@ -1,4 +1,4 @@
-"""The pull driver: one trio task per pair, driving a :class:`PullMachine` (the I/O side).
+"""The pull driver: one task per pair, driving a :class:`PullMachine` (the I/O side).
 
 Theory of operation
 -------------------
@@ -10,7 +10,7 @@ ONE shielded :meth:`Store.transact`. The cursor in the store therefore never
 runs ahead of the data (a crash before the commit refetches the page, a crash
 after it finds the cursor past the page; records dedupe by CID either way).
 
-One ``trio.Lock`` per pair serialises everything that talks to the machine: the
+One ``anyio.Lock`` per pair serialises everything that talks to the machine: the
 driver takes it to ask for a request and to feed an answer in and commit it;
 user actions (:meth:`Puller.act`, from API handlers) take it too, so they never
 see the machine mid-commit and their persisted row can never be overwritten by
@@ -54,18 +54,16 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import Protocol
 
-import attrs
-import trio
+import anyio
+import anyio.abc
 
 from .. import _ed25519
 from ..errors import FedpeerError, PeerError
 from ..identity.keys import verify_batch
 from ..store.base import StateTx, Store
-from ._backoff import DEFAULT_BACKOFF, Backoff
 from ._machine import (
     CursorWasReset,
     MachineState,
@@ -76,7 +74,9 @@ from ._machine import (
     PullMachine,
     RetryScheduled,
 )
+from .backoff import Backoff
 from .feed import Cursor, page_from_wire
+from .options import Listener, PageSource, SyncEvent, SyncOptions
 from .pairs import Pair, PairAction, PairState
 from .records import (
     DEFAULT_LIMITS,
@@ -86,7 +86,7 @@ from .records import (
     verify_wire_items,
 )
 
-__all__ = ["PageSource", "Puller", "SyncEvent", "SyncOptions"]
+__all__ = ["Puller"]
 
 log = logging.getLogger("fedpeer.sync")
 
@@ -100,98 +100,16 @@ _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_ed25519.__file__)))
 
 
-class PageSource(Protocol):
-    """Where pages come from: the peer layer implements it over HTTP.
-
-    ``fetch`` performs ``request`` against ``pair.peer_url`` with
-    ``pair.credential`` and returns the decoded page body (DAG-CBOR or DAG-JSON
-    value; NOT verified: the machine checks it). It raises the source's
-    :class:`~fedpeer.errors.FedpeerError` for an HTTP error (``RateLimited``
-    carrying ``retry_after``, ``AuthRequired``/``ScopeForbidden`` for 401/403,
-    ``CursorReset``...), ``PeerUnreachable`` for transport failures, and
-    ``Malformed``/``NonCanonical`` for an undecodable body. For a longpoll
-    request it holds at most its configured longpoll time (plus a margin). It
-    must be cancellable at any point.
-    """
-
-    async def fetch(self, pair: Pair, request: PageRequest) -> object: ...
-
-
-def _default_verify_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def _check_page_limit(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or not 1 <= value <= 10_000:
-        raise ValueError(f"page_limit must be in 1..10000, got {value!r}")
-
-
-def _check_positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attr.name} must be a positive int, got {value!r}")
-
-
-@attrs.frozen
-class SyncOptions:
-    """How a node's pullers behave.
-
-    ``backoff``: the retry policy (1 s base, 5 min cap by default; tests inject a
-    tiny base). ``page_limit``: records asked per page (1..10000).
-    ``longpoll_s``: how long a caught-up pair asks the source to hold a
-    longpoll (the source caps it). ``verify_threads``: signature checks running
-    at once (in threads or worker processes), shared by all pairs of the node
-    (default: CPUs, at most 4). ``seed``: when set, each pair's jitter comes from
-    ``random.Random(f"{seed}:{pair_id}")`` (deterministic tests).
-    ``autostart``: start the stored pairs when the node starts.
-    ``pipeline_depth``: pages in flight per pair (fetched, being verified,
-    being committed); 1 turns speculation off. ``verify_processes``: check the
-    signatures of large pages in worker processes (up to ``verify_threads`` per
-    pair, started on demand, stopped once the pair is caught up) instead of
-    threads; see :class:`_SignatureWorkers`. Off, or when a worker cannot be
-    started, worker threads do it.
-    """
-
-    backoff: Backoff = DEFAULT_BACKOFF
-    page_limit: int = attrs.field(default=1000, validator=_check_page_limit)
-    longpoll_s: float = 30.0
-    verify_threads: int = attrs.field(
-        factory=_default_verify_threads, validator=_check_positive_int
-    )
-    seed: int | None = None
-    autostart: bool = True
-    pipeline_depth: int = attrs.field(default=3, validator=_check_positive_int)
-    verify_processes: bool = True
-
-
-@attrs.frozen
-class SyncEvent:
-    """What happened to a pair, after it was persisted (for listeners and logs).
-
-    ``kind`` is one of ``page`` (a page committed: ``records`` new records
-    verified, ``pair.cursor`` advanced), ``rejected`` (a bad page: ``code``),
-    ``retry`` (request or commit failed: ``code``, ``delay_s``), ``stopped``
-    (401/403: ``code``), ``reset`` (the source reset its feed: full pull),
-    ``changed`` (a user action: ``actions``), ``deleted``.
-    """
-
-    kind: str
-    pair: Pair
-    records: int = 0
-    code: str | None = None
-    delay_s: float | None = None
-    actions: tuple[str, ...] = ()
-
-
-Listener = Callable[[SyncEvent], None]
-
-
 # --- signature checks in worker processes ----------------------------------------------
 
 
-async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+async def _receive_exactly(stream: anyio.abc.ByteReceiveStream, n: int) -> bytes:
     chunks: list[bytes] = []
     while n > 0:
-        chunk = await stream.receive_some(n)
+        try:
+            chunk = await stream.receive(n)
+        except anyio.EndOfStream:
+            raise EOFError("the verification worker closed its output") from None
         if not chunk:
             raise EOFError("the verification worker closed its output")
         chunks.append(bytes(chunk))
@@ -221,15 +139,15 @@ class _SignatureWorkers:
 
     def __init__(self, size: int, *, enabled: bool = True) -> None:
         self._size = size
-        self._idle: list[trio.Process] = []
-        self._procs: set[trio.Process] = set()
-        self._slots = trio.Semaphore(size)
+        self._idle: list[anyio.abc.Process] = []
+        self._procs: set[anyio.abc.Process] = set()
+        self._slots = anyio.Semaphore(size)
         frozen = bool(getattr(sys, "frozen", False))  # sys.executable is not python
         self.broken = not enabled or frozen or not sys.executable
         """True once processes are off (disabled or failed): threads do the checks."""
 
     async def check(
-        self, jobs: Sequence[tuple[bytes, bytes, bytes]], limiter: trio.CapacityLimiter
+        self, jobs: Sequence[tuple[bytes, bytes, bytes]], limiter: anyio.CapacityLimiter
     ) -> list[bool]:
         """``verify_batch(jobs)``, in a worker process (or a thread as the fallback).
 
@@ -237,12 +155,12 @@ class _SignatureWorkers:
         caught mid-request is killed).
         """
         if self.broken:
-            return await trio.to_thread.run_sync(verify_batch, jobs, limiter=limiter)
+            return await anyio.to_thread.run_sync(verify_batch, jobs, limiter=limiter)
         shipped = [job for job in jobs if _ed25519.shippable(job)]
         async with limiter, self._slots:
             answer = await self._ask(shipped)
         if answer is None:
-            return await trio.to_thread.run_sync(verify_batch, jobs, limiter=limiter)
+            return await anyio.to_thread.run_sync(verify_batch, jobs, limiter=limiter)
         if len(shipped) == len(jobs):
             return answer
         verdicts = iter(answer)  # a job that cannot be shipped fails verify_batch anyway
@@ -250,13 +168,13 @@ class _SignatureWorkers:
 
     async def _ask(self, jobs: list[tuple[bytes, bytes, bytes]]) -> list[bool] | None:
         """The worker's verdicts, or None when the workers failed (now broken)."""
-        proc: trio.Process | None = None
+        proc: anyio.abc.Process | None = None
         try:
             proc = self._idle.pop() if self._idle else await self._start()
             assert proc.stdin is not None
             assert proc.stdout is not None
-            with trio.fail_after(_WORKER_BATCH_TIMEOUT_S):
-                await proc.stdin.send_all(_ed25519.encode_request(jobs))
+            with anyio.fail_after(_WORKER_BATCH_TIMEOUT_S):
+                await proc.stdin.send(_ed25519.encode_request(jobs))
                 answer = await _receive_exactly(proc.stdout, len(jobs))
             if answer.strip(b"\x00\x01"):
                 raise ValueError("the verification worker answered garbage")
@@ -264,9 +182,9 @@ class _SignatureWorkers:
             OSError,
             EOFError,
             ValueError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
+            TimeoutError,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
         ) as exc:
             if proc is not None:
                 await self._kill(proc)
@@ -285,12 +203,12 @@ class _SignatureWorkers:
         self._idle.append(proc)
         return [b == 1 for b in answer]
 
-    async def _start(self) -> trio.Process:
+    async def _start(self) -> anyio.abc.Process:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
         )
-        proc = await trio.lowlevel.open_process(
+        proc = await anyio.open_process(
             [sys.executable, "-c", _WORKER_CODE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -299,7 +217,7 @@ class _SignatureWorkers:
         self._procs.add(proc)
         try:
             assert proc.stdout is not None
-            with trio.fail_after(_WORKER_START_TIMEOUT_S):
+            with anyio.fail_after(_WORKER_START_TIMEOUT_S):
                 ready = await _receive_exactly(proc.stdout, len(_ed25519.READY))
             if ready != _ed25519.READY:
                 raise ValueError("the verification worker did not start properly")
@@ -308,11 +226,11 @@ class _SignatureWorkers:
             raise
         return proc
 
-    async def _kill(self, proc: trio.Process) -> None:
+    async def _kill(self, proc: anyio.abc.Process) -> None:
         self._procs.discard(proc)
         if proc in self._idle:
             self._idle.remove(proc)
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             proc.kill()
             await proc.wait()  # reaps it
             for pipe in (proc.stdin, proc.stdout):
@@ -451,8 +369,8 @@ class _Fetch:
 
     def __init__(self, request: PageRequest) -> None:
         self.request = request
-        self.done = trio.Event()
-        self.scope = trio.CancelScope()
+        self.done = anyio.Event()
+        self.scope = anyio.CancelScope()
         self.body: object = None
         self.arrived = False
         self.verified: tuple[SignedRecord, ...] | None = None
@@ -486,7 +404,7 @@ class Puller:
         source: PageSource,
         limits: Limits = DEFAULT_LIMITS,
         options: SyncOptions | None = None,
-        verify_limiter: trio.CapacityLimiter | None = None,
+        verify_limiter: anyio.CapacityLimiter | None = None,
         listener: Listener | None = None,
     ) -> None:
         opts = options or SyncOptions()
@@ -499,15 +417,15 @@ class Puller:
         self._limits = limits
         self._threads = opts.verify_threads
         self._depth = opts.pipeline_depth
-        self._limiter = verify_limiter or trio.CapacityLimiter(opts.verify_threads)
+        self._limiter = verify_limiter or anyio.CapacityLimiter(opts.verify_threads)
         self._workers = _SignatureWorkers(opts.verify_threads, enabled=opts.verify_processes)
         self._listener = listener
-        self._lock = trio.Lock()
+        self._lock = anyio.Lock()
         self._pokes = 0
-        self._wait_scope: trio.CancelScope | None = None
+        self._wait_scope: anyio.CancelScope | None = None
         self._chain: list[_Fetch] = []  # fetches in cursor order; [0] is the next to use
-        self._nursery: trio.Nursery | None = None
-        self.finished = trio.Event()
+        self._nursery: anyio.abc.TaskGroup | None = None
+        self.finished = anyio.Event()
         """Set when :meth:`run` has returned or was cancelled."""
         self.caught_up_ms: int | None = (
             pair.updated_ms if pair.state is PairState.CAUGHT_UP else None
@@ -606,7 +524,7 @@ class Puller:
         source, page and store failure becomes a pair state with backoff.
         """
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 self._nursery = nursery
                 try:
                     await self._loop()
@@ -639,17 +557,17 @@ class Puller:
 
     async def _sleep(self, seconds: float, seen: int) -> bool:
         """Sleep unless poked; True when the full time passed."""
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             self._wait_scope = scope
             if self._pokes != seen:
                 scope.cancel()
-            await trio.sleep(seconds)
+            await anyio.sleep(seconds)
         self._wait_scope = None
         return not scope.cancelled_caught
 
     async def _pull(self, request: PageRequest, seen: int) -> None:
         fetch = self._take_fetch(request)
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             self._wait_scope = scope
             if self._pokes != seen:
                 scope.cancel()
@@ -673,8 +591,8 @@ class Puller:
                 ev = m.receive_verified(fetch.body, fetch.verified, now_ms=fetch.now_ms)
             else:
                 # a bad page (or one we could not pre-check): the machine's full,
-                # sequential check names the error; off the trio thread.
-                ev = await trio.to_thread.run_sync(
+                # sequential check names the error; off the event loop thread.
+                ev = await anyio.to_thread.run_sync(
                     partial(m.receive_page, fetch.body, now_ms=fetch.now_ms)
                 )
             if isinstance(ev, PageRejected):
@@ -715,7 +633,7 @@ class Puller:
             tx.put("pairs", pid, row)
 
         try:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._store.transact(commit)
         except Exception as exc:
             self._drop_chain()
@@ -862,7 +780,7 @@ class Puller:
         if not items:
             return ()
         try:
-            prepared = await trio.to_thread.run_sync(
+            prepared = await anyio.to_thread.run_sync(
                 partial(prepare_wire_items, items, limits=self._limits, now_ms=now_ms)
             )
         except Exception:  # untrusted input must never crash the puller
@@ -880,12 +798,12 @@ class Puller:
             if len(part) >= _PROCESS_MIN_JOBS:
                 verdicts[i] = await self._workers.check(part, limiter)
             else:
-                verdicts[i] = await trio.to_thread.run_sync(verify_batch, part, limiter=limiter)
+                verdicts[i] = await anyio.to_thread.run_sync(verify_batch, part, limiter=limiter)
 
         if len(slices) == 1:
             await check(0)
         elif slices:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 for i in range(len(slices)):
                     nursery.start_soon(check, i)
         out = _all_verified(prepared.finish([v for part in verdicts for v in part]))
@@ -913,7 +831,7 @@ class Puller:
                 tx.audit(audit)
 
         try:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._store.transact(write)
         except Exception:
             if strict:

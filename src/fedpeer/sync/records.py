@@ -108,6 +108,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "MAX_SAFE_INT",
     "NAME_PATTERN",
+    "NAME_RE",
     "RECORD_VERSION",
     "SIGNATURE_BYTES",
     "Limits",
@@ -136,7 +137,7 @@ NAME_PATTERN = r"[A-Za-z0-9._:@+\-][A-Za-z0-9._:@/+\-]*"
 """What ``namespace``, ``thread`` and ``kind`` match: the character set
 ``[A-Za-z0-9._:@/+-]``, not starting with ``/`` (length is a :class:`Limits` field)."""
 
-_NAME_RE = re.compile(NAME_PATTERN)
+NAME_RE = re.compile(NAME_PATTERN)
 _RECORD_KEYS = frozenset(
     ("v", "author", "namespace", "thread", "kind", "body", "parents", "clock", "ts")
 )
@@ -437,7 +438,7 @@ def _check_name(what: str, value: str, max_len: int) -> None:
         raise RecordInvalid(f"{what} must be 1 to {max_len} characters, got {len(value)}")
     if value in _GOOD_NAMES:  # the same few names come back on every record
         return
-    if _NAME_RE.fullmatch(value) is None:
+    if NAME_RE.fullmatch(value) is None:
         raise RecordInvalid(
             f"{what} {value[:64]!r} may only use the characters [A-Za-z0-9._:@/+-] "
             "and must not start with '/'"
@@ -767,3 +768,15 @@ def record_to_json_view(rec: SignedRecord | StoredRecord) -> dict[str, object]:
         "ts": content.ts,
         "sig": b64url_encode(sig),
     }
+
+
+def record_from_stored(rec: StoredRecord) -> SignedRecord:
+    """A stored record as a :class:`SignedRecord`, decoded but not re-verified.
+
+    Trusts the store (every entry point verified the record before storing it).
+    Bytes that are not a record raise ``Malformed``, ``NonCanonical`` or
+    ``RecordInvalid``. Pure CPU.
+    """
+    return SignedRecord(
+        cid=CID(rec.cid), data=rec.data, sig=rec.sig, record=_decode_record(rec.data)
+    )

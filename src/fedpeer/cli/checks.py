@@ -31,7 +31,7 @@ from typing import Literal
 import attrs
 import httpx
 
-from .errors import FedpeerError
+from ..errors import FedpeerError
 
 __all__ = [
     "MULTICAST_GROUP",
@@ -86,8 +86,8 @@ def check_key(data_dir: Path) -> tuple[Check, str | None]:
 
     Returns the check and the key's DID (None when it cannot be loaded).
     """
-    from .identity.keys import SigningKey
-    from .peer.node import KEY_FILE
+    from ..identity.keys import SigningKey
+    from ..peer.node import KEY_FILE
 
     path = data_dir / KEY_FILE
     if not path.exists():
@@ -124,7 +124,7 @@ def check_key(data_dir: Path) -> tuple[Check, str | None]:
 
 def check_admin_token(data_dir: Path) -> Check:
     """``admin.token``: present once the store exists, mode 0600."""
-    from .peer.node import ADMIN_TOKEN_FILE, STORE_FILE
+    from ..peer.node import ADMIN_TOKEN_FILE, STORE_FILE
 
     path = data_dir / ADMIN_TOKEN_FILE
     if not path.exists():
@@ -354,7 +354,7 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
     """Compare this clock with the peer's ``Date`` header; verify its manifest too."""
     if not peer_url:
         return Check("clock", "skip", "pass --peer URL to compare this clock with a peer's")
-    from .peer.manifest import verify_manifest
+    from ..peer.manifest import verify_manifest
 
     url = peer_url.rstrip("/")
     sent = time.time()

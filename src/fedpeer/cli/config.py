@@ -46,8 +46,8 @@ from pathlib import Path
 
 import attrs
 
-from ._netutil import loopback_url as loopback_url
-from .errors import AuthRequired, ConfigInvalid, NodeNotRunning
+from ..errors import AuthRequired, ConfigInvalid, NodeNotRunning
+from ..peer.addresses import loopback_url as loopback_url
 
 __all__ = [
     "CONFIG_FILE",
@@ -402,7 +402,7 @@ def admin_token(data_dir: Path, environ: Mapping[str, str] | None = None) -> str
     token = env.get("FEDPEER_TOKEN", "").strip()
     if token:
         return token
-    from .peer.node import ADMIN_TOKEN_FILE
+    from ..peer.node import ADMIN_TOKEN_FILE
 
     path = data_dir / ADMIN_TOKEN_FILE
     try:

@@ -22,11 +22,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-import trio
+import anyio
+import anyio.abc
 
 from ..errors import InternalError, PairNotFound, StoreCorrupt
 from ..store.base import StateTx, Store
-from ._puller import Listener, PageSource, Puller, SyncEvent, SyncOptions
+from ._puller import Puller
+from .options import Listener, PageSource, SyncEvent, SyncOptions
 from .pairs import Pair, PairAction, PairFilter, PairState, PairStats, make_pair
 from .records import DEFAULT_LIMITS, Limits
 
@@ -67,28 +69,30 @@ class PairManager:
         self.options = options or SyncOptions()
         self.limits = limits
         self._source = source
-        self._verify_limiter = trio.CapacityLimiter(self.options.verify_threads)
+        self._verify_limiter = anyio.CapacityLimiter(self.options.verify_threads)
         self._pullers: dict[str, Puller] = {}
-        self._lock = trio.Lock()
-        self._nursery: trio.Nursery | None = None
-        self._scope: trio.CancelScope | None = None
-        self._changed = trio.Event()
+        self._lock = anyio.Lock()
+        self._nursery: anyio.abc.TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._changed = anyio.Event()
         self._listeners: list[Listener] = []
         self._minutes: collections.deque[list[int]] = collections.deque(maxlen=_HOUR_MINUTES)
         self._started_ms = _now_ms()
 
     # --- lifecycle ---
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Load the stored pairs, start their pullers, and run until cancelled.
 
         Signals readiness once every stored pair has a puller. A row that does
         not parse (``StoreCorrupt``) or belongs to another local DID (the data
         dir's key was replaced) is logged and skipped, never deleted.
         """
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             self._scope = scope
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 self._nursery = nursery
                 if self.options.autostart:
                     for key, row in await self.store.list_state("pairs"):
@@ -108,7 +112,7 @@ class PairManager:
                         self._start(pair)
                 task_status.started()
                 try:
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
                 finally:
                     self._nursery = None
 
@@ -147,7 +151,7 @@ class PairManager:
 
     # --- CRUD and actions ---
 
-    def _running(self) -> trio.Nursery:
+    def _running(self) -> anyio.abc.TaskGroup:
         if self._nursery is None:
             raise InternalError("the pair manager is not running")
         return self._nursery
@@ -237,7 +241,7 @@ class PairManager:
         puller = self.puller(pair_id)
         pair = await puller.act(action)
         if action is PairAction.DELETE:
-            with trio.move_on_after(10):
+            with anyio.move_on_after(10):
                 await puller.finished.wait()
             log.info("pair %s deleted", pair_id)
         return pair
@@ -267,7 +271,7 @@ class PairManager:
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` after each persisted pair change; returns an
-        unsubscribe function. Listeners run on the trio thread and must not block."""
+        unsubscribe function. Listeners run on the event loop thread and must not block."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
@@ -286,7 +290,7 @@ class PairManager:
         self._bump()
 
     def _bump(self) -> None:
-        event, self._changed = self._changed, trio.Event()
+        event, self._changed = self._changed, anyio.Event()
         event.set()
 
     async def wait_for(self, pair_id: str, predicate: Callable[[Pair], bool]) -> Pair:
@@ -294,7 +298,7 @@ class PairManager:
 
         Wakes on every change of any pair (no polling). Raises ``PairNotFound``
         if the pair is or becomes absent. Cancellable; bound it with
-        ``trio.fail_after``.
+        ``anyio.fail_after``.
         """
         while True:
             changed = self._changed

@@ -1,4 +1,6 @@
-"""Small URL and address helpers shared by the node, pairing and the CLI."""
+"""URL and address helpers: wildcard and loopback addresses, this node's URL as a peer
+can reach it. Shared by the node, pairing and the CLI; no network I/O but a UDP
+``connect`` (no packet sent) in :func:`source_address`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import socket
 import urllib.parse
 from collections.abc import Sequence
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 
 def is_wildcard(host: str) -> bool:

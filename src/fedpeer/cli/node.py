@@ -1,0 +1,226 @@
+"""``fedpeer init``, ``id`` and ``run``: the identity and the node runner."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import click
+import trio
+
+from ..errors import FedpeerError
+from ..identity import SigningKey
+from ..peer import KEY_FILE, NodeConfig, open_node
+from ..peer.addresses import is_loopback_host, is_wildcard, with_host
+from ..peer.node import load_or_create_key
+from ..sync import DEFAULT_BACKOFF, Backoff, SyncOptions
+from .config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Settings,
+    default_handle,
+    loopback_url,
+    remove_node_url,
+    save_handle,
+    write_node_url,
+)
+from .main import Ctx
+from .output import EXIT_INTERRUPTED, EXIT_START, fail, leaf
+from .params import handle_cb
+
+__all__ = ["init", "lan_addresses", "rate_settings", "run", "show_id", "sync_options"]
+
+
+@click.command()
+@click.option(
+    "--handle",
+    default=None,
+    callback=handle_cb,
+    help="Display name announced on the LAN (saved in fedpeer.toml; default: host name).",
+)
+@click.pass_obj
+def init(obj: Ctx, handle: str | None) -> None:
+    """Create the identity in the data dir (or show the existing one); print the DID."""
+    try:
+        key = load_or_create_key(obj.data_dir)
+        if handle is not None:
+            path = save_handle(obj.data_dir, handle)
+            click.echo(f"handle {handle!r} saved in {path}", err=True)
+    except FedpeerError as err:
+        fail(err, EXIT_START)
+    click.echo(key.did)
+
+
+@click.command(name="id")
+@click.pass_obj
+def show_id(obj: Ctx) -> None:
+    """Print this node's DID."""
+    try:
+        key = SigningKey.load(obj.data_dir / KEY_FILE)
+    except FedpeerError as err:
+        fail(err)
+    click.echo(key.did)
+
+
+def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:
+    """Non-loopback, non-link-local IPv4 addresses of this machine (of
+    ``interfaces`` when given), in interface order."""
+    import ifaddr
+
+    out: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        if interfaces and adapter.name not in interfaces:
+            continue
+        for ip in adapter.ips:
+            if (
+                isinstance(ip.ip, str)
+                and not ip.ip.startswith("127.")
+                and not ip.ip.startswith("169.254.")
+            ):
+                out.append(ip.ip)
+    return out
+
+
+def rate_settings(settings: Settings) -> dict[str, Any]:
+    """NodeConfig keyword arguments for the rate limit settings that are set."""
+    out: dict[str, Any] = {}
+    if settings.rate_per_s is not None:
+        out["rate_per_s"] = settings.rate_per_s
+    if settings.rate_burst is not None:
+        out["rate_burst"] = settings.rate_burst
+    return out
+
+
+def sync_options(settings: Settings) -> SyncOptions:
+    """The pullers' options: the library defaults with the sync_* settings applied."""
+    opts = SyncOptions()
+    if settings.sync_longpoll_s is not None:
+        opts = attrs.evolve(opts, longpoll_s=settings.sync_longpoll_s)
+    cap = settings.sync_backoff_cap_s
+    if cap is not None:
+        backoff = Backoff(
+            base_s=min(DEFAULT_BACKOFF.base_s, cap),
+            cap_s=cap,
+            max_retry_after_s=DEFAULT_BACKOFF.max_retry_after_s,
+        )
+        opts = attrs.evolve(opts, backoff=backoff)
+    return opts
+
+
+@click.command()
+@click.option(
+    "--host",
+    default=None,
+    help=f"Address to listen on; 0.0.0.0 for the LAN [env FEDPEER_HOST; default {DEFAULT_HOST}].",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"Port; 0 = any free [env FEDPEER_PORT; default {DEFAULT_PORT}].",
+)
+@click.option(
+    "--interface",
+    "interfaces",
+    multiple=True,
+    metavar="NAME",
+    help="Network interface for mDNS (repeatable; default: all) [env FEDPEER_INTERFACES].",
+)
+@click.option(
+    "--handle",
+    default=None,
+    callback=handle_cb,
+    help="Display name announced on the LAN [env FEDPEER_HANDLE; default: host name].",
+)
+@click.option(
+    "--discovery/--no-discovery",
+    default=None,
+    help="Advertise and browse over mDNS [env FEDPEER_DISCOVERY; default: on].",
+)
+@click.pass_obj
+def run(
+    obj: Ctx,
+    host: str | None,
+    port: int | None,
+    interfaces: tuple[str, ...],
+    handle: str | None,
+    discovery: bool | None,
+) -> None:
+    """Run a node in the foreground until SIGINT or SIGTERM.
+
+    The first run creates the identity (node.key) and an admin token
+    (admin.token), both mode 0600. While it serves, the node's URL is in
+    node.url in the data dir, which the other commands read.
+    """
+    try:
+        settings = obj.settings
+        cfg = NodeConfig(
+            handle=handle or settings.handle or default_handle(),
+            discovery=settings.discovery if discovery is None else discovery,
+            interfaces=tuple(interfaces) or settings.interfaces,
+            **rate_settings(settings),
+        )
+        sync_opts = sync_options(settings)
+    except FedpeerError as err:
+        fail(err, EXIT_START)
+    bind_host = host or settings.host
+    bind_port = settings.port if port is None else port
+    data_dir = obj.data_dir
+
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        logging.getLogger("fedpeer").setLevel(logging.INFO)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_node(
+                data_dir, host=bind_host, port=bind_port, config=cfg, sync=sync_opts
+            ) as node:
+                url = loopback_url(node.url)
+                await trio.to_thread.run_sync(write_node_url, data_dir, url)
+                try:
+                    click.echo(f"did:   {node.did}")
+                    click.echo(f"url:   {url}")
+                    click.echo(f"token: {node.admin_token_path} (admin bearer token, mode 0600)")
+                    if is_wildcard(bind_host):
+                        for addr in lan_addresses(cfg.interfaces)[:4]:
+                            click.echo(f"lan:   {with_host(url, addr)}")
+                    click.echo(f"handle: {cfg.handle}")
+                    if not cfg.discovery:
+                        click.echo("mdns:  off")
+                    elif is_loopback_host(bind_host):
+                        click.echo(
+                            f"mdns:  browse only (the node listens on {bind_host}; "
+                            "use --host 0.0.0.0 to be found on the LAN)"
+                        )
+                    else:
+                        names = ", ".join(cfg.interfaces) or "all interfaces"
+                        click.echo(f"mdns:  on ({names})")
+                    click.echo("ready; Ctrl-C to stop", err=True)
+                    async for signum in signals:
+                        click.echo(f"got {signal.Signals(signum).name}, shutting down", err=True)
+                        break
+                finally:
+                    remove_node_url(data_dir, url)
+
+    try:
+        trio.run(main)
+    except BaseException as exc:
+        found = leaf(exc)
+        if isinstance(found, FedpeerError):
+            fail(found, EXIT_START)
+        if isinstance(found, OSError):
+            click.echo(
+                f"START_FAILED: cannot listen on {bind_host}:{bind_port}: "
+                f"{found.strerror or found}; is another node using that port? "
+                "(pick another with --port)",
+                err=True,
+            )
+            sys.exit(EXIT_START)
+        if isinstance(found, KeyboardInterrupt):
+            sys.exit(EXIT_INTERRUPTED)
+        raise

@@ -1,0 +1,162 @@
+"""How the CLI ends and prints: exit codes, ``CODE: message`` errors, JSON and tables.
+
+Exit codes (stable):
+
+- 0  success
+- 1  a fedpeer error (the line printed says ``CODE: what to do``)
+- 2  bad usage: unknown command or option, bad option or argument value (click's own)
+- 3  the node could not start (port in use, bad key file, bad store, bad config)
+- 4  the node is not running (``NODE_NOT_RUNNING``: nothing answers at its URL)
+- 5  ``doctor`` found a problem (each failed check says how to fix it)
+- 6  a bounded wait ran out (``TIMED_OUT``, e.g. ``pair --timeout``); the work may
+     still complete in the node
+- 130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import trio
+
+from ..errors import FedpeerError, NodeNotRunning, TimedOut
+
+__all__ = [
+    "EXIT_DOCTOR",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_RUNNING",
+    "EXIT_OK",
+    "EXIT_START",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "exit_code_for",
+    "fail",
+    "leaf",
+    "run_async",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_START = 3
+EXIT_NOT_RUNNING = 4
+EXIT_DOCTOR = 5
+EXIT_TIMEOUT = 6
+EXIT_INTERRUPTED = 130
+
+T = TypeVar("T")
+Json = dict[str, Any]
+
+
+def exit_code_for(err: FedpeerError) -> int:
+    """The exit code of a command that failed with ``err``."""
+    if isinstance(err, NodeNotRunning):
+        return EXIT_NOT_RUNNING
+    if isinstance(err, TimedOut):
+        return EXIT_TIMEOUT
+    return EXIT_ERROR
+
+
+def fail(err: FedpeerError, code: int | None = None) -> NoReturn:
+    """Print ``CODE: message`` on stderr and exit (default code: :func:`exit_code_for`)."""
+    click.echo(f"{err.code}: {err.message}", err=True)
+    sys.exit(exit_code_for(err) if code is None else code)
+
+
+def leaf(exc: BaseException) -> BaseException:
+    """The most telling exception inside (possibly nested) exception groups."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    for _ in range(10_000):  # bounded walk of the group tree
+        if not stack:
+            break
+        item = stack.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    for kind in (FedpeerError, KeyboardInterrupt, OSError):
+        for found in leaves:
+            if isinstance(found, kind):
+                return found
+    return leaves[0] if leaves else exc
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """``trio.run(fn)``; a FedpeerError ends the command with ``CODE: message`` and
+    the exit code of :func:`exit_code_for`, Ctrl-C with 130."""
+    try:
+        return trio.run(fn)
+    except BaseException as exc:
+        found = leaf(exc)
+        if isinstance(found, FedpeerError):
+            fail(found)
+        if isinstance(found, KeyboardInterrupt):
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        if found is not exc:
+            raise found from exc
+        raise
+
+
+# --- printing ---------------------------------------------------------------------------
+
+
+def json_out(value: object) -> None:
+    """Print ``value`` as indented JSON (sorted keys)."""
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def console() -> Any:
+    """A rich console for tables and progress (long lines when piped)."""
+    from rich.console import Console
+
+    # Piped output (scripts, tests) gets long lines instead of wrapped cells.
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(highlight=False, soft_wrap=False, emoji=False, markup=False, width=width)
+
+
+def table(*columns: str) -> Any:
+    """A borderless rich table with these columns."""
+    from rich.table import Table
+
+    out = Table(box=None)
+    for col in columns:
+        out.add_column(col)
+    return out
+
+
+def short_did(did: object) -> str:
+    """``did:key:z6Mk…abcdef`` for tables."""
+    text = str(did or "")
+    if text.startswith("did:key:") and len(text) > 24:
+        return f"{text[:12]}…{text[-6:]}"
+    return text
+
+
+def when(ms: object) -> str:
+    """A local date and time, or ``-``."""
+    if not isinstance(ms, int) or isinstance(ms, bool):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
+
+
+def ago(ms: object, now_ms: int | None = None) -> str:
+    """``5m ago`` (or ``-``)."""
+    if not isinstance(ms, int) or isinstance(ms, bool):
+        return "-"
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    seconds = max(0, (now - ms) // 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"

@@ -1,0 +1,291 @@
+"""``fedpeer pair URL``, ``peers`` and ``pairs [pause|resume|kick|delete]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import trio
+
+from ..consent import parse_invite_url
+from ..errors import FedpeerError, PairSelf, TimedOut, error_from_code
+from ..peer import AdminClient, PairStatus, PeerClient
+from .main import Ctx
+from .output import ago, console, json_out, run_async, short_did, table
+from .params import JSON_OPT, Duration, invite_url_cb
+
+__all__ = ["pair", "pairs", "peers", "wait_caught_up"]
+
+Json = dict[str, Any]
+PEER_HEAD_TIMEOUT_S = 5.0
+
+
+@click.command()
+@click.argument("invite_url", metavar="URL", callback=invite_url_cb)
+@click.option("--one-way", is_flag=True, help="Only pull from the issuer (default: both ways).")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Show progress until caught up with the issuer.",
+)
+@click.option(
+    "--timeout",
+    type=Duration(),
+    default="5m",
+    show_default=True,
+    help="Give up waiting after this long (the pair keeps syncing).",
+)
+@click.option("--label", default=None, help="How the issuer lists this device [handle].")
+@JSON_OPT
+@click.pass_obj
+def pair(
+    obj: Ctx,
+    invite_url: str,
+    one_way: bool,
+    wait: bool,
+    timeout: int,
+    label: str | None,
+    as_json: bool,
+) -> None:
+    """Pair the running node with the node that issued an invite URL.
+
+    Verifies that the issuer's manifest is signed by the DID in the URL,
+    redeems the invite with this node's identity, creates the pair (this node
+    pulls from the issuer) and, unless --one-way, hands the issuer a read
+    credential for this node so it can pull back. Prints the confirmation code:
+    compare it with the one the issuer shows (`fedpeer invite list`).
+    """
+
+    async def main() -> Json:
+        async with obj.admin() as admin:
+            invite = parse_invite_url(invite_url)
+            ident = await admin.identity()
+            if invite.issuer_did == ident.get("did"):
+                raise PairSelf(
+                    "this invite was issued by this node: run `fedpeer pair` on the other device"
+                )
+            handle = str(ident.get("handle") or "")
+            result = await admin.pairs.from_invite(
+                invite_url, bidirectional=not one_way, label=(label or handle) or None
+            )
+            if not as_json:
+                _print_paired(result.to_dict())
+            answer = result.to_dict()
+            if wait:
+                status = await wait_caught_up(admin, result.pair, timeout, quiet=as_json)
+                answer["pair"] = status.to_dict()
+            return answer
+
+    result = run_async(main)
+    if as_json:
+        json_out(result)
+
+
+def _print_paired(result: Json) -> None:
+    p = result["pair"]
+    click.echo(f"paired with {result['issuer_did']} at {result['issuer_url']}")
+    click.echo(
+        f"confirmation code: {result['confirmation_code']}  (it must match the code "
+        "the issuer sees in `fedpeer invite list`)"
+    )
+    click.echo(f"pair {p.get('id')}: pulling {', '.join(result['scopes'])}")
+    if result["two_way"]:
+        click.echo(
+            f"two-way: the issuer got a read credential to pull from {result['reciprocal_url']}"
+        )
+
+
+async def _peer_head(peer: PeerClient) -> int | None:
+    """The peer's head seq from its public ``/health`` (None when it does not say)."""
+    try:
+        with trio.move_on_after(PEER_HEAD_TIMEOUT_S):
+            body = await peer.get_value("/health")
+            head = body.get("head_seq") if isinstance(body, dict) else None
+            return head if isinstance(head, int) and not isinstance(head, bool) else None
+    except FedpeerError:
+        return None
+    return None
+
+
+async def wait_caught_up(
+    admin: AdminClient, status: PairStatus, timeout: int, *, quiet: bool
+) -> PairStatus:
+    """Poll the pair until it is caught up, showing a progress bar (bounded by ``timeout``).
+
+    Raises the pair's last error when it stops (a refused credential), TimedOut.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    pid = status.id
+    peer_url = status.peer_url
+    interval = 0.25
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console(),
+        disable=quiet,
+        transient=False,
+    )
+    async with PeerClient(peer_url, timeout=PEER_HEAD_TIMEOUT_S) as peer:
+        with progress, trio.move_on_after(timeout):
+            task = progress.add_task("pulling", total=None)
+            for _ in range(int(timeout / interval) + 2):  # bounded poll
+                status = await admin.pairs.status(pid)
+                head = await _peer_head(peer)
+                seq = status.lag.get("cursor_seq") or 0
+                assert isinstance(seq, int)
+                records = status.stats.get("records", 0)
+                state = status.state.value
+                desc = f"{state}: {records} records"
+                err = status.last_error
+                if state == "failing" and err is not None:
+                    desc += f" (retrying after {err.code})"
+                if state == "caught_up" and head is not None:
+                    seq = max(seq, head)
+                progress.update(
+                    task,
+                    description=desc,
+                    total=head,
+                    completed=min(seq, head) if head is not None else seq,
+                )
+                if state == "caught_up":
+                    if not quiet:
+                        progress.stop()
+                        click.echo(f"caught up: {records} records pulled from {peer_url}")
+                    return status
+                if state == "stopped":
+                    code = err.code if err is not None else "PEER_ERROR"
+                    message = err.message if err is not None else "see `fedpeer pairs`"
+                    raise error_from_code(code, f"the pair stopped: {message}")
+                await trio.sleep(interval)
+    raise TimedOut(
+        f"pair {pid} is not caught up after {timeout} s (state {status.state.value}); it keeps "
+        "syncing in the node: watch it with `fedpeer pairs`"
+    )
+
+
+_MARKS = {"verified": "✓", "unverified": "?", "invalid": "✗"}
+
+
+@click.command()
+@JSON_OPT
+@click.pass_obj
+def peers(obj: Ctx, as_json: bool) -> None:
+    """Nodes found on the LAN over mDNS (✓ verified, ? unverified, ✗ invalid)."""
+
+    async def main() -> Json:
+        async with obj.admin() as admin:
+            return await admin.discovery()
+
+    roster = run_async(main)
+    if as_json:
+        json_out(roster)
+        return
+    if not roster.get("enabled"):
+        click.echo("mDNS discovery is off on this node (start it without --no-discovery)")
+        return
+    status = roster.get("status")
+    line = f"mDNS {status}"
+    if roster.get("instance"):
+        line += f" as {roster.get('instance')!r}"
+    addrs = roster.get("addresses") or []
+    line += f" on {', '.join(addrs)}" if addrs else " (not advertised)"
+    if roster.get("last_error"):
+        line += f": {roster.get('last_error')}"
+    click.echo(line)
+    entries = list(roster.get("peers", []))
+    if not entries:
+        click.echo("no peers seen yet")
+        return
+    rows = table("", "handle", "did", "url", "status", "last seen", "note")
+    for e in entries:
+        st = str(e.get("status"))
+        note = str(e.get("reason") or "")
+        if st == "invalid":
+            note = (note + "; never offered for pairing").lstrip("; ")
+        rows.add_row(
+            _MARKS.get(st, " "),
+            str(e.get("handle")),
+            short_did(e.get("did")),
+            str(e.get("url") or "-"),
+            st,
+            ago(e.get("last_seen_ms")),
+            note,
+        )
+    console().print(rows)
+
+
+def _lag_text(status: PairStatus) -> str:
+    if status.lag.get("caught_up"):
+        return "caught up"
+    behind = status.lag.get("behind_s")
+    if isinstance(behind, int | float):
+        return f"behind {behind:.0f}s"
+    return "?"
+
+
+@click.group(invoke_without_command=True)
+@JSON_OPT
+@click.pass_context
+def pairs(ctx: click.Context, as_json: bool) -> None:
+    """List sync pairs (state, lag, rate, last error); or act on one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Ctx = ctx.obj
+
+    async def main() -> list[PairStatus]:
+        async with obj.admin() as admin:
+            return await admin.pairs.statuses()
+
+    rows = run_async(main)
+    if as_json:
+        json_out({"pairs": [r.to_dict() for r in rows]})
+        return
+    if not rows:
+        click.echo("no pairs: pair with another node with `fedpeer pair URL`")
+        return
+    out = table("id", "peer", "state", "lag", "records", "rate/s", "last error")
+    for row in rows:
+        err = row.last_error
+        err_text = f"{err.code}: {err.message}" if err is not None else "-"
+        rate = row.stats.get("rate_per_s") or 0
+        out.add_row(
+            row.id,
+            f"{short_did(row.peer_did)} {row.peer_url}",
+            row.state.value,
+            _lag_text(row),
+            str(row.stats.get("records", 0)),
+            f"{float(rate) if isinstance(rate, int | float) else 0.0:.1f}",
+            err_text[:80],
+        )
+    console().print(out)
+
+
+def _pair_action(action: str, helptext: str) -> None:
+    @pairs.command(name=action, help=helptext)
+    @click.argument("pair_id")
+    @click.pass_obj
+    def command(obj: Ctx, pair_id: str) -> None:
+        async def main() -> str:
+            async with obj.admin() as admin:
+                if action == "delete":
+                    await admin.pairs.delete(pair_id)
+                    return "deleted"
+                acts = {
+                    "pause": admin.pairs.pause,
+                    "resume": admin.pairs.resume,
+                    "kick": admin.pairs.kick,
+                }
+                return (await acts[action](pair_id)).state.value
+
+        state = run_async(main)
+        click.echo(f"pair {pair_id}: {state}")
+
+
+_pair_action("pause", "Pause a pair.")
+_pair_action("resume", "Resume a paused or stopped pair.")
+_pair_action("kick", "Poll now (ends a backoff).")
+_pair_action("delete", "Delete a pair (the records it pulled stay).")

@@ -1,0 +1,388 @@
+"""Sync pairs of this node (``node.pairs``): create (verified), pair from an invite
+(both ways), the issuer's reverse pair, and the running pairs' state and health.
+
+"Target pulls from source": a pair lives on the node that pulls. Creating one
+refuses this node's own URL or DID (PAIR_SELF), fetches the peer's manifest and
+verifies it (signature, expiry, and the DID when the caller named one), then
+hands it to the :class:`~fedpeer.sync.PairManager`, which persists it and runs
+its puller.
+
+Pairing from one invite (:meth:`PairService.from_invite`), the redeemer's side:
+
+1. read the invite URL and fetch the issuer's signed invite preview (the
+   issuer's manifest must be signed by the DID in the URL: a LAN impostor
+   cannot take the redemption);
+2. when two-way, mint on this node a read-only account and a grant for the
+   issuer DID, mirroring the invite's read scopes and target: the *reciprocal*
+   credential;
+3. redeem (federated: prove our DID) and hand over the reciprocal credential
+   with our reachable URL;
+4. create the local pair "pull from the issuer".
+
+The issuer (:meth:`PairService.reverse_after_redeem`, called by the invite
+service), on a federated redemption carrying a reciprocal credential, creates
+the reverse pair after checking that the URL it was given serves a manifest
+signed by the holder DID it just verified. Both sides show the same
+confirmation code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Callable, Iterable
+
+import anyio
+import attrs
+import httpx
+
+from ...consent import grants as _grants
+from ...consent import tokens as _tokens
+from ...consent.invites import Credential, check_invite_preview, parse_invite_url
+from ...consent.scopes import RECORDS_READ, SYNC_READ
+from ...errors import (
+    DidMismatch,
+    FedpeerError,
+    InternalError,
+    InvalidRequest,
+    PairSelf,
+    PeerInvalid,
+    PeerUnreachable,
+)
+from ...store.base import StateTx
+from ...sync.manager import PairManager
+from ...sync.options import Listener, SyncOptions
+from ...sync.pairs import Pair, PairFilter, PairState
+from .._pairing import host_port, is_own_url
+from ..addresses import reachable_url
+from ..client import PeerClient
+from ._core import NodeCore
+from ._views import PairingResult, PairStatus
+
+__all__ = ["InvitePairing", "PairService", "filter_for_target"]
+
+log = logging.getLogger("fedpeer.pairing")
+
+READ_SCOPES = (RECORDS_READ, SYNC_READ)
+MANIFEST_TIMEOUT_S = 10.0
+
+
+@attrs.frozen
+class InvitePairing:
+    """What pairing from an invite did (in-process: with the credential).
+
+    ``pair`` is the local pair (pulling from the issuer), ``created`` False when
+    it existed (its credential was then replaced and the pair resumed).
+    ``reverse`` is the issuer's report on the pair back to us (``{"id",
+    "created"}``, ``{"error": {code, message}}``, or None when one-way).
+    """
+
+    pair: Pair
+    created: bool
+    credential: Credential
+    confirmation_code: str
+    two_way: bool
+    reciprocal_url: str | None
+    reverse: dict[str, object] | None
+
+
+def filter_for_target(target: _grants.Target) -> PairFilter | None:
+    """The pair filter matching an invite's scope target (None: everything)."""
+    if target.type == "namespace":
+        return PairFilter(namespace=target.value)
+    if target.type == "thread":
+        return PairFilter(namespace=target.namespace, thread=target.value)
+    return None
+
+
+class PairService:
+    """The node's sync pairs. In-process methods hand back live :class:`Pair`
+    values (which hold the credential); :meth:`status` / :meth:`statuses` give the
+    public :class:`PairStatus` the HTTP API shows."""
+
+    def __init__(self, core: NodeCore, manager: PairManager) -> None:
+        self._core = core
+        self._manager = manager
+
+    @property
+    def manager(self) -> PairManager:
+        """The :class:`~fedpeer.sync.PairManager` running the pullers."""
+        return self._manager
+
+    @property
+    def options(self) -> SyncOptions:
+        """How the pullers behave."""
+        return self._manager.options
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._core.http is None:
+            raise InternalError("this node has no HTTP client for peers")
+        return self._core.http
+
+    # --- creating ---
+
+    async def create(
+        self,
+        peer_url: str,
+        *,
+        token: str | None = None,
+        peer_did: str | None = None,
+        filter: PairFilter | None = None,
+        author_allowlist: Iterable[str] | None = None,
+    ) -> tuple[Pair, bool]:
+        """Verify the peer at ``peer_url`` and pull from it (showing it ``token``).
+
+        Returns ``(pair, created)``: the same peer and filter again gives the
+        existing pair unchanged (``created`` False). Raises PAIR_SELF when the URL
+        or the manifest's DID is this node; INVALID_REQUEST for a URL that is not
+        http(s) or cannot be requested; PEER_UNREACHABLE; DID_MISMATCH when the
+        manifest is signed by another DID than ``peer_did``; PEER_INVALID when the
+        peer does not serve a valid fedpeer manifest; DID_INVALID. Blocks on one
+        HTTP request (at most 10 s).
+        """
+        local = self._core.did
+        if peer_did is not None and peer_did == local:
+            raise PairSelf(
+                f"peer_did is this node's own DID ({local}): a node cannot pull from itself. "
+                "Use the other node's DID and URL."
+            )
+        parts = host_port(peer_url) if isinstance(peer_url, str) else None
+        if parts is None or not peer_url.lower().startswith(("http://", "https://")):
+            raise InvalidRequest(
+                f"peer_url must be an http:// or https:// URL, got {peer_url!r:.120}"
+            )
+        if is_own_url(peer_url, self._core.urls):
+            raise PairSelf(
+                f"{peer_url} is this node's own address: a node cannot pull from itself. "
+                "Use the other node's URL (check the invite or the address you typed)."
+            )
+        try:
+            async with PeerClient(
+                peer_url,
+                client=self._core.http,
+                timeout=MANIFEST_TIMEOUT_S,
+                limits=self._core.limits,
+            ) as peer:
+                verified = await peer.manifest(expected_did=peer_did)
+        except (PeerUnreachable, DidMismatch):
+            raise
+        except FedpeerError as err:
+            raise PeerInvalid(
+                f"{peer_url} did not serve a valid fedpeer manifest ({err.code}: {err.message}); "
+                "check the URL"
+            ) from None
+        except (httpx.InvalidURL, httpx.HTTPError, UnicodeError, ValueError) as exc:
+            raise InvalidRequest(f"peer_url {peer_url!r:.120} cannot be requested: {exc}") from None
+        if verified.did == local:
+            raise PairSelf(
+                f"{peer_url} is this node ({local}): a node cannot pull from itself. "
+                "Use the other node's URL."
+            )
+        return await self._manager.create(
+            peer_did=verified.did,
+            peer_url=peer_url,
+            credential=token,
+            filter=filter,
+            author_allowlist=author_allowlist,
+        )
+
+    async def from_invite(
+        self, invite_url: str, *, bidirectional: bool = True, label: str | None = None
+    ) -> InvitePairing:
+        """Redeem another node's invite and set up sync with it (see the module doc).
+
+        Raises MALFORMED (not an invite URL), PAIR_SELF (our own invite),
+        DID_MISMATCH (the node at the URL is not the issuer), the issuer's invite
+        errors (INVITE_EXPIRED, INVITE_EXHAUSTED, INVITE_REVOKED,
+        INVITE_SECRET_INVALID, HOLDER_TYPE_MISMATCH, ...), INVALID_REQUEST when the
+        invite does not grant sync:read or two-way is asked but this node is not
+        reachable from the issuer, and PEER_UNREACHABLE. Whatever was minted for a
+        failed redemption is removed. Blocks on a few HTTP requests.
+        """
+        core = self._core
+        invite = parse_invite_url(invite_url)
+        if invite.issuer_did == core.did:
+            raise PairSelf("this is this node's own invite; redeem it on the other device")
+        http = self._http()
+        async with PeerClient(invite.node_url, client=http, limits=core.limits) as issuer:
+            await issuer.manifest(expected_did=invite.issuer_did)
+            doc = check_invite_preview(
+                await issuer.get_value(f"/v1/invites/{invite.invite_id}"), invite
+            )
+        target = _grants.parse_target(doc.get("scope_target", {"type": "instance"}))
+        raw_scopes = doc.get("scopes", [])
+        offered = set(raw_scopes) if isinstance(raw_scopes, list) else set()
+        if not {SYNC_READ, "admin"} & offered:
+            raise InvalidRequest(
+                f"this invite grants {', '.join(sorted(map(str, offered))) or 'nothing'}, not "
+                "sync:read, so there is nothing to pull: ask for an invite with the reader preset"
+            )
+        back = [s for s in READ_SCOPES if s in offered or "admin" in offered] or list(READ_SCOPES)
+        if SYNC_READ not in back:
+            back.append(SYNC_READ)
+
+        reciprocal: dict[str, object] | None = None
+        minted: tuple[str, str] | None = None
+        if bidirectional:
+            my_url = reachable_url(core.urls, invite.node_url)
+            name = f"pair {invite.issuer_did[-8:]} (invite {invite.invite_id[:8]})"
+
+            def mint(tx: StateTx) -> tuple[str, str, str]:
+                sa, issued = _tokens.create_service_account(
+                    tx, name=name, holder_did=invite.issuer_did, scopes=back, origin="api"
+                )
+                grant = _grants.create_grant(
+                    tx, grantee_did=invite.issuer_did, target=target, scopes=back, sa_id=sa.id
+                )
+                return sa.id, grant.id, issued.bearer
+
+            sa_id, grant_id, bearer = await core.store.transact(mint)
+            minted = (sa_id, grant_id)
+            reciprocal = {"token": bearer, "scopes": back, "url": my_url}
+        try:
+            async with PeerClient(invite.node_url, client=http) as issuer:
+                credential, answer = await issuer.redeem_with_answer(
+                    invite_url, holder_key=core.key, label=label, reciprocal=reciprocal
+                )
+        except BaseException:
+            if minted is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._undo_mint(*minted)
+            raise
+        pair, created = await self.create(
+            credential.peer_url,
+            token=credential.token,
+            peer_did=credential.peer_did,
+            filter=filter_for_target(credential.scope_target),
+        )
+        if not created:
+            pair = await self._refresh(pair, credential.token)
+        reverse = answer.get("reverse_pair")
+        return InvitePairing(
+            pair=pair,
+            created=created,
+            credential=credential,
+            confirmation_code=credential.confirmation_code,
+            two_way=reciprocal is not None,
+            reciprocal_url=None if reciprocal is None else str(reciprocal["url"]),
+            reverse=dict(reverse) if isinstance(reverse, dict) else None,
+        )
+
+    def pairing_result(self, result: InvitePairing) -> PairingResult:
+        """The public view of a pairing (what ``POST /v1/sync/pairs/from-invite`` answers)."""
+        cred = result.credential
+        return PairingResult(
+            pair=self.status(result.pair.id),
+            created=result.created,
+            confirmation_code=result.confirmation_code,
+            issuer_did=cred.peer_did,
+            issuer_url=cred.peer_url,
+            invite_id=cred.invite_id,
+            scopes=tuple(sorted(cred.scopes)),
+            two_way=result.two_way,
+            reciprocal_url=result.reciprocal_url,
+            reverse_pair=result.reverse,
+        )
+
+    async def _refresh(self, pair: Pair, token: str) -> Pair:
+        """An existing pair takes the new credential and runs again if it had stopped."""
+        pair = await self._manager.set_credential(pair.id, token)
+        if pair.state in (PairState.STOPPED, PairState.PAUSED):
+            pair = await self._manager.resume(pair.id)
+        return pair
+
+    async def _undo_mint(self, sa_id: str, grant_id: str) -> None:
+        def undo(tx: StateTx) -> None:
+            _tokens.revoke_service_account(tx, sa_id)
+            _grants.delete_grant(tx, grant_id)
+
+        try:
+            await self._core.store.transact(undo)
+        except FedpeerError as err:
+            log.warning("could not remove the reciprocal credential %s: %s", sa_id, err)
+
+    async def reverse_after_redeem(
+        self, *, holder_did: str, url: str, token: str, target: _grants.Target
+    ) -> dict[str, object]:
+        """Issuer side of a two-way pairing: pull back from the redeemer with the
+        reciprocal credential.
+
+        :meth:`create` verifies that ``url`` serves a manifest signed by
+        ``holder_did`` (the DID the redemption proved), so a redeemer cannot point
+        the issuer at a third node. Never raises a FedpeerError: a failure is
+        returned as ``{"error": {code, message}}`` (the redemption itself stands;
+        the redeemer can still pull) and logged.
+        """
+        try:
+            pair, created = await self.create(
+                url, token=token, peer_did=holder_did, filter=filter_for_target(target)
+            )
+            if not created:
+                pair = await self._refresh(pair, token)
+        except FedpeerError as err:
+            log.warning("reverse pair to %s at %s failed: %s", holder_did, url, err)
+            return {"error": {"code": err.code, "message": err.message}}
+        log.info("reverse pair %s to %s created=%s", pair.id, holder_did, created)
+        return {"id": pair.id, "created": created}
+
+    # --- the running pairs ---
+
+    def list(self) -> builtins.list[Pair]:
+        """Every pair, by creation time then id."""
+        return self._manager.list()
+
+    def get(self, pair_id: str) -> Pair:
+        """The pair ``pair_id`` (PAIR_NOT_FOUND)."""
+        return self._manager.get(pair_id)
+
+    def status(self, pair_id: str) -> PairStatus:
+        """The public view of a pair: no credential; stats snapshot; lag."""
+        puller = self._manager.puller(pair_id)
+        now = self._core.now_ms()
+        return PairStatus.of(puller.pair, puller.lag(now), now)
+
+    def statuses(self) -> builtins.list[PairStatus]:
+        """:meth:`status` of every pair."""
+        return [self.status(p.id) for p in self._manager.list()]
+
+    async def pause(self, pair_id: str) -> Pair:
+        """Pause a pair (a request in flight is abandoned). PAIR_STATE_INVALID."""
+        return await self._manager.pause(pair_id)
+
+    async def resume(self, pair_id: str) -> Pair:
+        """Resume a paused or stopped pair (retries reset)."""
+        return await self._manager.resume(pair_id)
+
+    async def kick(self, pair_id: str) -> Pair:
+        """Poll now: cut a backoff short, restart a longpoll (retries reset)."""
+        return await self._manager.kick(pair_id)
+
+    async def delete(self, pair_id: str) -> Pair:
+        """Delete a pair: its row goes, the records it pulled stay."""
+        return await self._manager.delete(pair_id)
+
+    async def set_credential(self, pair_id: str, credential: str | None) -> Pair:
+        """Replace the bearer token shown to the peer (a stopped pair then needs resume)."""
+        return await self._manager.set_credential(pair_id, credential)
+
+    def stats(self, pair_id: str) -> dict[str, object]:
+        """A pair's counters, rolling rate, latency histogram, errors, backoff, lag."""
+        return self._manager.stats(pair_id)
+
+    def health(self) -> dict[str, object]:
+        """Sync health over every pair (see :meth:`PairManager.health`)."""
+        return self._manager.health()
+
+    async def health_summary(self) -> dict[str, object]:
+        """The short form shown by ``/health``."""
+        return await self._manager.health_summary()
+
+    async def wait_for(self, pair_id: str, predicate: Callable[[Pair], bool]) -> Pair:
+        """Block until ``predicate(pair)`` holds (no polling); bound it with
+        ``anyio.fail_after``. PAIR_NOT_FOUND."""
+        return await self._manager.wait_for(pair_id, predicate)
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` after each persisted pair change; returns an
+        unsubscribe function."""
+        return self._manager.add_listener(listener)

@@ -1,0 +1,274 @@
+"""Records of this node (``node.records``): append, ingest, get, list, threads.
+
+Reads take a :class:`~fedpeer.consent.grants.ConsentView` (default: everything,
+which is what the node itself and its admins see); the HTTP routes pass the
+caller's view from :meth:`GrantService.view_for`, so an invisible record looks
+exactly like a missing one (RECORD_NOT_FOUND, no existence leak).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+
+import anyio
+
+from ...consent.grants import EVERYTHING, ConsentView
+from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
+from ...identity.canonical import CID, dagcbor_decode
+from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo
+from ...sync.feed import Cursor, build_page, resolve_since
+from ...sync.records import SignedRecord, build_record, verify_record
+from ._core import NodeCore
+from ._views import RecordEntry, RecordsPage
+
+__all__ = ["RecordService", "parse_cid"]
+
+_MAX_LIST = 10_000
+_NEWEST_WINDOW = 256  # first window scanned backwards for newest-first listings
+_NEWEST_ROUNDS = 64  # bound on windows per newest-first page
+
+
+def parse_cid(value: CID | str) -> CID:
+    """A CID from a :class:`CID` or its text (MALFORMED otherwise)."""
+    if isinstance(value, CID):
+        return value
+    if not isinstance(value, str):
+        raise Malformed(f"a CID is a CID object or its text, not {type(value).__name__}")
+    try:
+        return CID.parse(value)
+    except FedpeerError:
+        raise
+    except Exception:
+        raise Malformed(f"{value[:80]!r} is not a CID") from None
+
+
+def _check_limit(limit: int, high: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= high:
+        raise InvalidRequest(f"limit must be from 1 to {high}, got {limit!r}")
+    return limit
+
+
+class RecordService:
+    """The node's record log as an application service."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self._core = core
+        self._append_lock = anyio.Lock()
+
+    # --- writes ---
+
+    async def append(
+        self,
+        *,
+        namespace: str,
+        thread: str,
+        kind: str,
+        body: object,
+        parents: Sequence[CID | str] = (),
+    ) -> RecordEntry:
+        """Build, sign and store a record authored by this node; return it with its seq.
+
+        ``clock`` is a Lamport clock: one more than the largest of this node's
+        last clock and the parents' clocks. Raises RECORD_INVALID,
+        RECORD_TOO_LARGE (limits), MALFORMED (a parent that is not a CID); never
+        stores a partial record.
+        """
+        core = self._core
+        parent_cids = tuple(parse_cid(p) for p in parents)
+        async with self._append_lock:
+            meta = await core.store.get_state("meta", "clock")
+            clock = int(str(meta["value"])) if meta else 0
+            if parent_cids:
+                for prow in await core.store.get_many([p.raw for p in parent_cids]):
+                    pmap = dagcbor_decode(prow.data)
+                    if isinstance(pmap, dict) and isinstance(pmap.get("clock"), int):
+                        clock = max(clock, int(pmap["clock"]))
+            signed = build_record(
+                core.key,
+                namespace=namespace,
+                thread=thread,
+                kind=kind,
+                body=body,
+                parents=parent_cids,
+                clock=clock + 1,
+                ts=core.now_ms(),
+                limits=core.limits,
+            )
+            new = signed.to_new()
+            next_clock = clock + 1
+
+            def commit(tx: StateTx) -> int:
+                result = tx.put_records([new])
+                tx.put("meta", "clock", {"value": next_clock})
+                return result.new[0][1]
+
+            seq = await core.store.transact(commit)
+            return RecordEntry(seq, signed)
+
+    async def ingest(self, data: bytes, sig: bytes) -> tuple[RecordEntry, bool]:
+        """Verify a record signed elsewhere and store it as is.
+
+        Returns ``(entry, created)``; storing a record twice is a no-op
+        (``created`` False, the existing seq). Raises what
+        :func:`~fedpeer.sync.records.verify_record` raises (BAD_SIGNATURE,
+        NON_CANONICAL, RECORD_INVALID, RECORD_TOO_LARGE, RECORD_FROM_FUTURE, ...).
+        """
+        if not isinstance(data, bytes) or not isinstance(sig, bytes):
+            raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
+        core = self._core
+        signed = verify_record(data, sig, limits=core.limits, now_ms=core.now_ms())
+        return await self.put_verified(signed)
+
+    async def put_verified(self, signed: SignedRecord) -> tuple[RecordEntry, bool]:
+        """Store a record that went through the pipeline; ``(entry, created)``."""
+        store = self._core.store
+        result = await store.put([signed.to_new()])
+        if result.new:
+            return RecordEntry(result.new[0][1], signed), True
+        existing = await store.get(signed.cid.raw)
+        if existing is None:  # pragma: no cover - a store that loses what it just kept
+            raise RecordNotFound(f"record {signed.cid} vanished while it was stored")
+        return RecordEntry(existing.seq, signed), False
+
+    # --- reads ---
+
+    async def get(self, cid: CID | str, *, view: ConsentView = EVERYTHING) -> RecordEntry:
+        """The record ``cid`` (a :class:`CID` or its text).
+
+        Raises RECORD_NOT_FOUND when this node does not hold it or ``view`` may
+        not see it (the same answer, so nothing leaks), MALFORMED for text that
+        is not a CID.
+        """
+        rec = await self.get_stored(cid, view=view)
+        return RecordEntry.from_stored(rec)
+
+    async def get_stored(self, cid: CID | str, *, view: ConsentView = EVERYTHING) -> StoredRecord:
+        """:meth:`get` as the stored row (for serving its exact bytes)."""
+        parsed = parse_cid(cid)
+        rec = await self._core.store.get(parsed.raw)
+        if rec is None or not view.record_visible(rec):
+            raise RecordNotFound(f"no record {parsed} here (or you may not see it)")
+        return rec
+
+    async def fetch(
+        self, cids: Sequence[CID | str], *, view: ConsentView = EVERYTHING
+    ) -> tuple[list[StoredRecord], list[str]]:
+        """Batch read: ``(records found and visible, in request order without
+        repeats; ids of the others)``. At most ``config.batch_fetch_max`` ids
+        (INVALID_REQUEST), MALFORMED for text that is not a CID."""
+        limit = self._core.config.batch_fetch_max
+        if len(cids) > limit:
+            raise InvalidRequest(f"at most {limit} ids per request")
+        wanted: builtins.list[CID] = []
+        seen: set[bytes] = set()
+        for item in cids:
+            cid = parse_cid(item)
+            if cid.raw not in seen:
+                seen.add(cid.raw)
+                wanted.append(cid)
+        found = {r.cid: r for r in await self._core.store.get_many([c.raw for c in wanted])}
+        out: builtins.list[StoredRecord] = []
+        missing: builtins.list[str] = []
+        for cid in wanted:
+            rec = found.get(cid.raw)
+            if rec is None or not view.record_visible(rec):
+                missing.append(str(cid))
+            else:
+                out.append(rec)
+        return out, missing
+
+    async def list(
+        self,
+        *,
+        namespace: str | None = None,
+        thread: str | None = None,
+        limit: int = 50,
+        since: str | None = None,
+        newest_first: bool = False,
+        view: ConsentView = EVERYTHING,
+    ) -> RecordsPage:
+        """A page of records, oldest first (the order this node stored them) or
+        ``newest_first``.
+
+        ``namespace`` is a prefix, ``thread`` exact. ``since`` is the
+        ``next_cursor`` of the previous page of the same listing (oldest first:
+        records after it; newest first: records before it). ``limit`` is 1..10000.
+        Raises INVALID_REQUEST, CURSOR_INVALID, CURSOR_RESET (another store's
+        cursor), CURSOR_FROM_FUTURE, CONSENT_DENIED (``view`` does not cover the
+        namespace or thread named).
+        """
+        _check_limit(limit, _MAX_LIST)
+        flt = ChangeFilter(namespace_prefix=namespace or None, thread=thread or None)
+        view.check_change_filter(flt)
+        store = self._core.store
+        head = await store.head_seq()
+        since_seq = resolve_since(since, epoch=store.epoch, head_seq=head)
+        if not newest_first:
+            page = build_page(
+                await store.changes(since_seq, limit, flt),
+                epoch=store.epoch,
+                visible=view.record_visible,
+            )
+            return RecordsPage(
+                tuple(RecordEntry.from_stored(r) for r in page.records),
+                page.next_cursor,
+                page.has_more,
+            )
+        upper = head if since is None else since_seq - 1  # newest first: seq <= upper
+        rows, next_upper = await self._scan_back(upper, limit, flt, view)
+        more = next_upper > 0
+        return RecordsPage(
+            tuple(RecordEntry.from_stored(r) for r in rows),
+            Cursor(store.epoch, next_upper + 1 if more else 0).encode(),
+            more,
+        )
+
+    async def _scan_back(
+        self, upper: int, limit: int, flt: ChangeFilter, view: ConsentView
+    ) -> tuple[builtins.list[StoredRecord], int]:
+        """Up to ``limit`` visible records with seq <= ``upper``, newest first.
+
+        Scans windows backwards (each window forwards through ``Store.changes``,
+        so any Store works), doubling the window while it finds too little.
+        Returns the records and the highest seq not looked at yet (0: none left);
+        the next page's cursor is that seq + 1.
+        """
+        store = self._core.store
+        out: builtins.list[StoredRecord] = []
+        hi = upper
+        window = max(_NEWEST_WINDOW, limit)
+        for _ in range(_NEWEST_ROUNDS):
+            if hi <= 0:
+                return out, 0
+            lo = max(0, hi - window)
+            chunk: builtins.list[StoredRecord] = []
+            pos = lo
+            for _ in range(window + 1):  # each pass moves pos forward by at least one seq
+                page = await store.changes(pos, min(window, _MAX_LIST), flt)
+                chunk.extend(r for r in page.records if r.seq <= hi and view.record_visible(r))
+                if page.last_seq <= pos or page.last_seq >= hi:
+                    break
+                pos = page.last_seq
+            for rec in reversed(chunk):
+                if len(out) >= limit:
+                    return out, out[-1].seq - 1
+                out.append(rec)
+            hi = lo
+            if len(out) >= limit:
+                return out, hi
+            window = min(window * 2, _MAX_LIST)
+        return out, max(hi, 0)
+
+    async def threads(
+        self, namespace: str | None = None, *, view: ConsentView = EVERYTHING
+    ) -> builtins.list[ThreadInfo]:
+        """Threads (of namespaces starting with ``namespace``) with record counts,
+        those ``view`` may see. CONSENT_DENIED for a namespace outside every grant."""
+        view.check_filter(namespace, None)
+        infos = await self._core.store.threads(namespace)
+        return [i for i in infos if view.visible(i.namespace, i.thread)]
+
+    async def count(self) -> int:
+        """How many records this node holds."""
+        return await self._core.store.count()

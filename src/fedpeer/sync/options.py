@@ -1,0 +1,103 @@
+"""How a node syncs: :class:`SyncOptions` (the pullers' tunables), :class:`SyncEvent`
+(what happened to a pair, for listeners) and :class:`PageSource` (where pages
+come from; the peer layer implements it over HTTP). Values only, no I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+
+from ._machine import PageRequest
+from .backoff import DEFAULT_BACKOFF, Backoff
+from .pairs import Pair
+
+__all__ = ["Listener", "PageSource", "SyncEvent", "SyncOptions"]
+
+
+class PageSource(Protocol):
+    """Where pages come from: the peer layer implements it over HTTP.
+
+    ``fetch`` performs ``request`` against ``pair.peer_url`` with
+    ``pair.credential`` and returns the decoded page body (DAG-CBOR or DAG-JSON
+    value; NOT verified: the machine checks it). It raises the source's
+    :class:`~fedpeer.errors.FedpeerError` for an HTTP error (``RateLimited``
+    carrying ``retry_after``, ``AuthRequired``/``ScopeForbidden`` for 401/403,
+    ``CursorReset``...), ``PeerUnreachable`` for transport failures, and
+    ``Malformed``/``NonCanonical`` for an undecodable body. For a longpoll
+    request it holds at most its configured longpoll time (plus a margin). It
+    must be cancellable at any point.
+    """
+
+    async def fetch(self, pair: Pair, request: PageRequest) -> object: ...
+
+
+def _default_verify_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _check_page_limit(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise ValueError(f"page_limit must be in 1..10000, got {value!r}")
+
+
+def _check_positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attr.name} must be a positive int, got {value!r}")
+
+
+@attrs.frozen
+class SyncOptions:
+    """How a node's pullers behave.
+
+    ``backoff``: the retry policy (1 s base, 5 min cap by default; tests inject a
+    tiny base). ``page_limit``: records asked per page (1..10000).
+    ``longpoll_s``: how long a caught-up pair asks the source to hold a
+    longpoll (the source caps it). ``verify_threads``: signature checks running
+    at once (in threads or worker processes), shared by all pairs of the node
+    (default: CPUs, at most 4). ``seed``: when set, each pair's jitter comes from
+    ``random.Random(f"{seed}:{pair_id}")`` (deterministic tests).
+    ``autostart``: start the stored pairs when the node starts.
+    ``pipeline_depth``: pages in flight per pair (fetched, being verified,
+    being committed); 1 turns speculation off. ``verify_processes``: check the
+    signatures of large pages in worker processes (up to ``verify_threads`` per
+    pair, started on demand, stopped once the pair is caught up) instead of
+    threads; see :class:`_SignatureWorkers`. Off, or when a worker cannot be
+    started, worker threads do it.
+    """
+
+    backoff: Backoff = DEFAULT_BACKOFF
+    page_limit: int = attrs.field(default=1000, validator=_check_page_limit)
+    longpoll_s: float = 30.0
+    verify_threads: int = attrs.field(
+        factory=_default_verify_threads, validator=_check_positive_int
+    )
+    seed: int | None = None
+    autostart: bool = True
+    pipeline_depth: int = attrs.field(default=3, validator=_check_positive_int)
+    verify_processes: bool = True
+
+
+@attrs.frozen
+class SyncEvent:
+    """What happened to a pair, after it was persisted (for listeners and logs).
+
+    ``kind`` is one of ``page`` (a page committed: ``records`` new records
+    verified, ``pair.cursor`` advanced), ``rejected`` (a bad page: ``code``),
+    ``retry`` (request or commit failed: ``code``, ``delay_s``), ``stopped``
+    (401/403: ``code``), ``reset`` (the source reset its feed: full pull),
+    ``changed`` (a user action: ``actions``), ``deleted``.
+    """
+
+    kind: str
+    pair: Pair
+    records: int = 0
+    code: str | None = None
+    delay_s: float | None = None
+    actions: tuple[str, ...] = ()
+
+
+Listener = Callable[[SyncEvent], None]

@@ -1,0 +1,58 @@
+"""Suite-wide fixtures: which async backend a test runs on, and a task group.
+
+Every coroutine test runs on anyio's pytest plugin (``anyio_mode = "auto"``).
+trio is the default backend (this ``anyio_backend``); the store, sync and
+consent suites override it to run each test on trio and on asyncio
+(:data:`BOTH_BACKENDS`). A test that asks for ``virtual_clock`` runs on a
+virtual clock that jumps ahead whenever every task waits: trio's autojump
+``MockClock``, or the equivalent asyncio loop (:mod:`tests.virtual_time`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import anyio.abc
+import pytest
+
+BOTH_BACKENDS = ("trio", "asyncio")
+
+
+def backend_for(request: pytest.FixtureRequest, name: str) -> object:
+    """The ``anyio_backend`` value for ``name``: with the virtual clock when the
+    test asks for ``virtual_clock``."""
+    if "virtual_clock" not in request.fixturenames:
+        return name
+    if name == "trio":
+        import trio.testing
+
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+    from tests.virtual_time import VirtualClockLoop
+
+    return ("asyncio", {"loop_factory": VirtualClockLoop})
+
+
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """trio, first-class and the default."""
+    return backend_for(request, "trio")
+
+
+@pytest.fixture
+def virtual_clock() -> None:
+    """Ask for it to run the test on a virtual clock (see the module doc)."""
+
+
+@pytest.fixture
+async def task_group() -> AsyncIterator[anyio.abc.TaskGroup]:
+    """A task group living as long as the test; cancelled at the end."""
+    async with anyio.create_task_group() as tg:
+        yield tg
+        tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def nursery(task_group: anyio.abc.TaskGroup) -> anyio.abc.TaskGroup:
+    """The test's task group under its trio name (``nursery.start_soon`` / ``start``)."""
+    return task_group
