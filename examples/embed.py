@@ -1,4 +1,5 @@
-"""Embed a fedpeer node in a trio program: append records, read them back over HTTP.
+"""Embed a fedpeer node in a trio program: append records, read them back in-process
+and over HTTP (as another node would).
 
 Run: .venv/bin/python examples/embed.py [DATA_DIR]
 """
@@ -17,13 +18,15 @@ async def main(data_dir: str) -> None:
     async with fedpeer.open_node(data_dir) as node:
         print("did:", node.did)
         print("url:", node.url)
-        first = await node.append(namespace="notes", thread="groceries", kind="item", body="milk")
-        await node.append(
+        first = await node.records.append(
+            namespace="notes", thread="groceries", kind="item", body="milk"
+        )
+        await node.records.append(
             namespace="notes", thread="groceries", kind="item", body="eggs", parents=[first.cid]
         )
-        assert node.admin_token_path is not None
-        token = node.admin_token_path.read_text().strip()
-        async with fedpeer.PeerClient(node.url, token=token) as client:
+        newest = await node.records.list(namespace="notes", newest_first=True, limit=1)
+        print("newest:", newest.records[0].record.body)
+        async with fedpeer.PeerClient(node.url, token=node.admin_token) as client:
             manifest = await client.manifest(expected_did=node.did)
             print("manifest verified, signed by", manifest.did)
             async for _cursor, rec in client.iter_changes(follow=False):

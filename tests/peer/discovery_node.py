@@ -2,7 +2,7 @@
 
 Run it inside a network namespace (``ip netns exec NS python discovery_node.py``)::
 
-    discovery_node.py --handle alice [--seed HEX] [--port N] [--poll S]
+    discovery_node.py --handle alice [--seed HEX] [--port N] [--poll S] [--backend asyncio]
     discovery_node.py --handle mallory --impostor-of DID --replay-txt JSON --port N
 
 Normal mode starts ``open_node(host="0.0.0.0", config=NodeConfig(discovery=True))``
@@ -20,7 +20,8 @@ is signed by the impostor's key (bad signature for that DID), one replaying the
 real node's signed TXT (``--replay-txt``) with the impostor's own address, so
 only the manifest check can catch it. It prints ``{"event": "impostor", ...}``.
 
-``t`` is ``time.time()`` when the line is written (same clock for every
+``--backend`` picks the event loop the node runs on (trio, the default, or
+asyncio): zeroconf is bridged into either. ``t`` is ``time.time()`` when the line is written (same clock for every
 namespace), for the discovery benchmark.
 """
 
@@ -35,7 +36,8 @@ import socket
 import sys
 import time
 
-import trio
+import anyio
+import anyio.abc
 from zeroconf import ServiceInfo, Zeroconf
 
 from fedpeer.identity.keys import SigningKey
@@ -59,8 +61,8 @@ def report(disc: Discovery) -> None:
     )
 
 
-async def until_signal(cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def until_signal(cancel: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             cancel.cancel()
             return
@@ -68,7 +70,7 @@ async def until_signal(cancel: trio.CancelScope) -> None:
 
 async def normal(args: argparse.Namespace, key: SigningKey) -> None:
     cfg = NodeConfig(handle=args.handle, discovery=args.poll is None)
-    async with trio.open_nursery() as outer:
+    async with anyio.create_task_group() as outer:
         outer.start_soon(until_signal, outer.cancel_scope)
         async with open_node(None, host="0.0.0.0", port=args.port, config=cfg, key=key) as node:
             emit("ready", did=node.did, url=node.url, port=int(node.url.rsplit(":", 1)[1]))
@@ -118,20 +120,20 @@ def _withdraw(zc: Zeroconf, infos: list[ServiceInfo]) -> None:
 
 async def impostor(args: argparse.Namespace, key: SigningKey) -> None:
     replay = json.loads(args.replay_txt)
-    async with trio.open_nursery() as outer:
+    async with anyio.create_task_group() as outer:
         outer.start_soon(until_signal, outer.cancel_scope)
         cfg = NodeConfig(handle=args.handle)
         async with open_node(None, host="0.0.0.0", port=args.port, config=cfg, key=key) as node:
             emit("ready", did=node.did, url=node.url, port=args.port)
-            zc, infos = await trio.to_thread.run_sync(
+            zc, infos = await anyio.to_thread.run_sync(
                 _announce, key, args.impostor_of, replay, args.port, args.address
             )
             try:
                 emit("impostor", names=[i.name for i in infos])
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
             finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_withdraw, zc, infos)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_withdraw, zc, infos)
     emit("stopped")
 
 
@@ -144,15 +146,16 @@ def main() -> None:
     parser.add_argument("--impostor-of", help="DID to impersonate")
     parser.add_argument("--replay-txt", help="the real node's TXT (JSON) to replay")
     parser.add_argument("--address", help="this host's address (impostor mode)")
+    parser.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
     key = SigningKey.from_seed(bytes.fromhex(args.seed)) if args.seed else SigningKey.generate()
     if args.impostor_of:
-        trio.run(impostor, args, key)
+        anyio.run(impostor, args, key, backend=args.backend)
     else:
-        trio.run(normal, args, key)
+        anyio.run(normal, args, key, backend=args.backend)
 
 
 if __name__ == "__main__":

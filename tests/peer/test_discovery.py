@@ -848,9 +848,10 @@ async def ready_did(node: NodeProc) -> str:
 async def test_nodes_see_each_other_verified_and_goodbye_removes(
     lan2: netns.Lan, spawn: Spawn
 ) -> None:
+    """Alice's node runs on trio, Bob's on asyncio: mDNS works from either loop."""
     a_host, b_host = lan2.hosts
     a = await spawn(a_host, "--handle", "alice")
-    b = await spawn(b_host, "--handle", "bob")
+    b = await spawn(b_host, "--handle", "bob", "--backend", "asyncio")  # zeroconf on both loops
     did_a, did_b = await ready_did(a), await ready_did(b)
     seen = await b.wait_for(has_peer(did_a, "verified"), 15, "B to see A verified")
     (entry,) = [p for p in peers(seen) if p["did"] == did_a]

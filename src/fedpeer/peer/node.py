@@ -281,19 +281,41 @@ def _bind(host: str, port: int, cfg: NodeConfig) -> tuple[HypercornConfig, Socke
     return hconf, sockets, urls
 
 
+@attrs.define(eq=False)
+class _Server:
+    """The running HTTP server's cancel scope, for a bounded graceful stop."""
+
+    scope: anyio.CancelScope | None = None
+
+    def stop_within(self, seconds: float) -> None:
+        """Let the server drain, but end it after ``seconds`` whatever it does."""
+        if self.scope is not None:
+            self.scope.deadline = anyio.current_time() + seconds
+
+
 async def _serve(
-    app: object, hconf: HypercornConfig, sockets: Sockets, shutdown: anyio.Event
+    app: object, hconf: HypercornConfig, sockets: Sockets, shutdown: anyio.Event, server: _Server
 ) -> None:
-    """Run hypercorn on the running backend's own worker (trio or asyncio)."""
+    """Run hypercorn on the running backend's own worker (trio or asyncio) until
+    ``shutdown`` is set.
+
+    On asyncio the server runs shielded from outer cancellation (hypercorn's
+    asyncio worker breaks when cancelled in the middle of its graceful stop); it
+    stops through ``shutdown``, bounded by :meth:`_Server.stop_within`.
+    """
     wrapped = wrap_app(app, hconf.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     if backend_name() == "trio":
         from hypercorn.trio.run import worker_serve as trio_serve
 
-        await trio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
+        with anyio.CancelScope() as scope:
+            server.scope = scope
+            await trio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
     else:
         from hypercorn.asyncio.run import worker_serve as asyncio_serve
 
-        await asyncio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
+        with anyio.CancelScope(shield=True) as scope:
+            server.scope = scope
+            await asyncio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
 
 
 @contextlib.asynccontextmanager
@@ -359,30 +381,32 @@ async def open_node(
         state.invites.attach_pairs(state.pairs)  # type: ignore[arg-type]
         app = build_app(state)
         shutdown = anyio.Event()
+        server = _Server()
         async with http, anyio.create_task_group() as tg:
-            tg.start_soon(_serve, app, hconf, sockets, shutdown)
-            node = Node(
-                state=state,
-                url=urls[0],
-                urls=list(urls),
-                data_dir=ddir,
-                task_group=tg,
-                admin_token=admin_token,
-            )
-            log.info("node %s serving at %s", key.did, node.url)
-            await tg.start(manager.run)
-            if cfg.discovery:
-                # mDNS trouble never stops the node: run() reports started at
-                # once and retries in the background; it ends on core.closing.
-                state.discovery = Discovery.for_node(key, cfg, url=node.url, bind_host=host)
-                await tg.start(functools.partial(state.discovery.run, stop=core.closing))
+            tg.start_soon(_serve, app, hconf, sockets, shutdown, server)
             try:
+                node = Node(
+                    state=state,
+                    url=urls[0],
+                    urls=list(urls),
+                    data_dir=ddir,
+                    task_group=tg,
+                    admin_token=admin_token,
+                )
+                log.info("node %s serving at %s", key.did, node.url)
+                await tg.start(manager.run)
+                if cfg.discovery:
+                    # mDNS trouble never stops the node: run() reports started at
+                    # once and retries in the background; it ends on core.closing.
+                    state.discovery = Discovery.for_node(key, cfg, url=node.url, bind_host=host)
+                    await tg.start(functools.partial(state.discovery.run, stop=core.closing))
                 yield node
             finally:
                 manager.stop()
                 core.closing.set()
                 shutdown.set()
                 # Backstop: the server drains within graceful_timeout; never hang.
+                server.stop_within(cfg.graceful_timeout_s + 3)
                 tg.cancel_scope.deadline = anyio.current_time() + cfg.graceful_timeout_s + 3
     finally:
         if owned_store:
