@@ -154,8 +154,8 @@ def ago(ms: object, now_ms: int | None = None) -> str:
     """``5m ago`` (or ``-``)."""
     if not isinstance(ms, int) or isinstance(ms, bool):
         return "-"
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    seconds = max(0, (now - ms) // 1000)
+    now_s = time.time() if now_ms is None else now_ms / 1000
+    seconds = max(0, int(now_s - ms / 1000))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit} ago"

@@ -54,12 +54,12 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import attrs
 
+from .._clock import now_ms as _now_ms
 from ..errors import (
     ConsentDenied,
     DidInvalid,
@@ -67,6 +67,7 @@ from ..errors import (
     InvalidRequest,
     StoreCorrupt,
 )
+from ..identity._syntax import is_did, is_name
 from .scopes import ALL_SCOPES, PRESETS, has_scope, parse_scopes, scopes_to_list
 
 if TYPE_CHECKING:
@@ -103,23 +104,16 @@ TargetType = Literal["instance", "namespace", "thread"]
 TARGET_TYPES: tuple[TargetType, ...] = ("instance", "namespace", "thread")
 
 _GRANT_ID_RE = re.compile(r"[0-9a-f]{20}")
-_NAME_RE = re.compile(r"[A-Za-z0-9._:@/+-]{1,256}")
-_DID_RE = re.compile(r"did:[a-z0-9]+:[A-Za-z0-9._:%-]*[A-Za-z0-9._%-]")
 _ORIGIN_RE = re.compile(r"api|invite:[A-Za-z0-9._-]{1,128}")
 _SA_ID_RE = re.compile(r"[0-9a-f]{20}")
-_MAX_DID_LEN = 2048
 _ID_ATTEMPTS = 8
-
-
-def _now_ms(now_ms: int | None) -> int:
-    return time.time_ns() // 1_000_000 if now_ms is None else now_ms
 
 
 # --- targets -----------------------------------------------------------------------
 
 
 def _check_name(what: str, value: object) -> str:
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value.startswith("/"):
+    if not is_name(value):
         raise InvalidRequest(
             f"{what} must be 1 to 256 characters of [A-Za-z0-9._:@/+-], not starting with '/'"
         )
@@ -290,7 +284,7 @@ def _grant_from_row(row: Mapping[str, object]) -> Grant:
 
 
 def _check_did(did: object) -> str:
-    if not isinstance(did, str) or len(did) > _MAX_DID_LEN or not _DID_RE.fullmatch(did):
+    if not is_did(did):
         raise DidInvalid("grantee_did must be a DID such as did:key:z6Mk...")
     return did
 

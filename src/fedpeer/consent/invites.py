@@ -78,13 +78,13 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from .._clock import now_ms as _now_ms
 from ..errors import (
     BadProof,
     BadSignature,
@@ -105,6 +105,7 @@ from ..errors import (
     ServiceAccountNotFound,
     StoreCorrupt,
 )
+from ..identity._syntax import is_did
 from ..identity.canonical import b64url_decode, b64url_encode, jcs
 from ..identity.didkey import (
     DID_KEY_PREFIX,
@@ -191,13 +192,7 @@ _MAX_TOKEN = 512
 
 _INVITE_ID_RE = re.compile(r"[0-9a-f]{32}")
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-_DID_RE = re.compile(r"did:[a-z0-9]+:[A-Za-z0-9._:%-]*[A-Za-z0-9._%-]")
-_MAX_DID_LEN = 2048
 _SA_ID_RE = re.compile(r"[0-9a-f]{20}")
-
-
-def _now_ms(now_ms: int | None) -> int:
-    return time.time_ns() // 1_000_000 if now_ms is None else now_ms
 
 
 def _is_int(value: object) -> bool:
@@ -210,7 +205,7 @@ def valid_invite_id(invite_id: object) -> bool:
 
 
 def _check_did(did: object, what: str = "holder_did") -> str:
-    if not isinstance(did, str) or len(did) > _MAX_DID_LEN or not _DID_RE.fullmatch(did):
+    if not is_did(did):
         raise DidInvalid(f"{what} must be a DID such as did:key:z6Mk...")
     return did
 
@@ -1224,13 +1219,7 @@ def audit_rejected(
         "invite_id": invite_id if valid_invite_id(invite_id) else None,
         "reason": reason,
         "holder_type": holder_type if holder_type in HOLDER_TYPES else None,
-        "holder_did": (
-            holder_did
-            if isinstance(holder_did, str)
-            and len(holder_did) <= _MAX_DID_LEN
-            and _DID_RE.fullmatch(holder_did)
-            else None
-        ),
+        "holder_did": (holder_did if isinstance(holder_did, str) and is_did(holder_did) else None),
     }
     return tx.audit(event, ts_ms=_now_ms(now_ms))
 

@@ -45,12 +45,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from .._clock import now_ms as _now_ms
 from ..errors import (
     BootstrapClosed,
     Conflict,
@@ -62,6 +62,7 @@ from ..errors import (
     TokenExpired,
     TokenInvalid,
 )
+from ..identity._syntax import is_did
 from .scopes import ALL_SCOPES, has_scope, parse_scopes, scopes_to_list
 
 if TYPE_CHECKING:
@@ -100,9 +101,7 @@ _BEARER_RE = re.compile(rf"fp_([0-9a-f]{{{_SA_ID_HEX}}})_([0-9a-f]{{{_SECRET_HEX
 _BEARER_LEN = len(TOKEN_PREFIX) + _SA_ID_HEX + 1 + _SECRET_HEX
 _SA_ID_RE = re.compile(rf"[0-9a-f]{{{_SA_ID_HEX}}}")
 _TOKEN_ID_RE = re.compile(rf"[0-9a-f]{{{_TOKEN_ID_HEX}}}")
-_DID_RE = re.compile(r"did:[a-z0-9]+:[A-Za-z0-9._:%-]*[A-Za-z0-9._%-]")
 _ORIGIN_RE = re.compile(r"bootstrap|api|invite:[A-Za-z0-9._-]{1,128}")
-_MAX_DID_LEN = 2048
 _MAX_NAME_LEN = 128
 _ID_ATTEMPTS = 8
 
@@ -209,10 +208,6 @@ class Principal:
 # --- helpers -----------------------------------------------------------------
 
 
-def _now_ms(now_ms: int | None) -> int:
-    return time.time_ns() // 1_000_000 if now_ms is None else now_ms
-
-
 def hash_bearer(bearer: str) -> str:
     """Lowercase hex SHA-256 of the bearer's ASCII bytes (what is stored)."""
     return hashlib.sha256(bearer.encode("ascii")).hexdigest()
@@ -242,7 +237,7 @@ def _check_ttl(ttl_ms: int | None) -> None:
 
 
 def _check_did(did: object) -> str:
-    if not isinstance(did, str) or len(did) > _MAX_DID_LEN or not _DID_RE.fullmatch(did):
+    if not is_did(did):
         raise DidInvalid("holder_did must be a DID such as did:key:z6Mk...")
     return did
 

@@ -33,6 +33,8 @@ import attrs
 
 from fedpeer.errors import Malformed
 
+from . import _base58
+
 __all__ = ["CID", "DAG_CBOR", "DAG_JSON", "SHA2_256", "cid_for_dagcbor"]
 
 DAG_CBOR = 0x71
@@ -100,32 +102,17 @@ def _validate(_inst: object, _attr: object, value: bytes) -> None:
     _check_raw(value)
 
 
-# --- base58btc (CIDv0 text form) -------------------------------------------------------
-
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(_B58)}
+# --- base58btc (CIDv0 text form): the one codec, in _base58 --------------------------
 
 
-def _b58encode(data: bytes) -> str:
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    n = int.from_bytes(data, "big")
-    out: list[str] = []
-    while n:
-        n, rem = divmod(n, 58)
-        out.append(_B58[rem])
-    return "1" * zeros + "".join(reversed(out))
+_b58encode = _base58.encode
 
 
 def _b58decode(text: str) -> bytes:
-    n = 0
-    for ch in text:
-        digit = _B58_INDEX.get(ch)
-        if digit is None:
-            raise Malformed(f"{ch!r} is not a base58btc character")
-        n = n * 58 + digit
-    zeros = len(text) - len(text.lstrip("1"))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    return b"\0" * zeros + body
+    out = _base58.decode(text)
+    if out is None:
+        raise Malformed("not base58btc: the alphabet excludes 0, O, I and l")
+    return out
 
 
 _B32_LOWER_RE = re.compile(r"[a-z2-7]+")

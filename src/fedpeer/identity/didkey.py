@@ -27,6 +27,8 @@ import nacl.exceptions
 
 from fedpeer.errors import DidInvalid
 
+from . import _base58
+
 __all__ = [
     "DID_KEY_PREFIX",
     "MULTIKEY_CONTEXT",
@@ -57,22 +59,13 @@ _MAX_MULTIBASE_LEN = 64  # 'z' + 47..48 base58 chars for 34 bytes; anything long
 
 # --- base58btc (Bitcoin alphabet) -----------------------------------------------
 
-_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX: dict[str, int] = {c: i for i, c in enumerate(_B58_ALPHABET)}
-
 
 def base58btc_encode(data: bytes) -> str:
     """Encode ``data`` in base58btc (Bitcoin alphabet, no multibase prefix).
 
     Leading zero bytes become leading ``1`` characters. Pure; never raises for bytes.
     """
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    n = int.from_bytes(data, "big")
-    out: list[str] = []
-    while n:
-        n, rem = divmod(n, 58)
-        out.append(_B58_ALPHABET[rem])
-    return "1" * zeros + "".join(reversed(out))
+    return _base58.encode(data)
 
 
 def base58btc_decode(text: str) -> bytes:
@@ -85,18 +78,10 @@ def base58btc_decode(text: str) -> bytes:
     """
     if not text:
         raise DidInvalid("empty base58btc value")
-    n = 0
-    index = _B58_INDEX
-    try:
-        for c in text:
-            n = n * 58 + index[c]
-    except KeyError:
-        raise DidInvalid(
-            "invalid base58btc character; the alphabet excludes 0, O, I and l"
-        ) from None
-    zeros = len(text) - len(text.lstrip("1"))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    return b"\0" * zeros + body
+    out = _base58.decode(text)
+    if out is None:
+        raise DidInvalid("invalid base58btc character; the alphabet excludes 0, O, I and l")
+    return out
 
 
 # --- multikey values ---------------------------------------------------------------

@@ -50,6 +50,7 @@ from fedpeer.errors import (
     SignatureNotYetValid,
 )
 
+from ._syntax import DID_PATTERN
 from .canonical import b64url_decode, b64url_encode, jcs
 from .didkey import DID_KEY_PREFIX, public_key_from_did
 from .keys import SigningKey, verify_signature
@@ -76,9 +77,9 @@ DEFAULT_MAX_SKEW_S = 300.0
 
 _SIG_MEMBERS = frozenset({"alg", "key_id", "signed_at", "expires_at", "signature"})
 _MAX_KEY_ID_LEN = 2048
-# did:<method>:<method-specific-id>#<fragment>; the id chars are the DID Core idchar
-# set plus ':' and pct-encoding; the fragment is any visible ASCII except '#'.
-_KEY_ID_RE = re.compile(r"(did:[a-z0-9]+:[A-Za-z0-9._%:-]*[A-Za-z0-9._%-])#([!-\"$-~]+)")
+# did:<method>:<method-specific-id>#<fragment>: the one DID syntax (DID Core), then a
+# fragment of any visible ASCII except '#'.
+_KEY_ID_RE = re.compile(rf"({DID_PATTERN})#([!-\"$-~]+)")
 _TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
 
 

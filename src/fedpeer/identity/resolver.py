@@ -36,6 +36,7 @@ import httpx
 
 from fedpeer.errors import DidInvalid, DidMethodUnsupported, DidNotFound, FedpeerError, KeyUnknown
 
+from ._syntax import MAX_DID_LEN, METHOD_RE, is_did
 from .canonical import b64url_decode
 from .didkey import base58btc_decode, did_document, ed25519_from_multibase
 from .keys import is_valid_public_key
@@ -50,13 +51,6 @@ __all__ = [
     "public_key_from_method",
 ]
 
-# DID Core: did:<method-name>:<method-specific-id>, idchar = ALPHA / DIGIT / . - _ / pct-encoded
-_DID_RE = re.compile(
-    r"did:([a-z0-9]+):((?:[A-Za-z0-9._-]|%[0-9A-Fa-f]{2})*"
-    r"(?::(?:[A-Za-z0-9._-]|%[0-9A-Fa-f]{2})*)*)"
-)
-_METHOD_RE = re.compile(r"[a-z0-9]+")
-_MAX_DID_LEN = 2048
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 _PATH_SEGMENT_RE = re.compile(r"(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+")
@@ -110,7 +104,7 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
     is a DNS name or IPv4 address (optionally with a port) and whose path segments
     are non-empty, percent-encoded and not ``.``/``..``. Pure.
     """
-    if not isinstance(did, str) or not did.startswith("did:web:") or len(did) > _MAX_DID_LEN:
+    if not isinstance(did, str) or not did.startswith("did:web:") or len(did) > MAX_DID_LEN:
         raise DidInvalid("not a did:web (did:web:<host>[:<path>...])")
     domain, *path = did[len("did:web:") :].split(":")
     host, sep, port = domain.replace("%3a", "%3A").partition("%3A")
@@ -300,7 +294,7 @@ class Resolver:
 
         ``method`` is the bare method name (``"web"``), lower-case letters and digits.
         """
-        if _METHOD_RE.fullmatch(method) is None:
+        if METHOD_RE.fullmatch(method) is None:
             raise DidInvalid("a DID method name is lower-case letters and digits, like 'web'")
         self._drivers[method] = driver
         for did in [d for d in self._cache if d.startswith(f"did:{method}:")]:
@@ -316,21 +310,21 @@ class Resolver:
         self._cache.clear()
 
     async def _resolve_shared(self, did: str) -> dict[str, object]:
-        if not isinstance(did, str) or len(did) > _MAX_DID_LEN:
+        if not isinstance(did, str) or len(did) > MAX_DID_LEN:
             raise DidInvalid("a DID is a string like did:key:z6Mk...")
-        m = _DID_RE.fullmatch(did)
-        if m is None or did.endswith(":"):
+        if not is_did(did):
             raise DidInvalid("not a valid DID (did:<method>:<id>, no path, query or fragment)")
+        method = did.split(":", 2)[1]
         cached = self._cache.get(did)
         if cached is not None:
             if self._clock() < cached[0]:
                 self._cache.move_to_end(did)
                 return cached[1]
             del self._cache[did]
-        driver = self._drivers.get(m.group(1))
+        driver = self._drivers.get(method)
         if driver is None:
             raise DidMethodUnsupported(
-                f"no resolver for did:{m.group(1)}; supported: "
+                f"no resolver for did:{method}; supported: "
                 + ", ".join(f"did:{x}" for x in self.methods)
             )
         doc = await driver.resolve(did)

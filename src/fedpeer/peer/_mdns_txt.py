@@ -52,6 +52,7 @@ from ..errors import (
     Malformed,
     SignatureExpired,
 )
+from ..identity._syntax import is_name
 from ..identity.canonical import b64url_decode, b64url_encode, jcs
 from ..identity.didkey import public_key_from_did
 from ..identity.keys import SigningKey, verify_signature
@@ -86,7 +87,6 @@ DEFAULT_MAX_TTL_S = 24 * 3600
 DEFAULT_MAX_SKEW_S = 300.0
 
 _REQUIRED = ("v", "did", "handle", "ns", "caps", "port", "seq", "exp", "sig")
-_LIST_ITEM_RE = re.compile(r"[A-Za-z0-9._:@+\-][A-Za-z0-9._:@/+\-]{0,255}")
 _KEY_RE = re.compile(r"[\x21-\x3c\x3e-\x7e]{1,64}")  # printable ASCII except '='
 _DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,15}")
 
@@ -121,7 +121,7 @@ def txt_size(txt: Mapping[str, str]) -> int:
 
 def _join(items: Sequence[str], what: str) -> str:
     for item in items:
-        if _LIST_ITEM_RE.fullmatch(item) is None:
+        if not is_name(item):
             raise ConfigInvalid(
                 f"{what} item {item[:40]!r} is not a valid name "
                 "(1..256 of A-Z a-z 0-9 . _ : @ / + -, not starting with /)"
@@ -134,7 +134,7 @@ def _split(value: str, what: str) -> tuple[str, ...]:
         return ()
     items = tuple(value.split(","))
     for item in items:
-        if _LIST_ITEM_RE.fullmatch(item) is None:
+        if not is_name(item):
             raise Malformed(f"TXT {what} has an invalid item {item[:40]!r}")
     return items
 

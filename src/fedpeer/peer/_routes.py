@@ -446,6 +446,13 @@ _THREAD = Param("thread", schema={"type": "string", "maxLength": 256})
 _FEED = Param("feed", schema={"type": "string", "enum": ["normal", "longpoll", "continuous"]})
 _TIMEOUT = Param("timeout", schema={"type": "number", "minimum": 0, "maximum": 30})
 
+_PAGE_ERRORS = (
+    "CURSOR_INVALID",
+    "CURSOR_RESET",
+    "CURSOR_FROM_FUTURE",
+    "INVALID_REQUEST",
+    "CONSENT_DENIED",
+)
 _RECORD_VIEW = {"type": "object", "required": ["cid"], "properties": {"cid": {"type": "string"}}}
 _PAGE = {
     "type": "object",
@@ -543,13 +550,7 @@ ROUTES: list[RouteSpec] = [
             Param("order", schema={"type": "string", "enum": ["oldest", "newest"]}),
         ),
         response_schema=_PAGE,
-        errors=(
-            "CURSOR_INVALID",
-            "CURSOR_RESET",
-            "CURSOR_FROM_FUTURE",
-            "INVALID_REQUEST",
-            "CONSENT_DENIED",
-        ),
+        errors=_PAGE_ERRORS,
     ),
     RouteSpec(
         "GET",
@@ -571,13 +572,7 @@ ROUTES: list[RouteSpec] = [
         "thread_records",
         params=(Param("thread", "path", required=True), _NS, _CURSOR, _LIMIT),
         response_schema=_PAGE,
-        errors=(
-            "CURSOR_INVALID",
-            "CURSOR_RESET",
-            "CURSOR_FROM_FUTURE",
-            "INVALID_REQUEST",
-            "CONSENT_DENIED",
-        ),
+        errors=_PAGE_ERRORS,
     ),
     RouteSpec(
         "GET",
@@ -588,13 +583,7 @@ ROUTES: list[RouteSpec] = [
         "changes",
         params=(_CURSOR, _LIMIT, _FEED, _THREAD, _NS, _TIMEOUT),
         response_schema=_PAGE,
-        errors=(
-            "CURSOR_INVALID",
-            "CURSOR_RESET",
-            "CURSOR_FROM_FUTURE",
-            "INVALID_REQUEST",
-            "CONSENT_DENIED",
-        ),
+        errors=_PAGE_ERRORS,
         stream=True,
     ),
     RouteSpec(

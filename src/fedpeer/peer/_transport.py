@@ -11,6 +11,8 @@ subclass (:func:`raise_for_error`), a transport failure ``PeerUnreachable``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -58,7 +60,9 @@ class HttpTransport:
     """Requests to one node at ``base_url``, with ``token`` as the bearer.
 
     Shares ``client`` when given (the caller closes it), else owns one from
-    :func:`new_http_client` (closed by :meth:`aclose`). Cancellable.
+    :func:`new_http_client` (closed by :meth:`aclose` or ``async with``).
+    Cancellable. :class:`~fedpeer.peer.PeerClient` and
+    :class:`~fedpeer.peer.AdminClient` are built on it.
     """
 
     def __init__(
@@ -74,6 +78,17 @@ class HttpTransport:
         self.owned = client is None
         self.client = client or new_http_client(timeout=timeout)
         self.timeout = timeout
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connections (only when this transport created the client)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import builtins
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 
 import httpx
 
@@ -452,7 +451,7 @@ class AdminPairs(_Part):
         return await self._call("GET", "/v1/sync/health")
 
 
-class AdminClient:
+class AdminClient(HttpTransport):
     """The admin API of the node at ``url``, shown ``token`` (an admin bearer).
 
     ``records``, ``invites``, ``grants``, ``tokens``, ``pairs`` mirror the node's
@@ -469,29 +468,14 @@ class AdminClient:
         timeout: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self._t = HttpTransport(url, token=token, client=client, timeout=timeout)
-        self.url = self._t.base_url
-        self.records = AdminRecords(self._t, limits)
-        self.invites = AdminInvites(self._t, limits)
-        self.grants = AdminGrants(self._t, limits)
-        self.tokens = AdminTokens(self._t, limits)
-        self.pairs = AdminPairs(self._t, limits)
-        self._misc = _Part(self._t, limits)
-
-    async def __aenter__(self) -> AdminClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections (only when this client made them)."""
-        await self._t.aclose()
+        super().__init__(url, token=token, client=client, timeout=timeout)
+        self.url = self.base_url
+        self.records = AdminRecords(self, limits)
+        self.invites = AdminInvites(self, limits)
+        self.grants = AdminGrants(self, limits)
+        self.tokens = AdminTokens(self, limits)
+        self.pairs = AdminPairs(self, limits)
+        self._misc = _Part(self, limits)
 
     async def identity(self) -> dict[str, object]:
         """``GET /v1/identity``: the node's DID, handle, URLs and this token's state."""

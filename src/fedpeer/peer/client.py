@@ -9,7 +9,6 @@ subclass; transport failures as :class:`PeerUnreachable`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from types import TracebackType
 from typing import Literal
 
 import attrs
@@ -52,7 +51,7 @@ class StreamEvent:
     record: SignedRecord | None
 
 
-class PeerClient:
+class PeerClient(HttpTransport):
     """A client for one peer node.
 
     ``base_url`` is the peer's URL (``http://host:port``; https works the same).
@@ -70,52 +69,12 @@ class PeerClient:
         timeout: float = 40.0,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self._transport = HttpTransport(base_url, token=token, client=client, timeout=timeout)
-        self.base_url = self._transport.base_url
+        super().__init__(base_url, token=token, client=client, timeout=timeout)
         self.limits = limits
-        self._client = self._transport.client
-        self._headers = self._transport.headers
+        self._client = self.client
+        self._headers = self.headers
 
-    async def __aenter__(self) -> PeerClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections (only when the client created them)."""
-        await self._transport.aclose()
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int] | None = None,
-        json_body: object = None,
-        cbor_body: object = None,
-        accept: str = CBOR,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        """Send one request; raise the server's error for a 4xx/5xx answer."""
-        return await self._transport.request(
-            method,
-            path,
-            params=params,
-            json_body=json_body,
-            cbor_body=cbor_body,
-            accept=accept,
-            timeout=timeout,
-        )
-
-    @staticmethod
-    def _decode(response: httpx.Response) -> object:
-        return HttpTransport.decode(response)
+    _decode = staticmethod(HttpTransport.decode)
 
     async def get_value(self, path: str, **params: str | int) -> object:
         """GET ``path`` and decode the DAG-CBOR answer."""

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import inspect
 import secrets
-import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import anyio.lowlevel
 
+from .._clock import now_ms
 from ..errors import StoreClosed, StoreError
 from ._watch import HeadWatch
 from .base import (
@@ -103,7 +103,7 @@ class _MemoryTx:
         text = dump_json(event, "audit event")
         store = self._store
         entry_id = len(store._audit) + 1
-        when = int(time.time() * 1000) if ts_ms is None else int(ts_ms)
+        when = now_ms(None if ts_ms is None else int(ts_ms))
         store._audit.append((entry_id, when, text))
         return entry_id
 

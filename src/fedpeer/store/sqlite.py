@@ -59,7 +59,6 @@ import os
 import re
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -67,6 +66,7 @@ from typing import Literal, TypeVar
 import anyio
 import anyio.lowlevel
 
+from .._clock import now_ms
 from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError
 from ._watch import HeadWatch
 from .base import (
@@ -192,7 +192,7 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
     conn.executemany(
         "INSERT INTO meta (key, value) VALUES (?, ?)",
-        [("epoch", secrets.token_hex(16)), ("created_ms", str(int(time.time() * 1000)))],
+        [("epoch", secrets.token_hex(16)), ("created_ms", str(now_ms()))],
     )
 
 
@@ -354,7 +354,7 @@ class _SQLiteTx:
     def audit(self, event: JsonDict, *, ts_ms: int | None = None) -> int:
         self._check()
         text = dump_json(event, "audit event")
-        when = int(time.time() * 1000) if ts_ms is None else int(ts_ms)
+        when = now_ms(None if ts_ms is None else int(ts_ms))
         try:
             cur = self._conn.execute("INSERT INTO audit (ts_ms, event) VALUES (?, ?)", (when, text))
         except sqlite3.Error as exc:

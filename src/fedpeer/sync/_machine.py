@@ -100,12 +100,12 @@ from __future__ import annotations
 
 import enum
 import random
-import time
 from collections.abc import Mapping
 from typing import Literal
 
 import attrs
 
+from .._clock import now_ms as _clock_ms
 from ..errors import (
     AuthRequired,
     ConsentDenied,
@@ -337,8 +337,7 @@ class PairChanged:
 # --- the machine ----------------------------------------------------------------------
 
 
-def _now(now_ms: int | None) -> int:
-    return time.time_ns() // 1_000_000 if now_ms is None else now_ms
+_now = _clock_ms  # the one clock helper
 
 
 _STOP_CLASSES = (AuthRequired, ScopeForbidden, ConsentDenied)

@@ -53,7 +53,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from functools import partial
 
@@ -61,6 +60,7 @@ import anyio
 import anyio.abc
 
 from .. import _ed25519
+from .._clock import now_ms as _now_ms
 from ..errors import FedpeerError, PeerError
 from ..identity.keys import verify_batch
 from ..store.base import StateTx, Store
@@ -379,10 +379,6 @@ class _Fetch:
 
 
 # --- the driver -----------------------------------------------------------------------------
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Puller:

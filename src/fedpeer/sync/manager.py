@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 import anyio
 import anyio.abc
 
+from .._clock import now_ms as _now_ms
 from ..errors import InternalError, PairNotFound, StoreCorrupt
 from ..store.base import StateTx, Store
 from ._puller import Puller
@@ -38,10 +38,6 @@ log = logging.getLogger("fedpeer.sync")
 
 _TOP = 5  # pairs listed as slowest / most failing
 _HOUR_MINUTES = 60
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class PairManager:

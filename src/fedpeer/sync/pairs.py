@@ -42,12 +42,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 
 import attrs
 
+from .._clock import now_ms as _now_ms
 from ..errors import (
     DidInvalid,
     FedpeerError,
@@ -56,10 +56,10 @@ from ..errors import (
     PairStateInvalid,
     StoreCorrupt,
 )
+from ..identity._syntax import is_did, is_name
 from ..identity.canonical import jcs
 from ..store.base import ChangeFilter
 from .feed import Cursor
-from .records import NAME_PATTERN
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -161,16 +161,13 @@ def transition(state: PairState, action: PairAction, *, pair_id: str = "") -> Pa
 
 # --- small values --------------------------------------------------------------------
 
-_NAME_RE = re.compile(NAME_PATTERN)  # the record name rule: one alphabet everywhere
 _MAX_NAME_LEN = 256
-_DID_RE = re.compile(r"did:[a-z0-9]+:[A-Za-z0-9._:%\-]+")
-_MAX_DID_LEN = 2048
 _MAX_CREDENTIAL_LEN = 4096
 _CREDENTIAL_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: safe in an HTTP header
 
 
 def _check_did(value: str, what: str) -> str:
-    if not isinstance(value, str) or len(value) > _MAX_DID_LEN or not _DID_RE.fullmatch(value):
+    if not is_did(value):
         raise DidInvalid(f"{what} is not a DID (expected did:<method>:<id>): {value!r:.80}")
     return value
 
@@ -182,7 +179,7 @@ def _empty_to_none(value: str | None) -> str | None:
 def _check_name(_inst: object, attr: attrs.Attribute[str | None], value: str | None) -> None:
     if value is None:
         return
-    if not isinstance(value, str) or len(value) > _MAX_NAME_LEN or not _NAME_RE.fullmatch(value):
+    if not is_name(value, _MAX_NAME_LEN):
         raise InvalidRequest(
             f"filter.{attr.name} must be 1..256 characters of [A-Za-z0-9._:@/+-], "
             f"not starting with '/' (or null for no constraint), got {value!r:.80}"
@@ -483,10 +480,6 @@ class PairStats:
 
 
 # --- the pair ------------------------------------------------------------------------------
-
-
-def _now_ms(now_ms: int | None) -> int:
-    return time.time_ns() // 1_000_000 if now_ms is None else now_ms
 
 
 def pair_id(local_did: str, peer_did: str, filter: PairFilter) -> str:

@@ -72,12 +72,11 @@ Pure functions and frozen values; no I/O. The wall clock is read only when
 from __future__ import annotations
 
 import json
-import re
-import time
 from collections.abc import Iterable, Sequence
 
 import attrs
 
+from fedpeer._clock import now_ms as _now_ms
 from fedpeer.errors import (
     BadSignature,
     FedpeerError,
@@ -87,6 +86,8 @@ from fedpeer.errors import (
     RecordTooLarge,
 )
 from fedpeer.identity._dagcbor import encode_into, head, parse_unchecked
+from fedpeer.identity._syntax import NAME_PATTERN as NAME_PATTERN
+from fedpeer.identity._syntax import NAME_RE as NAME_RE
 from fedpeer.identity.canonical import (
     CID,
     b64url_encode,
@@ -133,11 +134,6 @@ SIGNATURE_BYTES = 64
 MAX_SAFE_INT = 2**53 - 1
 """Largest ``clock`` / ``ts`` value: exact in IEEE doubles (JSON, JavaScript)."""
 
-NAME_PATTERN = r"[A-Za-z0-9._:@+\-][A-Za-z0-9._:@/+\-]*"
-"""What ``namespace``, ``thread`` and ``kind`` match: the character set
-``[A-Za-z0-9._:@/+-]``, not starting with ``/`` (length is a :class:`Limits` field)."""
-
-NAME_RE = re.compile(NAME_PATTERN)
 _RECORD_KEYS = frozenset(
     ("v", "author", "namespace", "thread", "kind", "body", "parents", "clock", "ts")
 )
@@ -244,10 +240,6 @@ class SignedRecord:
 
 
 # --- the pipeline -------------------------------------------------------------------
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _record_from_value(obj: object) -> Record:
