@@ -42,6 +42,7 @@ from .services import (
     RedeemAnswer,
     RotatedToken,
     grant_from_dict,
+    invite_request,
     service_account_from_dict,
 )
 
@@ -192,23 +193,17 @@ class AdminInvites(_Part):
         base_url: str | None = None,
     ) -> InviteCreated:
         """Issue a signed invite; its ``url`` holds the secret (shown once)."""
-        body: dict[str, object] = {}
-        for name, value in (
-            ("ttl_s", ttl_s),
-            ("max_uses", max_uses),
-            ("token_ttl_s", token_ttl_s),
-            ("device_label", device_label),
-            ("notes", notes),
-            ("base_url", base_url),
-        ):
-            if value is not None:
-                body[name] = value
-        if scopes is not None:
-            body["scopes"] = list(scopes)
-        if target is not None:
-            body["scope_target"] = target.to_dict()
-        if accept_holder_types is not None:
-            body["accept_holder_types"] = list(accept_holder_types)
+        body = invite_request(
+            ttl_s=ttl_s,
+            max_uses=max_uses,
+            scopes=scopes,
+            target=target,
+            accept_holder_types=accept_holder_types,
+            token_ttl_s=token_ttl_s,
+            device_label=device_label,
+            notes=notes,
+            base_url=base_url,
+        )
         return InviteCreated.from_dict(await self._call("POST", "/v1/invites", body=body))
 
     async def list(self, *, state: str | None = None) -> builtins.list[InviteInfo]:

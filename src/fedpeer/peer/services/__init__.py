@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._core import NodeCore as NodeCore
 from ._grants import GrantService as GrantService
 from ._invites import InviteService as InviteService
+from ._invites import invite_request as invite_request
 from ._pairs import InvitePairing as InvitePairing
 from ._pairs import PairService as PairService
 from ._pairs import filter_for_target as filter_for_target
@@ -54,6 +55,7 @@ __all__ = [
     "TokenService",
     "filter_for_target",
     "grant_from_dict",
+    "invite_request",
     "parse_cid",
     "service_account_from_dict",
 ]

@@ -32,7 +32,7 @@ from ._views import AuditEvent, AuditPage, InviteCreated, InviteInfo, RedeemAnsw
 if TYPE_CHECKING:
     from ._pairs import PairService
 
-__all__ = ["InviteService"]
+__all__ = ["InviteService", "invite_request"]
 
 log = logging.getLogger("fedpeer.consent")
 
@@ -47,6 +47,39 @@ def _check_base_url(base: object) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise InvalidRequest("base_url must be an http(s) URL like http://192.168.1.5:8765")
     return base.rstrip("/")
+
+
+def invite_request(
+    *,
+    ttl_s: int | None = None,
+    max_uses: int | None = None,
+    scopes: Sequence[str] | None = None,
+    target: Target | None = None,
+    accept_holder_types: Sequence[str] | None = None,
+    token_ttl_s: int | None = None,
+    device_label: str | None = None,
+    notes: str | None = None,
+    base_url: str | None = None,
+) -> dict[str, object]:
+    """The JSON body of ``POST /v1/invites`` for these arguments (None: the default)."""
+    params: dict[str, object] = {}
+    for name, value in (
+        ("ttl_s", ttl_s),
+        ("max_uses", max_uses),
+        ("token_ttl_s", token_ttl_s),
+        ("device_label", device_label),
+        ("notes", notes),
+        ("base_url", base_url),
+    ):
+        if value is not None:
+            params[name] = value
+    if scopes is not None:
+        params["scopes"] = list(scopes)
+    if target is not None:
+        params["scope_target"] = target.to_dict()
+    if accept_holder_types is not None:
+        params["accept_holder_types"] = list(accept_holder_types)
+    return params
 
 
 class InviteService:
@@ -89,22 +122,16 @@ class InviteService:
         valid 30 days. ``base_url`` is where redeemers reach this node (default:
         :meth:`default_base_url`). Raises INVALID_REQUEST.
         """
-        params: dict[str, object] = {}
-        for name, value in (
-            ("ttl_s", ttl_s),
-            ("max_uses", max_uses),
-            ("token_ttl_s", token_ttl_s),
-            ("device_label", device_label),
-            ("notes", notes),
-        ):
-            if value is not None:
-                params[name] = value
-        if scopes is not None:
-            params["scopes"] = list(scopes)
-        if target is not None:
-            params["scope_target"] = target.to_dict()
-        if accept_holder_types is not None:
-            params["accept_holder_types"] = list(accept_holder_types)
+        params = invite_request(
+            ttl_s=ttl_s,
+            max_uses=max_uses,
+            scopes=scopes,
+            target=target,
+            accept_holder_types=accept_holder_types,
+            token_ttl_s=token_ttl_s,
+            device_label=device_label,
+            notes=notes,
+        )
         return await self.create_from(params, base_url=base_url)
 
     async def create_from(
