@@ -21,7 +21,8 @@ real node's signed TXT (``--replay-txt``) with the impostor's own address, so
 only the manifest check can catch it. It prints ``{"event": "impostor", ...}``.
 
 ``--backend`` picks the event loop the node runs on (trio, the default, or
-asyncio): zeroconf is bridged into either. ``t`` is ``time.time()`` when the line is written (same clock for every
+asyncio): zeroconf is bridged into either. ``t`` is ``time.time()`` when the line
+is written (same clock for every
 namespace), for the discovery benchmark.
 """
 

@@ -284,9 +284,14 @@ async def test_two_nodes_pair_from_one_invite_and_sync_both_ways(tmp_path: Path)
 
 PAIRS = [
     (RecordService, AdminRecords, {"fetch", "get_stored", "put_verified", "count"}),
-    (InviteService, AdminInvites, {"attach_pairs", "default_base_url", "create_from", "audit_rejection"}),
+    (
+        InviteService,
+        AdminInvites,
+        {"attach_pairs", "default_base_url", "create_from", "audit_rejection"},
+    ),
     (GrantService, AdminGrants, {"view_for"}),
-    (TokenService, AdminTokens, {"authenticate", "rotate_self"}),  # rotate_self: the bearer
+    # rotate_self: over HTTP the bearer is the principal
+    (TokenService, AdminTokens, {"authenticate", "rotate_self"}),
     (
         PairService,
         AdminPairs,
