@@ -47,6 +47,7 @@ network, and every one of them is cancellable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -231,7 +232,10 @@ class _SignatureWorkers:
         if proc in self._idle:
             self._idle.remove(proc)
         with anyio.CancelScope(shield=True):
-            proc.kill()
+            # asyncio raises ProcessLookupError for a process that already exited
+            # (trio does not): either way it is gone, and wait() reaps it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()  # reaps it
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
