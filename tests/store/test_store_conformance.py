@@ -30,6 +30,9 @@ async def all_changes(
         assert len(p.records) <= page
         for r in p.records:
             assert since < r.seq <= p.last_seq
+        # the page names the record at last_seq (the feed's cursor fingerprint)
+        assert p.last_cid == await store.cid_at(p.last_seq)
+        assert (p.last_cid is None) == (p.last_seq == 0)
         out.extend(p.records)
         if p.last_seq >= p.head_seq:
             return out
@@ -125,6 +128,23 @@ async def test_changes_pages_in_order(store: Store) -> None:
     beyond = await store.changes(40, 10)
     assert beyond.records == ()
     assert beyond.last_seq == 40
+
+
+async def test_cid_at_names_the_record_at_each_seq(store: Store) -> None:
+    assert await store.cid_at(0) is None
+    assert await store.cid_at(1) is None
+    batch = [rec(i) for i in range(5)]
+    await store.put(batch)
+    await store.put([rec(2), rec(9)])  # one duplicate, one new (seq 6)
+    assert [await store.cid_at(s) for s in range(1, 7)] == [r.cid for r in batch] + [rec(9).cid]
+    for seq in (0, -1, 7, 2**62):
+        assert await store.cid_at(seq) is None
+    # a scan that ends on a record it did not return (filtered out) still names it
+    page = await store.changes(0, 10, ChangeFilter(thread="nope"))
+    assert page.records == ()
+    assert (page.last_seq, page.last_cid) == (6, rec(9).cid)
+    page = await store.changes(2, 2)
+    assert (page.last_seq, page.last_cid) == (4, batch[3].cid)
 
 
 async def test_changes_rejects_bad_arguments(store: Store) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import struct
 from collections.abc import Callable
 
@@ -32,8 +33,12 @@ from fedpeer.sync.feed import (
     FeedPage,
     WirePage,
     build_page,
+    cursor_at,
+    fingerprint,
+    page_cursor,
     page_from_wire,
     page_to_wire,
+    resolve_cursor,
     resolve_since,
 )
 from fedpeer.sync.records import SignedRecord, build_record, record_from_wire, record_to_wire
@@ -74,6 +79,66 @@ def test_cursor_encoding_is_versioned_binary() -> None:
 
 def _packed(version: int, epoch: bytes, seq: int) -> str:
     return b64(struct.pack(">B16sq", version, epoch, seq))
+
+
+def _packed2(version: int, epoch: bytes, seq: int, fp: bytes) -> str:
+    return b64(struct.pack(">B16sq8s", version, epoch, seq, fp))
+
+
+fingerprints = st.binary(min_size=8, max_size=8)
+
+
+@settings(max_examples=200)
+@given(epoch=epochs, seq=st.integers(min_value=1, max_value=MAX_SEQ), fp=fingerprints)
+def test_cursor_v2_round_trip(epoch: str, seq: int, fp: bytes) -> None:
+    cursor = Cursor(epoch, seq, fp)
+    assert cursor.version == 2
+    text = cursor.encode()
+    assert len(text) == 44
+    assert set(text) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert Cursor.decode(text) == cursor
+
+
+def test_cursor_v2_wire_layout() -> None:
+    cid = b"\x01\x71\x12\x20" + bytes(range(32))
+    cursor = cursor_at(EPOCH, 258, cid)
+    raw = base64.urlsafe_b64decode(cursor.encode() + "==")
+    fp = hashlib.sha256(cid).digest()[:8]
+    assert raw == b"\x02" + bytes.fromhex(EPOCH) + (258).to_bytes(8, "big") + fp
+    assert cursor.fingerprint == fingerprint(cid) == fp
+    # seq 0 (before the first record) has a zero fingerprint, whatever cid is given
+    zero = cursor_at(EPOCH, 0, cid)
+    assert zero == Cursor(EPOCH, 0, bytes(8))
+    assert base64.urlsafe_b64decode(zero.encode() + "==")[-8:] == bytes(8)
+    # unknown cid above 0: a version 1 cursor (no rollback check possible)
+    assert cursor_at(EPOCH, 5, None) == Cursor(EPOCH, 5)
+    assert len(cursor_at(EPOCH, 5, None).encode()) == 34
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _packed2(1, bytes.fromhex(EPOCH), 5, b"12345678"),  # v1 byte in a v2-sized cursor
+        _packed2(3, bytes.fromhex(EPOCH), 5, b"12345678"),
+        _packed2(2, bytes.fromhex(EPOCH), -1, b"12345678"),  # negative seq
+        _packed2(2, bytes.fromhex(EPOCH), 0, b"12345678"),  # seq 0 needs a zero fingerprint
+        b64(b"\x02" + bytes.fromhex(EPOCH) + bytes(8) + bytes(7)),  # short fingerprint
+        b64(b"\x02" + bytes.fromhex(EPOCH) + bytes(8) + bytes(9)),  # long fingerprint
+        _packed2(2, bytes.fromhex(EPOCH), 5, b"12345678")[:-1],
+        _packed2(2, bytes.fromhex(EPOCH), 5, b"12345678") + "A",
+    ],
+)
+def test_garbage_v2_cursors_are_invalid(text: str) -> None:
+    with pytest.raises(CursorInvalid):
+        Cursor.decode(text)
+    with pytest.raises(CursorInvalid):
+        resolve_since(text, epoch=EPOCH, head_seq=10)
+
+
+@pytest.mark.parametrize("fp", [b"", b"1234567", b"123456789", "12345678"])
+def test_cursor_fingerprint_shape_is_checked(fp: object) -> None:
+    with pytest.raises(CursorInvalid):
+        Cursor(EPOCH, 3, fp)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -192,6 +257,57 @@ def test_cursor_past_the_head_is_from_the_future() -> None:
         resolve_since(Cursor(EPOCH, 1).encode(), epoch=EPOCH, head_seq=0)
 
 
+CID_A = b"\x01\x71\x12\x20" + b"a" * 32
+CID_B = b"\x01\x71\x12\x20" + b"b" * 32
+
+
+def test_v2_cursor_checks_the_record_at_its_seq() -> None:
+    text = cursor_at(EPOCH, 7, CID_A).encode()
+    assert resolve_since(text, epoch=EPOCH, head_seq=7, cid_at_seq=CID_A) == 7
+    assert resolve_since(text, epoch=EPOCH, head_seq=50, cid_at_seq=CID_A) == 7
+    # another record at seq 7: the store was rolled back and refilled
+    with pytest.raises(CursorReset, match="rolled back or restored"):
+        resolve_since(text, epoch=EPOCH, head_seq=50, cid_at_seq=CID_B)
+    # no record at seq 7 (not looked up, or missing): not trusted
+    with pytest.raises(CursorReset):
+        resolve_since(text, epoch=EPOCH, head_seq=50)
+    # another epoch is a reset before anything else
+    with pytest.raises(CursorReset, match="another store"):
+        resolve_since(text, epoch=OTHER_EPOCH, head_seq=50, cid_at_seq=CID_A)
+
+
+def test_v2_cursor_past_the_head_is_a_reset_not_from_the_future() -> None:
+    text = cursor_at(EPOCH, 51, CID_A).encode()
+    with pytest.raises(CursorReset, match="head is 50"):
+        resolve_since(text, epoch=EPOCH, head_seq=50, cid_at_seq=CID_A)
+    # seq 0 is before everything: valid for any head
+    zero = cursor_at(EPOCH, 0, None).encode()
+    assert resolve_since(zero, epoch=EPOCH, head_seq=0) == 0
+    assert resolve_since(zero, epoch=EPOCH, head_seq=9) == 0
+
+
+async def test_resolve_cursor_against_a_store() -> None:
+    store = MemoryStore(epoch=EPOCH)
+    key = KEY
+    recs = [
+        build_record(key, namespace="app", thread="t", kind="k", body=i, ts=i, now_ms=i)
+        for i in range(3)
+    ]
+    await store.put([r.to_new() for r in recs])
+    page = await store.changes(0, 2)
+    assert page.last_cid == recs[1].cid.raw
+    text = page_cursor(page, epoch=EPOCH).encode()
+    assert await resolve_cursor(store, text) == 2
+    assert await resolve_cursor(store, None) == 0
+    assert await resolve_cursor(store, Cursor(EPOCH, 2).encode()) == 2  # v1: unchecked
+    with pytest.raises(CursorReset):
+        await resolve_cursor(store, cursor_at(EPOCH, 2, recs[0].cid.raw).encode())
+    with pytest.raises(CursorReset):
+        await resolve_cursor(store, cursor_at(EPOCH, 4, recs[0].cid.raw).encode())
+    with pytest.raises(CursorFromFuture):
+        await resolve_cursor(store, Cursor(EPOCH, 4).encode())
+
+
 def test_empty_cursor_is_invalid_not_from_the_start() -> None:
     with pytest.raises(CursorInvalid):
         resolve_since("", epoch=EPOCH, head_seq=5)
@@ -223,14 +339,15 @@ def test_build_page_keeps_visible_records_and_advances_past_the_rest() -> None:
         visible=lambda r: r.namespace != "secret",
     )
     assert page == FeedPage(records=(recs[0], recs[2]), next_cursor=page.next_cursor, has_more=True)
-    assert Cursor.decode(page.next_cursor) == Cursor(EPOCH, 7)
+    # the cursor sits after the last scanned record (seq 7, invisible) and names it
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 7, recs[3].cid)
 
 
 def test_build_page_with_nothing_visible_still_advances() -> None:
     recs = (srec(1, "secret"), srec(2, "secret"))
     page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH, visible=lambda r: False)
     assert page.records == ()
-    assert Cursor.decode(page.next_cursor) == Cursor(EPOCH, 2)
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 2, recs[1].cid)
     assert page.has_more is False
 
 
@@ -243,10 +360,14 @@ def test_build_page_default_shows_everything() -> None:
 
 def test_build_page_empty_scan_window() -> None:
     # a filtered scan that matched nothing in its window: resume after the window
-    page = build_page(ChangesPage((), last_seq=1000, head_seq=5000), epoch=EPOCH)
+    page = build_page(ChangesPage((), last_seq=1000, head_seq=5000, last_cid=CID_A), epoch=EPOCH)
     assert page.records == ()
     assert page.has_more
-    assert resolve_since(page.next_cursor, epoch=EPOCH, head_seq=5000) == 1000
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 1000, CID_A)
+    assert resolve_since(page.next_cursor, epoch=EPOCH, head_seq=5000, cid_at_seq=CID_A) == 1000
+    # a scan page whose store did not say which record is at last_seq: version 1
+    legacy = build_page(ChangesPage((), last_seq=1000, head_seq=5000), epoch=EPOCH)
+    assert Cursor.decode(legacy.next_cursor) == Cursor(EPOCH, 1000)
 
 
 def test_build_page_at_head_of_empty_store() -> None:
@@ -280,7 +401,14 @@ class FakeSource:
         upper = min(self.head, since + self.window)
         out = [r for r in self.records if since < r.seq <= upper][:limit]
         last = out[-1].seq if len(out) == limit else max(since, upper)
-        return ChangesPage(tuple(out), last, self.head)
+        return ChangesPage(tuple(out), last, self.head, self.cid_at(last))
+
+    def cid_at(self, seq: int) -> bytes | None:
+        return next((r.cid for r in self.records if r.seq == seq), None)
+
+    def resolve(self, cursor: str | None) -> int:
+        seq = 0 if cursor is None else Cursor.decode(cursor).seq
+        return resolve_since(cursor, epoch=EPOCH, head_seq=self.head, cid_at_seq=self.cid_at(seq))
 
 
 def follow(
@@ -290,7 +418,7 @@ def follow(
     got: list[StoredRecord] = []
     cursor: str | None = None
     for _ in range(4 * len(source.records) + 4):
-        since = resolve_since(cursor, epoch=EPOCH, head_seq=source.head)
+        since = source.resolve(cursor)
         page = build_page(source.changes(since, limit), epoch=EPOCH, visible=visible)
         wire = page_from_wire(dagcbor_decode(dagcbor_encode(page_to_wire(page))))
         assert len(wire.records) == len(page.records)
@@ -344,7 +472,7 @@ async def test_feed_over_a_real_memory_store_with_filter_and_consent() -> None:
     got: list[SignedRecord] = []
     cursor: str | None = None
     for _ in range(100):
-        since = resolve_since(cursor, epoch=store.epoch, head_seq=await store.head_seq())
+        since = await resolve_cursor(store, cursor)
         page = build_page(await store.changes(since, 2, flt), epoch=store.epoch, visible=visible)
         wire = page_from_wire(dagjson_decode(dagjson_encode(page_to_wire(page))))
         got.extend(record_from_wire(item) for item in wire.records)
@@ -376,13 +504,13 @@ def test_page_to_wire_and_back() -> None:
     wire = page_to_wire(page)
     assert wire == {
         "records": [record_to_wire(r) for r in recs],
-        "next_cursor": Cursor(EPOCH, 3).encode(),
+        "next_cursor": cursor_at(EPOCH, 3, recs[2].cid).encode(),
         "has_more": True,
     }
     for encode, decode in ((dagcbor_encode, dagcbor_decode), (dagjson_encode, dagjson_decode)):
         parsed = page_from_wire(decode(encode(wire)))
         assert parsed == WirePage(
-            records=parsed.records, next_cursor=Cursor(EPOCH, 3).encode(), has_more=True
+            records=parsed.records, next_cursor=wire["next_cursor"], has_more=True
         )
         assert [record_from_wire(item) for item in parsed.records] == signed
 

@@ -37,7 +37,7 @@ from fedpeer.sync._backoff import Backoff
 from fedpeer.sync._machine import PageRequest, PullMachine
 from fedpeer.sync._manager import PairManager
 from fedpeer.sync._puller import SyncEvent, SyncOptions, _VerifiedMachine, _verify_chunk
-from fedpeer.sync.feed import Cursor, build_page, page_to_wire, resolve_since
+from fedpeer.sync.feed import Cursor, build_page, page_to_wire, resolve_cursor
 from fedpeer.sync.pairs import Pair, PairFilter, PairState, make_pair
 from fedpeer.sync.records import DEFAULT_LIMITS, SignedRecord, build_record, record_to_wire
 
@@ -85,7 +85,7 @@ class FakeSource:
             raise self.fail
         store = self.store
         head = await store.head_seq()
-        since = resolve_since(request.since, epoch=store.epoch, head_seq=head)
+        since = await resolve_cursor(store, request.since)
         if request.feed == "longpoll" and since >= head:
             await store.wait_for_seq(since)
         flt = PairFilter(request.namespace, request.thread).to_change_filter()

@@ -27,9 +27,11 @@ from ..sync.feed import (
     Cursor,
     FeedPage,
     build_page,
+    cursor_at,
     encode_page_cbor,
+    page_cursor,
     page_to_wire,
-    resolve_since,
+    resolve_cursor,
 )
 from ..sync.records import record_to_wire, verify_record
 from ._http import CBOR, read_json_object, read_value, respond
@@ -308,7 +310,7 @@ async def _one_page(
     store = ctx.app.store
     view = await consent_view(ctx, scope)
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
-    since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
+    since = await resolve_cursor(store, since_text)
     changes = await store.changes(since, limit, flt)
     return build_page(changes, epoch=store.epoch, visible=view.record_visible)
 
@@ -388,7 +390,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
     store = ctx.app.store
     # Validate the cursor before the stream starts so errors are plain HTTP errors.
     (await consent_view(ctx, "sync:read")).check_change_filter(flt)
-    since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
+    since = await resolve_cursor(store, since_text)
     heartbeat = ctx.app.config.heartbeat_s
 
     async def events() -> AsyncIterator[bytes]:
@@ -400,14 +402,14 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
             page = await store.changes(seq, limit, flt)
             for rec in page.records:
                 if visible(rec):
-                    cursor = Cursor(store.epoch, rec.seq).encode()
+                    cursor = cursor_at(store.epoch, rec.seq, rec.cid).encode()
                     yield _sse_event("record", cursor, dagjson_encode(_rec_json(rec)))
             if page.last_seq > seq:
                 last_sent = page.records[-1].seq if page.records else seq
                 if page.last_seq != last_sent or not any(visible(r) for r in page.records[-1:]):
                     # Records the caller may not see advanced the feed: checkpoint the
                     # cursor so a resume does not rescan them.
-                    cursor = Cursor(store.epoch, page.last_seq).encode()
+                    cursor = page_cursor(page, epoch=store.epoch).encode()
                     yield _sse_event("checkpoint", cursor, b"{}")
                 seq = page.last_seq
             if page.last_seq < page.head_seq:

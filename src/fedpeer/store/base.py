@@ -143,11 +143,15 @@ class ChangesPage:
     highest seq *scanned* (``>= since_seq``): resume from it, even when
     ``records`` is empty. ``head_seq`` is the store's highest seq at the time
     of the scan; the feed is exhausted (for now) when ``last_seq >= head_seq``.
+    ``last_cid`` is the CID of the record at ``last_seq`` in the same snapshot
+    (None when ``last_seq`` is 0 or holds no record): the feed fingerprints its
+    cursor with it, so a store rolled back under a reader is noticed.
     """
 
     records: tuple[StoredRecord, ...]
     last_seq: int
     head_seq: int
+    last_cid: bytes | None = None
 
 
 @attrs.frozen
@@ -252,6 +256,12 @@ class Store(Protocol):
 
     async def head_seq(self) -> int:
         """The highest seq stored (0 when empty)."""
+        ...
+
+    async def cid_at(self, seq: int) -> bytes | None:
+        """The CID of the record stored at ``seq``, or None (no such record, or
+        ``seq < 1``). One indexed lookup; the feed uses it to check that a
+        reader's cursor still points at the record it was issued after."""
         ...
 
     async def wait_for_seq(self, after_seq: int) -> int:

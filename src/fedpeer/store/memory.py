@@ -224,7 +224,7 @@ class MemoryStore:
         if filter is None or filter.is_empty:
             page = self._records[since_seq : since_seq + limit]
             last = page[-1].seq if len(page) == limit else max(since_seq, head)
-            return ChangesPage(tuple(page), last, head)
+            return self._page(tuple(page), last, head)
         if not filter.namespace_prefix:
             # thread only: the per-thread seq list gives exact answers without a window
             seqs = self._by_thread.get(filter.thread or "", [])
@@ -232,20 +232,31 @@ class MemoryStore:
             picked = seqs[start : start + limit]
             recs = tuple(self._records[s - 1] for s in picked)
             last = picked[-1] if len(picked) == limit else max(since_seq, head)
-            return ChangesPage(recs, last, head)
+            return self._page(recs, last, head)
         upper = min(head, since_seq + self.scan_window)
         found: list[StoredRecord] = []
         for rec in self._records[since_seq:upper]:
             if filter.matches(rec.namespace, rec.thread):
                 found.append(rec)
                 if len(found) == limit:
-                    return ChangesPage(tuple(found), rec.seq, head)
-        return ChangesPage(tuple(found), max(since_seq, upper), head)
+                    return self._page(tuple(found), rec.seq, head)
+        return self._page(tuple(found), max(since_seq, upper), head)
+
+    def _page(self, records: tuple[StoredRecord, ...], last: int, head: int) -> ChangesPage:
+        return ChangesPage(records, last, head, self._cid_at(last))
+
+    def _cid_at(self, seq: int) -> bytes | None:
+        return self._records[seq - 1].cid if 1 <= seq <= len(self._records) else None
 
     async def head_seq(self) -> int:
         """See :meth:`fedpeer.store.Store.head_seq`."""
         await self._enter()
         return len(self._records)
+
+    async def cid_at(self, seq: int) -> bytes | None:
+        """See :meth:`fedpeer.store.Store.cid_at`."""
+        await self._enter()
+        return self._cid_at(seq)
 
     async def wait_for_seq(self, after_seq: int) -> int:
         """See :meth:`fedpeer.store.Store.wait_for_seq`."""

@@ -100,6 +100,7 @@ _SELECT = "SELECT seq, cid, data, sig, author, namespace, thread, kind, ts FROM 
 _BY_SEQ = _SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?"
 _BY_THREAD = _SELECT + " WHERE thread = ? AND seq > ? ORDER BY seq LIMIT ?"
 _BY_CID = _SELECT + " WHERE cid = ?"
+_CID_AT = "SELECT cid FROM records WHERE seq = ?"
 # Dynamic SQL below is assembled from these fixed fragments only; every value is bound.
 _INSERT_COLUMNS = 8
 _INSERT_MAX_ROWS = 1000  # rows per multi-row INSERT statement (8 parameters each)
@@ -451,11 +452,24 @@ def _changes(
             sql = f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
             params.append(limit)
         rows = conn.execute(sql, params).fetchall()
+        records = tuple(StoredRecord(*row) for row in rows)
+        last = records[-1].seq if len(records) == limit else max(since_seq, head if exact else end)
+        if records and records[-1].seq == last:
+            last_cid: bytes | None = records[-1].cid
+        else:  # the cursor's fingerprint, from the same snapshot
+            last_cid = _cid_at(conn, last)
     finally:
         conn.execute("COMMIT")
-    records = tuple(StoredRecord(*row) for row in rows)
-    last = records[-1].seq if len(records) == limit else max(since_seq, head if exact else end)
-    return ChangesPage(records, last, head)
+    return ChangesPage(records, last, head, last_cid)
+
+
+def _cid_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
+    if seq < 1:
+        return None
+    cid = _scalar(conn, _CID_AT, (seq,))
+    if cid is not None and not isinstance(cid, bytes):
+        raise StoreCorrupt(f"the record id at seq {seq} is not a blob")
+    return cid
 
 
 def _in_thread_read(
@@ -655,6 +669,14 @@ class SQLiteStore:
         await trio.lowlevel.checkpoint()
         self._check_open()
         return self._watch.head
+
+    async def cid_at(self, seq: int) -> bytes | None:
+        """See :meth:`fedpeer.store.Store.cid_at` (a primary-key lookup)."""
+        if seq < 1:
+            self._check_open()
+            await trio.lowlevel.checkpoint()
+            return None
+        return await self._read(lambda conn: _cid_at(conn, seq), "read a record id")
 
     async def wait_for_seq(self, after_seq: int) -> int:
         """See :meth:`fedpeer.store.Store.wait_for_seq`."""

@@ -8,17 +8,22 @@ records nodes exchange, through one verification pipeline. The feed
 from __future__ import annotations
 
 from .feed import CURSOR_VERSION as CURSOR_VERSION
+from .feed import FINGERPRINT_LEN as FINGERPRINT_LEN
 from .feed import MAX_CURSOR_LEN as MAX_CURSOR_LEN
 from .feed import MAX_SEQ as MAX_SEQ
 from .feed import Cursor as Cursor
 from .feed import FeedPage as FeedPage
 from .feed import WirePage as WirePage
 from .feed import build_page as build_page
+from .feed import cursor_at as cursor_at
 from .feed import decode_page_cbor as decode_page_cbor
 from .feed import encode_page_cbor as encode_page_cbor
 from .feed import everything as everything
+from .feed import fingerprint as fingerprint
+from .feed import page_cursor as page_cursor
 from .feed import page_from_wire as page_from_wire
 from .feed import page_to_wire as page_to_wire
+from .feed import resolve_cursor as resolve_cursor
 from .feed import resolve_since as resolve_since
 from .records import DEFAULT_LIMITS as DEFAULT_LIMITS
 from .records import MAX_SAFE_INT as MAX_SAFE_INT
@@ -40,6 +45,7 @@ from .records import verify_wire_items as verify_wire_items
 __all__ = [
     "CURSOR_VERSION",
     "DEFAULT_LIMITS",
+    "FINGERPRINT_LEN",
     "MAX_CURSOR_LEN",
     "MAX_SAFE_INT",
     "MAX_SEQ",
@@ -55,15 +61,19 @@ __all__ = [
     "WirePage",
     "build_page",
     "build_record",
+    "cursor_at",
     "decode_page_cbor",
     "encode_page_cbor",
     "everything",
+    "fingerprint",
+    "page_cursor",
     "page_from_wire",
     "page_to_wire",
     "prepare_wire_items",
     "record_from_wire",
     "record_to_json_view",
     "record_to_wire",
+    "resolve_cursor",
     "resolve_since",
     "verify_record",
     "verify_wire_items",
