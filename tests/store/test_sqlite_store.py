@@ -76,6 +76,19 @@ async def test_file_mode_is_0600_and_wal(tmp_path: Path) -> None:
         await store.aclose()
 
 
+@pytest.mark.parametrize(("given", "level"), [(None, 2), ("FULL", 2), ("NORMAL", 1)])
+async def test_durability_defaults_to_synchronous_full(
+    tmp_path: Path, given: str | None, level: int
+) -> None:
+    # FULL (2) fsyncs the WAL on every commit: a power cut cannot roll the log back
+    kw = {} if given is None else {"synchronous": given}
+    store = await SQLiteStore.open(tmp_path / "node.db", **kw)
+    try:
+        assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == level
+    finally:
+        await store.aclose()
+
+
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "node.db"
     store = await SQLiteStore.open(path)

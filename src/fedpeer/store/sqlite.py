@@ -11,15 +11,22 @@ Theory of operation
   ``mode=ro``), also on worker threads, so a long scan never waits for a write
   and vice versa (WAL lets readers see the last committed snapshot). A
   multi-statement read runs in one ``BEGIN`` ... ``COMMIT`` snapshot.
-* **Durability: WAL + ``synchronous=NORMAL`` by default.** A commit is durable
-  once ``COMMIT`` returns as far as the *process* is concerned: if fedpeer is
-  killed (even SIGKILL) the next open recovers every committed transaction and
-  no partial one (tested with a real child process killed at random points).
-  On power loss or an OS crash the last transactions before the failure may be
-  rolled back (the database stays consistent; records and the cursor that
-  covers them are in one transaction, so a pull simply fetches them again).
-  Pass ``synchronous="FULL"`` to :meth:`SQLiteStore.open` to fsync the WAL on
-  every commit and survive power loss too, at the cost of one fsync per write.
+* **Durability: WAL + ``synchronous=FULL`` by default.** ``COMMIT`` returns
+  once the WAL is fsynced, so a committed transaction survives a process kill
+  (even SIGKILL; tested with a real child process killed at random points), an
+  OS crash and a power cut; the next open recovers every committed transaction
+  and no partial one. Why FULL and not SQLite's usual WAL pairing ``NORMAL``
+  (fsync only at checkpoints): with NORMAL a power cut can lose the last
+  commits, so the store goes back in time and hands the lost seqs to new
+  records. Cursors notice that (their fingerprint, see
+  :mod:`fedpeer.sync.feed`) and readers resync, but a record this node
+  *authored* and already served could be gone from its own log, and a grant
+  revocation could be undone. ``bench/store.py`` measures the price on every
+  run and prints the FULL/NORMAL ratio: about one fsync per commit, which costs
+  little on node-level writes (an HTTP append, a pulled 1000-record page) and
+  halves the rate of bare single-record transactions on the store. Pass
+  ``synchronous="NORMAL"`` to :meth:`SQLiteStore.open` to trade power-loss
+  durability for that speed (a cache, a replica that can re-pull).
 * **Sequence numbers** are the rowid (``seq INTEGER PRIMARY KEY``): a new row
   gets ``max(seq) + 1``, so seqs are contiguous, like MemoryStore's. (Not
   ``AUTOINCREMENT``: with it every duplicate skipped by ``ON CONFLICT DO
@@ -86,7 +93,10 @@ from .base import (
 )
 from .memory import DEFAULT_SCAN_WINDOW
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["DEFAULT_SYNCHRONOUS", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+DEFAULT_SYNCHRONOUS: Literal["NORMAL", "FULL"] = "FULL"
+"""SQLite ``synchronous`` level of a store's writer (module docstring: why FULL)."""
 
 T = TypeVar("T")
 
@@ -530,14 +540,14 @@ class SQLiteStore:
         cls,
         path: str | os.PathLike[str],
         *,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        synchronous: Literal["NORMAL", "FULL"] = DEFAULT_SYNCHRONOUS,
         scan_window: int = DEFAULT_SCAN_WINDOW,
         readers: int = 4,
     ) -> SQLiteStore:
         """Open (creating with mode 0600 and migrating if needed) the store at ``path``.
 
-        ``synchronous`` picks durability (module docstring): ``NORMAL`` survives
-        process crashes, ``FULL`` also power loss. ``scan_window`` bounds a
+        ``synchronous`` picks durability (module docstring): ``FULL`` (the
+        default) survives power loss, ``NORMAL`` only process crashes. ``scan_window`` bounds a
         namespace-filtered ``changes`` call; ``readers`` is the read pool size.
         Raises ``SchemaTooNew`` (file from a newer fedpeer), ``StoreCorrupt``
         (not a SQLite database / damaged) or ``StoreError`` (cannot create or

@@ -95,8 +95,8 @@ __all__ = [
     "encode_page_cbor",
     "everything",
     "fingerprint",
-    "page_from_wire",
     "page_cursor",
+    "page_from_wire",
     "page_to_wire",
     "resolve_cursor",
     "resolve_since",
@@ -137,7 +137,9 @@ def _check_seq(instance: object, attribute: attrs.Attribute[int], value: int) ->
         raise CursorInvalid("a cursor's seq is an integer in 0..2**63-1")
 
 
-def _check_fingerprint(instance: object, attribute: attrs.Attribute[bytes | None], value: object) -> None:
+def _check_fingerprint(
+    instance: object, attribute: attrs.Attribute[bytes | None], value: object
+) -> None:
     if value is None:
         return
     if type(value) is not bytes or len(value) != FINGERPRINT_LEN:
