@@ -15,11 +15,15 @@ Exit codes (stable):
 - 0  success
 - 1  a fedpeer error (the line printed says ``CODE: what to do``)
 - 2  bad usage: unknown command or option, bad option or argument value (click's own)
-- 3  the node could not start (port in use, bad key file, bad store, bad config)
+- 3  the node could not start (port in use: ``START_FAILED``; bad key file:
+     ``KEY_FILE_*``; store cannot be opened: ``STORE_*``; data dir unusable:
+     ``DATA_DIR_ERROR``; bad config: ``CONFIG_INVALID``)
 - 4  the node is not running (``NODE_NOT_RUNNING``: nothing answers at its URL)
 - 5  ``doctor`` found a problem (each failed check says how to fix it)
 - 6  a bounded wait ran out (``TIMED_OUT``, e.g. ``pair --timeout``); the work may
      still complete in the node
+- 7  ``run``: another node is running on this data dir (``DATA_DIR_LOCKED``, naming
+     its PID); stop it or pick another ``--data-dir``
 - 130 interrupted (Ctrl-C)
 
 Errors are printed as ``CODE: message`` on stderr, never as a traceback.
@@ -65,6 +69,7 @@ from ._netutil import with_host as _with_host
 from .errors import (
     AuthRequired,
     ConfigInvalid,
+    DataDirLocked,
     FedpeerError,
     NodeNotRunning,
     PairSelf,
@@ -82,6 +87,7 @@ __all__ = [
     "EXIT_DOCTOR",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
     "EXIT_NOT_RUNNING",
     "EXIT_OK",
     "EXIT_START",
@@ -99,6 +105,7 @@ EXIT_START = 3
 EXIT_NOT_RUNNING = 4
 EXIT_DOCTOR = 5
 EXIT_TIMEOUT = 6
+EXIT_LOCKED = 7
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
@@ -639,15 +646,11 @@ def run(
         trio.run(main)
     except BaseException as exc:
         leaf = _leaf(exc)
-        if isinstance(leaf, FedpeerError):
-            fail(leaf, EXIT_START)
-        if isinstance(leaf, OSError):
-            click.echo(
-                f"START_FAILED: cannot listen on {bind_host}:{bind_port}: "
-                f"{leaf.strerror or leaf}; is another node using that port? "
-                "(pick another with --port)",
-                err=True,
-            )
+        if isinstance(leaf, FedpeerError):  # START_FAILED (port), KEY_FILE_*, STORE_*, ...
+            fail(leaf, EXIT_LOCKED if isinstance(leaf, DataDirLocked) else EXIT_START)
+        if isinstance(leaf, OSError):  # not the port (that is START_FAILED above): say what
+            where = f" ({leaf.filename})" if leaf.filename else ""
+            click.echo(f"START_FAILED: {leaf.strerror or leaf}{where}", err=True)
             sys.exit(EXIT_START)
         if isinstance(leaf, KeyboardInterrupt):
             sys.exit(EXIT_INTERRUPTED)
@@ -1608,8 +1611,10 @@ def doctor(
             url = None
     node_check, running = d.check_node(url, did)
     report(node_check)
+    lock_check, locked = d.check_lock(data_dir, node_running=running)
+    report(lock_check)
     store_path = data_dir / STORE_FILE
-    if running or not store_path.exists():
+    if running or locked or not store_path.exists():
         report(d.check_store_readonly(store_path))
     else:
         report(_store_check_stopped(store_path))

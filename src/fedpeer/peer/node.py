@@ -12,6 +12,9 @@ Files in the data dir (a contract, other tools rely on these names):
 - ``node.key``      the Ed25519 identity, mode 0600
 - ``store.sqlite3`` the SQLite store (WAL)
 - ``admin.token``   the admin bearer token minted on first start, mode 0600
+- ``node.lock``     held (``flock``) while a node runs on the data dir, so a second
+                    one fails with DATA_DIR_LOCKED naming the holder's PID
+                    (:mod:`fedpeer._datadir`)
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import attrs
 import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
+from .._datadir import DataDirLock, ensure_data_dir
 from .._files import write_private
 from ..consent import tokens
 from ..consent.ratelimit import RateLimiter
-from ..errors import KeyFileMissing
+from ..errors import DataDirError, KeyFileMissing
 from ..identity.canonical import CID, dagcbor_decode
 from ..identity.keys import SigningKey
 from ..store import MemoryStore, SQLiteStore
@@ -45,6 +48,7 @@ from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, build_record
 from ._config import NodeConfig
 from ._invite_pairing import InvitePairing, pair_from_invite, reverse_pair_after_redeem
 from ._pairing import PeerPageSource, create_pair
+from ._startup import serve_reporting_bind_errors
 from .app import AppState, build_app
 from .discovery import Discovery
 from .manifest import ManifestSigner
@@ -62,8 +66,10 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 def load_or_create_key(data_dir: Path) -> SigningKey:
-    """Load ``data_dir/node.key``, creating the dir (0700) and a fresh key if absent."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Load ``data_dir/node.key``, creating the dir (0700) and a fresh key if absent.
+
+    Raises DataDirError (the dir cannot be created), KeyFileError and subclasses."""
+    ensure_data_dir(data_dir)
     path = data_dir / KEY_FILE
     try:
         return SigningKey.load(path)
@@ -229,7 +235,7 @@ async def _serve(
     hconf.errorlog = logging.getLogger("fedpeer.hypercorn")
     hconf.keep_alive_timeout = 75
     hconf.h11_max_incomplete_size = 64 * 1024
-    await serve(app, hconf, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+    await serve_reporting_bind_errors(app, hconf, shutdown, task_status, f"{host}:{port}")
 
 
 @contextlib.asynccontextmanager
@@ -259,22 +265,32 @@ async def open_node(
     ``sync`` tunes the pullers (:class:`~fedpeer.sync._puller.SyncOptions`);
     the stored pairs start pulling as the node starts (``node.pairs``).
 
-    Raises KeyFileInsecure / KeyFileError for a bad key file, StoreCorrupt /
-    SchemaTooNew for a bad store, OSError when the port cannot be bound.
+    A node with a ``data_dir`` holds its lock (``node.lock``) while it runs: a
+    second node on the same data dir, in this process or another, fails with
+    DataDirLocked naming the holder's PID.
+
+    Start-up errors name their cause: DataDirLocked / DataDirError (the data
+    dir), KeyFileInsecure / KeyFileError (the key file), StoreCorrupt /
+    SchemaTooNew / StoreFull / StoreError (the store), StartFailed (the port
+    cannot be bound). They may arrive wrapped in an exception group.
     """
     cfg = config or NodeConfig()
     ddir = None if data_dir is None else Path(data_dir)
-    if key is None:
-        key = (
-            SigningKey.generate()
-            if ddir is None
-            else await trio.to_thread.run_sync(load_or_create_key, ddir)
-        )
-    if ddir is not None:
-        ddir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = None if ddir is None else await trio.to_thread.run_sync(DataDirLock.acquire, ddir)
     owned_store = store is None
-    if store is None:
-        store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
+    try:
+        if key is None:
+            key = (
+                SigningKey.generate()
+                if ddir is None
+                else await trio.to_thread.run_sync(load_or_create_key, ddir)
+            )
+        if store is None:
+            store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         if ddir is not None and cfg.write_admin_token_file:
             await _ensure_admin_token(store, key.did, ddir)
@@ -342,6 +358,8 @@ async def open_node(
         if owned_store:
             with trio.CancelScope(shield=True):
                 await store.aclose()
+        if lock is not None:
+            lock.release()
 
 
 async def _unbound_append(**_kw: object) -> SignedRecord:
@@ -371,5 +389,11 @@ async def _ensure_admin_token(store: Store, did: str, data_dir: Path) -> None:
             path,
         )
         return
-    await trio.to_thread.run_sync(_write_secret, path, plaintext + "\n")
+    try:
+        await trio.to_thread.run_sync(_write_secret, path, plaintext + "\n")
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot write the admin token to {path}: {exc.strerror or exc}; make room (or "
+            "fix the permissions), then `fedpeer token rotate-admin` writes a new one"
+        ) from exc
     log.info("wrote the admin token to %s", path)

@@ -60,8 +60,10 @@ Theory of operation
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
+import logging
 import os
 import re
 import secrets
@@ -73,7 +75,7 @@ from typing import Literal, TypeVar
 
 import trio
 
-from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError
+from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError, StoreFull
 from ._watch import HeadWatch
 from .base import (
     AuditEntry,
@@ -100,8 +102,14 @@ DEFAULT_SYNCHRONOUS: Literal["NORMAL", "FULL"] = "FULL"
 
 T = TypeVar("T")
 
+log = logging.getLogger("fedpeer.store")
+
+_SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_LOW_SPACE_BYTES = 64 * 1024
 _SQLITE_NOTADB = 26
+_FULL_LOG_EVERY_S = 60.0  # while the disk stays full, repeat the log line at most this often
 _GET_MANY_CHUNK = 500
 _BUSY_TIMEOUT_S = 10.0
 _EPOCH_RE = re.compile(r"[0-9a-f]{32}")
@@ -214,8 +222,31 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # --- helpers (worker threads) -------------------------------------------------
 
 
-def _map_error(exc: sqlite3.Error, doing: str) -> StoreError:
+def _full(doing: str, detail: object) -> StoreFull:
+    return StoreFull(
+        f"{doing}: {detail}: the disk holding the store is full; free some space (writes "
+        "resume by themselves, nothing stored was lost; reads keep working meanwhile)"
+    )
+
+
+def _out_of_space(path: Path) -> bool:
+    """True when the file system holding ``path`` has (almost) no space left."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _LOW_SPACE_BYTES
+
+
+def _map_error(exc: sqlite3.Error, doing: str, path: Path | None = None) -> StoreError:
+    """The StoreError for a sqlite3 error. SQLITE_FULL is STORE_FULL; so is an I/O
+    error on a disk with no space left (``path`` given: SQLite reports a failed
+    ``-shm`` or WAL allocation at open as a plain I/O error)."""
     code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return _full(doing, exc)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_IOERR and path and _out_of_space(path):
+        return _full(doing, exc)
     if isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return StoreCorrupt(f"{doing}: {exc}; the store file is damaged or not a fedpeer store")
     if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
@@ -241,6 +272,8 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
     except FileExistsError:
         pass
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(f"cannot create the store file {path}", exc.strerror) from exc
         raise StoreError(f"cannot create the store file {path}: {exc}") from exc
     else:
         os.close(fd)
@@ -251,7 +284,7 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
             str(path), isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
         )
     except sqlite3.Error as exc:
-        raise _map_error(exc, f"open {path}") from exc
+        raise _map_error(exc, f"open {path}", path) from exc
     try:
         version = _int(_scalar(conn, "PRAGMA user_version"))
         if version > SCHEMA_VERSION:
@@ -295,7 +328,7 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
         head = _int(_scalar(conn, "SELECT coalesce(max(seq), 0) FROM records"))
     except sqlite3.Error as exc:
         conn.close()
-        raise _map_error(exc, f"open {path}") from exc
+        raise _map_error(exc, f"open {path}", path) from exc
     except BaseException:
         conn.close()
         raise
@@ -534,6 +567,8 @@ class SQLiteStore:
         self._idle: list[sqlite3.Connection] = []
         self._watch = HeadWatch(head)
         self._closed = False
+        self._full_since: float | None = None  # monotonic time of the first STORE_FULL
+        self._full_logged = 0.0
 
     @classmethod
     async def open(
@@ -602,7 +637,7 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _map_error(exc, "begin a write transaction") from exc
+            raise _map_error(exc, "begin a write transaction", self.path) from exc
         tx = _SQLiteTx(conn)
         try:
             result = fn(tx)
@@ -613,7 +648,7 @@ class SQLiteStore:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise _map_error(exc, "commit") from exc
+                raise _map_error(exc, "commit", self.path) from exc
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -724,9 +759,32 @@ class SQLiteStore:
         self._check_open()
         async with self._write_lock:
             self._check_open()
-            result, new_head = await trio.to_thread.run_sync(self._write_in_thread, fn)
+            try:
+                result, new_head = await trio.to_thread.run_sync(self._write_in_thread, fn)
+            except StoreFull as exc:
+                self._note_full(exc)
+                raise
+            if self._full_since is not None:
+                self._note_space_back()
             self._watch.advance(new_head)
         return result
+
+    def _note_full(self, exc: StoreFull) -> None:
+        """Log a write that failed for lack of space: at once the first time, then
+        at most once a minute while the disk stays full (no log flood)."""
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        elif now - self._full_logged < _FULL_LOG_EVERY_S:
+            return
+        self._full_logged = now
+        log.error("STORE_FULL: writes to %s fail: %s", self.path, exc.message)
+
+    def _note_space_back(self) -> None:
+        assert self._full_since is not None
+        down = time.monotonic() - self._full_since
+        self._full_since = None
+        log.warning("store %s: writes work again (the disk was full for %.0f s)", self.path, down)
 
     async def get_state(self, table: str, key: str) -> JsonDict | None:
         """See :meth:`fedpeer.store.Store.get_state`."""
