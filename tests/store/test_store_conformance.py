@@ -530,6 +530,82 @@ async def test_wait_for_seq_wakes_on_put_and_transact(store: Store) -> None:
         assert results == [1, 1, 1, 3]
 
 
+async def test_wait_for_seq_with_interest_wakes_only_on_matching_commits(store: Store) -> None:
+    woken: dict[str, int] = {}
+
+    async def waiter(name: str, interest: tuple[ChangeFilter, ...]) -> None:
+        woken[name] = await store.wait_for_seq(0, interest)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter, "ns", (ChangeFilter(namespace_prefix="mine/"),))
+            nursery.start_soon(waiter, "thread", (ChangeFilter(thread="t-mine"),))
+            nursery.start_soon(waiter, "both", (ChangeFilter("other/", "t-x"),))
+            nursery.start_soon(waiter, "either", (ChangeFilter("a/"), ChangeFilter("b/")))
+            nursery.start_soon(waiter, "none", ())
+            await trio.testing.wait_all_tasks_blocked()
+            # commits none of them may see: nobody wakes
+            await store.put([rec(1, namespace="app", thread="t-mine-not")])
+            await store.put([rec(2, namespace="mine", thread="t")])  # "mine" lacks the "/"
+            await store.put([rec(3, namespace="other/x", thread="t-y")])  # thread differs
+            await store.put([rec(4, namespace="c/", thread="t-x")])
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == {}
+            await store.put([rec(5, namespace="app", thread="t-mine")])
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == {"thread": 5}
+            # one commit that touches two interests wakes both
+            await store.put([rec(6, namespace="mine/x"), rec(7, namespace="other/q", thread="t-x")])
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == {"thread": 5, "ns": 7, "both": 7}
+            await store.put([rec(8, namespace="b/deep/er")])
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == {"thread": 5, "ns": 7, "both": 7, "either": 8}
+            assert "none" not in woken
+            nursery.cancel_scope.cancel()
+
+
+async def test_wait_for_seq_with_interest_returns_at_once_when_ahead(store: Store) -> None:
+    await store.put([rec(1, namespace="app")])
+    with trio.fail_after(5):  # the caller rescans: a commit cannot slip in unseen
+        assert await store.wait_for_seq(0, (ChangeFilter(namespace_prefix="zzz"),)) == 1
+        assert await store.wait_for_seq(0, ()) == 1
+
+
+async def test_wake_waiters_in_a_transaction_wakes_interested_waiters(store: Store) -> None:
+    await store.put([rec(1)])
+    woken: list[str] = []
+
+    async def waiter(name: str, interest: tuple[ChangeFilter, ...] | None) -> None:
+        await store.wait_for_seq(1, interest)
+        woken.append(name)
+
+    def grant_changed(tx: StateTx) -> None:
+        tx.put("meta", "revision", {"value": 1})
+        tx.wake_waiters()
+
+    def rolled_back(tx: StateTx) -> None:
+        tx.wake_waiters()
+        raise ValueError("no")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter, "narrow", (ChangeFilter(namespace_prefix="x/"),))
+            nursery.start_soon(waiter, "nothing", ())
+            nursery.start_soon(waiter, "any", None)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(ValueError, match="no"):
+                await store.transact(rolled_back)  # rolled back: wakes nobody
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == []
+            await store.transact(grant_changed)
+            await trio.testing.wait_all_tasks_blocked()
+            # waiters with an interest re-evaluate it; "any" waits for a record still
+            assert sorted(woken) == ["narrow", "nothing"]
+            await store.put([rec(2)])
+        assert sorted(woken) == ["any", "narrow", "nothing"]
+
+
 async def test_wait_for_seq_is_cancellable(store: Store) -> None:
     with trio.fail_after(5):
         with trio.move_on_after(0) as scope:

@@ -315,10 +315,12 @@ async def _one_page(
     return build_page(changes, epoch=store.epoch, visible=view.record_visible)
 
 
-async def _wait_new(ctx: Ctx, after_seq: int, timeout: float) -> bool:
-    """Wait until the store has a record past ``after_seq``, the node closes or time is up.
-
-    Returns True when new records landed.
+async def _wait_new(
+    ctx: Ctx, after_seq: int, timeout: float, interest: tuple[ChangeFilter, ...] | None = None
+) -> bool:
+    """Wait until the store has a record past ``after_seq`` that matches ``interest``
+    (what the caller may see: ``ConsentView.wake_filters``), the node closes or time
+    is up. Returns True when woken by the store (new records, or grants changed).
     """
     landed = False
     with trio.move_on_after(timeout):
@@ -326,7 +328,7 @@ async def _wait_new(ctx: Ctx, after_seq: int, timeout: float) -> bool:
 
             async def new_records() -> None:
                 nonlocal landed
-                await ctx.app.store.wait_for_seq(after_seq)
+                await ctx.app.store.wait_for_seq(after_seq, interest)
                 landed = True
                 nursery.cancel_scope.cancel()
 
@@ -372,7 +374,8 @@ async def changes(ctx: Ctx) -> Response:
             if remaining <= 0 or ctx.app.closing.is_set():
                 break
             seq = Cursor.decode(page.next_cursor).seq
-            if not await _wait_new(ctx, seq, remaining):
+            interest = (await consent_view(ctx, "sync:read")).wake_filters(flt)
+            if not await _wait_new(ctx, seq, remaining, interest):
                 break
             page = await _one_page(ctx, flt, page.next_cursor, limit)
             if page.records or page.has_more:
@@ -398,7 +401,8 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
         yield b": fedpeer continuous feed\n\n"
         while not ctx.app.closing.is_set():
             # Grants are read again for every page, so a change applies mid-stream.
-            visible = await visible_for(ctx, "sync:read")
+            view = await consent_view(ctx, "sync:read")
+            visible = view.record_visible
             page = await store.changes(seq, limit, flt)
             for rec in page.records:
                 if visible(rec):
@@ -414,7 +418,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                 seq = page.last_seq
             if page.last_seq < page.head_seq:
                 continue
-            if not await _wait_new(ctx, seq, heartbeat):
+            if not await _wait_new(ctx, seq, heartbeat, view.wake_filters(flt)):
                 yield b": heartbeat\n\n"
 
     return StreamingResponse(

@@ -208,6 +208,13 @@ class StateTx(Protocol):
         """Store records as :meth:`Store.put` does, inside this transaction."""
         ...
 
+    def wake_waiters(self) -> None:
+        """When this transaction commits, wake every :meth:`Store.wait_for_seq`
+        waiter that gave an ``interest``, whatever it is: what readers may see
+        changed (a grant), so they work out their interest again. Nothing
+        happens if the transaction rolls back."""
+        ...
+
 
 class Store(Protocol):
     """A record log plus a transactional state area (see the module docstring).
@@ -264,12 +271,21 @@ class Store(Protocol):
         reader's cursor still points at the record it was issued after."""
         ...
 
-    async def wait_for_seq(self, after_seq: int) -> int:
+    async def wait_for_seq(
+        self, after_seq: int, interest: Sequence[ChangeFilter] | None = None
+    ) -> int:
         """Block until ``head_seq > after_seq``; return the new head_seq.
 
         Returns at once if that already holds. Wakes when a put or transact
         through this store object commits new records (no polling). Cancellable
         at any point. Raises ``StoreClosed`` if the store is (or gets) closed.
+
+        ``interest`` (None: any record) narrows the wake-up to commits that
+        store a record matching one of these filters (an empty sequence: none
+        does), so idle readers of other namespaces and threads cost a commit
+        nothing (:mod:`fedpeer.store._watch`). A waiter with an interest also
+        returns when a transaction called :meth:`StateTx.wake_waiters`, then
+        possibly with ``head_seq == after_seq``; it re-checks and waits again.
         """
         ...
 

@@ -58,6 +58,7 @@ class _MemoryTx:
         self._records_at_start = len(store._records)
         self._audit_at_start = len(store._audit)
         self.finished = False
+        self.wake_all = False
 
     def _check(self) -> None:
         if self.finished:
@@ -119,6 +120,14 @@ class _MemoryTx:
             store._add_record(rec)
             new.append((r.cid, seq))
         return PutResult(tuple(new), len(records) - len(new))
+
+    def wake_waiters(self) -> None:
+        self._check()
+        self.wake_all = True
+
+    def touched(self) -> set[tuple[str, str]]:
+        """(namespace, thread) of the records this transaction stored."""
+        return {(r.namespace, r.thread) for r in self._store._records[self._records_at_start :]}
 
     def _remember(self, table: str, key: str, old: str | None) -> None:
         state = self._store._state
@@ -258,10 +267,12 @@ class MemoryStore:
         await self._enter()
         return self._cid_at(seq)
 
-    async def wait_for_seq(self, after_seq: int) -> int:
+    async def wait_for_seq(
+        self, after_seq: int, interest: Sequence[ChangeFilter] | None = None
+    ) -> int:
         """See :meth:`fedpeer.store.Store.wait_for_seq`."""
         await self._enter()
-        return await self._watch.wait_above(after_seq)
+        return await self._watch.wait_above(after_seq, interest)
 
     async def count(self) -> int:
         """See :meth:`fedpeer.store.Store.count`."""
@@ -295,7 +306,9 @@ class MemoryStore:
             raise
         finally:
             tx.finished = True
-        self._watch.advance(len(self._records))
+        self._watch.advance(len(self._records), tx.touched())
+        if tx.wake_all:
+            self._watch.wake_all()
         return result
 
     async def get_state(self, table: str, key: str) -> JsonDict | None:

@@ -54,7 +54,8 @@ Theory of operation
   created with mode 0600 (SQLite gives ``-wal`` and ``-shm`` the same mode).
 * **Wake-ups** for :meth:`SQLiteStore.wait_for_seq` come from commits made
   through this object (one process owns a store file; other processes writing
-  the same file are not announced).
+  the same file are not announced), indexed by what each waiter may see
+  (:mod:`fedpeer.store._watch`).
 """
 
 from __future__ import annotations
@@ -342,6 +343,8 @@ class _SQLiteTx:
         self._conn = conn
         self.finished = False
         self.max_new_seq = 0
+        self.touched: set[tuple[str, str]] = set()  # (namespace, thread) of new records
+        self.wake_all = False
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._rows_per_insert = max(1, min(_INSERT_MAX_ROWS, limit // _INSERT_COLUMNS))
 
@@ -444,7 +447,16 @@ class _SQLiteTx:
         except sqlite3.Error as exc:
             raise _map_error(exc, "store records") from exc
         self.max_new_seq = max(self.max_new_seq, after)
+        if len(new) == len(rows):
+            self.touched.update((row[4], row[5]) for row in rows)
+        else:
+            stored = {cid for cid, _seq in new}
+            self.touched.update((row[4], row[5]) for row in rows if row[0] in stored)
         return PutResult(new, len(rows) - len(new))
+
+    def wake_waiters(self) -> None:
+        self._check()
+        self.wake_all = True
 
 
 def _list_state(conn: sqlite3.Connection, table: str, prefix: str) -> list[tuple[str, JsonDict]]:
@@ -632,7 +644,9 @@ class SQLiteStore:
                 else:
                     self._idle.append(conn)
 
-    def _write_in_thread(self, fn: Callable[[StateTx], T]) -> tuple[T, int]:
+    def _write_in_thread(
+        self, fn: Callable[[StateTx], T]
+    ) -> tuple[T, int, set[tuple[str, str]], bool]:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -656,7 +670,7 @@ class SQLiteStore:
             raise
         finally:
             tx.finished = True
-        return result, tx.max_new_seq
+        return result, tx.max_new_seq, tx.touched, tx.wake_all
 
     # --- record log -------------------------------------------------------
 
@@ -704,8 +718,8 @@ class SQLiteStore:
             lambda conn: _changes(conn, since_seq, limit, filter, window), "scan changes"
         )
         # a reader may see a commit before the writer task has announced it; keep
-        # head_seq() >= every seq ever handed out
-        self._watch.advance(page.head_seq)
+        # head_seq() >= every seq ever handed out (the announcement does the waking)
+        self._watch.observe(page.head_seq)
         return page
 
     async def head_seq(self) -> int:
@@ -723,10 +737,12 @@ class SQLiteStore:
             return None
         return await self._read(lambda conn: _cid_at(conn, seq), "read a record id")
 
-    async def wait_for_seq(self, after_seq: int) -> int:
+    async def wait_for_seq(
+        self, after_seq: int, interest: Sequence[ChangeFilter] | None = None
+    ) -> int:
         """See :meth:`fedpeer.store.Store.wait_for_seq`."""
         self._check_open()
-        return await self._watch.wait_above(after_seq)
+        return await self._watch.wait_above(after_seq, interest)
 
     async def count(self) -> int:
         """See :meth:`fedpeer.store.Store.count`."""
@@ -760,13 +776,17 @@ class SQLiteStore:
         async with self._write_lock:
             self._check_open()
             try:
-                result, new_head = await trio.to_thread.run_sync(self._write_in_thread, fn)
+                result, new_head, touched, wake_all = await trio.to_thread.run_sync(
+                    self._write_in_thread, fn
+                )
             except StoreFull as exc:
                 self._note_full(exc)
                 raise
             if self._full_since is not None:
                 self._note_space_back()
-            self._watch.advance(new_head)
+            self._watch.advance(new_head, touched)
+            if wake_all:
+                self._watch.wake_all()
         return result
 
     def _note_full(self, exc: StoreFull) -> None:
