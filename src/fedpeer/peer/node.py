@@ -276,7 +276,10 @@ async def open_node(
     """
     cfg = config or NodeConfig()
     ddir = None if data_dir is None else Path(data_dir)
-    lock = None if ddir is None else await trio.to_thread.run_sync(DataDirLock.acquire, ddir)
+    lock = None
+    if ddir is not None:
+        with trio.CancelScope(shield=True):  # a lock taken must never be dropped unreleased
+            lock = await trio.to_thread.run_sync(DataDirLock.acquire, ddir)
     owned_store = store is None
     try:
         if key is None:
