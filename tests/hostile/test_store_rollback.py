@@ -120,7 +120,9 @@ async def test_restored_source_store_resets_the_reader_and_it_misses_nothing(
                 if p.state is not PairState.CAUGHT_UP or p.cursor is None:
                     return False
                 c = Cursor.decode(p.cursor)
-                return c.seq == head and c.fingerprint == fingerprint(head_cid)
+                return c.seq == head and c.fingerprint == fingerprint(
+                    head_cid, key=a2.store.cursor_key
+                )
 
             with trio.fail_after(30):
                 await b.pairs.wait_for(pair.id, done)

@@ -306,6 +306,20 @@ async def test_threads_lists_counts_and_last_seq(store: Store) -> None:
 # --- epoch -----------------------------------------------------------------------
 
 
+async def test_cursor_key_is_16_secret_bytes_per_store(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    a = await store_factory(tmp_path)
+    b = await store_factory(tmp_path)
+    try:
+        assert type(a.cursor_key) is bytes
+        assert len(a.cursor_key) == 16
+        assert a.cursor_key != b.cursor_key
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def test_epoch_is_random_hex_per_store(store_factory: StoreFactory, tmp_path: Path) -> None:
     a = await store_factory(tmp_path)
     b = await store_factory(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import struct
 from collections.abc import Callable
 
@@ -44,6 +45,7 @@ from fedpeer.sync.feed import (
 from fedpeer.sync.records import SignedRecord, build_record, record_from_wire, record_to_wire
 
 EPOCH = "0123456789abcdef0123456789abcdef"
+KEY16 = b"k" * 16  # a store's cursor key
 OTHER_EPOCH = "f" * 32
 KEY = SigningKey.from_seed(b"\x03" * 32)
 
@@ -101,18 +103,21 @@ def test_cursor_v2_round_trip(epoch: str, seq: int, fp: bytes) -> None:
 
 def test_cursor_v2_wire_layout() -> None:
     cid = b"\x01\x71\x12\x20" + bytes(range(32))
-    cursor = cursor_at(EPOCH, 258, cid)
+    cursor = cursor_at(EPOCH, 258, cid, key=KEY16)
     raw = base64.urlsafe_b64decode(cursor.encode() + "==")
-    fp = hashlib.sha256(cid).digest()[:8]
+    fp = hmac.new(KEY16, cid, hashlib.sha256).digest()[:8]
     assert raw == b"\x02" + bytes.fromhex(EPOCH) + (258).to_bytes(8, "big") + fp
-    assert cursor.fingerprint == fingerprint(cid) == fp
+    assert cursor.fingerprint == fingerprint(cid, key=KEY16) == fp
+    # keyed: without the store's secret key a reader cannot test a guessed CID
+    assert fingerprint(cid, key=b"j" * 16) != fp
+    assert hashlib.sha256(cid).digest()[:8] != fp
     # seq 0 (before the first record) has a zero fingerprint, whatever cid is given
-    zero = cursor_at(EPOCH, 0, cid)
+    zero = cursor_at(EPOCH, 0, cid, key=KEY16)
     assert zero == Cursor(EPOCH, 0, bytes(8))
     assert base64.urlsafe_b64decode(zero.encode() + "==")[-8:] == bytes(8)
     # unknown cid above 0: a version 1 cursor (no rollback check possible)
-    assert cursor_at(EPOCH, 5, None) == Cursor(EPOCH, 5)
-    assert len(cursor_at(EPOCH, 5, None).encode()) == 34
+    assert cursor_at(EPOCH, 5, None, key=KEY16) == Cursor(EPOCH, 5)
+    assert len(cursor_at(EPOCH, 5, None, key=KEY16).encode()) == 34
 
 
 @pytest.mark.parametrize(
@@ -262,26 +267,42 @@ CID_B = b"\x01\x71\x12\x20" + b"b" * 32
 
 
 def test_v2_cursor_checks_the_record_at_its_seq() -> None:
-    text = cursor_at(EPOCH, 7, CID_A).encode()
-    assert resolve_since(text, epoch=EPOCH, head_seq=7, cid_at_seq=CID_A) == 7
-    assert resolve_since(text, epoch=EPOCH, head_seq=50, cid_at_seq=CID_A) == 7
+    text = cursor_at(EPOCH, 7, CID_A, key=KEY16).encode()
+    assert (
+        resolve_since(
+            text, epoch=EPOCH, head_seq=7, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
+        == 7
+    )
+    assert (
+        resolve_since(
+            text, epoch=EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
+        == 7
+    )
     # another record at seq 7: the store was rolled back and refilled
     with pytest.raises(CursorReset, match="rolled back or restored"):
-        resolve_since(text, epoch=EPOCH, head_seq=50, cid_at_seq=CID_B)
+        resolve_since(
+            text, epoch=EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_B, key=KEY16)
+        )
     # no record at seq 7 (not looked up, or missing): not trusted
     with pytest.raises(CursorReset):
         resolve_since(text, epoch=EPOCH, head_seq=50)
     # another epoch is a reset before anything else
     with pytest.raises(CursorReset, match="another store"):
-        resolve_since(text, epoch=OTHER_EPOCH, head_seq=50, cid_at_seq=CID_A)
+        resolve_since(
+            text, epoch=OTHER_EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
 
 
 def test_v2_cursor_past_the_head_is_a_reset_not_from_the_future() -> None:
-    text = cursor_at(EPOCH, 51, CID_A).encode()
+    text = cursor_at(EPOCH, 51, CID_A, key=KEY16).encode()
     with pytest.raises(CursorReset, match="head is 50"):
-        resolve_since(text, epoch=EPOCH, head_seq=50, cid_at_seq=CID_A)
+        resolve_since(
+            text, epoch=EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
     # seq 0 is before everything: valid for any head
-    zero = cursor_at(EPOCH, 0, None).encode()
+    zero = cursor_at(EPOCH, 0, None, key=KEY16).encode()
     assert resolve_since(zero, epoch=EPOCH, head_seq=0) == 0
     assert resolve_since(zero, epoch=EPOCH, head_seq=9) == 0
 
@@ -296,14 +317,18 @@ async def test_resolve_cursor_against_a_store() -> None:
     await store.put([r.to_new() for r in recs])
     page = await store.changes(0, 2)
     assert page.last_cid == recs[1].cid.raw
-    text = page_cursor(page, epoch=EPOCH).encode()
+    key = store.cursor_key
+    text = page_cursor(page, epoch=EPOCH, key=key).encode()
     assert await resolve_cursor(store, text) == 2
     assert await resolve_cursor(store, None) == 0
     assert await resolve_cursor(store, Cursor(EPOCH, 2).encode()) == 2  # v1: unchecked
+    # the right record, fingerprinted with another key: not this store's cursor
     with pytest.raises(CursorReset):
-        await resolve_cursor(store, cursor_at(EPOCH, 2, recs[0].cid.raw).encode())
+        await resolve_cursor(store, cursor_at(EPOCH, 2, recs[1].cid.raw, key=KEY16).encode())
     with pytest.raises(CursorReset):
-        await resolve_cursor(store, cursor_at(EPOCH, 4, recs[0].cid.raw).encode())
+        await resolve_cursor(store, cursor_at(EPOCH, 2, recs[0].cid.raw, key=key).encode())
+    with pytest.raises(CursorReset):
+        await resolve_cursor(store, cursor_at(EPOCH, 4, recs[0].cid.raw, key=key).encode())
     with pytest.raises(CursorFromFuture):
         await resolve_cursor(store, Cursor(EPOCH, 4).encode())
 
@@ -336,42 +361,53 @@ def test_build_page_keeps_visible_records_and_advances_past_the_rest() -> None:
     page = build_page(
         ChangesPage(recs, last_seq=7, head_seq=20),
         epoch=EPOCH,
+        key=KEY16,
         visible=lambda r: r.namespace != "secret",
     )
     assert page == FeedPage(records=(recs[0], recs[2]), next_cursor=page.next_cursor, has_more=True)
     # the cursor sits after the last scanned record (seq 7, invisible) and names it
-    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 7, recs[3].cid)
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 7, recs[3].cid, key=KEY16)
 
 
 def test_build_page_with_nothing_visible_still_advances() -> None:
     recs = (srec(1, "secret"), srec(2, "secret"))
-    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH, visible=lambda r: False)
+    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH, key=KEY16, visible=lambda r: False)
     assert page.records == ()
-    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 2, recs[1].cid)
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 2, recs[1].cid, key=KEY16)
     assert page.has_more is False
 
 
 def test_build_page_default_shows_everything() -> None:
     recs = (srec(1), srec(2))
-    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH)
+    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH, key=KEY16)
     assert page.records == recs
     assert not page.has_more
 
 
 def test_build_page_empty_scan_window() -> None:
     # a filtered scan that matched nothing in its window: resume after the window
-    page = build_page(ChangesPage((), last_seq=1000, head_seq=5000, last_cid=CID_A), epoch=EPOCH)
+    page = build_page(
+        ChangesPage((), last_seq=1000, head_seq=5000, last_cid=CID_A), epoch=EPOCH, key=KEY16
+    )
     assert page.records == ()
     assert page.has_more
-    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 1000, CID_A)
-    assert resolve_since(page.next_cursor, epoch=EPOCH, head_seq=5000, cid_at_seq=CID_A) == 1000
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 1000, CID_A, key=KEY16)
+    assert (
+        resolve_since(
+            page.next_cursor,
+            epoch=EPOCH,
+            head_seq=5000,
+            fingerprint_at_seq=fingerprint(CID_A, key=KEY16),
+        )
+        == 1000
+    )
     # a scan page whose store did not say which record is at last_seq: version 1
-    legacy = build_page(ChangesPage((), last_seq=1000, head_seq=5000), epoch=EPOCH)
+    legacy = build_page(ChangesPage((), last_seq=1000, head_seq=5000), epoch=EPOCH, key=KEY16)
     assert Cursor.decode(legacy.next_cursor) == Cursor(EPOCH, 1000)
 
 
 def test_build_page_at_head_of_empty_store() -> None:
-    page = build_page(ChangesPage((), 0, 0), epoch=EPOCH)
+    page = build_page(ChangesPage((), 0, 0), epoch=EPOCH, key=KEY16)
     assert page.records == ()
     assert not page.has_more
     assert resolve_since(page.next_cursor, epoch=EPOCH, head_seq=0) == 0
@@ -379,7 +415,7 @@ def test_build_page_at_head_of_empty_store() -> None:
 
 def test_build_page_refuses_a_bad_epoch() -> None:
     with pytest.raises(CursorInvalid):
-        build_page(ChangesPage((), 0, 0), epoch="not-an-epoch")
+        build_page(ChangesPage((), 0, 0), epoch="not-an-epoch", key=KEY16)
 
 
 class FakeSource:
@@ -408,7 +444,9 @@ class FakeSource:
 
     def resolve(self, cursor: str | None) -> int:
         seq = 0 if cursor is None else Cursor.decode(cursor).seq
-        return resolve_since(cursor, epoch=EPOCH, head_seq=self.head, cid_at_seq=self.cid_at(seq))
+        cid = self.cid_at(seq)
+        fp = None if cid is None else fingerprint(cid, key=KEY16)
+        return resolve_since(cursor, epoch=EPOCH, head_seq=self.head, fingerprint_at_seq=fp)
 
 
 def follow(
@@ -419,7 +457,7 @@ def follow(
     cursor: str | None = None
     for _ in range(4 * len(source.records) + 4):
         since = source.resolve(cursor)
-        page = build_page(source.changes(since, limit), epoch=EPOCH, visible=visible)
+        page = build_page(source.changes(since, limit), epoch=EPOCH, key=KEY16, visible=visible)
         wire = page_from_wire(dagcbor_decode(dagcbor_encode(page_to_wire(page))))
         assert len(wire.records) == len(page.records)
         got.extend(page.records)
@@ -473,7 +511,12 @@ async def test_feed_over_a_real_memory_store_with_filter_and_consent() -> None:
     cursor: str | None = None
     for _ in range(100):
         since = await resolve_cursor(store, cursor)
-        page = build_page(await store.changes(since, 2, flt), epoch=store.epoch, visible=visible)
+        page = build_page(
+            await store.changes(since, 2, flt),
+            epoch=store.epoch,
+            key=store.cursor_key,
+            visible=visible,
+        )
         wire = page_from_wire(dagjson_decode(dagjson_encode(page_to_wire(page))))
         got.extend(record_from_wire(item) for item in wire.records)
         cursor = wire.next_cursor
@@ -500,11 +543,11 @@ def _signed(i: int) -> SignedRecord:
 def test_page_to_wire_and_back() -> None:
     signed = [_signed(i) for i in range(3)]
     recs = tuple(StoredRecord(seq=i + 1, **attrs.asdict(s.to_new())) for i, s in enumerate(signed))
-    page = build_page(ChangesPage(recs, 3, 10), epoch=EPOCH)
+    page = build_page(ChangesPage(recs, 3, 10), epoch=EPOCH, key=KEY16)
     wire = page_to_wire(page)
     assert wire == {
         "records": [record_to_wire(r) for r in recs],
-        "next_cursor": cursor_at(EPOCH, 3, recs[2].cid).encode(),
+        "next_cursor": cursor_at(EPOCH, 3, recs[2].cid, key=KEY16).encode(),
         "has_more": True,
     }
     for encode, decode in ((dagcbor_encode, dagcbor_decode), (dagjson_encode, dagjson_decode)):

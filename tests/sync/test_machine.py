@@ -118,7 +118,9 @@ class Source:
         )
         last = max(stop, since)
         last_cid = self.records[last - 1].cid.raw if 0 < last <= head else None
-        page = build_page(ChangesPage(stored, last, head, last_cid), epoch=self.epoch)
+        page = build_page(
+            ChangesPage(stored, last, head, last_cid), epoch=self.epoch, key=b"k" * 16
+        )
         return page_to_wire(page)
 
 

@@ -90,7 +90,7 @@ class FakeSource:
             await store.wait_for_seq(since)
         flt = PairFilter(request.namespace, request.thread).to_change_filter()
         page = await store.changes(since, request.limit, flt)
-        return page_to_wire(build_page(page, epoch=store.epoch))
+        return page_to_wire(build_page(page, epoch=store.epoch, key=store.cursor_key))
 
 
 @attrs.define

@@ -312,7 +312,7 @@ async def _one_page(
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
     since = await resolve_cursor(store, since_text)
     changes = await store.changes(since, limit, flt)
-    return build_page(changes, epoch=store.epoch, visible=view.record_visible)
+    return build_page(changes, epoch=store.epoch, key=store.cursor_key, visible=view.record_visible)
 
 
 async def _wait_new(
@@ -406,14 +406,14 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
             page = await store.changes(seq, limit, flt)
             for rec in page.records:
                 if visible(rec):
-                    cursor = cursor_at(store.epoch, rec.seq, rec.cid).encode()
+                    cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key).encode()
                     yield _sse_event("record", cursor, dagjson_encode(_rec_json(rec)))
             if page.last_seq > seq:
                 last_sent = page.records[-1].seq if page.records else seq
                 if page.last_seq != last_sent or not any(visible(r) for r in page.records[-1:]):
                     # Records the caller may not see advanced the feed: checkpoint the
                     # cursor so a resume does not rescan them.
-                    cursor = page_cursor(page, epoch=store.epoch).encode()
+                    cursor = page_cursor(page, epoch=store.epoch, key=store.cursor_key).encode()
                     yield _sse_event("checkpoint", cursor, b"{}")
                 seq = page.last_seq
             if page.last_seq < page.head_seq:

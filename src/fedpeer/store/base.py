@@ -27,7 +27,8 @@ record exactly once, in order.
 
 Every store has an ``epoch`` (32 lowercase hex chars, random at creation,
 persisted) so a cursor issued by another store, or by this one before a wipe,
-can be told apart.
+can be told apart, and a secret ``cursor_key`` that keys the cursor's
+fingerprint of the record at its seq (:mod:`fedpeer.sync.feed`).
 """
 
 from __future__ import annotations
@@ -228,6 +229,12 @@ class Store(Protocol):
 
     epoch: str
     """32 lowercase hex chars, random at creation, stable for the store's life."""
+
+    cursor_key: bytes
+    """16 secret random bytes, made with the store and kept for its life: keys the
+    fingerprints in feed cursors (:func:`fedpeer.sync.feed.fingerprint`), so a
+    cursor says nothing a reader could check about records it may not see.
+    Never sent anywhere."""
 
     async def put(self, records: Sequence[NewRecord]) -> PutResult:
         """Store the records whose CID is not stored yet, in input order, atomically.

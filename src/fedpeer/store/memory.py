@@ -156,16 +156,19 @@ class MemoryStore:
     """A Store kept in memory. See :class:`fedpeer.store.Store` for the contract.
 
     ``epoch`` may be given (tests); by default it is 128 random bits in hex.
+    ``cursor_key`` (secret) is 16 random bytes.
     ``scan_window`` bounds how many sequence numbers a namespace-filtered
     :meth:`changes` call examines. Constructing one does no I/O.
     """
 
     epoch: str
+    cursor_key: bytes
 
     def __init__(self, *, epoch: str | None = None, scan_window: int = DEFAULT_SCAN_WINDOW) -> None:
         if scan_window < 1:
             raise ValueError("scan_window must be >= 1")
         self.epoch = epoch if epoch is not None else secrets.token_hex(16)
+        self.cursor_key = secrets.token_bytes(16)
         self.scan_window = scan_window
         self._records: list[StoredRecord] = []  # index = seq - 1
         self._by_cid: dict[bytes, StoredRecord] = {}

@@ -209,7 +209,11 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
     conn.executemany(
         "INSERT INTO meta (key, value) VALUES (?, ?)",
-        [("epoch", secrets.token_hex(16)), ("created_ms", str(int(time.time() * 1000)))],
+        [
+            ("epoch", secrets.token_hex(16)),
+            ("created_ms", str(int(time.time() * 1000))),
+            ("cursor_key", secrets.token_hex(16)),
+        ],
     )
 
 
@@ -266,8 +270,30 @@ def _int(value: object) -> int:
     return value
 
 
-def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str, int]:
-    """Create or open the file, migrate it, return (writer, epoch, head)."""
+def _cursor_key(conn: sqlite3.Connection, path: Path) -> bytes:
+    """The store's secret cursor key (meta ``cursor_key``), created once if missing
+    (stores made before it existed; no schema change, older code ignores the row)."""
+    key = _scalar(conn, "SELECT value FROM meta WHERE key = 'cursor_key'")
+    if key is None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_key', ?)",
+                (secrets.token_hex(16),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        key = _scalar(conn, "SELECT value FROM meta WHERE key = 'cursor_key'")
+    if not isinstance(key, str) or not _EPOCH_RE.fullmatch(key):
+        raise StoreCorrupt(f"{path} has no valid cursor key; it is damaged")
+    return bytes.fromhex(key)
+
+
+def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str, int, bytes]:
+    """Create or open the file, migrate it, return (writer, epoch, head, cursor key)."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
@@ -326,6 +352,7 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
         epoch = _scalar(conn, "SELECT value FROM meta WHERE key = 'epoch'")
         if not isinstance(epoch, str) or not _EPOCH_RE.fullmatch(epoch):
             raise StoreCorrupt(f"{path} has no valid epoch; it is damaged")
+        cursor_key = _cursor_key(conn, path)
         head = _int(_scalar(conn, "SELECT coalesce(max(seq), 0) FROM records"))
     except sqlite3.Error as exc:
         conn.close()
@@ -333,7 +360,7 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
     except BaseException:
         conn.close()
         raise
-    return conn, epoch, head
+    return conn, epoch, head, cursor_key
 
 
 class _SQLiteTx:
@@ -557,6 +584,7 @@ class SQLiteStore:
     """
 
     epoch: str
+    cursor_key: bytes
 
     def __init__(
         self,
@@ -567,10 +595,12 @@ class SQLiteStore:
         *,
         scan_window: int,
         readers: int,
+        cursor_key: bytes,
     ) -> None:
         """Internal: use :meth:`open`."""
         self.path = path
         self.epoch = epoch
+        self.cursor_key = cursor_key
         self.scan_window = scan_window
         self._writer = writer
         self._write_lock = trio.Lock()
@@ -606,8 +636,8 @@ class SQLiteStore:
         if scan_window < 1 or readers < 1:
             raise ValueError("scan_window and readers must be >= 1")
         p = Path(path)
-        writer, epoch, head = await trio.to_thread.run_sync(_open_writer, p, synchronous)
-        return cls(p, writer, epoch, head, scan_window=scan_window, readers=readers)
+        writer, epoch, head, key = await trio.to_thread.run_sync(_open_writer, p, synchronous)
+        return cls(p, writer, epoch, head, scan_window=scan_window, readers=readers, cursor_key=key)
 
     # --- plumbing ---------------------------------------------------------
 

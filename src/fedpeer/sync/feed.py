@@ -6,9 +6,9 @@ A reader pages through a store's record log with ``since=CURSOR``. A cursor is
 ``(epoch, seq, fingerprint)``: the store's epoch (32 lowercase hex chars,
 random at creation), the highest local sequence number the reader has been
 *shown past*, and a fingerprint of the record this store holds at that seq
-(the first 8 bytes of SHA-256 over its binary CID; 8 zero bytes at seq 0). It
-is opaque to readers. :meth:`Cursor.encode` gives, for the current format
-(version 2)::
+(the first 8 bytes of HMAC-SHA-256 over its binary CID, keyed with the store's
+secret ``cursor_key``; 8 zero bytes at seq 0). It is opaque to readers.
+:meth:`Cursor.encode` gives, for the current format (version 2)::
 
     base64url(0x02 || epoch (16 bytes) || seq (int64, big-endian) || fingerprint (8 bytes))
 
@@ -24,6 +24,10 @@ a power cut) hands out the same seqs again to *new* records. A reader's cursor
 past the restore point would then silently skip them. The fingerprint pins the
 cursor to the record it was issued after: resolving a cursor looks up the
 record at its seq (one primary-key lookup, :meth:`Store.cid_at`) and compares.
+The cursor moves past records the reader may not see, so its fingerprint is
+often of such a record: keyed with a secret only the store knows, it cannot be
+checked against a guessed CID, so it tells the reader nothing about them
+(the seq itself says how many records were scanned, as before).
 
 :func:`resolve_since` turns the reader's cursor into the ``since_seq`` to scan
 from; :func:`resolve_cursor` is the same against a live store. A well-formed
@@ -68,6 +72,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import re
 import struct
 from collections.abc import Callable, Sequence
@@ -108,7 +113,7 @@ CURSOR_VERSION = 2
 Version 1 cursors (no fingerprint) still decode; see the module docstring."""
 
 FINGERPRINT_LEN = 8
-"""Bytes of a cursor's record fingerprint (the first bytes of SHA-256(CID))."""
+"""Bytes of a cursor's record fingerprint (the first bytes of HMAC-SHA-256(key, CID))."""
 
 _ZERO_FP = bytes(FINGERPRINT_LEN)
 
@@ -149,10 +154,10 @@ def _check_fingerprint(
         raise CursorInvalid("a cursor at seq 0 has a zero fingerprint")
 
 
-def fingerprint(cid: bytes) -> bytes:
-    """The cursor fingerprint of the record with binary CID ``cid``:
-    ``sha256(cid)[:8]``. Pure."""
-    return hashlib.sha256(cid).digest()[:FINGERPRINT_LEN]
+def fingerprint(cid: bytes, *, key: bytes) -> bytes:
+    """The cursor fingerprint of the record with binary CID ``cid`` in the store
+    whose secret ``cursor_key`` is ``key``: ``HMAC-SHA-256(key, cid)[:8]``. Pure."""
+    return hmac.new(key, cid, hashlib.sha256).digest()[:FINGERPRINT_LEN]
 
 
 @attrs.frozen
@@ -219,9 +224,10 @@ class Cursor:
         return cursor
 
 
-def cursor_at(epoch: str, seq: int, cid: bytes | None) -> Cursor:
+def cursor_at(epoch: str, seq: int, cid: bytes | None, *, key: bytes) -> Cursor:
     """The version 2 cursor after the record ``cid`` at ``seq`` of the store with
-    ``epoch`` (``cid`` is ignored at seq 0: zero fingerprint).
+    ``epoch`` and cursor key ``key`` (``cid`` is ignored at seq 0: zero
+    fingerprint).
 
     With ``cid`` None at a seq above 0 the fingerprint is unknown and the result
     is a version 1 cursor (accepted without a rollback check). Raises
@@ -229,23 +235,23 @@ def cursor_at(epoch: str, seq: int, cid: bytes | None) -> Cursor:
     """
     if seq == 0:
         return Cursor(epoch, 0, _ZERO_FP)
-    return Cursor(epoch, seq, None if cid is None else fingerprint(cid))
+    return Cursor(epoch, seq, None if cid is None else fingerprint(cid, key=key))
 
 
 def resolve_since(
-    cursor: str | None, *, epoch: str, head_seq: int, cid_at_seq: bytes | None = None
+    cursor: str | None, *, epoch: str, head_seq: int, fingerprint_at_seq: bytes | None = None
 ) -> int:
     """The ``since_seq`` to scan from for a reader's ``cursor``.
 
     ``None`` (no cursor: from the beginning) gives 0. Otherwise the cursor must be
-    one this store issued and still agrees with: ``cid_at_seq`` is the binary CID
-    of the record the store holds at the cursor's seq (None when it holds none;
-    :func:`resolve_cursor` looks it up). Raises ``CursorInvalid`` (not a cursor;
-    an empty string too), ``CursorReset`` (another ``epoch``; or, for a version 2
-    cursor, a seq past ``head_seq`` or a record with another fingerprint at its
-    seq: the store was rolled back or restored) or ``CursorFromFuture`` (a
-    version 1 cursor past ``head_seq``). The reader then restarts without a
-    cursor. Pure.
+    one this store issued and still agrees with: ``fingerprint_at_seq`` is the
+    :func:`fingerprint` of the record the store holds at the cursor's seq (None
+    when it holds none; :func:`resolve_cursor` works it out). Raises
+    ``CursorInvalid`` (not a cursor; an empty string too), ``CursorReset``
+    (another ``epoch``; or, for a version 2 cursor, a seq past ``head_seq`` or a
+    record with another fingerprint at its seq: the store was rolled back or
+    restored) or ``CursorFromFuture`` (a version 1 cursor past ``head_seq``).
+    The reader then restarts without a cursor. Pure.
     """
     if cursor is None:
         return 0
@@ -270,7 +276,9 @@ def resolve_since(
             "store was rolled back or restored from an older copy; start again without a "
             "cursor (records dedupe by CID)"
         )
-    if cid_at_seq is None or fingerprint(cid_at_seq) != parsed.fingerprint:
+    if fingerprint_at_seq is None or not hmac.compare_digest(
+        fingerprint_at_seq, parsed.fingerprint
+    ):
         raise CursorReset(
             f"the record at seq {parsed.seq} is not the one this cursor was issued after: "
             "the store was rolled back or restored from an older copy; start again "
@@ -281,18 +289,19 @@ def resolve_since(
 
 async def resolve_cursor(store: Store, cursor: str | None) -> int:
     """:func:`resolve_since` against ``store``: reads its head and, for a version 2
-    cursor, the CID at the cursor's seq (one indexed lookup). Same errors, plus
-    the store's own (``StoreError``...). The one awaiting function here; it does
-    no I/O of its own.
+    cursor, the CID at the cursor's seq (one indexed lookup), fingerprinted with
+    the store's ``cursor_key``. Same errors, plus the store's own
+    (``StoreError``...). The one awaiting function here; it does no I/O of its own.
     """
     if cursor is None:
         return 0
     parsed = Cursor.decode(cursor)
     head = await store.head_seq()
-    cid: bytes | None = None
+    fp: bytes | None = None
     if parsed.fingerprint is not None and parsed.epoch == store.epoch and 0 < parsed.seq <= head:
         cid = await store.cid_at(parsed.seq)
-    return resolve_since(cursor, epoch=store.epoch, head_seq=head, cid_at_seq=cid)
+        fp = None if cid is None else fingerprint(cid, key=store.cursor_key)
+    return resolve_since(cursor, epoch=store.epoch, head_seq=head, fingerprint_at_seq=fp)
 
 
 def everything(record: StoredRecord) -> bool:
@@ -313,9 +322,11 @@ def build_page(
     page: ChangesPage,
     *,
     epoch: str,
+    key: bytes,
     visible: Callable[[StoredRecord], bool] = everything,
 ) -> FeedPage:
-    """The feed page for a store scan ``page`` of the store with ``epoch``.
+    """The feed page for a store scan ``page`` of the store with ``epoch`` and
+    cursor key ``key``.
 
     Keeps the records for which ``visible`` is true (in order); ``next_cursor``
     is :func:`page_cursor`, so it moves past the records the reader may not
@@ -326,19 +337,19 @@ def build_page(
     records = tuple(r for r in page.records if visible(r))
     return FeedPage(
         records=records,
-        next_cursor=page_cursor(page, epoch=epoch).encode(),
+        next_cursor=page_cursor(page, epoch=epoch, key=key).encode(),
         has_more=page.last_seq < page.head_seq,
     )
 
 
-def page_cursor(page: ChangesPage, *, epoch: str) -> Cursor:
+def page_cursor(page: ChangesPage, *, epoch: str, key: bytes) -> Cursor:
     """The cursor after a store scan: ``(epoch, page.last_seq)`` fingerprinted
     with the record at ``last_seq`` (the last scanned record when it is that one,
     else ``page.last_cid``); version 1 only if neither is known. Pure."""
     cid = page.last_cid
     if page.records and page.records[-1].seq == page.last_seq:
         cid = page.records[-1].cid
-    return cursor_at(epoch, page.last_seq, cid)
+    return cursor_at(epoch, page.last_seq, cid, key=key)
 
 
 def page_to_wire(page: FeedPage) -> dict[str, object]:
