@@ -11,9 +11,20 @@ reference measured in the same run, with the target next to them:
 * records: ``build_record`` (encode + sign) and ``verify_record`` per second vs
   raw pynacl verify (skipped when ``fedpeer.sync.records`` is missing);
 * memory: peak RSS of a fresh process scanning a 1M-record store page by page
-  (target: < 150 MB), measured in a subprocess so earlier phases do not count.
+  (target: < 150 MB), measured in a subprocess so earlier phases do not count;
+* durability: ``synchronous=FULL`` (the default: the WAL is fsynced on every
+  commit) vs ``NORMAL``, interleaved rounds, the FULL/NORMAL throughput ratio of
+  (a) HTTP appends to a running node (``POST /v1/records``, one record per
+  commit), (b) pulled pages (1000-record commits) and, for information, (c)
+  bare single-record transactions on the store. The decision rule for the
+  default: FULL stays the default while its cost on the node-level writes
+  (a, b) is at most 20 % (ratio >= 0.80). The fsync cost depends on the disk:
+  run it where the data dir lives (``--dir``); on tmpfs fsync is free and the
+  ratio says nothing.
 
-Options: ``--quick`` (smaller sizes, for a smoke run), ``--rounds N``.
+Options: ``--quick`` (smaller sizes, for a smoke run), ``--rounds N``, ``--dir
+PATH`` (where the temporary stores go; default the system temp dir),
+``--only durability`` (just that section).
 """
 
 from __future__ import annotations
@@ -34,8 +45,10 @@ from pathlib import Path
 import trio
 
 from fedpeer.store import NewRecord, SQLiteStore
+from fedpeer.store.sqlite import DEFAULT_SYNCHRONOUS
 
 PUT_TARGET = 0.5
+DURABILITY_MAX_COST = 0.20  # FULL stays the default while node-level writes keep >= 80 %
 RSS_TARGET_MB = 150.0
 INSERT_RAW = (
     "INSERT INTO records (cid, data, sig, author, namespace, thread, kind, ts) "
@@ -91,7 +104,7 @@ async def make_schema(path: Path) -> None:
 def raw_connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={DEFAULT_SYNCHRONOUS}")
     conn.execute("PRAGMA cache_size=-16000")  # what SQLiteStore's writer uses
     return conn
 
@@ -335,10 +348,119 @@ def bench_memory(tmp: Path, n: int) -> None:
     )
 
 
+# --- durability ------------------------------------------------------------------
+
+
+def fs_type(path: Path) -> str:
+    """The file system type of the mount holding ``path`` (from /proc/mounts)."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    best, kind = "", "unknown"
+    target = str(path.resolve())
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3 or len(parts[1]) <= len(best):
+            continue
+        if target == parts[1] or target.startswith(parts[1].rstrip("/") + "/"):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
+async def _store_writes(path: Path, mode: str, singles: int, batched: int) -> tuple[float, float]:
+    """(single-record transactions/s, records/s in 1000-record commits) on one store."""
+    recs = synthetic_records(singles + batched, seed=len(mode) + singles)
+    store = await SQLiteStore.open(path, synchronous=mode)  # type: ignore[arg-type]
+    try:
+        t0 = time.perf_counter()
+        for i, r in enumerate(recs[:singles]):
+
+            def commit(tx: object, r: NewRecord = r, i: int = i) -> None:
+                tx.put_records([r])  # type: ignore[attr-defined]
+                tx.put("meta", "clock", {"value": i})  # type: ignore[attr-defined]
+
+            await store.transact(commit)  # what Node.append commits: a record + its clock
+        single = singles / (time.perf_counter() - t0)
+        rest = recs[singles:]
+        t0 = time.perf_counter()
+        for i in range(0, len(rest), 1000):
+            await store.put(rest[i : i + 1000])
+        return single, batched / (time.perf_counter() - t0)
+    finally:
+        await store.aclose()
+
+
+async def _http_appends(path: Path, mode: str, n: int) -> float:
+    """Appends/s through ``POST /v1/records`` of a node on a store in ``mode``."""
+    import httpx
+
+    from fedpeer.peer import NodeConfig, open_node
+
+    store = await SQLiteStore.open(path, synchronous=mode)  # type: ignore[arg-type]
+    cfg = NodeConfig(auth_enabled=False, rate_per_s=1e6, rate_burst=10**6)
+    try:
+        async with (
+            open_node(None, store=store, config=cfg) as node,
+            httpx.AsyncClient(base_url=node.url, timeout=30) as client,
+        ):
+            body = {"namespace": "app", "thread": "t", "kind": "note", "body": {"x": "y" * 200}}
+            for _ in range(10):  # warm up the connection and the code paths
+                (await client.post("/v1/records", json=body)).raise_for_status()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                (await client.post("/v1/records", json=body)).raise_for_status()
+            return n / (time.perf_counter() - t0)
+    finally:
+        await store.aclose()
+
+
+def bench_durability(tmp: Path, rounds: int, quick: bool) -> None:
+    appends, singles, batched = (100, 300, 10_000) if quick else (400, 1000, 50_000)
+    print(
+        f"durability: synchronous=FULL vs NORMAL on {fs_type(tmp)} ({tmp}), {rounds} "
+        f"interleaved rounds; default {DEFAULT_SYNCHRONOUS}"
+    )
+    rates: dict[str, dict[str, list[float]]] = {
+        m: {"http": [], "single": [], "batch": []} for m in ("NORMAL", "FULL")
+    }
+    for rnd in range(rounds):
+        order = ("NORMAL", "FULL") if rnd % 2 == 0 else ("FULL", "NORMAL")
+        for mode in order:
+            http = trio.run(_http_appends, tmp / f"http-{mode}-{rnd}.db", mode, appends)
+            single, batch = trio.run(
+                _store_writes, tmp / f"w-{mode}-{rnd}.db", mode, singles, batched
+            )
+            rates[mode]["http"].append(http)
+            rates[mode]["single"].append(single)
+            rates[mode]["batch"].append(batch)
+    print(
+        f"  ({appends} HTTP appends, one record per commit; {batched:,} records in "
+        f"1000-record commits; {singles} bare single-record store transactions)"
+    )
+    labels = {"http": "HTTP append", "batch": "pulled pages", "single": "bare store txs"}
+    ratios: dict[str, float] = {}
+    for what, label in labels.items():
+        full = report(f"{label} FULL", rates["FULL"][what], fmt_rate)
+        normal = report(f"{label} NORMAL", rates["NORMAL"][what], fmt_rate)
+        ratios[what] = full / normal
+        print(f"  ratio FULL/NORMAL {what:<6}            {ratios[what]:.2f}")
+    worst = min(ratios["http"], ratios["batch"])
+    ok = worst >= 1 - DURABILITY_MAX_COST
+    print(
+        f"  node-level cost of FULL: {1 - worst:.0%} (HTTP append {ratios['http']:.2f}, "
+        f"pulled pages {ratios['batch']:.2f}; bare store txs {ratios['single']:.2f}, for "
+        f"information)   limit {DURABILITY_MAX_COST:.0%}: "
+        + ("ok, FULL stays the default" if ok else "OVER: reconsider the FULL default")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where temporary stores go")
+    parser.add_argument("--only", choices=["durability"], default=None)
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -349,11 +471,13 @@ def main() -> None:
         f"fedpeer store benchmark (SQLite {sqlite3.sqlite_version}, Python "
         f"{sys.version.split()[0]}, {os.cpu_count()} CPUs)"
     )
-    with tempfile.TemporaryDirectory(prefix="fedpeer-bench-") as d:
+    with tempfile.TemporaryDirectory(prefix="fedpeer-bench-", dir=args.dir) as d:
         tmp = Path(d)
-        bench_put_and_scan(tmp, 10_000 if args.quick else 100_000, 1000, rounds)
-        bench_records(500 if args.quick else 3000, rounds)
-        bench_memory(tmp, 50_000 if args.quick else 1_000_000)
+        if args.only != "durability":
+            bench_put_and_scan(tmp, 10_000 if args.quick else 100_000, 1000, rounds)
+            bench_records(500 if args.quick else 3000, rounds)
+            bench_memory(tmp, 50_000 if args.quick else 1_000_000)
+        bench_durability(tmp, max(rounds, 5) if not args.quick else rounds, args.quick)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,11 @@ The tree::
     ├── StoreError                STORE_ERROR              500
     │   ├── StoreClosed           STORE_CLOSED             503
     │   ├── StoreCorrupt          STORE_CORRUPT            500
-    │   └── SchemaTooNew          SCHEMA_TOO_NEW           500
+    │   ├── SchemaTooNew          SCHEMA_TOO_NEW           500
+    │   └── StoreFull             STORE_FULL               507
+    ├── DataDirError              DATA_DIR_ERROR           500
+    │   └── DataDirLocked         DATA_DIR_LOCKED          409
+    ├── StartFailed               START_FAILED             500
     ├── CursorReset               CURSOR_RESET             409
     ├── CursorFromFuture          CURSOR_FROM_FUTURE       409
     ├── AuthRequired              AUTH_REQUIRED            401
@@ -95,6 +99,8 @@ __all__ = [
     "CursorFromFuture",
     "CursorInvalid",
     "CursorReset",
+    "DataDirError",
+    "DataDirLocked",
     "DidInvalid",
     "DidMethodUnsupported",
     "DidMismatch",
@@ -143,9 +149,11 @@ __all__ = [
     "SignatureError",
     "SignatureExpired",
     "SignatureNotYetValid",
+    "StartFailed",
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
+    "StoreFull",
     "TimedOut",
     "TokenExpired",
     "TokenInvalid",
@@ -404,8 +412,40 @@ class SchemaTooNew(StoreError):
     code = "SCHEMA_TOO_NEW"
 
 
+class StoreFull(StoreError):
+    """The disk holding the store is full: writes fail until space is freed; reads work."""
+
+    code = "STORE_FULL"
+    http_status = 507
+
+
+# --- node start-up -------------------------------------------------------------
+
+
+class DataDirError(FedpeerError):
+    """The data dir cannot be used (not a directory, not writable)."""
+
+    code = "DATA_DIR_ERROR"
+    http_status = 500
+
+
+class DataDirLocked(DataDirError):
+    """Another fedpeer node is running on this data dir; stop it or use another one."""
+
+    code = "DATA_DIR_LOCKED"
+    http_status = 409
+
+
+class StartFailed(FedpeerError):
+    """The node's HTTP server could not listen on its address (port in use?)."""
+
+    code = "START_FAILED"
+    http_status = 500
+
+
 class CursorReset(FedpeerError):
-    """The cursor belongs to another store or to one since wiped; restart without it."""
+    """The cursor belongs to another store, or to this one before a wipe, a restore or
+    a rollback; restart without it."""
 
     code = "CURSOR_RESET"
     http_status = 409

@@ -285,3 +285,64 @@ async def test_create_grant_validates(
         await store.transact(lambda tx: create_grant(tx, **args))  # type: ignore[arg-type]
     assert await store.list_state("grants") == []
     assert await load_revision(store) == 0
+
+
+# --- wake filters (what a waiting reader may see, for the store's waiter index) --------
+
+_names = st.sampled_from(["a", "a/", "a/b", "ab", "b", "b/c"])
+_threads = st.sampled_from(["t", "t1", "u"])
+_targets = st.one_of(
+    st.just(Target("instance")),
+    st.builds(lambda v: Target("namespace", v), _names),
+    st.builds(lambda v, ns: Target("thread", v, ns), _threads, st.none() | _names),
+)
+
+
+@settings(max_examples=300)
+@given(
+    targets=st.lists(_targets, max_size=3),
+    everything=st.booleans(),
+    prefix=st.none() | _names,
+    thread=st.none() | _threads,
+    records=st.lists(st.tuples(_names, _threads), min_size=1, max_size=6),
+)
+def test_wake_filters_cover_everything_the_reader_may_be_shown(
+    targets: list[Target],
+    everything: bool,
+    prefix: str | None,
+    thread: str | None,
+    records: list[tuple[str, str]],
+) -> None:
+    from fedpeer.store.base import ChangeFilter
+
+    view = ConsentView(everything=everything, targets=tuple(targets))
+    flt = ChangeFilter(namespace_prefix=prefix, thread=thread)
+    wake = view.wake_filters(flt)
+    for ns, th in records:
+        shown = view.visible(ns, th) and flt.matches(ns, th)
+        woken = wake is None or any(f.matches(ns, th) for f in wake)
+        if shown:
+            assert woken, (ns, th, wake)  # never miss what the reader may be shown
+        exact = everything or all(t.type != "thread" or t.namespace is None for t in targets)
+        if woken and exact:
+            assert shown, (ns, th, wake)  # and, short of pinned namespaces, nothing more
+
+
+def test_wake_filters_examples() -> None:
+    from fedpeer.store.base import ChangeFilter
+
+    assert EVERYTHING.wake_filters(ChangeFilter()) is None
+    assert EVERYTHING.wake_filters(ChangeFilter("app/")) == (ChangeFilter("app/"),)
+    assert NOTHING.wake_filters(ChangeFilter()) == ()
+    view = ConsentView(
+        everything=False,
+        targets=(Target("namespace", "public/"), Target("thread", "t1", "chat")),
+    )
+    assert view.wake_filters(ChangeFilter()) == (
+        ChangeFilter("public/"),
+        ChangeFilter("chat", "t1"),
+    )
+    # a filter outside the grants: nothing can wake this reader
+    assert view.wake_filters(ChangeFilter("secret/")) == ()
+    assert view.wake_filters(ChangeFilter("public/x")) == (ChangeFilter("public/x"),)
+    assert ConsentView(False, (Target("instance"),)).wake_filters(ChangeFilter()) is None

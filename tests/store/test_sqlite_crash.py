@@ -5,7 +5,8 @@ state row naming the batch, in one transaction each, and is killed with
 SIGKILL at a random moment. After every kill the store must reopen with
 ``integrity_check == ok``, hold exactly ``50 * batch`` records, every batch
 complete, and every batch the child reported as committed must be there
-(WAL + synchronous=NORMAL is durable against process death).
+(WAL is durable against process death even with synchronous=NORMAL; the
+default FULL adds power loss).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from .store_backends import rec
 async def test_reopen_keeps_epoch_records_state_and_audit(tmp_path: Path) -> None:
     path = tmp_path / "node.db"
     store = await SQLiteStore.open(path)
-    epoch = store.epoch
+    epoch, key = store.epoch, store.cursor_key
     await store.put([rec(i) for i in range(10)])
 
     def write(tx: StateTx) -> None:
@@ -43,6 +43,7 @@ async def test_reopen_keeps_epoch_records_state_and_audit(tmp_path: Path) -> Non
     again = await SQLiteStore.open(path)
     try:
         assert again.epoch == epoch
+        assert again.cursor_key == key  # cursors issued before the restart still resolve
         assert await again.head_seq() == 10
         assert await again.count() == 10
         assert await again.get_state("pairs", "p") == {"cursor": "c1"}
@@ -55,8 +56,31 @@ async def test_reopen_keeps_epoch_records_state_and_audit(tmp_path: Path) -> Non
     other = await SQLiteStore.open(tmp_path / "other.db")
     try:
         assert other.epoch != epoch
+        assert other.cursor_key != key
     finally:
         await other.aclose()
+
+
+async def test_a_store_from_before_the_cursor_key_gets_one(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    store = await SQLiteStore.open(path)
+    await store.put([rec(1)])
+    await store.aclose()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM meta WHERE key = 'cursor_key'")  # as an older fedpeer wrote it
+    conn.close()
+    again = await SQLiteStore.open(path)
+    try:
+        assert len(again.cursor_key) == 16
+        assert await again.count() == 1
+    finally:
+        await again.aclose()
+    third = await SQLiteStore.open(path)
+    try:
+        assert third.cursor_key == again.cursor_key  # made once, then kept
+    finally:
+        await third.aclose()
 
 
 async def test_file_mode_is_0600_and_wal(tmp_path: Path) -> None:
@@ -74,6 +98,19 @@ async def test_file_mode_is_0600_and_wal(tmp_path: Path) -> None:
         finally:
             conn.close()
         assert await store.integrity_check() == "ok"
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(("given", "level"), [(None, 2), ("FULL", 2), ("NORMAL", 1)])
+async def test_durability_defaults_to_synchronous_full(
+    tmp_path: Path, given: str | None, level: int
+) -> None:
+    # FULL (2) fsyncs the WAL on every commit: a power cut cannot roll the log back
+    kw = {} if given is None else {"synchronous": given}
+    store = await SQLiteStore.open(tmp_path / "node.db", **kw)
+    try:
+        assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == level
     finally:
         await store.aclose()
 

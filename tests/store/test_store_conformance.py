@@ -34,6 +34,9 @@ async def all_changes(
         assert len(p.records) <= page
         for r in p.records:
             assert since < r.seq <= p.last_seq
+        # the page names the record at last_seq (the feed's cursor fingerprint)
+        assert p.last_cid == await store.cid_at(p.last_seq)
+        assert (p.last_cid is None) == (p.last_seq == 0)
         out.extend(p.records)
         if p.last_seq >= p.head_seq:
             return out
@@ -154,6 +157,23 @@ async def test_changes_pages_in_order(store: Store) -> None:
     beyond = await store.changes(40, 10)
     assert beyond.records == ()
     assert beyond.last_seq == 40
+
+
+async def test_cid_at_names_the_record_at_each_seq(store: Store) -> None:
+    assert await store.cid_at(0) is None
+    assert await store.cid_at(1) is None
+    batch = [rec(i) for i in range(5)]
+    await store.put(batch)
+    await store.put([rec(2), rec(9)])  # one duplicate, one new (seq 6)
+    assert [await store.cid_at(s) for s in range(1, 7)] == [r.cid for r in batch] + [rec(9).cid]
+    for seq in (0, -1, 7, 2**62):
+        assert await store.cid_at(seq) is None
+    # a scan that ends on a record it did not return (filtered out) still names it
+    page = await store.changes(0, 10, ChangeFilter(thread="nope"))
+    assert page.records == ()
+    assert (page.last_seq, page.last_cid) == (6, rec(9).cid)
+    page = await store.changes(2, 2)
+    assert (page.last_seq, page.last_cid) == (4, batch[3].cid)
 
 
 async def test_changes_rejects_bad_arguments(store: Store) -> None:
@@ -315,6 +335,20 @@ async def test_threads_lists_counts_and_last_seq(store: Store) -> None:
 
 
 # --- epoch -----------------------------------------------------------------------
+
+
+async def test_cursor_key_is_16_secret_bytes_per_store(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    a = await store_factory(tmp_path)
+    b = await store_factory(tmp_path)
+    try:
+        assert type(a.cursor_key) is bytes
+        assert len(a.cursor_key) == 16
+        assert a.cursor_key != b.cursor_key
+    finally:
+        await a.aclose()
+        await b.aclose()
 
 
 async def test_epoch_is_random_hex_per_store(store_factory: StoreFactory, tmp_path: Path) -> None:
@@ -539,6 +573,82 @@ async def test_wait_for_seq_wakes_on_put_and_transact(store: Store) -> None:
             assert results == [1, 1, 1]
             await store.transact(lambda tx: tx.put_records([rec(2), rec(3)]))
         assert results == [1, 1, 1, 3]
+
+
+async def test_wait_for_seq_with_interest_wakes_only_on_matching_commits(store: Store) -> None:
+    woken: dict[str, int] = {}
+
+    async def waiter(name: str, interest: tuple[ChangeFilter, ...]) -> None:
+        woken[name] = await store.wait_for_seq(0, interest)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as nursery:
+            nursery.start_soon(waiter, "ns", (ChangeFilter(namespace_prefix="mine/"),))
+            nursery.start_soon(waiter, "thread", (ChangeFilter(thread="t-mine"),))
+            nursery.start_soon(waiter, "both", (ChangeFilter("other/", "t-x"),))
+            nursery.start_soon(waiter, "either", (ChangeFilter("a/"), ChangeFilter("b/")))
+            nursery.start_soon(waiter, "none", ())
+            await anyio.wait_all_tasks_blocked()
+            # commits none of them may see: nobody wakes
+            await store.put([rec(1, namespace="app", thread="t-mine-not")])
+            await store.put([rec(2, namespace="mine", thread="t")])  # "mine" lacks the "/"
+            await store.put([rec(3, namespace="other/x", thread="t-y")])  # thread differs
+            await store.put([rec(4, namespace="c/", thread="t-x")])
+            await anyio.wait_all_tasks_blocked()
+            assert woken == {}
+            await store.put([rec(5, namespace="app", thread="t-mine")])
+            await anyio.wait_all_tasks_blocked()
+            assert woken == {"thread": 5}
+            # one commit that touches two interests wakes both
+            await store.put([rec(6, namespace="mine/x"), rec(7, namespace="other/q", thread="t-x")])
+            await anyio.wait_all_tasks_blocked()
+            assert woken == {"thread": 5, "ns": 7, "both": 7}
+            await store.put([rec(8, namespace="b/deep/er")])
+            await anyio.wait_all_tasks_blocked()
+            assert woken == {"thread": 5, "ns": 7, "both": 7, "either": 8}
+            assert "none" not in woken
+            nursery.cancel_scope.cancel()
+
+
+async def test_wait_for_seq_with_interest_returns_at_once_when_ahead(store: Store) -> None:
+    await store.put([rec(1, namespace="app")])
+    with anyio.fail_after(5):  # the caller rescans: a commit cannot slip in unseen
+        assert await store.wait_for_seq(0, (ChangeFilter(namespace_prefix="zzz"),)) == 1
+        assert await store.wait_for_seq(0, ()) == 1
+
+
+async def test_wake_waiters_in_a_transaction_wakes_interested_waiters(store: Store) -> None:
+    await store.put([rec(1)])
+    woken: list[str] = []
+
+    async def waiter(name: str, interest: tuple[ChangeFilter, ...] | None) -> None:
+        await store.wait_for_seq(1, interest)
+        woken.append(name)
+
+    def grant_changed(tx: StateTx) -> None:
+        tx.put("meta", "revision", {"value": 1})
+        tx.wake_waiters()
+
+    def rolled_back(tx: StateTx) -> None:
+        tx.wake_waiters()
+        raise ValueError("no")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as nursery:
+            nursery.start_soon(waiter, "narrow", (ChangeFilter(namespace_prefix="x/"),))
+            nursery.start_soon(waiter, "nothing", ())
+            nursery.start_soon(waiter, "any", None)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(ValueError, match="no"):
+                await store.transact(rolled_back)  # rolled back: wakes nobody
+            await anyio.wait_all_tasks_blocked()
+            assert woken == []
+            await store.transact(grant_changed)
+            await anyio.wait_all_tasks_blocked()
+            # waiters with an interest re-evaluate it; "any" waits for a record still
+            assert sorted(woken) == ["narrow", "nothing"]
+            await store.put([rec(2)])
+        assert sorted(woken) == ["any", "narrow", "nothing"]
 
 
 async def test_wait_for_seq_is_cancellable(store: Store) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import struct
 from collections.abc import Callable
 
@@ -32,13 +34,18 @@ from fedpeer.sync.feed import (
     FeedPage,
     WirePage,
     build_page,
+    cursor_at,
+    fingerprint,
+    page_cursor,
     page_from_wire,
     page_to_wire,
+    resolve_cursor,
     resolve_since,
 )
 from fedpeer.sync.records import SignedRecord, build_record, record_from_wire, record_to_wire
 
 EPOCH = "0123456789abcdef0123456789abcdef"
+KEY16 = b"k" * 16  # a store's cursor key
 OTHER_EPOCH = "f" * 32
 KEY = SigningKey.from_seed(b"\x03" * 32)
 
@@ -74,6 +81,69 @@ def test_cursor_encoding_is_versioned_binary() -> None:
 
 def _packed(version: int, epoch: bytes, seq: int) -> str:
     return b64(struct.pack(">B16sq", version, epoch, seq))
+
+
+def _packed2(version: int, epoch: bytes, seq: int, fp: bytes) -> str:
+    return b64(struct.pack(">B16sq8s", version, epoch, seq, fp))
+
+
+fingerprints = st.binary(min_size=8, max_size=8)
+
+
+@settings(max_examples=200)
+@given(epoch=epochs, seq=st.integers(min_value=1, max_value=MAX_SEQ), fp=fingerprints)
+def test_cursor_v2_round_trip(epoch: str, seq: int, fp: bytes) -> None:
+    cursor = Cursor(epoch, seq, fp)
+    assert cursor.version == 2
+    text = cursor.encode()
+    assert len(text) == 44
+    assert set(text) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert Cursor.decode(text) == cursor
+
+
+def test_cursor_v2_wire_layout() -> None:
+    cid = b"\x01\x71\x12\x20" + bytes(range(32))
+    cursor = cursor_at(EPOCH, 258, cid, key=KEY16)
+    raw = base64.urlsafe_b64decode(cursor.encode() + "==")
+    fp = hmac.new(KEY16, cid, hashlib.sha256).digest()[:8]
+    assert raw == b"\x02" + bytes.fromhex(EPOCH) + (258).to_bytes(8, "big") + fp
+    assert cursor.fingerprint == fingerprint(cid, key=KEY16) == fp
+    # keyed: without the store's secret key a reader cannot test a guessed CID
+    assert fingerprint(cid, key=b"j" * 16) != fp
+    assert hashlib.sha256(cid).digest()[:8] != fp
+    # seq 0 (before the first record) has a zero fingerprint, whatever cid is given
+    zero = cursor_at(EPOCH, 0, cid, key=KEY16)
+    assert zero == Cursor(EPOCH, 0, bytes(8))
+    assert base64.urlsafe_b64decode(zero.encode() + "==")[-8:] == bytes(8)
+    # unknown cid above 0: a version 1 cursor (no rollback check possible)
+    assert cursor_at(EPOCH, 5, None, key=KEY16) == Cursor(EPOCH, 5)
+    assert len(cursor_at(EPOCH, 5, None, key=KEY16).encode()) == 34
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _packed2(1, bytes.fromhex(EPOCH), 5, b"12345678"),  # v1 byte in a v2-sized cursor
+        _packed2(3, bytes.fromhex(EPOCH), 5, b"12345678"),
+        _packed2(2, bytes.fromhex(EPOCH), -1, b"12345678"),  # negative seq
+        _packed2(2, bytes.fromhex(EPOCH), 0, b"12345678"),  # seq 0 needs a zero fingerprint
+        b64(b"\x02" + bytes.fromhex(EPOCH) + bytes(8) + bytes(7)),  # short fingerprint
+        b64(b"\x02" + bytes.fromhex(EPOCH) + bytes(8) + bytes(9)),  # long fingerprint
+        _packed2(2, bytes.fromhex(EPOCH), 5, b"12345678")[:-1],
+        _packed2(2, bytes.fromhex(EPOCH), 5, b"12345678") + "A",
+    ],
+)
+def test_garbage_v2_cursors_are_invalid(text: str) -> None:
+    with pytest.raises(CursorInvalid):
+        Cursor.decode(text)
+    with pytest.raises(CursorInvalid):
+        resolve_since(text, epoch=EPOCH, head_seq=10)
+
+
+@pytest.mark.parametrize("fp", [b"", b"1234567", b"123456789", "12345678"])
+def test_cursor_fingerprint_shape_is_checked(fp: object) -> None:
+    with pytest.raises(CursorInvalid):
+        Cursor(EPOCH, 3, fp)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -192,6 +262,77 @@ def test_cursor_past_the_head_is_from_the_future() -> None:
         resolve_since(Cursor(EPOCH, 1).encode(), epoch=EPOCH, head_seq=0)
 
 
+CID_A = b"\x01\x71\x12\x20" + b"a" * 32
+CID_B = b"\x01\x71\x12\x20" + b"b" * 32
+
+
+def test_v2_cursor_checks_the_record_at_its_seq() -> None:
+    text = cursor_at(EPOCH, 7, CID_A, key=KEY16).encode()
+    assert (
+        resolve_since(
+            text, epoch=EPOCH, head_seq=7, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
+        == 7
+    )
+    assert (
+        resolve_since(
+            text, epoch=EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
+        == 7
+    )
+    # another record at seq 7: the store was rolled back and refilled
+    with pytest.raises(CursorReset, match="rolled back or restored"):
+        resolve_since(
+            text, epoch=EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_B, key=KEY16)
+        )
+    # no record at seq 7 (not looked up, or missing): not trusted
+    with pytest.raises(CursorReset):
+        resolve_since(text, epoch=EPOCH, head_seq=50)
+    # another epoch is a reset before anything else
+    with pytest.raises(CursorReset, match="another store"):
+        resolve_since(
+            text, epoch=OTHER_EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
+
+
+def test_v2_cursor_past_the_head_is_a_reset_not_from_the_future() -> None:
+    text = cursor_at(EPOCH, 51, CID_A, key=KEY16).encode()
+    with pytest.raises(CursorReset, match="head is 50"):
+        resolve_since(
+            text, epoch=EPOCH, head_seq=50, fingerprint_at_seq=fingerprint(CID_A, key=KEY16)
+        )
+    # seq 0 is before everything: valid for any head
+    zero = cursor_at(EPOCH, 0, None, key=KEY16).encode()
+    assert resolve_since(zero, epoch=EPOCH, head_seq=0) == 0
+    assert resolve_since(zero, epoch=EPOCH, head_seq=9) == 0
+
+
+async def test_resolve_cursor_against_a_store() -> None:
+    store = MemoryStore(epoch=EPOCH)
+    key = KEY
+    recs = [
+        build_record(key, namespace="app", thread="t", kind="k", body=i, ts=i, now_ms=i)
+        for i in range(3)
+    ]
+    await store.put([r.to_new() for r in recs])
+    page = await store.changes(0, 2)
+    assert page.last_cid == recs[1].cid.raw
+    key = store.cursor_key
+    text = page_cursor(page, epoch=EPOCH, key=key).encode()
+    assert await resolve_cursor(store, text) == 2
+    assert await resolve_cursor(store, None) == 0
+    assert await resolve_cursor(store, Cursor(EPOCH, 2).encode()) == 2  # v1: unchecked
+    # the right record, fingerprinted with another key: not this store's cursor
+    with pytest.raises(CursorReset):
+        await resolve_cursor(store, cursor_at(EPOCH, 2, recs[1].cid.raw, key=KEY16).encode())
+    with pytest.raises(CursorReset):
+        await resolve_cursor(store, cursor_at(EPOCH, 2, recs[0].cid.raw, key=key).encode())
+    with pytest.raises(CursorReset):
+        await resolve_cursor(store, cursor_at(EPOCH, 4, recs[0].cid.raw, key=key).encode())
+    with pytest.raises(CursorFromFuture):
+        await resolve_cursor(store, Cursor(EPOCH, 4).encode())
+
+
 def test_empty_cursor_is_invalid_not_from_the_start() -> None:
     with pytest.raises(CursorInvalid):
         resolve_since("", epoch=EPOCH, head_seq=5)
@@ -220,37 +361,53 @@ def test_build_page_keeps_visible_records_and_advances_past_the_rest() -> None:
     page = build_page(
         ChangesPage(recs, last_seq=7, head_seq=20),
         epoch=EPOCH,
+        key=KEY16,
         visible=lambda r: r.namespace != "secret",
     )
     assert page == FeedPage(records=(recs[0], recs[2]), next_cursor=page.next_cursor, has_more=True)
-    assert Cursor.decode(page.next_cursor) == Cursor(EPOCH, 7)
+    # the cursor sits after the last scanned record (seq 7, invisible) and names it
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 7, recs[3].cid, key=KEY16)
 
 
 def test_build_page_with_nothing_visible_still_advances() -> None:
     recs = (srec(1, "secret"), srec(2, "secret"))
-    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH, visible=lambda r: False)
+    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH, key=KEY16, visible=lambda r: False)
     assert page.records == ()
-    assert Cursor.decode(page.next_cursor) == Cursor(EPOCH, 2)
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 2, recs[1].cid, key=KEY16)
     assert page.has_more is False
 
 
 def test_build_page_default_shows_everything() -> None:
     recs = (srec(1), srec(2))
-    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH)
+    page = build_page(ChangesPage(recs, 2, 2), epoch=EPOCH, key=KEY16)
     assert page.records == recs
     assert not page.has_more
 
 
 def test_build_page_empty_scan_window() -> None:
     # a filtered scan that matched nothing in its window: resume after the window
-    page = build_page(ChangesPage((), last_seq=1000, head_seq=5000), epoch=EPOCH)
+    page = build_page(
+        ChangesPage((), last_seq=1000, head_seq=5000, last_cid=CID_A), epoch=EPOCH, key=KEY16
+    )
     assert page.records == ()
     assert page.has_more
-    assert resolve_since(page.next_cursor, epoch=EPOCH, head_seq=5000) == 1000
+    assert Cursor.decode(page.next_cursor) == cursor_at(EPOCH, 1000, CID_A, key=KEY16)
+    assert (
+        resolve_since(
+            page.next_cursor,
+            epoch=EPOCH,
+            head_seq=5000,
+            fingerprint_at_seq=fingerprint(CID_A, key=KEY16),
+        )
+        == 1000
+    )
+    # a scan page whose store did not say which record is at last_seq: version 1
+    legacy = build_page(ChangesPage((), last_seq=1000, head_seq=5000), epoch=EPOCH, key=KEY16)
+    assert Cursor.decode(legacy.next_cursor) == Cursor(EPOCH, 1000)
 
 
 def test_build_page_at_head_of_empty_store() -> None:
-    page = build_page(ChangesPage((), 0, 0), epoch=EPOCH)
+    page = build_page(ChangesPage((), 0, 0), epoch=EPOCH, key=KEY16)
     assert page.records == ()
     assert not page.has_more
     assert resolve_since(page.next_cursor, epoch=EPOCH, head_seq=0) == 0
@@ -258,7 +415,7 @@ def test_build_page_at_head_of_empty_store() -> None:
 
 def test_build_page_refuses_a_bad_epoch() -> None:
     with pytest.raises(CursorInvalid):
-        build_page(ChangesPage((), 0, 0), epoch="not-an-epoch")
+        build_page(ChangesPage((), 0, 0), epoch="not-an-epoch", key=KEY16)
 
 
 class FakeSource:
@@ -280,7 +437,16 @@ class FakeSource:
         upper = min(self.head, since + self.window)
         out = [r for r in self.records if since < r.seq <= upper][:limit]
         last = out[-1].seq if len(out) == limit else max(since, upper)
-        return ChangesPage(tuple(out), last, self.head)
+        return ChangesPage(tuple(out), last, self.head, self.cid_at(last))
+
+    def cid_at(self, seq: int) -> bytes | None:
+        return next((r.cid for r in self.records if r.seq == seq), None)
+
+    def resolve(self, cursor: str | None) -> int:
+        seq = 0 if cursor is None else Cursor.decode(cursor).seq
+        cid = self.cid_at(seq)
+        fp = None if cid is None else fingerprint(cid, key=KEY16)
+        return resolve_since(cursor, epoch=EPOCH, head_seq=self.head, fingerprint_at_seq=fp)
 
 
 def follow(
@@ -290,8 +456,8 @@ def follow(
     got: list[StoredRecord] = []
     cursor: str | None = None
     for _ in range(4 * len(source.records) + 4):
-        since = resolve_since(cursor, epoch=EPOCH, head_seq=source.head)
-        page = build_page(source.changes(since, limit), epoch=EPOCH, visible=visible)
+        since = source.resolve(cursor)
+        page = build_page(source.changes(since, limit), epoch=EPOCH, key=KEY16, visible=visible)
         wire = page_from_wire(dagcbor_decode(dagcbor_encode(page_to_wire(page))))
         assert len(wire.records) == len(page.records)
         got.extend(page.records)
@@ -344,8 +510,13 @@ async def test_feed_over_a_real_memory_store_with_filter_and_consent() -> None:
     got: list[SignedRecord] = []
     cursor: str | None = None
     for _ in range(100):
-        since = resolve_since(cursor, epoch=store.epoch, head_seq=await store.head_seq())
-        page = build_page(await store.changes(since, 2, flt), epoch=store.epoch, visible=visible)
+        since = await resolve_cursor(store, cursor)
+        page = build_page(
+            await store.changes(since, 2, flt),
+            epoch=store.epoch,
+            key=store.cursor_key,
+            visible=visible,
+        )
         wire = page_from_wire(dagjson_decode(dagjson_encode(page_to_wire(page))))
         got.extend(record_from_wire(item) for item in wire.records)
         cursor = wire.next_cursor
@@ -372,17 +543,17 @@ def _signed(i: int) -> SignedRecord:
 def test_page_to_wire_and_back() -> None:
     signed = [_signed(i) for i in range(3)]
     recs = tuple(StoredRecord(seq=i + 1, **attrs.asdict(s.to_new())) for i, s in enumerate(signed))
-    page = build_page(ChangesPage(recs, 3, 10), epoch=EPOCH)
+    page = build_page(ChangesPage(recs, 3, 10), epoch=EPOCH, key=KEY16)
     wire = page_to_wire(page)
     assert wire == {
         "records": [record_to_wire(r) for r in recs],
-        "next_cursor": Cursor(EPOCH, 3).encode(),
+        "next_cursor": cursor_at(EPOCH, 3, recs[2].cid, key=KEY16).encode(),
         "has_more": True,
     }
     for encode, decode in ((dagcbor_encode, dagcbor_decode), (dagjson_encode, dagjson_decode)):
         parsed = page_from_wire(decode(encode(wire)))
         assert parsed == WirePage(
-            records=parsed.records, next_cursor=Cursor(EPOCH, 3).encode(), has_more=True
+            records=parsed.records, next_cursor=wire["next_cursor"], has_more=True
         )
         assert [record_from_wire(item) for item in parsed.records] == signed
 

@@ -116,7 +116,11 @@ class Source:
             for seq in range(since + 1, stop + 1)
             if seq not in self.hidden
         )
-        page = build_page(ChangesPage(stored, max(stop, since), head), epoch=self.epoch)
+        last = max(stop, since)
+        last_cid = self.records[last - 1].cid.raw if 0 < last <= head else None
+        page = build_page(
+            ChangesPage(stored, last, head, last_cid), epoch=self.epoch, key=b"k" * 16
+        )
         return page_to_wire(page)
 
 

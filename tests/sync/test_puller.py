@@ -38,7 +38,7 @@ from fedpeer.store.base import StateTx, Store
 from fedpeer.sync._machine import PageRequest, PullMachine
 from fedpeer.sync._puller import _VerifiedMachine, _verify_chunk
 from fedpeer.sync.backoff import Backoff
-from fedpeer.sync.feed import Cursor, build_page, page_to_wire, resolve_since
+from fedpeer.sync.feed import Cursor, build_page, page_to_wire, resolve_cursor
 from fedpeer.sync.manager import PairManager
 from fedpeer.sync.options import SyncEvent, SyncOptions
 from fedpeer.sync.pairs import Pair, PairFilter, PairState, make_pair
@@ -88,12 +88,12 @@ class FakeSource:
             raise self.fail
         store = self.store
         head = await store.head_seq()
-        since = resolve_since(request.since, epoch=store.epoch, head_seq=head)
+        since = await resolve_cursor(store, request.since)
         if request.feed == "longpoll" and since >= head:
             await store.wait_for_seq(since)
         flt = PairFilter(request.namespace, request.thread).to_change_filter()
         page = await store.changes(since, request.limit, flt)
-        return page_to_wire(build_page(page, epoch=store.epoch))
+        return page_to_wire(build_page(page, epoch=store.epoch, key=store.cursor_key))
 
 
 @attrs.define

@@ -35,6 +35,7 @@ from .node import init, run, show_id
 from .output import EXIT_DOCTOR as EXIT_DOCTOR
 from .output import EXIT_ERROR as EXIT_ERROR
 from .output import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from .output import EXIT_LOCKED as EXIT_LOCKED
 from .output import EXIT_NOT_RUNNING as EXIT_NOT_RUNNING
 from .output import EXIT_OK as EXIT_OK
 from .output import EXIT_START as EXIT_START
@@ -49,6 +50,7 @@ __all__ = [
     "EXIT_DOCTOR",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
     "EXIT_NOT_RUNNING",
     "EXIT_OK",
     "EXIT_START",

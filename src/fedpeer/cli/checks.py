@@ -40,6 +40,7 @@ __all__ = [
     "check_admin_token",
     "check_clock",
     "check_key",
+    "check_lock",
     "check_multicast",
     "check_node",
     "check_port",
@@ -145,6 +146,33 @@ def check_admin_token(data_dir: Path) -> Check:
             f"chmod 600 {path}; then `fedpeer token rotate-admin` if others may have read it",
         )
     return Check("admin token", "ok", f"{path} (mode {mode:04o})")
+
+
+def check_lock(data_dir: Path, *, node_running: bool) -> tuple[Check, bool]:
+    """Who holds the data dir lock (``node.lock``): the node running on it, or nobody.
+
+    Returns the check and whether the lock is held. Held while the node does
+    not answer is a failure (a hung or starting node: the store is in use).
+    """
+    from .._datadir import LOCK_FILE, lock_holder
+
+    holder = lock_holder(data_dir)
+    if holder is None:
+        return Check("data dir lock", "ok", "free: no node runs on this data dir"), False
+    detail = f"held by {holder.describe()} ({data_dir / LOCK_FILE})"
+    if node_running:
+        return Check("data dir lock", "ok", detail), True
+    return (
+        Check(
+            "data dir lock",
+            "FAIL",
+            f"{detail}, but no node answers for this data dir",
+            f"wait for it to finish starting, or stop that process (kill {holder.pid})"
+            if holder.pid is not None
+            else "stop the fedpeer process using this data dir",
+        ),
+        True,
+    )
 
 
 def check_node(url: str | None, key_did: str | None, *, timeout: float = 5.0) -> tuple[Check, bool]:

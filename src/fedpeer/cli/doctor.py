@@ -91,8 +91,10 @@ def doctor(
             url = None
     node_check, running = d.check_node(url, did)
     report(node_check)
+    lock_check, locked = d.check_lock(data_dir, node_running=running)
+    report(lock_check)
     store_path = data_dir / STORE_FILE
-    if running or not store_path.exists():
+    if running or locked or not store_path.exists():
         report(d.check_store_readonly(store_path))
     else:
         report(_store_check_stopped(store_path))

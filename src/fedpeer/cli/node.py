@@ -12,7 +12,7 @@ import attrs
 import click
 import trio
 
-from ..errors import FedpeerError
+from ..errors import DataDirLocked, FedpeerError
 from ..identity import SigningKey
 from ..peer import KEY_FILE, NodeConfig, open_node
 from ..peer.addresses import is_loopback_host, is_wildcard, with_host
@@ -29,7 +29,7 @@ from .config import (
     write_node_url,
 )
 from .main import Ctx
-from .output import EXIT_INTERRUPTED, EXIT_START, fail, leaf
+from .output import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_START, fail, leaf
 from .params import handle_cb
 
 __all__ = ["init", "lan_addresses", "rate_settings", "run", "show_id", "sync_options"]
@@ -211,15 +211,11 @@ def run(
         trio.run(main)
     except BaseException as exc:
         found = leaf(exc)
-        if isinstance(found, FedpeerError):
-            fail(found, EXIT_START)
-        if isinstance(found, OSError):
-            click.echo(
-                f"START_FAILED: cannot listen on {bind_host}:{bind_port}: "
-                f"{found.strerror or found}; is another node using that port? "
-                "(pick another with --port)",
-                err=True,
-            )
+        if isinstance(found, FedpeerError):  # START_FAILED (port), KEY_FILE_*, STORE_*, ...
+            fail(found, EXIT_LOCKED if isinstance(found, DataDirLocked) else EXIT_START)
+        if isinstance(found, OSError):  # not the port (that is START_FAILED above): say what
+            where = f" ({found.filename})" if found.filename else ""
+            click.echo(f"START_FAILED: {found.strerror or found}{where}", err=True)
             sys.exit(EXIT_START)
         if isinstance(found, KeyboardInterrupt):
             sys.exit(EXIT_INTERRUPTED)

@@ -5,11 +5,15 @@ Exit codes (stable):
 - 0  success
 - 1  a fedpeer error (the line printed says ``CODE: what to do``)
 - 2  bad usage: unknown command or option, bad option or argument value (click's own)
-- 3  the node could not start (port in use, bad key file, bad store, bad config)
+- 3  the node could not start (port in use: ``START_FAILED``; bad key file:
+     ``KEY_FILE_*``; store cannot be opened: ``STORE_*``; data dir unusable:
+     ``DATA_DIR_ERROR``; bad config: ``CONFIG_INVALID``)
 - 4  the node is not running (``NODE_NOT_RUNNING``: nothing answers at its URL)
 - 5  ``doctor`` found a problem (each failed check says how to fix it)
 - 6  a bounded wait ran out (``TIMED_OUT``, e.g. ``pair --timeout``); the work may
      still complete in the node
+- 7  ``run``: another node is running on this data dir (``DATA_DIR_LOCKED``, naming
+     its PID); stop it or pick another ``--data-dir``
 - 130 interrupted (Ctrl-C)
 """
 
@@ -31,6 +35,7 @@ __all__ = [
     "EXIT_DOCTOR",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
     "EXIT_NOT_RUNNING",
     "EXIT_OK",
     "EXIT_START",
@@ -49,6 +54,7 @@ EXIT_START = 3
 EXIT_NOT_RUNNING = 4
 EXIT_DOCTOR = 5
 EXIT_TIMEOUT = 6
+EXIT_LOCKED = 7
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")

@@ -68,10 +68,11 @@ from ..errors import (
     StoreCorrupt,
 )
 from ..identity._syntax import is_did, is_name
+from ..store.base import ChangeFilter
 from .scopes import ALL_SCOPES, PRESETS, has_scope, parse_scopes, scopes_to_list
 
 if TYPE_CHECKING:
-    from ..store.base import ChangeFilter, StateTx, StoredRecord
+    from ..store.base import StateTx, StoredRecord
 
 __all__ = [
     "EVERYTHING",
@@ -301,9 +302,14 @@ def get_revision(tx: _Reader) -> int:
 
 
 def bump_revision(tx: StateTx) -> int:
-    """Add one to the consent revision inside ``tx``; return the new value."""
+    """Add one to the consent revision inside ``tx``; return the new value.
+
+    Also wakes the store's waiting readers when ``tx`` commits
+    (:meth:`StateTx.wake_waiters`): what they may see changed, so a longpoll or
+    a stream works out what to wait for again."""
     new = get_revision(tx) + 1
     tx.put(META_TABLE, REVISION_META_KEY, {"value": new})
+    tx.wake_waiters()
     return new
 
 
@@ -493,6 +499,52 @@ class ConsentView:
     def check_change_filter(self, flt: ChangeFilter) -> None:
         """:meth:`check_filter` for a store :class:`~fedpeer.store.base.ChangeFilter`."""
         self.check_filter(flt.namespace_prefix, flt.thread)
+
+    def wake_filters(self, flt: ChangeFilter) -> tuple[ChangeFilter, ...] | None:
+        """What a waiting reader asking for ``flt`` may see, as change filters for
+        :meth:`Store.wait_for_seq`'s ``interest``: a commit matching none of them
+        stores nothing this reader could be shown. None: any commit (sees
+        everything, no filter); ``()``: no commit at all (nothing granted).
+
+        A superset is fine (a waiter re-checks after waking): a thread target
+        pinned to one namespace gives that namespace as a *prefix*. Pure.
+        """
+        if self.everything:
+            return None if flt.is_empty else (flt,)
+        out: list[ChangeFilter] = []
+        for target in self.targets:
+            joined = _join(target, flt)
+            if joined is not None:
+                if joined.is_empty:
+                    return None
+                out.append(joined)
+        return tuple(dict.fromkeys(out))
+
+
+def _longer_prefix(a: str | None, b: str | None) -> tuple[bool, str | None]:
+    """(overlap, prefix): the prefix both raw prefixes imply (None: no constraint);
+    overlap False when they exclude each other (neither starts with the other)."""
+    if not a or not b:
+        return True, (a or b or None)
+    if a.startswith(b):
+        return True, a
+    if b.startswith(a):
+        return True, b
+    return False, None
+
+
+def _join(target: Target, flt: ChangeFilter) -> ChangeFilter | None:
+    """The filter of records under ``target`` that ``flt`` also lets through (a
+    superset), or None when there are none."""
+    if target.type == "instance":
+        return flt
+    if target.type == "namespace":
+        overlap, prefix = _longer_prefix(target.value, flt.namespace_prefix)
+        return ChangeFilter(namespace_prefix=prefix, thread=flt.thread) if overlap else None
+    if flt.thread is not None and flt.thread != target.value:
+        return None
+    overlap, prefix = _longer_prefix(target.namespace, flt.namespace_prefix)
+    return ChangeFilter(namespace_prefix=prefix, thread=target.value) if overlap else None
 
 
 EVERYTHING = ConsentView(everything=True)

@@ -19,9 +19,11 @@ from ..sync.feed import (
     Cursor,
     FeedPage,
     build_page,
+    cursor_at,
     encode_page_cbor,
+    page_cursor,
     page_to_wire,
-    resolve_since,
+    resolve_cursor,
 )
 from ..sync.records import record_to_wire
 from ._http import CBOR, read_json_object, read_value, respond
@@ -266,15 +268,17 @@ async def _one_page(
     store = ctx.app.store
     view = await ctx.view(scope)
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
-    since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
+    since = await resolve_cursor(store, since_text)
     changes = await store.changes(since, limit, flt)
-    return build_page(changes, epoch=store.epoch, visible=view.record_visible)
+    return build_page(changes, epoch=store.epoch, key=store.cursor_key, visible=view.record_visible)
 
 
-async def _wait_new(ctx: Ctx, after_seq: int, timeout: float) -> bool:
-    """Wait until the store has a record past ``after_seq``, the node closes or time is up.
-
-    Returns True when new records landed.
+async def _wait_new(
+    ctx: Ctx, after_seq: int, timeout: float, interest: tuple[ChangeFilter, ...] | None = None
+) -> bool:
+    """Wait until the store has a record past ``after_seq`` that matches ``interest``
+    (what the caller may see: ``ConsentView.wake_filters``), the node closes or time
+    is up. Returns True when woken by the store (new records, or grants changed).
     """
     landed = False
     with anyio.move_on_after(timeout):
@@ -282,7 +286,7 @@ async def _wait_new(ctx: Ctx, after_seq: int, timeout: float) -> bool:
 
             async def new_records() -> None:
                 nonlocal landed
-                await ctx.app.store.wait_for_seq(after_seq)
+                await ctx.app.store.wait_for_seq(after_seq, interest)
                 landed = True
                 nursery.cancel_scope.cancel()
 
@@ -328,7 +332,8 @@ async def changes(ctx: Ctx) -> Response:
             if remaining <= 0 or ctx.app.closing.is_set():
                 break
             seq = Cursor.decode(page.next_cursor).seq
-            if not await _wait_new(ctx, seq, remaining):
+            interest = (await ctx.view("sync:read")).wake_filters(flt)
+            if not await _wait_new(ctx, seq, remaining, interest):
                 break
             page = await _one_page(ctx, flt, page.next_cursor, limit)
             if page.records or page.has_more:
@@ -346,7 +351,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
     store = ctx.app.store
     # Validate the cursor before the stream starts so errors are plain HTTP errors.
     (await ctx.view("sync:read")).check_change_filter(flt)
-    since = resolve_since(since_text, epoch=store.epoch, head_seq=await store.head_seq())
+    since = await resolve_cursor(store, since_text)
     heartbeat = ctx.app.config.heartbeat_s
 
     async def events() -> AsyncIterator[bytes]:
@@ -354,23 +359,24 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
         yield b": fedpeer continuous feed\n\n"
         while not ctx.app.closing.is_set():
             # Grants are read again for every page, so a change applies mid-stream.
-            visible = await visible_for(ctx, "sync:read")
+            view = await ctx.view("sync:read")
+            visible = view.record_visible
             page = await store.changes(seq, limit, flt)
             for rec in page.records:
                 if visible(rec):
-                    cursor = Cursor(store.epoch, rec.seq).encode()
+                    cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key).encode()
                     yield _sse_event("record", cursor, dagjson_encode(_rec_json(rec)))
             if page.last_seq > seq:
                 last_sent = page.records[-1].seq if page.records else seq
                 if page.last_seq != last_sent or not any(visible(r) for r in page.records[-1:]):
                     # Records the caller may not see advanced the feed: checkpoint the
                     # cursor so a resume does not rescan them.
-                    cursor = Cursor(store.epoch, page.last_seq).encode()
+                    cursor = page_cursor(page, epoch=store.epoch, key=store.cursor_key).encode()
                     yield _sse_event("checkpoint", cursor, b"{}")
                 seq = page.last_seq
             if page.last_seq < page.head_seq:
                 continue
-            if not await _wait_new(ctx, seq, heartbeat):
+            if not await _wait_new(ctx, seq, heartbeat, view.wake_filters(flt)):
                 yield b": heartbeat\n\n"
 
     return StreamingResponse(

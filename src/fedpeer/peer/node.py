@@ -18,6 +18,9 @@ Files in the data dir (a contract, other tools rely on these names):
 - ``node.key``      the Ed25519 identity, mode 0600
 - ``store.sqlite3`` the SQLite store (WAL)
 - ``admin.token``   the admin bearer token minted on first start, mode 0600
+- ``node.lock``     held (``flock``) while a node runs on the data dir, so a second
+                    one fails with DATA_DIR_LOCKED naming the holder's PID
+                    (:mod:`fedpeer._datadir`)
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from .._aio import backend_name
 from .._clock import now_ms
+from .._datadir import DataDirLock, ensure_data_dir
 from .._files import write_private
 from ..consent import tokens
 from ..consent.scopes import parse_scopes
-from ..errors import ConfigInvalid, KeyFileMissing
+from ..errors import ConfigInvalid, DataDirError, KeyFileMissing, StartFailed
 from ..identity.canonical import CID
 from ..identity.keys import SigningKey
 from ..store import MemoryStore, SQLiteStore
@@ -80,8 +84,10 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 def load_or_create_key(data_dir: Path) -> SigningKey:
-    """Load ``data_dir/node.key``, creating the dir (0700) and a fresh key if absent."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Load ``data_dir/node.key``, creating the dir (0700) and a fresh key if absent.
+
+    Raises DataDirError (the dir cannot be created), KeyFileError and subclasses."""
+    ensure_data_dir(data_dir)
     path = data_dir / KEY_FILE
     try:
         return SigningKey.load(path)
@@ -259,8 +265,9 @@ class Node:
 
 
 def _bind(host: str, port: int, cfg: NodeConfig) -> tuple[HypercornConfig, Sockets, list[str]]:
-    """Hypercorn's config and its listening sockets, bound now (OSError when the
-    port is taken), so the URLs are known before the server runs, on any backend."""
+    """Hypercorn's config and its listening sockets, bound now (StartFailed naming
+    the address when the port is taken), so the URLs are known before the server
+    runs, on any backend."""
     hconf = HypercornConfig()
     hconf.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconf.graceful_timeout = cfg.graceful_timeout_s
@@ -268,7 +275,13 @@ def _bind(host: str, port: int, cfg: NodeConfig) -> tuple[HypercornConfig, Socke
     hconf.errorlog = logging.getLogger("fedpeer.hypercorn")
     hconf.keep_alive_timeout = 75
     hconf.h11_max_incomplete_size = 64 * 1024
-    sockets = hconf.create_sockets()
+    try:
+        sockets = hconf.create_sockets()
+    except OSError as exc:
+        raise StartFailed(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another "
+            "node using that port? (pick another port)"
+        ) from exc
     urls: list[str] = []
     try:
         for sock in sockets.insecure_sockets:
@@ -346,22 +359,35 @@ async def open_node(
     ``sync`` tunes the pullers (:class:`~fedpeer.sync.SyncOptions`); the stored
     pairs start pulling as the node starts (``node.pairs``).
 
-    Raises KeyFileInsecure / KeyFileError for a bad key file, StoreCorrupt /
-    SchemaTooNew for a bad store, OSError when the port cannot be bound.
+    A node with a ``data_dir`` holds its lock (``node.lock``) while it runs: a
+    second node on the same data dir, in this process or another, fails with
+    DataDirLocked naming the holder's PID.
+
+    Start-up errors name their cause: DataDirLocked / DataDirError (the data
+    dir), KeyFileInsecure / KeyFileError (the key file), StoreCorrupt /
+    SchemaTooNew / StoreFull / StoreError (the store), StartFailed (the port
+    cannot be bound). They may arrive wrapped in an exception group.
     """
     cfg = config or NodeConfig()
     ddir = None if data_dir is None else Path(data_dir)
-    if key is None:
-        key = (
-            SigningKey.generate()
-            if ddir is None
-            else await anyio.to_thread.run_sync(load_or_create_key, ddir)
-        )
+    lock = None
     if ddir is not None:
-        ddir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with anyio.CancelScope(shield=True):  # a lock taken must never be dropped unreleased
+            lock = await anyio.to_thread.run_sync(DataDirLock.acquire, ddir)
     owned_store = store is None
-    if store is None:
-        store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
+    try:
+        if key is None:
+            key = (
+                SigningKey.generate()
+                if ddir is None
+                else await anyio.to_thread.run_sync(load_or_create_key, ddir)
+            )
+        if store is None:
+            store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         admin_token: str | None = None
         if cfg.write_admin_token_file or ddir is None:
@@ -412,6 +438,8 @@ async def open_node(
         if owned_store:
             with anyio.CancelScope(shield=True):
                 await store.aclose()
+        if lock is not None:
+            lock.release()
 
 
 async def _ensure_admin_token(store: Store, did: str, data_dir: Path | None) -> str | None:
@@ -456,7 +484,13 @@ async def _ensure_admin_token(store: Store, did: str, data_dir: Path | None) -> 
             path,
         )
         return None
-    await anyio.to_thread.run_sync(_write_secret, path, plaintext + "\n")
+    try:
+        await anyio.to_thread.run_sync(_write_secret, path, plaintext + "\n")
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot write the admin token to {path}: {exc.strerror or exc}; make room (or "
+            "fix the permissions), then `fedpeer token rotate-admin` writes a new one"
+        ) from exc
     log.info("wrote the admin token to %s", path)
     return plaintext
 

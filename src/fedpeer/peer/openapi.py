@@ -43,6 +43,10 @@ def operation(spec: RouteSpec) -> dict[str, object]:
     codes |= {"AUTH_REQUIRED", "TOKEN_INVALID", "TOKEN_EXPIRED"}
     if spec.request_schema is not None:
         codes |= _BODY | {"INVALID_REQUEST"}
+    if "{" in spec.path:  # a path segment the router cannot place (empty, say) is a 404
+        codes |= {"NOT_FOUND"}
+    if spec.method != "GET":  # a write on a full disk
+        codes |= {"STORE_FULL"}
     registry = all_codes()
     by_status: dict[int, list[str]] = {}
     for code in sorted(codes):

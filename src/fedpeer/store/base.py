@@ -27,7 +27,8 @@ record exactly once, in order.
 
 Every store has an ``epoch`` (32 lowercase hex chars, random at creation,
 persisted) so a cursor issued by another store, or by this one before a wipe,
-can be told apart.
+can be told apart, and a secret ``cursor_key`` that keys the cursor's
+fingerprint of the record at its seq (:mod:`fedpeer.sync.feed`).
 """
 
 from __future__ import annotations
@@ -171,11 +172,15 @@ class ChangesPage:
     highest seq *scanned* (``>= since_seq``): resume from it, even when
     ``records`` is empty. ``head_seq`` is the store's highest seq at the time
     of the scan; the feed is exhausted (for now) when ``last_seq >= head_seq``.
+    ``last_cid`` is the CID of the record at ``last_seq`` in the same snapshot
+    (None when ``last_seq`` is 0 or holds no record): the feed fingerprints its
+    cursor with it, so a store rolled back under a reader is noticed.
     """
 
     records: tuple[StoredRecord, ...]
     last_seq: int
     head_seq: int
+    last_cid: bytes | None = None
 
 
 @attrs.frozen
@@ -232,6 +237,13 @@ class StateTx(Protocol):
         """Store records as :meth:`Store.put` does, inside this transaction."""
         ...
 
+    def wake_waiters(self) -> None:
+        """When this transaction commits, wake every :meth:`Store.wait_for_seq`
+        waiter that gave an ``interest``, whatever it is: what readers may see
+        changed (a grant), so they work out their interest again. Nothing
+        happens if the transaction rolls back."""
+        ...
+
 
 class Store(Protocol):
     """A record log plus a transactional state area (see the module docstring).
@@ -245,6 +257,12 @@ class Store(Protocol):
 
     epoch: str
     """32 lowercase hex chars, random at creation, stable for the store's life."""
+
+    cursor_key: bytes
+    """16 secret random bytes, made with the store and kept for its life: keys the
+    fingerprints in feed cursors (:func:`fedpeer.sync.feed.fingerprint`), so a
+    cursor says nothing a reader could check about records it may not see.
+    Never sent anywhere."""
 
     async def put(self, records: Sequence[NewRecord]) -> PutResult:
         """Store the records whose CID is not stored yet, in input order, atomically.
@@ -288,12 +306,27 @@ class Store(Protocol):
         """The highest seq stored (0 when empty)."""
         ...
 
-    async def wait_for_seq(self, after_seq: int) -> int:
+    async def cid_at(self, seq: int) -> bytes | None:
+        """The CID of the record stored at ``seq``, or None (no such record, or
+        ``seq < 1``). One indexed lookup; the feed uses it to check that a
+        reader's cursor still points at the record it was issued after."""
+        ...
+
+    async def wait_for_seq(
+        self, after_seq: int, interest: Sequence[ChangeFilter] | None = None
+    ) -> int:
         """Block until ``head_seq > after_seq``; return the new head_seq.
 
         Returns at once if that already holds. Wakes when a put or transact
         through this store object commits new records (no polling). Cancellable
         at any point. Raises ``StoreClosed`` if the store is (or gets) closed.
+
+        ``interest`` (None: any record) narrows the wake-up to commits that
+        store a record matching one of these filters (an empty sequence: none
+        does), so idle readers of other namespaces and threads cost a commit
+        nothing (:mod:`fedpeer.store._watch`). A waiter with an interest also
+        returns when a transaction called :meth:`StateTx.wake_waiters`, then
+        possibly with ``head_seq == after_seq``; it re-checks and waits again.
         """
         ...
 

@@ -60,6 +60,7 @@ class _MemoryTx:
         self._records_at_start = len(store._records)
         self._audit_at_start = len(store._audit)
         self.finished = False
+        self.wake_all = False
 
     def _check(self) -> None:
         if self.finished:
@@ -122,6 +123,14 @@ class _MemoryTx:
             new.append((r.cid, seq))
         return PutResult(tuple(new), len(records) - len(new))
 
+    def wake_waiters(self) -> None:
+        self._check()
+        self.wake_all = True
+
+    def touched(self) -> set[tuple[str, str]]:
+        """(namespace, thread) of the records this transaction stored."""
+        return {(r.namespace, r.thread) for r in self._store._records[self._records_at_start :]}
+
     def _remember(self, table: str, key: str, old: str | None) -> None:
         state = self._store._state
 
@@ -149,16 +158,19 @@ class MemoryStore:
     """A Store kept in memory. See :class:`fedpeer.store.Store` for the contract.
 
     ``epoch`` may be given (tests); by default it is 128 random bits in hex.
+    ``cursor_key`` (secret) is 16 random bytes.
     ``scan_window`` bounds how many sequence numbers a namespace-filtered
     :meth:`changes` call examines. Constructing one does no I/O.
     """
 
     epoch: str
+    cursor_key: bytes
 
     def __init__(self, *, epoch: str | None = None, scan_window: int = DEFAULT_SCAN_WINDOW) -> None:
         if scan_window < 1:
             raise ValueError("scan_window must be >= 1")
         self.epoch = epoch if epoch is not None else secrets.token_hex(16)
+        self.cursor_key = secrets.token_bytes(16)
         self.scan_window = scan_window
         self._records: list[StoredRecord] = []  # index = seq - 1
         self._by_cid: dict[bytes, StoredRecord] = {}
@@ -228,7 +240,7 @@ class MemoryStore:
         if filter is None or filter.is_empty:
             page = self._records[since_seq : since_seq + limit]
             last = page[-1].seq if len(page) == limit else max(since_seq, head)
-            return ChangesPage(tuple(page), last, head)
+            return self._page(tuple(page), last, head)
         if not filter.namespace_prefix:
             # thread only: the per-thread seq list gives exact answers without a window
             seqs = self._by_thread.get(filter.thread or "", [])
@@ -236,25 +248,38 @@ class MemoryStore:
             picked = seqs[start : start + limit]
             recs = tuple(self._records[s - 1] for s in picked)
             last = picked[-1] if len(picked) == limit else max(since_seq, head)
-            return ChangesPage(recs, last, head)
+            return self._page(recs, last, head)
         upper = min(head, since_seq + self.scan_window)
         found: list[StoredRecord] = []
         for rec in self._records[since_seq:upper]:
             if filter.matches(rec.namespace, rec.thread):
                 found.append(rec)
                 if len(found) == limit:
-                    return ChangesPage(tuple(found), rec.seq, head)
-        return ChangesPage(tuple(found), max(since_seq, upper), head)
+                    return self._page(tuple(found), rec.seq, head)
+        return self._page(tuple(found), max(since_seq, upper), head)
+
+    def _page(self, records: tuple[StoredRecord, ...], last: int, head: int) -> ChangesPage:
+        return ChangesPage(records, last, head, self._cid_at(last))
+
+    def _cid_at(self, seq: int) -> bytes | None:
+        return self._records[seq - 1].cid if 1 <= seq <= len(self._records) else None
 
     async def head_seq(self) -> int:
         """See :meth:`fedpeer.store.Store.head_seq`."""
         await self._enter()
         return len(self._records)
 
-    async def wait_for_seq(self, after_seq: int) -> int:
+    async def cid_at(self, seq: int) -> bytes | None:
+        """See :meth:`fedpeer.store.Store.cid_at`."""
+        await self._enter()
+        return self._cid_at(seq)
+
+    async def wait_for_seq(
+        self, after_seq: int, interest: Sequence[ChangeFilter] | None = None
+    ) -> int:
         """See :meth:`fedpeer.store.Store.wait_for_seq`."""
         await self._enter()
-        return await self._watch.wait_above(after_seq)
+        return await self._watch.wait_above(after_seq, interest)
 
     async def count(self) -> int:
         """See :meth:`fedpeer.store.Store.count`."""
@@ -288,7 +313,9 @@ class MemoryStore:
             raise
         finally:
             tx.finished = True
-        self._watch.advance(len(self._records))
+        self._watch.advance(len(self._records), tx.touched())
+        if tx.wake_all:
+            self._watch.wake_all()
         return result
 
     async def get_state(self, table: str, key: str) -> JsonDict | None:

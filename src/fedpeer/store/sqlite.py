@@ -11,15 +11,22 @@ Theory of operation
   ``mode=ro``), also on worker threads, so a long scan never waits for a write
   and vice versa (WAL lets readers see the last committed snapshot). A
   multi-statement read runs in one ``BEGIN`` ... ``COMMIT`` snapshot.
-* **Durability: WAL + ``synchronous=NORMAL`` by default.** A commit is durable
-  once ``COMMIT`` returns as far as the *process* is concerned: if fedpeer is
-  killed (even SIGKILL) the next open recovers every committed transaction and
-  no partial one (tested with a real child process killed at random points).
-  On power loss or an OS crash the last transactions before the failure may be
-  rolled back (the database stays consistent; records and the cursor that
-  covers them are in one transaction, so a pull simply fetches them again).
-  Pass ``synchronous="FULL"`` to :meth:`SQLiteStore.open` to fsync the WAL on
-  every commit and survive power loss too, at the cost of one fsync per write.
+* **Durability: WAL + ``synchronous=FULL`` by default.** ``COMMIT`` returns
+  once the WAL is fsynced, so a committed transaction survives a process kill
+  (even SIGKILL; tested with a real child process killed at random points), an
+  OS crash and a power cut; the next open recovers every committed transaction
+  and no partial one. Why FULL and not SQLite's usual WAL pairing ``NORMAL``
+  (fsync only at checkpoints): with NORMAL a power cut can lose the last
+  commits, so the store goes back in time and hands the lost seqs to new
+  records. Cursors notice that (their fingerprint, see
+  :mod:`fedpeer.sync.feed`) and readers resync, but a record this node
+  *authored* and already served could be gone from its own log, and a grant
+  revocation could be undone. ``bench/store.py`` measures the price on every
+  run and prints the FULL/NORMAL ratio: about one fsync per commit, which costs
+  little on node-level writes (an HTTP append, a pulled 1000-record page) and
+  halves the rate of bare single-record transactions on the store. Pass
+  ``synchronous="NORMAL"`` to :meth:`SQLiteStore.open` to trade power-loss
+  durability for that speed (a cache, a replica that can re-pull).
 * **Sequence numbers** are the rowid (``seq INTEGER PRIMARY KEY``): a new row
   gets ``max(seq) + 1``, so seqs are contiguous, like MemoryStore's. (Not
   ``AUTOINCREMENT``: with it every duplicate skipped by ``ON CONFLICT DO
@@ -47,18 +54,22 @@ Theory of operation
   created with mode 0600 (SQLite gives ``-wal`` and ``-shm`` the same mode).
 * **Wake-ups** for :meth:`SQLiteStore.wait_for_seq` come from commits made
   through this object (one process owns a store file; other processes writing
-  the same file are not announced).
+  the same file are not announced), indexed by what each waiter may see
+  (:mod:`fedpeer.store._watch`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
+import logging
 import os
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -67,7 +78,7 @@ import anyio
 import anyio.lowlevel
 
 from .._clock import now_ms
-from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError
+from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError, StoreFull
 from ._watch import HeadWatch
 from .base import (
     AuditEntry,
@@ -89,12 +100,21 @@ from .base import (
 )
 from .memory import DEFAULT_SCAN_WINDOW
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["DEFAULT_SYNCHRONOUS", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+DEFAULT_SYNCHRONOUS: Literal["NORMAL", "FULL"] = "FULL"
+"""SQLite ``synchronous`` level of a store's writer (module docstring: why FULL)."""
 
 T = TypeVar("T")
 
+log = logging.getLogger("fedpeer.store")
+
+_SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_LOW_SPACE_BYTES = 64 * 1024
 _SQLITE_NOTADB = 26
+_FULL_LOG_EVERY_S = 60.0  # while the disk stays full, repeat the log line at most this often
 _GET_MANY_CHUNK = 500
 _BUSY_TIMEOUT_S = 10.0
 _EPOCH_RE = re.compile(r"[0-9a-f]{32}")
@@ -103,6 +123,7 @@ _SELECT = "SELECT seq, cid, data, sig, author, namespace, thread, kind, ts FROM 
 _BY_SEQ = _SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?"
 _BY_THREAD = _SELECT + " WHERE thread = ? AND seq > ? ORDER BY seq LIMIT ?"
 _BY_CID = _SELECT + " WHERE cid = ?"
+_CID_AT = "SELECT cid FROM records WHERE seq = ?"
 # Dynamic SQL below is assembled from these fixed fragments only; every value is bound.
 _INSERT_COLUMNS = 8
 _INSERT_MAX_ROWS = 1000  # rows per multi-row INSERT statement (8 parameters each)
@@ -192,7 +213,11 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
     conn.executemany(
         "INSERT INTO meta (key, value) VALUES (?, ?)",
-        [("epoch", secrets.token_hex(16)), ("created_ms", str(now_ms()))],
+        [
+            ("epoch", secrets.token_hex(16)),
+            ("created_ms", str(now_ms())),
+            ("cursor_key", secrets.token_hex(16)),
+        ],
     )
 
 
@@ -206,8 +231,31 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # --- helpers (worker threads) -------------------------------------------------
 
 
-def _map_error(exc: sqlite3.Error, doing: str) -> StoreError:
+def _full(doing: str, detail: object) -> StoreFull:
+    return StoreFull(
+        f"{doing}: {detail}: the disk holding the store is full; free some space (writes "
+        "resume by themselves, nothing stored was lost; reads keep working meanwhile)"
+    )
+
+
+def _out_of_space(path: Path) -> bool:
+    """True when the file system holding ``path`` has (almost) no space left."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _LOW_SPACE_BYTES
+
+
+def _map_error(exc: sqlite3.Error, doing: str, path: Path | None = None) -> StoreError:
+    """The StoreError for a sqlite3 error. SQLITE_FULL is STORE_FULL; so is an I/O
+    error on a disk with no space left (``path`` given: SQLite reports a failed
+    ``-shm`` or WAL allocation at open as a plain I/O error)."""
     code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return _full(doing, exc)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_IOERR and path and _out_of_space(path):
+        return _full(doing, exc)
     if isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return StoreCorrupt(f"{doing}: {exc}; the store file is damaged or not a fedpeer store")
     if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
@@ -226,13 +274,37 @@ def _int(value: object) -> int:
     return value
 
 
-def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str, int]:
-    """Create or open the file, migrate it, return (writer, epoch, head)."""
+def _cursor_key(conn: sqlite3.Connection, path: Path) -> bytes:
+    """The store's secret cursor key (meta ``cursor_key``), created once if missing
+    (stores made before it existed; no schema change, older code ignores the row)."""
+    key = _scalar(conn, "SELECT value FROM meta WHERE key = 'cursor_key'")
+    if key is None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_key', ?)",
+                (secrets.token_hex(16),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        key = _scalar(conn, "SELECT value FROM meta WHERE key = 'cursor_key'")
+    if not isinstance(key, str) or not _EPOCH_RE.fullmatch(key):
+        raise StoreCorrupt(f"{path} has no valid cursor key; it is damaged")
+    return bytes.fromhex(key)
+
+
+def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str, int, bytes]:
+    """Create or open the file, migrate it, return (writer, epoch, head, cursor key)."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         pass
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(f"cannot create the store file {path}", exc.strerror) from exc
         raise StoreError(f"cannot create the store file {path}: {exc}") from exc
     else:
         os.close(fd)
@@ -243,7 +315,7 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
             str(path), isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
         )
     except sqlite3.Error as exc:
-        raise _map_error(exc, f"open {path}") from exc
+        raise _map_error(exc, f"open {path}", path) from exc
     try:
         version = _int(_scalar(conn, "PRAGMA user_version"))
         if version > SCHEMA_VERSION:
@@ -284,14 +356,15 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
         epoch = _scalar(conn, "SELECT value FROM meta WHERE key = 'epoch'")
         if not isinstance(epoch, str) or not _EPOCH_RE.fullmatch(epoch):
             raise StoreCorrupt(f"{path} has no valid epoch; it is damaged")
+        cursor_key = _cursor_key(conn, path)
         head = _int(_scalar(conn, "SELECT coalesce(max(seq), 0) FROM records"))
     except sqlite3.Error as exc:
         conn.close()
-        raise _map_error(exc, f"open {path}") from exc
+        raise _map_error(exc, f"open {path}", path) from exc
     except BaseException:
         conn.close()
         raise
-    return conn, epoch, head
+    return conn, epoch, head, cursor_key
 
 
 class _SQLiteTx:
@@ -301,6 +374,8 @@ class _SQLiteTx:
         self._conn = conn
         self.finished = False
         self.max_new_seq = 0
+        self.touched: set[tuple[str, str]] = set()  # (namespace, thread) of new records
+        self.wake_all = False
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._rows_per_insert = max(1, min(_INSERT_MAX_ROWS, limit // _INSERT_COLUMNS))
 
@@ -403,7 +478,16 @@ class _SQLiteTx:
         except sqlite3.Error as exc:
             raise _map_error(exc, "store records") from exc
         self.max_new_seq = max(self.max_new_seq, after)
+        if len(new) == len(rows):
+            self.touched.update((row[4], row[5]) for row in rows)
+        else:
+            stored = {cid for cid, _seq in new}
+            self.touched.update((row[4], row[5]) for row in rows if row[0] in stored)
         return PutResult(new, len(rows) - len(new))
+
+    def wake_waiters(self) -> None:
+        self._check()
+        self.wake_all = True
 
 
 def _list_state(conn: sqlite3.Connection, table: str, prefix: str) -> list[tuple[str, JsonDict]]:
@@ -454,11 +538,24 @@ def _changes(
             sql = f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
             params.append(limit)
         rows = conn.execute(sql, params).fetchall()
+        records = tuple(StoredRecord(*row) for row in rows)
+        last = records[-1].seq if len(records) == limit else max(since_seq, head if exact else end)
+        if records and records[-1].seq == last:
+            last_cid: bytes | None = records[-1].cid
+        else:  # the cursor's fingerprint, from the same snapshot
+            last_cid = _cid_at(conn, last)
     finally:
         conn.execute("COMMIT")
-    records = tuple(StoredRecord(*row) for row in rows)
-    last = records[-1].seq if len(records) == limit else max(since_seq, head if exact else end)
-    return ChangesPage(records, last, head)
+    return ChangesPage(records, last, head, last_cid)
+
+
+def _cid_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
+    if seq < 1:
+        return None
+    cid = _scalar(conn, _CID_AT, (seq,))
+    if cid is not None and not isinstance(cid, bytes):
+        raise StoreCorrupt(f"the record id at seq {seq} is not a blob")
+    return cid
 
 
 def _in_thread_read(
@@ -491,6 +588,7 @@ class SQLiteStore:
     """
 
     epoch: str
+    cursor_key: bytes
 
     def __init__(
         self,
@@ -501,10 +599,12 @@ class SQLiteStore:
         *,
         scan_window: int,
         readers: int,
+        cursor_key: bytes,
     ) -> None:
         """Internal: use :meth:`open`."""
         self.path = path
         self.epoch = epoch
+        self.cursor_key = cursor_key
         self.scan_window = scan_window
         self._writer = writer
         self._write_lock = anyio.Lock()
@@ -513,20 +613,22 @@ class SQLiteStore:
         self._idle: list[sqlite3.Connection] = []
         self._watch = HeadWatch(head)
         self._closed = False
+        self._full_since: float | None = None  # monotonic time of the first STORE_FULL
+        self._full_logged = 0.0
 
     @classmethod
     async def open(
         cls,
         path: str | os.PathLike[str],
         *,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        synchronous: Literal["NORMAL", "FULL"] = DEFAULT_SYNCHRONOUS,
         scan_window: int = DEFAULT_SCAN_WINDOW,
         readers: int = 4,
     ) -> SQLiteStore:
         """Open (creating with mode 0600 and migrating if needed) the store at ``path``.
 
-        ``synchronous`` picks durability (module docstring): ``NORMAL`` survives
-        process crashes, ``FULL`` also power loss. ``scan_window`` bounds a
+        ``synchronous`` picks durability (module docstring): ``FULL`` (the
+        default) survives power loss, ``NORMAL`` only process crashes. ``scan_window`` bounds a
         namespace-filtered ``changes`` call; ``readers`` is the read pool size.
         Raises ``SchemaTooNew`` (file from a newer fedpeer), ``StoreCorrupt``
         (not a SQLite database / damaged) or ``StoreError`` (cannot create or
@@ -538,8 +640,8 @@ class SQLiteStore:
         if scan_window < 1 or readers < 1:
             raise ValueError("scan_window and readers must be >= 1")
         p = Path(path)
-        writer, epoch, head = await anyio.to_thread.run_sync(_open_writer, p, synchronous)
-        return cls(p, writer, epoch, head, scan_window=scan_window, readers=readers)
+        writer, epoch, head, key = await anyio.to_thread.run_sync(_open_writer, p, synchronous)
+        return cls(p, writer, epoch, head, scan_window=scan_window, readers=readers, cursor_key=key)
 
     # --- plumbing ---------------------------------------------------------
 
@@ -576,12 +678,14 @@ class SQLiteStore:
                 else:
                     self._idle.append(conn)
 
-    def _write_in_thread(self, fn: Callable[[StateTx], T]) -> tuple[T, int]:
+    def _write_in_thread(
+        self, fn: Callable[[StateTx], T]
+    ) -> tuple[T, int, set[tuple[str, str]], bool]:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _map_error(exc, "begin a write transaction") from exc
+            raise _map_error(exc, "begin a write transaction", self.path) from exc
         tx = _SQLiteTx(conn)
         try:
             result = fn(tx)
@@ -592,7 +696,7 @@ class SQLiteStore:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise _map_error(exc, "commit") from exc
+                raise _map_error(exc, "commit", self.path) from exc
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -600,7 +704,7 @@ class SQLiteStore:
             raise
         finally:
             tx.finished = True
-        return result, tx.max_new_seq
+        return result, tx.max_new_seq, tx.touched, tx.wake_all
 
     # --- record log -------------------------------------------------------
 
@@ -649,8 +753,8 @@ class SQLiteStore:
             lambda conn: _changes(conn, since_seq, limit, filter, window), "scan changes"
         )
         # a reader may see a commit before the writer task has announced it; keep
-        # head_seq() >= every seq ever handed out
-        self._watch.advance(page.head_seq)
+        # head_seq() >= every seq ever handed out (the announcement does the waking)
+        self._watch.observe(page.head_seq)
         return page
 
     async def head_seq(self) -> int:
@@ -660,10 +764,20 @@ class SQLiteStore:
         self._check_open()
         return self._watch.head
 
-    async def wait_for_seq(self, after_seq: int) -> int:
+    async def cid_at(self, seq: int) -> bytes | None:
+        """See :meth:`fedpeer.store.Store.cid_at` (a primary-key lookup)."""
+        if seq < 1:
+            self._check_open()
+            await anyio.lowlevel.checkpoint()
+            return None
+        return await self._read(lambda conn: _cid_at(conn, seq), "read a record id")
+
+    async def wait_for_seq(
+        self, after_seq: int, interest: Sequence[ChangeFilter] | None = None
+    ) -> int:
         """See :meth:`fedpeer.store.Store.wait_for_seq`."""
         self._check_open()
-        return await self._watch.wait_above(after_seq)
+        return await self._watch.wait_above(after_seq, interest)
 
     async def count(self) -> int:
         """See :meth:`fedpeer.store.Store.count`."""
@@ -696,9 +810,36 @@ class SQLiteStore:
         self._check_open()
         async with self._write_lock:
             self._check_open()
-            result, new_head = await anyio.to_thread.run_sync(self._write_in_thread, fn)
-            self._watch.advance(new_head)
+            try:
+                result, new_head, touched, wake_all = await anyio.to_thread.run_sync(
+                    self._write_in_thread, fn
+                )
+            except StoreFull as exc:
+                self._note_full(exc)
+                raise
+            if self._full_since is not None:
+                self._note_space_back()
+            self._watch.advance(new_head, touched)
+            if wake_all:
+                self._watch.wake_all()
         return result
+
+    def _note_full(self, exc: StoreFull) -> None:
+        """Log a write that failed for lack of space: at once the first time, then
+        at most once a minute while the disk stays full (no log flood)."""
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        elif now - self._full_logged < _FULL_LOG_EVERY_S:
+            return
+        self._full_logged = now
+        log.error("STORE_FULL: writes to %s fail: %s", self.path, exc.message)
+
+    def _note_space_back(self) -> None:
+        assert self._full_since is not None
+        down = time.monotonic() - self._full_since
+        self._full_since = None
+        log.warning("store %s: writes work again (the disk was full for %.0f s)", self.path, down)
 
     async def get_state(self, table: str, key: str) -> JsonDict | None:
         """See :meth:`fedpeer.store.Store.get_state`."""

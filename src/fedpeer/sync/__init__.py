@@ -17,17 +17,22 @@ from typing import TYPE_CHECKING
 from .backoff import DEFAULT_BACKOFF as DEFAULT_BACKOFF
 from .backoff import Backoff as Backoff
 from .feed import CURSOR_VERSION as CURSOR_VERSION
+from .feed import FINGERPRINT_LEN as FINGERPRINT_LEN
 from .feed import MAX_CURSOR_LEN as MAX_CURSOR_LEN
 from .feed import MAX_SEQ as MAX_SEQ
 from .feed import Cursor as Cursor
 from .feed import FeedPage as FeedPage
 from .feed import WirePage as WirePage
 from .feed import build_page as build_page
+from .feed import cursor_at as cursor_at
 from .feed import decode_page_cbor as decode_page_cbor
 from .feed import encode_page_cbor as encode_page_cbor
 from .feed import everything as everything
+from .feed import fingerprint as fingerprint
+from .feed import page_cursor as page_cursor
 from .feed import page_from_wire as page_from_wire
 from .feed import page_to_wire as page_to_wire
+from .feed import resolve_cursor as resolve_cursor
 from .feed import resolve_since as resolve_since
 from .options import PageSource as PageSource
 from .options import SyncEvent as SyncEvent
@@ -72,6 +77,7 @@ __all__ = [
     "CURSOR_VERSION",
     "DEFAULT_BACKOFF",
     "DEFAULT_LIMITS",
+    "FINGERPRINT_LEN",
     "MAX_CURSOR_LEN",
     "MAX_SAFE_INT",
     "MAX_SEQ",
@@ -96,9 +102,12 @@ __all__ = [
     "WirePage",
     "build_page",
     "build_record",
+    "cursor_at",
     "decode_page_cbor",
     "encode_page_cbor",
     "everything",
+    "fingerprint",
+    "page_cursor",
     "page_from_wire",
     "page_to_wire",
     "prepare_wire_items",
@@ -106,6 +115,7 @@ __all__ = [
     "record_from_wire",
     "record_to_json_view",
     "record_to_wire",
+    "resolve_cursor",
     "resolve_since",
     "verify_record",
     "verify_wire_items",

@@ -3,24 +3,56 @@
 Theory of operation
 -------------------
 A reader pages through a store's record log with ``since=CURSOR``. A cursor is
-``(epoch, seq)``: the store's epoch (32 lowercase hex chars, random at creation)
-and the highest local sequence number the reader has been *shown past*. It is
-opaque to readers: :meth:`Cursor.encode` gives ``base64url(0x01 || epoch (16
-bytes) || seq (8 bytes, big-endian))``, 34 characters; the leading byte is the
-format version, so a later format can be told apart and refused cleanly.
-Decoding is strict (exact length, alphabet, version, canonical spelling, seq
->= 0) and every failure is ``CURSOR_INVALID``.
+``(epoch, seq, fingerprint)``: the store's epoch (32 lowercase hex chars,
+random at creation), the highest local sequence number the reader has been
+*shown past*, and a fingerprint of the record this store holds at that seq
+(the first 8 bytes of HMAC-SHA-256 over its binary CID, keyed with the store's
+secret ``cursor_key``; 8 zero bytes at seq 0). It is opaque to readers.
+:meth:`Cursor.encode` gives, for the current format (version 2)::
+
+    base64url(0x02 || epoch (16 bytes) || seq (int64, big-endian) || fingerprint (8 bytes))
+
+44 characters, no padding. Version 1 (``0x01 || epoch || seq``, 34 characters)
+is what nodes before the fingerprint issued; it still decodes (see below).
+Decoding is strict (exact length for the version, alphabet, version, canonical
+spelling, seq >= 0, a zero fingerprint at seq 0) and every failure is
+``CURSOR_INVALID``.
+
+Why the fingerprint: seqs are local and contiguous, so a store that goes back
+in time (an older copy of ``store.sqlite3`` restored, or the WAL tail lost in
+a power cut) hands out the same seqs again to *new* records. A reader's cursor
+past the restore point would then silently skip them. The fingerprint pins the
+cursor to the record it was issued after: resolving a cursor looks up the
+record at its seq (one primary-key lookup, :meth:`Store.cid_at`) and compares.
+The cursor moves past records the reader may not see, so its fingerprint is
+often of such a record: keyed with a secret only the store knows, it cannot be
+checked against a guessed CID, so it tells the reader nothing about them
+(the seq itself says how many records were scanned, as before).
 
 :func:`resolve_since` turns the reader's cursor into the ``since_seq`` to scan
-from, and tells apart the two ways a well-formed cursor can be wrong for this
-store: another epoch (another store, or this one before a wipe) is
-``CURSOR_RESET`` (start again from no cursor; records dedupe by CID), a seq
-past the head is ``CURSOR_FROM_FUTURE`` (the store went back in time, e.g.
-restored from an older copy).
+from; :func:`resolve_cursor` is the same against a live store. A well-formed
+cursor is refused when:
+
+* its epoch is another one (another store, or this one before a wipe):
+  ``CURSOR_RESET``;
+* (version 2) its seq is past the head, or the record at its seq has another
+  fingerprint: the store was rolled back or restored, ``CURSOR_RESET``. (Not
+  ``CURSOR_FROM_FUTURE``: a version 2 cursor *proves* it was issued by this
+  store, so a seq past the head can only mean the store lost records; both
+  codes tell the reader to start again without a cursor, and clients handle
+  them alike);
+* (version 1, no fingerprint) its seq is past the head: ``CURSOR_FROM_FUTURE``,
+  as before. A version 1 cursor at or below the head is accepted without a
+  fingerprint check, so pairs persisted by an older fedpeer carry on without a
+  full re-pull; the next page's cursor is version 2 and protected.
+
+The reader then starts again without a cursor; records dedupe by CID, so a
+resync costs a re-download, never a duplicate.
 
 :func:`build_page` turns one store :class:`~fedpeer.store.base.ChangesPage` into
 what the reader gets: the records it may see, and a next cursor at the page's
-``last_seq``, the highest seq the store *scanned*. So the cursor moves past
+``last_seq``, the highest seq the store *scanned* (fingerprinted with the
+page's ``last_cid``). So the cursor moves past
 records the reader may not see (consent) or that the filter skipped, and a
 reader with no visible records never stalls. ``has_more`` is ``last_seq <
 head_seq``. Following ``next_cursor`` from no cursor until ``has_more`` is false
@@ -39,6 +71,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 import struct
 from collections.abc import Callable, Sequence
@@ -48,28 +82,40 @@ import attrs
 from fedpeer.errors import CursorFromFuture, CursorInvalid, CursorReset, PageInvalid
 from fedpeer.identity._dagcbor import head, parse_unchecked
 from fedpeer.identity.canonical import CID, dagcbor_decode
-from fedpeer.store.base import ChangesPage, StoredRecord
+from fedpeer.store.base import ChangesPage, Store, StoredRecord
 
 from .records import SignedRecord, record_to_wire
 
 __all__ = [
     "CURSOR_VERSION",
+    "FINGERPRINT_LEN",
     "MAX_CURSOR_LEN",
     "MAX_SEQ",
     "Cursor",
     "FeedPage",
     "WirePage",
     "build_page",
+    "cursor_at",
     "decode_page_cbor",
     "encode_page_cbor",
     "everything",
+    "fingerprint",
+    "page_cursor",
     "page_from_wire",
     "page_to_wire",
+    "resolve_cursor",
     "resolve_since",
 ]
 
-CURSOR_VERSION = 1
-"""The cursor format version (first byte of the encoded form)."""
+CURSOR_VERSION = 2
+"""The cursor format version this code issues (first byte of the encoded form).
+
+Version 1 cursors (no fingerprint) still decode; see the module docstring."""
+
+FINGERPRINT_LEN = 8
+"""Bytes of a cursor's record fingerprint (the first bytes of HMAC-SHA-256(key, CID))."""
+
+_ZERO_FP = bytes(FINGERPRINT_LEN)
 
 MAX_SEQ = 2**63 - 1
 """Largest sequence number a cursor can carry."""
@@ -78,9 +124,11 @@ MAX_CURSOR_LEN = 256
 """Longest ``next_cursor`` text :func:`page_from_wire` accepts from a peer."""
 
 _EPOCH_RE = re.compile(r"[0-9a-f]{32}")
-_CURSOR_STRUCT = struct.Struct(">B16sq")  # version, epoch, seq (signed: a negative is garbage)
-_CURSOR_TEXT_LEN = 34  # base64url of 25 bytes, no padding
-_CURSOR_TEXT_RE = re.compile(r"[A-Za-z0-9_-]{34}")
+# version, epoch, seq (signed: a negative is garbage) [, fingerprint]
+_CURSOR_V1 = struct.Struct(">B16sq")
+_CURSOR_V2 = struct.Struct(">B16sq8s")
+_CURSOR_TEXT_LENS = {34: 1, 44: 2}  # base64url of 25 / 33 bytes, no padding -> version
+_CURSOR_TEXT_RE = re.compile(r"[A-Za-z0-9_-]+")
 _PAGE_KEYS = frozenset(("records", "next_cursor", "has_more"))
 
 
@@ -94,32 +142,65 @@ def _check_seq(instance: object, attribute: attrs.Attribute[int], value: int) ->
         raise CursorInvalid("a cursor's seq is an integer in 0..2**63-1")
 
 
+def _check_fingerprint(
+    instance: object, attribute: attrs.Attribute[bytes | None], value: object
+) -> None:
+    if value is None:
+        return
+    if type(value) is not bytes or len(value) != FINGERPRINT_LEN:
+        raise CursorInvalid(f"a cursor's fingerprint is {FINGERPRINT_LEN} bytes")
+    seq = getattr(instance, "seq", None)
+    if seq == 0 and value != _ZERO_FP:
+        raise CursorInvalid("a cursor at seq 0 has a zero fingerprint")
+
+
+def fingerprint(cid: bytes, *, key: bytes) -> bytes:
+    """The cursor fingerprint of the record with binary CID ``cid`` in the store
+    whose secret ``cursor_key`` is ``key``: ``HMAC-SHA-256(key, cid)[:8]``. Pure."""
+    return hmac.new(key, cid, hashlib.sha256).digest()[:FINGERPRINT_LEN]
+
+
 @attrs.frozen
 class Cursor:
-    """A position in one store's feed: the store ``epoch`` and a ``seq``.
+    """A position in one store's feed: the store ``epoch``, a ``seq`` and the
+    ``fingerprint`` of the record at that seq.
 
-    Construction checks both (``epoch`` 32 lowercase hex chars, ``seq`` an int in
-    ``0..2**63-1``) and raises ``CursorInvalid`` otherwise.
+    ``fingerprint`` None is a version 1 cursor (what older nodes issued; no
+    rollback check); 8 bytes is version 2 (8 zero bytes at seq 0). Build
+    version 2 cursors with :func:`cursor_at`. Construction checks every field
+    (``epoch`` 32 lowercase hex chars, ``seq`` an int in ``0..2**63-1``, the
+    fingerprint's length, zero at seq 0) and raises ``CursorInvalid`` otherwise.
     """
 
     epoch: str = attrs.field(validator=_check_epoch)
     seq: int = attrs.field(validator=_check_seq)
+    fingerprint: bytes | None = attrs.field(default=None, validator=_check_fingerprint)
+
+    @property
+    def version(self) -> int:
+        """2 with a fingerprint, 1 without."""
+        return 1 if self.fingerprint is None else 2
 
     def encode(self) -> str:
-        """The opaque, versioned text form (34 base64url characters). Never raises."""
-        raw = _CURSOR_STRUCT.pack(CURSOR_VERSION, bytes.fromhex(self.epoch), self.seq)
+        """The opaque, versioned text form (44 base64url characters for version 2,
+        34 for version 1). Never raises."""
+        epoch = bytes.fromhex(self.epoch)
+        if self.fingerprint is None:
+            raw = _CURSOR_V1.pack(1, epoch, self.seq)
+        else:
+            raw = _CURSOR_V2.pack(2, epoch, self.seq, self.fingerprint)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
-        """Parse a cursor made by :meth:`encode`.
+        """Parse a cursor made by :meth:`encode` (version 2, or version 1).
 
         Raises ``CursorInvalid`` for anything else: not a string, wrong length or
-        alphabet, padding, another format version, a negative seq, or a
-        non-canonical spelling of valid bytes. Never raises anything but
-        ``CursorInvalid``.
+        alphabet, padding, a format version that does not match the length, a
+        negative seq, a non-zero fingerprint at seq 0, or a non-canonical
+        spelling of valid bytes. Never raises anything but ``CursorInvalid``.
         """
-        if type(text) is not str or len(text) != _CURSOR_TEXT_LEN:
+        if type(text) is not str or len(text) not in _CURSOR_TEXT_LENS:
             raise CursorInvalid("this is not a cursor issued by a fedpeer node")
         if _CURSOR_TEXT_RE.fullmatch(text) is None:
             raise CursorInvalid("a cursor is base64url text without padding")
@@ -127,25 +208,50 @@ class Cursor:
             raw = base64.urlsafe_b64decode(text + "==")
         except (binascii.Error, ValueError):  # pragma: no cover - the regex rules it out
             raise CursorInvalid("a cursor is base64url text without padding") from None
-        version, epoch, seq = _CURSOR_STRUCT.unpack(raw)
-        if version != CURSOR_VERSION:
+        expected = _CURSOR_TEXT_LENS[len(text)]
+        if raw[0] != expected:
             raise CursorInvalid(
-                f"cursor format version {version} is not supported; start again without it"
+                f"cursor format version {raw[0]} is not supported; start again without it"
             )
-        cursor = cls(epoch.hex(), seq)  # CursorInvalid for a negative seq
+        fp: bytes | None = None
+        if expected == 1:
+            _version, epoch, seq = _CURSOR_V1.unpack(raw)
+        else:
+            _version, epoch, seq, fp = _CURSOR_V2.unpack(raw)
+        cursor = cls(epoch.hex(), seq, fp)  # CursorInvalid for a negative seq, bad fp
         if cursor.encode() != text:  # unused trailing bits set: a second spelling
             raise CursorInvalid("the cursor is not in canonical form")
         return cursor
 
 
-def resolve_since(cursor: str | None, *, epoch: str, head_seq: int) -> int:
+def cursor_at(epoch: str, seq: int, cid: bytes | None, *, key: bytes) -> Cursor:
+    """The version 2 cursor after the record ``cid`` at ``seq`` of the store with
+    ``epoch`` and cursor key ``key`` (``cid`` is ignored at seq 0: zero
+    fingerprint).
+
+    With ``cid`` None at a seq above 0 the fingerprint is unknown and the result
+    is a version 1 cursor (accepted without a rollback check). Raises
+    ``CursorInvalid`` for a bad epoch or seq. Pure.
+    """
+    if seq == 0:
+        return Cursor(epoch, 0, _ZERO_FP)
+    return Cursor(epoch, seq, None if cid is None else fingerprint(cid, key=key))
+
+
+def resolve_since(
+    cursor: str | None, *, epoch: str, head_seq: int, fingerprint_at_seq: bytes | None = None
+) -> int:
     """The ``since_seq`` to scan from for a reader's ``cursor``.
 
     ``None`` (no cursor: from the beginning) gives 0. Otherwise the cursor must be
-    one this store issued: raises ``CursorInvalid`` (not a cursor; an empty string
-    too), ``CursorReset`` (another ``epoch``: another store, or this one before a
-    wipe; the reader restarts without a cursor) or ``CursorFromFuture`` (its seq
-    is past ``head_seq``: the store was restored from an older copy). Pure.
+    one this store issued and still agrees with: ``fingerprint_at_seq`` is the
+    :func:`fingerprint` of the record the store holds at the cursor's seq (None
+    when it holds none; :func:`resolve_cursor` works it out). Raises
+    ``CursorInvalid`` (not a cursor; an empty string too), ``CursorReset``
+    (another ``epoch``; or, for a version 2 cursor, a seq past ``head_seq`` or a
+    record with another fingerprint at its seq: the store was rolled back or
+    restored) or ``CursorFromFuture`` (a version 1 cursor past ``head_seq``).
+    The reader then restarts without a cursor. Pure.
     """
     if cursor is None:
         return 0
@@ -155,12 +261,47 @@ def resolve_since(cursor: str | None, *, epoch: str, head_seq: int) -> int:
             "the cursor was issued by another store (or this one before a wipe); "
             "start again without a cursor"
         )
+    if parsed.fingerprint is None:
+        if parsed.seq > head_seq:
+            raise CursorFromFuture(
+                f"the cursor is at seq {parsed.seq} but this store's head is {head_seq}; "
+                "the store was restored from an older copy, start again without a cursor"
+            )
+        return parsed.seq
+    if parsed.seq == 0:
+        return 0
     if parsed.seq > head_seq:
-        raise CursorFromFuture(
-            f"the cursor is at seq {parsed.seq} but this store's head is {head_seq}; "
-            "the store was restored from an older copy, start again without a cursor"
+        raise CursorReset(
+            f"the cursor is at seq {parsed.seq} but this store's head is {head_seq}: the "
+            "store was rolled back or restored from an older copy; start again without a "
+            "cursor (records dedupe by CID)"
+        )
+    if fingerprint_at_seq is None or not hmac.compare_digest(
+        fingerprint_at_seq, parsed.fingerprint
+    ):
+        raise CursorReset(
+            f"the record at seq {parsed.seq} is not the one this cursor was issued after: "
+            "the store was rolled back or restored from an older copy; start again "
+            "without a cursor (records dedupe by CID)"
         )
     return parsed.seq
+
+
+async def resolve_cursor(store: Store, cursor: str | None) -> int:
+    """:func:`resolve_since` against ``store``: reads its head and, for a version 2
+    cursor, the CID at the cursor's seq (one indexed lookup), fingerprinted with
+    the store's ``cursor_key``. Same errors, plus the store's own
+    (``StoreError``...). The one awaiting function here; it does no I/O of its own.
+    """
+    if cursor is None:
+        return 0
+    parsed = Cursor.decode(cursor)
+    head = await store.head_seq()
+    fp: bytes | None = None
+    if parsed.fingerprint is not None and parsed.epoch == store.epoch and 0 < parsed.seq <= head:
+        cid = await store.cid_at(parsed.seq)
+        fp = None if cid is None else fingerprint(cid, key=store.cursor_key)
+    return resolve_since(cursor, epoch=store.epoch, head_seq=head, fingerprint_at_seq=fp)
 
 
 def everything(record: StoredRecord) -> bool:
@@ -181,22 +322,34 @@ def build_page(
     page: ChangesPage,
     *,
     epoch: str,
+    key: bytes,
     visible: Callable[[StoredRecord], bool] = everything,
 ) -> FeedPage:
-    """The feed page for a store scan ``page`` of the store with ``epoch``.
+    """The feed page for a store scan ``page`` of the store with ``epoch`` and
+    cursor key ``key``.
 
     Keeps the records for which ``visible`` is true (in order); ``next_cursor``
-    encodes ``(epoch, page.last_seq)``, so it moves past the records the reader
-    may not see; ``has_more`` is ``page.last_seq < page.head_seq``. Raises
+    is :func:`page_cursor`, so it moves past the records the reader may not
+    see; ``has_more`` is ``page.last_seq < page.head_seq``. Raises
     ``CursorInvalid`` only if ``epoch`` is not 32 lowercase hex characters;
     exceptions from ``visible`` propagate. Pure.
     """
     records = tuple(r for r in page.records if visible(r))
     return FeedPage(
         records=records,
-        next_cursor=Cursor(epoch, page.last_seq).encode(),
+        next_cursor=page_cursor(page, epoch=epoch, key=key).encode(),
         has_more=page.last_seq < page.head_seq,
     )
+
+
+def page_cursor(page: ChangesPage, *, epoch: str, key: bytes) -> Cursor:
+    """The cursor after a store scan: ``(epoch, page.last_seq)`` fingerprinted
+    with the record at ``last_seq`` (the last scanned record when it is that one,
+    else ``page.last_cid``); version 1 only if neither is known. Pure."""
+    cid = page.last_cid
+    if page.records and page.records[-1].seq == page.last_seq:
+        cid = page.records[-1].cid
+    return cursor_at(epoch, page.last_seq, cid, key=key)
 
 
 def page_to_wire(page: FeedPage) -> dict[str, object]:

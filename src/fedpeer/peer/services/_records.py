@@ -17,7 +17,7 @@ from ...consent.grants import EVERYTHING, ConsentView
 from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
 from ...identity.canonical import CID, dagcbor_decode
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo
-from ...sync.feed import Cursor, build_page, resolve_since
+from ...sync.feed import build_page, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, verify_record
 from ._core import NodeCore
 from ._views import RecordEntry, RecordsPage
@@ -202,12 +202,12 @@ class RecordService:
         flt = ChangeFilter(namespace_prefix=namespace or None, thread=thread or None)
         view.check_change_filter(flt)
         store = self._core.store
-        head = await store.head_seq()
-        since_seq = resolve_since(since, epoch=store.epoch, head_seq=head)
+        since_seq = await resolve_cursor(store, since)
         if not newest_first:
             page = build_page(
                 await store.changes(since_seq, limit, flt),
                 epoch=store.epoch,
+                key=store.cursor_key,
                 visible=view.record_visible,
             )
             return RecordsPage(
@@ -215,14 +215,14 @@ class RecordService:
                 page.next_cursor,
                 page.has_more,
             )
-        upper = head if since is None else since_seq - 1  # newest first: seq <= upper
+        # newest first: seq <= upper; the cursor names the oldest seq returned
+        # (fingerprinted, so a rolled-back store answers CURSOR_RESET)
+        upper = await store.head_seq() if since is None else since_seq - 1
         rows, next_upper = await self._scan_back(upper, limit, flt, view)
         more = next_upper > 0
-        return RecordsPage(
-            tuple(RecordEntry.from_stored(r) for r in rows),
-            Cursor(store.epoch, next_upper + 1 if more else 0).encode(),
-            more,
-        )
+        at = next_upper + 1 if more else 0
+        cursor = cursor_at(store.epoch, at, await store.cid_at(at), key=store.cursor_key)
+        return RecordsPage(tuple(RecordEntry.from_stored(r) for r in rows), cursor.encode(), more)
 
     async def _scan_back(
         self, upper: int, limit: int, flt: ChangeFilter, view: ConsentView
