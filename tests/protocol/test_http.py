@@ -99,6 +99,10 @@ async def test_plain_http_today(node: Node, http: httpx.AsyncClient) -> None:
     assert "tls_spki_sha256" not in manifest
     assert _error(await http.get("/v1/nope")) == "NOT_FOUND"
     assert _error(await http.put("/.well-known/fedpeer")) == "METHOD_NOT_ALLOWED"
+    for path in ("/health", "/v1/identity", "/v1/scope_presets", "/v1/openapi.json"):
+        assert (await http.get(path)).status_code == 200, path
+    identity = (await http.get("/v1/identity")).json()
+    assert (identity["did"], identity["token"]["authenticated"]) == (node.did, False)
 
 
 @pytest.mark.parametrize(
