@@ -629,6 +629,7 @@ ROUTES: list[RouteSpec] = [
         params=(Param("thread", "path", required=True), _NS, _CURSOR, _LIMIT),
         response_schema=_PAGE,
         errors=(
+            "NOT_FOUND",  # a thread path the router cannot match (a newline: never a name)
             "CURSOR_INVALID",
             "CURSOR_RESET",
             "CURSOR_FROM_FUTURE",
