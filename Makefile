@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ./.fedpeer
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench lint typecheck pytest venv system-deps clean
+.PHONY: run test bench lint typecheck pytest venv system-deps js-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/fedpeer --data-dir $(DATA_DIR) run
 
 ## test: install what the tests need (Debian packages too when root), lint, type-check, test
-test: system-deps $(STAMP) lint typecheck pytest
+test: system-deps js-deps $(STAMP) lint typecheck pytest
 
 # Debian packages the multi-host, discovery and Avahi interop tests use (iproute2: network
 # namespaces; avahi-daemon, avahi-utils, dbus: tests/peer/test_avahi_interop.py).
@@ -42,6 +42,22 @@ system-deps:
 	  fi; \
 	fi
 
+# The JavaScript checker of the conformance vectors (interop/js, interop/test_js_checker.py)
+# needs node >= 20.19 and its npm packages, pinned by interop/js/package-lock.json. When node
+# and npm are present, `npm ci` installs them (again only when the lock file changed); without
+# them, or when npm cannot reach its registry, the test is skipped and says why.
+JS_DIR := interop/js
+js-deps:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+	  if [ ! -f $(JS_DIR)/node_modules/.installed ] || \
+	     [ $(JS_DIR)/package-lock.json -nt $(JS_DIR)/node_modules/.installed ]; then \
+	    echo "installing the JavaScript conformance checker's packages (npm ci in $(JS_DIR))"; \
+	    if (cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error); then \
+	      touch $(JS_DIR)/node_modules/.installed; \
+	    else echo "npm ci failed: interop/test_js_checker.py will be skipped"; fi; \
+	  fi; \
+	else echo "node/npm not found: interop/test_js_checker.py will be skipped"; fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests interop bench
 	$(VENV)/bin/ruff format --check src tests interop bench
@@ -57,4 +73,4 @@ bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules

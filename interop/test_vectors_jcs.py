@@ -10,7 +10,7 @@ import pytest
 
 from fedpeer.errors import Malformed
 from fedpeer.identity._dagjson import es6_number
-from fedpeer.identity.canonical import dagjson_decode, dagjson_encode, jcs
+from fedpeer.identity.canonical import dagjson_decode, dagjson_encode, jcs, jcs_received
 from interop._vectors import VECTORS, load_json
 
 CYBERPHONE = VECTORS / "jcs" / "cyberphone-testdata"
@@ -69,3 +69,31 @@ def test_nan_and_infinity_are_refused(case: dict[str, Any]) -> None:
         jcs(value)
     with pytest.raises(Malformed):
         jcs({"n": value})
+
+
+@pytest.mark.parametrize("case", FINITE, ids=[c["ieee_hex"] for c in FINITE])
+def test_number_text_read_back_is_a_fixed_point(case: dict[str, Any]) -> None:
+    """protocol.md §3.1: a verifier canonicalises what a JSON reader gives for the
+    expected text; integer-looking text beyond 2**53 (``-333333333333333300000``)
+    comes back from Python's reader as an int and must canonicalise as its double."""
+    text = case["expected"]
+    value = json.loads(text)
+    assert jcs_received(value) == text.encode("ascii")
+    assert jcs_received({"n": value}) == b'{"n":' + text.encode("ascii") + b"}"
+    if isinstance(value, int) and abs(value) > 2**53 - 1:
+        with pytest.raises(Malformed, match="I-JSON"):
+            jcs(value)  # a signer refuses it (protocol.md §4.3)
+
+
+def test_large_integer_cases_are_covered() -> None:
+    """The edge cases above include integer-looking texts beyond 2**53."""
+    big = [c for c in FINITE if isinstance(json.loads(c["expected"]), int)]
+    assert any(abs(json.loads(c["expected"])) > 2**53 for c in big)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cyberphone_received_output(name: str) -> None:
+    """jcs_received agrees with jcs (and the expected bytes) wherever jcs accepts."""
+    value = json.loads((CYBERPHONE / "input" / f"{name}.json").read_bytes())
+    expected = (CYBERPHONE / "output" / f"{name}.json").read_bytes()
+    assert jcs_received(value) == expected

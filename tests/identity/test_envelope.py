@@ -581,3 +581,94 @@ def test_pure_modules_import_no_io_libraries(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & {"trio", "httpx", "zeroconf", "anyio", "socket"}
+
+
+# --- numbers: RFC 8785 on both sides (protocol.md §3.1, §4.3, §4.4) ----------------------
+
+
+def _signed_as_javascript(doc: dict[str, object], key: SigningKey = KEY) -> dict[str, object]:
+    """Sign ``doc`` the way a JavaScript signer would: every number is an IEEE double,
+    so an integer beyond 2**53 is canonicalised as the double it denotes."""
+
+    def as_double(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: as_double(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [as_double(x) for x in v]
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53 - 1:
+            return float(v)
+        return v
+
+    signed = sign_document(as_double(doc), key, ttl_s=TTL, now=NOW)  # type: ignore[arg-type]
+    out = json.loads(json.dumps(signed))
+    out.update({k: v for k, v in doc.items()})  # the integers, as a JSON reader sees them
+    return out  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        (10_000_000_000_000_000, b"10000000000000000"),
+        (-(10**16), b"-10000000000000000"),
+        (2**53, b"9007199254740992"),
+        (2**53 + 1, b"9007199254740992"),  # the same double as 2**53
+        (10**21, b"1e+21"),
+        (2**64 - 1, b"18446744073709552000"),
+    ],
+)
+def test_verification_canonicalises_large_integers_as_doubles(number: int, text: bytes) -> None:
+    """protocol.md §4.4: an integer beyond 2**53 is the IEEE double it denotes, as in
+    every RFC 8785 implementation; a document signed with that number verifies."""
+    doc = _signed_as_javascript({"n": number, "nested": [{"m": number}]})
+    assert isinstance(doc["n"], int)  # what a JSON reader gives for 10000000000000000
+    verified = verify_document(doc, now=NOW)
+    assert verified.document["n"] == number
+    unsigned = copy.deepcopy(doc)
+    del _sig(unsigned)["signature"]
+    from fedpeer.identity import jcs_received
+
+    assert b'"n":' + text + b"," in jcs_received(unsigned)
+
+
+def test_a_document_signed_with_1e16_verifies_after_a_javascript_relay() -> None:
+    """protocol.md §3.1: fedpeer signs the float 1e16 (JCS text 10000000000000000); a
+    JavaScript relay re-serialises it as 10000000000000000, which JSON readers give
+    back as an integer; the signature still verifies."""
+    signed = sign_document({"amount": 1e16}, KEY, ttl_s=TTL, now=NOW)
+    wire = json.dumps(signed).replace("1e+16", "10000000000000000")
+    relayed = json.loads(wire)
+    assert relayed["amount"] == 10**16
+    assert type(relayed["amount"]) is int
+    assert verify_document(relayed, now=NOW).did == KEY.did
+
+
+def test_another_double_still_fails() -> None:
+    """A large integer that denotes another double is a tamper (BAD_SIGNATURE)."""
+    doc = _signed_as_javascript({"n": 10**16})
+    doc["n"] = 10**16 + 2  # 1.0000000000000002e16, another double
+    assert _code(doc) == "BAD_SIGNATURE"
+
+
+def test_an_integer_beyond_the_double_range_is_bad_signature() -> None:
+    doc = _signed_as_javascript({"n": 1})
+    doc["n"] = 10**400
+    assert _code(doc) == "BAD_SIGNATURE"
+
+
+@pytest.mark.parametrize("number", [2**53, -(2**53), 10**16, 2**64])
+def test_signing_refuses_integers_beyond_i_json(number: int) -> None:
+    """protocol.md §4.3: a signer refuses integers outside ±(2**53-1) (I-JSON), naming
+    where the integer is and what to do."""
+    with pytest.raises(Malformed) as info:
+        sign_document({"a": {"list": [0, number]}}, KEY, ttl_s=60, now=NOW)
+    assert "$.a.list[1]" in info.value.message
+    assert str(number) in info.value.message
+    assert "string" in info.value.message
+    with pytest.raises(Malformed, match=r"\$\[\"odd key\"\]"):
+        jcs({"odd key": number})
+
+
+@pytest.mark.parametrize("number", [2**53 - 1, -(2**53) + 1, 0])
+def test_signing_accepts_the_i_json_range(number: int) -> None:
+    doc = sign_document({"n": number}, KEY, ttl_s=60, now=NOW)
+    assert verify_document(doc, now=NOW).document["n"] == number

@@ -4,8 +4,8 @@ oracle), or on ``wake_all``/``close``."""
 
 from __future__ import annotations
 
-import pytest
 import anyio
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -44,6 +44,7 @@ from fedpeer.sync.records import (
     record_to_json_view,
     record_to_wire,
     verify_record,
+    verify_wire_items,
 )
 
 NOW = 1_700_000_000_000
@@ -644,9 +645,11 @@ def test_json_view() -> None:
 
 
 def test_json_view_of_links_and_floats_in_the_body() -> None:
-    data, sig = sign_map(base_map(body={"link": rid(3), "f": 1.0, "n": -(2**64)}))
+    body = {"link": rid(3), "f": 1.5, "big": 2.0**53, "n": -(2**64)}
+    data, sig = sign_map(base_map(body=body))
     view = record_to_json_view(verify(data, sig))
-    assert view["body"] == {"link": {"/": str(rid(3))}, "f": 1.0, "n": -(2**64)}
+    assert view["body"] == {"link": {"/": str(rid(3))}, "f": 1.5, "big": 2.0**53, "n": -(2**64)}
+    assert type(view["body"]["big"]) is float  # type: ignore[index]
 
 
 # --- properties ------------------------------------------------------------------------
@@ -655,7 +658,10 @@ _scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**64), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
+    # Whole-number floats within ±(2**53-1) are refused in records (protocol.md §5.4).
+    | st.floats(allow_nan=False, allow_infinity=False).filter(
+        lambda f: not (abs(f) <= MAX_SAFE_INT and f.is_integer())
+    )
     | st.text(max_size=20)
     | st.binary(max_size=20)
     | st.binary(min_size=32, max_size=32).map(lambda d: CID(b"\x01\x71\x12\x20" + d))
@@ -752,3 +758,66 @@ def test_property_any_single_byte_flip_is_rejected(which: int, data: st.DataObje
 def test_property_random_bytes_never_crash(blob: bytes) -> None:
     with pytest.raises(FedpeerError):
         verify(blob, _FIXED[0].sig)
+
+
+# --- floats (protocol.md §5.4) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "float_hex", "integer"),
+    [(1.0, "fb3ff0000000000000", 1), (-0.0, "fb8000000000000000", 0)],
+    ids=["1.0", "-0.0"],
+)
+def test_whole_number_floats_are_refused_naming_the_path(
+    value: float, float_hex: str, integer: int
+) -> None:
+    """protocol.md §5.4: the exact float bytes fb3ff0000000000000 (1.0) and
+    fb8000000000000000 (-0.0) in a signed record: RECORD_INVALID naming the path."""
+    data, sig = sign_map(base_map(body={"a": [1, 2, value]}))
+    assert bytes.fromhex(float_hex) in data  # the float is really on the wire
+    with pytest.raises(RecordInvalid) as info:
+        verify(data, sig)
+    message = info.value.message
+    assert message.startswith("body.a[2] is the float")
+    assert f"write it as the integer {integer}" in message
+    # the batch pipeline gives the very same verdict
+    (verdict,) = verify_wire_items([record_to_wire_raw(data, sig)], now_ms=NOW)
+    assert isinstance(verdict, RecordInvalid)
+    assert verdict.message == message
+    # and a signature check still comes first: a tampered record is BAD_SIGNATURE
+    with pytest.raises(BadSignature):
+        verify(data, bytes(64))
+
+
+def record_to_wire_raw(data: bytes, sig: bytes) -> dict[str, object]:
+    return {"cid": cid_for_dagcbor(data), "data": data, "sig": sig}
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (1.0, "body"),
+        (0.0, "body"),
+        ({"x": -0.0}, "body.x"),
+        ({"x y": {"z": [[5.0]]}}, 'body["x y"].z[0][0]'),
+        ([1.5, {"_a$": 9007199254740991.0}], "body[1]._a$"),
+        ({"b": 2.0, "a": 3.0}, "body.a"),  # the first in canonical (stored) key order
+    ],
+)
+def test_build_record_refuses_whole_number_floats(body: object, path: str) -> None:
+    """protocol.md §5.4: build_record refuses them too, with the same path rule."""
+    with pytest.raises(RecordInvalid) as info:
+        build_record(KEY, namespace="n", thread="t", kind="k", body=body, now_ms=NOW)
+    assert info.value.message.startswith(f"{path} is the float")
+
+
+@pytest.mark.parametrize(
+    "value", [1.5, -0.5, 2.0**53, -(2.0**53), 1e300, 5e-324, 9007199254740993.0]
+)
+def test_fractions_and_floats_beyond_safe_integers_are_allowed(value: float) -> None:
+    """protocol.md §5.4: only whole numbers within ±(2**53-1) are refused; JavaScript
+    keeps every other double a float, so it round-trips."""
+    signed = build_record(KEY, namespace="n", thread="t", kind="k", body=[value], now_ms=NOW)
+    again = verify(signed.data, signed.sig)
+    assert again.record.body == [value]
+    assert type(again.record.body[0]) is float  # type: ignore[index]

@@ -154,7 +154,7 @@ def check_lock(data_dir: Path, *, node_running: bool) -> tuple[Check, bool]:
     Returns the check and whether the lock is held. Held while the node does
     not answer is a failure (a hung or starting node: the store is in use).
     """
-    from .._datadir import LOCK_FILE, lock_holder
+    from ..peer import LOCK_FILE, lock_holder
 
     holder = lock_holder(data_dir)
     if holder is None:

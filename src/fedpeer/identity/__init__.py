@@ -20,6 +20,7 @@ from .canonical import dagcbor_encode as dagcbor_encode
 from .canonical import dagjson_decode as dagjson_decode
 from .canonical import dagjson_encode as dagjson_encode
 from .canonical import jcs as jcs
+from .canonical import jcs_received as jcs_received
 from .didkey import DID_KEY_PREFIX as DID_KEY_PREFIX
 from .didkey import MULTIKEY_CONTEXT as MULTIKEY_CONTEXT
 from .didkey import base58btc_decode as base58btc_decode
@@ -91,6 +92,7 @@ __all__ = [
     "format_rfc3339",
     "is_valid_public_key",
     "jcs",
+    "jcs_received",
     "parse_rfc3339",
     "public_key_from_did",
     "public_key_from_method",

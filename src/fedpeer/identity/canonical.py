@@ -5,7 +5,9 @@ here is deterministic (one value, one byte string) and every decoder is strict
 (one byte string per value; anything else is refused with a stable error code):
 
 * :func:`jcs` - RFC 8785 canonical JSON, the signed form of JSON documents
-  (manifests, invites, proofs).
+  (manifests, invites, proofs); integers only within ``±(2**53-1)`` (I-JSON).
+  :func:`jcs_received` canonicalises a received document for verification as
+  every RFC 8785 implementation does (larger integers as IEEE doubles).
 * :func:`dagcbor_encode` / :func:`dagcbor_decode` - strict DAG-CBOR, the
   canonical binary form of records and feed pages. The decoder raises
   ``MALFORMED`` for bytes that are not DAG-CBOR data and ``NON_CANONICAL`` for
@@ -40,6 +42,7 @@ from fedpeer.identity._dagcbor import dagcbor_encode as dagcbor_encode
 from fedpeer.identity._dagjson import dagjson_decode as dagjson_decode
 from fedpeer.identity._dagjson import dagjson_encode as dagjson_encode
 from fedpeer.identity._jcs import jcs as jcs
+from fedpeer.identity._jcs import jcs_received as jcs_received
 
 __all__ = [
     "CID",
@@ -55,4 +58,5 @@ __all__ = [
     "dagjson_decode",
     "dagjson_encode",
     "jcs",
+    "jcs_received",
 ]

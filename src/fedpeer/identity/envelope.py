@@ -10,8 +10,11 @@ Theory of operation: the signed bytes are the RFC 8785 (JCS) form of the whole
 document with only the inner ``signature.signature`` value removed, so the
 ``signature`` member with ``alg``, ``key_id``, ``signed_at`` and
 ``expires_at`` *is* covered: nobody relaying a document can swap the key id or
-stretch its time window. Verification runs in a fixed order so that the error
-code tells the truth:
+stretch its time window. Numbers follow RFC 8785 on both sides: a signer
+refuses integers outside ``-(2**53-1) .. 2**53-1`` (I-JSON), and a verifier
+canonicalises such an integer, when it receives one, as the IEEE double it
+denotes, as every RFC 8785 implementation does (see ``docs/protocol.md``).
+Verification runs in a fixed order so that the error code tells the truth:
 
 1. shape of the ``signature`` member (missing, wrong types, unknown members,
    ``alg`` not ``Ed25519``, bad times, bad base64url) -> ``BAD_SIGNATURE``;
@@ -51,7 +54,7 @@ from fedpeer.errors import (
 )
 
 from ._syntax import DID_PATTERN
-from .canonical import b64url_decode, b64url_encode, jcs
+from .canonical import b64url_decode, b64url_encode, jcs, jcs_received
 from .didkey import DID_KEY_PREFIX, public_key_from_did
 from .keys import SigningKey, verify_signature
 
@@ -134,7 +137,10 @@ def sign_document(
 
     Raises :class:`~fedpeer.errors.Malformed` if ``ttl_s`` is not a positive integer,
     and the canonical codec's error (``MALFORMED``) if ``doc`` is not JSON-able under
-    RFC 8785 (non-string keys, NaN, integers beyond 2**53...). Pure CPU.
+    RFC 8785 (non-string keys, NaN, bytes...). An integer outside
+    ``-(2**53-1) .. 2**53-1`` is refused (I-JSON, RFC 7493), the message naming
+    where it is: other JSON readers keep numbers as IEEE doubles, so send such a
+    value as a string. Pure CPU.
     """
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s <= 0:
         raise Malformed("ttl_s must be a positive whole number of seconds")
@@ -231,7 +237,9 @@ def _parse(doc: object) -> _Parsed:
     unsigned = dict(doc)
     unsigned["signature"] = {k: v for k, v in member.items() if k != "signature"}
     try:
-        message = jcs(unsigned)
+        # As every RFC 8785 implementation would: an integer beyond 2**53 is the
+        # IEEE double it denotes (a JavaScript relay writes 1e16 as 10000000000000000).
+        message = jcs_received(unsigned)
     except (FedpeerError, ValueError, TypeError, OverflowError, RecursionError):
         raise BadSignature("the document is not canonicalizable JSON (RFC 8785)") from None
     return _Parsed(

@@ -17,6 +17,9 @@ from .discovery import Roster as Roster
 from .discovery import RosterEntry as RosterEntry
 from .discovery import verify_peer as verify_peer
 from .manifest import verify_manifest as verify_manifest
+from .._datadir import LOCK_FILE as LOCK_FILE
+from .._datadir import LockHolder as LockHolder
+from .._datadir import lock_holder as lock_holder
 from .node import ADMIN_TOKEN_FILE as ADMIN_TOKEN_FILE
 from .node import KEY_FILE as KEY_FILE
 from .node import STORE_FILE as STORE_FILE
@@ -38,6 +41,7 @@ from .services import TokenService as TokenService
 __all__ = [
     "ADMIN_TOKEN_FILE",
     "KEY_FILE",
+    "LOCK_FILE",
     "STORE_FILE",
     "AdminClient",
     "ChangesResult",
@@ -47,6 +51,7 @@ __all__ = [
     "InviteInfo",
     "InviteService",
     "IssuedAccount",
+    "LockHolder",
     "Node",
     "NodeConfig",
     "PairService",
@@ -60,6 +65,7 @@ __all__ = [
     "RotatedToken",
     "StreamEvent",
     "TokenService",
+    "lock_holder",
     "open_node",
     "verify_manifest",
     "verify_peer",

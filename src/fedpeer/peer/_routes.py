@@ -578,7 +578,7 @@ ROUTES: list[RouteSpec] = [
         "thread_records",
         params=(Param("thread", "path", required=True), _NS, _CURSOR, _LIMIT),
         response_schema=_PAGE,
-        errors=_PAGE_ERRORS,
+        errors=("NOT_FOUND", *_PAGE_ERRORS),  # NOT_FOUND: a thread path the router cannot match
     ),
     RouteSpec(
         "GET",

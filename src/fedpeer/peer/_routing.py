@@ -97,12 +97,22 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
 
     async def run(request: Request) -> Response:
         headers: dict[str, str] = {}
+        client = request.client.host if request.client else "unknown"
         try:
-            bearer = _bearer(request)
             principal: Principal | None = None
-            if bearer is not None:
-                principal = await state.tokens.authenticate(bearer)
-            client = request.client.host if request.client else "unknown"
+            try:
+                bearer = _bearer(request)
+                if bearer is not None:
+                    principal = await state.tokens.authenticate(bearer)
+            except AuthRequired:
+                # A failed authentication is charged to the caller's address like an
+                # anonymous request, so guessing tokens is rate limited too and the
+                # answer carries the rate limit headers (protocol.md §6.5).
+                decision = state.rate_limiter.check(f"ip:{client}", time.monotonic())
+                headers = decision.headers()
+                if not decision.allowed:
+                    raise decision.error() from None
+                raise
             key = f"tok:{principal.token_id}" if principal else f"ip:{client}"
             decision = state.rate_limiter.check(key, time.monotonic())
             headers = decision.headers()

@@ -29,10 +29,11 @@ bytes always give the same verdict and the first failing stage names the error:
 6. **signature** - Ed25519 over the CID bytes by the author's key. A signature
    that is not 64 bytes, does not verify, or an author key that is not a usable
    curve point -> ``BAD_SIGNATURE``;
-7. **limits** (:class:`Limits`) - names, parents, clock, ts range, body depth ->
-   ``RECORD_INVALID``; and last, ``ts`` more than ``max_future_ms`` ahead of
-   ``now_ms`` -> ``RECORD_FROM_FUTURE`` (the only verdict that may change later,
-   so it is reported only when everything else holds).
+7. **limits** (:class:`Limits`) - names, parents, clock, ts range, body depth,
+   whole-number floats in the body -> ``RECORD_INVALID``; and last, ``ts`` more
+   than ``max_future_ms`` ahead of ``now_ms`` -> ``RECORD_FROM_FUTURE`` (the only
+   verdict that may change later, so it is reported only when everything else
+   holds).
 
 Limits come after the signature so that a tampered record always reads
 ``BAD_SIGNATURE`` (whoever changed it cannot re-sign it) and a limit error means
@@ -65,6 +66,15 @@ Every record has a JSON view (DAG-JSON), so a body may not hold a map that
 DAG-JSON reserves for links and bytes (first key ``"/"`` with a string value, or
 with a ``{"bytes": str}`` map value).
 
+Floats: a body may hold floats, but not a whole-number float within
+``-(2**53-1) .. 2**53-1`` (``1.0``, ``0.0``, ``-0.0``): the error names the path
+(``body.a[2]``) and says to write the integer. JavaScript has one number type,
+so its DAG-CBOR decoders turn such a float into an integer and re-encode other
+bytes, giving another CID: a JavaScript peer could neither write such a record
+nor re-derive its id. (The AT Protocol forbids floats in records for the same
+reason.) NaN and the infinities are not in the data model at all (``MALFORMED``
+on decode). See ``docs/protocol.md`` (records, floats).
+
 Pure functions and frozen values; no I/O. The wall clock is read only when
 ``now_ms`` is None.
 """
@@ -72,6 +82,7 @@ Pure functions and frozen values; no I/O. The wall clock is read only when
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -141,6 +152,7 @@ _RECORD_KEYS = frozenset(
 _RECORD_CID_PREFIX = b"\x01\x71\x12\x20"
 _RECORD_CID_LEN = len(_RECORD_CID_PREFIX) + 32
 _WIRE_KEYS = frozenset(("cid", "data", "sig"))
+_IDENT_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")  # a path step written as ``.key``
 # Names that matched NAME_PATTERN (length is checked separately, per Limits).
 _GOOD_NAMES: set[str] = set()
 _GOOD_NAMES_MAX = 4096
@@ -399,10 +411,70 @@ def _reserved_map(m: dict[str, object]) -> bool:
     )
 
 
+def _whole_float(value: float) -> bool:
+    """Whether the float ``value`` is one records refuse: a whole number within
+    ``-(2**53-1) .. 2**53-1`` (``0.0`` and ``-0.0`` included).
+
+    JavaScript has one number type: its DAG-CBOR decoders read such a float back
+    as an integer and re-encode it as a CBOR integer, so the bytes and the CID of
+    the record would change. Whole-number floats beyond that range stay floats in
+    JavaScript (they are not safe integers) and are allowed, as are all fractions.
+    """
+    return -MAX_SAFE_INT <= value <= MAX_SAFE_INT and value.is_integer()
+
+
+def _path_step(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    text = str(key)
+    if _IDENT_RE.fullmatch(text):
+        return f"{path}.{text}"
+    return f"{path}[{json.dumps(text, ensure_ascii=False)}]"
+
+
+def _whole_float_path(body: object, max_depth: int) -> tuple[str, float] | None:
+    """The first whole-number float in ``body`` in document order (pre-order, map
+    keys in their stored order) and its path (``body.a[2]``), or None. The slow
+    path: it runs only once :func:`_body_problem` knows there is one."""
+    stack: list[tuple[object, str, int]] = [(body, "body", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        items: list[tuple[object, object]]
+        if isinstance(value, float):
+            if _whole_float(value):
+                return path, value
+            continue
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, list):
+            items = list(enumerate(value))
+        else:
+            continue
+        if depth < max_depth:
+            for key, child in reversed(items):
+                stack.append((child, _path_step(path, key), depth + 1))
+    return None
+
+
+def _whole_float_message(body: object, max_depth: int) -> str:
+    found = _whole_float_path(body, max_depth)
+    assert found is not None
+    path, value = found
+    shown = path if len(path) <= 200 else path[:197] + "..."
+    return (
+        f"{shown} is the float {value!r}, a whole number: write it as the integer "
+        f"{int(value)}. Records hold no whole-number floats (-0.0 included): JavaScript "
+        "peers read them back as integers, which changes the record's bytes and CID"
+    )
+
+
 def _body_problem(body: object, max_depth: int) -> str | None:
-    """Why ``body`` breaks the limits (too deep, not DAG-JSON writable), or None."""
+    """Why ``body`` breaks the limits (too deep, not DAG-JSON writable, a
+    whole-number float), or None."""
     t = type(body)
     if t is not dict and t is not list:
+        if type(body) is float and _whole_float(body):
+            return _whole_float_message(body, max_depth)
         return None  # the common case: no walk at all
     stack: list[tuple[object, int]] = [(body, 1)]
     while stack:
@@ -422,6 +494,8 @@ def _body_problem(body: object, max_depth: int) -> str | None:
             ct = type(child)
             if ct is dict or ct is list:
                 stack.append((child, depth + 1))
+            elif ct is float and _whole_float(child):  # type: ignore[arg-type]
+                return _whole_float_message(body, max_depth)
     return None
 
 
@@ -570,8 +644,9 @@ def build_record(
     lists).
 
     Raises ``RecordInvalid`` or ``Malformed`` (a value DAG-CBOR cannot encode, or a
-    broken limit or type), ``RecordTooLarge``, ``RecordFromFuture`` (``ts`` too far
-    ahead). Pure CPU; never blocks.
+    broken limit or type; a whole-number float such as ``1.0`` in ``body`` is
+    refused, naming its path: convert it with ``int()`` first), ``RecordTooLarge``,
+    ``RecordFromFuture`` (``ts`` too far ahead). Pure CPU; never blocks.
     """
     if now_ms is None:
         now_ms = _now_ms()
