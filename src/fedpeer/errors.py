@@ -78,6 +78,7 @@ The tree::
     │   ├── PeerUnreachable       PEER_UNREACHABLE         503
     │   │   └── NodeNotRunning    NODE_NOT_RUNNING         503
     │   └── PeerInvalid           PEER_INVALID             502
+    │       └── TlsPinMismatch    TLS_PIN_MISMATCH         502
     ├── DiscoveryUnavailable      DISCOVERY_UNAVAILABLE    503
     ├── TimedOut                  TIMED_OUT                504
     └── InternalError             INTERNAL                 500
@@ -155,6 +156,7 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "TimedOut",
+    "TlsPinMismatch",
     "TokenExpired",
     "TokenInvalid",
     "UnsupportedMediaType",
@@ -666,6 +668,14 @@ class PeerInvalid(PeerError):
     """The peer failed verification (manifest, DID or signature)."""
 
     code = "PEER_INVALID"
+
+
+class TlsPinMismatch(PeerInvalid):
+    """The TLS certificate the peer presented is not the one its DID signed for
+    (its SPKI hash is not in the pin set of the invite, TXT or signed manifest):
+    an impostor, or a stale pin. Nothing (no bearer, no secret) was sent."""
+
+    code = "TLS_PIN_MISMATCH"
 
 
 class DiscoveryUnavailable(FedpeerError):

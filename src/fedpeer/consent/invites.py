@@ -9,7 +9,7 @@ Ed25519, :func:`fedpeer.identity.envelope.sign_document`) that states what the
 invite offers: scopes, scope target, accepted holder types, uses, expiry. The
 invite URL carries everything a redeemer needs::
 
-    http://host:port/v1/invites/<invite_id>?issuer=<issuer did>#secret=<secret>
+    https://host:port/v1/invites/<invite_id>?issuer=<issuer did>&pin=<tls pin>#secret=<secret>
 
 It is an ordinary HTTP URL: opening it does a GET of the public preview, and the
 secret sits in the *fragment*, which HTTP clients never send to a server (so it
@@ -240,17 +240,22 @@ class InviteUrl:
     invite_id: str
     issuer_did: str
     secret: str = attrs.field(repr=False)
+    pin: str | None = None
 
 
-def invite_url(node_url: str, invite_id: str, issuer_did: str, secret: str) -> str:
-    """The invite URL: ``<node_url>/v1/invites/<id>?issuer=<did>#secret=<secret>``.
+def invite_url(
+    node_url: str, invite_id: str, issuer_did: str, secret: str, pin: str | None = None
+) -> str:
+    """The invite URL: ``<node_url>/v1/invites/<id>?issuer=<did>[&pin=<pin>]#secret=<secret>``.
 
     ``node_url`` is ``http(s)://host:port`` with an optional path prefix (no
-    trailing slash needed). Pure.
+    trailing slash needed). ``pin`` is the issuer's TLS pin (SPKI SHA-256,
+    base64url, docs/protocol.md §6.6) for an https URL. Pure.
     """
     base = node_url.rstrip("/")
     issuer = urllib.parse.quote(issuer_did, safe=":")
-    return f"{base}/v1/invites/{invite_id}?issuer={issuer}#secret={secret}"
+    tail = f"&pin={pin}" if pin else ""
+    return f"{base}/v1/invites/{invite_id}?issuer={issuer}{tail}#secret={secret}"
 
 
 def parse_invite_url(url: str) -> InviteUrl:
@@ -258,7 +263,8 @@ def parse_invite_url(url: str) -> InviteUrl:
 
     Requires an ``http``/``https`` URL with a host, a path ending in
     ``/v1/invites/<32 hex>``, exactly one ``issuer`` query parameter holding a
-    DID and a fragment ``secret=<43 base64url chars>``. Raises ``MALFORMED``
+    DID, at most one ``pin`` (43 base64url chars: the issuer's TLS pin, §6.6)
+    and a fragment ``secret=<43 base64url chars>``. Raises ``MALFORMED``
     (with what is missing) for anything else; ``DID_INVALID`` for a bad issuer.
     Pure.
     """
@@ -279,6 +285,9 @@ def parse_invite_url(url: str) -> InviteUrl:
     if len(issuers) != 1:
         raise Malformed("the invite URL must carry the issuer DID (?issuer=did:...)")
     issuer = _check_did(issuers[0], "the invite URL's issuer")
+    pins = query.get("pin", [])
+    if len(pins) > 1 or (pins and not _SECRET_RE.fullmatch(pins[0])):
+        raise Malformed("the invite URL's pin must be one 43-character base64url value")
     fragment = urllib.parse.parse_qs(parts.fragment, keep_blank_values=True)
     secret_values = fragment.get("secret", [])
     if len(secret_values) != 1 or not _SECRET_RE.fullmatch(secret_values[0]):
@@ -287,7 +296,11 @@ def parse_invite_url(url: str) -> InviteUrl:
         )
     node_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, prefix, "", ""))
     return InviteUrl(
-        node_url=node_url, invite_id=invite_id, issuer_did=issuer, secret=secret_values[0]
+        node_url=node_url,
+        invite_id=invite_id,
+        issuer_did=issuer,
+        secret=secret_values[0],
+        pin=pins[0] if pins else None,
     )
 
 
@@ -756,8 +769,11 @@ def create_invite(
     *,
     node_url: str,
     now_ms: int | None = None,
+    pin: str | None = None,
 ) -> IssuedInvite:
     """Issue an invite signed by ``key`` (the node key), inside ``tx``.
+
+    ``pin`` (the node's TLS pin) goes into the URL of an https ``node_url``.
 
     Stores the invite (secret as SHA-256 only), writes ``invite.issued`` and
     returns the :class:`IssuedInvite` with the one-time secret and the URL built
@@ -821,7 +837,15 @@ def create_invite(
         ts_ms=now,
     )
     return IssuedInvite(
-        invite=invite, secret=secret, url=invite_url(node_url, invite_id, key.did, secret)
+        invite=invite,
+        secret=secret,
+        url=invite_url(
+            node_url,
+            invite_id,
+            key.did,
+            secret,
+            pin if node_url.lower().startswith("https://") else None,
+        ),
     )
 
 

@@ -25,6 +25,13 @@ class NodeConfig:
     (see :mod:`fedpeer.peer.discovery`); off by default for embedded nodes and
     tests, ``fedpeer run`` turns it on. ``interfaces`` restricts mDNS to those
     network interfaces (names such as ``"eth0"``); empty means all.
+
+    ``tls``: serve HTTPS with the node's self-signed certificate pinned by its
+    DID (docs/protocol.md §6.6). None (the default) means HTTPS unless the node
+    listens on loopback only; ``fedpeer run`` passes True. Plain HTTP on
+    another address needs ``insecure_http=True`` (``--insecure-http``): the
+    node then logs a warning and shows it in ``/health``. ``insecure_http`` also
+    lets this node pull from plain-HTTP peers that are not on loopback.
     """
 
     handle: str = "fedpeer"
@@ -44,3 +51,5 @@ class NodeConfig:
     advertised_namespaces: tuple[str, ...] = ()
     discovery: bool = False
     interfaces: tuple[str, ...] = ()
+    tls: bool | None = None
+    insecure_http: bool = False

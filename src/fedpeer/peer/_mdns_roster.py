@@ -94,12 +94,13 @@ def prefer_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     return tuple(text for _rank, _index, text in sorted(ranked))
 
 
-def url_for(address: str, port: int) -> str:
-    """``http://`` URL of ``address:port`` (IPv6 bracketed, zone id as ``%25``)."""
+def url_for(address: str, port: int, scheme: str = "http") -> str:
+    """``http://`` (or ``scheme``) URL of ``address:port`` (IPv6 bracketed, zone id
+    as ``%25``)."""
     host, scope = _split_scope(address)
     if ":" in host:
-        return f"http://[{host}%25{scope}]:{port}" if scope else f"http://[{host}]:{port}"
-    return f"http://{host}:{port}"
+        return f"{scheme}://[{host}%25{scope}]:{port}" if scope else f"{scheme}://[{host}]:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 @attrs.frozen
@@ -134,11 +135,13 @@ class RosterEntry:
     verified_url: str | None = None
     checked_at: float | None = None
     generation: int = 0
+    tls_pin: str | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
-        """Base URLs to try, best address first."""
-        return tuple(url_for(a, self.port) for a in self.addresses)
+        """Base URLs to try, best address first (https when the TXT carries a pin)."""
+        scheme = "https" if self.tls_pin else "http"
+        return tuple(url_for(a, self.port, scheme) for a in self.addresses)
 
     @property
     def url(self) -> str | None:
@@ -303,6 +306,7 @@ class Roster:
             expires_at=ann.expires_at,
             first_seen=first_seen,
             last_seen=now,
+            tls_pin=ann.tls_pin,
         )
         newest = self._max_seq.get(ann.did)
         if (old is None or old.did != ann.did) and newest is not None and ann.seq < newest:

@@ -89,6 +89,7 @@ DEFAULT_MAX_SKEW_S = 300.0
 _REQUIRED = ("v", "did", "handle", "ns", "caps", "port", "seq", "exp", "sig")
 _KEY_RE = re.compile(r"[\x21-\x3c\x3e-\x7e]{1,64}")  # printable ASCII except '='
 _DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,15}")
+_PIN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @attrs.frozen
@@ -107,6 +108,12 @@ class Announcement:
     expires_at: int
     version: str = TXT_VERSION
     extra: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def tls_pin(self) -> str | None:
+        """The signed ``tls`` key: the node's TLS pin (docs/protocol.md §6.6), None
+        for a node serving plain HTTP."""
+        return dict(self.extra).get("tls")
 
 
 def signing_input(txt: Mapping[str, str]) -> bytes:
@@ -157,8 +164,12 @@ def sign_txt(
     expires_at: int | None = None,
     ttl_s: int = DEFAULT_TXT_TTL_S,
     now: float | None = None,
+    tls_pin: str | None = None,
 ) -> dict[str, str]:
     """Build the signed TXT properties for this node's announcement.
+
+    ``tls_pin`` (the SPKI SHA-256 of the served certificate, §6.6) becomes the
+    signed ``tls`` key: the node serves HTTPS with that certificate.
 
     ``expires_at`` (unix seconds) defaults to ``now + ttl_s``. ``seq`` must grow
     with every new announcement of the same key (the node uses a millisecond
@@ -188,6 +199,10 @@ def sign_txt(
         "seq": str(seq),
         "exp": str(expires_at),
     }
+    if tls_pin is not None:
+        if not _PIN_RE.fullmatch(tls_pin):
+            raise ConfigInvalid("the TLS pin must be 43 base64url characters")
+        txt["tls"] = tls_pin
     txt["sig"] = b64url_encode(key.sign(signing_input(txt)))
     for k, v in txt.items():
         if len(f"{k}={v}".encode()) > MAX_TXT_STRING:
@@ -293,6 +308,8 @@ def verify_txt(
         raise SignatureExpired(f"the announcement of {did} expired at {exp} (now {int(t)})")
     if exp > t + max_ttl_s + max_skew_s:
         raise Malformed(f"the announcement of {did} claims validity beyond {max_ttl_s} s")
+    if "tls" in txt and not _PIN_RE.fullmatch(txt["tls"]):
+        raise Malformed("TXT tls is not a 43-character base64url SPKI hash")
     extra = tuple(sorted((k, v) for k, v in txt.items() if k not in _REQUIRED))
     return Announcement(
         did=did,

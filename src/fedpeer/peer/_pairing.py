@@ -17,6 +17,7 @@ import httpx
 from ..sync._machine import PageRequest
 from ..sync.pairs import Pair
 from ..sync.records import DEFAULT_LIMITS, Limits
+from ._pinning import PeerVerifier
 from .client import PeerClient
 
 __all__ = ["PeerPageSource", "host_port", "is_own_url"]
@@ -26,7 +27,12 @@ class PeerPageSource:
     """Fetch feed pages from peers over HTTP (implements ``PageSource``).
 
     ``client`` is shared by every pair of the node (the node owns and closes
-    it). ``longpoll_s`` is how long a longpoll asks the source to hold (the
+    it). ``verifier`` (default: one on ``client``) proves before a page request
+    that the pair's URL is served by the pair's DID (signed manifest, and over
+    https the pinned certificate, docs/protocol.md §6.6), cached until the
+    manifest expires and re-checked after any error: the credential is never
+    sent to another DID (DID_MISMATCH / TLS_PIN_MISMATCH stop the pair).
+    ``longpoll_s`` is how long a longpoll asks the source to hold (the
     source caps it at its own maximum); the HTTP timeout is that plus a margin.
     Errors come back as the source's FedpeerError (``RateLimited`` with
     ``retry_after``), ``PeerUnreachable`` for transport failures, ``Malformed``
@@ -39,24 +45,30 @@ class PeerPageSource:
         *,
         longpoll_s: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
+        verifier: PeerVerifier | None = None,
     ) -> None:
         self._client = client
         self.longpoll_s = longpoll_s
         self._limits = limits
+        self.verifier = verifier if verifier is not None else PeerVerifier(client)
 
     async def fetch(self, pair: Pair, request: PageRequest) -> object:
         """One page for ``pair`` as the machine asked (decoded, not verified)."""
         peer = PeerClient(
             pair.peer_url, token=pair.credential, client=self._client, limits=self._limits
         )
-        return await peer.changes_raw(
-            request.since,
-            limit=request.limit,
-            feed=request.feed,
-            namespace=request.namespace,
-            thread=request.thread,
-            timeout=self.longpoll_s if request.feed == "longpoll" else None,
-        )
+
+        async def page() -> object:
+            return await peer.changes_raw(
+                request.since,
+                limit=request.limit,
+                feed=request.feed,
+                namespace=request.namespace,
+                thread=request.thread,
+                timeout=self.longpoll_s if request.feed == "longpoll" else None,
+            )
+
+        return await self.verifier.run(pair.peer_url, pair.peer_did, page)
 
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}

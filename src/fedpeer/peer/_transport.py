@@ -1,7 +1,7 @@
 """The HTTP transport every client of a node uses (PeerClient, AdminClient).
 
 One place builds the httpx client that talks to other nodes
-(:func:`new_http_client`: timeouts, connection pool; TLS pinning belongs here),
+(:func:`new_http_client`: timeouts, connection pool, TLS pinning),
 one place sends a request and maps the answer (:class:`HttpTransport`): an
 error answer becomes the server's :class:`~fedpeer.errors.FedpeerError`
 subclass (:func:`raise_for_error`), a transport failure ``PeerUnreachable``
@@ -10,25 +10,243 @@ subclass (:func:`raise_for_error`), a transport failure ``PeerUnreachable``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ssl
+import time
+import typing
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
+import attrs
+import httpcore
 import httpx
 
-from ..errors import PeerError, PeerUnreachable, RateLimited, error_from_code
+from ..errors import PeerError, PeerUnreachable, RateLimited, TlsPinMismatch, error_from_code
 from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode
+from .tls import spki_sha256_of_der
 
-__all__ = ["CBOR", "JSON", "HttpTransport", "new_http_client", "raise_for_error"]
+__all__ = [
+    "CBOR",
+    "JSON",
+    "HttpTransport",
+    "Pin",
+    "PinStore",
+    "new_http_client",
+    "origin_of",
+    "peer_pin",
+    "pins_of",
+    "raise_for_error",
+]
 
 CBOR = "application/cbor"
 JSON = "application/json"
 
 
-def new_http_client(*, timeout: float = 30.0, connect_timeout: float = 10.0) -> httpx.AsyncClient:
+# --- TLS pinning (docs/protocol.md §6.6) ------------------------------------------------
+
+
+def origin_of(url: str | httpx.URL) -> tuple[str, int]:
+    """``(host, port)`` of an https URL as the connection pool sees it (lowercase
+    host without IPv6 brackets; port 443 when absent)."""
+    u = httpx.URL(url) if isinstance(url, str) else url
+    return u.host.lower(), u.port or (443 if u.scheme == "https" else 80)
+
+
+@attrs.frozen
+class Pin:
+    """The SPKI hashes a TLS server at one origin may present, for the DID they
+    were learnt for. ``expires_at`` (unix seconds) is the expiry of the signed
+    manifest that listed them (None: an out-of-band pin, kept until replaced)."""
+
+    did: str
+    spkis: frozenset[str]
+    expires_at: float | None = None
+    source: str = "manifest"
+
+    def fresh(self, now: float | None = None) -> bool:
+        """True while the pin may be used without re-reading the manifest."""
+        return self.expires_at is None or (time.time() if now is None else now) < self.expires_at
+
+
+@attrs.define
+class PinStore:
+    """What a pinned client knows: origin -> :class:`Pin`. An https origin with
+    no pin is verified against the system's certificate authorities (did:web
+    peers); an origin with a pin accepts exactly its SPKI hashes (did:key peers),
+    checked right after the handshake, before a request byte is written."""
+
+    _pins: dict[tuple[str, int], Pin] = attrs.field(factory=dict)
+
+    def get(self, origin: tuple[str, int]) -> Pin | None:
+        """The pin of ``origin`` (None: CA validation)."""
+        return self._pins.get(origin)
+
+    def set(self, url: str, pin: Pin) -> None:
+        """Pin the origin of ``url``."""
+        self._pins[origin_of(url)] = pin
+
+    def forget(self, url: str) -> None:
+        """Drop the pin of ``url``'s origin (the next check re-reads the manifest)."""
+        self._pins.pop(origin_of(url), None)
+
+
+_PINNED_CONTEXT: ssl.SSLContext | None = None
+
+
+def _pinned_context() -> ssl.SSLContext:
+    """TLS 1.2+, no CA chain and no host name: the SPKI pin replaces both."""
+    global _PINNED_CONTEXT
+    if _PINNED_CONTEXT is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+        _PINNED_CONTEXT = ctx
+    return _PINNED_CONTEXT
+
+
+def peer_pin(stream: object) -> str | None:
+    """The SPKI pin of the certificate on a TLS network stream (httpcore's, or a
+    response's ``extensions["network_stream"]``); None when not TLS."""
+    get = getattr(stream, "get_extra_info", None)
+    ssl_object = get("ssl_object") if get is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        return spki_sha256_of_der(der)
+    except ValueError:
+        return None
+
+
+class _PinnedStream(httpcore.AsyncNetworkStream):
+    """A TCP stream that, on ``start_tls``, applies the origin's pin."""
+
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, origin: tuple[str, int], pins: PinStore
+    ) -> None:
+        self._inner = inner
+        self._origin = origin
+        self._pins = pins
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        pin = self._pins.get(self._origin)
+        if pin is None:  # no pin: the certificate authorities (did:web, public hosts)
+            return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        tls = await self._inner.start_tls(_pinned_context(), server_hostname, timeout)
+        seen = peer_pin(tls)
+        if seen is None or seen not in pin.spkis:
+            await tls.aclose()
+            host, port = self._origin
+            raise TlsPinMismatch(
+                f"the TLS certificate at {host}:{port} (SPKI {seen}) is not the one "
+                f"{pin.did} pinned ({', '.join(sorted(pin.spkis))}, from its {pin.source}); "
+                "nothing was sent. Another machine may hold that address: check the peer "
+                "(`fedpeer id` on it) and its address"
+            )
+        return tls
+
+
+class _PinningBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's default backend, with every TLS handshake checked against ``pins``."""
+
+    def __init__(self, pins: PinStore) -> None:
+        self._inner = _auto_backend()
+        self.pins = pins
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        return _PinnedStream(stream, (host.lower(), port), self.pins)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _auto_backend() -> httpcore.AsyncNetworkBackend:
+    from httpcore._backends.auto import AutoBackend  # trio or anyio, by the running loop
+
+    return AutoBackend()
+
+
+class _PinnedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a pool whose network backend checks pins."""
+
+    def __init__(self, pins: PinStore, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_PinningBackend(pins),
+        )
+
+
+class PeerHttpClient(httpx.AsyncClient):
+    """An httpx client whose TLS connections obey :attr:`pins` (see :class:`PinStore`)."""
+
+    def __init__(self, pins: PinStore, **kwargs: typing.Any) -> None:
+        limits = kwargs.pop("limits")
+        super().__init__(transport=_PinnedTransport(pins, limits), limits=limits, **kwargs)
+        self.pins = pins
+
+
+def pins_of(client: httpx.AsyncClient) -> PinStore | None:
+    """The pin store of a client made by :func:`new_http_client` (None for any
+    other client: it can only do CA-validated TLS)."""
+    return client.pins if isinstance(client, PeerHttpClient) else None
+
+
+def new_http_client(
+    *, timeout: float = 30.0, connect_timeout: float = 10.0, pins: PinStore | None = None
+) -> httpx.AsyncClient:
     """A client for talking to other nodes: ``timeout`` per request (``connect_timeout``
-    to connect), a pool of up to 100 connections (20 kept alive). The caller closes it."""
-    return httpx.AsyncClient(
+    to connect), a pool of up to 100 connections (20 kept alive), HTTP/1.1 keep-alive.
+
+    TLS follows docs/protocol.md §6.6: an origin pinned in ``pins`` (a fresh
+    store by default, see :func:`pins_of`) accepts exactly the pinned SPKI
+    hashes, checked after the handshake and before any request byte
+    (TLS_PIN_MISMATCH otherwise); an unpinned https origin is checked against
+    the system's certificate authorities. The caller closes it."""
+    return PeerHttpClient(
+        pins if pins is not None else PinStore(),
         timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
     )

@@ -28,6 +28,7 @@ from ..identity.envelope import VerifiedDocument
 from ..identity.keys import SigningKey
 from ..sync.feed import decode_page_cbor, page_from_wire
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
+from ._pinning import check_peer
 from ._transport import CBOR, HttpTransport, raise_for_error
 from .manifest import verify_manifest
 
@@ -267,8 +268,14 @@ class PeerClient(HttpTransport):
         """Like :meth:`redeem`, also returning the issuer's whole answer (it reports
         the reverse pair of a two-way pairing under ``reverse_pair``)."""
         invite = parse_invite_url(invite_url)
+        await check_peer(
+            self._client,
+            invite.node_url,
+            invite.issuer_did,
+            oob_pins=[invite.pin] if invite.pin else (),
+            timeout=min(self.timeout, 10.0),
+        )
         issuer = PeerClient(invite.node_url, client=self._client, limits=self.limits)
-        await issuer.manifest(expected_did=invite.issuer_did)
         preview = await issuer.get_value(f"/v1/invites/{invite.invite_id}")
         check_invite_preview(preview, invite)
         body: dict[str, object] = {"holder_type": holder_type, "secret": invite.secret}
@@ -317,7 +324,9 @@ class PeerClient(HttpTransport):
         Talks to the node named in the URL (not ``base_url``; the HTTP client is
         shared, no bearer is sent). Steps: parse the URL (``MALFORMED``); fetch the
         node's manifest and require it to be signed by the URL's issuer DID
-        (``DID_MISMATCH``: a LAN impostor cannot take the redemption); fetch the
+        (``DID_MISMATCH``: a LAN impostor cannot take the redemption) and, over
+        https, the served certificate to match the URL's ``pin`` and the
+        manifest's pins (``TLS_PIN_MISMATCH``, before the secret is sent); fetch the
         public preview and verify the signed invite document; redeem as
         ``holder_type``: ``federated`` signs a fresh proof with ``holder_key``
         (holder DID = its did:key), ``guest`` sends its public key. ``label`` names

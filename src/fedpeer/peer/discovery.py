@@ -108,7 +108,8 @@ from ._mdns_txt import (
     signing_input,
     verify_txt,
 )
-from .client import PeerClient
+from ._pinning import check_peer
+from ._transport import new_http_client
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -150,6 +151,20 @@ _Event: TypeAlias = tuple[str, _Change]
 # --- manifest check ------------------------------------------------------------------
 
 
+async def _check_entry(
+    client: httpx.AsyncClient, url: str, entry: RosterEntry, timeout_s: float, now: float | None
+) -> None:
+    await check_peer(
+        client,
+        url,
+        entry.did,
+        oob_pins=[entry.tls_pin] if entry.tls_pin else (),
+        oob_source="mDNS TXT",
+        timeout=timeout_s,
+        now=now,
+    )
+
+
 async def verify_peer(
     entry: RosterEntry,
     *,
@@ -157,7 +172,10 @@ async def verify_peer(
     client: httpx.AsyncClient | None = None,
     now: float | None = None,
 ) -> CheckResult:
-    """Fetch ``entry``'s well-known manifest and check it against ``entry.did``.
+    """Fetch ``entry``'s well-known manifest and check it against ``entry.did``
+    (and, for an https entry, the served certificate against the TXT's signed
+    ``tls`` pin and the manifest's ``tls_spki_sha256``: §6.6, TLS_PIN_MISMATCH
+    makes the entry ``invalid``).
 
     Tries the entry's addresses best first (at most 4), each bounded by
     ``timeout_s``. The first manifest that verifies (signed by ``entry.did``,
@@ -175,8 +193,11 @@ async def verify_peer(
     for url in entry.urls[:_MAX_VERIFY_ADDRESSES]:
         with anyio.move_on_after(timeout_s) as scope:
             try:
-                async with PeerClient(url, client=client, timeout=timeout_s) as peer:
-                    await peer.manifest(expected_did=entry.did, now=now)
+                if client is None:
+                    async with new_http_client(timeout=timeout_s) as own:
+                        await _check_entry(own, url, entry, timeout_s, now)
+                else:
+                    await _check_entry(client, url, entry, timeout_s, now)
                 return CheckResult("verified", "", url)
             except (SignatureError, PeerInvalid, DidInvalid, Malformed, NonCanonical) as err:
                 if invalid is None:
@@ -400,6 +421,7 @@ class Discovery:
     verify_timeout_s: float = 5.0
     resolve_timeout_ms: int = 3000
     restart_max_s: float = 60.0
+    tls_pin: Callable[[], str | None] | None = None
     roster: Roster = attrs.field(init=False)
     status: DiscoveryStatus = attrs.field(init=False, default="stopped")
     last_error: str | None = attrs.field(init=False, default=None)
@@ -425,10 +447,17 @@ class Discovery:
 
     @classmethod
     def for_node(
-        cls, key: SigningKey, config: NodeConfig, *, url: str, bind_host: str
+        cls,
+        key: SigningKey,
+        config: NodeConfig,
+        *,
+        url: str,
+        bind_host: str,
+        tls_pin: Callable[[], str | None] | None = None,
     ) -> Discovery:
         """The Discovery ``open_node`` runs: handle, namespaces and interfaces from
-        ``config``, port from the node's bound ``url``."""
+        ``config``, port from the node's bound ``url``, the TLS pin announced in
+        the TXT from ``tls_pin()`` (read at each announcement, so a rotation shows)."""
         port = urllib.parse.urlsplit(url).port
         if port is None:
             raise ConfigInvalid(f"cannot tell the node's port from {url!r}")
@@ -439,6 +468,7 @@ class Discovery:
             namespaces=tuple(config.advertised_namespaces),
             interfaces=tuple(config.interfaces),
             bind_host=bind_host,
+            tls_pin=tls_pin,
         )
 
     # --- observing -----------------------------------------------------------------
@@ -578,6 +608,7 @@ class Discovery:
             seq=self._next_seq(now),
             ttl_s=self.txt_ttl_s,
             now=now,
+            tls_pin=self.tls_pin() if self.tls_pin is not None else None,
         )
         return ServiceInfo(
             SERVICE_TYPE,

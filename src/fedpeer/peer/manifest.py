@@ -9,8 +9,9 @@ DID-mismatched manifests.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -55,13 +56,16 @@ def federation_body(
     urls: list[str],
     namespaces: list[str],
     consent: Mapping[str, object],
+    tls_pins: Sequence[str] = (),
 ) -> dict[str, object]:
     """The content of the federation manifest before signing.
 
     Endpoints are paths relative to any of ``urls`` so the document does not
-    depend on scheme or on which address a client used.
+    depend on scheme or on which address a client used. ``tls_pins`` (the SPKI
+    hashes of the certificate served now and of an announced next one, §6.6)
+    become ``tls_spki_sha256``; a node serving plain HTTP has none.
     """
-    return {
+    body: dict[str, object] = {
         "type": MANIFEST_TYPE,
         "v": 1,
         "did": did,
@@ -71,6 +75,31 @@ def federation_body(
         "namespaces": list(namespaces),
         "consent": dict(consent),
     }
+    if tls_pins:
+        body["tls_spki_sha256"] = list(tls_pins)
+    return body
+
+
+_PIN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+MAX_PINS = 4
+
+
+def manifest_pins(doc: Mapping[str, object]) -> frozenset[str]:
+    """The TLS pins a verified federation manifest lists (``tls_spki_sha256``: a
+    list of 1..4 base64url SHA-256 values, §6.6); empty when absent. PeerInvalid
+    for a malformed member."""
+    raw = doc.get("tls_spki_sha256")
+    if raw is None:
+        return frozenset()
+    if (
+        not isinstance(raw, list)
+        or not 1 <= len(raw) <= MAX_PINS
+        or not all(isinstance(p, str) and _PIN_RE.fullmatch(p) for p in raw)
+    ):
+        raise PeerInvalid(
+            "the manifest's tls_spki_sha256 is not a list of 1..4 base64url SHA-256 values"
+        )
+    return frozenset(raw)
 
 
 @attrs.define

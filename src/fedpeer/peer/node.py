@@ -21,14 +21,22 @@ Files in the data dir (a contract, other tools rely on these names):
 - ``node.lock``     held (``flock``) while a node runs on the data dir, so a second
                     one fails with DATA_DIR_LOCKED naming the holder's PID
                     (:mod:`fedpeer._datadir`)
+- ``tls.key``       the TLS private key (P-256, PKCS#8 PEM), mode 0600, made on first
+                    start of a node serving HTTPS
+- ``tls.crt``       its self-signed certificate (PEM), mode 0600; its SPKI hash is
+                    ``tls_spki_sha256`` in the signed manifest (docs/protocol.md §6.6)
+- ``tls.next.key``, ``tls.next.crt``  an announced next certificate during a rotation
+                    (:class:`~fedpeer.peer.tls.TlsIdentity`)
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -57,6 +65,7 @@ from ..sync.pairs import Pair, PairFilter
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord
 from ._config import NodeConfig
 from ._pairing import PeerPageSource
+from ._pinning import PeerVerifier
 from ._state import AppState
 from ._transport import new_http_client
 from .app import build_app
@@ -70,6 +79,7 @@ from .services import (
     RecordService,
     TokenService,
 )
+from .tls import TLS_CERT_FILE, TLS_KEY_FILE, TlsIdentity
 
 log = logging.getLogger("fedpeer.node")
 
@@ -147,6 +157,30 @@ class Node:
     def did(self) -> str:
         """This node's did:key."""
         return self.key.did
+
+    @property
+    def tls(self) -> TlsIdentity | None:
+        """The TLS certificate the node serves (None: plain HTTP). Its ``pins``
+        are in the signed manifest; ``announce_next()`` / ``activate_next()``
+        rotate it (see :mod:`fedpeer.peer.tls`)."""
+        return self.state.core.tls
+
+    def announce_next_tls(self) -> str:
+        """Rotation step 1: create the next certificate and announce its pin in the
+        (re-signed) manifest before it is served; return the new pin.
+        CONFIG_INVALID for a node serving plain HTTP. Blocking file I/O (small)."""
+        return self._require_tls().announce_next().pin
+
+    def activate_next_tls(self) -> str:
+        """Rotation step 2: serve the announced certificate for new connections
+        (open ones keep theirs); return its pin. CONFIG_INVALID when none was
+        announced or the node serves plain HTTP."""
+        return self._require_tls().activate_next().pin
+
+    def _require_tls(self) -> TlsIdentity:
+        if self.state.core.tls is None:
+            raise ConfigInvalid("this node serves plain HTTP: there is no certificate to rotate")
+        return self.state.core.tls
 
     @property
     def records(self) -> RecordService:
@@ -264,11 +298,41 @@ class Node:
 # --- serving --------------------------------------------------------------------------
 
 
-def _bind(host: str, port: int, cfg: NodeConfig) -> tuple[HypercornConfig, Sockets, list[str]]:
+class _HypercornConfig(HypercornConfig):
+    """Hypercorn's config serving the node's :class:`TlsIdentity` (the files when
+    there is a data dir, the same key pair in memory otherwise), through one
+    context that a certificate rotation updates in place."""
+
+    tls: TlsIdentity | None = None
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.tls is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return None if self.tls is None else self.tls.server_context()
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(
+    host: str, port: int, cfg: NodeConfig, tls: TlsIdentity | None = None
+) -> tuple[HypercornConfig, Sockets, list[str]]:
     """Hypercorn's config and its listening sockets, bound now (StartFailed naming
     the address when the port is taken), so the URLs are known before the server
-    runs, on any backend."""
-    hconf = HypercornConfig()
+    runs, on any backend. With ``tls`` the sockets serve HTTPS."""
+    hconf = _HypercornConfig()
+    hconf.tls = tls
+    if tls is not None and tls.data_dir is not None:
+        hconf.certfile = str(tls.data_dir / TLS_CERT_FILE)
+        hconf.keyfile = str(tls.data_dir / TLS_KEY_FILE)
     hconf.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconf.graceful_timeout = cfg.graceful_timeout_s
     hconf.accesslog = None
@@ -283,12 +347,15 @@ def _bind(host: str, port: int, cfg: NodeConfig) -> tuple[HypercornConfig, Socke
             "node using that port? (pick another port)"
         ) from exc
     urls: list[str] = []
+    listening = [(s, "https") for s in sockets.secure_sockets] + [
+        (s, "http") for s in sockets.insecure_sockets
+    ]
     try:
-        for sock in sockets.insecure_sockets:
+        for sock, scheme in listening:
             sock.listen(hconf.backlog)
-            urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            urls.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
     except BaseException:
-        for sock in sockets.insecure_sockets:
+        for sock, _scheme in listening:
             sock.close()
         raise
     return hconf, sockets, urls
@@ -359,6 +426,13 @@ async def open_node(
     ``sync`` tunes the pullers (:class:`~fedpeer.sync.SyncOptions`); the stored
     pairs start pulling as the node starts (``node.pairs``).
 
+    HTTPS (``config.tls``, default: unless ``host`` is loopback): the node serves
+    its self-signed certificate (``tls.key``/``tls.crt`` in the data dir, made on
+    first start; in memory for an ephemeral node), whose pin its signed manifest
+    carries; ``node.url`` is then ``https://``. Plain HTTP off loopback needs
+    ``config.insecure_http`` (CONFIG_INVALID otherwise) and is logged as a
+    warning. Every pull first proves the peer's DID (docs/protocol.md §6.6).
+
     A node with a ``data_dir`` holds its lock (``node.lock``) while it runs: a
     second node on the same data dir, in this process or another, fails with
     DataDirLocked naming the holder's PID.
@@ -370,6 +444,13 @@ async def open_node(
     """
     cfg = config or NodeConfig()
     ddir = None if data_dir is None else Path(data_dir)
+    use_tls = cfg.tls if cfg.tls is not None else not _is_loopback_host(host)
+    if not use_tls and not _is_loopback_host(host) and not cfg.insecure_http:
+        raise ConfigInvalid(
+            f"plain HTTP on {host} would carry bearer tokens and records readable by anyone "
+            "on the network: serve HTTPS (the default), listen on 127.0.0.1, or pass "
+            "insecure_http=True (`--insecure-http`) if you really mean it"
+        )
     lock = None
     if ddir is not None:
         with anyio.CancelScope(shield=True):  # a lock taken must never be dropped unreleased
@@ -382,6 +463,11 @@ async def open_node(
                 if ddir is None
                 else await anyio.to_thread.run_sync(load_or_create_key, ddir)
             )
+        tls = (
+            await anyio.to_thread.run_sync(TlsIdentity.load_or_create, key.did, ddir)
+            if use_tls
+            else None
+        )
         if store is None:
             store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
     except BaseException:
@@ -392,14 +478,27 @@ async def open_node(
         admin_token: str | None = None
         if cfg.write_admin_token_file or ddir is None:
             admin_token = await _ensure_admin_token(store, key.did, ddir)
-        hconf, sockets, urls = _bind(host, port, cfg)
+        hconf, sockets, urls = _bind(host, port, cfg, tls)
+        if tls is None and not _is_loopback_host(host):
+            log.warning(
+                "INSECURE: serving plain HTTP on %s (--insecure-http): bearer tokens, invite "
+                "secrets and records cross the network readable by anyone on it",
+                host,
+            )
         sync_opts = sync or SyncOptions()
         http = new_http_client(timeout=30.0, connect_timeout=10.0)
-        core = NodeCore(key=key, store=store, config=cfg, limits=limits, urls=list(urls), http=http)
+        core = NodeCore(
+            key=key, store=store, config=cfg, limits=limits, urls=list(urls), http=http, tls=tls
+        )
         manager = PairManager(
             store,
             local_did=key.did,
-            source=PeerPageSource(http, longpoll_s=sync_opts.longpoll_s, limits=limits),
+            source=PeerPageSource(
+                http,
+                longpoll_s=sync_opts.longpoll_s,
+                limits=limits,
+                verifier=PeerVerifier(http),
+            ),
             limits=limits,
             options=sync_opts,
         )
@@ -424,7 +523,10 @@ async def open_node(
                 if cfg.discovery:
                     # mDNS trouble never stops the node: run() reports started at
                     # once and retries in the background; it ends on core.closing.
-                    state.discovery = Discovery.for_node(key, cfg, url=node.url, bind_host=host)
+                    pin = None if tls is None else (lambda: tls.current.pin)
+                    state.discovery = Discovery.for_node(
+                        key, cfg, url=node.url, bind_host=host, tls_pin=pin
+                    )
                     await tg.start(functools.partial(state.discovery.run, stop=core.closing))
                 yield node
             finally:

@@ -112,6 +112,7 @@ from ..errors import (
     CursorFromFuture,
     CursorInvalid,
     CursorReset,
+    DidMismatch,
     FedpeerError,
     PageInvalid,
     PairStateInvalid,
@@ -119,6 +120,7 @@ from ..errors import (
     RecordInvalid,
     ScopeForbidden,
     StoreError,
+    TlsPinMismatch,
     TokenExpired,
 )
 from ..store.base import NewRecord
@@ -340,7 +342,9 @@ class PairChanged:
 _now = _clock_ms  # the one clock helper
 
 
-_STOP_CLASSES = (AuthRequired, ScopeForbidden, ConsentDenied)
+# DID_MISMATCH / TLS_PIN_MISMATCH: another node holds the peer's address (or the
+# peer changed identity); retrying would not help and the credential must not go there.
+_STOP_CLASSES = (AuthRequired, ScopeForbidden, ConsentDenied, DidMismatch, TlsPinMismatch)
 _RESET_CLASSES = (CursorReset, CursorFromFuture, CursorInvalid)
 
 
@@ -718,6 +722,13 @@ class PullMachine:
     def _credential_message(self, err: FedpeerError) -> str:
         p = self._pair
         where = f"{p.peer_url} ({p.peer_did})"
+        if isinstance(err, (DidMismatch, TlsPinMismatch)):
+            return (
+                f"pair {p.id} stopped: the node at {p.peer_url} did not prove it is "
+                f"{p.peer_did} ({err.code}: {err.message}); the credential was not sent. If the "
+                f"peer moved, pair again from a new invite; if it is the right machine, resume "
+                f"the pair"
+            )
         if p.credential is None:
             what = (
                 f"pair {p.id} has no credential and the peer requires one. Get a token "

@@ -20,6 +20,7 @@ from ...store.base import Store
 from ...sync.records import DEFAULT_LIMITS, Limits
 from .._config import NodeConfig
 from ..manifest import ManifestSigner, capabilities, federation_body
+from ..tls import TlsIdentity
 
 __all__ = ["NodeCore"]
 
@@ -31,7 +32,8 @@ class NodeCore:
     ``urls`` are the URLs the node serves at (filled in once it listens; empty
     for an app that is not served). ``http`` is the one client the node uses to
     talk to other nodes (None: the services that need it refuse with
-    INTERNAL_ERROR). ``closing`` is set when the node shuts down, so long waits
+    INTERNAL_ERROR). ``tls`` is the served certificate (None: plain HTTP).
+    ``closing`` is set when the node shuts down, so long waits
     (longpolls, streams) end at once.
     """
 
@@ -43,6 +45,7 @@ class NodeCore:
     http: httpx.AsyncClient | None = None
     closing: anyio.Event = attrs.field(factory=anyio.Event)
     consent_revision: int = 0
+    tls: TlsIdentity | None = None
     _resolver: Resolver | None = None
     _signer: ManifestSigner | None = None
 
@@ -98,6 +101,7 @@ class NodeCore:
             urls=self.urls,
             namespaces=list(cfg.advertised_namespaces),
             consent=consent,
+            tls_pins=self.tls.pins if self.tls is not None else (),
         )
 
     async def signed_manifest(self) -> dict[str, object]:

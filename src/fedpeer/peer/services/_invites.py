@@ -150,8 +150,9 @@ class InviteService:
         core = self._core
         now = core.now_ms()
         key = core.key
+        pin = core.tls.current.pin if core.tls is not None else None
         issued = await core.store.transact(
-            lambda tx: inv.create_invite(tx, key, parsed, node_url=node_url, now_ms=now)
+            lambda tx: inv.create_invite(tx, key, parsed, node_url=node_url, now_ms=now, pin=pin)
         )
         log.info("issued invite %s (max_uses %d)", issued.invite.invite_id, parsed.max_uses)
         return InviteCreated.of(issued, now)

@@ -48,12 +48,14 @@ from ...errors import (
     PairSelf,
     PeerInvalid,
     PeerUnreachable,
+    TlsPinMismatch,
 )
 from ...store.base import StateTx
 from ...sync.manager import PairManager
 from ...sync.options import Listener, SyncOptions
 from ...sync.pairs import Pair, PairFilter, PairState
-from .._pairing import host_port, is_own_url
+from .._pairing import _is_local_host, host_port, is_own_url
+from .._pinning import check_peer
 from ..addresses import reachable_url
 from ..client import PeerClient
 from ._core import NodeCore
@@ -119,6 +121,23 @@ class PairService:
             raise InternalError("this node has no HTTP client for peers")
         return self._core.http
 
+    def _require_secure(self, url: str) -> None:
+        """Refuse plain HTTP to a peer off loopback unless the node allows it
+        (``insecure_http``): the bearer or invite secret would cross the network
+        in clear and the peer's DID could not be bound to the connection."""
+        parts = host_port(url)
+        if (
+            url.lower().startswith("http://")
+            and parts is not None
+            and not _is_local_host(parts[0])
+            and not self._core.config.insecure_http
+        ):
+            raise InvalidRequest(
+                f"{url} is plain HTTP on the network: the credential would travel readable "
+                "and unbound to the peer's DID. Use the peer's https:// URL (what `fedpeer "
+                "run` serves by default), or run both nodes with --insecure-http"
+            )
+
     # --- creating ---
 
     async def create(
@@ -136,7 +155,10 @@ class PairService:
         existing pair unchanged (``created`` False). Raises PAIR_SELF when the URL
         or the manifest's DID is this node; INVALID_REQUEST for a URL that is not
         http(s) or cannot be requested; PEER_UNREACHABLE; DID_MISMATCH when the
-        manifest is signed by another DID than ``peer_did``; PEER_INVALID when the
+        manifest is signed by another DID than ``peer_did``; TLS_PIN_MISMATCH when an
+        https peer's certificate is not the one its signed manifest pins (§6.6);
+        INVALID_REQUEST for plain HTTP off loopback without ``insecure_http``;
+        PEER_INVALID when the
         peer does not serve a valid fedpeer manifest; DID_INVALID. Blocks on one
         HTTP request (at most 10 s).
         """
@@ -156,15 +178,12 @@ class PairService:
                 f"{peer_url} is this node's own address: a node cannot pull from itself. "
                 "Use the other node's URL (check the invite or the address you typed)."
             )
+        self._require_secure(peer_url)
         try:
-            async with PeerClient(
-                peer_url,
-                client=self._core.http,
-                timeout=MANIFEST_TIMEOUT_S,
-                limits=self._core.limits,
-            ) as peer:
-                verified = await peer.manifest(expected_did=peer_did)
-        except (PeerUnreachable, DidMismatch):
+            verified = await check_peer(
+                self._http(), peer_url, peer_did, timeout=MANIFEST_TIMEOUT_S
+            )
+        except (PeerUnreachable, DidMismatch, TlsPinMismatch):
             raise
         except FedpeerError as err:
             raise PeerInvalid(
@@ -204,8 +223,15 @@ class PairService:
         if invite.issuer_did == core.did:
             raise PairSelf("this is this node's own invite; redeem it on the other device")
         http = self._http()
+        self._require_secure(invite.node_url)
+        await check_peer(
+            http,
+            invite.node_url,
+            invite.issuer_did,
+            oob_pins=[invite.pin] if invite.pin else (),
+            timeout=MANIFEST_TIMEOUT_S,
+        )
         async with PeerClient(invite.node_url, client=http, limits=core.limits) as issuer:
-            await issuer.manifest(expected_did=invite.issuer_did)
             doc = check_invite_preview(
                 await issuer.get_value(f"/v1/invites/{invite.invite_id}"), invite
             )

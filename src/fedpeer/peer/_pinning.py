@@ -1,0 +1,176 @@
+"""Checking who is at a peer URL before a credential goes there (docs/protocol.md §6.6).
+
+:func:`check_peer` fetches the peer's signed manifest (a public document: no
+bearer, no secret is sent) and requires it to be signed by the expected DID;
+over https it also requires the certificate of that very connection to be one
+the manifest (and the invite or TXT pin, when there is one) lists, then pins
+the origin in the client's :class:`~fedpeer.peer._transport.PinStore`, so every
+later connection is checked right after its handshake, before any byte of a
+request.
+
+:class:`PeerVerifier` is what a pair uses: a check cached until the manifest
+expires, dropped on any error of the pair (the next attempt checks again).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import anyio
+import attrs
+import httpx
+
+from ..errors import FedpeerError, PeerInvalid, PeerUnreachable, TlsPinMismatch
+from ..identity.canonical import dagcbor_decode, dagjson_decode
+from ..identity.envelope import VerifiedDocument
+from ._transport import CBOR, Pin, _pinned_context, peer_pin, pins_of, raise_for_error
+from .manifest import manifest_pins, verify_manifest
+
+__all__ = ["PeerVerifier", "check_peer"]
+
+_T = TypeVar("_T")
+WELL_KNOWN = "/.well-known/fedpeer"
+MAX_MANIFEST_BYTES = 256 * 1024
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise PeerInvalid(f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
+    return bytes(body)
+
+
+def _decode(response: httpx.Response, body: bytes) -> object:
+    ctype = response.headers.get("content-type", "").split(";")[0].strip()
+    return dagcbor_decode(body) if ctype == CBOR else dagjson_decode(body)
+
+
+async def check_peer(
+    client: httpx.AsyncClient,
+    base_url: str,
+    did: str | None,
+    *,
+    oob_pins: Iterable[str] = (),
+    oob_source: str = "invite",
+    timeout: float = 10.0,
+    now: float | None = None,
+) -> VerifiedDocument:
+    """Prove that ``base_url`` is served by ``did`` (any DID when None); return
+    the verified manifest.
+
+    Over https, the manifest is read over a new connection that accepts any
+    certificate but carries nothing secret; the certificate's SPKI hash must be
+    in the manifest's ``tls_spki_sha256`` and, when ``oob_pins`` is given (the
+    invite's ``pin`` or the TXT's ``tls``), in ``oob_pins`` too; every
+    out-of-band pin must be listed by the manifest. The manifest's pins then
+    pin the origin in ``client`` (for a client from ``new_http_client``) until
+    the manifest expires. Over http only the signature and the DID are checked.
+
+    Raises DID_MISMATCH (signed by another DID), TLS_PIN_MISMATCH, BAD_SIGNATURE
+    / SIGNATURE_EXPIRED, PEER_INVALID (no manifest, or an https node whose
+    manifest lists no pin), PEER_UNREACHABLE; the peer's error for an error
+    answer. Cancellable; at most ``timeout`` seconds per request.
+    """
+    url = base_url.rstrip("/") + WELL_KNOWN
+    https = base_url.lower().startswith("https://")
+    oob = frozenset(oob_pins)
+    headers = {"Accept": CBOR}
+    try:
+        if https:
+            probe = httpx.AsyncClient(
+                verify=_pinned_context(),
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+            )
+        else:
+            probe = client
+        try:
+            async with probe.stream("GET", url, headers=headers, timeout=timeout) as response:
+                seen = peer_pin(response.extensions.get("network_stream")) if https else None
+                if https and oob and seen not in oob:
+                    raise TlsPinMismatch(
+                        f"{base_url} presented a TLS certificate (SPKI {seen}) other than the "
+                        f"{oob_source} pin for {did}; nothing was sent. Another machine may hold "
+                        f"that address, or the {oob_source} is stale: ask for a new one"
+                    )
+                body = await _read_capped(response)
+                if response.status_code >= 400:
+                    response._content = body
+                    raise_for_error(response)
+        finally:
+            if probe is not client:
+                await probe.aclose()
+    except httpx.TransportError as exc:
+        raise PeerUnreachable(f"{base_url} is unreachable: {exc!r}") from exc
+    verified = verify_manifest(_decode(response, body), expected_did=did, now=now)
+    if not https:
+        return verified
+    pins = manifest_pins(verified.document)
+    if not pins:
+        raise PeerInvalid(
+            f"{base_url} serves https but its manifest (signed by {verified.did}) lists no "
+            "tls_spki_sha256: the certificate is not bound to the DID"
+        )
+    if seen not in pins:
+        raise TlsPinMismatch(
+            f"the TLS certificate at {base_url} (SPKI {seen}) is not one that {verified.did} "
+            f"signed in its manifest ({', '.join(sorted(pins))}); nothing was sent. An "
+            "impostor may be replaying that node's manifest: check the peer and its address"
+        )
+    if oob - pins:
+        raise TlsPinMismatch(
+            f"the {oob_source} pin for {verified.did} is not in its signed manifest: the "
+            f"{oob_source} is stale or forged; ask for a new one"
+        )
+    store = pins_of(client)
+    if store is not None:
+        store.set(base_url, Pin(verified.did, pins, verified.expires_at, "manifest"))
+    return verified
+
+
+@attrs.define
+class PeerVerifier:
+    """Per (URL, DID) proof that a pair talks to its peer, cached until the
+    manifest's expiry; :meth:`forget` on any error so the next attempt re-checks
+    (a TLS change, an impostor taking the address, a rotated certificate)."""
+
+    client: httpx.AsyncClient
+    timeout: float = 10.0
+    _until: dict[tuple[str, str], float] = attrs.field(factory=dict)
+
+    async def ensure(self, url: str, did: str) -> None:
+        """Check ``url`` against ``did`` unless a check is still valid.
+        Raises what :func:`check_peer` raises."""
+        key = (url.rstrip("/"), did)
+        if time.time() < self._until.get(key, 0.0):
+            return
+        with anyio.fail_after(self.timeout * 2):
+            verified = await check_peer(self.client, url, did, timeout=self.timeout)
+        self._until[key] = verified.expires_at
+
+    def forget(self, url: str, did: str) -> None:
+        """Drop the cached check of ``(url, did)`` (and the origin's pin)."""
+        self._until.pop((url.rstrip("/"), did), None)
+
+    async def run(self, url: str, did: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()`` after :meth:`ensure`; on TLS_PIN_MISMATCH (e.g. the peer
+        rotated its certificate) check again once and retry; on any error drop
+        the cached check."""
+        await self.ensure(url, did)
+        try:
+            return await call()
+        except TlsPinMismatch:
+            self.forget(url, did)
+            await self.ensure(url, did)  # a rotated certificate passes, an impostor fails
+        except (FedpeerError, OSError):
+            self.forget(url, did)
+            raise
+        try:
+            return await call()
+        except (FedpeerError, OSError):
+            self.forget(url, did)
+            raise
