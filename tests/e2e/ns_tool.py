@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 
 from fedpeer.cli.config import admin_token, read_node_url
+from fedpeer.peer.tls import local_client_context
 
 EXIT_TIMEOUT = 3
 PAGE = 10_000
@@ -57,6 +58,7 @@ def _client(data_dir: Path, timeout: float) -> httpx.Client:
         raise SystemExit(f"no node.url in {data_dir}: is the node running?")
     return httpx.Client(
         base_url=url,
+        verify=local_client_context(data_dir) or True,  # the node's own certificate: a pin
         headers={
             "Authorization": f"Bearer {admin_token(data_dir)}",
             "Accept": "application/json",

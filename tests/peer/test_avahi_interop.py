@@ -50,7 +50,8 @@ async def main() -> None:
     key = SigningKey.from_seed(bytes.fromhex(sys.argv[1]))
     cfg = NodeConfig(handle="carol")
     async with open_node(None, host="0.0.0.0", port=0, config=cfg, key=key) as node:
-        print("port", node.url.rsplit(":", 1)[1], flush=True)
+        assert node.tls is not None  # 0.0.0.0: HTTPS by default
+        print("port", node.url.rsplit(":", 1)[1], node.tls.current.pin, flush=True)
         await trio.sleep_forever()
 
 trio.run(main)
@@ -218,7 +219,7 @@ async def test_node_sees_avahi_published_services(
         did_a = str((await node_ready(node))["did"])
         assert did_a != carol_key.did
         port_line = await carol.wait_for(lambda s: s.startswith("port "), 20, "C to listen")
-        carol_port = int(port_line.split()[1])
+        carol_port, carol_pin = int(port_line.split()[1]), port_line.split()[2]
 
         async def publish(name: str, txt: dict[str, str], port: int) -> avahi.Lines:
             strings = [f"{k}={v}" for k, v in txt.items()]
@@ -238,7 +239,7 @@ async def test_node_sees_avahi_published_services(
         # What fedpeer itself would announce for C: signed by C's key.
         signed = sign_txt(
             carol_key, handle="carol", port=carol_port, capabilities=("sync",),
-            seq=int(time.time() * 1000),
+            seq=int(time.time() * 1000), tls_pin=carol_pin,
         )  # fmt: skip
         signed_pub = await publish("avahi signed", signed, carol_port)
 
@@ -270,7 +271,7 @@ async def test_node_sees_avahi_published_services(
         assert good["handle"] == "carol"
         assert good["addresses"] == [b_host.address]
         assert good["port"] == carol_port
-        assert good["url"] == f"http://{b_host.address}:{carol_port}"
+        assert good["url"] == f"https://{b_host.address}:{carol_port}"
         assert good["capabilities"] == ["sync"]
         assert good["seq"] == int(signed["seq"])
         assert isinstance(good["checked_at_ms"], int)

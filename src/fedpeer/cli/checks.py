@@ -22,6 +22,7 @@ import secrets
 import select
 import socket
 import sqlite3
+import ssl
 import stat
 import time
 from collections.abc import Sequence
@@ -32,6 +33,9 @@ import attrs
 import httpx
 
 from ..errors import FedpeerError
+from ..peer._transport import _pinned_context, peer_pin
+from ..peer.manifest import manifest_pins
+from ..peer.tls import local_client_context
 
 __all__ = [
     "MULTICAST_GROUP",
@@ -175,16 +179,27 @@ def check_lock(data_dir: Path, *, node_running: bool) -> tuple[Check, bool]:
     )
 
 
-def check_node(url: str | None, key_did: str | None, *, timeout: float = 5.0) -> tuple[Check, bool]:
+def check_node(
+    url: str | None, key_did: str | None, *, timeout: float = 5.0, data_dir: Path | None = None
+) -> tuple[Check, bool]:
     """Is a node answering at ``url``, and is it this data dir's identity?
 
     Returns the check and whether the node runs. A node that does not answer
     is not a failure (``skip``): the checks that need a stopped node run then.
+    Over https the node's certificate must be the data dir's (``tls.crt``). The
+    detail says how it serves (HTTPS with its pin, or plain HTTP, loudly when
+    ``--insecure-http`` exposes it to the network).
     """
     if url is None:
         return Check("node", "skip", "not running (no node.url and no --url)"), False
+    verify: ssl.SSLContext | bool = True
+    if data_dir is not None and url.startswith("https://"):
+        try:
+            verify = local_client_context(data_dir) or True
+        except OSError:
+            verify = True
     try:
-        r = httpx.get(url.rstrip("/") + "/health", timeout=timeout)
+        r = httpx.get(url.rstrip("/") + "/health", timeout=timeout, verify=verify)
         body = r.json()
     except httpx.HTTPError as exc:
         return Check("node", "skip", f"nothing answers at {url} ({type(exc).__name__})"), False
@@ -209,7 +224,25 @@ def check_node(url: str | None, key_did: str | None, *, timeout: float = 5.0) ->
             ),
             True,
         )
-    return Check("node", "ok", f"running at {url} as {did}"), True
+    transport = body.get("transport") if isinstance(body, dict) else None
+    how = ""
+    if isinstance(transport, dict):
+        if transport.get("scheme") == "https":
+            how = f", HTTPS (TLS pin {transport.get('tls_spki_sha256')})"
+        elif transport.get("insecure_http"):
+            return (
+                Check(
+                    "node",
+                    "FAIL",
+                    f"running at {url} as {did} over PLAIN HTTP on the network "
+                    "(--insecure-http): tokens and records travel readable",
+                    "restart it without --insecure-http (HTTPS is the default)",
+                ),
+                True,
+            )
+        else:
+            how = ", plain HTTP on loopback"
+    return Check("node", "ok", f"running at {url} as {did}{how}"), True
 
 
 def check_store_readonly(path: Path) -> Check:
@@ -386,8 +419,15 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
 
     url = peer_url.rstrip("/")
     sent = time.time()
+    seen: str | None = None
     try:
-        r = httpx.get(url + "/.well-known/fedpeer", timeout=timeout)
+        # Any certificate: the pin is checked against the signed manifest below.
+        with (
+            httpx.Client(verify=_pinned_context(), timeout=timeout) as client,
+            client.stream("GET", url + "/.well-known/fedpeer") as r,
+        ):
+            seen = peer_pin(r.extensions.get("network_stream"))
+            r.read()
     except httpx.HTTPError as exc:
         return Check(
             "clock",
@@ -408,6 +448,11 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
     try:
         verified = verify_manifest(r.json())
         note = f", manifest of {verified.did} verified"
+        if url.startswith("https://"):
+            pins = manifest_pins(verified.document)
+            note += (
+                ", TLS pin matches" if seen in pins else ", TLS pin NOT in the manifest (impostor?)"
+            )
     except FedpeerError as err:
         note = f", manifest rejected ({err.code})"
     except ValueError:

@@ -89,7 +89,7 @@ def doctor(
             url = node_url(settings, obj.url_flag)[0]
         except FedpeerError:
             url = None
-    node_check, running = d.check_node(url, did)
+    node_check, running = d.check_node(url, did, data_dir=data_dir)
     report(node_check)
     lock_check, locked = d.check_lock(data_dir, node_running=running)
     report(lock_check)

@@ -19,6 +19,8 @@ import httpx
 
 from ..errors import AuthRequired, ConfigInvalid, NodeNotRunning, PeerUnreachable, TokenInvalid
 from ..peer import AdminClient
+from ..peer._transport import new_http_client
+from ..peer.tls import local_client_context
 from .config import Settings, admin_token, load_settings, node_url
 from .params import url_cb
 
@@ -60,7 +62,9 @@ class Ctx:
         any network use; maps a node that does not answer to NodeNotRunning."""
         url, source = node_url(self.settings, self.url_flag)
         token = admin_token(self.data_dir)
-        async with AdminClient(url, token, timeout=ADMIN_TIMEOUT_S) as client:
+        ca = local_client_context(self.data_dir) if url.startswith("https://") else None
+        http = new_http_client(timeout=ADMIN_TIMEOUT_S, ca_context=ca)
+        async with http, AdminClient(url, token, client=http) as client:
             try:
                 yield client
             except PeerUnreachable as err:

@@ -141,6 +141,13 @@ def sync_options(settings: Settings) -> SyncOptions:
     default=None,
     help="Advertise and browse over mDNS [env FEDPEER_DISCOVERY; default: on].",
 )
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    default=False,
+    help="Serve plain HTTP instead of HTTPS (tokens and records then travel readable; "
+    "logged as a warning and shown by `doctor` and /health).",
+)
 @click.pass_obj
 def run(
     obj: Ctx,
@@ -149,12 +156,15 @@ def run(
     interfaces: tuple[str, ...],
     handle: str | None,
     discovery: bool | None,
+    insecure_http: bool,
 ) -> None:
     """Run a node in the foreground until SIGINT or SIGTERM.
 
-    The first run creates the identity (node.key) and an admin token
-    (admin.token), both mode 0600. While it serves, the node's URL is in
-    node.url in the data dir, which the other commands read.
+    The first run creates the identity (node.key), an admin token
+    (admin.token) and the TLS key and certificate (tls.key, tls.crt), all mode
+    0600. It serves HTTPS with that certificate, pinned by the node's DID in its
+    signed manifest (--insecure-http: plain HTTP). While it serves, the node's
+    URL is in node.url in the data dir, which the other commands read.
     """
     try:
         settings = obj.settings
@@ -162,6 +172,8 @@ def run(
             handle=handle or settings.handle or default_handle(),
             discovery=settings.discovery if discovery is None else discovery,
             interfaces=tuple(interfaces) or settings.interfaces,
+            tls=not insecure_http,
+            insecure_http=insecure_http,
             **rate_settings(settings),
         )
         sync_opts = sync_options(settings)
@@ -190,6 +202,10 @@ def run(
                         for addr in lan_addresses(cfg.interfaces)[:4]:
                             click.echo(f"lan:   {with_host(url, addr)}")
                     click.echo(f"handle: {cfg.handle}")
+                    if node.tls is not None:
+                        click.echo(f"tls:   {node.tls.current.pin} (SPKI SHA-256 pin)")
+                    else:
+                        click.echo("tls:   OFF (--insecure-http): plain HTTP", err=True)
                     if not cfg.discovery:
                         click.echo("mdns:  off")
                     elif is_loopback_host(bind_host):

@@ -31,7 +31,7 @@ from ._routes_consent import CONSENT_ROUTES
 from ._routes_discovery import MDNS_ROUTE
 from ._routes_sync import SYNC_ROUTES
 from ._routing import Ctx, Param, RouteSpec
-from .services import parse_cid
+from .services import NodeCore, parse_cid
 
 Visible = Callable[[StoredRecord], bool]
 
@@ -85,6 +85,18 @@ def _rec_json(rec: StoredRecord) -> dict[str, object]:
 # --- meta ---------------------------------------------------------------------------
 
 
+def transport_info(core: NodeCore) -> dict[str, object]:
+    """How the node serves (shown by ``/health`` and ``fedpeer doctor``): ``scheme``,
+    the served ``tls_spki_sha256`` (None over plain HTTP) and ``insecure_http``
+    (plain HTTP reachable from the network, ``--insecure-http``)."""
+    tls = core.tls
+    return {
+        "scheme": "http" if tls is None else "https",
+        "tls_spki_sha256": None if tls is None else tls.current.pin,
+        "insecure_http": tls is None and core.config.insecure_http,
+    }
+
+
 async def health(ctx: Ctx) -> Response:
     store = ctx.app.store
     body: dict[str, object] = {
@@ -92,6 +104,7 @@ async def health(ctx: Ctx) -> Response:
         "did": ctx.app.did,
         "records": await store.count(),
         "head_seq": await store.head_seq(),
+        "transport": transport_info(ctx.app.core),
     }
     if ctx.app.pairs is not None:
         body["health"] = await ctx.app.pairs.health_summary()

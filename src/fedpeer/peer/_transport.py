@@ -208,10 +208,12 @@ def _auto_backend() -> httpcore.AsyncNetworkBackend:
 class _PinnedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over a pool whose network backend checks pins."""
 
-    def __init__(self, pins: PinStore, limits: httpx.Limits) -> None:
+    def __init__(
+        self, pins: PinStore, limits: httpx.Limits, ca_context: ssl.SSLContext | None
+    ) -> None:
         super().__init__(limits=limits)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=ca_context if ca_context is not None else httpx.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -222,9 +224,13 @@ class _PinnedTransport(httpx.AsyncHTTPTransport):
 class PeerHttpClient(httpx.AsyncClient):
     """An httpx client whose TLS connections obey :attr:`pins` (see :class:`PinStore`)."""
 
-    def __init__(self, pins: PinStore, **kwargs: typing.Any) -> None:
+    def __init__(
+        self, pins: PinStore, ca_context: ssl.SSLContext | None = None, **kwargs: typing.Any
+    ) -> None:
         limits = kwargs.pop("limits")
-        super().__init__(transport=_PinnedTransport(pins, limits), limits=limits, **kwargs)
+        super().__init__(
+            transport=_PinnedTransport(pins, limits, ca_context), limits=limits, **kwargs
+        )
         self.pins = pins
 
 
@@ -235,7 +241,11 @@ def pins_of(client: httpx.AsyncClient) -> PinStore | None:
 
 
 def new_http_client(
-    *, timeout: float = 30.0, connect_timeout: float = 10.0, pins: PinStore | None = None
+    *,
+    timeout: float = 30.0,
+    connect_timeout: float = 10.0,
+    pins: PinStore | None = None,
+    ca_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """A client for talking to other nodes: ``timeout`` per request (``connect_timeout``
     to connect), a pool of up to 100 connections (20 kept alive), HTTP/1.1 keep-alive.
@@ -244,9 +254,12 @@ def new_http_client(
     store by default, see :func:`pins_of`) accepts exactly the pinned SPKI
     hashes, checked after the handshake and before any request byte
     (TLS_PIN_MISMATCH otherwise); an unpinned https origin is checked against
-    the system's certificate authorities. The caller closes it."""
+    the system's certificate authorities, or ``ca_context`` when given (the CLI
+    passes :func:`~fedpeer.peer.tls.local_client_context`: its own node's
+    certificate). The caller closes it."""
     return PeerHttpClient(
         pins if pins is not None else PinStore(),
+        ca_context,
         timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
     )

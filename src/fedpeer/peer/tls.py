@@ -50,6 +50,7 @@ __all__ = [
     "TLS_NEXT_KEY_FILE",
     "TlsCert",
     "TlsIdentity",
+    "local_client_context",
     "spki_sha256",
     "spki_sha256_of_der",
 ]
@@ -164,6 +165,27 @@ def _read_pair(ddir: Path, key_name: str, cert_name: str) -> TlsCert | None:
 def _write_pair(ddir: Path, key_name: str, cert_name: str, cert: TlsCert) -> None:
     write_private(ddir / key_name, cert.key_pem)
     write_private(ddir / cert_name, cert.cert_pem)
+
+
+def local_client_context(data_dir: Path) -> ssl.SSLContext | None:
+    """For the operator's own tools (CLI, scripts) talking to the node of
+    ``data_dir``: a client context that trusts exactly that node's certificate
+    files (``tls.crt`` and a pending ``tls.next.crt``), no certificate authority
+    and no host name (the files are the pin). None when the data dir has no
+    certificate (the node serves plain HTTP). Blocking; raises OSError."""
+    pems = [
+        (data_dir / name).read_bytes()
+        for name in (TLS_CERT_FILE, TLS_NEXT_CERT_FILE)
+        if (data_dir / name).exists()
+    ]
+    if not pems:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=b"\n".join(pems).decode("ascii"))
+    return ctx
 
 
 @attrs.define(eq=False)
