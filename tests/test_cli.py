@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from fedpeer.cli import EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_START, EXIT_USAGE, cli
 from fedpeer.cli.config import load_settings, save_handle
 from fedpeer.errors import ConfigInvalid
+from fedpeer.peer import local_client_context
 
 
 @pytest.fixture(autouse=True)
@@ -258,12 +259,15 @@ def test_run_serves_writes_node_url_and_stops_on_a_signal(tmp_path: Path, signum
         assert lines["mdns"] == "off"
         url = lines["url"]
         assert (tmp_path / "node.url").read_text().strip() == url
-        r = httpx.get(url + "/health", timeout=10)
+        r = httpx.get(url + "/health", timeout=10, verify=local_client_context(tmp_path) or True)
         assert r.json()["did"] == lines["did"]
         token = (tmp_path / "admin.token").read_text().strip()
         assert (tmp_path / "admin.token").stat().st_mode & 0o777 == 0o600
         r = httpx.get(
-            url + "/v1/service-accounts", headers={"Authorization": f"Bearer {token}"}, timeout=10
+            url + "/v1/service-accounts",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+            verify=local_client_context(tmp_path) or True,
         )
         assert r.status_code == 200
         # without --url, the CLI finds the node through node.url

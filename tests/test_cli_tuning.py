@@ -19,7 +19,7 @@ from fedpeer.cli.config import load_settings
 from fedpeer.cli.node import rate_settings as _rate_settings
 from fedpeer.cli.node import sync_options as _sync_options
 from fedpeer.errors import ConfigInvalid
-from fedpeer.peer import NodeConfig
+from fedpeer.peer import NodeConfig, local_client_context
 from fedpeer.sync.backoff import DEFAULT_BACKOFF
 from fedpeer.sync.options import SyncOptions
 
@@ -106,7 +106,9 @@ def test_run_applies_the_rate_settings(tmp_path: Path) -> None:
             if line.startswith("url:"):
                 url = line.split(":", 1)[1].strip()
         assert url, "the node did not start"
-        with httpx.Client(base_url=url, timeout=10) as http:
+        with httpx.Client(
+            base_url=url, timeout=10, verify=local_client_context(tmp_path) or True
+        ) as http:
             codes = [http.get("/health").status_code for _ in range(4)]
             first = http.get("/v1/capabilities")
         assert codes == [200, 200, 200, 429]

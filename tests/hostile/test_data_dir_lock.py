@@ -20,7 +20,7 @@ import pytest
 from fedpeer._datadir import LOCK_FILE, lock_holder
 from fedpeer.cli import EXIT_LOCKED
 from fedpeer.errors import DataDirLocked
-from fedpeer.peer import open_node
+from fedpeer.peer import local_client_context, open_node
 
 WAIT_S = 30.0
 
@@ -124,7 +124,9 @@ def test_second_run_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(
 
     # the first node's node.url is intact and it still serves, as the same identity
     assert (tmp_path / "node.url").read_text().strip() == url
-    health = httpx.get(url + "/health", timeout=10).json()
+    health = httpx.get(
+        url + "/health", timeout=10, verify=local_client_context(tmp_path) or True
+    ).json()
     assert health["did"] == lines["did"]
 
     # operator commands work while it runs (they do not take the lock)

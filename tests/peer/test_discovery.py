@@ -159,8 +159,13 @@ def test_tampered_signature_and_added_keys_are_refused() -> None:
         verify_txt(dict(txt, sig=txt["sig"] + "="), now=NOW)
     with pytest.raises(BadSignature):  # an unsigned extra key
         verify_txt(dict(txt, url="http://evil.example"), now=NOW)
-    signed_extra = resign(dict(txt, tls="abc"))
-    assert verify_txt(signed_extra, now=NOW).extra == (("tls", "abc"),)
+    signed_extra = resign(dict(txt, zz="abc"))
+    assert verify_txt(signed_extra, now=NOW).extra == (("zz", "abc"),)
+    # ``tls`` is known (§6.6): a signed pin must have the pin's shape
+    with pytest.raises(Malformed, match="tls"):
+        verify_txt(resign(dict(txt, tls="abc")), now=NOW)
+    pinned = verify_txt(resign(dict(txt, tls="P" * 43)), now=NOW)
+    assert pinned.tls_pin == "P" * 43
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,10 @@ from starlette.routing import Route
 from fedpeer.consent import tokens
 from fedpeer.errors import DidMismatch, PairSelf, PeerUnreachable
 from fedpeer.identity.canonical import CID, cid_for_dagcbor, dagcbor_encode
+from fedpeer.identity.envelope import sign_document
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import Node, NodeConfig, open_node
+from fedpeer.peer.manifest import federation_body
 from fedpeer.store.base import StateTx, Store
 from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.feed import Cursor
@@ -422,7 +424,20 @@ class FakeSource:
         ]
         self.mode: str | None = None
         self.requests = 0
-        self.app = Starlette(routes=[Route("/v1/sync/changes", self.changes)])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/sync/changes", self.changes),
+                Route("/.well-known/fedpeer", self.well_known),
+            ]
+        )
+
+    async def well_known(self, request: Request) -> Response:
+        """A manifest signed by the source's key: pullers prove the DID first (§6.6)."""
+        body = federation_body(
+            did=self.key.did, handle="fake", urls=[], namespaces=[], consent={"revision": 0}
+        )
+        signed = sign_document(body, self.key, ttl_s=3600)
+        return JSONResponse({"capabilities_manifest": {}, "federation_manifest": signed})
 
     def bad_item(self) -> dict[str, object]:
         good = self.records[6]

@@ -94,7 +94,9 @@ class Impostor:
 
 async def _well_known(node: Node) -> dict[str, object]:
     async with httpx.AsyncClient(verify=_trust(node)) as http:
-        r = await http.get(node.url + "/.well-known/fedpeer", headers={"Accept": "application/json"})
+        r = await http.get(
+            node.url + "/.well-known/fedpeer", headers={"Accept": "application/json"}
+        )
     r.raise_for_status()
     return dict(r.json())
 
@@ -169,21 +171,25 @@ async def test_first_start_makes_tls_files_0600_and_pins_them_in_the_manifest(
             "insecure_http": False,
         }
     async with open_node(tmp_path, config=TLS) as again:  # same certificate after a restart
-        assert again.tls is not None and again.tls.current.pin == pin
+        assert again.tls is not None
+        assert again.tls.current.pin == pin
 
 
 async def test_plain_http_off_loopback_needs_insecure_http() -> None:
     from fedpeer.errors import ConfigInvalid
 
     with pytest.raises(ConfigInvalid, match="insecure_http"):
-        async with open_node(host="0.0.0.0", port=0, config=NodeConfig(tls=False)):  # noqa: S104
+        async with open_node(host="0.0.0.0", port=0, config=NodeConfig(tls=False)):
             pass
     async with open_node(config=NodeConfig()) as loop_node:  # loopback default: plain HTTP
-        assert loop_node.url.startswith("http://") and loop_node.tls is None
+        assert loop_node.url.startswith("http://")
+        assert loop_node.tls is None
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-async def test_curl_pinnedpubkey_accepts_the_manifest_pin_only(two_https: tuple[Node, Node]) -> None:
+async def test_curl_pinnedpubkey_accepts_the_manifest_pin_only(
+    two_https: tuple[Node, Node],
+) -> None:
     """An independent client (curl --pinnedpubkey) checks the served certificate
     against the pin in the signed manifest (§6.6)."""
     node, _ = two_https
@@ -224,7 +230,9 @@ async def test_pair_from_invite_and_sync_over_https(two_https: tuple[Node, Node]
     b_pins = pins_of(b.http)
     assert b_pins is not None
     pin = b_pins.get(origin_of(a.url))
-    assert pin is not None and pin.did == a.did and a.tls.current.pin in pin.spkis
+    assert pin is not None
+    assert pin.did == a.did
+    assert a.tls.current.pin in pin.spkis
 
 
 async def test_invite_with_a_wrong_pin_is_refused_before_the_secret(
@@ -324,7 +332,10 @@ async def test_plain_http_impostor_on_loopback_is_did_mismatch_without_the_token
         body = federation_body(
             did=mallory.did, handle="m", urls=[], namespaces=[], consent={"revision": 0}
         )
-        fake = {"capabilities_manifest": {}, "federation_manifest": sign_document(body, mallory, ttl_s=3600)}
+        fake = {
+            "capabilities_manifest": {},
+            "federation_manifest": sign_document(body, mallory, ttl_s=3600),
+        }
         impostor = Impostor(dagjson_encode(fake))
 
         async def serve_plain(*, task_status: anyio.abc.TaskStatus[int]) -> None:
@@ -337,7 +348,8 @@ async def test_plain_http_impostor_on_loopback_is_did_mismatch_without_the_token
             await b.pairs.kick(pair.id)
             stopped = await _wait_pair(b, pair.id, lambda p: p.state is PairState.STOPPED)
             tg.cancel_scope.cancel()
-    assert stopped.last_error is not None and stopped.last_error.code == "DID_MISMATCH"
+    assert stopped.last_error is not None
+    assert stopped.last_error.code == "DID_MISMATCH"
     assert pair.credential.encode() not in bytes(impostor.received)
     assert impostor.requested.is_set()
 
@@ -353,7 +365,8 @@ async def test_manifest_with_a_wrong_pin_is_refused() -> None:
         did=key.did, handle="x", urls=[], namespaces=[], consent={}, tls_pins=[other.pin]
     )
     impostor = Impostor(
-        {"capabilities_manifest": {}, "federation_manifest": sign_document(body, key, ttl_s=3600)}, served
+        {"capabilities_manifest": {}, "federation_manifest": sign_document(body, key, ttl_s=3600)},
+        served,
     )
     async with anyio.create_task_group() as tg:
         port = await tg.start(impostor.serve, 0)
@@ -368,7 +381,10 @@ async def test_manifest_with_a_wrong_pin_is_refused() -> None:
                 did=key.did, handle="x", urls=[], namespaces=[], consent={}, tls_pins=[served.pin]
             )
             impostor.body = json.dumps(
-                {"capabilities_manifest": {}, "federation_manifest": sign_document(good, key, ttl_s=3600)}
+                {
+                    "capabilities_manifest": {},
+                    "federation_manifest": sign_document(good, key, ttl_s=3600),
+                }
             ).encode()
             verified = await check_peer(http, f"https://127.0.0.1:{port}", key.did)
             assert manifest_pins(verified.document) == {served.pin}
@@ -403,7 +419,8 @@ async def test_txt_with_a_wrong_pin_is_invalid(two_https: tuple[Node, Node]) -> 
         ),
         timeout_s=10,
     )
-    assert bad.status == "invalid" and "TLS_PIN_MISMATCH" in bad.reason
+    assert bad.status == "invalid"
+    assert "TLS_PIN_MISMATCH" in bad.reason
 
 
 # --- rotation -------------------------------------------------------------------------
@@ -429,13 +446,16 @@ async def test_rotation_keeps_a_pair_syncing(tmp_path: Path) -> None:
         b_pins = pins_of(b.http)
         assert b_pins is not None
         before = b_pins.get(origin_of(a.url))
-        assert before is not None and new not in before.spkis
+        assert before is not None
+        assert new not in before.spkis
         await b.pairs.kick(pair.id)  # drop the open longpoll: a new connection follows
         for i in range(1, 4):
             await a.append(namespace="n", thread="t", kind="k", body={"i": i})
         done = await _wait_pair(b, pair.id, lambda p: p.stats.records >= 4)
         assert done.state is not PairState.STOPPED
         after = b_pins.get(origin_of(a.url))
-        assert after is not None and after.spkis == {new}
+        assert after is not None
+        assert after.spkis == {new}
     async with open_node(tmp_path / "a", config=TLS) as again:  # the rotation persisted
-        assert again.tls is not None and again.tls.current.pin == new
+        assert again.tls is not None
+        assert again.tls.current.pin == new

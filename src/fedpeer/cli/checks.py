@@ -33,9 +33,7 @@ import attrs
 import httpx
 
 from ..errors import FedpeerError
-from ..peer._transport import _pinned_context, peer_pin
-from ..peer.manifest import manifest_pins
-from ..peer.tls import local_client_context
+from ..peer import local_client_context, manifest_pins, peer_pin, pinned_context
 
 __all__ = [
     "MULTICAST_GROUP",
@@ -228,7 +226,7 @@ def check_node(
     how = ""
     if isinstance(transport, dict):
         if transport.get("scheme") == "https":
-            how = f", HTTPS (TLS pin {transport.get('tls_spki_sha256')})"
+            how = f" over HTTPS (TLS pin {transport.get('tls_spki_sha256')})"
         elif transport.get("insecure_http"):
             return (
                 Check(
@@ -241,8 +239,8 @@ def check_node(
                 True,
             )
         else:
-            how = ", plain HTTP on loopback"
-    return Check("node", "ok", f"running at {url} as {did}{how}"), True
+            how = " over plain HTTP on loopback"
+    return Check("node", "ok", f"running{how} at {url} as {did}"), True
 
 
 def check_store_readonly(path: Path) -> Check:
@@ -423,7 +421,7 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
     try:
         # Any certificate: the pin is checked against the signed manifest below.
         with (
-            httpx.Client(verify=_pinned_context(), timeout=timeout) as client,
+            httpx.Client(verify=pinned_context(), timeout=timeout) as client,
             client.stream("GET", url + "/.well-known/fedpeer") as r,
         ):
             seen = peer_pin(r.extensions.get("network_stream"))

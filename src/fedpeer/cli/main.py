@@ -18,9 +18,7 @@ import click
 import httpx
 
 from ..errors import AuthRequired, ConfigInvalid, NodeNotRunning, PeerUnreachable, TokenInvalid
-from ..peer import AdminClient
-from ..peer._transport import new_http_client
-from ..peer.tls import local_client_context
+from ..peer import AdminClient, local_client_context, new_http_client
 from .config import Settings, admin_token, load_settings, node_url
 from .params import url_cb
 

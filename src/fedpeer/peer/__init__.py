@@ -11,6 +11,12 @@ from .._datadir import LOCK_FILE as LOCK_FILE
 from .._datadir import LockHolder as LockHolder
 from .._datadir import lock_holder as lock_holder
 from ._config import NodeConfig as NodeConfig
+from ._pinning import check_peer as check_peer
+from ._transport import Pin as Pin
+from ._transport import PinStore as PinStore
+from ._transport import new_http_client as new_http_client
+from ._transport import peer_pin as peer_pin
+from ._transport import pinned_context as pinned_context
 from .admin import AdminClient as AdminClient
 from .client import ChangesResult as ChangesResult
 from .client import PeerClient as PeerClient
@@ -19,6 +25,7 @@ from .discovery import Discovery as Discovery
 from .discovery import Roster as Roster
 from .discovery import RosterEntry as RosterEntry
 from .discovery import verify_peer as verify_peer
+from .manifest import manifest_pins as manifest_pins
 from .manifest import verify_manifest as verify_manifest
 from .node import ADMIN_TOKEN_FILE as ADMIN_TOKEN_FILE
 from .node import KEY_FILE as KEY_FILE
@@ -37,12 +44,25 @@ from .services import RecordService as RecordService
 from .services import RecordsPage as RecordsPage
 from .services import RotatedToken as RotatedToken
 from .services import TokenService as TokenService
+from .tls import TLS_CERT_FILE as TLS_CERT_FILE
+from .tls import TLS_KEY_FILE as TLS_KEY_FILE
+from .tls import TLS_NEXT_CERT_FILE as TLS_NEXT_CERT_FILE
+from .tls import TLS_NEXT_KEY_FILE as TLS_NEXT_KEY_FILE
+from .tls import TlsCert as TlsCert
+from .tls import TlsIdentity as TlsIdentity
+from .tls import local_client_context as local_client_context
+from .tls import spki_sha256 as spki_sha256
+from .tls import spki_sha256_of_der as spki_sha256_of_der
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
     "KEY_FILE",
     "LOCK_FILE",
     "STORE_FILE",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "TLS_NEXT_CERT_FILE",
+    "TLS_NEXT_KEY_FILE",
     "AdminClient",
     "ChangesResult",
     "Discovery",
@@ -57,6 +77,8 @@ __all__ = [
     "PairService",
     "PairStatus",
     "PeerClient",
+    "Pin",
+    "PinStore",
     "RecordEntry",
     "RecordService",
     "RecordsPage",
@@ -64,9 +86,19 @@ __all__ = [
     "RosterEntry",
     "RotatedToken",
     "StreamEvent",
+    "TlsCert",
+    "TlsIdentity",
     "TokenService",
+    "check_peer",
+    "local_client_context",
     "lock_holder",
+    "manifest_pins",
+    "new_http_client",
     "open_node",
+    "peer_pin",
+    "pinned_context",
+    "spki_sha256",
+    "spki_sha256_of_der",
     "verify_manifest",
     "verify_peer",
 ]

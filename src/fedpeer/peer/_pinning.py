@@ -25,7 +25,7 @@ import httpx
 from ..errors import FedpeerError, PeerInvalid, PeerUnreachable, TlsPinMismatch
 from ..identity.canonical import dagcbor_decode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
-from ._transport import CBOR, Pin, _pinned_context, peer_pin, pins_of, raise_for_error
+from ._transport import CBOR, Pin, peer_pin, pinned_context, pins_of, raise_for_error
 from .manifest import manifest_pins, verify_manifest
 
 __all__ = ["PeerVerifier", "check_peer"]
@@ -82,7 +82,7 @@ async def check_peer(
     try:
         if https:
             probe = httpx.AsyncClient(
-                verify=_pinned_context(),
+                verify=pinned_context(),
                 timeout=timeout,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
             )

@@ -34,6 +34,7 @@ __all__ = [
     "new_http_client",
     "origin_of",
     "peer_pin",
+    "pinned_context",
     "pins_of",
     "raise_for_error",
 ]
@@ -93,7 +94,7 @@ class PinStore:
 _PINNED_CONTEXT: ssl.SSLContext | None = None
 
 
-def _pinned_context() -> ssl.SSLContext:
+def pinned_context() -> ssl.SSLContext:
     """TLS 1.2+, no CA chain and no host name: the SPKI pin replaces both."""
     global _PINNED_CONTEXT
     if _PINNED_CONTEXT is None:
@@ -153,7 +154,7 @@ class _PinnedStream(httpcore.AsyncNetworkStream):
         pin = self._pins.get(self._origin)
         if pin is None:  # no pin: the certificate authorities (did:web, public hosts)
             return await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        tls = await self._inner.start_tls(_pinned_context(), server_hostname, timeout)
+        tls = await self._inner.start_tls(pinned_context(), server_hostname, timeout)
         seen = peer_pin(tls)
         if seen is None or seen not in pin.spkis:
             await tls.aclose()

@@ -463,13 +463,13 @@ async def open_node(
                 if ddir is None
                 else await anyio.to_thread.run_sync(load_or_create_key, ddir)
             )
+        if store is None:
+            store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
         tls = (
             await anyio.to_thread.run_sync(TlsIdentity.load_or_create, key.did, ddir)
             if use_tls
             else None
         )
-        if store is None:
-            store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
     except BaseException:
         if lock is not None:
             lock.release()

@@ -163,8 +163,14 @@ def _read_pair(ddir: Path, key_name: str, cert_name: str) -> TlsCert | None:
 
 
 def _write_pair(ddir: Path, key_name: str, cert_name: str, cert: TlsCert) -> None:
-    write_private(ddir / key_name, cert.key_pem)
-    write_private(ddir / cert_name, cert.cert_pem)
+    try:
+        write_private(ddir / key_name, cert.key_pem)
+        write_private(ddir / cert_name, cert.cert_pem)
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot write the TLS key pair {ddir / key_name}: {exc.strerror or exc}; make room "
+            "(or fix the permissions) and start again"
+        ) from exc
 
 
 def local_client_context(data_dir: Path) -> ssl.SSLContext | None:
