@@ -29,17 +29,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import httpx
 import trio
 
 from fedpeer.consent import grants, tokens
 from fedpeer.consent.grants import Target
 from fedpeer.identity import SigningKey
-from fedpeer.peer import NodeConfig, PeerClient, open_node
+from fedpeer.peer import NodeConfig, PeerClient, check_peer, open_node
 from fedpeer.store import SQLiteStore, StateTx
 from fedpeer.sync import build_record, page_from_wire
 
 IDLE_TARGET = 0.90
+
+
+TLS_TARGET = 0.85
 
 
 def pct(values: list[float], q: float) -> float:
@@ -86,6 +90,8 @@ async def scan_direct(path: Path) -> tuple[int, float]:
 
 async def pull(url: str, token: str, verify: bool) -> tuple[int, int, float]:
     async with PeerClient(url, token=token) as peer:
+        if url.startswith("https://"):  # learn the pin from the signed manifest (§6.6)
+            await check_peer(peer.client, url, None)
         t0 = time.perf_counter()
         cursor: str | None = None
         seen, nbytes = 0, 0
@@ -262,7 +268,7 @@ async def main() -> int:
         t0 = time.perf_counter()
         await fill(data / "store.sqlite3", args.records)
         print(f"filled {args.records:,} signed records in {time.perf_counter() - t0:.1f} s")
-        direct, raw_rates, verified_rates, mbs = [], [], [], []
+        direct, raw_rates, verified_rates, mbs, tls_rates = [], [], [], [], []
         cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
         for _ in range(args.rounds):
             n, dt = await scan_direct(data / "store.sqlite3")
@@ -278,11 +284,22 @@ async def main() -> int:
                 n, _, dt = await pull(node.url, token, verify=True)
                 assert n == args.records
                 verified_rates.append(n / dt)
+            # the same pull over HTTPS (pinned TLS, keep-alive), same round (issue 11)
+            async with open_node(data, config=attrs.evolve(cfg, tls=True)) as node:
+                assert node.admin_token_path is not None
+                token = node.admin_token_path.read_text().strip()
+                n, _, dt = await pull(node.url, token, verify=False)
+                assert n == args.records
+                tls_rates.append(n / dt)
         d, r, v, m = (statistics.median(x) for x in (direct, raw_rates, verified_rates, mbs))
         print(f"direct store scan            median {d:>10,.0f} records/s")
         print(f"PeerClient pull (decode)     median {r:>10,.0f} records/s  {m:.1f} MB/s")
         print(f"PeerClient pull (verified)   median {v:>10,.0f} records/s")
         print(f"ratio pull/direct scan: {r / d:.2f} (decode only), {v / d:.2f} (verified)")
+        t = statistics.median(tls_rates)
+        ok = "OK" if t / r >= TLS_TARGET else "BELOW TARGET"
+        print(f"PeerClient pull over HTTPS   median {t:>10,.0f} records/s (decode)")
+        print(f"ratio HTTPS/HTTP pull: {t / r:.2f}   target >= {TLS_TARGET}: {ok}")
     lat = await longpoll_latency(args.appends)
     print(
         f"longpoll wake-up latency over {len(lat)} appends: "

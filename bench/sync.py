@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import nacl.signing
 import trio
 
@@ -50,6 +51,7 @@ from fedpeer.sync.records import build_record
 RATIO_TARGET = 0.8
 RSS_TARGET_MB = 200.0
 P50_TARGET_MS = 50.0
+TLS_RATIO_TARGET = 0.85
 FAST_A = NodeConfig(rate_per_s=1_000_000, rate_burst=1_000_000)
 
 
@@ -196,64 +198,70 @@ async def parent_main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fedpeer-bench-") as tmp:
         a_dir = Path(tmp) / "a"
         a_dir.mkdir()
-        async with open_node(a_dir, key=key, config=FAST_A) as a:
-            for i in range(0, n, 5000):
-                chunk = recs[i : i + 5000]
+        # The same store served over plain HTTP, then over HTTPS (pinned TLS), in
+        # this run: the ratio says whether TLS is the bottleneck (issue 11).
+        by_mode: dict[str, list[float]] = {"http": [], "https": []}
+        for tls in (False, True):
+            mode = "https" if tls else "http"
+            async with open_node(a_dir, key=key, config=attrs.evolve(FAST_A, tls=tls)) as a:
+                for i in range(0, n if not tls else 0, 5000):
+                    chunk = recs[i : i + 5000]
 
-                def commit(tx: StateTx, chunk: list = chunk) -> None:  # type: ignore[type-arg]
-                    tx.put_records(chunk)
+                    def commit(tx: StateTx, chunk: list = chunk) -> None:  # type: ignore[type-arg]
+                        tx.put_records(chunk)
 
-                await a.store.transact(commit)
-            assert a.admin_token_path is not None
-            token = a.admin_token_path.read_text().strip()
-            raw.append(raw_verify_rate())
-            for run in range(args.runs):
-                b_dir = Path(tmp) / f"b{run}"
-                proc = await trio.lowlevel.open_process(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--child",
-                        str(b_dir),
-                        a.url,
-                        token,
-                        str(n),
-                        str(args.page_limit),
-                    ],
-                    stdout=subprocess.PIPE,
-                )
-                child = Child(proc)
-                try:
-                    async with trio.open_nursery() as watch:
-                        watch.start_soon(watch_workers, proc.pid, worker_hwms)
-                        with trio.fail_after(600):
-                            ev = await child.next_event()
-                        watch.cancel_scope.cancel()
-                    if ev["event"] != "synced" or ev["records"] != n:
-                        raise RuntimeError(f"node B did not sync everything: {ev}")
-                    seconds = float(str(ev["seconds"]))
-                    rates.append(n / seconds)
-                    hwms.append(int(str(ev["hwm_kb"])) / 1024)
-                    print(
-                        f"  run {run + 1}: {n / seconds:,.0f} records/s "
-                        f"({seconds:.2f} s), B peak RSS {hwms[-1]:.0f} MB"
+                    await a.store.transact(commit)
+                assert a.admin_token_path is not None
+                token = a.admin_token_path.read_text().strip()
+                raw.append(raw_verify_rate())
+                for run in range(args.runs):
+                    b_dir = Path(tmp) / f"b{mode}{run}"
+                    proc = await trio.lowlevel.open_process(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--child",
+                            str(b_dir),
+                            a.url,
+                            token,
+                            str(n),
+                            str(args.page_limit),
+                        ],
+                        stdout=subprocess.PIPE,
                     )
-                    if run == args.runs - 1:
-                        seq = n
-                        for i in range(args.appends):
-                            t_append = time.monotonic()
-                            await a.append(namespace="app/live", thread="t", kind="k", body=i)
-                            seq += 1
-                            with trio.fail_after(30):
-                                while True:
-                                    ev = await child.next_event()
-                                    if ev["event"] == "page" and int(str(ev["seq"])) >= seq:
-                                        break
-                            latencies.append((float(str(ev["t"])) - t_append) * 1000)
-                finally:
-                    await child.stop()
+                    child = Child(proc)
+                    try:
+                        async with trio.open_nursery() as watch:
+                            watch.start_soon(watch_workers, proc.pid, worker_hwms)
+                            with trio.fail_after(600):
+                                ev = await child.next_event()
+                            watch.cancel_scope.cancel()
+                        if ev["event"] != "synced" or ev["records"] != n:
+                            raise RuntimeError(f"node B did not sync everything: {ev}")
+                        seconds = float(str(ev["seconds"]))
+                        by_mode[mode].append(n / seconds)
+                        rates.append(n / seconds)
+                        hwms.append(int(str(ev["hwm_kb"])) / 1024)
+                        print(
+                            f"  {mode} run {run + 1}: {n / seconds:,.0f} records/s "
+                            f"({seconds:.2f} s), B peak RSS {hwms[-1]:.0f} MB"
+                        )
+                        if run == args.runs - 1 and tls:
+                            seq = n
+                            for i in range(args.appends):
+                                t_append = time.monotonic()
+                                await a.append(namespace="app/live", thread="t", kind="k", body=i)
+                                seq += 1
+                                with trio.fail_after(30):
+                                    while True:
+                                        ev = await child.next_event()
+                                        if ev["event"] == "page" and int(str(ev["seq"])) >= seq:
+                                            break
+                                latencies.append((float(str(ev["t"])) - t_append) * 1000)
+                    finally:
+                        await child.stop()
     raw_med = statistics.median(raw)
-    rate_med = statistics.median(rates)
+    rate_med = statistics.median(by_mode["https"])
     ratio = rate_med / raw_med
     print()
     print(f"  end-to-end           median {rate_med:>10,.0f} records/s   ({fmt(rates, '')})")
@@ -261,6 +269,11 @@ async def parent_main(args: argparse.Namespace) -> None:
     print(
         f"  ratio                       {ratio:>10.2f}   (target >= {RATIO_TARGET}, "
         f"aim > 1.0) {'OK' if ratio >= RATIO_TARGET else 'BELOW TARGET'}"
+    )
+    tls_ratio = statistics.median(by_mode["https"]) / statistics.median(by_mode["http"])
+    print(
+        f"  HTTPS / HTTP         ratio {tls_ratio:>9.2f}   (same run; target >= "
+        f"{TLS_RATIO_TARGET}) {'OK' if tls_ratio >= TLS_RATIO_TARGET else 'BELOW TARGET'}"
     )
     hwm_med = statistics.median(hwms)
     print(
