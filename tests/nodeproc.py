@@ -142,8 +142,8 @@ class RunningNode:
 
     @property
     def lan_url(self) -> str:
-        """``http://<namespace address>:<port>``."""
-        return f"http://{self.host.address}:{self.port}"
+        """``https://<namespace address>:<port>`` (``fedpeer run`` serves HTTPS)."""
+        return f"https://{self.host.address}:{self.port}"
 
     def wait_ready(self, timeout: float = WAIT_S) -> RunningNode:
         """Wait until the node printed its start-up lines; return self.

@@ -45,10 +45,10 @@ def test_peers_invite_and_two_way_pair_across_a_lan(
 ) -> None:
     a, b = two_hosts
     assert a.lines["mdns"] == "on (eth0)"
-    assert a.lines["lan"] == f"http://{a.host.address}:{PORT}"
+    assert a.lines["lan"] == f"https://{a.host.address}:{PORT}"
     entry = wait_for_verified(b, a.lines["did"])
     assert entry["handle"] == "alice"
-    assert entry["url"] == f"http://{a.host.address}:{PORT}"
+    assert entry["url"] == f"https://{a.host.address}:{PORT}"
     table = fedpeer(b.host, b.data_dir, "peers")
     assert "✓" in table.stdout
     assert "alice" in table.stdout
@@ -63,14 +63,14 @@ def test_peers_invite_and_two_way_pair_across_a_lan(
     assert made.returncode == 0, made.stderr
     url = json.loads(made.stdout)["url"]
     # the node listens on 0.0.0.0: the invite names its LAN address, not loopback
-    assert url.startswith(f"http://{a.host.address}:{PORT}/v1/invites/")
+    assert url.startswith(f"https://{a.host.address}:{PORT}/v1/invites/")
 
     paired = fedpeer(b.host, b.data_dir, "pair", url, "--timeout", "30", "--json")
     assert paired.returncode == 0, paired.stderr
     result = json.loads(paired.stdout)
     assert result["pair"]["state"] == "caught_up"
     assert result["pair"]["stats"]["records"] == 5
-    assert result["reciprocal_url"] == f"http://{b.host.address}:{PORT}"
+    assert result["reciprocal_url"] == f"https://{b.host.address}:{PORT}"
     listed = json.loads(fedpeer(b.host, b.data_dir, "records", "list", "--json").stdout)
     assert [v["body"]["i"] for v in listed["records"]] == list(range(5))
 

@@ -270,7 +270,7 @@ def test_three_hosts_see_each_other_and_an_impostor_is_refused(
                 what=f"{node.handle} to judge both impostor announcements invalid",
             )
             assert str(mine["impostor-forged"]["reason"]).startswith("BAD_SIGNATURE")
-            assert str(mine["impostor-replay"]["reason"]).startswith("DID_MISMATCH")
+            assert str(mine["impostor-replay"]["reason"]).startswith("TLS_PIN_MISMATCH")
             assert mine["impostor-replay"]["addresses"] == [three_hosts.spare.address]
             (genuine,) = [p for n, p in mine.items() if not n.startswith("impostor-")]
             assert (genuine["status"], genuine["url"]) == ("verified", a.lan_url)
@@ -280,11 +280,11 @@ def test_three_hosts_see_each_other_and_an_impostor_is_refused(
 
         # --- pair refuses it: A's real invite, pointed at the impostor's address
         url = a.cli_json("invite", "create", "--no-qr")["url"]
-        lured = url.replace(a.lan_url, f"http://{three_hosts.spare.address}:{PORT}")
+        lured = url.replace(a.lan_url, f"https://{three_hosts.spare.address}:{PORT}")
         assert lured != url
         refused = b.cli("pair", lured, "--timeout", "10")
         assert refused.returncode == 1, (refused.stdout, refused.stderr)
-        assert refused.stderr.startswith("DID_MISMATCH: "), refused.stderr
+        assert refused.stderr.startswith("TLS_PIN_MISMATCH: "), refused.stderr
         assert b.cli_json("pairs")["pairs"] == []
         # ... while the genuine URL of the same invite (nothing was redeemed) pairs
         paired = b.cli_json("pair", url, "--timeout", "30")

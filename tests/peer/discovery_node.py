@@ -77,7 +77,11 @@ async def normal(args: argparse.Namespace, key: SigningKey) -> None:
             emit("ready", did=node.did, url=node.url, port=int(node.url.rsplit(":", 1)[1]))
             disc = node.discovery
             if disc is None:  # --poll: the same Discovery, polling addresses faster
-                disc = Discovery.for_node(node.key, cfg, url=node.url, bind_host="0.0.0.0")
+                tls = node.tls
+                pin = None if tls is None else (lambda: tls.current.pin)
+                disc = Discovery.for_node(
+                    node.key, cfg, url=node.url, bind_host="0.0.0.0", tls_pin=pin
+                )
                 disc.poll_s = args.poll
                 node.state.discovery = disc
                 await node.nursery.start(functools.partial(disc.run, stop=node.state.closing))

@@ -862,7 +862,7 @@ async def test_nodes_see_each_other_verified_and_goodbye_removes(
     (entry,) = [p for p in peers(seen) if p["did"] == did_a]
     assert entry["addresses"] == [a_host.address]
     assert entry["handle"] == "alice"
-    assert entry["url"] == f"http://{a_host.address}:{entry['port']}"
+    assert entry["url"] == f"https://{a_host.address}:{entry['port']}"
     assert str(entry["name"]).startswith(f"alice-{did_a[-8:]}")
     await a.wait_for(has_peer(did_b, "verified"), 15, "A to see B verified")
     # Neither lists itself.
@@ -912,7 +912,7 @@ async def test_impostor_announcing_someone_elses_did_is_invalid(
     mine = {str(p["name"]).split(".")[0]: p for p in peers(event) if p["did"] == did_a}
     assert str(mine["impostor-forged"]["reason"]).startswith("BAD_SIGNATURE")
     assert mine["impostor-forged"]["checked_at_ms"] is None  # refused before any connection
-    assert str(mine["impostor-replay"]["reason"]).startswith("DID_MISMATCH")
+    assert str(mine["impostor-replay"]["reason"]).startswith("TLS_PIN_MISMATCH")
     assert mine["impostor-replay"]["addresses"] == [c_host.address]
     real = [p for n, p in mine.items() if n.startswith("alice-")]
     assert len(real) == 1

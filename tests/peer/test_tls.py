@@ -459,3 +459,61 @@ async def test_rotation_keeps_a_pair_syncing(tmp_path: Path) -> None:
     async with open_node(tmp_path / "a", config=TLS) as again:  # the rotation persisted
         assert again.tls is not None
         assert again.tls.current.pin == new
+
+
+# --- plain HTTP, library clients --------------------------------------------------------
+
+
+async def test_insecure_http_is_loud_and_shown_in_health(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = NodeConfig(tls=False, insecure_http=True)
+    with caplog.at_level("WARNING", logger="fedpeer.node"):
+        async with open_node(host="0.0.0.0", port=0, config=cfg) as node:
+            port = _port(node.url)
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"http://127.0.0.1:{port}/health")).json()
+    assert health["transport"] == {"scheme": "http", "tls_spki_sha256": None, "insecure_http": True}
+    assert any("INSECURE" in r.getMessage() for r in caplog.records)
+
+
+async def test_pulling_plain_http_off_loopback_is_refused_before_any_connection() -> None:
+    from fedpeer.errors import InvalidRequest
+
+    async with open_node(config=TLS) as node:
+        with pytest.raises(InvalidRequest, match="plain HTTP"):
+            await node.pair_with("http://192.0.2.1:8765", token="t")  # TEST-NET: never reached
+        created = await node.invites.create()
+    other_url = created.url.replace(node.url, "http://192.0.2.1:8765")
+    async with open_node(config=TLS) as b:
+        with pytest.raises(InvalidRequest, match="plain HTTP"):
+            await b.pair_from_invite(other_url)
+
+
+async def test_peer_client_pins_after_verify_identity(two_https: tuple[Node, Node]) -> None:
+    a, _ = two_https
+    await a.append(namespace="n", thread="t", kind="k", body={"i": 1})
+    from fedpeer.errors import PeerUnreachable
+    from fedpeer.peer import PeerClient
+
+    assert a.admin_token is not None
+    async with PeerClient(a.url, token=a.admin_token) as peer:
+        with pytest.raises(PeerUnreachable):  # a self-signed certificate, no pin yet
+            await peer.changes()
+        verified = await peer.verify_identity(a.did)
+        assert verified.did == a.did
+        page = await peer.changes()
+        assert len(page.records) == 1
+    async with PeerClient(a.url, token=a.admin_token) as peer:
+        with pytest.raises(DidMismatch):
+            await peer.verify_identity(SigningKey.generate().did)
+
+
+async def test_two_way_pairing_syncs_back_over_https(two_https: tuple[Node, Node]) -> None:
+    a, b = two_https
+    created = await a.invites.create()
+    result = await b.pair_from_invite(created.url)
+    assert result.reverse is not None
+    reverse_id = result.reverse["id"]
+    assert isinstance(reverse_id, str)
+    assert a.pairs.get(reverse_id).peer_url.startswith("https://")
+    await b.append(namespace="n", thread="t", kind="k", body={"from": "b"})
+    await _wait_pair(a, reverse_id, lambda p: p.stats.records >= 1)

@@ -68,7 +68,9 @@ async def check_peer(
     invite's ``pin`` or the TXT's ``tls``), in ``oob_pins`` too; every
     out-of-band pin must be listed by the manifest. The manifest's pins then
     pin the origin in ``client`` (for a client from ``new_http_client``) until
-    the manifest expires. Over http only the signature and the DID are checked.
+    the manifest expires. Over http only the signature and the DID are checked;
+    for a did:web ``did`` the client's certificate-authority validation applies
+    instead of pins.
 
     Raises DID_MISMATCH (signed by another DID), TLS_PIN_MISMATCH, BAD_SIGNATURE
     / SIGNATURE_EXPIRED, PEER_INVALID (no manifest, or an https node whose
@@ -76,7 +78,9 @@ async def check_peer(
     answer. Cancellable; at most ``timeout`` seconds per request.
     """
     url = base_url.rstrip("/") + WELL_KNOWN
-    https = base_url.lower().startswith("https://")
+    # did:web peers are verified by certificate authorities (the client's own TLS
+    # validation), not pinned: their manifest is fetched like any https page.
+    https = base_url.lower().startswith("https://") and not (did or "").startswith("did:web:")
     oob = frozenset(oob_pins)
     headers = {"Accept": CBOR}
     try:

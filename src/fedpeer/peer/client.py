@@ -55,8 +55,11 @@ class StreamEvent:
 class PeerClient(HttpTransport):
     """A client for one peer node.
 
-    ``base_url`` is the peer's URL (``http://host:port``; https works the same).
-    ``token`` is a bearer token minted by that peer. ``limits`` bound what the
+    ``base_url`` is the peer's URL (``https://host:port``, or ``http://`` on
+    loopback). For a did:key peer over https call :meth:`verify_identity` first:
+    it pins the peer's certificate (§6.6); until then only certificate-authority
+    validated servers are accepted. ``token`` is a bearer token minted by that
+    peer. ``limits`` bound what the
     client accepts. Use as ``async with PeerClient(url) as peer:``; all methods
     are cancellable; network failures raise PeerUnreachable.
     """
@@ -93,6 +96,24 @@ class PeerClient(HttpTransport):
         """
         body = await self.get_value("/.well-known/fedpeer")
         return verify_manifest(body, expected_did=expected_did, now=now)
+
+    async def verify_identity(
+        self, expected_did: str | None, *, pin: str | None = None
+    ) -> VerifiedDocument:
+        """Prove that ``base_url`` is served by ``expected_did`` before sending the
+        token (docs/protocol.md §6.6): the signed manifest, and over https the
+        certificate pinned by it (and equal to ``pin`` when given). Afterwards
+        this client's connections to the peer accept exactly the pinned
+        certificate. Needs a client from ``new_http_client`` (the default) for
+        https. Raises DID_MISMATCH, TLS_PIN_MISMATCH, PEER_INVALID,
+        PEER_UNREACHABLE, BAD_SIGNATURE, SIGNATURE_EXPIRED."""
+        return await check_peer(
+            self.client,
+            self.base_url,
+            expected_did,
+            oob_pins=[pin] if pin else (),
+            timeout=min(self.timeout, 10.0),
+        )
 
     # --- feed --------------------------------------------------------------------
 
