@@ -41,6 +41,7 @@ from fedpeer.identity.didkey import (
 )
 from fedpeer.identity.envelope import sign_document, verify_document
 from fedpeer.identity.keys import SigningKey, is_valid_public_key
+from fedpeer.peer import judge_pins, manifest_pins, spki_sha256
 from fedpeer.peer._mdns_txt import decode_txt, signing_input, verify_txt
 from fedpeer.peer.manifest import verify_manifest
 from fedpeer.sync.feed import Cursor, decode_page_cbor, page_from_wire, resolve_since
@@ -145,6 +146,7 @@ def _invite(case: Json) -> None:
         url = parse_invite_url(case["url"])
         for field in ("node_url", "invite_id", "issuer_did", "secret"):
             _expect(field, getattr(url, field), case[field])
+        _expect("pin", url.pin, case.get("pin"))
     elif kind == "preview":
         doc = _check_invite_preview(case["preview"], parse_invite_url(case["url"]), now=case["now"])
         _expect("signed bytes", _signed_bytes(doc), case["signed_bytes"])
@@ -204,6 +206,21 @@ def _mdns(case: Json) -> None:
     _expect("signed bytes", signing_input(txt).hex(), case["signed_bytes_hex"])
 
 
+def _tls_pins(case: Json) -> None:
+    kind = case["kind"]
+    if kind == "spki":
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(case["cert_pem"].encode("ascii"))
+        _expect("pin", spki_sha256(cert), case["pin"])
+    elif kind == "manifest-pins":
+        manifest_pins({"tls_spki_sha256": case["tls_spki_sha256"]})
+    else:
+        judge_pins(
+            case["served_pin"], frozenset(case["manifest_pins"]), frozenset(case["oob_pins"])
+        )
+
+
 CHECKS: dict[str, Callable[[Json], None]] = {
     "identities.json": _identity,
     "signed-json.json": _signed_json,
@@ -212,6 +229,7 @@ CHECKS: dict[str, Callable[[Json], None]] = {
     "cursors.json": _cursor,
     "invites.json": _invite,
     "mdns-txt.json": _mdns,
+    "tls-pins.json": _tls_pins,
 }
 
 

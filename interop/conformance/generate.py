@@ -76,6 +76,7 @@ FILES = (
     "cursors.json",
     "invites.json",
     "mdns-txt.json",
+    "tls-pins.json",
 )
 
 NOW = 1_800_000_000  # 2027-01-15T08:00:00Z, the verifiers' clock (unix seconds)
@@ -1000,6 +1001,36 @@ def invites() -> Json:
             secret=SECRET,
         )
     )
+    pin = b64url_encode(hashlib.sha256(b"a certificate's SubjectPublicKeyInfo").digest())
+    https_url = ISSUER_URL.replace("http://", "https://")
+    pinned = invite_url(https_url, INVITE_ID, NODE.did, SECRET, pin)
+    cases.append(
+        _case(
+            "url/https-with-pin",
+            "10.1",
+            "ok",
+            kind="url",
+            url=pinned,
+            node_url=https_url,
+            invite_id=INVITE_ID,
+            issuer_did=NODE.did,
+            secret=SECRET,
+            pin=pin,
+        )
+    )
+    pbase, _, pfragment = pinned.partition("#")
+    cases.append(
+        _case("url/pin-short", "10.1", "MALFORMED", kind="url", url=pinned.replace(pin, pin[:-1]))
+    )
+    cases.append(
+        _case(
+            "url/two-pins",
+            "10.1",
+            "MALFORMED",
+            kind="url",
+            url=f"{pbase}&pin={pin}#{pfragment}",
+        )
+    )
     base, _, fragment = url.partition("#")
     for name, text, expect in [
         ("url/no-secret", base, "MALFORMED"),
@@ -1432,6 +1463,119 @@ def mdns_txt() -> Json:
     )
 
 
+# --- TLS pins (§6.6) ---
+
+
+def _cert(name: str, key: Any, sign_key: Any, algorithm: Any) -> Any:
+    """A self-signed certificate, byte-for-byte reproducible (fixed serial and dates;
+    Ed25519 and RFC 6979 ECDSA signatures are deterministic)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key)
+        .serial_number(int.from_bytes(_seed(name)[:8], "big"))
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+    )
+    if algorithm is None:
+        return builder.sign(sign_key, None)
+    return builder.sign(sign_key, algorithm, ecdsa_deterministic=True)
+
+
+def tls_pins() -> Json:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    from fedpeer.peer.tls import spki_sha256
+
+    p256 = ec.derive_private_key(
+        int.from_bytes(_seed("tls p-256"), "big") % (2**255), ec.SECP256R1()
+    )
+    edkey = ed25519.Ed25519PrivateKey.from_private_bytes(_seed("tls ed25519"))
+    cert_a = _cert("fedpeer node", p256.public_key(), p256, hashes.SHA256())
+    cert_b = _cert("renamed, same key", p256.public_key(), p256, hashes.SHA256())
+    cert_c = _cert("fedpeer node", edkey.public_key(), edkey, None)
+
+    def pem(cert: Any) -> str:
+        return str(cert.public_bytes(serialization.Encoding.PEM).decode("ascii"))
+
+    pin_a, pin_c = spki_sha256(cert_a), spki_sha256(cert_c)
+    assert spki_sha256(cert_b) == pin_a
+    cases: list[Json] = [
+        _case("spki/p-256", "6.6", "ok", kind="spki", cert_pem=pem(cert_a), pin=pin_a),
+        _case(
+            "spki/same-key-other-certificate",
+            "6.6",
+            "ok",
+            kind="spki",
+            cert_pem=pem(cert_b),
+            pin=pin_a,
+        ),
+        _case("spki/ed25519", "6.6", "ok", kind="spki", cert_pem=pem(cert_c), pin=pin_c),
+    ]
+
+    def member(name: str, expect: str, value: Any) -> None:
+        cases.append(_case(name, "6.6", expect, kind="manifest-pins", tls_spki_sha256=value))
+
+    member("manifest-pins/one", "ok", [pin_a])
+    member("manifest-pins/announced-next", "ok", [pin_a, pin_c])
+    member("manifest-pins/not-a-list", "PEER_INVALID", pin_a)
+    member("manifest-pins/empty", "PEER_INVALID", [])
+    member("manifest-pins/five", "PEER_INVALID", [pin_a] * 5)
+    member("manifest-pins/padded", "PEER_INVALID", [pin_a + "="])
+    member(
+        "manifest-pins/standard-base64",
+        "PEER_INVALID",
+        [
+            pin_a.replace("-", "+").replace("_", "/")
+            if ("-" in pin_a or "_" in pin_a)
+            else "+" + pin_a[1:]
+        ],
+    )
+    member("manifest-pins/hex", "PEER_INVALID", [hashlib.sha256(b"x").hexdigest()])
+
+    def decide(name: str, expect: str, served: str, manifest: list[str], oob: list[str]) -> None:
+        cases.append(
+            _case(
+                name,
+                "6.6",
+                expect,
+                kind="decide",
+                served_pin=served,
+                manifest_pins=manifest,
+                oob_pins=oob,
+            )
+        )
+
+    decide("decide/served-listed", "ok", pin_a, [pin_a], [])
+    decide("decide/served-is-announced-next", "ok", pin_c, [pin_a, pin_c], [])
+    decide("decide/impostor-replays-manifest", "TLS_PIN_MISMATCH", pin_c, [pin_a], [])
+    decide("decide/no-pins-over-https", "PEER_INVALID", pin_a, [], [])
+    decide("decide/invite-pin-matches", "ok", pin_a, [pin_a], [pin_a])
+    decide("decide/invite-pin-differs", "TLS_PIN_MISMATCH", pin_a, [pin_a, pin_c], [pin_c])
+    decide("decide/invite-pin-not-in-manifest", "TLS_PIN_MISMATCH", pin_a, [pin_c], [pin_a])
+    decide("decide/invite-before-rotation", "TLS_PIN_MISMATCH", pin_c, [pin_c], [pin_a])
+    return _file(
+        "tls-pins",
+        ["6.6"],
+        "TLS pins (§6.6). kind spki: cert_pem's pin is base64url(SHA-256(DER "
+        "SubjectPublicKeyInfo)), no padding (two certificates of one key share it). kind "
+        "manifest-pins: the federation manifest's tls_spki_sha256 member, ok or PEER_INVALID. "
+        "kind decide: served_pin (the certificate on the connection), manifest_pins (of a "
+        "manifest verified for the expected DID) and oob_pins (from the invite URL or the "
+        "TXT): may a credential be sent on that connection?",
+        cases,
+    )
+
+
 # --- writing ---
 
 
@@ -1443,6 +1587,7 @@ BUILDERS: dict[str, Callable[[], Json]] = {
     "cursors.json": cursors,
     "invites.json": invites,
     "mdns-txt.json": mdns_txt,
+    "tls-pins.json": tls_pins,
 }
 
 

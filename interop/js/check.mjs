@@ -13,7 +13,7 @@
 // confirmation codes). Usage: node check.mjs [vector dir]. Prints one line per failure and
 // a JSON summary as the last line; exits 1 if any case disagrees.
 
-import { createHash } from 'node:crypto'
+import { createHash, X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -520,7 +520,15 @@ function parseInviteUrl (text) {
   if (issuers[0].length > 2048 || !DID_RE.test(issuers[0])) refuse('DID_INVALID', 'issuer is not a DID')
   const secrets = new URLSearchParams(u.hash.slice(1)).getAll('secret')
   if (secrets.length !== 1 || !/^[A-Za-z0-9_-]{43}$/.test(secrets[0])) refuse('MALFORMED', 'secret')
-  return { node_url: `${u.protocol}//${u.host}${m[1]}`, invite_id: m[2], issuer_did: issuers[0], secret: secrets[0] }
+  const pins = u.searchParams.getAll('pin') // §6.6: the issuer's TLS pin, optional
+  if (pins.length > 1 || (pins.length && !PIN_RE.test(pins[0]))) refuse('MALFORMED', 'pin')
+  return {
+    node_url: `${u.protocol}//${u.host}${m[1]}`,
+    invite_id: m[2],
+    issuer_did: issuers[0],
+    secret: secrets[0],
+    pin: pins[0] ?? null
+  }
 }
 
 function confirmationCode (issuer, holder, inviteId) {
@@ -580,6 +588,7 @@ function checkInvite (c) {
   if (c.kind === 'url') {
     const got = parseInviteUrl(c.url)
     for (const k of ['node_url', 'invite_id', 'issuer_did', 'secret']) expectEq(k, got[k], c[k])
+    expectEq('pin', got.pin, c.pin ?? null)
   } else if (c.kind === 'preview') {
     const url = parseInviteUrl(c.url)
     const p = c.preview
@@ -678,6 +687,36 @@ function checkTxt (c) {
   expectEq('signed bytes', hex(signed), c.signed_bytes_hex)
 }
 
+// --- §6.6 TLS pins -------------------------------------------------------------------------------
+
+const PIN_RE = /^[A-Za-z0-9_-]{43}$/
+
+function spkiPin (pem) {
+  const spki = new X509Certificate(pem).publicKey.export({ type: 'spki', format: 'der' })
+  return createHash('sha256').update(spki).digest('base64url')
+}
+
+function checkTlsPin (c) {
+  if (c.kind === 'spki') {
+    expectEq('pin', spkiPin(c.cert_pem), c.pin)
+    return
+  }
+  if (c.kind === 'manifest-pins') {
+    const v = c.tls_spki_sha256
+    if (!Array.isArray(v) || v.length < 1 || v.length > 4 ||
+        !v.every((p) => typeof p === 'string' && PIN_RE.test(p))) {
+      refuse('PEER_INVALID', 'tls_spki_sha256 is not a list of 1..4 pins')
+    }
+    return
+  }
+  const manifest = new Set(c.manifest_pins)
+  const oob = new Set(c.oob_pins)
+  if (manifest.size === 0) refuse('PEER_INVALID', 'https without pins in the manifest')
+  if (oob.size && !oob.has(c.served_pin)) refuse('TLS_PIN_MISMATCH', 'not the out-of-band pin')
+  if (!manifest.has(c.served_pin)) refuse('TLS_PIN_MISMATCH', 'not pinned by the manifest')
+  for (const p of oob) if (!manifest.has(p)) refuse('TLS_PIN_MISMATCH', 'stale out-of-band pin')
+}
+
 // --- driver -------------------------------------------------------------------------------------------
 
 const CHECKS = {
@@ -687,7 +726,8 @@ const CHECKS = {
   'feed-pages.json': checkPage,
   'cursors.json': checkCursor,
   'invites.json': checkInvite,
-  'mdns-txt.json': checkTxt
+  'mdns-txt.json': checkTxt,
+  'tls-pins.json': checkTlsPin
 }
 
 const started = process.hrtime.bigint()

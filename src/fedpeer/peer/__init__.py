@@ -12,6 +12,7 @@ from .._datadir import LockHolder as LockHolder
 from .._datadir import lock_holder as lock_holder
 from ._config import NodeConfig as NodeConfig
 from ._pinning import check_peer as check_peer
+from ._pinning import judge_pins as judge_pins
 from ._transport import Pin as Pin
 from ._transport import PinStore as PinStore
 from ._transport import new_http_client as new_http_client
@@ -90,6 +91,7 @@ __all__ = [
     "TlsIdentity",
     "TokenService",
     "check_peer",
+    "judge_pins",
     "local_client_context",
     "lock_holder",
     "manifest_pins",

@@ -28,7 +28,7 @@ from ..identity.envelope import VerifiedDocument
 from ._transport import CBOR, Pin, peer_pin, pinned_context, pins_of, raise_for_error
 from .manifest import manifest_pins, verify_manifest
 
-__all__ = ["PeerVerifier", "check_peer"]
+__all__ = ["PeerVerifier", "check_peer", "judge_pins"]
 
 _T = TypeVar("_T")
 WELL_KNOWN = "/.well-known/fedpeer"
@@ -47,6 +47,44 @@ async def _read_capped(response: httpx.Response) -> bytes:
 def _decode(response: httpx.Response, body: bytes) -> object:
     ctype = response.headers.get("content-type", "").split(";")[0].strip()
     return dagcbor_decode(body) if ctype == CBOR else dagjson_decode(body)
+
+
+def judge_pins(
+    served: str | None,
+    manifest: frozenset[str],
+    oob: frozenset[str] = frozenset(),
+    *,
+    where: str = "the peer",
+    did: str | None = None,
+    oob_source: str = "invite",
+) -> None:
+    """The pin rule of docs/protocol.md §6.6 (pure): the pin of the certificate
+    ``served`` on the connection must be listed by the DID-signed manifest
+    (``manifest``: PEER_INVALID when empty, TLS_PIN_MISMATCH when not listed);
+    with out-of-band pins (invite ``pin``, TXT ``tls``) it must also be one of
+    them, and each must be listed by the manifest (TLS_PIN_MISMATCH)."""
+    if not manifest:
+        raise PeerInvalid(
+            f"{where} serves https but its manifest (signed by {did}) lists no "
+            "tls_spki_sha256: the certificate is not bound to the DID"
+        )
+    if oob and served not in oob:
+        raise TlsPinMismatch(
+            f"{where} presented a TLS certificate (SPKI {served}) other than the "
+            f"{oob_source} pin for {did}; nothing was sent. Another machine may hold "
+            f"that address, or the {oob_source} is stale: ask for a new one"
+        )
+    if served not in manifest:
+        raise TlsPinMismatch(
+            f"the TLS certificate at {where} (SPKI {served}) is not one that {did} "
+            f"signed in its manifest ({', '.join(sorted(manifest))}); nothing was sent. An "
+            "impostor may be replaying that node's manifest: check the peer and its address"
+        )
+    if oob - manifest:
+        raise TlsPinMismatch(
+            f"the {oob_source} pin for {did} is not in its signed manifest: the "
+            f"{oob_source} is stale or forged; ask for a new one"
+        )
 
 
 async def check_peer(
@@ -95,12 +133,8 @@ async def check_peer(
         try:
             async with probe.stream("GET", url, headers=headers, timeout=timeout) as response:
                 seen = peer_pin(response.extensions.get("network_stream")) if https else None
-                if https and oob and seen not in oob:
-                    raise TlsPinMismatch(
-                        f"{base_url} presented a TLS certificate (SPKI {seen}) other than the "
-                        f"{oob_source} pin for {did}; nothing was sent. Another machine may hold "
-                        f"that address, or the {oob_source} is stale: ask for a new one"
-                    )
+                if https and oob and seen not in oob:  # before reading a byte of the body
+                    judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
                 body = await _read_capped(response)
                 if response.status_code >= 400:
                     response._content = body
@@ -114,22 +148,7 @@ async def check_peer(
     if not https:
         return verified
     pins = manifest_pins(verified.document)
-    if not pins:
-        raise PeerInvalid(
-            f"{base_url} serves https but its manifest (signed by {verified.did}) lists no "
-            "tls_spki_sha256: the certificate is not bound to the DID"
-        )
-    if seen not in pins:
-        raise TlsPinMismatch(
-            f"the TLS certificate at {base_url} (SPKI {seen}) is not one that {verified.did} "
-            f"signed in its manifest ({', '.join(sorted(pins))}); nothing was sent. An "
-            "impostor may be replaying that node's manifest: check the peer and its address"
-        )
-    if oob - pins:
-        raise TlsPinMismatch(
-            f"the {oob_source} pin for {verified.did} is not in its signed manifest: the "
-            f"{oob_source} is stale or forged; ask for a new one"
-        )
+    judge_pins(seen, pins, oob, where=base_url, did=verified.did, oob_source=oob_source)
     store = pins_of(client)
     if store is not None:
         store.set(base_url, Pin(verified.did, pins, verified.expires_at, "manifest"))

@@ -114,7 +114,7 @@ def peer_pin(stream: object) -> str | None:
     ssl_object = get("ssl_object") if get is not None else None
     if ssl_object is None:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
+    der = ssl_object.getpeercert(True)  # positional: the low-level _SSLSocket has no kwargs
     if not der:
         return None
     try:
