@@ -22,6 +22,7 @@ from fedpeer.errors import (
     CursorFromFuture,
     CursorInvalid,
     CursorReset,
+    DidMismatch,
     FedpeerError,
     InternalError,
     InvalidRequest,
@@ -30,6 +31,7 @@ from fedpeer.errors import (
     RateLimited,
     ScopeForbidden,
     StoreError,
+    TlsPinMismatch,
     TokenExpired,
     TokenInvalid,
     error_from_code,
@@ -534,6 +536,9 @@ def test_cursor_reset_without_a_cursor_is_a_failure() -> None:
         (ConsentDenied("no grant"), "grant"),
         (error_from_code("SOME_NEW_AUTH_CODE", "newer server", 401), "Get a new token"),
         (error_from_code("SOME_NEW_DENIAL", "newer server", 403), "Get a new token"),
+        # another node at the peer's address (issue 10 #3, protocol.md §6.6, §11.1)
+        (DidMismatch("signed by another DID"), "did not prove"),
+        (TlsPinMismatch("another certificate"), "credential was not sent"),
     ],
 )
 def test_401_403_stop_the_pair_naming_the_credential(err: FedpeerError, hint: str) -> None:

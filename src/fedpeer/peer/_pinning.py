@@ -176,7 +176,8 @@ class PeerVerifier:
         self._until[key] = verified.expires_at
 
     def forget(self, url: str, did: str) -> None:
-        """Drop the cached check of ``(url, did)`` (and the origin's pin)."""
+        """Drop the cached check of ``(url, did)``; the origin keeps its pin until a
+        new check replaces it (a connection meanwhile still needs the old pin)."""
         self._until.pop((url.rstrip("/"), did), None)
 
     async def run(self, url: str, did: str, call: Callable[[], Awaitable[_T]]) -> _T:
