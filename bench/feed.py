@@ -8,6 +8,10 @@ Prints medians over the rounds, measured in one run:
   the whole feed in CBOR pages of 1000, (a) decoded only and (b) decoded and
   every record verified: records/s and MB/s, and the ratio to scanning the same
   store directly (``Store.changes`` pages of 1000) in the same run;
+* the same decoded pull over HTTPS (the node serving its pinned certificate; the
+  client proves the DID and pin once, then reuses keep-alive connections), each
+  round right after the plain-HTTP pull: the HTTPS / HTTP ratio (issue 11, target
+  >= 0.85: TLS must not become the bottleneck);
 * longpoll wake-up latency: a client caught up and longpolling; the node appends
   a record; time until the client has it. p50/p95 over 200 appends;
 * idle narrow longpollers: HTTP append throughput (``POST /v1/records``, one at a
