@@ -519,14 +519,14 @@ def test_peers_when_discovery_is_off(one_node: NodeThread) -> None:
 
 
 def doctor_checks(node: Node, *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
-    r = fp(node, "doctor", "--interface", "lo", "--json", *args)
+    r = fp(node, "doctor", "--interface", "lo", "--port", "0", "--json", *args)
     report = as_json(r.stdout)
     return r.exit_code, {c["name"]: c for c in report["checks"]}
 
 
 def test_doctor_on_a_healthy_running_node(two_nodes: NodeThread) -> None:
     a, b = two_nodes.nodes
-    r = fp(a, "doctor", "--interface", "lo", "--peer", b.url)
+    r = fp(a, "doctor", "--interface", "lo", "--port", "0", "--peer", b.url)
     assert r.exit_code == 0, r.output
     for name in ("data dir", "config", "key", "admin token", "node", "store", "multicast lo"):
         assert re.search(rf"^ok +{name}: ", r.stdout, re.MULTILINE), (name, r.stdout)
@@ -545,7 +545,7 @@ def test_doctor_fails_on_a_world_readable_key_and_token(one_node: NodeThread) ->
     key = a.data_dir / "node.key"
     os.chmod(key, 0o644)
     os.chmod(a.data_dir / "admin.token", 0o640)
-    r = fp(a, "doctor", "--interface", "lo")
+    r = fp(a, "doctor", "--interface", "lo", "--port", "0")
     assert r.exit_code == 5, r.output
     assert re.search(r"^FAIL key: .*mode 0644", r.stdout, re.MULTILINE)
     assert f"fix: chmod 600 {key}" in r.stdout
@@ -553,7 +553,7 @@ def test_doctor_fails_on_a_world_readable_key_and_token(one_node: NodeThread) ->
     assert "2 problem(s) found" in r.stdout
     os.chmod(key, 0o600)
     os.chmod(a.data_dir / "admin.token", 0o600)
-    assert fp(a, "doctor", "--interface", "lo").exit_code == 0
+    assert fp(a, "doctor", "--interface", "lo", "--port", "0").exit_code == 0
 
 
 def test_doctor_names_a_node_of_another_data_dir(two_nodes: NodeThread, tmp_path: Path) -> None:

@@ -125,6 +125,7 @@ async def check_peer(
         if https:
             probe = httpx.AsyncClient(
                 verify=pinned_context(),
+                trust_env=False,
                 timeout=timeout,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
             )

@@ -229,8 +229,13 @@ class PeerHttpClient(httpx.AsyncClient):
         self, pins: PinStore, ca_context: ssl.SSLContext | None = None, **kwargs: typing.Any
     ) -> None:
         limits = kwargs.pop("limits")
+        # trust_env=False: no proxy from the environment may carry a peer's traffic
+        # around the pinning backend (connections to peers are direct).
         super().__init__(
-            transport=_PinnedTransport(pins, limits, ca_context), limits=limits, **kwargs
+            transport=_PinnedTransport(pins, limits, ca_context),
+            limits=limits,
+            trust_env=False,
+            **kwargs,
         )
         self.pins = pins
 
@@ -254,7 +259,8 @@ def new_http_client(
     TLS follows docs/protocol.md §6.6: an origin pinned in ``pins`` (a fresh
     store by default, see :func:`pins_of`) accepts exactly the pinned SPKI
     hashes, checked after the handshake and before any request byte
-    (TLS_PIN_MISMATCH otherwise); an unpinned https origin is checked against
+    (TLS_PIN_MISMATCH otherwise); connections are direct (proxy variables of the
+    environment are ignored); an unpinned https origin is checked against
     the system's certificate authorities, or ``ca_context`` when given (the CLI
     passes :func:`~fedpeer.peer.tls.local_client_context`: its own node's
     certificate). The caller closes it."""
