@@ -1,5 +1,7 @@
 """Two laptops on one LAN find each other, pair with one invite and stay in sync,
 through a dead link and a SIGKILL; three hosts see each other; an impostor is refused.
+Every node serves HTTPS (the ``fedpeer run`` default) and every pair pins its
+peer's certificate through the DID-signed manifest (protocol.md §6.6).
 
 Everything runs as real processes (``fedpeer run``, the ``fedpeer`` CLI,
 ``ns_tool.py``) inside throw-away network namespaces (see ``conftest.py``), so
@@ -105,6 +107,9 @@ def test_two_laptops_pair_sync_and_recover(two_laptops: TwoLaptops) -> None:
     assert a_pair is not None
     assert b_pair["peer_url"] == a.lan_url
     assert a_pair["peer_url"] == b.lan_url
+    # both ways over HTTPS pinned to the peer's DID (protocol.md §6.6)
+    assert a.lan_url.startswith("https://")
+    assert b.lan_url.startswith("https://")
     assert a_pair["id"] == paired["reverse_pair"]["id"]
 
     phase("invited and paired both ways")
