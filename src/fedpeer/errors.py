@@ -49,7 +49,8 @@ The tree::
     ├── CursorFromFuture          CURSOR_FROM_FUTURE       409
     ├── AuthRequired              AUTH_REQUIRED            401
     │   ├── TokenInvalid          TOKEN_INVALID            401
-    │   └── TokenExpired          TOKEN_EXPIRED            401
+    │   ├── TokenExpired          TOKEN_EXPIRED            401
+    │   └── TokenRevoked          TOKEN_REVOKED            401
     ├── ScopeForbidden            SCOPE_FORBIDDEN          403
     ├── ConsentDenied             CONSENT_DENIED           403
     ├── NotFound                  NOT_FOUND                404
@@ -77,7 +78,10 @@ The tree::
     ├── PeerError                 PEER_ERROR               502
     │   ├── PeerUnreachable       PEER_UNREACHABLE         503
     │   │   └── NodeNotRunning    NODE_NOT_RUNNING         503
-    │   └── PeerInvalid           PEER_INVALID             502
+    │   ├── PeerInvalid           PEER_INVALID             502
+    │   ├── PageTooLarge          PAGE_TOO_LARGE           502
+    │   ├── PeerTooSlow           PEER_TOO_SLOW            504
+    │   └── RedirectRefused       REDIRECT_REFUSED         502
     ├── DiscoveryUnavailable      DISCOVERY_UNAVAILABLE    503
     ├── TimedOut                  TIMED_OUT                504
     └── InternalError             INTERNAL                 500
@@ -130,11 +134,13 @@ __all__ = [
     "NotAcceptable",
     "NotFound",
     "PageInvalid",
+    "PageTooLarge",
     "PairNotFound",
     "PairSelf",
     "PairStateInvalid",
     "PeerError",
     "PeerInvalid",
+    "PeerTooSlow",
     "PeerUnreachable",
     "ProofReplayed",
     "RateLimited",
@@ -142,6 +148,7 @@ __all__ = [
     "RecordInvalid",
     "RecordNotFound",
     "RecordTooLarge",
+    "RedirectRefused",
     "RotateNotSelf",
     "SchemaTooNew",
     "ScopeForbidden",
@@ -157,6 +164,7 @@ __all__ = [
     "TimedOut",
     "TokenExpired",
     "TokenInvalid",
+    "TokenRevoked",
     "UnsupportedMediaType",
     "all_codes",
     "error_from_code",
@@ -474,6 +482,13 @@ class TokenInvalid(AuthRequired):
     code = "TOKEN_INVALID"
 
 
+class TokenRevoked(AuthRequired):
+    """The token was revoked while a long-lived read (stream, longpoll) was open;
+    ask the node's owner for a new one."""
+
+    code = "TOKEN_REVOKED"
+
+
 class TokenExpired(AuthRequired):
     """The bearer token has expired; rotate it or get a new one."""
 
@@ -666,6 +681,28 @@ class PeerInvalid(PeerError):
     """The peer failed verification (manifest, DID or signature)."""
 
     code = "PEER_INVALID"
+
+
+class PageTooLarge(PeerError):
+    """A peer's answer is larger than this client accepts (bytes or records per
+    page); the peer is broken or hostile, or the cap is set too low."""
+
+    code = "PAGE_TOO_LARGE"
+
+
+class PeerTooSlow(PeerError):
+    """A peer did not finish its answer within the deadline for one request; the
+    link is too slow or the peer is stalling on purpose."""
+
+    code = "PEER_TOO_SLOW"
+    http_status = 504
+
+
+class RedirectRefused(PeerError):
+    """A peer answered with a redirect; fedpeer never follows redirects (use the
+    final URL of the node directly)."""
+
+    code = "REDIRECT_REFUSED"
 
 
 class DiscoveryUnavailable(FedpeerError):

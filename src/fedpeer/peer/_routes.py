@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import attrs
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
-from ..store.base import ChangeFilter, StoredRecord
+from ..store.base import ChangeFilter, ChangesPage, StoredRecord
 from ..sync.feed import (
     Cursor,
     FeedPage,
@@ -262,6 +263,23 @@ def _page_response(ctx: Ctx, page: FeedPage) -> Response:
     return respond(wire, ctx.request)
 
 
+def trim_page(page: ChangesPage, budget: int, visible: Visible) -> ChangesPage:
+    """``page`` cut after the visible record that reaches ``budget`` bytes of
+    record wire bytes (cid, data, sig), so no page grows past the budget by much
+    (a page always keeps its first visible record). The rest waits for the next
+    page: ``last_seq`` moves back to the last record kept. Pure."""
+    used = 0
+    for i, rec in enumerate(page.records):
+        if not visible(rec):
+            continue
+        used += len(rec.cid) + len(rec.data) + len(rec.sig) + 16
+        if used >= budget and i + 1 < len(page.records):
+            return attrs.evolve(
+                page, records=page.records[: i + 1], last_seq=rec.seq, last_cid=rec.cid
+            )
+    return page
+
+
 async def _one_page(
     ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int, scope: str = "sync:read"
 ) -> FeedPage:
@@ -269,7 +287,9 @@ async def _one_page(
     view = await ctx.view(scope)
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
     since = await resolve_cursor(store, since_text)
-    changes = await store.changes(since, limit, flt)
+    changes = trim_page(
+        await store.changes(since, limit, flt), ctx.app.config.page_max_bytes, view.record_visible
+    )
     return build_page(changes, epoch=store.epoch, key=store.cursor_key, visible=view.record_visible)
 
 

@@ -399,7 +399,13 @@ async def open_node(
         manager = PairManager(
             store,
             local_did=key.did,
-            source=PeerPageSource(http, longpoll_s=sync_opts.longpoll_s, limits=limits),
+            source=PeerPageSource(
+                http,
+                longpoll_s=sync_opts.longpoll_s,
+                limits=limits,
+                max_page_bytes=cfg.pull_max_page_bytes,
+                page_deadline_s=cfg.pull_page_deadline_s,
+            ),
             limits=limits,
             options=sync_opts,
         )
