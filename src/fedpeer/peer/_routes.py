@@ -13,7 +13,7 @@ import anyio
 import attrs
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import InvalidRequest, Malformed
+from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
 from ..store.base import ChangeFilter, ChangesPage, StoredRecord
 from ..sync.feed import (
@@ -301,6 +301,11 @@ async def _wait_new(
     is up. Returns True when woken by the store (new records, or grants changed).
     """
     landed = False
+    if interest is None:
+        # "Any commit", spelled as a filter so that a transaction's wake_waiters()
+        # (grants changed, a token was revoked) also ends the wait: the caller then
+        # re-checks its bearer and its view (a None interest waits for records only).
+        interest = (ChangeFilter(),)
     with anyio.move_on_after(timeout):
         async with anyio.create_task_group() as nursery:
 
@@ -347,18 +352,36 @@ async def changes(ctx: Ctx) -> Response:
         deadline = anyio.current_time() + timeout
         # Loop: records may land that the caller may not see; keep waiting until a
         # visible one lands or time is up, advancing the cursor past the rest.
+        # The bearer is checked again after every wait (a revocation wakes the
+        # waiters; the wait ends at the token's expiry), so a revoked or expired
+        # token ends the longpoll at once with its error (issue 10).
         for _ in range(10_000):
             remaining = deadline - anyio.current_time()
             if remaining <= 0 or ctx.app.closing.is_set():
                 break
             seq = Cursor.decode(page.next_cursor).seq
             interest = (await ctx.view("sync:read")).wake_filters(flt)
-            if not await _wait_new(ctx, seq, remaining, interest):
+            wait = _wait_bound(ctx, remaining)
+            woke = await _wait_new(ctx, seq, wait, interest)
+            await ctx.recheck()
+            if not woke:
+                if wait < remaining:
+                    continue
                 break
             page = await _one_page(ctx, flt, page.next_cursor, limit)
             if page.records or page.has_more:
                 break
     return _page_response(ctx, page)
+
+
+def _wait_bound(ctx: Ctx, wait: float) -> float:
+    """``wait`` cut short to just past the caller's token expiry."""
+    expiry = ctx.until_expiry()
+    return wait if expiry is None else min(wait, expiry + 0.01)
+
+
+def _sse_error(err: FedpeerError) -> bytes:
+    return b"event: error\ndata: " + dagjson_encode(err.to_dict()) + b"\n\n"
 
 
 def _sse_event(event: str, event_id: str, data: bytes) -> bytes:
@@ -378,6 +401,13 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
         seq = since
         yield b": fedpeer continuous feed\n\n"
         while not ctx.app.closing.is_set():
+            # The bearer is checked again before every page and every heartbeat: a
+            # revoked or expired token ends the stream with an error event.
+            try:
+                await ctx.recheck()
+            except AuthRequired as err:
+                yield _sse_error(err)
+                return
             # Grants are read again for every page, so a change applies mid-stream.
             view = await ctx.view("sync:read")
             visible = view.record_visible
@@ -396,7 +426,13 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                 seq = page.last_seq
             if page.last_seq < page.head_seq:
                 continue
-            if not await _wait_new(ctx, seq, heartbeat, view.wake_filters(flt)):
+            wait = _wait_bound(ctx, heartbeat)
+            if not await _wait_new(ctx, seq, wait, view.wake_filters(flt)) and wait >= heartbeat:
+                try:
+                    await ctx.recheck()
+                except AuthRequired as err:
+                    yield _sse_error(err)
+                    return
                 yield b": heartbeat\n\n"
 
     return StreamingResponse(

@@ -29,6 +29,7 @@ from ..errors import (
     PageTooLarge,
     PeerInvalid,
     PeerUnreachable,
+    error_from_code,
 )
 from ..identity.canonical import CID, b64url_encode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
@@ -84,6 +85,16 @@ class StreamEvent:
 
     cursor: str
     record: SignedRecord | None
+
+
+def _stream_error(data: str) -> FedpeerError:
+    """The error an ``event: error`` of the continuous feed carries (TOKEN_REVOKED...)."""
+    try:
+        body = dagjson_decode(data.encode())
+        err = body["error"]  # type: ignore[index]
+        return error_from_code(str(err["code"]), str(err["message"]))
+    except Exception:
+        return PeerInvalid(f"the stream ended with an unreadable error event {data[:200]!r}")
 
 
 class PeerClient(HttpTransport):
@@ -268,7 +279,8 @@ class PeerClient(HttpTransport):
         """Follow the continuous feed (Server-Sent Events); resumes from ``since``.
 
         Yields a StreamEvent per record (verified) and per checkpoint. Runs until
-        cancelled or the server closes the stream.
+        cancelled or the server closes the stream; an ``event: error`` from the
+        server (TOKEN_REVOKED, TOKEN_EXPIRED) is raised as that error.
         """
         params: dict[str, str] = {"feed": "continuous"}
         if namespace:
@@ -293,6 +305,8 @@ class PeerClient(HttpTransport):
                 event: dict[str, str] = {}
                 async for line in response.aiter_lines():
                     if line == "":
+                        if event.get("event") == "error":
+                            raise _stream_error(event.get("data", ""))
                         if "id" in event:
                             yield self._stream_event(event)
                         event = {}
