@@ -167,6 +167,7 @@ async def post_record(ctx: Ctx) -> Response:
         kind=str(obj["kind"]),
         body=obj["body"],
         parents=parents,
+        view=await ctx.view("records:write"),
     )
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": True}, ctx.request, status=201
@@ -178,7 +179,7 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     data, sig = obj.get("data"), obj.get("sig")
     if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
         raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
-    entry, created = await ctx.app.records.ingest(data, sig)
+    entry, created = await ctx.app.records.ingest(data, sig, view=await ctx.view("records:write"))
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": created},
         ctx.request,
@@ -584,6 +585,7 @@ ROUTES: list[RouteSpec] = [
             "BODY_TOO_LARGE",
             "UNSUPPORTED_MEDIA_TYPE",
             "DID_INVALID",
+            "CONSENT_DENIED",
         ),
     ),
     RouteSpec(
