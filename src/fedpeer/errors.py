@@ -24,6 +24,7 @@ The tree::
     │   └── ConfigInvalid         CONFIG_INVALID           400
     ├── BodyTooLarge              BODY_TOO_LARGE           413
     │   └── RecordTooLarge        RECORD_TOO_LARGE         413
+    ├── BodyTimeout               BODY_TIMEOUT             408
     ├── UnsupportedMediaType      UNSUPPORTED_MEDIA_TYPE   415
     ├── NotAcceptable             NOT_ACCEPTABLE           406
     ├── SignatureError            (abstract)
@@ -95,6 +96,7 @@ __all__ = [
     "AuthRequired",
     "BadProof",
     "BadSignature",
+    "BodyTimeout",
     "BodyTooLarge",
     "BootstrapClosed",
     "ConfigInvalid",
@@ -301,6 +303,14 @@ class RecordTooLarge(BodyTooLarge):
     """The record is larger than the configured limit."""
 
     code = "RECORD_TOO_LARGE"
+
+
+class BodyTimeout(FedpeerError):
+    """The request body did not arrive in time; send it at once (a client that
+    trickles its body holds a connection for nothing)."""
+
+    code = "BODY_TIMEOUT"
+    http_status = 408
 
 
 class UnsupportedMediaType(FedpeerError):
