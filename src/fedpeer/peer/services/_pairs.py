@@ -45,9 +45,12 @@ from ...errors import (
     FedpeerError,
     InternalError,
     InvalidRequest,
+    PageTooLarge,
     PairSelf,
     PeerInvalid,
+    PeerTooSlow,
     PeerUnreachable,
+    RedirectRefused,
 )
 from ...store.base import StateTx
 from ...sync.manager import PairManager
@@ -164,8 +167,8 @@ class PairService:
                 limits=self._core.limits,
             ) as peer:
                 verified = await peer.manifest(expected_did=peer_did)
-        except (PeerUnreachable, DidMismatch):
-            raise
+        except (PeerUnreachable, DidMismatch, PageTooLarge, PeerTooSlow, RedirectRefused):
+            raise  # the peer's bounded read failed: say how (issue 10), do not call it invalid
         except FedpeerError as err:
             raise PeerInvalid(
                 f"{peer_url} did not serve a valid fedpeer manifest ({err.code}: {err.message}); "
