@@ -15,10 +15,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import anyio
 import httpx
+import pytest
 import trio
 
 from fedpeer.peer import NodeConfig, open_node
+from tests.conftest import BOTH_BACKENDS
 
 SLACK = 4.0  # generous: the machine is shared
 
@@ -135,3 +138,33 @@ async def test_junk_authorization_on_a_public_route_is_ignored(tmp_path: Path) -
         r = await client.get(node.url + "/v1/sync/changes", headers={"Authorization": "garbage"})
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "AUTH_REQUIRED"
+
+
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+async def test_head_and_body_timeouts_on_both_backends(tmp_path: Path, anyio_backend: str) -> None:
+    """The same bounds on hypercorn's asyncio worker as on trio's (anyio sockets)."""
+    cfg = NodeConfig(header_timeout_s=1.0, body_timeout_s=1.0)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        host, port = _host_port(node.url)
+        for request, expect in (
+            (b"GET /health HTTP/1.1\r\nHost: x\r\n", b""),  # dropped, no answer
+            (
+                b"POST /v1/records HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {node.admin_token}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+                b"HTTP/1.1 408",
+            ),
+        ):
+            async with await anyio.connect_tcp(host, port) as sock:
+                await sock.send(request)
+                t0 = anyio.current_time()
+                got = b""
+                with anyio.fail_after(1.0 + SLACK):
+                    for _ in range(10_000):
+                        try:
+                            data = await sock.receive()
+                        except (anyio.EndOfStream, anyio.BrokenResourceError):
+                            break
+                        got += data
+                assert got.startswith(expect), got[:200]
+                assert anyio.current_time() - t0 >= 0.9  # closed by the timeout, not at once
