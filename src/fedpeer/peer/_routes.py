@@ -647,7 +647,7 @@ ROUTES: list[RouteSpec] = [
         "changes",
         params=(_CURSOR, _LIMIT, _FEED, _THREAD, _NS, _TIMEOUT),
         response_schema=_PAGE,
-        errors=_PAGE_ERRORS,
+        errors=(*_PAGE_ERRORS, "TOKEN_REVOKED"),
         stream=True,
     ),
     RouteSpec(
