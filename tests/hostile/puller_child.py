@@ -35,7 +35,7 @@ async def main(arg: dict[str, object]) -> None:
         pull_max_page_bytes=int(arg["max_bytes"]),  # type: ignore[call-overload]
         pull_page_deadline_s=float(arg["deadline"]),  # type: ignore[arg-type]
     )
-    sync = SyncOptions(backoff=Backoff(base_s=0.2, cap_s=0.5), seed=1)
+    sync = SyncOptions(backoff=Backoff(base_s=0.3, cap_s=0.6), seed=1)
     peers = [(str(u), str(d)) for u, d in arg["peers"]]  # type: ignore[attr-defined]
     async with open_node(str(arg["dir"]), config=cfg, sync=sync) as node:
         print(json.dumps({"url": node.url}), flush=True)

@@ -111,13 +111,14 @@ async def test_450_dripping_connections_from_one_address_do_not_stop_health(
                 transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
                 async with httpx.AsyncClient(transport=transport, timeout=10) as other:
                     latencies = []
-                    for _ in range(30):
+                    for _ in range(300):
                         t0 = time.perf_counter()
                         r = await other.get(node.url + "/health")
                         latencies.append(time.perf_counter() - t0)
                         assert r.status_code == 200
                     latencies.sort()
-                    assert latencies[-2] < 0.100, latencies[-5:]
+                    p99 = latencies[int(len(latencies) * 0.99)]  # ignores the 3 worst of 300
+                    assert p99 < 0.100, latencies[-5:]
                 # The admitted drippers still hold their slots (no more than the cap).
                 assert len(answers) == 450 - cap
                 nursery.cancel_scope.cancel()
