@@ -24,6 +24,7 @@ The tree::
     │   └── ConfigInvalid         CONFIG_INVALID           400
     ├── BodyTooLarge              BODY_TOO_LARGE           413
     │   └── RecordTooLarge        RECORD_TOO_LARGE         413
+    ├── BodyTimeout               BODY_TIMEOUT             408
     ├── UnsupportedMediaType      UNSUPPORTED_MEDIA_TYPE   415
     ├── NotAcceptable             NOT_ACCEPTABLE           406
     ├── SignatureError            (abstract)
@@ -49,7 +50,8 @@ The tree::
     ├── CursorFromFuture          CURSOR_FROM_FUTURE       409
     ├── AuthRequired              AUTH_REQUIRED            401
     │   ├── TokenInvalid          TOKEN_INVALID            401
-    │   └── TokenExpired          TOKEN_EXPIRED            401
+    │   ├── TokenExpired          TOKEN_EXPIRED            401
+    │   └── TokenRevoked          TOKEN_REVOKED            401
     ├── ScopeForbidden            SCOPE_FORBIDDEN          403
     ├── ConsentDenied             CONSENT_DENIED           403
     ├── NotFound                  NOT_FOUND                404
@@ -77,8 +79,11 @@ The tree::
     ├── PeerError                 PEER_ERROR               502
     │   ├── PeerUnreachable       PEER_UNREACHABLE         503
     │   │   └── NodeNotRunning    NODE_NOT_RUNNING         503
-    │   └── PeerInvalid           PEER_INVALID             502
-    │       └── TlsPinMismatch    TLS_PIN_MISMATCH         502
+    │   ├── PeerInvalid           PEER_INVALID             502
+    │   │   └── TlsPinMismatch    TLS_PIN_MISMATCH         502
+    │   ├── PageTooLarge          PAGE_TOO_LARGE           502
+    │   ├── PeerTooSlow           PEER_TOO_SLOW            504
+    │   └── RedirectRefused       REDIRECT_REFUSED         502
     ├── DiscoveryUnavailable      DISCOVERY_UNAVAILABLE    503
     ├── TimedOut                  TIMED_OUT                504
     └── InternalError             INTERNAL                 500
@@ -92,6 +97,7 @@ __all__ = [
     "AuthRequired",
     "BadProof",
     "BadSignature",
+    "BodyTimeout",
     "BodyTooLarge",
     "BootstrapClosed",
     "ConfigInvalid",
@@ -131,11 +137,13 @@ __all__ = [
     "NotAcceptable",
     "NotFound",
     "PageInvalid",
+    "PageTooLarge",
     "PairNotFound",
     "PairSelf",
     "PairStateInvalid",
     "PeerError",
     "PeerInvalid",
+    "PeerTooSlow",
     "PeerUnreachable",
     "ProofReplayed",
     "RateLimited",
@@ -143,6 +151,7 @@ __all__ = [
     "RecordInvalid",
     "RecordNotFound",
     "RecordTooLarge",
+    "RedirectRefused",
     "RotateNotSelf",
     "SchemaTooNew",
     "ScopeForbidden",
@@ -159,6 +168,7 @@ __all__ = [
     "TlsPinMismatch",
     "TokenExpired",
     "TokenInvalid",
+    "TokenRevoked",
     "UnsupportedMediaType",
     "all_codes",
     "error_from_code",
@@ -295,6 +305,14 @@ class RecordTooLarge(BodyTooLarge):
     """The record is larger than the configured limit."""
 
     code = "RECORD_TOO_LARGE"
+
+
+class BodyTimeout(FedpeerError):
+    """The request body did not arrive in time; send it at once (a client that
+    trickles its body holds a connection for nothing)."""
+
+    code = "BODY_TIMEOUT"
+    http_status = 408
 
 
 class UnsupportedMediaType(FedpeerError):
@@ -474,6 +492,13 @@ class TokenInvalid(AuthRequired):
     """The bearer token is not valid (unknown, revoked or mistyped)."""
 
     code = "TOKEN_INVALID"
+
+
+class TokenRevoked(AuthRequired):
+    """The token was revoked while a long-lived read (stream, longpoll) was open;
+    ask the node's owner for a new one."""
+
+    code = "TOKEN_REVOKED"
 
 
 class TokenExpired(AuthRequired):
@@ -676,6 +701,28 @@ class TlsPinMismatch(PeerInvalid):
     an impostor, or a stale pin. Nothing (no bearer, no secret) was sent."""
 
     code = "TLS_PIN_MISMATCH"
+
+
+class PageTooLarge(PeerError):
+    """A peer's answer is larger than this client accepts (bytes or records per
+    page); the peer is broken or hostile, or the cap is set too low."""
+
+    code = "PAGE_TOO_LARGE"
+
+
+class PeerTooSlow(PeerError):
+    """A peer did not finish its answer within the deadline for one request; the
+    link is too slow or the peer is stalling on purpose."""
+
+    code = "PEER_TOO_SLOW"
+    http_status = 504
+
+
+class RedirectRefused(PeerError):
+    """A peer answered with a redirect; fedpeer never follows redirects (use the
+    final URL of the node directly)."""
+
+    code = "REDIRECT_REFUSED"
 
 
 class DiscoveryUnavailable(FedpeerError):

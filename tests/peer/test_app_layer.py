@@ -272,6 +272,15 @@ async def test_two_nodes_pair_from_one_invite_and_sync_both_ways(tmp_path: Path)
         with anyio.fail_after(30):
             await a.pairs.wait_for(back.id, past_b_head)
         assert [e.cid for e in (await a.records.list(namespace="from-b")).records] == from_b
+        # a now holds b's records too, and b's pair pulls them back (deduplicated):
+        # let it reach a's head before comparing two snapshots of its status.
+        a_head = await a.store.head_seq()
+
+        def past_a_head(p: Pair) -> bool:
+            return p.cursor is not None and Cursor.decode(p.cursor).seq >= a_head
+
+        with anyio.fail_after(30):
+            await b.pairs.wait_for(result.pair.id, past_a_head)
         assert b.admin_token is not None
         async with AdminClient(b.url, b.admin_token) as admin:
             (status,) = await admin.pairs.statuses()

@@ -164,11 +164,14 @@ async def test_request_bodies(node: Node, http: httpx.AsyncClient, admin: dict[s
 async def test_authentication_and_scopes(
     node: Node, http: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    """protocol.md §6.4: Bearer (any case), authenticated even on public routes; 401
-    without or with a bad token, 403 without the scope."""
+    """protocol.md §6.4: Bearer (any case), a bearer token authenticated even on public
+    routes; another scheme ignored on a public route but 401 elsewhere; 401 without or
+    with a bad token, 403 without the scope."""
     assert (
         await http.get("/v1/capabilities", headers={"Authorization": "Basic eA=="})
-    ).status_code == 401
+    ).status_code == 200
+    r = await http.get("/v1/sync/changes", headers={"Authorization": "Basic eA=="})
+    assert (r.status_code, _error(r)) == (401, "AUTH_REQUIRED")
     r = await http.get("/v1/capabilities", headers={"Authorization": "Bearer fp_nope"})
     assert (r.status_code, _error(r)) == (401, "TOKEN_INVALID")
     r = await http.get("/v1/sync/changes")

@@ -23,6 +23,9 @@ that have not expired count. The view answers two questions, both pure:
   record of a feed page, a batch fetch, a thread listing and a record get;
   feeds and listings leave out what is not visible and the cursor still
   advances past it (see :func:`fedpeer.sync.feed.build_page`);
+- :meth:`ConsentView.check_write` raises ``CONSENT_DENIED`` for a write (append,
+  a record signed elsewhere) into a namespace/thread the view (for the
+  ``records:write`` scope) does not cover: writes are filtered exactly as reads;
 - :meth:`ConsentView.check_filter` raises ``CONSENT_DENIED`` when a request
   *names* a namespace prefix or thread that no grant overlaps, so a caller
   asking for something outside its grants is told so instead of being shown an
@@ -494,6 +497,17 @@ class ConsentView:
             raise ConsentDenied(
                 f"no grant lets you read {' and '.join(named)}; "
                 "ask the node's owner for a grant (or an invite) that covers it"
+            )
+
+    def check_write(self, namespace: str, thread: str) -> None:
+        """Raise ``CONSENT_DENIED`` unless a record in ``namespace``/``thread`` may be
+        written: the same rule as :meth:`visible`, over the view for the
+        ``records:write`` scope (writes are filtered by grants exactly as reads)."""
+        if not self.visible(namespace, thread):
+            raise ConsentDenied(
+                f"no grant lets you write into namespace {namespace[:80]!r}, thread "
+                f"{thread[:80]!r}; ask the node's owner for a grant with records:write "
+                "that covers it"
             )
 
     def check_change_filter(self, flt: ChangeFilter) -> None:

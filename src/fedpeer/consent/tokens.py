@@ -351,6 +351,10 @@ def _revoke_tokens(
             continue
         tx.put(TOKEN_TABLE, tid, {**row, "revoked_ms": now_ms, "replaced_by": replaced_by})
         revoked.append(tid)
+    if revoked:
+        # Long-lived reads (longpoll, continuous feed) re-check their bearer when
+        # woken: wake them at commit so a revoked holder stops reading at once.
+        tx.wake_waiters()
     return revoked
 
 

@@ -8,6 +8,9 @@ import attrs
 
 from ..errors import ConfigInvalid
 
+PAGE_MAX_BYTES = 8 * 1024 * 1024
+"""A feed page's byte budget: records past it wait for the next page."""
+
 
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
@@ -32,6 +35,17 @@ class NodeConfig:
     another address needs ``insecure_http=True`` (``--insecure-http``): the
     node then logs a warning and shows it in ``/health``. ``insecure_http`` also
     lets this node pull from plain-HTTP peers that are not on loopback.
+    ``page_max_bytes`` bounds a feed page by the size of its records' wire bytes
+    (a page always holds at least one record), so a puller's byte cap (this
+    budget plus slack) is never hit by an honest node. ``header_timeout_s`` and
+    ``body_timeout_s`` bound how long a client may take to send its request
+    head and body; ``max_conns_per_ip`` caps the connections one source address
+    holds open at once (further ones are closed at once).
+
+    ``pull_max_page_bytes`` and ``pull_page_deadline_s`` bound what this node's
+    pullers accept from a peer: the bytes of one page answer (PAGE_TOO_LARGE)
+    and the seconds one page request may take, longpoll hold aside
+    (PEER_TOO_SLOW).
     """
 
     handle: str = "fedpeer"
@@ -40,6 +54,7 @@ class NodeConfig:
     max_body_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     page_limit_default: int = attrs.field(default=1000, validator=_positive)
     page_limit_max: int = attrs.field(default=10_000, validator=_positive)
+    page_max_bytes: int = attrs.field(default=PAGE_MAX_BYTES, validator=_positive)
     longpoll_max_s: float = attrs.field(default=30.0, validator=_positive)
     heartbeat_s: float = attrs.field(default=15.0, validator=_positive)
     batch_fetch_max: int = attrs.field(default=1000, validator=_positive)
@@ -48,6 +63,13 @@ class NodeConfig:
     manifest_ttl_s: int = attrs.field(default=7 * 24 * 3600, validator=_positive)
     manifest_resign_after_s: int = attrs.field(default=24 * 3600, validator=_positive)
     graceful_timeout_s: float = attrs.field(default=2.0, validator=_positive)
+    header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    body_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    max_conns_per_ip: int = attrs.field(default=64, validator=_positive)
+    pull_max_page_bytes: int = attrs.field(
+        default=PAGE_MAX_BYTES + 4 * 1024 * 1024, validator=_positive
+    )
+    pull_page_deadline_s: float = attrs.field(default=60.0, validator=_positive)
     advertised_namespaces: tuple[str, ...] = ()
     discovery: bool = False
     interfaces: tuple[str, ...] = ()

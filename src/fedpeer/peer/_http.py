@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..errors import (
+    BodyTimeout,
     BodyTooLarge,
     FedpeerError,
     Malformed,
@@ -96,12 +98,35 @@ async def _drain(request: Request) -> None:
         return  # already fully read, or the client went away: nothing to drain
 
 
+BODY_TIMEOUT_S = 30.0
+"""How long a body may take to arrive when the app has no node config."""
+
+
+def _body_timeout(request: Request) -> float:
+    state = getattr(request.app.state, "fedpeer", None) if "app" in request.scope else None
+    config = getattr(state, "config", None)
+    return float(getattr(config, "body_timeout_s", BODY_TIMEOUT_S))
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the request body, refusing more than ``limit`` bytes (BodyTooLarge).
 
     An oversized body is drained (up to 64 MiB) before the error is raised so
-    the client reads the 413 answer rather than a reset connection.
+    the client reads the 413 answer rather than a reset connection. The whole
+    body, drain included, must arrive within the node's ``body_timeout_s``
+    (BODY_TIMEOUT, 408): a client trickling its body cannot hold a connection.
     """
+    timeout = _body_timeout(request)
+    try:
+        with anyio.fail_after(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {timeout:g} s; send it at once"
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

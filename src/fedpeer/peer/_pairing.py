@@ -17,10 +17,22 @@ import httpx
 from ..sync._machine import PageRequest
 from ..sync.pairs import Pair
 from ..sync.records import DEFAULT_LIMITS, Limits
+from ._config import NodeConfig
 from ._pinning import PeerVerifier
 from .client import PeerClient
 
-__all__ = ["PeerPageSource", "host_port", "is_own_url"]
+__all__ = [
+    "DEFAULT_MAX_PAGE_BYTES",
+    "DEFAULT_PAGE_DEADLINE_S",
+    "PeerPageSource",
+    "host_port",
+    "is_own_url",
+]
+
+DEFAULT_MAX_PAGE_BYTES = NodeConfig().pull_max_page_bytes
+"""A pulled page's byte cap: a node's page byte budget plus 4 MiB of slack."""
+DEFAULT_PAGE_DEADLINE_S = NodeConfig().pull_page_deadline_s
+"""Seconds one page request may take in all (a longpoll adds its hold time)."""
 
 
 class PeerPageSource:
@@ -37,6 +49,14 @@ class PeerPageSource:
     Errors come back as the source's FedpeerError (``RateLimited`` with
     ``retry_after``), ``PeerUnreachable`` for transport failures, ``Malformed``
     / ``NonCanonical`` for an undecodable body.
+
+    Never holds more than one bounded page (issue 10): the answer is streamed
+    and dropped past ``max_page_bytes`` (``PAGE_TOO_LARGE``); the whole request
+    must finish within ``page_deadline_s`` (plus the longpoll hold;
+    ``PEER_TOO_SLOW``); a page with more records than asked is refused from its
+    header before decoding (``PAGE_TOO_LARGE``); an answer that is not DAG-CBOR
+    is ``PAGE_INVALID``; a redirect is ``REDIRECT_REFUSED``. A retry downloads
+    at most the same bounded amount again, after the puller's backoff.
     """
 
     def __init__(
@@ -46,11 +66,15 @@ class PeerPageSource:
         longpoll_s: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
         verifier: PeerVerifier | None = None,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        page_deadline_s: float = DEFAULT_PAGE_DEADLINE_S,
     ) -> None:
         self._client = client
         self.longpoll_s = longpoll_s
         self._limits = limits
         self.verifier = verifier if verifier is not None else PeerVerifier(client)
+        self.max_page_bytes = max_page_bytes
+        self.page_deadline_s = page_deadline_s
 
     async def fetch(self, pair: Pair, request: PageRequest) -> object:
         """One page for ``pair`` as the machine asked (decoded, not verified)."""
@@ -66,6 +90,9 @@ class PeerPageSource:
                 namespace=request.namespace,
                 thread=request.thread,
                 timeout=self.longpoll_s if request.feed == "longpoll" else None,
+                max_bytes=self.max_page_bytes,
+                deadline=self.page_deadline_s,
+                strict_cbor=True,
             )
 
         return await self.verifier.run(pair.peer_url, pair.peer_did, page)

@@ -22,7 +22,15 @@ import anyio
 import attrs
 import httpx
 
-from ..errors import FedpeerError, PeerInvalid, PeerUnreachable, TlsPinMismatch
+from ..errors import (
+    FedpeerError,
+    PageTooLarge,
+    PeerInvalid,
+    PeerTooSlow,
+    PeerUnreachable,
+    RedirectRefused,
+    TlsPinMismatch,
+)
 from ..identity.canonical import dagcbor_decode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
 from ._transport import CBOR, Pin, peer_pin, pinned_context, pins_of, raise_for_error
@@ -40,8 +48,38 @@ async def _read_capped(response: httpx.Response) -> bytes:
     async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > MAX_MANIFEST_BYTES:
-            raise PeerInvalid(f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
+            raise PageTooLarge(
+                f"the manifest is over {MAX_MANIFEST_BYTES} bytes; a fedpeer node's is a few KiB"
+            )
     return bytes(body)
+
+
+async def _fetch(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    timeout: float,
+    https: bool,
+    oob: frozenset[str],
+) -> tuple[httpx.Response, str | None, bytes]:
+    """GET the manifest: no redirects, the served pin read before any body byte,
+    the body read under :data:`MAX_MANIFEST_BYTES`."""
+    async with client.stream(
+        "GET", url, headers=headers, timeout=timeout, follow_redirects=False
+    ) as response:
+        seen = peer_pin(response.extensions.get("network_stream")) if https else None
+        if https and oob and seen not in oob:  # before reading a byte of the body
+            return response, seen, b""
+        if 300 <= response.status_code < 400:
+            raise RedirectRefused(
+                f"{url} answered {response.status_code} (a redirect); fedpeer never follows "
+                "redirects: use the node's own address"
+            )
+        body = await _read_capped(response)
+        if response.status_code >= 400:
+            response._content = body
+            raise_for_error(response)
+    return response, seen, body
 
 
 def _decode(response: httpx.Response, body: bytes) -> object:
@@ -112,8 +150,9 @@ async def check_peer(
 
     Raises DID_MISMATCH (signed by another DID), TLS_PIN_MISMATCH, BAD_SIGNATURE
     / SIGNATURE_EXPIRED, PEER_INVALID (no manifest, or an https node whose
-    manifest lists no pin), PEER_UNREACHABLE; the peer's error for an error
-    answer. Cancellable; at most ``timeout`` seconds per request.
+    manifest lists no pin), PEER_UNREACHABLE, PAGE_TOO_LARGE (a manifest over
+    256 KiB), PEER_TOO_SLOW (not read within ``timeout`` seconds in all),
+    REDIRECT_REFUSED; the peer's error for an error answer. Cancellable.
     """
     url = base_url.rstrip("/") + WELL_KNOWN
     # did:web peers are verified by certificate authorities (the client's own TLS
@@ -132,19 +171,19 @@ async def check_peer(
         else:
             probe = client
         try:
-            async with probe.stream("GET", url, headers=headers, timeout=timeout) as response:
-                seen = peer_pin(response.extensions.get("network_stream")) if https else None
-                if https and oob and seen not in oob:  # before reading a byte of the body
-                    judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
-                body = await _read_capped(response)
-                if response.status_code >= 400:
-                    response._content = body
-                    raise_for_error(response)
+            with anyio.fail_after(timeout):  # one deadline for the whole read, not per chunk
+                response, seen, body = await _fetch(probe, url, headers, timeout, https, oob)
+        except TimeoutError:
+            raise PeerTooSlow(
+                f"{base_url} did not send its manifest within {timeout:g} s"
+            ) from None
         finally:
             if probe is not client:
                 await probe.aclose()
     except httpx.TransportError as exc:
         raise PeerUnreachable(f"{base_url} is unreachable: {exc!r}") from exc
+    if https and oob and seen not in oob:
+        judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
     verified = verify_manifest(_decode(response, body), expected_did=did, now=now)
     if not https:
         return verified

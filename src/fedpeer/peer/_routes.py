@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import attrs
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import InvalidRequest, Malformed
+from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
-from ..store.base import ChangeFilter, StoredRecord
+from ..store.base import ChangeFilter, ChangesPage, StoredRecord
 from ..sync.feed import (
     Cursor,
     FeedPage,
@@ -179,6 +180,7 @@ async def post_record(ctx: Ctx) -> Response:
         kind=str(obj["kind"]),
         body=obj["body"],
         parents=parents,
+        view=await ctx.view("records:write"),
     )
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": True}, ctx.request, status=201
@@ -190,7 +192,7 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     data, sig = obj.get("data"), obj.get("sig")
     if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
         raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
-    entry, created = await ctx.app.records.ingest(data, sig)
+    entry, created = await ctx.app.records.ingest(data, sig, view=await ctx.view("records:write"))
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": created},
         ctx.request,
@@ -275,6 +277,23 @@ def _page_response(ctx: Ctx, page: FeedPage) -> Response:
     return respond(wire, ctx.request)
 
 
+def trim_page(page: ChangesPage, budget: int, visible: Visible) -> ChangesPage:
+    """``page`` cut after the visible record that reaches ``budget`` bytes of
+    record wire bytes (cid, data, sig), so no page grows past the budget by much
+    (a page always keeps its first visible record). The rest waits for the next
+    page: ``last_seq`` moves back to the last record kept. Pure."""
+    used = 0
+    for i, rec in enumerate(page.records):
+        if not visible(rec):
+            continue
+        used += len(rec.cid) + len(rec.data) + len(rec.sig) + 16
+        if used >= budget and i + 1 < len(page.records):
+            return attrs.evolve(
+                page, records=page.records[: i + 1], last_seq=rec.seq, last_cid=rec.cid
+            )
+    return page
+
+
 async def _one_page(
     ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int, scope: str = "sync:read"
 ) -> FeedPage:
@@ -282,7 +301,9 @@ async def _one_page(
     view = await ctx.view(scope)
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
     since = await resolve_cursor(store, since_text)
-    changes = await store.changes(since, limit, flt)
+    changes = trim_page(
+        await store.changes(since, limit, flt), ctx.app.config.page_max_bytes, view.record_visible
+    )
     return build_page(changes, epoch=store.epoch, key=store.cursor_key, visible=view.record_visible)
 
 
@@ -294,6 +315,11 @@ async def _wait_new(
     is up. Returns True when woken by the store (new records, or grants changed).
     """
     landed = False
+    if interest is None:
+        # "Any commit", spelled as a filter so that a transaction's wake_waiters()
+        # (grants changed, a token was revoked) also ends the wait: the caller then
+        # re-checks its bearer and its view (a None interest waits for records only).
+        interest = (ChangeFilter(),)
     with anyio.move_on_after(timeout):
         async with anyio.create_task_group() as nursery:
 
@@ -340,18 +366,36 @@ async def changes(ctx: Ctx) -> Response:
         deadline = anyio.current_time() + timeout
         # Loop: records may land that the caller may not see; keep waiting until a
         # visible one lands or time is up, advancing the cursor past the rest.
+        # The bearer is checked again after every wait (a revocation wakes the
+        # waiters; the wait ends at the token's expiry), so a revoked or expired
+        # token ends the longpoll at once with its error (issue 10).
         for _ in range(10_000):
             remaining = deadline - anyio.current_time()
             if remaining <= 0 or ctx.app.closing.is_set():
                 break
             seq = Cursor.decode(page.next_cursor).seq
             interest = (await ctx.view("sync:read")).wake_filters(flt)
-            if not await _wait_new(ctx, seq, remaining, interest):
+            wait = _wait_bound(ctx, remaining)
+            woke = await _wait_new(ctx, seq, wait, interest)
+            await ctx.recheck()
+            if not woke:
+                if wait < remaining:
+                    continue
                 break
             page = await _one_page(ctx, flt, page.next_cursor, limit)
             if page.records or page.has_more:
                 break
     return _page_response(ctx, page)
+
+
+def _wait_bound(ctx: Ctx, wait: float) -> float:
+    """``wait`` cut short to just past the caller's token expiry."""
+    expiry = ctx.until_expiry()
+    return wait if expiry is None else min(wait, expiry + 0.01)
+
+
+def _sse_error(err: FedpeerError) -> bytes:
+    return b"event: error\ndata: " + dagjson_encode(err.to_dict()) + b"\n\n"
 
 
 def _sse_event(event: str, event_id: str, data: bytes) -> bytes:
@@ -371,6 +415,13 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
         seq = since
         yield b": fedpeer continuous feed\n\n"
         while not ctx.app.closing.is_set():
+            # The bearer is checked again before every page and every heartbeat: a
+            # revoked or expired token ends the stream with an error event.
+            try:
+                await ctx.recheck()
+            except AuthRequired as err:
+                yield _sse_error(err)
+                return
             # Grants are read again for every page, so a change applies mid-stream.
             view = await ctx.view("sync:read")
             visible = view.record_visible
@@ -389,7 +440,13 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                 seq = page.last_seq
             if page.last_seq < page.head_seq:
                 continue
-            if not await _wait_new(ctx, seq, heartbeat, view.wake_filters(flt)):
+            wait = _wait_bound(ctx, heartbeat)
+            if not await _wait_new(ctx, seq, wait, view.wake_filters(flt)) and wait >= heartbeat:
+                try:
+                    await ctx.recheck()
+                except AuthRequired as err:
+                    yield _sse_error(err)
+                    return
                 yield b": heartbeat\n\n"
 
     return StreamingResponse(
@@ -541,6 +598,7 @@ ROUTES: list[RouteSpec] = [
             "BODY_TOO_LARGE",
             "UNSUPPORTED_MEDIA_TYPE",
             "DID_INVALID",
+            "CONSENT_DENIED",
         ),
     ),
     RouteSpec(
@@ -602,7 +660,7 @@ ROUTES: list[RouteSpec] = [
         "changes",
         params=(_CURSOR, _LIMIT, _FEED, _THREAD, _NS, _TIMEOUT),
         response_schema=_PAGE,
-        errors=_PAGE_ERRORS,
+        errors=(*_PAGE_ERRORS, "TOKEN_REVOKED"),
         stream=True,
     ),
     RouteSpec(

@@ -20,7 +20,14 @@ from starlette.responses import Response
 from ..consent.grants import ConsentView
 from ..consent.scopes import ALL_SCOPES, has_scope
 from ..consent.tokens import Principal
-from ..errors import AuthRequired, FedpeerError, InternalError, ScopeForbidden
+from ..errors import (
+    AuthRequired,
+    FedpeerError,
+    InternalError,
+    ScopeForbidden,
+    TokenExpired,
+    TokenRevoked,
+)
 from ._http import error_response
 from ._state import AppState
 
@@ -47,6 +54,30 @@ class Ctx:
     request: Request
     app: AppState
     principal: Principal | None
+    bearer: str | None = None
+
+    async def recheck(self) -> None:
+        """Authenticate the request's bearer again (long-lived reads call it on every
+        page and heartbeat). Raises TOKEN_REVOKED when the token stopped working
+        since the request began (revoked or rotated away), TOKEN_EXPIRED when it
+        expired; nothing for an anonymous caller."""
+        if self.bearer is None or self.principal is None:
+            return
+        try:
+            await self.app.tokens.authenticate(self.bearer)
+        except TokenExpired:
+            raise
+        except AuthRequired:
+            raise TokenRevoked(
+                "this token was revoked while the request was open; ask the node's "
+                "owner for a new one"
+            ) from None
+
+    def until_expiry(self) -> float | None:
+        """Seconds until the caller's token expires (None: it never does)."""
+        if self.principal is None or self.principal.expires_ms is None:
+            return None
+        return max(0.0, (self.principal.expires_ms - self.app.core.now_ms()) / 1000)
 
     @property
     def caller_did(self) -> str | None:
@@ -82,12 +113,17 @@ class RouteSpec:
 ANONYMOUS_DEV_SCOPES = frozenset(s for s in ALL_SCOPES if s != "admin")
 
 
-def _bearer(request: Request) -> str | None:
+def _bearer(request: Request, *, public: bool = False) -> str | None:
+    """The bearer token of ``request``. An ``Authorization`` header that is not a
+    bearer token is AUTH_REQUIRED, except on a public route, where it is ignored
+    (a junk header must not make ``/health`` answer 401)."""
     header = request.headers.get("authorization")
     if header is None:
         return None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
+        if public:
+            return None
         raise AuthRequired("use `Authorization: Bearer <token>`")
     return value.strip()
 
@@ -100,8 +136,9 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
         client = request.client.host if request.client else "unknown"
         try:
             principal: Principal | None = None
+            bearer: str | None = None
             try:
-                bearer = _bearer(request)
+                bearer = _bearer(request, public=spec.scope == "public")
                 if bearer is not None:
                     principal = await state.tokens.authenticate(bearer)
             except AuthRequired:
@@ -130,7 +167,7 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
                         f"{spec.method} {spec.path} needs scope {spec.scope!r}; "
                         f"this token has {sorted(principal.scopes)}"
                     )
-            response = await spec.handler(Ctx(request, state, principal))
+            response = await spec.handler(Ctx(request, state, principal, bearer))
         except FedpeerError as err:
             return error_response(err, headers)
         except Exception:

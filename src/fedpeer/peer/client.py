@@ -22,17 +22,53 @@ from ..consent.invites import (
     parse_invite_url,
     sign_redeem_proof,
 )
-from ..errors import FedpeerError, Malformed, PeerInvalid, PeerUnreachable
+from ..errors import (
+    FedpeerError,
+    Malformed,
+    PageInvalid,
+    PageTooLarge,
+    PeerInvalid,
+    PeerUnreachable,
+    error_from_code,
+)
 from ..identity.canonical import CID, b64url_encode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
 from ..identity.keys import SigningKey
 from ..sync.feed import decode_page_cbor, page_from_wire
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
 from ._pinning import check_peer
-from ._transport import CBOR, HttpTransport, raise_for_error
+from ._transport import CBOR, DEFAULT_MAX_RESPONSE_BYTES, HttpTransport, raise_for_error
 from .manifest import verify_manifest
 
 Feed = Literal["normal", "longpoll", "continuous"]
+
+MANIFEST_MAX_BYTES = 256 * 1024
+"""The largest well-known manifest answer a client reads (a manifest is a few KiB)."""
+
+_PAGE_PREFIX = b"\xa3\x67records"  # canonical page map: 3 keys, "records" sorts first
+
+
+def page_record_count(body: bytes) -> int:
+    """How many records a DAG-CBOR feed page holds, read from its header alone.
+
+    A canonical page (protocol.md §8.2: exactly the keys ``records``,
+    ``has_more``, ``next_cursor``) starts with a 3-entry map whose first key is
+    ``records`` followed by the array's length, so the count is known before a
+    single record is decoded. Raises ``PAGE_INVALID`` for any other start. Pure.
+    """
+    n = len(_PAGE_PREFIX)
+    if body[:n] != _PAGE_PREFIX or len(body) <= n:
+        raise PageInvalid("the page is not a canonical DAG-CBOR map {records, ...}")
+    head = body[n]
+    if head >> 5 != 4:
+        raise PageInvalid("the page's records is not a list")
+    info = head & 0x1F
+    if info < 24:
+        return info
+    width = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+    if width is None or len(body) < n + 1 + width:
+        raise PageInvalid("the page's records list has no valid length")
+    return int.from_bytes(body[n + 1 : n + 1 + width], "big")
 
 
 @attrs.frozen
@@ -50,6 +86,16 @@ class StreamEvent:
 
     cursor: str
     record: SignedRecord | None
+
+
+def _stream_error(data: str) -> FedpeerError:
+    """The error an ``event: error`` of the continuous feed carries (TOKEN_REVOKED...)."""
+    try:
+        body = dagjson_decode(data.encode())
+        err = body["error"]  # type: ignore[index]
+        return error_from_code(str(err["code"]), str(err["message"]))
+    except Exception:
+        return PeerInvalid(f"the stream ended with an unreadable error event {data[:200]!r}")
 
 
 class PeerClient(HttpTransport):
@@ -72,8 +118,15 @@ class PeerClient(HttpTransport):
         client: httpx.AsyncClient | None = None,
         timeout: float = 40.0,
         limits: Limits = DEFAULT_LIMITS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        super().__init__(base_url, token=token, client=client, timeout=timeout)
+        super().__init__(
+            base_url,
+            token=token,
+            client=client,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+        )
         self.limits = limits
         self._client = self.client
         self._headers = self.headers
@@ -94,7 +147,12 @@ class PeerClient(HttpTransport):
         Raises BadSignature (tampered), SignatureExpired, DidMismatch (signed
         by another DID than ``expected_did``), PeerInvalid, PeerUnreachable.
         """
-        body = await self.get_value("/.well-known/fedpeer")
+        response = await self.request(
+            "GET",
+            "/.well-known/fedpeer",
+            max_bytes=min(MANIFEST_MAX_BYTES, self.max_response_bytes),
+        )
+        body = self._decode(response)
         return verify_manifest(body, expected_did=expected_did, now=now)
 
     async def verify_identity(
@@ -126,8 +184,18 @@ class PeerClient(HttpTransport):
         namespace: str | None = None,
         thread: str | None = None,
         timeout: float | None = None,
+        max_bytes: int | None = None,
+        deadline: float | None = None,
+        strict_cbor: bool = False,
     ) -> object:
-        """One page of the feed, decoded but not verified (the puller verifies)."""
+        """One page of the feed, decoded but not verified (the puller verifies).
+
+        Read bounded (see :meth:`request`): ``max_bytes`` per answer,
+        ``deadline`` seconds for the whole request (for a longpoll the hold time
+        is added). A page with more than ``limit`` records is refused from its
+        header, before anything is decoded (``PAGE_TOO_LARGE``); with
+        ``strict_cbor`` an answer that is not DAG-CBOR (asked for) is
+        ``PAGE_INVALID``, so no unbounded JSON decode happens."""
         params: dict[str, str | int] = {"limit": limit, "feed": feed}
         if since:
             params["since"] = since
@@ -142,12 +210,30 @@ class PeerClient(HttpTransport):
             # Slack for the answer to travel; proportional, so a dead link is noticed
             # soon after the longpoll would have ended (not a fixed 15 s later).
             http_timeout = wait + max(5.0, wait * 0.25)
+            if deadline is not None:
+                deadline += wait
         response = await self.request(
-            "GET", "/v1/sync/changes", params=params, timeout=http_timeout
+            "GET",
+            "/v1/sync/changes",
+            params=params,
+            timeout=http_timeout,
+            max_bytes=max_bytes,
+            deadline=deadline,
         )
         ctype = response.headers.get("content-type", "").split(";")[0].strip()
         if ctype == CBOR:
-            return decode_page_cbor(response.content)  # = dagcbor_decode, faster for pages
+            body = response.content
+            count = page_record_count(body)
+            if count > limit:
+                raise PageTooLarge(
+                    f"{self.base_url} sent a page of {count} records; {limit} were asked for"
+                )
+            return decode_page_cbor(body)  # = dagcbor_decode, faster for pages
+        if strict_cbor:
+            raise PageInvalid(
+                f"{self.base_url} answered a feed page as {ctype or 'no type'!r}, not "
+                f"{CBOR} as asked"
+            )
         return self._decode(response)
 
     async def changes(
@@ -215,7 +301,8 @@ class PeerClient(HttpTransport):
         """Follow the continuous feed (Server-Sent Events); resumes from ``since``.
 
         Yields a StreamEvent per record (verified) and per checkpoint. Runs until
-        cancelled or the server closes the stream.
+        cancelled or the server closes the stream; an ``event: error`` from the
+        server (TOKEN_REVOKED, TOKEN_EXPIRED) is raised as that error.
         """
         params: dict[str, str] = {"feed": "continuous"}
         if namespace:
@@ -240,6 +327,8 @@ class PeerClient(HttpTransport):
                 event: dict[str, str] = {}
                 async for line in response.aiter_lines():
                     if line == "":
+                        if event.get("event") == "error":
+                            raise _stream_error(event.get("data", ""))
                         if "id" in event:
                             yield self._stream_event(event)
                         event = {}

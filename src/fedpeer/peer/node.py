@@ -68,7 +68,7 @@ from ._pairing import PeerPageSource
 from ._pinning import PeerVerifier
 from ._state import AppState
 from ._transport import new_http_client
-from .app import build_app
+from .app import ConnectionGuard, build_app
 from .discovery import Discovery
 from .services import (
     GrantService,
@@ -337,7 +337,12 @@ def _bind(
     hconf.graceful_timeout = cfg.graceful_timeout_s
     hconf.accesslog = None
     hconf.errorlog = logging.getLogger("fedpeer.hypercorn")
-    hconf.keep_alive_timeout = 75
+    # A connection's idle timer runs from accept until a request head is complete
+    # (and again between requests), so this is also the header timeout: a client
+    # that trickles its request head is dropped after it (issue 10). Bodies are
+    # timed by the app (body_timeout_s); hypercorn's read_timeout is per read and
+    # would also end idle longpolls and streams, so it stays unset.
+    hconf.keep_alive_timeout = cfg.header_timeout_s
     hconf.h11_max_incomplete_size = 64 * 1024
     try:
         sockets = hconf.create_sockets()
@@ -498,13 +503,15 @@ async def open_node(
                 longpoll_s=sync_opts.longpoll_s,
                 limits=limits,
                 verifier=PeerVerifier(http),
+                max_page_bytes=cfg.pull_max_page_bytes,
+                page_deadline_s=cfg.pull_page_deadline_s,
             ),
             limits=limits,
             options=sync_opts,
         )
         state = AppState.create(core, pairs=PairService(core, manager))
         state.invites.attach_pairs(state.pairs)  # type: ignore[arg-type]
-        app = build_app(state)
+        app = ConnectionGuard(build_app(state), cfg.max_conns_per_ip)
         shutdown = anyio.Event()
         server = _Server()
         async with http, anyio.create_task_group() as tg:

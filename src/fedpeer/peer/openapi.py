@@ -23,7 +23,13 @@ _ERROR_SCHEMA = {
 # Errors any route may answer with, by the shared wrapper.
 _COMMON = {"RATE_LIMITED", "INTERNAL", "NOT_ACCEPTABLE"}
 _AUTH = {"AUTH_REQUIRED", "TOKEN_INVALID", "TOKEN_EXPIRED", "SCOPE_FORBIDDEN"}
-_BODY = {"BODY_TOO_LARGE", "MALFORMED", "UNSUPPORTED_MEDIA_TYPE", "NON_CANONICAL"}
+_BODY = {
+    "BODY_TOO_LARGE",
+    "BODY_TIMEOUT",
+    "MALFORMED",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "NON_CANONICAL",
+}
 
 
 def _openapi_path(path: str) -> str:

@@ -45,9 +45,12 @@ from ...errors import (
     FedpeerError,
     InternalError,
     InvalidRequest,
+    PageTooLarge,
     PairSelf,
     PeerInvalid,
+    PeerTooSlow,
     PeerUnreachable,
+    RedirectRefused,
     TlsPinMismatch,
 )
 from ...store.base import StateTx
@@ -183,8 +186,15 @@ class PairService:
             verified = await check_peer(
                 self._http(), peer_url, peer_did, timeout=MANIFEST_TIMEOUT_S
             )
-        except (PeerUnreachable, DidMismatch, TlsPinMismatch):
-            raise
+        except (
+            PeerUnreachable,
+            DidMismatch,
+            TlsPinMismatch,
+            PageTooLarge,
+            PeerTooSlow,
+            RedirectRefused,
+        ):
+            raise  # identity, or the peer's bounded read failed: say how, do not call it invalid
         except FedpeerError as err:
             raise PeerInvalid(
                 f"{peer_url} did not serve a valid fedpeer manifest ({err.code}: {err.message}); "

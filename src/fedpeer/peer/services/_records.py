@@ -66,8 +66,13 @@ class RecordService:
         kind: str,
         body: object,
         parents: Sequence[CID | str] = (),
+        view: ConsentView = EVERYTHING,
     ) -> RecordEntry:
         """Build, sign and store a record authored by this node; return it with its seq.
+
+        ``view`` is what the caller may write (:meth:`GrantService.view_for` with
+        ``records:write``; default: anything, the node itself): a namespace/thread
+        it does not cover is CONSENT_DENIED before anything is built.
 
         ``clock`` is a Lamport clock: one more than the largest of this node's
         last clock and the parents' clocks. Raises RECORD_INVALID,
@@ -75,6 +80,9 @@ class RecordService:
         stores a partial record.
         """
         core = self._core
+        if not isinstance(namespace, str) or not isinstance(thread, str):
+            raise InvalidRequest("namespace and thread must be strings")
+        view.check_write(namespace, thread)
         parent_cids = tuple(parse_cid(p) for p in parents)
         async with self._append_lock:
             meta = await core.store.get_state("meta", "clock")
@@ -106,8 +114,13 @@ class RecordService:
             seq = await core.store.transact(commit)
             return RecordEntry(seq, signed)
 
-    async def ingest(self, data: bytes, sig: bytes) -> tuple[RecordEntry, bool]:
+    async def ingest(
+        self, data: bytes, sig: bytes, *, view: ConsentView = EVERYTHING
+    ) -> tuple[RecordEntry, bool]:
         """Verify a record signed elsewhere and store it as is.
+
+        ``view`` is what the caller may write (as for :meth:`append`): a record
+        whose namespace/thread it does not cover is CONSENT_DENIED and not stored.
 
         Returns ``(entry, created)``; storing a record twice is a no-op
         (``created`` False, the existing seq). Raises what
@@ -118,6 +131,7 @@ class RecordService:
             raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
         core = self._core
         signed = verify_record(data, sig, limits=core.limits, now_ms=core.now_ms())
+        view.check_write(signed.record.namespace, signed.record.thread)
         return await self.put_verified(signed)
 
     async def put_verified(self, signed: SignedRecord) -> tuple[RecordEntry, bool]:

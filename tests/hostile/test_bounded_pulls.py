@@ -1,0 +1,233 @@
+"""A pull never holds more than a bounded page (issue 10; protocol.md §8.7).
+
+Hostile fake peers (tests/hostile/fakepeer.py, raw HTTP on loopback) against a
+real puller node (SQLite, hypercorn): an endless chunked body, a 1 GiB body and
+10^6 tiny records in 15 MB kept the puller growing to gigabytes before; a peer
+dripping one byte every 20 s kept a pair ``running`` forever; a redirect was
+reported as "not valid DAG-JSON". Now every page answer is streamed under a byte
+cap (PAGE_TOO_LARGE), a record-count cap read from the page header
+(PAGE_TOO_LARGE), one deadline per request (PEER_TOO_SLOW) and no redirects
+(REDIRECT_REFUSED).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+from fedpeer.peer import NodeConfig, open_node
+from fedpeer.sync.backoff import Backoff
+from fedpeer.sync.options import SyncOptions
+from fedpeer.sync.pairs import Pair
+from tests.hostile.fakepeer import HostilePeer
+
+CHILD = Path(__file__).with_name("puller_child.py")
+MIB = 1024 * 1024
+HEALTH_SAMPLES = 300  # p99 over 300 samples ignores the 3 worst, not none
+FAST_RETRY = SyncOptions(backoff=Backoff(base_s=0.1, cap_s=0.2), seed=1)
+
+
+async def _read_json_line(stream: trio.abc.ReceiveStream, buf: bytearray) -> dict[str, object]:
+    for _ in range(100_000):
+        if b"\n" in buf:
+            line, _, rest = bytes(buf).partition(b"\n")
+            buf[:] = rest
+            value = json.loads(line)
+            assert isinstance(value, dict)
+            return value
+        data = await stream.receive_some(65536)
+        if not data:
+            raise AssertionError(f"the puller process ended early; output so far {bytes(buf)!r}")
+        buf += data
+    raise AssertionError("no line from the puller process")
+
+
+async def _run_puller_child(
+    tmp_path: Path, peers: list[HostilePeer], max_bytes: int
+) -> tuple[dict[str, object], list[float]]:
+    """Run a puller node in a child process against ``peers`` (started here) until each
+    pair failed twice; return its report and the /health latencies measured meanwhile."""
+    latencies: list[float] = []
+    report: dict[str, object] = {}
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            await peer.start(nursery)
+        arg = {
+            "dir": str(tmp_path / "puller"),
+            "peers": [[p.url, p.did] for p in peers],
+            "max_bytes": max_bytes,
+            "deadline": 60.0,
+        }
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, str(CHILD), json.dumps(arg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        buf = bytearray()
+        try:
+            with trio.fail_after(120):
+                url = str((await _read_json_line(proc.stdout, buf))["url"])
+
+                measured = trio.Event()
+
+                async def measure_health() -> None:
+                    async with httpx.AsyncClient(timeout=10) as client:
+                        for _ in range(100_000):
+                            t0 = time.perf_counter()
+                            r = await client.get(url + "/health")
+                            latencies.append(time.perf_counter() - t0)
+                            assert r.status_code == 200
+                            if len(latencies) >= HEALTH_SAMPLES:
+                                measured.set()
+
+                # Measure while the attack goes on: until the puller reported (every
+                # pair failed twice) and enough samples for a real p99 (the pairs
+                # keep retrying meanwhile).
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(measure_health)
+                    report = await _read_json_line(proc.stdout, buf)
+                    await measured.wait()
+                    inner.cancel_scope.cancel()
+        finally:
+            await proc.stdin.aclose()
+            with trio.move_on_after(15):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        nursery.cancel_scope.cancel()
+    return report, latencies
+
+
+def _check_bounded(
+    report: dict[str, object], latencies: list[float], peers: list[HostilePeer]
+) -> None:
+    """The pair shows PAGE_TOO_LARGE, retries re-downloaded nothing without bound,
+    the puller's peak RSS stayed under 150 MB and /health answered in under 100 ms
+    at p99 meanwhile (the issue's stated bounds)."""
+    errors = report["errors"]
+    assert isinstance(errors, dict)
+    for peer in peers:
+        err = errors[peer.url]
+        assert err is not None, peer.behaviour
+        assert err["code"] == "PAGE_TOO_LARGE", (peer.behaviour, err)
+    # Retries happened and none re-downloaded without bound: every hostile answer
+    # was cut off near the cap (socket buffers aside), not at 1 GiB or forever.
+    for peer in peers:
+        assert len(peer.sent) >= 2, peer.behaviour
+        assert max(peer.sent) < 64 * MIB, (peer.behaviour, peer.sent)
+    peak_mb = int(str(report["vm_hwm_kb"])) / 1024
+    print(f"puller peak RSS {peak_mb:.0f} MB; /health samples {len(latencies)}")
+    assert peak_mb < 150, f"puller peak RSS {peak_mb:.0f} MB"
+    assert len(latencies) >= HEALTH_SAMPLES, f"only {len(latencies)} /health samples"
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(f"/health p99 {p99 * 1000:.1f} ms")
+    assert p99 < 0.100, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} requests"
+
+
+async def test_three_hostile_peers_keep_the_puller_small_and_health_fast(tmp_path: Path) -> None:
+    """The realistic memory test: the puller is a separate process with the default
+    caps, so its peak RSS (VmHWM) is its own; the three peers attack at once."""
+    peers = [HostilePeer("endless"), HostilePeer("huge"), HostilePeer("many")]
+    report, latencies = await _run_puller_child(tmp_path, peers, NodeConfig().pull_max_page_bytes)
+    _check_bounded(report, latencies, peers)
+
+
+async def test_record_count_cap_refuses_a_page_before_decoding_it(tmp_path: Path) -> None:
+    """The byte cap raised to 32 MiB so the 15 MB page of 10^6 items is received in
+    full: only the record-count cap (read from the page header) stands between it
+    and a 2 GB decode."""
+    peers = [HostilePeer("many")]
+    report, latencies = await _run_puller_child(tmp_path, peers, 32 * MIB)
+    _check_bounded(report, latencies, peers)
+    errors = report["errors"]
+    assert isinstance(errors, dict)
+    assert "records" in str(errors[peers[0].url]["message"])  # the count cap, not bytes
+
+
+async def _pair_error(
+    node_pairs: object, pair_id: str, limit_s: float
+) -> tuple[dict[str, object], float]:
+    from fedpeer.peer.services import PairService
+
+    assert isinstance(node_pairs, PairService)
+    t0 = trio.current_time()
+    with trio.fail_after(limit_s):
+        pair = await node_pairs.wait_for(pair_id, lambda p: p.last_error is not None)
+    assert pair.last_error is not None
+    return pair.last_error.to_dict(), trio.current_time() - t0
+
+
+async def test_dripping_peer_fails_with_peer_too_slow_within_the_deadline(tmp_path: Path) -> None:
+    """One byte every 20 s: httpx's per-read timeout (30 s) never fires; the page
+    deadline (1.5 s here) does."""
+    peer = HostilePeer("drip")
+    cfg = NodeConfig(pull_page_deadline_s=1.5)
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", config=cfg, sync=FAST_RETRY) as node:
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did)
+            err, took = await _pair_error(node.pairs, pair.id, 10)
+            assert err["code"] == "PEER_TOO_SLOW", err
+            assert took < 1.5 + 3.0, took
+            assert node.pairs.get(pair.id).state.value in ("failing", "running")
+        nursery.cancel_scope.cancel()
+
+
+async def test_redirecting_peer_is_refused_not_misread(tmp_path: Path) -> None:
+    peer = HostilePeer("redirect")
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", sync=FAST_RETRY) as node:
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did)
+            err, _took = await _pair_error(node.pairs, pair.id, 10)
+            assert err["code"] == "REDIRECT_REFUSED", err
+            assert "DAG-JSON" not in str(err["message"])
+        nursery.cancel_scope.cancel()
+
+
+async def test_small_byte_cap_applies_to_each_page_answer(tmp_path: Path) -> None:
+    """The cap is configurable: 1 MiB here; the endless peer is cut off near it."""
+    peer = HostilePeer("endless")
+    cfg = NodeConfig(pull_max_page_bytes=1 * MIB)
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", config=cfg, sync=FAST_RETRY) as node:
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did)
+            err, _took = await _pair_error(node.pairs, pair.id, 10)
+            assert err["code"] == "PAGE_TOO_LARGE", err
+        nursery.cancel_scope.cancel()
+    assert peer.sent
+    assert max(peer.sent) < 1 * MIB + 16 * MIB, peer.sent
+
+
+async def test_honest_big_records_still_sync_under_the_page_budget(tmp_path: Path) -> None:
+    """A node cuts its pages at its byte budget, so an honest peer with large records
+    never trips a puller's cap: 12 records of ~300 KiB with a 1 MiB budget and a
+    2 MiB cap arrive in several pages."""
+    src_cfg = NodeConfig(page_max_bytes=1 * MIB)
+    dst_cfg = NodeConfig(pull_max_page_bytes=2 * MIB)
+    async with (
+        open_node(tmp_path / "src", config=src_cfg) as src,
+        open_node(tmp_path / "dst", config=dst_cfg, sync=FAST_RETRY) as dst,
+    ):
+        for i in range(12):
+            await src.append(namespace="big", thread="t", kind="blob", body="x" * 300_000 + str(i))
+        pair, _ = await dst.pairs.create(src.url, token=src.admin_token, peer_did=src.did)
+
+        def caught_up(p: Pair) -> bool:
+            return p.state.value == "caught_up"
+
+        with trio.fail_after(20):
+            await dst.pairs.wait_for(pair.id, caught_up)
+        assert await dst.store.count() == 12
+        assert dst.pairs.get(pair.id).last_error is None

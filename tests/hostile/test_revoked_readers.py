@@ -1,0 +1,197 @@
+"""A revoked or expired token stops reading within 1 s, even mid-stream (issue 10).
+
+Before: an open ``feed=continuous`` stream kept delivering records after
+``DELETE /v1/service-accounts/{id}``, and a longpoll held for up to 30 s. Now a
+long-lived read checks its bearer again on every page and heartbeat; a
+revocation wakes the waiting readers, a wait ends at the token's expiry. The SSE
+stream ends with ``event: error`` (TOKEN_REVOKED / TOKEN_EXPIRED); a longpoll
+answers the error (protocol.md §8.4, §8.5). Real node (SQLite, hypercorn),
+plain httpx clients.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from fedpeer.consent.tokens import TOKEN_TABLE
+from fedpeer.errors import TokenRevoked
+from fedpeer.peer import NodeConfig, PeerClient, open_node
+from fedpeer.peer.node import Node
+from fedpeer.store import SQLiteStore, StateTx
+from tests.hostile.test_longpoll_waiters import CountingStore
+
+CFG = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+BOUND_S = 1.0
+
+
+async def _reader(node: Node, ttl_s: int | None = None) -> tuple[str, str, str]:
+    issued = await node.tokens.create("reader", scopes=["reader"], ttl_s=ttl_s)
+    return issued.service_account.id, issued.token, issued.token_id
+
+
+async def _revoke_http(node: Node, sa_id: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.delete(
+            f"{node.url}/v1/service-accounts/{sa_id}",
+            headers={"Authorization": f"Bearer {node.admin_token}"},
+        )
+        assert r.status_code == 200, r.text
+
+
+async def _sse_until_end(
+    url: str,
+    token: str,
+    got_record: trio.Event,
+    lines: list[str],
+    ended_at: list[float],
+    ended: trio.Event | None = None,
+) -> None:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+        client.stream("GET", url + "/v1/sync/changes?feed=continuous", headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            lines.append(line)
+            if line == "event: record":
+                got_record.set()
+    ended_at.append(trio.current_time())
+    if ended is not None:
+        ended.set()
+
+
+def _error_event(lines: list[str]) -> dict[str, object]:
+    i = lines.index("event: error")
+    data = lines[i + 1]
+    assert data.startswith("data: ")
+    body = json.loads(data[len("data: ") :])
+    assert isinstance(body, dict)
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("how", ["delete", "silent-heartbeat"])
+async def test_sse_stream_ends_within_a_second_of_revocation(tmp_path: Path, how: str) -> None:
+    """``delete``: the DELETE route (wakes the stream). ``silent-heartbeat``: the token
+    row revoked behind the node's back (no wake-up), so only the per-heartbeat
+    re-check (heartbeat 0.3 s here) can end the stream."""
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, heartbeat_s=0.3)
+    async with open_node(tmp_path / "n", config=cfg if how != "delete" else CFG) as node:
+        sa_id, token, token_id = await _reader(node)
+        await node.append(namespace="a", thread="t", kind="k", body=1)
+        got, lines, ended = trio.Event(), [], []  # type: ignore[var-annotated]
+        end = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_sse_until_end, node.url, token, got, lines, ended, end)
+            with trio.fail_after(10):
+                await got.wait()  # the reader was reading
+            t0 = trio.current_time()
+            if how == "delete":
+                await _revoke_http(node, sa_id)
+            else:
+
+                def revoke_row(tx: StateTx) -> None:
+                    row = tx.get(TOKEN_TABLE, token_id)
+                    assert row is not None
+                    tx.put(TOKEN_TABLE, token_id, {**row, "revoked_ms": 1})
+
+                await node.store.transact(revoke_row)
+            # a record written after the revocation must not reach the revoked reader
+            await node.append(namespace="a", thread="t", kind="k", body=2)
+            with trio.fail_after(5):
+                await end.wait()
+        assert ended[0] - t0 < BOUND_S, f"stream ended {ended[0] - t0:.2f} s after revocation"
+        assert _error_event(lines)["code"] == "TOKEN_REVOKED"
+        # Nothing appended after the revocation reached the revoked reader.
+        after = lines[lines.index("event: error") :]
+        assert "event: record" not in after
+        records = [ln for ln in lines if ln == "event: record"]
+        assert len(records) == 1
+
+
+async def test_sse_stream_ends_at_token_expiry(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        _sa_id, token, _tid = await _reader(node, ttl_s=1)
+        await node.append(namespace="a", thread="t", kind="k", body=1)
+        got, lines, ended = trio.Event(), [], []  # type: ignore[var-annotated]
+        issued_at = trio.current_time()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_sse_until_end, node.url, token, got, lines, ended)
+        # The token lived 1 s; the stream ended within 1 s after that.
+        assert ended[0] - issued_at < 1.0 + BOUND_S
+        assert _error_event(lines)["code"] == "TOKEN_EXPIRED"
+
+
+async def _longpoll(url: str, token: str, since: str) -> tuple[httpx.Response, float]:
+    async with httpx.AsyncClient(timeout=40) as client:
+        r = await client.get(
+            url + "/v1/sync/changes",
+            params={"feed": "longpoll", "since": since, "timeout": "30"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    return r, trio.current_time()
+
+
+async def _head_cursor(url: str, token: str) -> str:
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.get(url + "/v1/sync/changes", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        return str(r.json()["next_cursor"])
+
+
+async def test_longpoll_ends_within_a_second_of_revocation(tmp_path: Path) -> None:
+    store = CountingStore(await SQLiteStore.open(tmp_path / "store.sqlite3"))
+    try:
+        async with open_node(None, store=store, config=CFG) as node:  # type: ignore[arg-type]
+            sa_id, token, _tid = await _reader(node)
+            await node.append(namespace="a", thread="t", kind="k", body=1)
+            since = await _head_cursor(node.url, token)
+            out: list[tuple[httpx.Response, float]] = []
+
+            async def poll() -> None:
+                out.append(await _longpoll(node.url, token, since))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                with trio.fail_after(10):
+                    await store.until(lambda: store.parked == 1)  # the longpoll waits
+                t0 = trio.current_time()
+                await _revoke_http(node, sa_id)
+            response, ended = out[0]
+            assert ended - t0 < BOUND_S, f"longpoll answered {ended - t0:.2f} s after revocation"
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "TOKEN_REVOKED"
+    finally:
+        await store.aclose()
+
+
+async def test_longpoll_ends_at_token_expiry(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        _sa, token, _tid = await _reader(node, ttl_s=2)
+        t_issued = trio.current_time()
+        since = await _head_cursor(node.url, token)
+        response, ended = await _longpoll(node.url, token, since)
+        assert ended - t_issued < 2.0 + BOUND_S
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "TOKEN_EXPIRED"
+
+
+async def test_peer_client_stream_raises_token_revoked(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        sa_id, token, _tid = await _reader(node)
+        await node.append(namespace="a", thread="t", kind="k", body=1)
+        async with PeerClient(node.url, token=token) as peer:
+
+            async def follow() -> None:
+                async for ev in peer.stream_changes():
+                    if ev.record is not None:
+                        await _revoke_http(node, sa_id)
+
+            with trio.fail_after(10), pytest.raises(TokenRevoked):
+                await follow()

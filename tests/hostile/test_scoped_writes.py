@@ -1,0 +1,173 @@
+"""Writes are filtered by grants exactly as reads are (issue 10; protocol.md §9.3).
+
+Before: a ``contributor`` invite limited to ``public/`` let its guest write into
+``secret/`` (signed by the node as author); write paths ignored the grant
+target. Now ``POST /v1/records`` (append and a record signed elsewhere) checks
+the caller's view for ``records:write``: a namespace/thread no grant with
+``records:write`` covers is CONSENT_DENIED and nothing is stored. Real node
+(SQLite, hypercorn), plain httpx, and a hypothesis property over random grants
+and writes: no write lands outside its grant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedpeer.consent import grants, tokens
+from fedpeer.consent.grants import Grant, Target
+from fedpeer.identity.canonical import dagcbor_encode
+from fedpeer.identity.keys import SigningKey
+from fedpeer.peer import NodeConfig, PeerClient, open_node
+from fedpeer.peer.node import Node
+from fedpeer.store import StateTx
+from fedpeer.sync.records import build_record
+
+CFG = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+CBOR = {"Content-Type": "application/cbor", "Accept": "application/json"}
+
+
+def _append_body(namespace: str, thread: str, body: object) -> bytes:
+    return dagcbor_encode(
+        {"namespace": namespace, "thread": thread, "kind": "note", "body": body, "parents": []}
+    )
+
+
+def _signed_body(key: SigningKey, namespace: str, thread: str, body: object) -> bytes:
+    rec = build_record(
+        key,
+        namespace=namespace,
+        thread=thread,
+        kind="note",
+        body=body,
+        parents=(),
+        clock=1,
+        ts=1_700_000_000_000,
+    )
+    return dagcbor_encode({"data": rec.data, "sig": rec.sig})
+
+
+async def _post(client: httpx.AsyncClient, url: str, token: str, body: bytes) -> httpx.Response:
+    return await client.post(
+        url + "/v1/records", content=body, headers={**CBOR, "Authorization": f"Bearer {token}"}
+    )
+
+
+async def test_contributor_invite_for_public_cannot_write_into_secret(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        invite = await node.invites.create(
+            scopes=["contributor"], target=Target("namespace", "public/")
+        )
+        guest = SigningKey.generate()
+        async with PeerClient(node.url) as p:
+            cred = await p.redeem(invite.url, holder_key=guest, holder_type="guest")
+        before = await node.store.count()
+        author = SigningKey.generate()
+        async with httpx.AsyncClient(timeout=10) as client:
+            for body in (
+                _append_body("secret/", "t", "leak"),
+                _append_body("secret/x", "t", "leak"),
+                _append_body("publicity", "t", "leak"),  # "public/" is a prefix, not "public"
+                _signed_body(author, "secret/", "t", "leak"),
+            ):
+                r = await _post(client, node.url, cred.token, body)
+                assert r.status_code == 403, r.text
+                assert r.json()["error"]["code"] == "CONSENT_DENIED"
+            assert await node.store.count() == before  # nothing stored
+            ok = await _post(client, node.url, cred.token, _append_body("public/x", "t", "fine"))
+            assert ok.status_code == 201, ok.text
+            ok2 = await _post(
+                client, node.url, cred.token, _signed_body(author, "public/y", "t", "fine")
+            )
+            assert ok2.status_code == 201, ok2.text
+        assert await node.store.count() == before + 2
+
+
+# --- the property --------------------------------------------------------------------
+
+NAMESPACES = ("public/", "public/a", "publicity", "secret/", "secret/x", "app")
+THREADS = ("t1", "t2", "t3")
+
+targets = st.one_of(
+    st.just(Target("instance")),
+    st.builds(Target, st.just("namespace"), st.sampled_from(("public/", "secret/", "pub", "app"))),
+    st.builds(
+        Target,
+        st.just("thread"),
+        st.sampled_from(THREADS),
+        st.one_of(st.none(), st.sampled_from(NAMESPACES)),
+    ),
+)
+grant_specs = st.lists(
+    st.tuples(targets, st.sampled_from((["reader"], ["contributor"], ["records:write"]))),
+    max_size=3,
+)
+writes = st.lists(
+    st.tuples(st.sampled_from(NAMESPACES), st.sampled_from(THREADS), st.booleans()),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _may_write(made: list[Grant], namespace: str, thread: str) -> bool:
+    return any(g.allows("records:write") and g.target.matches(namespace, thread) for g in made)
+
+
+async def _check_example(
+    node: Node, specs: list[tuple[Target, list[str]]], attempts: list[tuple[str, str, bool]]
+) -> None:
+    did = SigningKey.generate().did
+
+    def mint(tx: StateTx) -> tuple[str, list[Grant]]:
+        _sa, issued = tokens.create_service_account(
+            tx, name="w", holder_did=did, scopes=["contributor"]
+        )
+        made = [grants.create_grant(tx, grantee_did=did, target=t, scopes=sc) for t, sc in specs]
+        return issued.bearer, made
+
+    token, made = await node.store.transact(mint)
+    head = await node.store.head_seq()
+    author = SigningKey.generate()
+    async with httpx.AsyncClient(timeout=10) as client:
+        for i, (namespace, thread, signed) in enumerate(attempts):
+            body = (
+                _signed_body(author, namespace, thread, [did, i])
+                if signed
+                else _append_body(namespace, thread, [did, i])
+            )
+            r = await _post(client, node.url, token, body)
+            if _may_write(made, namespace, thread):
+                assert r.status_code == 201, (namespace, thread, specs, r.text)
+            else:
+                assert r.status_code == 403, (namespace, thread, specs, r.text)
+                assert r.json()["error"]["code"] == "CONSENT_DENIED"
+    # Whatever the answers said: nothing stored lies outside the writer's grants.
+    page = await node.store.changes(head, 1000)
+    assert len(page.records) == sum(1 for ns, t, _s in attempts if _may_write(made, ns, t))
+    for rec in page.records:
+        assert _may_write(made, rec.namespace, rec.thread), (rec.namespace, rec.thread, specs)
+
+
+async def test_no_write_lands_outside_its_grant(tmp_path: Path) -> None:
+    """Hypothesis runs in a worker thread; each example calls back into this trio
+    loop, where one real node serves (a fresh DID and token per example)."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        token = trio.lowlevel.current_trio_token()
+
+        @settings(
+            max_examples=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+            database=None,
+        )
+        @given(specs=grant_specs, attempts=writes)
+        def prop(
+            specs: list[tuple[Target, list[str]]], attempts: list[tuple[str, str, bool]]
+        ) -> None:
+            trio.from_thread.run(_check_example, node, specs, attempts, trio_token=token)
+
+        await trio.to_thread.run_sync(prop)

@@ -1,0 +1,171 @@
+"""Slow and greedy clients cannot hold a node (issue 10; protocol.md §6.3, §6.5).
+
+Before: request bodies were never timed out, and 450 dripping connections from
+one address exhausted file descriptors and stopped ``/health``, the feed and
+append. Now a request head must be complete within ``header_timeout_s`` (the
+server drops the connection), a body within ``body_timeout_s`` (BODY_TIMEOUT,
+408), and one source address holds at most ``max_conns_per_ip`` requests in
+flight (one more is answered 429 at once and its connection closed). A junk
+``Authorization`` header on a public route is ignored instead of answered 401.
+Real node (hypercorn on loopback), raw trio sockets as the hostile clients.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import trio
+
+from fedpeer.peer import NodeConfig, open_node
+from tests.conftest import BOTH_BACKENDS
+
+SLACK = 4.0  # generous: the machine is shared
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+async def _read_until_closed(stream: trio.SocketStream, limit_s: float) -> bytes:
+    """Everything the server sends until it closes the connection (bounded)."""
+    got = b""
+    with trio.fail_after(limit_s):
+        for _ in range(10_000):
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return got  # reset by the server: closed all the same
+            if not data:
+                return got
+            got += data
+    raise AssertionError("the server kept the connection open")
+
+
+async def test_a_dripping_request_head_is_dropped_after_the_header_timeout(
+    tmp_path: Path,
+) -> None:
+    async with open_node(tmp_path / "n", config=NodeConfig(header_timeout_s=1.0)) as node:
+        stream = await trio.open_tcp_stream(*_host_port(node.url))
+        t0 = trio.current_time()
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
+        await _read_until_closed(stream, 1.0 + SLACK)
+        assert trio.current_time() - t0 >= 0.9  # not at once: after the timeout
+        await stream.aclose()
+
+
+async def test_a_dripping_body_gets_body_timeout(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "n", config=NodeConfig(body_timeout_s=1.0)) as node:
+        stream = await trio.open_tcp_stream(*_host_port(node.url))
+        await stream.send_all(
+            b"POST /v1/records HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {node.admin_token}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        t0 = trio.current_time()
+        answer = await _read_until_closed(stream, 1.0 + SLACK)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"BODY_TIMEOUT" in answer
+        assert trio.current_time() - t0 < 1.0 + SLACK
+        await stream.aclose()
+
+
+async def test_450_dripping_connections_from_one_address_do_not_stop_health(
+    tmp_path: Path,
+) -> None:
+    cap = 16
+    cfg = NodeConfig(max_conns_per_ip=cap, rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        host, port = _host_port(node.url)
+        head = (
+            b"POST /v1/records HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {node.admin_token}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+        )
+        streams: list[trio.SocketStream] = []
+        answers: list[bytes] = []
+        enough = trio.Event()
+
+        async def read_answer(s: trio.SocketStream) -> None:
+            answers.append(await _read_until_closed(s, 60))
+            if len(answers) >= 450 - cap:
+                enough.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(450):
+                    s = await trio.open_tcp_stream(host, port)
+                    streams.append(s)
+                    await s.send_all(head)
+                    nursery.start_soon(read_answer, s)
+                # Every connection past the cap is answered 429 at once and closed.
+                with trio.fail_after(30):
+                    await enough.wait()
+                assert all(a.startswith(b"HTTP/1.1 429") for a in answers), answers[:1]
+                assert all(b"RATE_LIMITED" in a for a in answers)
+                # Another address (127.0.0.2 is loopback too) is served, and fast.
+                transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+                async with httpx.AsyncClient(transport=transport, timeout=10) as other:
+                    latencies = []
+                    for _ in range(300):
+                        t0 = time.perf_counter()
+                        r = await other.get(node.url + "/health")
+                        latencies.append(time.perf_counter() - t0)
+                        assert r.status_code == 200
+                    latencies.sort()
+                    p99 = latencies[int(len(latencies) * 0.99)]  # ignores the 3 worst of 300
+                    assert p99 < 0.100, latencies[-5:]
+                # The admitted drippers still hold their slots (no more than the cap).
+                assert len(answers) == 450 - cap
+                nursery.cancel_scope.cancel()
+        finally:
+            for s in streams:
+                await s.aclose()
+
+
+async def test_junk_authorization_on_a_public_route_is_ignored(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "n") as node, httpx.AsyncClient(timeout=10) as client:
+        for junk in ("Basic Zm9vOmJhcg==", "Bearer", "garbage", "Token abc"):
+            r = await client.get(node.url + "/health", headers={"Authorization": junk})
+            assert r.status_code == 200, (junk, r.text)
+            r = await client.get(node.url + "/v1/identity", headers={"Authorization": junk})
+            assert r.status_code == 200, (junk, r.text)
+            assert r.json()["token"]["authenticated"] is False
+        # On a route that needs a token the same junk is still AUTH_REQUIRED.
+        r = await client.get(node.url + "/v1/sync/changes", headers={"Authorization": "garbage"})
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "AUTH_REQUIRED"
+
+
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+async def test_head_and_body_timeouts_on_both_backends(tmp_path: Path, anyio_backend: str) -> None:
+    """The same bounds on hypercorn's asyncio worker as on trio's (anyio sockets)."""
+    cfg = NodeConfig(header_timeout_s=1.0, body_timeout_s=1.0)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        host, port = _host_port(node.url)
+        for request, expect in (
+            (b"GET /health HTTP/1.1\r\nHost: x\r\n", b""),  # dropped, no answer
+            (
+                b"POST /v1/records HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {node.admin_token}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+                b"HTTP/1.1 408",
+            ),
+        ):
+            async with await anyio.connect_tcp(host, port) as sock:
+                await sock.send(request)
+                t0 = anyio.current_time()
+                got = b""
+                with anyio.fail_after(1.0 + SLACK):
+                    for _ in range(10_000):
+                        try:
+                            data = await sock.receive()
+                        except (anyio.EndOfStream, anyio.BrokenResourceError):
+                            break
+                        got += data
+                assert got.startswith(expect), got[:200]
+                assert anyio.current_time() - t0 >= 0.9  # closed by the timeout, not at once
