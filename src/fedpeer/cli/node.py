@@ -162,6 +162,7 @@ def run(
             handle=handle or settings.handle or default_handle(),
             discovery=settings.discovery if discovery is None else discovery,
             interfaces=tuple(interfaces) or settings.interfaces,
+            watch_network=True,
             **rate_settings(settings),
         )
         sync_opts = sync_options(settings)

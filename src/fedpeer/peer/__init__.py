@@ -7,6 +7,9 @@ the same methods over HTTP (what the ``fedpeer`` CLI uses); :class:`PeerClient`
 talks to other nodes (manifest, feed, invite redemption).
 """
 
+from .._datadir import LOCK_FILE as LOCK_FILE
+from .._datadir import LockHolder as LockHolder
+from .._datadir import lock_holder as lock_holder
 from ._config import NodeConfig as NodeConfig
 from .admin import AdminClient as AdminClient
 from .client import ChangesResult as ChangesResult
@@ -17,9 +20,6 @@ from .discovery import Roster as Roster
 from .discovery import RosterEntry as RosterEntry
 from .discovery import verify_peer as verify_peer
 from .manifest import verify_manifest as verify_manifest
-from .._datadir import LOCK_FILE as LOCK_FILE
-from .._datadir import LockHolder as LockHolder
-from .._datadir import lock_holder as lock_holder
 from .node import ADMIN_TOKEN_FILE as ADMIN_TOKEN_FILE
 from .node import KEY_FILE as KEY_FILE
 from .node import STORE_FILE as STORE_FILE

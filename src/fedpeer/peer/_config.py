@@ -25,6 +25,12 @@ class NodeConfig:
     (see :mod:`fedpeer.peer.discovery`); off by default for embedded nodes and
     tests, ``fedpeer run`` turns it on. ``interfaces`` restricts mDNS to those
     network interfaces (names such as ``"eth0"``); empty means all.
+
+    ``watch_network=True`` polls this machine's interfaces every second and, when
+    one comes up or gains an address, retries every failing pair at once
+    (``fedpeer run`` turns it on; :mod:`fedpeer.peer._netwatch`). Whatever this
+    setting, a failing pair is also retried at once when its peer is seen again:
+    a verified mDNS announcement, a request from the peer, a manifest fetched.
     """
 
     handle: str = "fedpeer"
@@ -44,3 +50,4 @@ class NodeConfig:
     advertised_namespaces: tuple[str, ...] = ()
     discovery: bool = False
     interfaces: tuple[str, ...] = ()
+    watch_network: bool = False

@@ -50,7 +50,7 @@ from ...errors import (
     PeerUnreachable,
 )
 from ...store.base import StateTx
-from ...sync.manager import PairManager
+from ...sync.manager import PairManager, next_try_s
 from ...sync.options import Listener, SyncOptions
 from ...sync.pairs import Pair, PairFilter, PairState
 from .._pairing import host_port, is_own_url
@@ -178,6 +178,7 @@ class PairService:
                 f"{peer_url} is this node ({local}): a node cannot pull from itself. "
                 "Use the other node's URL."
             )
+        self._manager.wake(verified.did, reason="manifest")
         return await self._manager.create(
             peer_did=verified.did,
             peer_url=peer_url,
@@ -339,7 +340,9 @@ class PairService:
         """The public view of a pair: no credential; stats snapshot; lag."""
         puller = self._manager.puller(pair_id)
         now = self._core.now_ms()
-        return PairStatus.of(puller.pair, puller.lag(now), now)
+        return PairStatus.of(
+            puller.pair, puller.lag(now), now, next_try_s=next_try_s(puller.next_try_ms, now)
+        )
 
     def statuses(self) -> builtins.list[PairStatus]:
         """:meth:`status` of every pair."""

@@ -534,7 +534,8 @@ def _last_error(obj: object) -> LastError | None:
 @attrs.frozen
 class PairStatus:
     """A pair as the API shows it: everything but the credential, with its stats
-    snapshot and its lag (``{caught_up, behind_s, cursor_seq}``)."""
+    snapshot, its lag (``{caught_up, behind_s, cursor_seq}``) and, while it backs
+    off, ``next_try_s``: seconds until its next retry (None otherwise)."""
 
     id: str
     local_did: str
@@ -551,12 +552,21 @@ class PairStatus:
     has_credential: bool
     stats: dict[str, object] = attrs.field(eq=False)
     lag: dict[str, object] = attrs.field(eq=False)
+    next_try_s: float | None = attrs.field(default=None, eq=False)
 
     @classmethod
-    def of(cls, pair: Pair, lag: Mapping[str, object], now_ms: int | None = None) -> PairStatus:
-        """The view of ``pair`` with its ``lag``."""
+    def of(
+        cls,
+        pair: Pair,
+        lag: Mapping[str, object],
+        now_ms: int | None = None,
+        *,
+        next_try_s: float | None = None,
+    ) -> PairStatus:
+        """The view of ``pair`` with its ``lag`` and ``next_try_s``."""
         out = pair.to_public_dict(now_ms=now_ms)
         out["lag"] = dict(lag)
+        out["next_try_s"] = next_try_s
         return cls.from_dict(out)
 
     def to_dict(self) -> dict[str, object]:
@@ -579,6 +589,7 @@ class PairStatus:
             "stats": dict(self.stats),
             "has_credential": self.has_credential,
             "lag": dict(self.lag),
+            "next_try_s": self.next_try_s,
         }
 
     @classmethod
@@ -607,7 +618,16 @@ class PairStatus:
             has_credential=r.flag("has_credential"),
             stats=r.mapping("stats"),
             lag=r.mapping("lag"),
+            next_try_s=_seconds_or_none(r.obj.get("next_try_s")),
         )
+
+
+def _seconds_or_none(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise PeerInvalid("the pair answer's next_try_s is not a number of seconds")
+    return float(value)
 
 
 @attrs.frozen
