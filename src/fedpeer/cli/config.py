@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import tomllib
 import unicodedata
 import urllib.parse
@@ -133,11 +132,15 @@ def check_handle(handle: str, where: str = "handle") -> str:
     return handle
 
 
-def default_handle() -> str:
-    """The machine's host name (first label), or ``"fedpeer"`` if it has none."""
-    name = socket.gethostname().split(".")[0].strip()
-    name = "".join(c for c in name if c.isprintable())[:MAX_HANDLE_CHARS]
-    return name or "fedpeer"
+def default_handle(did: str) -> str:
+    """The handle of a node that was given none: ``fedpeer-`` and the last 6
+    characters of its DID (``fedpeer-a1B2c3``).
+
+    Not the host name: that would tell everyone on the LAN the machine's name
+    (often the owner's name) without being asked, and two laptops cloned from one
+    image would look alike. Set a handle with ``fedpeer init --handle`` (saved in
+    fedpeer.toml), ``--handle`` or ``FEDPEER_HANDLE``. Pure."""
+    return f"fedpeer-{did[-6:]}"
 
 
 def _check_port(value: object, where: str) -> int:

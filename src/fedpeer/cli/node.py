@@ -40,7 +40,8 @@ __all__ = ["init", "lan_addresses", "rate_settings", "run", "show_id", "sync_opt
     "--handle",
     default=None,
     callback=handle_cb,
-    help="Display name announced on the LAN (saved in fedpeer.toml; default: host name).",
+    help="Display name announced on the LAN (saved in fedpeer.toml; "
+    "default: fedpeer- and the DID's last 6 characters).",
 )
 @click.pass_obj
 def init(obj: Ctx, handle: str | None) -> None:
@@ -134,7 +135,8 @@ def sync_options(settings: Settings) -> SyncOptions:
     "--handle",
     default=None,
     callback=handle_cb,
-    help="Display name announced on the LAN [env FEDPEER_HANDLE; default: host name].",
+    help="Display name announced on the LAN [env FEDPEER_HANDLE; "
+    "default: fedpeer- and the DID's last 6 characters].",
 )
 @click.option(
     "--discovery/--no-discovery",
@@ -159,7 +161,7 @@ def run(
     try:
         settings = obj.settings
         cfg = NodeConfig(
-            handle=handle or settings.handle or default_handle(),
+            handle=handle or settings.handle or "fedpeer",
             discovery=settings.discovery if discovery is None else discovery,
             interfaces=tuple(interfaces) or settings.interfaces,
             watch_network=True,
@@ -176,10 +178,16 @@ def run(
     if root.level > logging.INFO:
         logging.getLogger("fedpeer").setLevel(logging.INFO)
 
+    named = handle or settings.handle
+
     async def main() -> None:
+        config = cfg
+        if named is None:  # the default handle comes from the DID (see default_handle)
+            key = await trio.to_thread.run_sync(load_or_create_key, data_dir)
+            config = attrs.evolve(cfg, handle=default_handle(key.did))
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_node(
-                data_dir, host=bind_host, port=bind_port, config=cfg, sync=sync_opts
+                data_dir, host=bind_host, port=bind_port, config=config, sync=sync_opts
             ) as node:
                 url = loopback_url(node.url)
                 await trio.to_thread.run_sync(write_node_url, data_dir, url)
@@ -190,7 +198,7 @@ def run(
                     if is_wildcard(bind_host):
                         for addr in lan_addresses(cfg.interfaces)[:4]:
                             click.echo(f"lan:   {with_host(url, addr)}")
-                    click.echo(f"handle: {cfg.handle}")
+                    click.echo(f"handle: {config.handle}")
                     if not cfg.discovery:
                         click.echo("mdns:  off")
                     elif is_loopback_host(bind_host):

@@ -123,7 +123,7 @@ async def wait_caught_up(
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[count]}"),
         TimeElapsedColumn(),
         console=console(),
         disable=quiet,
@@ -131,7 +131,7 @@ async def wait_caught_up(
     )
     async with PeerClient(peer_url, timeout=PEER_HEAD_TIMEOUT_S) as peer:
         with progress, trio.move_on_after(timeout):
-            task = progress.add_task("pulling", total=None)
+            task = progress.add_task("pulling", total=None, count="")
             for _ in range(int(timeout / interval) + 2):  # bounded poll
                 status = await admin.pairs.status(pid)
                 head = await _peer_head(peer)
@@ -145,11 +145,13 @@ async def wait_caught_up(
                     desc += f" (retrying after {err.code})"
                 if state == "caught_up" and head is not None:
                     seq = max(seq, head)
+                done = min(seq, head) if head is not None else seq
                 progress.update(
                     task,
                     description=desc,
                     total=head,
-                    completed=min(seq, head) if head is not None else seq,
+                    completed=done,
+                    count=progress_count(done, head),
                 )
                 if state == "caught_up":
                     if not quiet:
@@ -218,6 +220,22 @@ def peers(obj: Ctx, as_json: bool) -> None:
     console().print(rows)
 
 
+def progress_count(done: int, total: int | None) -> str:
+    """``"12/40"`` once the total is known, ``"12"`` before (never ``0/None``)."""
+    return f"{done}" if total is None else f"{done}/{total}"
+
+
+def next_try_text(status: PairStatus) -> str:
+    """``"in 12s"`` / ``"in 4m"`` / ``"in 1h"`` while the pair backs off, else ``"-"``."""
+    if status.next_try_s is None:
+        return "-"
+    seconds = round(status.next_try_s)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s"
+
+
 def _lag_text(status: PairStatus) -> str:
     if status.lag.get("caught_up"):
         return "caught up"
@@ -247,7 +265,7 @@ def pairs(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         click.echo("no pairs: pair with another node with `fedpeer pair URL`")
         return
-    out = table("id", "peer", "state", "lag", "records", "rate/s", "last error")
+    out = table("id", "peer", "state", "next try", "lag", "records", "rate/s", "last error")
     for row in rows:
         err = row.last_error
         err_text = f"{err.code}: {err.message}" if err is not None else "-"
@@ -256,10 +274,11 @@ def pairs(ctx: click.Context, as_json: bool) -> None:
             row.id,
             f"{short_did(row.peer_did)} {row.peer_url}",
             row.state.value,
+            next_try_text(row),
             _lag_text(row),
             str(row.stats.get("records", 0)),
             f"{float(rate) if isinstance(rate, int | float) else 0.0:.1f}",
-            err_text[:80],
+            err_text,
         )
     console().print(out)
 

@@ -181,6 +181,7 @@ InviteState = Literal["active", "expired", "exhausted", "revoked"]
 INVITE_STATES: tuple[InviteState, ...] = ("active", "expired", "exhausted", "revoked")
 
 DEFAULT_TTL_S = 24 * 3600
+MIN_TTL_S = 60
 MAX_TTL_S = 90 * 24 * 3600
 MAX_USES = 1000
 DEFAULT_TOKEN_TTL_S = 30 * 24 * 3600
@@ -498,7 +499,7 @@ def parse_invite_params(obj: Mapping[str, object]) -> InviteParams:
         raise InvalidRequest(
             f"unknown invite fields {sorted(str(k) for k in extra)[:5]}; allowed: {sorted(allowed)}"
         )
-    ttl_s = _positive_int(obj.get("ttl_s", DEFAULT_TTL_S), "ttl_s", 60, MAX_TTL_S)
+    ttl_s = _positive_int(obj.get("ttl_s", DEFAULT_TTL_S), "ttl_s", MIN_TTL_S, MAX_TTL_S)
     max_uses = _positive_int(obj.get("max_uses", 1), "max_uses", 1, MAX_USES)
     token_ttl_s = _positive_int(
         obj.get("token_ttl_s", DEFAULT_TOKEN_TTL_S), "token_ttl_s", 60, MAX_TOKEN_TTL_S

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import anyio
 
 from ...consent.grants import EVERYTHING, ConsentView
-from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
+from ...errors import InvalidRequest, Malformed, RecordNotFound
 from ...identity.canonical import CID, dagcbor_decode
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo
 from ...sync.feed import build_page, cursor_at, resolve_cursor
@@ -37,10 +37,11 @@ def parse_cid(value: CID | str) -> CID:
         raise Malformed(f"a CID is a CID object or its text, not {type(value).__name__}")
     try:
         return CID.parse(value)
-    except FedpeerError:
-        raise
     except Exception:
-        raise Malformed(f"{value[:80]!r} is not a CID") from None
+        raise Malformed(
+            f"{value[:80]!r} is not a record id (CID); list ids with "
+            "`fedpeer records list` (GET /v1/records)"
+        ) from None
 
 
 def _check_limit(limit: int, high: int) -> int:
