@@ -9,7 +9,7 @@ serves. ``init``, ``id``, ``token rotate-admin`` and ``doctor`` work on the data
 dir directly.
 
 Modules: :mod:`.main` (the group and its context), :mod:`.node` (init, id,
-run), :mod:`.invite`, :mod:`.pairs` (pair, peers, pairs), :mod:`.records`,
+run), :mod:`.invite`, :mod:`.pairs` (pair, unpair, peers, pairs), :mod:`.records`,
 :mod:`.token`, :mod:`.doctor` (and its :mod:`.checks`), :mod:`.config`
 (``fedpeer.toml``, ``FEDPEER_*``), :mod:`.params` (option types),
 :mod:`.output` (exit codes, errors, tables). They use the library's public
@@ -41,7 +41,7 @@ from .output import EXIT_OK as EXIT_OK
 from .output import EXIT_START as EXIT_START
 from .output import EXIT_TIMEOUT as EXIT_TIMEOUT
 from .output import EXIT_USAGE as EXIT_USAGE
-from .pairs import pair, pairs, peers
+from .pairs import pair, pairs, peers, unpair
 from .records import records
 from .token import token
 
@@ -62,7 +62,9 @@ __all__ = [
 ]
 
 # The commands, in the order `fedpeer --help` lists them (click sorts them anyway).
-for _command in (init, show_id, run, invite, pair, peers, pairs, records, token, doctor):
+for _command in (
+    init, show_id, run, invite, pair, unpair, peers, pairs, records, token, doctor,
+):  # fmt: skip
     cli.add_command(_command)
 
 

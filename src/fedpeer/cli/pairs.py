@@ -1,4 +1,4 @@
-"""``fedpeer pair URL``, ``peers`` and ``pairs [pause|resume|kick|delete]``."""
+"""``fedpeer pair URL``, ``unpair``, ``peers`` and ``pairs [pause|resume|kick|delete]``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .main import Ctx
 from .output import ago, console, json_out, run_async, short_did, table
 from .params import JSON_OPT, Duration, invite_url_cb
 
-__all__ = ["pair", "pairs", "peers", "wait_caught_up"]
+__all__ = ["pair", "pairs", "peers", "unpair", "wait_caught_up"]
 
 Json = dict[str, Any]
 PEER_HEAD_TIMEOUT_S = 5.0
@@ -308,3 +308,43 @@ _pair_action("pause", "Pause a pair.")
 _pair_action("resume", "Resume a paused or stopped pair.")
 _pair_action("kick", "Poll now (ends a backoff).")
 _pair_action("delete", "Delete a pair (the records it pulled stay).")
+
+
+@click.command()
+@click.argument("pair_or_did", metavar="PAIR_ID|DID")
+@click.option(
+    "--local-only",
+    is_flag=True,
+    help="Do not ask the peer to unpair (it is gone for good); only this side forgets it.",
+)
+@JSON_OPT
+@click.pass_obj
+def unpair(obj: Ctx, pair_or_did: str, local_only: bool, as_json: bool) -> None:
+    """Unpair from a peer, on both sides.
+
+    Stops and deletes this node's pairs pulling from the peer (the records stay),
+    revokes every credential the peer holds for this node, and sends the peer a
+    signed request to do the same (drop its pair pulling from here). If the peer
+    cannot be reached, this side is unpaired anyway; run unpair there too.
+    """
+
+    async def main() -> Json:
+        async with obj.admin() as admin:
+            result = await admin.pairs.unpair(pair_or_did, notify=not local_only)
+            return result.to_dict()
+
+    result = run_async(main)
+    if as_json:
+        json_out(result)
+        return
+    deleted = ", ".join(result["pairs_deleted"]) or "none"
+    click.echo(f"unpaired from {result['peer_did']}")
+    click.echo(f"pairs deleted here: {deleted}")
+    click.echo(f"credentials it held here, revoked: {len(result['credentials_revoked'])}")
+    peer = result["peer"]
+    err = peer.get("error") if isinstance(peer, dict) else None
+    if isinstance(err, dict):
+        click.echo(f"the peer was not unpaired: {err.get('code')}: {err.get('message')}", err=True)
+    elif not local_only:
+        gone = len(peer.get("pairs_deleted", [])) if isinstance(peer, dict) else 0
+        click.echo(f"the peer dropped {gone} pair(s) pulling from this node")

@@ -74,6 +74,7 @@ Pure logic and synchronous transaction functions; the one async function,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -1157,6 +1158,16 @@ def redeem_in_tx(
         },
     )
     if request.reciprocal is not None:
+        # Pairing again (a new invite, the same holder): the account the earlier
+        # pairing gave that holder is revoked, so it never holds two active ones.
+        previous = tx.get(RECIPROCAL_TABLE, request.holder_did)
+        old_sa = None if previous is None else previous.get("sa_id")
+        if isinstance(old_sa, str) and old_sa != sa.id:
+            with contextlib.suppress(FedpeerError):
+                _tokens.revoke_service_account(tx, old_sa, now_ms=now)
+            for old_grant in _grants.list_grants(tx, grantee_did=request.holder_did):
+                if old_grant.sa_id == old_sa:
+                    _grants.delete_grant(tx, old_grant.id, now_ms=now)
         tx.put(
             RECIPROCAL_TABLE,
             request.holder_did,

@@ -41,6 +41,7 @@ from .services import (
     RecordsPage,
     RedeemAnswer,
     RotatedToken,
+    UnpairResult,
     grant_from_dict,
     invite_request,
     service_account_from_dict,
@@ -429,6 +430,14 @@ class AdminPairs(_Part):
         if not isinstance(deleted, str):
             raise PeerInvalid("the delete answer has no id")
         return deleted
+
+    async def unpair(self, pair_or_did: str, *, notify: bool = True) -> UnpairResult:
+        """Unpair from a peer, both sides (see :meth:`PairService.unpair`)."""
+        return UnpairResult.from_dict(
+            await self._call(
+                "POST", "/v1/sync/pairs/unpair", body={"pair": pair_or_did, "notify": notify}
+            )
+        )
 
     async def set_credential(self, pair_id: str, credential: str | None) -> PairStatus:
         """Replace the bearer token shown to the peer (a stopped pair then needs resume)."""

@@ -45,6 +45,7 @@ __all__ = [
     "RecordsPage",
     "RedeemAnswer",
     "RotatedToken",
+    "UnpairResult",
 ]
 
 
@@ -690,3 +691,41 @@ class PairingResult:
 def scopes_list(scopes: Sequence[str] | frozenset[str]) -> list[str]:
     """Scopes in their canonical order."""
     return scopes_to_list(frozenset(scopes))
+
+
+@attrs.frozen
+class UnpairResult:
+    """What unpairing did (``POST /v1/sync/pairs/unpair``).
+
+    ``peer_did`` is the peer forgotten; ``pairs_deleted`` the local pairs that pulled
+    from it; ``credentials_revoked`` the service accounts it held here (its tokens
+    stop working at once); ``peer`` the peer's answer to the signed request
+    (``{"pairs_deleted": [...], "credentials_revoked": [...]}``), ``{"asked": false}``
+    with ``notify=False``, or ``{"error": {code, message}}`` when it could not be asked (this side is unpaired
+    anyway: run unpair on the other device too, or it keeps failing to pull).
+    """
+
+    peer_did: str
+    pairs_deleted: tuple[str, ...]
+    credentials_revoked: tuple[str, ...]
+    peer: dict[str, object]
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form."""
+        return {
+            "peer_did": self.peer_did,
+            "pairs_deleted": list(self.pairs_deleted),
+            "credentials_revoked": list(self.credentials_revoked),
+            "peer": dict(self.peer),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object) -> UnpairResult:
+        """Parse the JSON form (PEER_INVALID)."""
+        r = _Reader(obj, "unpair")
+        return cls(
+            peer_did=r.text("peer_did"),
+            pairs_deleted=tuple(r.texts("pairs_deleted")),
+            credentials_revoked=tuple(r.texts("credentials_revoked")),
+            peer=r.mapping("peer"),
+        )
