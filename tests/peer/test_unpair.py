@@ -66,8 +66,10 @@ async def test_unpair_by_pair_id_drops_both_sides(two: tuple[Node, Node]) -> Non
     [back] = a.pairs.list()
     b_token = forward.credential  # what b shows a
     a_token = back.credential  # what a shows b
-    assert b_token and a_token
-    assert await active_accounts_of(a, b.did) and await active_accounts_of(b, a.did)
+    assert b_token
+    assert a_token
+    assert await active_accounts_of(a, b.did)
+    assert await active_accounts_of(b, a.did)
 
     async with AdminClient(b.url, b.admin_token) as admin:
         result = await admin.pairs.unpair(forward.id)
@@ -77,7 +79,8 @@ async def test_unpair_by_pair_id_drops_both_sides(two: tuple[Node, Node]) -> Non
     assert len(result.credentials_revoked) == 1
     assert result.peer.get("pairs_deleted") == [back.id]
     # both sides: no pairs, no active credentials for the other
-    assert b.pairs.list() == [] and a.pairs.list() == []
+    assert b.pairs.list() == []
+    assert a.pairs.list() == []
     assert await active_accounts_of(b, a.did) == []
     assert await active_accounts_of(a, b.did) == []
     # the old bearers no longer work on either side
@@ -100,7 +103,8 @@ async def test_unpair_by_did_when_the_peer_is_gone_unpairs_this_side(
         assert a.pairs.list() == []
         assert await active_accounts_of(a, b_did) == []
         error = result.peer.get("error")
-        assert isinstance(error, dict) and error["code"] == "PEER_UNREACHABLE"
+        assert isinstance(error, dict)
+        assert error["code"] == "PEER_UNREACHABLE"
         assert "fedpeer unpair" in str(error["message"])
         with pytest.raises(PairNotFound, match="fedpeer pairs"):
             await a.pairs.unpair(b_did)  # nothing left to unpair
@@ -120,8 +124,10 @@ async def test_pairing_again_leaves_one_active_credential_each_side(
     assert again.created is False  # the same pair, new credential
     second_a = await active_accounts_of(a, b.did)
     second_b = await active_accounts_of(b, a.did)
-    assert len(second_a) == 1 and second_a != first_a
-    assert len(second_b) == 1 and second_b != first_b
+    assert len(second_a) == 1
+    assert second_a != first_a
+    assert len(second_b) == 1
+    assert second_b != first_b
     # and both pairs still sync with the new credentials
     await a.records.append(namespace="n", thread="t", kind="k", body="after")
     await b.records.append(namespace="n", thread="t", kind="k", body="after-b")
@@ -152,14 +158,16 @@ async def test_the_unpair_request_is_checked_before_anything_changes(
         bad = dict(good, nonce="A" * 22)
         r = await http.post("/v1/sync/unpair", json=bad)
         assert r.json()["error"]["code"] == "BAD_SIGNATURE"
-        assert len(a.pairs.list()) == 1 and await active_accounts_of(a, b.did)
+        assert len(a.pairs.list()) == 1
+        assert await active_accounts_of(a, b.did)
         # the genuine request works once; replayed it is refused
         r = await http.post("/v1/sync/unpair", json=good)
         assert r.status_code == 200, r.text
-        assert a.pairs.list() == [] and await active_accounts_of(a, b.did) == []
+        assert a.pairs.list() == []
+        assert await active_accounts_of(a, b.did) == []
         r = await http.post("/v1/sync/unpair", json=good)
         assert r.json()["error"]["code"] == ProofReplayed.code
+    tampered = build_unpair_request(b.key, a.did)
+    tampered["to"] = a.did + "x"
     with pytest.raises(BadSignature):
-        tampered = build_unpair_request(b.key, a.did)
-        tampered["to"] = a.did + "x"
         check_unpair_request(tampered, local_did=a.did + "x")

@@ -701,8 +701,9 @@ class UnpairResult:
     from it; ``credentials_revoked`` the service accounts it held here (its tokens
     stop working at once); ``peer`` the peer's answer to the signed request
     (``{"pairs_deleted": [...], "credentials_revoked": [...]}``), ``{"asked": false}``
-    with ``notify=False``, or ``{"error": {code, message}}`` when it could not be asked (this side is unpaired
-    anyway: run unpair on the other device too, or it keeps failing to pull).
+    with ``notify=False``, or ``{"error": {code, message}}`` when it could not be
+    asked (this side is unpaired anyway: run unpair on the other device too, or it
+    keeps failing to pull).
     """
 
     peer_did: str
