@@ -74,6 +74,7 @@ class HttpTransport:
         timeout: float = 40.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.token = token
         self.headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
         self.owned = client is None
         self.client = client or new_http_client(timeout=timeout)

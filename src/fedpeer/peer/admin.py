@@ -125,6 +125,17 @@ class AdminRecords(_Part):
             raise PeerInvalid("the ingest answer has no seq or created")
         return RecordEntry(seq, signed), created
 
+    async def ingest_many(self, items: Sequence[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Hand the node a batch of signed records (``(data, sig)`` pairs, at most
+        1000); ``(stored, already there)``. One bad record and none is stored."""
+        body = {"records": [{"data": d, "sig": s} for d, s in items]}
+        response = await self._t.request("POST", "/v1/records/import", cbor_body=body)
+        answer = _obj(self._t.decode(response), "import")
+        stored, existing = answer.get("stored"), answer.get("existing")
+        if not isinstance(stored, int) or not isinstance(existing, int):
+            raise PeerInvalid("the import answer has no stored or existing count")
+        return stored, existing
+
     async def get(self, cid: CID | str) -> RecordEntry:
         """The record ``cid`` (RECORD_NOT_FOUND, MALFORMED)."""
         answer = await self._call("GET", f"/v1/records/{_q(str(cid))}")
