@@ -21,7 +21,9 @@ Tuning (`fedpeer run` only; defaults are the library's)::
                               #   asks the peer to hold (a silent peer is noticed after about
                               #   this plus 15 s)
     sync_backoff_cap_s = 300  # FEDPEER_SYNC_BACKOFF_CAP_S  longest wait between retries of a
-                              #   failing pair (the first retry waits up to min(1 s, cap))
+                              #   failing pair (the first retry waits up to min(base, cap))
+    sync_backoff_base_s = 1   # FEDPEER_SYNC_BACKOFF_BASE_S the first retry's longest wait;
+                              #   it doubles per failure up to the cap
     rate_per_s = 50           # FEDPEER_RATE_PER_S          requests per second per token / address
     rate_burst = 200          # FEDPEER_RATE_BURST          burst allowance of that rate limit
 
@@ -81,6 +83,7 @@ _KEYS = (
     "url",
     "sync_longpoll_s",
     "sync_backoff_cap_s",
+    "sync_backoff_base_s",
     "rate_per_s",
     "rate_burst",
 )
@@ -107,6 +110,7 @@ class Settings:
     url: str | None = None
     sync_longpoll_s: float | None = None
     sync_backoff_cap_s: float | None = None
+    sync_backoff_base_s: float | None = None
     rate_per_s: float | None = None
     rate_burst: int | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict)
@@ -249,6 +253,7 @@ _CHECKS: dict[str, Callable[[object, str], object]] = {
     "url": _check_url,
     "sync_longpoll_s": _seconds_check(MAX_LONGPOLL_S),
     "sync_backoff_cap_s": _seconds_check(MAX_BACKOFF_CAP_S),
+    "sync_backoff_base_s": _seconds_check(MAX_BACKOFF_CAP_S),
     "rate_per_s": _check_rate,
     "rate_burst": _check_burst,
 }

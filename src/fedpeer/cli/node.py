@@ -102,10 +102,12 @@ def sync_options(settings: Settings) -> SyncOptions:
     if settings.sync_longpoll_s is not None:
         opts = attrs.evolve(opts, longpoll_s=settings.sync_longpoll_s)
     cap = settings.sync_backoff_cap_s
-    if cap is not None:
+    base = settings.sync_backoff_base_s
+    if cap is not None or base is not None:
+        cap_s = cap if cap is not None else max(DEFAULT_BACKOFF.cap_s, base or 0.0)
         backoff = Backoff(
-            base_s=min(DEFAULT_BACKOFF.base_s, cap),
-            cap_s=cap,
+            base_s=min(base if base is not None else DEFAULT_BACKOFF.base_s, cap_s),
+            cap_s=cap_s,
             max_retry_after_s=DEFAULT_BACKOFF.max_retry_after_s,
         )
         opts = attrs.evolve(opts, backoff=backoff)
