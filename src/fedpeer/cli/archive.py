@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 import trio
 
-from .._clock import now_ms
 from ..errors import CarInvalid, FedpeerError, StoreError
 from ..peer import STORE_FILE, PeerClient
 from ..store import backup_sqlite
@@ -86,7 +86,7 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
                         async for _cursor, rec in peer.iter_changes(follow=False):
                             out.write(encode_record(rec))
                             count += 1
-            head = encode_head(exported_by=did, exported_at_ms=now_ms(), count=count)
+            head = encode_head(exported_by=did, exported_at_ms=int(time.time() * 1000), count=count)
 
             def assemble() -> None:
                 fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
