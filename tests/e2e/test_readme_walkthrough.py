@@ -163,6 +163,9 @@ def test_every_walkthrough_command_runs_as_written(laptops: dict[str, Laptop]) -
         if "run" in words:
             out = pc.start(command)
             wait_for(out, r"^mdns:\s+on", f"laptop {name}'s node starting")
+            # no handle configured: announced as fedpeer-<the DID's tail>, not the host name
+            did = wait_for(out, r"^did:\s+(\S+)", "the DID")
+            assert wait_for(out, r"^handle:\s+(\S+)", "the handle") == f"fedpeer-{did[-6:]}"
             continue
         if "invite" in words and "--wait" in words:
             invite_out = pc.start(command)
