@@ -37,6 +37,7 @@ from .services import RecordService as RecordService
 from .services import RecordsPage as RecordsPage
 from .services import RotatedToken as RotatedToken
 from .services import TokenService as TokenService
+from .services import UnpairResult as UnpairResult
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
@@ -65,6 +66,7 @@ __all__ = [
     "RotatedToken",
     "StreamEvent",
     "TokenService",
+    "UnpairResult",
     "lock_holder",
     "open_node",
     "verify_manifest",
