@@ -32,7 +32,7 @@ from fedpeer.consent.invites import (
     verify_redeem_proof,
 )
 from fedpeer.errors import FedpeerError, KeyUnknown
-from fedpeer.identity.canonical import CID, jcs, jcs_received
+from fedpeer.identity.canonical import CID, b64url_decode, jcs, jcs_received
 from fedpeer.identity.didkey import (
     ed25519_multibase,
     public_key_from_did,
@@ -43,7 +43,13 @@ from fedpeer.identity.envelope import sign_document, verify_document
 from fedpeer.identity.keys import SigningKey, is_valid_public_key
 from fedpeer.peer._mdns_txt import decode_txt, signing_input, verify_txt
 from fedpeer.peer.manifest import verify_manifest
-from fedpeer.sync.feed import Cursor, decode_page_cbor, page_from_wire, resolve_since
+from fedpeer.sync.feed import (
+    Cursor,
+    decode_page_cbor,
+    fingerprint,
+    page_from_wire,
+    resolve_since,
+)
 from fedpeer.sync.records import DEFAULT_LIMITS, Limits, record_from_wire
 
 HERE = Path(__file__).resolve().parent
@@ -128,15 +134,34 @@ def _feed_page(case: Json) -> None:
     _expect("has_more", page.has_more, case["has_more"])
 
 
+def _fingerprint_of(case: Json) -> bytes | None:
+    """The fingerprint a store with ``cursor_key_hex`` gives the record ``cid_at_seq``."""
+    if case.get("cid_at_seq") is None:
+        return None
+    key = bytes.fromhex(case["cursor_key_hex"])
+    return fingerprint(bytes(CID.parse(case["cid_at_seq"])), key=key)
+
+
 def _cursor(case: Json) -> None:
     if "store_epoch" in case:
-        resolve_since(case["cursor"], epoch=case["store_epoch"], head_seq=case["head_seq"])
+        resolve_since(
+            case["cursor"],
+            epoch=case["store_epoch"],
+            head_seq=case["head_seq"],
+            fingerprint_at_seq=_fingerprint_of(case),
+        )
         return
     cursor = Cursor.decode(case["cursor"])
     if case["expect"] == "ok":
         _expect("epoch", cursor.epoch, case["epoch"])
         _expect("seq", str(cursor.seq), case["seq"])
-        _expect("encode", Cursor(case["epoch"], int(case["seq"])).encode(), case["cursor"])
+        _expect("raw", b64url_decode(case["cursor"]).hex(), case["raw_hex"])
+        if case["format"] == 2:
+            fp = _fingerprint_of(case) or bytes(8)
+            _expect("fingerprint", fp.hex(), case["fingerprint_hex"])
+            _expect("encode", Cursor(case["epoch"], int(case["seq"]), fp).encode(), case["cursor"])
+        else:
+            _expect("encode", Cursor(case["epoch"], int(case["seq"])).encode(), case["cursor"])
 
 
 def _invite(case: Json) -> None:

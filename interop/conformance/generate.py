@@ -60,7 +60,7 @@ from fedpeer.identity.envelope import sign_document
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer._mdns_txt import sign_txt, signing_input
 from fedpeer.peer.manifest import capabilities, federation_body
-from fedpeer.sync.feed import Cursor, encode_page_cbor
+from fedpeer.sync.feed import Cursor, cursor_at, encode_page_cbor, fingerprint
 from fedpeer.sync.records import DEFAULT_LIMITS, SignedRecord, build_record
 
 Json = dict[str, Any]
@@ -82,6 +82,7 @@ NOW = 1_800_000_000  # 2027-01-15T08:00:00Z, the verifiers' clock (unix seconds)
 NOW_MS = NOW * 1000
 SOFTWARE_VERSION = "0.0.0-conformance"  # fixed, so the vectors do not change per release
 EPOCH = "0123456789abcdef0123456789abcdef"  # a store epoch (32 lowercase hex)
+CURSOR_KEY = hashlib.sha256(b"fedpeer conformance 1: cursor key").digest()[:16]
 HOLDER_URL = "http://192.0.2.7:8765"
 ISSUER_URL = "http://192.0.2.1:8765"
 
@@ -771,7 +772,7 @@ def records() -> Json:
 
 def feed_pages() -> Json:
     recs = [r for _, r in _good_records()[:3]]
-    cursor = Cursor(EPOCH, 7).encode()
+    cursor = cursor_at(EPOCH, 7, bytes(recs[2].cid), key=CURSOR_KEY).encode()
     cases: list[Json] = []
 
     def page(name: str, section: str, expect: str, data: bytes, **kw: Any) -> None:
@@ -794,7 +795,7 @@ def feed_pages() -> Json:
         next_cursor=cursor,
         has_more=True,
     )
-    empty_cursor = Cursor(EPOCH, 9).encode()
+    empty_cursor = cursor_at(EPOCH, 9, bytes(recs[0].cid), key=CURSOR_KEY).encode()
     page(
         "page/empty-caught-up",
         "8.2",
@@ -865,55 +866,108 @@ def feed_pages() -> Json:
 
 def cursors() -> Json:
     cases: list[Json] = []
+    good_records = [r for _, r in _good_records()]
+    cid = good_records[0].cid
+    cid_bytes = bytes(cid)
+    fp = fingerprint(cid_bytes, key=CURSOR_KEY)
+    for seq in (0, 1, 7, 2**63 - 1):
+        c = cursor_at(EPOCH, seq, cid_bytes, key=CURSOR_KEY)
+        seq_fp = bytes(8) if seq == 0 else fp
+        cases.append(
+            _case(
+                f"cursor/format-2/seq-{seq}",
+                "8.3",
+                "ok",
+                cursor=c.encode(),
+                format=2,
+                epoch=EPOCH,
+                seq=str(seq),
+                cursor_key_hex=CURSOR_KEY.hex(),
+                cid_at_seq=None if seq == 0 else str(cid),
+                fingerprint_hex=seq_fp.hex(),
+                raw_hex=(b"\x02" + bytes.fromhex(EPOCH) + seq.to_bytes(8, "big") + seq_fp).hex(),
+            )
+        )
     for seq in (0, 1, 7, 2**63 - 1):
         c = Cursor(EPOCH, seq)
         cases.append(
             _case(
-                f"cursor/seq-{seq}",
+                f"cursor/format-1/seq-{seq}",
                 "8.3",
                 "ok",
                 cursor=c.encode(),
+                format=1,
                 epoch=EPOCH,
                 seq=str(seq),
                 raw_hex=(b"\x01" + bytes.fromhex(EPOCH) + seq.to_bytes(8, "big")).hex(),
             )
         )
-    good = Cursor(EPOCH, 7).encode()
+    good = cursor_at(EPOCH, 7, cid_bytes, key=CURSOR_KEY).encode()
+    good1 = Cursor(EPOCH, 7).encode()
 
     def raw_text(raw: bytes) -> str:
         return b64url_encode(raw)
 
-    version2 = raw_text(b"\x02" + bytes.fromhex(EPOCH) + (7).to_bytes(8, "big"))
-    negative = raw_text(b"\x01" + bytes.fromhex(EPOCH) + (-1).to_bytes(8, "big", signed=True))
+    body = bytes.fromhex(EPOCH) + (7).to_bytes(8, "big")
+    byte2_short = raw_text(b"\x02" + body)
+    version3 = raw_text(b"\x03" + body + fp)
+    zero_seq_fp = raw_text(b"\x02" + bytes.fromhex(EPOCH) + bytes(8) + fp)
+    negative = raw_text(b"\x02" + bytes.fromhex(EPOCH) + (-1).to_bytes(8, "big", signed=True) + fp)
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    # 25 bytes leave 4 unused bits in the last character; set the lowest one.
-    stray_bits = good[:-1] + alphabet[alphabet.index(good[-1]) ^ 1]
+    # 33 bytes fill 44 characters exactly; 25 bytes leave 4 unused bits in the last
+    # character of a format 1 cursor: set the lowest one.
+    stray_bits = good1[:-1] + alphabet[alphabet.index(good1[-1]) ^ 1]
     bad = [
         ("cursor/empty", ""),
-        ("cursor/33-chars", good[:-1]),
-        ("cursor/padded", good + "=="),
+        ("cursor/43-chars", good[:-1]),
+        ("cursor/45-chars", good + "A"),
+        ("cursor/33-chars", good1[:-1]),
+        ("cursor/padded", good1 + "=="),
         ("cursor/plus-character", good[:-1] + "+"),
-        ("cursor/version-2", version2),
+        ("cursor/format-byte-2-in-25-bytes", byte2_short),
+        ("cursor/format-byte-3", version3),
         ("cursor/negative-seq", negative),
+        ("cursor/fingerprint-at-seq-0", zero_seq_fp),
         ("cursor/non-zero-trailing-bits", stray_bits),
     ]
     for name, text in bad:
         cases.append(_case(name, "8.3", "CURSOR_INVALID", cursor=text))
     other_epoch = "f" * 32
-    for name, cursor, epoch, head, expect in [
-        ("resolve/same-store", good, EPOCH, 7, "ok"),
-        ("resolve/behind", good, EPOCH, 100, "ok"),
-        ("resolve/other-epoch", good, other_epoch, 100, "CURSOR_RESET"),
-        ("resolve/ahead-of-head", good, EPOCH, 6, "CURSOR_FROM_FUTURE"),
+    other_cid = str(good_records[1].cid)
+    store = {"cursor_key_hex": CURSOR_KEY.hex()}
+    for name, cursor, epoch, head, at_seq, expect in [
+        ("resolve/format-2/same-record", good, EPOCH, 7, str(cid), "ok"),
+        ("resolve/format-2/behind", good, EPOCH, 100, str(cid), "ok"),
+        ("resolve/format-2/other-record-at-seq", good, EPOCH, 100, other_cid, "CURSOR_RESET"),
+        ("resolve/format-2/past-the-head", good, EPOCH, 6, None, "CURSOR_RESET"),
+        ("resolve/format-2/other-epoch", good, other_epoch, 100, str(cid), "CURSOR_RESET"),
+        ("resolve/format-1/same-store", good1, EPOCH, 7, str(cid), "ok"),
+        ("resolve/format-1/behind", good1, EPOCH, 100, other_cid, "ok"),
+        ("resolve/format-1/other-epoch", good1, other_epoch, 100, str(cid), "CURSOR_RESET"),
+        ("resolve/format-1/ahead-of-head", good1, EPOCH, 6, None, "CURSOR_FROM_FUTURE"),
     ]:
-        cases.append(_case(name, "8.3", expect, cursor=cursor, store_epoch=epoch, head_seq=head))
+        cases.append(
+            _case(
+                name,
+                "8.3",
+                expect,
+                cursor=cursor,
+                store_epoch=epoch,
+                head_seq=head,
+                cid_at_seq=at_seq,
+                **store,
+            )
+        )
     return _file(
         "cursors",
         ["8.3"],
-        "Cursor format 1 (§8.3, a replaceable section): cursor is the text, raw_hex its "
-        "25 bytes (format byte, epoch, seq), seq the sequence number in decimal (a "
-        "string: it may exceed 2^53). Cases with store_epoch and head_seq resolve "
-        "the cursor against a store with that epoch and head.",
+        "Cursors (§8.3): cursor is the text, format its format byte, raw_hex its bytes "
+        "(format byte, epoch, seq and, for format 2, the fingerprint), seq the sequence "
+        "number in decimal (a string: it may exceed 2^53). Format 2 fingerprint: the "
+        "first 8 bytes of HMAC-SHA-256 keyed with cursor_key_hex over the binary CID "
+        "cid_at_seq (8 zero bytes at seq 0). Cases with store_epoch and head_seq resolve "
+        "the cursor against a store with that epoch, head, cursor key, and the record "
+        "cid_at_seq at the cursor's seq (null: none).",
         cases,
     )
 

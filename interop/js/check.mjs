@@ -13,7 +13,7 @@
 // confirmation codes). Usage: node check.mjs [vector dir]. Prints one line per failure and
 // a JSON summary as the last line; exits 1 if any case disagrees.
 
-import { createHash } from 'node:crypto'
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -485,24 +485,47 @@ function checkPage (c) {
 }
 
 function decodeCursor (text) {
-  if (typeof text !== 'string' || text.length !== 34) refuse('CURSOR_INVALID', 'length')
+  if (typeof text !== 'string' || (text.length !== 34 && text.length !== 44)) refuse('CURSOR_INVALID', 'length')
   const raw = b64urlDecode(text, 'CURSOR_INVALID')
-  if (raw[0] !== 1) refuse('CURSOR_INVALID', 'format byte')
+  const format = text.length === 34 ? 1 : 2
+  if (raw[0] !== format) refuse('CURSOR_INVALID', 'format byte')
   const seq = Buffer.from(raw).readBigInt64BE(17)
   if (seq < 0n) refuse('CURSOR_INVALID', 'negative seq')
-  return { epoch: hex(raw.subarray(1, 17)), seq, raw }
+  const fp = format === 2 ? raw.subarray(25, 33) : null
+  if (fp !== null && seq === 0n && fp.some((b) => b !== 0)) refuse('CURSOR_INVALID', 'fingerprint at seq 0')
+  return { epoch: hex(raw.subarray(1, 17)), seq, raw, format, fp }
+}
+
+// §8.3: the first 8 bytes of HMAC-SHA-256(store cursor key, binary CID of the record at seq)
+function cursorFingerprint (keyHex, cidText) {
+  const mac = createHmac('sha256', Buffer.from(keyHex, 'hex'))
+  mac.update(CID.parse(cidText).bytes)
+  return new Uint8Array(mac.digest().subarray(0, 8))
 }
 
 function checkCursor (c) {
   const cur = decodeCursor(c.cursor)
   if ('store_epoch' in c) {
     if (cur.epoch !== c.store_epoch) refuse('CURSOR_RESET', 'another epoch')
-    if (cur.seq > BigInt(c.head_seq)) refuse('CURSOR_FROM_FUTURE', 'past the head')
+    if (cur.format === 1) {
+      if (cur.seq > BigInt(c.head_seq)) refuse('CURSOR_FROM_FUTURE', 'past the head')
+      return
+    }
+    if (cur.seq === 0n) return
+    if (cur.seq > BigInt(c.head_seq)) refuse('CURSOR_RESET', 'past the head: the store went back')
+    const want = c.cid_at_seq === null ? null : cursorFingerprint(c.cursor_key_hex, c.cid_at_seq)
+    if (want === null || !timingSafeEqual(want, cur.fp)) refuse('CURSOR_RESET', 'another record at seq')
     return
   }
   expectEq('epoch', cur.epoch, c.epoch)
   expectEq('seq', cur.seq.toString(), c.seq)
   expectEq('raw', hex(cur.raw), c.raw_hex)
+  expectEq('format', cur.format, c.format)
+  if (cur.format === 2) {
+    const fp = c.cid_at_seq === null ? new Uint8Array(8) : cursorFingerprint(c.cursor_key_hex, c.cid_at_seq)
+    expectEq('fingerprint', hex(fp), c.fingerprint_hex)
+    expectEq('fingerprint in cursor', hex(cur.fp), c.fingerprint_hex)
+  }
 }
 
 // --- §10 invites --------------------------------------------------------------------------------------

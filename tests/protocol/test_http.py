@@ -25,7 +25,7 @@ from fedpeer.identity import (
 )
 from fedpeer.peer import Node, NodeConfig, PeerClient, open_node
 from fedpeer.peer.manifest import verify_manifest
-from fedpeer.sync.feed import Cursor
+from fedpeer.sync.feed import Cursor, cursor_at
 from fedpeer.sync.records import build_record
 
 CBOR = "application/cbor"
@@ -311,13 +311,25 @@ async def test_pages_in_both_encodings(
 async def test_cursor_errors_over_http(
     node: Node, http: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    """protocol.md §8.3: CURSOR_INVALID 400, CURSOR_RESET 409, CURSOR_FROM_FUTURE 409."""
+    """protocol.md §8.3: CURSOR_INVALID 400, CURSOR_RESET 409 (another epoch; a format 2
+    cursor past the head or with another fingerprint), CURSOR_FROM_FUTURE 409 (format 1)."""
     await _fill(node, 1)
     epoch = node.store.epoch
     for cursor, status, code in [
         (Cursor(epoch, 1).encode() + "A", 400, "CURSOR_INVALID"),
         (Cursor("0" * 32, 1).encode(), 409, "CURSOR_RESET"),
-        (Cursor(epoch, 99).encode(), 409, "CURSOR_FROM_FUTURE"),
+        (Cursor(epoch, 99).encode(), 409, "CURSOR_FROM_FUTURE"),  # format 1
+        # format 2: past the head, or another record at its seq: the store went back
+        (
+            cursor_at(epoch, 99, b"\x01" * 36, key=node.store.cursor_key).encode(),
+            409,
+            "CURSOR_RESET",
+        ),
+        (
+            cursor_at(epoch, 1, b"\x01" * 36, key=node.store.cursor_key).encode(),
+            409,
+            "CURSOR_RESET",
+        ),
     ]:
         r = await http.get(f"/v1/sync/changes?since={cursor}", headers=admin)
         assert (r.status_code, _error(r)) == (status, code)
@@ -479,6 +491,34 @@ async def test_get_one_record(node: Node, http: httpx.AsyncClient, admin: dict[s
     assert (r.status_code, _error(r)) == (404, "RECORD_NOT_FOUND")
     r = await http.get("/v1/records/nope", headers=admin)
     assert (r.status_code, _error(r)) == (400, "MALFORMED")
+
+
+async def test_listing_records_both_orders(
+    node: Node, http: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    """protocol.md §9.4: oldest first by default, newest first with order=newest; each
+    order's cursor continues it; another order is INVALID_REQUEST."""
+    cids = await _fill(node, 5)
+    oldest = (await http.get("/v1/records?limit=3", headers=admin)).json()
+    assert [r["cid"]["/"] for r in oldest["records"]] == cids[:3]
+    assert oldest["has_more"]
+    rest = (
+        await http.get(f"/v1/records?limit=3&since={oldest['next_cursor']}", headers=admin)
+    ).json()
+    assert [r["cid"]["/"] for r in rest["records"]] == cids[3:]
+    assert not rest["has_more"]
+    newest = (await http.get("/v1/records?limit=3&order=newest", headers=admin)).json()
+    assert [r["cid"]["/"] for r in newest["records"]] == cids[::-1][:3]
+    assert newest["has_more"]
+    older = (
+        await http.get(
+            f"/v1/records?limit=3&order=newest&since={newest['next_cursor']}", headers=admin
+        )
+    ).json()
+    assert [r["cid"]["/"] for r in older["records"]] == cids[1::-1]
+    assert not older["has_more"]
+    r = await http.get("/v1/records?order=random", headers=admin)
+    assert (r.status_code, _error(r)) == (400, "INVALID_REQUEST")
 
 
 async def test_writing_records(node: Node, http: httpx.AsyncClient, admin: dict[str, str]) -> None:

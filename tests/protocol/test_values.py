@@ -9,6 +9,7 @@ rules through the package's public functions.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 
 import attrs
@@ -65,6 +66,7 @@ from fedpeer.sync.feed import (
     CURSOR_VERSION,
     Cursor,
     build_page,
+    cursor_at,
     page_from_wire,
     page_to_wire,
     resolve_since,
@@ -86,6 +88,7 @@ OTHER = SigningKey.from_seed(hashlib.sha256(b"protocol tests: other").digest())
 NOW = 1_800_000_000
 NOW_MS = NOW * 1000
 EPOCH = "ab" * 16
+CURSOR_KEY = bytes(range(16))
 
 
 def _record(**kw: object) -> SignedRecord:
@@ -137,7 +140,7 @@ def test_every_versioned_structure_is_version_1() -> None:
     """protocol.md §1.2: the protocol string and every versioned structure say 1."""
     assert PROTOCOL == "fedpeer/1"
     assert RECORD_VERSION == 1
-    assert CURSOR_VERSION == 1
+    assert CURSOR_VERSION == 2  # §8.3: cursors carry a fingerprint since format 2
     assert _mdns_txt.TXT_VERSION == "1"
     assert inv.PROOF_PURPOSE == "fedpeer-invite-redeem-v1"
     assert _mdns_txt.DOMAIN_PREFIX == b"fedpeer-mdns-v1\x00"
@@ -145,7 +148,7 @@ def test_every_versioned_structure_is_version_1() -> None:
     # versions a receiver does not know are refused where §1.2 says so
     data, sig = _signed(_map(v=2))
     assert _code(verify_record, data, sig, now_ms=NOW_MS) == "RECORD_INVALID"
-    raw = b"\x02" + bytes.fromhex(EPOCH) + (1).to_bytes(8, "big")
+    raw = b"\x03" + bytes.fromhex(EPOCH) + (1).to_bytes(8, "big") + bytes(8)
     with pytest.raises(CursorInvalid):
         Cursor.decode(b64url_encode(raw))
 
@@ -572,6 +575,7 @@ def test_page_shape() -> None:
     page = build_page(
         ChangesPage(tuple(_stored(i + 1, r) for i, r in enumerate(recs)), 3, 5),
         epoch=EPOCH,
+        key=CURSOR_KEY,
         visible=lambda r: r.seq != 2,
     )
     wire = page_to_wire(page)
@@ -603,6 +607,27 @@ def test_cursor_format_1() -> None:
     with pytest.raises(CursorFromFuture):
         resolve_since(cursor, epoch=EPOCH, head_seq=257)
     for bad in ("", cursor + "A", cursor[:-1] + "=", cursor.upper()):
+        with pytest.raises(CursorInvalid):
+            resolve_since(bad, epoch=EPOCH, head_seq=300)
+
+
+def test_cursor_format_2() -> None:
+    """protocol.md §8.3: base64url(0x02 || epoch || seq || fp), 44 characters, fp the first
+    8 bytes of HMAC-SHA-256(store secret, binary CID at seq), zero at seq 0; a format 2
+    cursor past the head or with another fingerprint is CURSOR_RESET."""
+    cid = bytes(_record().cid)
+    cursor = cursor_at(EPOCH, 258, cid, key=CURSOR_KEY).encode()
+    assert len(cursor) == 44
+    fp = hmac.new(CURSOR_KEY, cid, hashlib.sha256).digest()[:8]
+    raw = b"\x02" + bytes.fromhex(EPOCH) + (258).to_bytes(8, "big") + fp
+    assert b64url_decode(cursor) == raw
+    assert b64url_decode(cursor_at(EPOCH, 0, None, key=CURSOR_KEY).encode())[-8:] == bytes(8)
+    assert resolve_since(cursor, epoch=EPOCH, head_seq=300, fingerprint_at_seq=fp) == 258
+    for head, at_seq, epoch in ((257, fp, EPOCH), (300, bytes(8), EPOCH), (300, fp, "cd" * 16)):
+        with pytest.raises(CursorReset):
+            resolve_since(cursor, epoch=epoch, head_seq=head, fingerprint_at_seq=at_seq)
+    zero_seq_bad_fp = b64url_encode(raw[:17] + bytes(8) + fp)
+    for bad in (zero_seq_bad_fp, cursor[:-1], cursor + "AA"):
         with pytest.raises(CursorInvalid):
             resolve_since(bad, epoch=EPOCH, head_seq=300)
 
