@@ -1,4 +1,4 @@
-"""Backup, export and import (issue 14; protocol.md §9.4).
+"""Backup, export and import (issue 14; protocol.md §9.5).
 
 * ``fedpeer backup`` copies a store that a running node keeps writing to: the copy
   opens, checks out and holds what was committed (WAL content included);
@@ -50,7 +50,7 @@ def export_bytes(recs: list[SignedRecord]) -> bytes:
 
 
 def test_export_round_trips_every_record_with_its_signature() -> None:
-    """protocol.md §9.4: record blocks keyed by the record id, then signature blocks."""
+    """protocol.md §9.5: record blocks keyed by the record id, then signature blocks."""
     recs = records(50)
     header, back = read_export(io.BytesIO(export_bytes(recs)))
     assert header.count == 50
@@ -265,7 +265,7 @@ def test_backup_while_the_node_writes_is_consistent(
 
 
 def test_an_independent_car_reader_reads_the_export(tmp_path: Path) -> None:
-    """protocol.md §9.4, read by @ipld/car (JavaScript), blocks checked against their
+    """protocol.md §9.5, read by @ipld/car (JavaScript), blocks checked against their
     CIDs and every signature verified with @noble/curves."""
     node = shutil.which("node")
     if node is None:

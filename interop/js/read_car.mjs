@@ -1,4 +1,4 @@
-// Read a fedpeer export (a CARv1 of signed records, docs/protocol.md §9.4) with
+// Read a fedpeer export (a CARv1 of signed records, docs/protocol.md §9.5) with
 // independent code: @ipld/car for the container, multiformats for CIDs and SHA-256,
 // @ipld/dag-cbor for the blocks, @noble/curves for Ed25519. Usage:
 //

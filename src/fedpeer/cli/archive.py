@@ -4,7 +4,7 @@
 from the data dir (the node may be running: the copy is one consistent snapshot,
 WAL included). ``export`` asks the running node for every record (its changes
 feed, with the admin token) and writes a CARv1 of the signed records
-(:mod:`fedpeer.sync.car`, protocol.md §9.4); ``import`` reads one, verifies every
+(:mod:`fedpeer.sync.car`, protocol.md §9.5); ``import`` reads one, verifies every
 record first (nothing is stored when one fails), then hands them to the running
 node in batches (``POST /v1/records/import``), which verifies them again.
 """

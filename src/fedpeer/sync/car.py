@@ -1,4 +1,4 @@
-"""Portable exports of signed records: CARv1 files (protocol.md §9.4). Sans-I/O.
+"""Portable exports of signed records: CARv1 files (protocol.md §9.5). Sans-I/O.
 
 A fedpeer export is a CARv1 file (the IPLD "Content Addressable aRchive": a
 varint-length-prefixed DAG-CBOR header ``{version: 1, roots: [CID]}``, then
