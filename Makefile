@@ -45,7 +45,9 @@ system-deps:
 # The JavaScript checker of the conformance vectors (interop/js, interop/test_js_checker.py)
 # needs node >= 20.19 and its npm packages, pinned by interop/js/package-lock.json. When node
 # and npm are present, `npm ci` installs them (again only when the lock file changed); without
-# them, or when npm cannot reach its registry, the test is skipped and says why.
+# them, or when npm cannot reach its registry, the test is skipped and says why. The same
+# packages hold the independent CAR reader of exports (interop/js/read_car.mjs, @ipld/car;
+# tests/test_archive.py).
 JS_DIR := interop/js
 js-deps:
 	@if command -v node >/dev/null && command -v npm >/dev/null; then \

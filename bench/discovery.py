@@ -33,7 +33,19 @@ clock runs from launching ``fedpeer pair URL`` on B (two-way pairing) to:
 Two variants: ``each``, N records on A and N on B (each direction moves N);
 ``one``, N records on A only (B pulls N; A's reverse pair pulls them back).
 
-``--only verified`` / ``--only pair`` runs one part. Prints a ``SKIP`` line and
+Then, ``--recover-runs`` times per case, recovery (issue 14): two paired ``fedpeer
+run`` nodes that back off 5 to 10 minutes after a failure (``sync_backoff_base_s =
+600``, so only the wake-ups of a peer seen again can make them converge in time),
+from the moment the peer is back to both sides holding every record:
+
+* link return after a short outage (2 s: the pairs may not even have failed),
+* link return after a long outage (until both pairs fail and back off for minutes),
+* peer restart (SIGKILL, A's pair backs off for minutes, B restarts and adds a
+  record).
+
+Printed: median and p95 per case and the p95's ratio to the 5 s target.
+
+``--only verified`` / ``--only pair`` / ``--only recover`` runs one part. Prints a ``SKIP`` line and
 exits 0 when not root or ``ip`` is missing.
 """
 
@@ -287,12 +299,115 @@ def pair_bench(runs: int, n: int) -> None:
         )
 
 
+RECOVER_TARGET_S = 5.0
+SLOW_BACKOFF = """\
+sync_longpoll_s = 1
+sync_backoff_base_s = 600
+sync_backoff_cap_s = 600
+rate_per_s = 100000
+rate_burst = 100000
+"""
+
+
+def _pairs_of(node: RunningNode) -> list[dict[str, object]]:
+    out = node.cli("pairs", "--json")
+    if out.returncode != 0:
+        raise RuntimeError(f"pairs failed: {out.stderr.strip()}")
+    rows = json.loads(out.stdout)["pairs"]
+    assert isinstance(rows, list)
+    return rows
+
+
+def _wait_failing(node: RunningNode, timeout: float = 90.0) -> None:
+    """Until ``node``'s pair backs off for at least a minute (bounded; polls 0.5 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _pairs_of(node)
+        if rows and all(
+            r["state"] == "failing"
+            and isinstance(r.get("next_try_s"), int | float)
+            and float(r["next_try_s"]) > 60  # type: ignore[arg-type]
+            for r in rows
+        ):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{node.handle}'s pair did not fail within {timeout} s")
+
+
+def _add(node: RunningNode, label: str) -> None:
+    out = _finish(_tool(node.host, "add", str(node.data_dir), "--count", "1", "--label", label), 60)
+    assert out.get("cids")
+
+
+def _converged(nodes: list[RunningNode], total: int, t0: float) -> float:
+    waits = [_tool(n.host, "wait", str(n.data_dir), "--count", str(total), "--timeout", "120")
+             for n in nodes]  # fmt: skip
+    done = [_finish(w, 150) for w in waits]
+    if any(d["count"] != total for d in done):
+        raise RuntimeError(f"did not converge to {total} records: {done}")
+    return max(as_float(d["t"]) for d in done) - t0
+
+
+def recover_bench(runs: int) -> None:
+    print(f"recovery -> both sides converged ({runs} runs per case, backoff 5-10 min)")
+    cases: dict[str, list[float]] = {"short outage (2 s)": [], "long outage": [], "restart": []}
+    with tempfile.TemporaryDirectory(prefix="fedpeer-bench-") as tmp, netns.lan(2) as net:
+        dirs = [Path(tmp) / "a", Path(tmp) / "b"]
+        for d in dirs:
+            d.mkdir(mode=0o700)
+            (d / "fedpeer.toml").write_text(SLOW_BACKOFF)
+        a = RunningNode(net.hosts[0], dirs[0], "alice")
+        b = RunningNode(net.hosts[1], dirs[1], "bob")
+        try:
+            a.wait_ready()
+            b.wait_ready()
+            url = json.loads(a.cli("invite", "create", "--no-qr", "--json").stdout)["url"]
+            if b.cli("pair", url, "--json", "--timeout", "60").returncode != 0:
+                raise RuntimeError("pairing failed")
+            total = 0
+            for i in range(runs):
+                for case in cases:
+                    if case == "restart":
+                        b.kill()
+                        _wait_failing(a)
+                        b.restart()
+                        t0 = time.time()
+                        _add(b, f"r{i}")
+                        total += 1
+                        took = _converged([a, b], total, t0)
+                    else:
+                        net.link_down(b.host)
+                        if case == "long outage":
+                            _wait_failing(a)
+                            _wait_failing(b)
+                        else:
+                            time.sleep(2.0)  # the outage itself (a bench, not a test)
+                        _add(a, f"a{case[0]}{i}")
+                        _add(b, f"b{case[0]}{i}")
+                        total += 2
+                        net.link_up(b.host)
+                        took = _converged([a, b], total, time.time())
+                    cases[case].append(took)
+                    print(f"  run {i + 1} {case}: converged in {took:.2f} s", flush=True)
+        finally:
+            for node in (b, a):
+                node.stop()
+    for case, values in cases.items():
+        med = statistics.median(values)
+        p95 = sorted(values)[max(0, round(0.95 * len(values)) - 1)]
+        verdict = "ok" if p95 <= RECOVER_TARGET_S else "ABOVE TARGET"
+        print(f"  {case:<20} median {med:5.2f} s  p95 {p95:5.2f} s  "
+              f"p95/target {p95 / RECOVER_TARGET_S:.2f} (target {RECOVER_TARGET_S:.0f} s): "
+              f"{verdict}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="runs of the verified latency")
     parser.add_argument("--pair-runs", type=int, default=3, help="runs per pairing variant")
     parser.add_argument("--records", type=int, default=10_000, help="records per side to pair")
-    parser.add_argument("--only", choices=("verified", "pair"), default=None)
+    parser.add_argument("--recover-runs", type=int, default=5, help="runs per recovery case")
+    parser.add_argument("--only", choices=("verified", "pair", "recover"), default=None)
     args = parser.parse_args()
     reason = netns.skip_reason()
     if reason:
@@ -302,6 +417,8 @@ def main() -> None:
         verified_bench(args.runs)
     if args.only in (None, "pair"):
         pair_bench(args.pair_runs, args.records)
+    if args.only in (None, "recover"):
+        recover_bench(args.recover_runs)
 
 
 def verified_bench(runs: int) -> None:

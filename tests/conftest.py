@@ -10,7 +10,9 @@ virtual clock that jumps ahead whenever every task waits: trio's autojump
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.abc
@@ -56,3 +58,29 @@ async def task_group() -> AsyncIterator[anyio.abc.TaskGroup]:
 async def nursery(task_group: anyio.abc.TaskGroup) -> anyio.abc.TaskGroup:
     """The test's task group under its trio name (``nursery.start_soon`` / ``start``)."""
     return task_group
+
+
+USER_PORT = 8765
+"""The port a user's node runs on (``fedpeer run``'s default)."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hold_user_port() -> Iterator[socket.socket | None]:
+    """Occupy 127.0.0.1:8765 for the whole session, as a user's running node would,
+    so a test that depends on that port being free fails every time instead of on
+    some machines (issue 14). When the port is already taken (a node runs there),
+    it stays taken by that: the same situation. Yields the held socket or None.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", USER_PORT))
+        sock.listen(1)
+    except OSError:
+        sock.close()
+        yield None
+        return
+    try:
+        yield sock
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()

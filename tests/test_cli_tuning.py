@@ -63,6 +63,21 @@ def test_file_then_env_and_what_they_turn_into(tmp_path: Path) -> None:
     assert (big.backoff.base_s, big.backoff.cap_s) == (DEFAULT_BACKOFF.base_s, 60.0)
 
 
+def test_backoff_base_setting(tmp_path: Path) -> None:
+    # the first retry's ceiling (issue 14's e2e runs use 600 s); alone it raises the cap
+    # to at least itself, with a cap it is capped by it
+    alone = _sync_options(load_settings(tmp_path, {"FEDPEER_SYNC_BACKOFF_BASE_S": "600"}))
+    assert (alone.backoff.base_s, alone.backoff.cap_s) == (600.0, 600.0)
+    small = _sync_options(load_settings(tmp_path, {"FEDPEER_SYNC_BACKOFF_BASE_S": "5"}))
+    assert (small.backoff.base_s, small.backoff.cap_s) == (5.0, DEFAULT_BACKOFF.cap_s)
+    both = _sync_options(
+        load_settings(
+            tmp_path, {"FEDPEER_SYNC_BACKOFF_BASE_S": "50", "FEDPEER_SYNC_BACKOFF_CAP_S": "10"}
+        )
+    )
+    assert (both.backoff.base_s, both.backoff.cap_s) == (10.0, 10.0)
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "needle"),
     [

@@ -21,6 +21,7 @@ The tree::
     │   ├── CursorInvalid         CURSOR_INVALID           400
     │   ├── PageInvalid           PAGE_INVALID             502
     │   ├── PairSelf              PAIR_SELF                400
+    │   ├── CarInvalid            CAR_INVALID              400
     │   └── ConfigInvalid         CONFIG_INVALID           400
     ├── BodyTooLarge              BODY_TOO_LARGE           413
     │   └── RecordTooLarge        RECORD_TOO_LARGE         413
@@ -100,6 +101,7 @@ __all__ = [
     "BodyTimeout",
     "BodyTooLarge",
     "BootstrapClosed",
+    "CarInvalid",
     "ConfigInvalid",
     "Conflict",
     "ConsentDenied",
@@ -243,6 +245,13 @@ class Malformed(InvalidRequest):
     """The input could not be decoded (bad JSON, CBOR, base64, or shape)."""
 
     code = "MALFORMED"
+
+
+class CarInvalid(InvalidRequest):
+    """A file is not a readable fedpeer export (CARv1 of signed records); nothing
+    was imported from it."""
+
+    code = "CAR_INVALID"
 
 
 class NonCanonical(InvalidRequest):

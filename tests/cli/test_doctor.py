@@ -50,6 +50,9 @@ def data_dir(tmp_path: Path) -> Path:
     trio.run(make_store)
     (d / "admin.token").write_text("fp_x\n")
     (d / "admin.token").chmod(0o600)
+    # The port `run` would use: any free one, so the checks never depend on 8765 being
+    # free (a user's node may hold it; tests/conftest.py holds it during the suite).
+    (d / "fedpeer.toml").write_text("port = 0\n")
     return d
 
 
@@ -73,6 +76,20 @@ def test_doctor_reports_a_damaged_store(data_dir: Path) -> None:
     assert "STORE_CORRUPT" in checks["store"]["detail"]
     assert "restore a backup" in checks["store"]["fix"]
     assert re.search(r"^FAIL store: ", text, re.MULTILINE)
+
+
+def test_doctor_fails_the_port_check_when_the_default_port_is_busy(
+    data_dir: Path, hold_user_port: socket.socket | None
+) -> None:
+    # 8765 is held, by the suite's fixture or by a node the user runs: the default
+    # configuration's port check fails and says what to do; the other checks pass.
+    (data_dir / "fedpeer.toml").unlink()
+    code, text, checks = doctor(data_dir, "--port", "8765")  # the default, said explicitly
+    assert code == 5, text
+    assert checks["port"]["status"] == "FAIL"
+    assert "127.0.0.1:8765" in checks["port"]["detail"]
+    assert "--port" in checks["port"]["fix"]
+    assert [n for n, c in checks.items() if c["status"] == "FAIL"] == ["port"]
 
 
 def test_doctor_reports_a_busy_port(data_dir: Path) -> None:

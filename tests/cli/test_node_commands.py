@@ -55,7 +55,8 @@ def test_invite_create_list_revoke(one_node: NodeThread) -> None:
     assert "2 uses" in r.stdout
     assert "namespace notes/*" in r.stdout
     assert "▀" in r.stdout or "█" in r.stdout  # the QR code
-    assert f"fedpeer pair '{url}'" in r.stdout
+    # the hint carries the same --data-dir as the command (issue 14)
+    assert f"fedpeer --data-dir {a.data_dir} pair '{url}'" in r.stdout
 
     made = new_invite(a, "--scopes", "records:read,sync:read", "--thread", "t1", "--no-qr")
     inv = made["invite"]

@@ -76,9 +76,14 @@ class ThreeHosts:
 
 
 def start_nodes(
-    hosts: Sequence[Host], data_dirs: Sequence[Path], handles: Sequence[str]
+    hosts: Sequence[Host],
+    data_dirs: Sequence[Path],
+    handles: Sequence[str],
+    *,
+    tuning: str = TUNING,
 ) -> list[RunningNode]:
-    """Write :data:`TUNING` into each data dir, start every node at once, wait for all.
+    """Write ``tuning`` (:data:`TUNING`) into each data dir, start every node at once,
+    wait for all.
 
     If one does not come up, the ones started are stopped before the error
     propagates.
@@ -87,7 +92,7 @@ def start_nodes(
     try:
         for host, ddir, handle in zip(hosts, data_dirs, handles, strict=True):
             ddir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (ddir / "fedpeer.toml").write_text(TUNING)
+            (ddir / "fedpeer.toml").write_text(tuning)
             nodes.append(RunningNode(host, ddir, handle))
         for node in nodes:
             node.wait_ready()

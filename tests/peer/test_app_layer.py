@@ -305,7 +305,9 @@ PAIRS = [
         PairService,
         AdminPairs,
         {"manager", "options", "pairing_result", "reverse_after_redeem", "wait_for",
-         "add_listener", "health_summary"},
+         "add_listener", "health_summary",
+         # the peer-facing side of unpairing: the HTTP edge calls it (POST /v1/sync/unpair)
+         "unpaired_by_peer"},
     ),
 ]  # fmt: skip
 

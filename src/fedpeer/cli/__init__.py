@@ -5,12 +5,13 @@ running node through :class:`~fedpeer.peer.AdminClient` (its HTTP admin API)
 with the admin token from the data dir (``admin.token``; ``$FEDPEER_TOKEN``
 overrides it). They find the node at ``--url``, else ``$FEDPEER_URL`` / ``url``
 in ``fedpeer.toml``, else the ``node.url`` file that ``run`` writes while it
-serves. ``init``, ``id``, ``token rotate-admin`` and ``doctor`` work on the data
-dir directly.
+serves. ``init``, ``id``, ``token rotate-admin``, ``backup`` and ``doctor`` work on
+the data dir directly.
 
 Modules: :mod:`.main` (the group and its context), :mod:`.node` (init, id,
-run), :mod:`.invite`, :mod:`.pairs` (pair, peers, pairs), :mod:`.records`,
-:mod:`.token`, :mod:`.doctor` (and its :mod:`.checks`), :mod:`.config`
+run), :mod:`.invite`, :mod:`.pairs` (pair, unpair, peers, pairs), :mod:`.records`,
+:mod:`.token`, :mod:`.archive` (backup, export, import), :mod:`.doctor` (and its
+:mod:`.checks`), :mod:`.config`
 (``fedpeer.toml``, ``FEDPEER_*``), :mod:`.params` (option types),
 :mod:`.output` (exit codes, errors, tables). They use the library's public
 names only, like any other program.
@@ -26,6 +27,7 @@ bounded wait ran out (TIMED_OUT); 130 interrupted. See :mod:`.output`.
 
 from __future__ import annotations
 
+from .archive import backup, export, import_
 from .config import DEFAULT_PORT as DEFAULT_PORT
 from .doctor import doctor
 from .invite import invite
@@ -41,7 +43,7 @@ from .output import EXIT_OK as EXIT_OK
 from .output import EXIT_START as EXIT_START
 from .output import EXIT_TIMEOUT as EXIT_TIMEOUT
 from .output import EXIT_USAGE as EXIT_USAGE
-from .pairs import pair, pairs, peers
+from .pairs import pair, pairs, peers, unpair
 from .records import records
 from .token import token
 
@@ -62,7 +64,10 @@ __all__ = [
 ]
 
 # The commands, in the order `fedpeer --help` lists them (click sorts them anyway).
-for _command in (init, show_id, run, invite, pair, peers, pairs, records, token, doctor):
+for _command in (
+    init, show_id, run, invite, pair, unpair, peers, pairs, records, token, backup, export,
+    import_, doctor,
+):  # fmt: skip
     cli.add_command(_command)
 
 

@@ -21,7 +21,9 @@ Tuning (`fedpeer run` only; defaults are the library's)::
                               #   asks the peer to hold (a silent peer is noticed after about
                               #   this plus 15 s)
     sync_backoff_cap_s = 300  # FEDPEER_SYNC_BACKOFF_CAP_S  longest wait between retries of a
-                              #   failing pair (the first retry waits up to min(1 s, cap))
+                              #   failing pair (the first retry waits up to min(base, cap))
+    sync_backoff_base_s = 1   # FEDPEER_SYNC_BACKOFF_BASE_S the first retry's longest wait;
+                              #   it doubles per failure up to the cap
     rate_per_s = 50           # FEDPEER_RATE_PER_S          requests per second per token / address
     rate_burst = 200          # FEDPEER_RATE_BURST          burst allowance of that rate limit
 
@@ -37,7 +39,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import tomllib
 import unicodedata
 import urllib.parse
@@ -82,6 +83,7 @@ _KEYS = (
     "url",
     "sync_longpoll_s",
     "sync_backoff_cap_s",
+    "sync_backoff_base_s",
     "rate_per_s",
     "rate_burst",
 )
@@ -108,6 +110,7 @@ class Settings:
     url: str | None = None
     sync_longpoll_s: float | None = None
     sync_backoff_cap_s: float | None = None
+    sync_backoff_base_s: float | None = None
     rate_per_s: float | None = None
     rate_burst: int | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict)
@@ -133,11 +136,15 @@ def check_handle(handle: str, where: str = "handle") -> str:
     return handle
 
 
-def default_handle() -> str:
-    """The machine's host name (first label), or ``"fedpeer"`` if it has none."""
-    name = socket.gethostname().split(".")[0].strip()
-    name = "".join(c for c in name if c.isprintable())[:MAX_HANDLE_CHARS]
-    return name or "fedpeer"
+def default_handle(did: str) -> str:
+    """The handle of a node that was given none: ``fedpeer-`` and the last 6
+    characters of its DID (``fedpeer-a1B2c3``).
+
+    Not the host name: that would tell everyone on the LAN the machine's name
+    (often the owner's name) without being asked, and two laptops cloned from one
+    image would look alike. Set a handle with ``fedpeer init --handle`` (saved in
+    fedpeer.toml), ``--handle`` or ``FEDPEER_HANDLE``. Pure."""
+    return f"fedpeer-{did[-6:]}"
 
 
 def _check_port(value: object, where: str) -> int:
@@ -246,6 +253,7 @@ _CHECKS: dict[str, Callable[[object, str], object]] = {
     "url": _check_url,
     "sync_longpoll_s": _seconds_check(MAX_LONGPOLL_S),
     "sync_backoff_cap_s": _seconds_check(MAX_BACKOFF_CAP_S),
+    "sync_backoff_base_s": _seconds_check(MAX_BACKOFF_CAP_S),
     "rate_per_s": _check_rate,
     "rate_burst": _check_burst,
 }

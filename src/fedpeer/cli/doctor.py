@@ -100,8 +100,14 @@ def doctor(
         report(_store_check_stopped(store_path))
     bind_host = host or (settings.host if settings else DEFAULT_HOST)
     bind_port = port if port is not None else (settings.port if settings else DEFAULT_PORT)
-    node_port = urllib.parse.urlsplit(url).port if (running and url) else None
-    report(d.check_port(bind_host, bind_port, node_running=running and node_port == bind_port))
+    if running and url:
+        # The data dir's node runs (and holds the data dir): binding another port
+        # would test nothing `run` can use until that node stops.
+        node_port = urllib.parse.urlsplit(url).port
+        note = "" if node_port == bind_port else f" (the next `run` would use port {bind_port})"
+        report(d.Check("port", "ok", f"this data dir's node serves at {url}{note}"))
+    else:
+        report(d.check_port(bind_host, bind_port, node_running=False))
     names = interfaces or (settings.interfaces if settings else ())
     pairs_found = d.interfaces_ipv4(names)
     if not pairs_found:

@@ -10,6 +10,7 @@ import trio
 
 from ..consent import confirmation_code
 from ..consent.grants import Target
+from ..consent.invites import MAX_TTL_S, MIN_TTL_S
 from ..errors import FedpeerError, TimedOut
 from ..peer import AdminClient, InviteCreated
 from ..peer.addresses import is_loopback_host, is_wildcard, with_host
@@ -94,7 +95,12 @@ def _render_qr(url: str) -> str:
 
 
 @invite.command(name="create")
-@click.option("--ttl", type=Duration(), default=None, help="Valid for (90s, 10m, 2h, 7d) [1d].")
+@click.option(
+    "--ttl",
+    type=Duration(MIN_TTL_S, MAX_TTL_S),
+    default=None,
+    help="Valid for (90s, 10m, 2h, 7d; 60 s to 90 days) [1d].",
+)
 @click.option(
     "--uses", type=click.IntRange(1, 1000), default=None, help="How many redemptions [1]."
 )
@@ -162,7 +168,7 @@ def invite_create(
             if warning and not as_json:
                 click.echo(f"note: {warning}", err=True)
             if not as_json:
-                _print_invite(created, qr)
+                _print_invite(created, qr, obj)
             answer = created.to_dict()
             if wait:
                 answer["redemption"] = await _wait_redeemed(
@@ -175,7 +181,12 @@ def invite_create(
         json_out(answer)
 
 
-def _print_invite(created: InviteCreated, qr: bool) -> None:
+def repr_url(url: str) -> str:
+    """The URL quoted for a POSIX shell (it holds ``#`` and ``&``)."""
+    return "'" + url.replace("'", "'\\''") + "'"
+
+
+def _print_invite(created: InviteCreated, qr: bool, obj: Ctx) -> None:
     inv = created.invite
     uses = inv.max_uses
     click.echo(
@@ -189,7 +200,9 @@ def _print_invite(created: InviteCreated, qr: bool) -> None:
     if qr:
         click.echo(_render_qr(created.url), nl=False)
         click.echo()
-    click.echo(f"On the other device:  fedpeer pair '{created.url}'")
+    # The same data dir flag as this command (the walkthrough's two laptops use the
+    # same layout); without one, the other device's default data dir.
+    click.echo(f"On the other device:  {obj.command('pair', repr_url(created.url))}")
     click.echo("The URL holds a secret: share it only with the device you want to pair.")
 
 

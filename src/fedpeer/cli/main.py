@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -40,10 +41,21 @@ def default_data_dir() -> Path:
 class Ctx:
     """The click context object: data dir, ``--url`` and the merged settings."""
 
-    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, url: str | None = None, *, data_dir_flag: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.url_flag = url
+        self.data_dir_flag = data_dir_flag
         self._settings: Settings | None = None
+
+    def command(self, *args: str) -> str:
+        """How to run ``fedpeer ARGS`` against the same data dir, for hints: with
+        ``--data-dir`` when this command was given one (as typed)."""
+        parts = ["fedpeer"]
+        if self.data_dir_flag is not None:
+            parts += ["--data-dir", shlex.quote(self.data_dir_flag)]
+        return " ".join([*parts, *args])
 
     @property
     def settings(self) -> Settings:
@@ -81,7 +93,7 @@ class Ctx:
                 raise ConfigInvalid(f"bad node URL {url!r} (from {source}): {exc}") from None
 
     def _not_running(self, url: str, source: str, exc: httpx.TransportError) -> NodeNotRunning:
-        start = f"start it with `fedpeer --data-dir {self.data_dir} run`"
+        start = f"start it with `fedpeer --data-dir {shlex.quote(str(self.data_dir))} run`"
         if isinstance(exc, httpx.TimeoutException):
             return NodeNotRunning(
                 f"the node at {url} (from {source}) did not answer within "
@@ -123,4 +135,8 @@ def cli(ctx: click.Context, data_dir: Path | None, url: str | None, verbose: int
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = Ctx(data_dir or default_data_dir(), url)
+    ctx.obj = Ctx(
+        data_dir or default_data_dir(),
+        url,
+        data_dir_flag=None if data_dir is None else str(data_dir),
+    )

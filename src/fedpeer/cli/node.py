@@ -40,7 +40,8 @@ __all__ = ["init", "lan_addresses", "rate_settings", "run", "show_id", "sync_opt
     "--handle",
     default=None,
     callback=handle_cb,
-    help="Display name announced on the LAN (saved in fedpeer.toml; default: host name).",
+    help="Display name announced on the LAN (saved in fedpeer.toml; "
+    "default: fedpeer- and the DID's last 6 characters).",
 )
 @click.pass_obj
 def init(obj: Ctx, handle: str | None) -> None:
@@ -101,10 +102,12 @@ def sync_options(settings: Settings) -> SyncOptions:
     if settings.sync_longpoll_s is not None:
         opts = attrs.evolve(opts, longpoll_s=settings.sync_longpoll_s)
     cap = settings.sync_backoff_cap_s
-    if cap is not None:
+    base = settings.sync_backoff_base_s
+    if cap is not None or base is not None:
+        cap_s = cap if cap is not None else max(DEFAULT_BACKOFF.cap_s, base or 0.0)
         backoff = Backoff(
-            base_s=min(DEFAULT_BACKOFF.base_s, cap),
-            cap_s=cap,
+            base_s=min(base if base is not None else DEFAULT_BACKOFF.base_s, cap_s),
+            cap_s=cap_s,
             max_retry_after_s=DEFAULT_BACKOFF.max_retry_after_s,
         )
         opts = attrs.evolve(opts, backoff=backoff)
@@ -134,7 +137,8 @@ def sync_options(settings: Settings) -> SyncOptions:
     "--handle",
     default=None,
     callback=handle_cb,
-    help="Display name announced on the LAN [env FEDPEER_HANDLE; default: host name].",
+    help="Display name announced on the LAN [env FEDPEER_HANDLE; "
+    "default: fedpeer- and the DID's last 6 characters].",
 )
 @click.option(
     "--discovery/--no-discovery",
@@ -169,11 +173,12 @@ def run(
     try:
         settings = obj.settings
         cfg = NodeConfig(
-            handle=handle or settings.handle or default_handle(),
+            handle=handle or settings.handle or "fedpeer",
             discovery=settings.discovery if discovery is None else discovery,
             interfaces=tuple(interfaces) or settings.interfaces,
             tls=not insecure_http,
             insecure_http=insecure_http,
+            watch_network=True,
             **rate_settings(settings),
         )
         sync_opts = sync_options(settings)
@@ -187,10 +192,16 @@ def run(
     if root.level > logging.INFO:
         logging.getLogger("fedpeer").setLevel(logging.INFO)
 
+    named = handle or settings.handle
+
     async def main() -> None:
+        config = cfg
+        if named is None:  # the default handle comes from the DID (see default_handle)
+            key = await trio.to_thread.run_sync(load_or_create_key, data_dir)
+            config = attrs.evolve(cfg, handle=default_handle(key.did))
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_node(
-                data_dir, host=bind_host, port=bind_port, config=cfg, sync=sync_opts
+                data_dir, host=bind_host, port=bind_port, config=config, sync=sync_opts
             ) as node:
                 url = loopback_url(node.url)
                 await trio.to_thread.run_sync(write_node_url, data_dir, url)
@@ -201,7 +212,7 @@ def run(
                     if is_wildcard(bind_host):
                         for addr in lan_addresses(cfg.interfaces)[:4]:
                             click.echo(f"lan:   {with_host(url, addr)}")
-                    click.echo(f"handle: {cfg.handle}")
+                    click.echo(f"handle: {config.handle}")
                     if node.tls is not None:
                         click.echo(f"tls:   {node.tls.current.pin} (SPKI SHA-256 pin)")
                     else:

@@ -132,12 +132,15 @@ def console() -> Any:
 
 
 def table(*columns: str) -> Any:
-    """A borderless rich table with these columns."""
+    """A borderless rich table with these columns. A cell too wide for the
+    terminal wraps onto more lines (``overflow="fold"``): nothing is cut, so a URL
+    or an id copied from a table is always whole. Every command that prints a
+    table also takes ``--json``."""
     from rich.table import Table
 
     out = Table(box=None)
     for col in columns:
-        out.add_column(col)
+        out.add_column(col, overflow="fold")
     return out
 
 

@@ -1,7 +1,8 @@
-"""``fedpeer pair URL``, ``peers`` and ``pairs [pause|resume|kick|delete]``."""
+"""``fedpeer pair URL``, ``unpair``, ``peers`` and ``pairs [pause|resume|kick|delete]``."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
@@ -14,7 +15,7 @@ from .main import Ctx
 from .output import ago, console, json_out, run_async, short_did, table
 from .params import JSON_OPT, Duration, invite_url_cb
 
-__all__ = ["pair", "pairs", "peers", "wait_caught_up"]
+__all__ = ["pair", "pairs", "peers", "unpair", "wait_caught_up"]
 
 Json = dict[str, Any]
 PEER_HEAD_TIMEOUT_S = 5.0
@@ -123,15 +124,19 @@ async def wait_caught_up(
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[count]}"),
         TimeElapsedColumn(),
         console=console(),
         disable=quiet,
         transient=False,
     )
     async with PeerClient(peer_url, timeout=PEER_HEAD_TIMEOUT_S) as peer:
+        # pin the peer's certificate first (its DID signs it), so /health is read
+        # over https from the node the pair talks to; failing that, no totals
+        with contextlib.suppress(FedpeerError), trio.move_on_after(PEER_HEAD_TIMEOUT_S):
+            await peer.verify_identity(status.peer_did)
         with progress, trio.move_on_after(timeout):
-            task = progress.add_task("pulling", total=None)
+            task = progress.add_task("pulling", total=None, count="")
             for _ in range(int(timeout / interval) + 2):  # bounded poll
                 status = await admin.pairs.status(pid)
                 head = await _peer_head(peer)
@@ -145,11 +150,13 @@ async def wait_caught_up(
                     desc += f" (retrying after {err.code})"
                 if state == "caught_up" and head is not None:
                     seq = max(seq, head)
+                done = min(seq, head) if head is not None else seq
                 progress.update(
                     task,
                     description=desc,
                     total=head,
-                    completed=min(seq, head) if head is not None else seq,
+                    completed=done,
+                    count=progress_count(done, head),
                 )
                 if state == "caught_up":
                     if not quiet:
@@ -218,6 +225,22 @@ def peers(obj: Ctx, as_json: bool) -> None:
     console().print(rows)
 
 
+def progress_count(done: int, total: int | None) -> str:
+    """``"12/40"`` once the total is known, ``"12"`` before (never ``0/None``)."""
+    return f"{done}" if total is None else f"{done}/{total}"
+
+
+def next_try_text(status: PairStatus) -> str:
+    """``"in 12s"`` / ``"in 4m"`` / ``"in 1h"`` while the pair backs off, else ``"-"``."""
+    if status.next_try_s is None:
+        return "-"
+    seconds = round(status.next_try_s)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {seconds // size}{unit}"
+    return f"in {seconds}s"
+
+
 def _lag_text(status: PairStatus) -> str:
     if status.lag.get("caught_up"):
         return "caught up"
@@ -247,7 +270,7 @@ def pairs(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         click.echo("no pairs: pair with another node with `fedpeer pair URL`")
         return
-    out = table("id", "peer", "state", "lag", "records", "rate/s", "last error")
+    out = table("id", "peer", "state", "next try", "lag", "records", "rate/s", "last error")
     for row in rows:
         err = row.last_error
         err_text = f"{err.code}: {err.message}" if err is not None else "-"
@@ -256,10 +279,11 @@ def pairs(ctx: click.Context, as_json: bool) -> None:
             row.id,
             f"{short_did(row.peer_did)} {row.peer_url}",
             row.state.value,
+            next_try_text(row),
             _lag_text(row),
             str(row.stats.get("records", 0)),
             f"{float(rate) if isinstance(rate, int | float) else 0.0:.1f}",
-            err_text[:80],
+            err_text,
         )
     console().print(out)
 
@@ -289,3 +313,43 @@ _pair_action("pause", "Pause a pair.")
 _pair_action("resume", "Resume a paused or stopped pair.")
 _pair_action("kick", "Poll now (ends a backoff).")
 _pair_action("delete", "Delete a pair (the records it pulled stay).")
+
+
+@click.command()
+@click.argument("pair_or_did", metavar="PAIR_ID|DID")
+@click.option(
+    "--local-only",
+    is_flag=True,
+    help="Do not ask the peer to unpair (it is gone for good); only this side forgets it.",
+)
+@JSON_OPT
+@click.pass_obj
+def unpair(obj: Ctx, pair_or_did: str, local_only: bool, as_json: bool) -> None:
+    """Unpair from a peer, on both sides.
+
+    Stops and deletes this node's pairs pulling from the peer (the records stay),
+    revokes every credential the peer holds for this node, and sends the peer a
+    signed request to do the same (drop its pair pulling from here). If the peer
+    cannot be reached, this side is unpaired anyway; run unpair there too.
+    """
+
+    async def main() -> Json:
+        async with obj.admin() as admin:
+            result = await admin.pairs.unpair(pair_or_did, notify=not local_only)
+            return result.to_dict()
+
+    result = run_async(main)
+    if as_json:
+        json_out(result)
+        return
+    deleted = ", ".join(result["pairs_deleted"]) or "none"
+    click.echo(f"unpaired from {result['peer_did']}")
+    click.echo(f"pairs deleted here: {deleted}")
+    click.echo(f"credentials it held here, revoked: {len(result['credentials_revoked'])}")
+    peer = result["peer"]
+    err = peer.get("error") if isinstance(peer, dict) else None
+    if isinstance(err, dict):
+        click.echo(f"the peer was not unpaired: {err.get('code')}: {err.get('message')}", err=True)
+    elif not local_only:
+        gone = len(peer.get("pairs_deleted", [])) if isinstance(peer, dict) else 0
+        click.echo(f"the peer dropped {gone} pair(s) pulling from this node")

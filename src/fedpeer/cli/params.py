@@ -13,22 +13,51 @@ from ..errors import ConfigInvalid, FedpeerError
 from ..sync import DEFAULT_LIMITS, NAME_RE
 from .config import check_handle
 
-__all__ = ["JSON_OPT", "Duration", "Scopes", "handle_cb", "invite_url_cb", "name_cb", "url_cb"]
+__all__ = [
+    "JSON_OPT",
+    "Duration",
+    "Scopes",
+    "handle_cb",
+    "human_seconds",
+    "invite_url_cb",
+    "name_cb",
+    "url_cb",
+]
+
+
+def human_seconds(seconds: int) -> str:
+    """``60 s`` / ``90 days`` / ``2 h``: the largest unit that divides it."""
+    for unit, size in (("days", 86400), ("h", 3600)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
-    """``90``, ``90s``, ``10m``, ``2h``, ``7d`` or ``1w``: whole seconds."""
+    """``90``, ``90s``, ``10m``, ``2h``, ``7d`` or ``1w``: whole seconds, within
+    ``min_s`` .. ``max_s`` when given (else exit 2 naming the allowed range)."""
 
     name = "duration"
     _UNITS: ClassVar[dict[str, int]] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+    def __init__(self, min_s: int = 1, max_s: int | None = None) -> None:
+        self.min_s = min_s
+        self.max_s = max_s
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
-            return value
-        m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw]?)\s*", str(value).lower())
-        if not m or int(m.group(1)) <= 0:
-            self.fail(f"{value!r} is not a duration like 90s, 10m, 2h or 7d", param, ctx)
-        return int(m.group(1)) * self._UNITS[m.group(2)]
+            seconds = value
+        else:
+            m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw]?)\s*", str(value).lower())
+            if not m or int(m.group(1)) <= 0:
+                self.fail(f"{value!r} is not a duration like 90s, 10m, 2h or 7d", param, ctx)
+            seconds = int(m.group(1)) * self._UNITS[m.group(2)]
+        if seconds < self.min_s or (self.max_s is not None and seconds > self.max_s):
+            allowed = f"at least {human_seconds(self.min_s)}"
+            if self.max_s is not None:
+                allowed = f"from {human_seconds(self.min_s)} to {human_seconds(self.max_s)}"
+            self.fail(f"{value!r} is out of range: it must be {allowed}", param, ctx)
+        return seconds
 
 
 class Scopes(click.ParamType):  # type: ignore[type-arg]

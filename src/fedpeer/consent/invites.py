@@ -74,6 +74,7 @@ Pure logic and synchronous transaction functions; the one async function,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -181,6 +182,7 @@ InviteState = Literal["active", "expired", "exhausted", "revoked"]
 INVITE_STATES: tuple[InviteState, ...] = ("active", "expired", "exhausted", "revoked")
 
 DEFAULT_TTL_S = 24 * 3600
+MIN_TTL_S = 60
 MAX_TTL_S = 90 * 24 * 3600
 MAX_USES = 1000
 DEFAULT_TOKEN_TTL_S = 30 * 24 * 3600
@@ -511,7 +513,7 @@ def parse_invite_params(obj: Mapping[str, object]) -> InviteParams:
         raise InvalidRequest(
             f"unknown invite fields {sorted(str(k) for k in extra)[:5]}; allowed: {sorted(allowed)}"
         )
-    ttl_s = _positive_int(obj.get("ttl_s", DEFAULT_TTL_S), "ttl_s", 60, MAX_TTL_S)
+    ttl_s = _positive_int(obj.get("ttl_s", DEFAULT_TTL_S), "ttl_s", MIN_TTL_S, MAX_TTL_S)
     max_uses = _positive_int(obj.get("max_uses", 1), "max_uses", 1, MAX_USES)
     token_ttl_s = _positive_int(
         obj.get("token_ttl_s", DEFAULT_TOKEN_TTL_S), "token_ttl_s", 60, MAX_TOKEN_TTL_S
@@ -1180,6 +1182,16 @@ def redeem_in_tx(
         },
     )
     if request.reciprocal is not None:
+        # Pairing again (a new invite, the same holder): the account the earlier
+        # pairing gave that holder is revoked, so it never holds two active ones.
+        previous = tx.get(RECIPROCAL_TABLE, request.holder_did)
+        old_sa = None if previous is None else previous.get("sa_id")
+        if isinstance(old_sa, str) and old_sa != sa.id:
+            with contextlib.suppress(FedpeerError):
+                _tokens.revoke_service_account(tx, old_sa, now_ms=now)
+            for old_grant in _grants.list_grants(tx, grantee_did=request.holder_did):
+                if old_grant.sa_id == old_sa:
+                    _grants.delete_grant(tx, old_grant.id, now_ms=now)
         tx.put(
             RECIPROCAL_TABLE,
             request.holder_did,

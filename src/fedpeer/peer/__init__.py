@@ -45,6 +45,7 @@ from .services import RecordService as RecordService
 from .services import RecordsPage as RecordsPage
 from .services import RotatedToken as RotatedToken
 from .services import TokenService as TokenService
+from .services import UnpairResult as UnpairResult
 from .tls import TLS_CERT_FILE as TLS_CERT_FILE
 from .tls import TLS_KEY_FILE as TLS_KEY_FILE
 from .tls import TLS_NEXT_CERT_FILE as TLS_NEXT_CERT_FILE
@@ -90,6 +91,7 @@ __all__ = [
     "TlsCert",
     "TlsIdentity",
     "TokenService",
+    "UnpairResult",
     "check_peer",
     "judge_pins",
     "local_client_context",

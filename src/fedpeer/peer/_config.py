@@ -46,6 +46,11 @@ class NodeConfig:
     pullers accept from a peer: the bytes of one page answer (PAGE_TOO_LARGE)
     and the seconds one page request may take, longpoll hold aside
     (PEER_TOO_SLOW).
+    ``watch_network=True`` polls this machine's interfaces every second and, when
+    one comes up or gains an address, retries every failing pair at once
+    (``fedpeer run`` turns it on; :mod:`fedpeer.peer._netwatch`). Whatever this
+    setting, a failing pair is also retried at once when its peer is seen again:
+    a verified mDNS announcement, a request from the peer, a manifest fetched.
     """
 
     handle: str = "fedpeer"
@@ -75,3 +80,4 @@ class NodeConfig:
     interfaces: tuple[str, ...] = ()
     tls: bool | None = None
     insecure_http: bool = False
+    watch_network: bool = False

@@ -33,7 +33,15 @@ from ..errors import (
 )
 from ..identity.canonical import dagcbor_decode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
-from ._transport import CBOR, Pin, peer_pin, pinned_context, pins_of, raise_for_error
+from ._transport import (
+    CBOR,
+    Pin,
+    peer_pin,
+    pinned_context,
+    pins_of,
+    raise_for_error,
+    unreachable_message,
+)
 from .manifest import manifest_pins, verify_manifest
 
 __all__ = ["PeerVerifier", "check_peer", "judge_pins"]
@@ -181,7 +189,7 @@ async def check_peer(
             if probe is not client:
                 await probe.aclose()
     except httpx.TransportError as exc:
-        raise PeerUnreachable(f"{base_url} is unreachable: {exc!r}") from exc
+        raise PeerUnreachable(unreachable_message(base_url, exc)) from exc
     if https and oob and seen not in oob:
         judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
     verified = verify_manifest(_decode(response, body), expected_did=did, now=now)

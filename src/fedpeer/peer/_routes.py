@@ -200,6 +200,24 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     )
 
 
+async def import_records(ctx: Ctx) -> Response:
+    """A batch of records signed elsewhere: all verified, then stored together."""
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    items = obj.get("records")
+    if set(obj) != {"records"} or not isinstance(items, list):
+        raise Malformed('the body is {"records": [{"data": bytes, "sig": bytes}, ...]}')
+    pairs: list[tuple[bytes, bytes]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"data", "sig"}:
+            raise Malformed(f"records[{i}] is not a map {{data: bytes, sig: bytes}}")
+        data, sig = item["data"], item["sig"]
+        if not isinstance(data, bytes) or not isinstance(sig, bytes):
+            raise Malformed(f"records[{i}]: data and sig are byte strings")
+        pairs.append((data, sig))
+    stored, existing = await ctx.app.records.ingest_many(pairs)
+    return respond({"stored": stored, "existing": existing}, ctx.request)
+
+
 async def get_record(ctx: Ctx) -> Response:
     cid = parse_cid(ctx.request.path_params["cid"])
     view = await ctx.view("records:read")
@@ -599,6 +617,33 @@ ROUTES: list[RouteSpec] = [
             "UNSUPPORTED_MEDIA_TYPE",
             "DID_INVALID",
             "CONSENT_DENIED",
+        ),
+    ),
+    RouteSpec(
+        "POST",
+        "/v1/records/import",
+        "records:write",
+        import_records,
+        "Store a batch of records signed elsewhere (DAG-CBOR {records: [{data, sig}]}, at "
+        "most 1000): every one is verified first; one bad record and none is stored",
+        "import_records",
+        request_schema={
+            "type": "object",
+            "required": ["records"],
+            "properties": {"records": {"type": "array", "maxItems": 10000}},
+            "additionalProperties": False,
+        },
+        response_schema={"type": "object", "required": ["stored", "existing"]},
+        errors=(
+            "RECORD_INVALID",
+            "RECORD_TOO_LARGE",
+            "NON_CANONICAL",
+            "BAD_SIGNATURE",
+            "RECORD_FROM_FUTURE",
+            "MALFORMED",
+            "INVALID_REQUEST",
+            "BODY_TOO_LARGE",
+            "DID_INVALID",
         ),
     ),
     RouteSpec(

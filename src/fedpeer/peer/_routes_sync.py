@@ -1,8 +1,11 @@
 """Sync pair routes: ``/v1/sync/pairs`` (create, from-invite, list, get, delete,
-pause, resume, kick, credential, stats) and ``/v1/sync/health``.
+unpair, pause, resume, kick, credential, stats), ``/v1/sync/health`` and the
+peer-facing ``POST /v1/sync/unpair``.
 
-Every route needs the ``admin`` scope: a pair holds a credential for another
-node, and the health view names this node's peers. Handlers parse input at the
+Every route but ``POST /v1/sync/unpair`` needs the ``admin`` scope: a pair holds
+a credential for another node, and the health view names this node's peers. The
+unpair request is public: its signature (protocol.md §11.3) authenticates it, and
+all it can do is make this node forget the signer. Handlers parse input at the
 edge and call the node's :class:`~fedpeer.peer.services.PairService`; a pair is
 shown as its :class:`~fedpeer.peer.services.PairStatus` (never the credential).
 """
@@ -116,6 +119,22 @@ async def set_credential(ctx: Ctx) -> Response:
     pid = _pair_id(ctx)
     await pairs.set_credential(pid, _opt_str(obj, "credential"))
     return respond(pairs.status(pid).to_dict(), ctx.request)
+
+
+async def unpair(ctx: Ctx) -> Response:
+    obj = read_json_object(await read_value(ctx.request, ctx.app.config.max_body_bytes))
+    if not set(obj) <= {"pair", "notify"} or not isinstance(obj.get("pair"), str):
+        raise InvalidRequest('the body is {"pair": "<pair id or peer DID>", "notify": true}')
+    notify = obj.get("notify", True)
+    if not isinstance(notify, bool):
+        raise InvalidRequest("notify must be true or false")
+    result = await _pairs(ctx).unpair(str(obj["pair"]), notify=notify)
+    return respond(result.to_dict(), ctx.request)
+
+
+async def unpair_request(ctx: Ctx) -> Response:
+    value = await read_value(ctx.request, ctx.app.config.max_body_bytes)
+    return respond(await _pairs(ctx).unpaired_by_peer(value), ctx.request)
 
 
 async def pair_stats(ctx: Ctx) -> Response:
@@ -285,6 +304,57 @@ SYNC_ROUTES: list[RouteSpec] = [
         params=(_ID,),
         response_schema={"type": "object", "required": ["deleted"]},
         errors=_ACTION_ERRORS,
+    ),
+    RouteSpec(
+        "POST",
+        "/v1/sync/pairs/unpair",
+        "admin",
+        unpair,
+        "Unpair from a peer (a pair id or the peer's DID): revoke what it holds here, ask "
+        "it (signed, POST /v1/sync/unpair) to do the same, delete the pairs pulling from it",
+        "unpair",
+        request_schema={
+            "type": "object",
+            "required": ["pair"],
+            "properties": {
+                "pair": {"type": "string", "maxLength": 512},
+                "notify": {"type": "boolean"},
+            },
+            "additionalProperties": False,
+        },
+        response_schema={
+            "type": "object",
+            "required": ["peer_did", "pairs_deleted", "credentials_revoked", "peer"],
+        },
+        errors=("PAIR_NOT_FOUND", "PAIR_SELF", "INVALID_REQUEST"),
+    ),
+    RouteSpec(
+        "POST",
+        "/v1/sync/unpair",
+        "public",
+        unpair_request,
+        "A peer asks this node to forget it (a signed request, protocol.md §11.3): its "
+        "credentials here are revoked and the pairs pulling from it deleted",
+        "unpair_request",
+        request_schema={
+            "type": "object",
+            "required": ["type", "from", "to", "nonce", "signature"],
+        },
+        response_schema={
+            "type": "object",
+            "required": ["pairs_deleted", "credentials_revoked"],
+        },
+        errors=(
+            "INVALID_REQUEST",
+            "MALFORMED",
+            "DID_INVALID",
+            "BAD_SIGNATURE",
+            "DID_MISMATCH",
+            "SIGNATURE_EXPIRED",
+            "SIGNATURE_NOT_YET_VALID",
+            "KEY_UNKNOWN",
+            "PROOF_REPLAYED",
+        ),
     ),
     _action_route(PairAction.PAUSE, "Pause a pair (a request in flight is abandoned)"),
     _action_route(PairAction.RESUME, "Resume a paused or stopped pair"),

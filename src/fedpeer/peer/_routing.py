@@ -150,6 +150,8 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
                 if not decision.allowed:
                     raise decision.error() from None
                 raise
+            if principal is not None and principal.holder_did is not None:
+                state.peer_seen(principal.holder_did, "request")
             key = f"tok:{principal.token_id}" if principal else f"ip:{client}"
             decision = state.rate_limiter.check(key, time.monotonic())
             headers = decision.headers()

@@ -60,6 +60,12 @@ class AppState:
             pairs=pairs,
         )
 
+    def peer_seen(self, did: str, reason: str) -> None:
+        """``did`` reached us (an authenticated request, a verified announcement):
+        wake its failing pairs (:meth:`~fedpeer.sync.PairManager.wake`). Never blocks."""
+        if self.pairs is not None and did != self.core.did:
+            self.pairs.manager.wake(did, reason=reason)
+
     @property
     def key(self) -> SigningKey:
         """The node's signing key."""

@@ -336,6 +336,7 @@ class HttpTransport:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.token = token
         self.headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
         self.owned = client is None
         self.client = client or new_http_client(timeout=timeout)
@@ -407,7 +408,7 @@ class HttpTransport:
                 "the peer is stalled or the link too slow (it is retried later)"
             ) from None
         except httpx.TransportError as exc:
-            raise PeerUnreachable(f"{self.base_url} is unreachable: {exc!r}") from exc
+            raise PeerUnreachable(unreachable_message(self.base_url, exc)) from exc
         raise_for_error(response)
         return response
 
@@ -460,3 +461,20 @@ class HttpTransport:
         if ctype == CBOR:
             return dagcbor_decode(response.content)
         return dagjson_decode(response.content)
+
+
+def unreachable_message(url: str, exc: httpx.TransportError) -> str:
+    """Why ``url`` could not be reached, in words, with what to check next."""
+    if isinstance(exc, httpx.TimeoutException):
+        why = "it did not answer in time"
+    elif isinstance(exc, httpx.ConnectError):
+        why = "the connection failed (nothing listens there, or no route to it)"
+    elif isinstance(exc, httpx.RemoteProtocolError):
+        why = "it closed the connection without an answer"
+    else:
+        why = f"the request failed ({type(exc).__name__})"
+    return (
+        f"{url} is unreachable: {why}. Check the address, that the node runs there "
+        "(`fedpeer run --host 0.0.0.0` on a LAN) and that this device is on the same "
+        f"network; `fedpeer doctor --peer {url}` tests the way there"
+    )

@@ -41,6 +41,7 @@ from .services import (
     RecordsPage,
     RedeemAnswer,
     RotatedToken,
+    UnpairResult,
     grant_from_dict,
     invite_request,
     service_account_from_dict,
@@ -123,6 +124,17 @@ class AdminRecords(_Part):
         if not isinstance(seq, int) or not isinstance(created, bool):
             raise PeerInvalid("the ingest answer has no seq or created")
         return RecordEntry(seq, signed), created
+
+    async def ingest_many(self, items: Sequence[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Hand the node a batch of signed records (``(data, sig)`` pairs, at most
+        1000); ``(stored, already there)``. One bad record and none is stored."""
+        body = {"records": [{"data": d, "sig": s} for d, s in items]}
+        response = await self._t.request("POST", "/v1/records/import", cbor_body=body)
+        answer = _obj(self._t.decode(response), "import")
+        stored, existing = answer.get("stored"), answer.get("existing")
+        if not isinstance(stored, int) or not isinstance(existing, int):
+            raise PeerInvalid("the import answer has no stored or existing count")
+        return stored, existing
 
     async def get(self, cid: CID | str) -> RecordEntry:
         """The record ``cid`` (RECORD_NOT_FOUND, MALFORMED)."""
@@ -429,6 +441,14 @@ class AdminPairs(_Part):
         if not isinstance(deleted, str):
             raise PeerInvalid("the delete answer has no id")
         return deleted
+
+    async def unpair(self, pair_or_did: str, *, notify: bool = True) -> UnpairResult:
+        """Unpair from a peer, both sides (see :meth:`PairService.unpair`)."""
+        return UnpairResult.from_dict(
+            await self._call(
+                "POST", "/v1/sync/pairs/unpair", body={"pair": pair_or_did, "notify": notify}
+            )
+        )
 
     async def set_credential(self, pair_id: str, credential: str | None) -> PairStatus:
         """Replace the bearer token shown to the peer (a stopped pair then needs resume)."""

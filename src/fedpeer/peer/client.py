@@ -137,6 +137,10 @@ class PeerClient(HttpTransport):
         """GET ``path`` and decode the DAG-CBOR answer."""
         return self._decode(await self.request("GET", path, params=params))
 
+    async def post_value(self, path: str, body: object) -> object:
+        """POST ``body`` as JSON to ``path`` and decode the DAG-CBOR answer."""
+        return self._decode(await self.request("POST", path, json_body=body))
+
     # --- identity ----------------------------------------------------------------
 
     async def manifest(

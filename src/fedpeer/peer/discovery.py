@@ -422,6 +422,10 @@ class Discovery:
     resolve_timeout_ms: int = 3000
     restart_max_s: float = 60.0
     tls_pin: Callable[[], str | None] | None = None
+    on_seen: Callable[[str], None] | None = None
+    """Called with a peer's DID each time its announcement and manifest check out
+    (a new announcement, e.g. after the peer restarted, or a periodic re-check):
+    the node wakes that peer's failing pairs. Must not block; errors are logged."""
     roster: Roster = attrs.field(init=False)
     status: DiscoveryStatus = attrs.field(init=False, default="stopped")
     last_error: str | None = attrs.field(init=False, default=None)
@@ -748,6 +752,11 @@ class Discovery:
             async with self._limiter:
                 result = await verify_peer(entry, timeout_s=self.verify_timeout_s)
             updated = self.roster.apply_check(entry.name, entry.generation, result, now=time.time())
+            if updated is not None and result.status == "verified" and self.on_seen is not None:
+                try:
+                    self.on_seen(entry.did)
+                except Exception:
+                    log.exception("mDNS: the on_seen hook failed")
             if updated is not None:
                 self._sync_roster()
                 if updated.status != entry.status:  # log transitions, not every re-check

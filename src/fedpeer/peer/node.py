@@ -64,6 +64,7 @@ from ..sync.options import SyncOptions
 from ..sync.pairs import Pair, PairFilter
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord
 from ._config import NodeConfig
+from ._netwatch import watch_network
 from ._pairing import PeerPageSource
 from ._pinning import PeerVerifier
 from ._state import AppState
@@ -527,6 +528,14 @@ async def open_node(
                 )
                 log.info("node %s serving at %s", key.did, node.url)
                 await tg.start(manager.run)
+                if cfg.watch_network:
+                    tg.start_soon(
+                        functools.partial(
+                            watch_network,
+                            lambda _what: manager.wake(None, reason="network"),
+                            stop=core.closing,
+                        )
+                    )
                 if cfg.discovery:
                     # mDNS trouble never stops the node: run() reports started at
                     # once and retries in the background; it ends on core.closing.
@@ -534,6 +543,7 @@ async def open_node(
                     state.discovery = Discovery.for_node(
                         key, cfg, url=node.url, bind_host=host, tls_pin=pin
                     )
+                    state.discovery.on_seen = lambda did: state.peer_seen(did, "mdns")
                     await tg.start(functools.partial(state.discovery.run, stop=core.closing))
                 yield node
             finally:

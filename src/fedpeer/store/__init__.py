@@ -26,6 +26,7 @@ from .memory import DEFAULT_SCAN_WINDOW as DEFAULT_SCAN_WINDOW
 from .memory import MemoryStore as MemoryStore
 from .sqlite import SCHEMA_VERSION as SCHEMA_VERSION
 from .sqlite import SQLiteStore as SQLiteStore
+from .sqlite import backup_sqlite as backup_sqlite
 
 __all__ = [
     "DEFAULT_SCAN_WINDOW",
@@ -43,6 +44,7 @@ __all__ = [
     "Store",
     "StoredRecord",
     "ThreadInfo",
+    "backup_sqlite",
     "cid_key",
     "open_store",
     "prefix_upper_bound",

@@ -423,6 +423,7 @@ class Puller:
         self._lock = anyio.Lock()
         self._pokes = 0
         self._wait_scope: anyio.CancelScope | None = None
+        self._next_try_ms: int | None = None
         self._chain: list[_Fetch] = []  # fetches in cursor order; [0] is the next to use
         self._nursery: anyio.abc.TaskGroup | None = None
         self.finished = anyio.Event()
@@ -448,6 +449,11 @@ class Puller:
     def retry_delay_s(self) -> float | None:
         """The current backoff while backing off, else None."""
         return self._m.retry_delay_s
+
+    @property
+    def next_try_ms(self) -> int | None:
+        """When (wall clock, ms) a backing-off pair retries next, else None."""
+        return self._next_try_ms if self._m.state is MachineState.BACKING_OFF else None
 
     def lag(self, now_ms: int | None = None) -> dict[str, object]:
         """How far behind the pair is: ``{"caught_up", "behind_s", "cursor_seq"}``.
@@ -548,7 +554,13 @@ class Puller:
             if request is not None:
                 await self._pull(request, seen)
             elif state is MachineState.BACKING_OFF:
-                if await self._sleep(delay if delay is not None else 0.0, seen):
+                wait_s = delay if delay is not None else 0.0
+                self._next_try_ms = _now_ms() + int(wait_s * 1000)
+                try:
+                    slept = await self._sleep(wait_s, seen)
+                finally:
+                    self._next_try_ms = None
+                if slept:
                     async with self._lock:
                         if self._pokes == seen and m.state is MachineState.BACKING_OFF:
                             m.backoff_elapsed()

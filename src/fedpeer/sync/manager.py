@@ -17,27 +17,39 @@ the slowest and the most failing pairs).
 
 from __future__ import annotations
 
+import builtins
 import collections
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 import anyio
 import anyio.abc
 
 from .._clock import now_ms as _now_ms
-from ..errors import InternalError, PairNotFound, StoreCorrupt
+from ..errors import FedpeerError, InternalError, PairNotFound, StoreCorrupt
 from ..store.base import StateTx, Store
+from ._machine import MachineState
 from ._puller import Puller
 from .options import Listener, PageSource, SyncEvent, SyncOptions
 from .pairs import Pair, PairAction, PairFilter, PairState, PairStats, make_pair
 from .records import DEFAULT_LIMITS, Limits
 
-__all__ = ["PairManager"]
+__all__ = ["WAKE_MIN_INTERVAL_S", "PairManager"]
 
 log = logging.getLogger("fedpeer.sync")
 
 _TOP = 5  # pairs listed as slowest / most failing
 _HOUR_MINUTES = 60
+WAKE_MIN_INTERVAL_S = 1.0
+"""A failing pair is woken (:meth:`PairManager.wake`) at most once per this many seconds."""
+
+
+def next_try_s(next_try_ms: int | None, now_ms: int) -> float | None:
+    """Seconds from ``now_ms`` until a backing-off pair retries (None: not backing off)."""
+    if next_try_ms is None:
+        return None
+    return round(max(0, next_try_ms - now_ms) / 1000, 1)
 
 
 class PairManager:
@@ -74,6 +86,7 @@ class PairManager:
         self._listeners: list[Listener] = []
         self._minutes: collections.deque[list[int]] = collections.deque(maxlen=_HOUR_MINUTES)
         self._started_ms = _now_ms()
+        self._woken: dict[str, float] = {}  # pair id -> anyio.current_time() of its last wake
 
     # --- lifecycle ---
 
@@ -143,6 +156,7 @@ class PairManager:
         finally:
             if self._pullers.get(pid) is puller:
                 del self._pullers[pid]
+                self._woken.pop(pid, None)
             self._bump()
 
     # --- CRUD and actions ---
@@ -263,6 +277,50 @@ class PairManager:
         self._running()
         return await self.puller(pair_id).set_credential(credential)
 
+    # --- waking failing pairs ---
+
+    def wake(self, peer_did: str | None, *, reason: str) -> builtins.list[str]:
+        """The peer ``peer_did`` (every peer when None) was seen again: retry its
+        failing pairs now instead of at the end of their backoff.
+
+        "Seen again" is the peer layer's call: a verified mDNS announcement, a
+        successful manifest fetch, an authenticated request from that DID, or a
+        change of this machine's network (``peer_did=None``). Only pairs that are
+        backing off are woken (a kick: retries reset, the next failure waits the
+        first backoff step again); running, caught-up, paused and stopped pairs are
+        left alone. A pair is woken at most once per :data:`WAKE_MIN_INTERVAL_S`,
+        so a peer that sends many requests cannot make this node retry it in a
+        tight loop. Never blocks and never raises: the kicks run in the manager's
+        task group. Returns the ids of the pairs woken; a no-op when the manager
+        is not running.
+        """
+        if self._nursery is None:
+            return []
+        now = anyio.current_time()
+        woken: builtins.list[str] = []
+        for pid, puller in list(self._pullers.items()):
+            if peer_did is not None and puller.pair.peer_did != peer_did:
+                continue
+            if puller.machine_state is not MachineState.BACKING_OFF:
+                continue
+            if now - self._woken.get(pid, -math.inf) < WAKE_MIN_INTERVAL_S:
+                continue
+            self._woken[pid] = now
+            woken.append(pid)
+            self._nursery.start_soon(self._wake_one, puller, reason)
+        return woken
+
+    async def _wake_one(self, puller: Puller, reason: str) -> None:
+        if puller.machine_state is not MachineState.BACKING_OFF:
+            return
+        try:
+            await puller.act(PairAction.KICK)
+        except FedpeerError as err:  # deleted or paused meanwhile, or the row write failed
+            log.debug("pair %s: wake (%s) not applied: %s", puller.pair.id, reason, err)
+            return
+        log.info("pair %s: %s seen again (%s); retrying now", puller.pair.id,
+                 puller.pair.peer_did, reason)  # fmt: skip
+
     # --- events ---
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
@@ -323,6 +381,7 @@ class PairManager:
         out.update(pair.stats.snapshot(now))
         out["retries"] = pair.retries
         out["current_backoff_s"] = puller.retry_delay_s
+        out["next_try_s"] = next_try_s(puller.next_try_ms, now)
         out["lag"] = puller.lag(now)
         out["last_error"] = None if pair.last_error is None else pair.last_error.to_dict()
         return out

@@ -31,6 +31,7 @@ from ._views import RecordEntry as RecordEntry
 from ._views import RecordsPage as RecordsPage
 from ._views import RedeemAnswer as RedeemAnswer
 from ._views import RotatedToken as RotatedToken
+from ._views import UnpairResult as UnpairResult
 from ._views import grant_from_dict as grant_from_dict
 from ._views import service_account_from_dict as service_account_from_dict
 
@@ -53,6 +54,7 @@ __all__ = [
     "RedeemAnswer",
     "RotatedToken",
     "TokenService",
+    "UnpairResult",
     "filter_for_target",
     "grant_from_dict",
     "invite_request",

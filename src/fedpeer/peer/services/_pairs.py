@@ -29,6 +29,7 @@ confirmation code.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -38,7 +39,12 @@ import httpx
 
 from ...consent import grants as _grants
 from ...consent import tokens as _tokens
-from ...consent.invites import Credential, check_invite_preview, parse_invite_url
+from ...consent.invites import (
+    RECIPROCAL_TABLE,
+    Credential,
+    check_invite_preview,
+    parse_invite_url,
+)
 from ...consent.scopes import RECORDS_READ, SYNC_READ
 from ...errors import (
     DidMismatch,
@@ -46,6 +52,7 @@ from ...errors import (
     InternalError,
     InvalidRequest,
     PageTooLarge,
+    PairNotFound,
     PairSelf,
     PeerInvalid,
     PeerTooSlow,
@@ -54,15 +61,22 @@ from ...errors import (
     TlsPinMismatch,
 )
 from ...store.base import StateTx
-from ...sync.manager import PairManager
+from ...sync.manager import PairManager, next_try_s
 from ...sync.options import Listener, SyncOptions
 from ...sync.pairs import Pair, PairFilter, PairState
 from .._pairing import _is_local_host, host_port, is_own_url
 from .._pinning import check_peer
+from .._unpair import (
+    PAIR_CREDENTIALS_TABLE,
+    build_unpair_request,
+    check_unpair_request,
+    forget_peer,
+    remember_nonce,
+)
 from ..addresses import reachable_url
 from ..client import PeerClient
 from ._core import NodeCore
-from ._views import PairingResult, PairStatus
+from ._views import PairingResult, PairStatus, UnpairResult
 
 __all__ = ["InvitePairing", "PairService", "filter_for_target"]
 
@@ -207,6 +221,7 @@ class PairService:
                 f"{peer_url} is this node ({local}): a node cannot pull from itself. "
                 "Use the other node's URL."
             )
+        self._manager.wake(verified.did, reason="manifest")
         return await self._manager.create(
             peer_did=verified.did,
             peer_url=peer_url,
@@ -285,6 +300,9 @@ class PairService:
                 with anyio.CancelScope(shield=True):
                     await self._undo_mint(*minted)
             raise
+        if minted is not None:
+            # Pairing again replaces the credential the issuer held for us: one active.
+            await self._replace_pair_credential(invite.issuer_did, *minted)
         pair, created = await self.create(
             credential.peer_url,
             token=credential.token,
@@ -326,6 +344,145 @@ class PairService:
         if pair.state in (PairState.STOPPED, PairState.PAUSED):
             pair = await self._manager.resume(pair.id)
         return pair
+
+    async def _replace_pair_credential(self, peer_did: str, sa_id: str, grant_id: str) -> None:
+        """Remember ``sa_id`` as the credential ``peer_did`` holds for pulling from us,
+        revoking the one an earlier pairing minted (never two active)."""
+        now = self._core.now_ms()
+
+        def swap(tx: StateTx) -> None:
+            old = tx.get(PAIR_CREDENTIALS_TABLE, peer_did)
+            old_sa = None if old is None else old.get("sa_id")
+            if isinstance(old_sa, str) and old_sa != sa_id:
+                with contextlib.suppress(FedpeerError):
+                    _tokens.revoke_service_account(tx, old_sa, now_ms=now)
+                old_grant = old.get("grant_id") if old is not None else None
+                if isinstance(old_grant, str):
+                    with contextlib.suppress(FedpeerError):
+                        _grants.delete_grant(tx, old_grant, now_ms=now)
+            tx.put(PAIR_CREDENTIALS_TABLE, peer_did, {"sa_id": sa_id, "grant_id": grant_id})
+
+        await self._core.store.transact(swap)
+
+    # --- unpairing (protocol.md §11.3) ---
+
+    async def unpair(self, pair_or_did: str, *, notify: bool = True) -> UnpairResult:
+        """Forget a peer, on both sides: ``pair_or_did`` is one of this node's pair
+        ids or a peer DID.
+
+        Revokes every credential the peer holds on this node (its tokens stop
+        working at once) and the grants bound to them, then (``notify``) sends the
+        peer a signed request (``POST /v1/sync/unpair``) to do the same and drop its
+        pairs pulling from us, then stops and deletes the local pairs pulling from
+        the peer (the records they pulled stay). The peer's answer, or why it could
+        not be asked (PEER_UNREACHABLE...), is in :attr:`UnpairResult.peer`: this
+        side is unpaired either way.
+
+        Raises PAIR_NOT_FOUND when ``pair_or_did`` is neither a pair id nor a DID
+        this node has a pair or a credential for; PAIR_SELF for this node's DID.
+        Blocks on at most one HTTP request (10 s).
+        """
+        if not isinstance(pair_or_did, str) or not pair_or_did:
+            raise InvalidRequest("name a pair id or a peer DID")
+        if pair_or_did == self._core.did:
+            raise PairSelf("that is this node's own DID: name the peer's DID or a pair id")
+        pairs = self._manager.list()
+        by_id = [p for p in pairs if p.id == pair_or_did]
+        peer_did = by_id[0].peer_did if by_id else pair_or_did
+        mine = [p for p in pairs if p.peer_did == peer_did]
+        urls = [p.peer_url for p in mine]
+        if not mine:
+            held = await self._core.store.transact(
+                lambda tx: [
+                    sa.id
+                    for sa in _tokens.list_service_accounts(tx, include_revoked=False)
+                    if sa.holder_did == peer_did
+                ]
+            )
+            if not held:
+                raise PairNotFound(
+                    f"no pair {pair_or_did!r:.90} and no peer with that DID here; list pairs "
+                    "and their peers with `fedpeer pairs`"
+                )
+            reciprocal = await self._core.store.get_state(RECIPROCAL_TABLE, peer_did)
+            if reciprocal is not None and isinstance(reciprocal.get("url"), str):
+                urls.append(str(reciprocal["url"]))
+        now = self._core.now_ms()
+        revoked = await self._core.store.transact(lambda tx: forget_peer(tx, peer_did, now_ms=now))
+        peer: dict[str, object]
+        if not notify:
+            peer = {"asked": False}
+        elif not urls:
+            peer = {
+                "error": {
+                    "code": "PEER_UNREACHABLE",
+                    "message": "no known URL for the peer: run unpair on the other device too",
+                }
+            }
+        else:
+            peer = await self._ask_peer_to_unpair(peer_did, urls[0])
+        deleted: builtins.list[str] = []
+        for p in mine:
+            try:
+                await self._manager.delete(p.id)
+            except PairNotFound:
+                continue
+            deleted.append(p.id)
+        log.info(
+            "unpaired %s: pairs %s deleted, credentials %s revoked", peer_did, deleted, revoked
+        )
+        return UnpairResult(
+            peer_did=peer_did,
+            pairs_deleted=tuple(deleted),
+            credentials_revoked=tuple(revoked),
+            peer=peer,
+        )
+
+    async def _ask_peer_to_unpair(self, peer_did: str, url: str) -> dict[str, object]:
+        request = build_unpair_request(self._core.key, peer_did)
+        try:
+            async with PeerClient(
+                url, client=self._http(), timeout=MANIFEST_TIMEOUT_S, limits=self._core.limits
+            ) as peer:
+                answer = await peer.post_value("/v1/sync/unpair", request)
+        except FedpeerError as err:
+            log.warning("could not ask %s at %s to unpair: %s", peer_did, url, err)
+            return {
+                "error": {
+                    "code": err.code,
+                    "message": f"{err.message}; run `fedpeer unpair {self._core.did}` on the "
+                    "other device",
+                }
+            }
+        return dict(answer) if isinstance(answer, dict) else {"answer": answer}
+
+    async def unpaired_by_peer(self, request: object) -> dict[str, object]:
+        """The receiving side of protocol.md §11.3: check the signed request, then
+        revoke what the sender holds here and delete the pairs pulling from it.
+
+        Returns ``{"pairs_deleted": [...], "credentials_revoked": [...]}``. Raises
+        INVALID_REQUEST, DID_INVALID, the signature errors of §4.4 and
+        PROOF_REPLAYED; nothing changes then.
+        """
+        sender, nonce, expires_ms = check_unpair_request(request, local_did=self._core.did)
+        now = self._core.now_ms()
+
+        def apply(tx: StateTx) -> builtins.list[str]:
+            remember_nonce(tx, sender, nonce, expires_ms, now)
+            return forget_peer(tx, sender, now_ms=now)
+
+        revoked = await self._core.store.transact(apply)
+        deleted: builtins.list[str] = []
+        for p in self._manager.list():
+            if p.peer_did == sender:
+                try:
+                    await self._manager.delete(p.id)
+                except PairNotFound:
+                    continue
+                deleted.append(p.id)
+        log.info("%s unpaired from us: pairs %s deleted, credentials %s revoked",
+                 sender, deleted, revoked)  # fmt: skip
+        return {"pairs_deleted": deleted, "credentials_revoked": revoked}
 
     async def _undo_mint(self, sa_id: str, grant_id: str) -> None:
         def undo(tx: StateTx) -> None:
@@ -375,7 +532,9 @@ class PairService:
         """The public view of a pair: no credential; stats snapshot; lag."""
         puller = self._manager.puller(pair_id)
         now = self._core.now_ms()
-        return PairStatus.of(puller.pair, puller.lag(now), now)
+        return PairStatus.of(
+            puller.pair, puller.lag(now), now, next_try_s=next_try_s(puller.next_try_ms, now)
+        )
 
     def statuses(self) -> builtins.list[PairStatus]:
         """:meth:`status` of every pair."""

@@ -37,10 +37,11 @@ def parse_cid(value: CID | str) -> CID:
         raise Malformed(f"a CID is a CID object or its text, not {type(value).__name__}")
     try:
         return CID.parse(value)
-    except FedpeerError:
-        raise
     except Exception:
-        raise Malformed(f"{value[:80]!r} is not a CID") from None
+        raise Malformed(
+            f"{value[:80]!r} is not a record id (CID); list ids with "
+            "`fedpeer records list` (GET /v1/records)"
+        ) from None
 
 
 def _check_limit(limit: int, high: int) -> int:
@@ -133,6 +134,44 @@ class RecordService:
         signed = verify_record(data, sig, limits=core.limits, now_ms=core.now_ms())
         view.check_write(signed.record.namespace, signed.record.thread)
         return await self.put_verified(signed)
+
+    async def ingest_many(self, items: Sequence[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Verify a batch of records signed elsewhere (``(data, sig)`` pairs) and store
+        them in one transaction: ``(stored, already here)``.
+
+        Every record is verified before any is stored: one that fails raises its
+        error (BAD_SIGNATURE, RECORD_INVALID, NON_CANONICAL, ...) with its index in
+        the message, and nothing of the batch is stored. At most
+        ``config.batch_fetch_max`` records (INVALID_REQUEST). CPU work runs on a
+        worker thread.
+        """
+        core = self._core
+        limit = core.config.batch_fetch_max
+        if len(items) > limit:
+            raise InvalidRequest(f"at most {limit} records per batch, got {len(items)}")
+        now = core.now_ms()
+
+        def verify_all() -> builtins.list[SignedRecord]:
+            out = []
+            for i, item in enumerate(items):
+                if (
+                    not isinstance(item, tuple)
+                    or len(item) != 2
+                    or not isinstance(item[0], bytes)
+                    or not isinstance(item[1], bytes)
+                ):
+                    raise Malformed(f"record {i}: a signed record is {{data: bytes, sig: bytes}}")
+                try:
+                    out.append(verify_record(item[0], item[1], limits=core.limits, now_ms=now))
+                except FedpeerError as err:
+                    raise type(err)(f"record {i} of the batch: {err.message}") from None
+            return out
+
+        signed = await anyio.to_thread.run_sync(verify_all)
+        if not signed:
+            return 0, 0
+        result = await core.store.put([s.to_new() for s in signed])
+        return len(result.new), result.duplicates
 
     async def put_verified(self, signed: SignedRecord) -> tuple[RecordEntry, bool]:
         """Store a record that went through the pipeline; ``(entry, created)``."""

@@ -45,6 +45,7 @@ __all__ = [
     "RecordsPage",
     "RedeemAnswer",
     "RotatedToken",
+    "UnpairResult",
 ]
 
 
@@ -534,7 +535,8 @@ def _last_error(obj: object) -> LastError | None:
 @attrs.frozen
 class PairStatus:
     """A pair as the API shows it: everything but the credential, with its stats
-    snapshot and its lag (``{caught_up, behind_s, cursor_seq}``)."""
+    snapshot, its lag (``{caught_up, behind_s, cursor_seq}``) and, while it backs
+    off, ``next_try_s``: seconds until its next retry (None otherwise)."""
 
     id: str
     local_did: str
@@ -551,12 +553,21 @@ class PairStatus:
     has_credential: bool
     stats: dict[str, object] = attrs.field(eq=False)
     lag: dict[str, object] = attrs.field(eq=False)
+    next_try_s: float | None = attrs.field(default=None, eq=False)
 
     @classmethod
-    def of(cls, pair: Pair, lag: Mapping[str, object], now_ms: int | None = None) -> PairStatus:
-        """The view of ``pair`` with its ``lag``."""
+    def of(
+        cls,
+        pair: Pair,
+        lag: Mapping[str, object],
+        now_ms: int | None = None,
+        *,
+        next_try_s: float | None = None,
+    ) -> PairStatus:
+        """The view of ``pair`` with its ``lag`` and ``next_try_s``."""
         out = pair.to_public_dict(now_ms=now_ms)
         out["lag"] = dict(lag)
+        out["next_try_s"] = next_try_s
         return cls.from_dict(out)
 
     def to_dict(self) -> dict[str, object]:
@@ -579,6 +590,7 @@ class PairStatus:
             "stats": dict(self.stats),
             "has_credential": self.has_credential,
             "lag": dict(self.lag),
+            "next_try_s": self.next_try_s,
         }
 
     @classmethod
@@ -607,7 +619,16 @@ class PairStatus:
             has_credential=r.flag("has_credential"),
             stats=r.mapping("stats"),
             lag=r.mapping("lag"),
+            next_try_s=_seconds_or_none(r.obj.get("next_try_s")),
         )
+
+
+def _seconds_or_none(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise PeerInvalid("the pair answer's next_try_s is not a number of seconds")
+    return float(value)
 
 
 @attrs.frozen
@@ -670,3 +691,42 @@ class PairingResult:
 def scopes_list(scopes: Sequence[str] | frozenset[str]) -> list[str]:
     """Scopes in their canonical order."""
     return scopes_to_list(frozenset(scopes))
+
+
+@attrs.frozen
+class UnpairResult:
+    """What unpairing did (``POST /v1/sync/pairs/unpair``).
+
+    ``peer_did`` is the peer forgotten; ``pairs_deleted`` the local pairs that pulled
+    from it; ``credentials_revoked`` the service accounts it held here (its tokens
+    stop working at once); ``peer`` the peer's answer to the signed request
+    (``{"pairs_deleted": [...], "credentials_revoked": [...]}``), ``{"asked": false}``
+    with ``notify=False``, or ``{"error": {code, message}}`` when it could not be
+    asked (this side is unpaired anyway: run unpair on the other device too, or it
+    keeps failing to pull).
+    """
+
+    peer_did: str
+    pairs_deleted: tuple[str, ...]
+    credentials_revoked: tuple[str, ...]
+    peer: dict[str, object]
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form."""
+        return {
+            "peer_did": self.peer_did,
+            "pairs_deleted": list(self.pairs_deleted),
+            "credentials_revoked": list(self.credentials_revoked),
+            "peer": dict(self.peer),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object) -> UnpairResult:
+        """Parse the JSON form (PEER_INVALID)."""
+        r = _Reader(obj, "unpair")
+        return cls(
+            peer_did=r.text("peer_did"),
+            pairs_deleted=tuple(r.texts("pairs_deleted")),
+            credentials_revoked=tuple(r.texts("credentials_revoked")),
+            peer=r.mapping("peer"),
+        )

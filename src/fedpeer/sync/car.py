@@ -1,0 +1,263 @@
+"""Portable exports of signed records: CARv1 files (protocol.md §9.5). Sans-I/O.
+
+A fedpeer export is a CARv1 file (the IPLD "Content Addressable aRchive": a
+varint-length-prefixed DAG-CBOR header ``{version: 1, roots: [CID]}``, then
+blocks, each ``varint(len(cid) + len(data)) || cid || data``). Every block is
+DAG-CBOR and its CID is CIDv1 (dag-cbor, sha2-256) of its bytes:
+
+1. the **root** (the header's only root, also the first block): ``{type:
+   "fedpeer.export", v: 1, exported_by: <DID>, exported_at: <unix ms>, count: N}``;
+2. per record, in store order: the **record block**, the record's exact bytes
+   (its CID *is* the record id), then its **signature block** ``{record: <link
+   to the record block>, sig: <64 bytes>}``: the author's Ed25519 signature over
+   the record id, exactly as in a wire item (§5.6) but with ``data`` left in its
+   own block so every link resolves inside the file and no byte is stored twice.
+
+Any CAR reader reads the file and checks every block against its CID; a fedpeer
+importer pairs each signature block with its record block and runs the one record
+verification (§5.5) on every record before storing any. Blocks of other shapes,
+CIDs of other codecs or hashes, a record without its signature (or the reverse)
+make the whole file ``CAR_INVALID``; a record that fails verification raises its
+own code (``BAD_SIGNATURE``, ``RECORD_INVALID``, ...) naming its position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from ..errors import CarInvalid, FedpeerError
+from ..identity.canonical import CID, cid_for_dagcbor, dagcbor_decode, dagcbor_encode
+from .records import DEFAULT_LIMITS, Limits, SignedRecord, verify_record
+
+__all__ = [
+    "EXPORT_TYPE",
+    "ExportHeader",
+    "car_blocks",
+    "encode_export",
+    "encode_head",
+    "encode_record",
+    "read_export",
+]
+
+EXPORT_TYPE = "fedpeer.export"
+_MAX_HEADER = 4096
+_MAX_PENDING = 1024  # record blocks waiting for their signature block
+_CID_PREFIX = bytes([0x01, 0x71, 0x12, 0x20])  # CIDv1, dag-cbor, sha2-256, 32 bytes
+_CID_LEN = len(_CID_PREFIX) + 32
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _section(cid: CID, data: bytes) -> bytes:
+    return _varint(len(cid.raw) + len(data)) + cid.raw + data
+
+
+def root_block(exported_by: str, exported_at_ms: int, count: int) -> tuple[CID, bytes]:
+    """The root block of an export and its CID."""
+    data = dagcbor_encode(
+        {
+            "type": EXPORT_TYPE,
+            "v": 1,
+            "exported_by": exported_by,
+            "exported_at": exported_at_ms,
+            "count": count,
+        }
+    )
+    return cid_for_dagcbor(data), data
+
+
+def encode_head(*, exported_by: str, exported_at_ms: int, count: int) -> bytes:
+    """The CAR header and the root block: what comes before the records."""
+    root_cid, root = root_block(exported_by, exported_at_ms, count)
+    header = dagcbor_encode({"version": 1, "roots": [root_cid]})
+    return _varint(len(header)) + header + _section(root_cid, root)
+
+
+def encode_record(rec: SignedRecord) -> bytes:
+    """One record's two blocks: the record block, then its signature block."""
+    sig_block = dagcbor_encode({"record": rec.cid, "sig": rec.sig})
+    return _section(rec.cid, rec.data) + _section(cid_for_dagcbor(sig_block), sig_block)
+
+
+def encode_export(
+    records: Iterable[SignedRecord], *, exported_by: str, exported_at_ms: int, count: int
+) -> Iterator[bytes]:
+    """The bytes of an export of ``records`` (exactly ``count`` of them), in pieces
+    to write one after another. Raises ``ValueError`` when the number of records
+    differs from ``count`` (the root, written first, promised it). Pure CPU."""
+    yield encode_head(exported_by=exported_by, exported_at_ms=exported_at_ms, count=count)
+    written = 0
+    for rec in records:
+        yield encode_record(rec)
+        written += 1
+    if written != count:
+        raise ValueError(f"the export promised {count} records but got {written}")
+
+
+def _read_varint(stream: BinaryIO, what: str, *, eof_ok: bool = False) -> int | None:
+    value = 0
+    for shift in range(0, 63, 7):
+        byte = stream.read(1)
+        if not byte:
+            if eof_ok and shift == 0:
+                return None
+            raise CarInvalid(f"the file ends inside {what}: it is truncated")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+    raise CarInvalid(f"{what} is not a valid varint")
+
+
+def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise CarInvalid(f"the file ends inside {what}: it is truncated")
+    return data
+
+
+def car_blocks(
+    stream: BinaryIO, *, max_block: int
+) -> tuple[list[CID], Iterator[tuple[CID, bytes]]]:
+    """Read a CARv1 header and return ``(roots, blocks)``; ``blocks`` yields
+    ``(cid, data)`` after checking each block's bytes against its CID.
+
+    Only CIDv1 dag-cbor sha2-256 blocks are accepted (what fedpeer writes);
+    blocks larger than ``max_block`` bytes are refused. Raises ``CAR_INVALID``.
+    Reads the stream lazily; memory stays within one block.
+    """
+    size = _read_varint(stream, "the header length")
+    assert size is not None
+    if not 0 < size <= _MAX_HEADER:
+        raise CarInvalid("this is not a CARv1 file (bad header length)")
+    try:
+        header = dagcbor_decode(_read_exact(stream, size, "the header"))
+    except FedpeerError as err:
+        raise CarInvalid(
+            f"this is not a CARv1 file: its header does not decode ({err.message})"
+        ) from None
+    if not isinstance(header, dict) or header.get("version") != 1:
+        raise CarInvalid("this is not a CARv1 file (header version is not 1)")
+    roots = header.get("roots")
+    if not isinstance(roots, list) or not all(isinstance(r, CID) for r in roots):
+        raise CarInvalid("the CAR header's roots are not a list of CIDs")
+
+    def blocks() -> Iterator[tuple[CID, bytes]]:
+        index = 0
+        while True:
+            length = _read_varint(stream, f"block {index}'s length", eof_ok=True)
+            if length is None:
+                return
+            if not _CID_LEN < length <= _CID_LEN + max_block:
+                raise CarInvalid(f"block {index} has a bad length ({length} bytes)")
+            raw = _read_exact(stream, length, f"block {index}")
+            if raw[: len(_CID_PREFIX)] != _CID_PREFIX:
+                raise CarInvalid(
+                    f"block {index} is not a dag-cbor sha2-256 CIDv1 block: not a fedpeer export"
+                )
+            cid, data = CID(raw[:_CID_LEN]), raw[_CID_LEN:]
+            if cid_for_dagcbor(data) != cid:
+                raise CarInvalid(f"block {index}'s bytes do not match its CID {cid}")
+            yield cid, data
+            index += 1
+
+    return [r for r in roots if isinstance(r, CID)], blocks()
+
+
+class ExportHeader:
+    """The root block of an export: who exported it, when, how many records."""
+
+    def __init__(self, exported_by: str, exported_at_ms: int, count: int) -> None:
+        self.exported_by = exported_by
+        self.exported_at_ms = exported_at_ms
+        self.count = count
+
+
+def _root(cid: CID, data: bytes) -> ExportHeader:
+    try:
+        obj = dagcbor_decode(data)
+    except FedpeerError as err:
+        raise CarInvalid(f"the root block does not decode: {err.message}") from None
+    if not isinstance(obj, dict) or obj.get("type") != EXPORT_TYPE or obj.get("v") != 1:
+        raise CarInvalid(f"the root block {cid} is not a fedpeer export (type {EXPORT_TYPE!r})")
+    by, at, count = obj.get("exported_by"), obj.get("exported_at"), obj.get("count")
+    if not isinstance(by, str) or not isinstance(at, int) or not isinstance(count, int):
+        raise CarInvalid("the export's root block lacks exported_by, exported_at or count")
+    return ExportHeader(by, at, count)
+
+
+def read_export(
+    stream: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = None
+) -> tuple[ExportHeader, Iterator[SignedRecord]]:
+    """Read an export (see the module docstring): its header and its records, each
+    verified (protocol.md §5.5) as it is read.
+
+    Raises ``CAR_INVALID`` for a file that is not a fedpeer export (also for a
+    record count different from the root's), and for a record that does not verify
+    the verification's own error (``BAD_SIGNATURE``, ``RECORD_INVALID``,
+    ``NON_CANONICAL``, ...) with its position and id in the message. Import callers
+    read the whole file once to check it before storing anything.
+    """
+    roots, blocks = car_blocks(stream, max_block=limits.max_record_bytes + 1024)
+    if len(roots) != 1:
+        raise CarInvalid(f"a fedpeer export has exactly one root, this file has {len(roots)}")
+    first = next(blocks, None)
+    if first is None or first[0] != roots[0]:
+        raise CarInvalid("a fedpeer export starts with its root block")
+    header = _root(*first)
+
+    def records() -> Iterator[SignedRecord]:
+        pending: dict[bytes, bytes] = {}
+        done = 0
+        for cid, data in blocks:
+            sig_of = _signature_block(data)
+            if sig_of is None:
+                if len(pending) >= _MAX_PENDING:
+                    raise CarInvalid("too many record blocks without their signature block")
+                pending[cid.raw] = data
+                continue
+            target, sig = sig_of
+            record = pending.pop(target.raw, None)
+            if record is None:
+                raise CarInvalid(f"signature block {cid} names record {target}, not in the file")
+            try:
+                signed = verify_record(
+                    record, sig, limits=limits, now_ms=now_ms, expected_cid=target
+                )
+            except FedpeerError as err:
+                raise type(err)(f"record {done + 1} ({target}): {err.message}") from None
+            done += 1
+            yield signed
+        if pending:
+            raise CarInvalid(f"{len(pending)} record block(s) have no signature block")
+        if done != header.count:
+            raise CarInvalid(f"the export says {header.count} records but holds {done}")
+
+    return header, records()
+
+
+def _signature_block(data: bytes) -> tuple[CID, bytes] | None:
+    """``(record cid, sig)`` when ``data`` is a signature block, else None (a record)."""
+    # A record map has the keys v, author, ...; a signature block exactly record and sig.
+    if not data or data[0] != 0xA2:  # a CBOR map of two entries
+        return None
+    try:
+        obj = dagcbor_decode(data)
+    except FedpeerError:
+        return None
+    if not isinstance(obj, dict) or set(obj) != {"record", "sig"}:
+        return None
+    target, sig = obj["record"], obj["sig"]
+    if not isinstance(target, CID) or not isinstance(sig, bytes):
+        raise CarInvalid("a signature block is {record: <CID link>, sig: <bytes>}")
+    return target, sig

@@ -1,0 +1,32 @@
+"""The network watcher (issue 14): what counts as the network coming back."""
+
+from __future__ import annotations
+
+import anyio
+
+from fedpeer.peer._netwatch import came_up, snapshot, watch_network
+
+
+def test_an_interface_coming_up_or_a_new_address_is_reported() -> None:
+    down = frozenset({("eth0", "lowerlayerdown"), ("eth0", "ip:10.0.0.2"), ("lo", "unknown")})
+    up = frozenset({("eth0", "up"), ("eth0", "ip:10.0.0.2"), ("lo", "unknown")})
+    assert came_up(down, up) == ["eth0 up"]
+    assert came_up(up, down) == []  # going down: nothing to retry
+    moved = frozenset({("eth0", "up"), ("eth0", "ip:10.0.0.9"), ("lo", "unknown")})
+    assert came_up(up, moved) == ["eth0 10.0.0.9"]
+    assert came_up(up, up) == []
+
+
+def test_a_snapshot_of_this_machine_lists_loopback() -> None:
+    snap = snapshot()
+    assert any(state == "ip:127.0.0.1" for _name, state in snap)
+
+
+async def test_the_watcher_stops_when_told() -> None:
+    stop = anyio.Event()
+    calls: list[list[str]] = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: watch_network(calls.append, stop=stop, interval_s=0.01))
+            stop.set()
+    assert all(isinstance(c, list) for c in calls)  # it ended; any report is a list

@@ -1,0 +1,173 @@
+"""Unpairing, both sides (issue 14; protocol.md §11.3): two real nodes on loopback.
+
+`unpair` on one node deletes its pair, revokes what the peer holds there, and asks
+the peer (a signed request) to drop its reverse pair and revoke what we hold;
+re-pairing never leaves two active credentials; the signed request is checked
+(forged, replayed, addressed to another node) before anything changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from fedpeer.consent import tokens as _tokens
+from fedpeer.errors import (
+    BadSignature,
+    InvalidRequest,
+    PairNotFound,
+    PairSelf,
+    ProofReplayed,
+    TokenInvalid,
+)
+from fedpeer.identity.keys import SigningKey
+from fedpeer.peer import AdminClient, Node, NodeConfig, PeerClient, open_node
+from fedpeer.peer._unpair import build_unpair_request, check_unpair_request
+from fedpeer.sync.pairs import PairState
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+    async with (
+        open_node(tmp_path / "a", config=cfg) as a,
+        open_node(tmp_path / "b", config=cfg) as b,
+    ):
+        yield a, b
+
+
+async def active_accounts_of(node: Node, did: str) -> list[str]:
+    return await node.store.transact(
+        lambda tx: [
+            sa.id
+            for sa in _tokens.list_service_accounts(tx, include_revoked=False)
+            if sa.holder_did == did
+        ]
+    )
+
+
+async def paired(a: Node, b: Node) -> None:
+    invite = await a.invites.create(max_uses=1)
+    await b.pairs.from_invite(invite.url)
+    with trio.fail_after(20):
+        for node in (a, b):
+            [p] = node.pairs.list()
+            await node.pairs.wait_for(p.id, lambda p: p.state is PairState.CAUGHT_UP)
+
+
+async def test_unpair_by_pair_id_drops_both_sides(two: tuple[Node, Node]) -> None:
+    a, b = two
+    await paired(a, b)
+    [forward] = b.pairs.list()
+    [back] = a.pairs.list()
+    b_token = forward.credential  # what b shows a
+    a_token = back.credential  # what a shows b
+    assert b_token
+    assert a_token
+    assert await active_accounts_of(a, b.did)
+    assert await active_accounts_of(b, a.did)
+
+    async with AdminClient(b.url, b.admin_token) as admin:
+        result = await admin.pairs.unpair(forward.id)
+
+    assert result.peer_did == a.did
+    assert result.pairs_deleted == (forward.id,)
+    assert len(result.credentials_revoked) == 1
+    assert result.peer.get("pairs_deleted") == [back.id]
+    # both sides: no pairs, no active credentials for the other
+    assert b.pairs.list() == []
+    assert a.pairs.list() == []
+    assert await active_accounts_of(b, a.did) == []
+    assert await active_accounts_of(a, b.did) == []
+    # the old bearers no longer work on either side
+    for node, bearer in ((a, b_token), (b, a_token)):
+        async with PeerClient(node.url, token=bearer) as peer:
+            with pytest.raises(TokenInvalid):
+                await peer.get_value("/v1/sync/changes")
+
+
+async def test_unpair_by_did_when_the_peer_is_gone_unpairs_this_side(
+    tmp_path: Path,
+) -> None:
+    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+    async with open_node(tmp_path / "a", config=cfg) as a:
+        async with open_node(tmp_path / "b", config=cfg) as b:
+            await paired(a, b)
+            b_did = b.did
+        # b is gone: a unpairs by DID; its side is done and the answer says why b was not
+        result = await a.pairs.unpair(b_did)
+        assert a.pairs.list() == []
+        assert await active_accounts_of(a, b_did) == []
+        error = result.peer.get("error")
+        assert isinstance(error, dict)
+        assert error["code"] == "PEER_UNREACHABLE"
+        assert "fedpeer unpair" in str(error["message"])
+        with pytest.raises(PairNotFound, match="fedpeer pairs"):
+            await a.pairs.unpair(b_did)  # nothing left to unpair
+        with pytest.raises(PairSelf):
+            await a.pairs.unpair(a.did)
+
+
+async def test_pairing_again_leaves_one_active_credential_each_side(
+    two: tuple[Node, Node],
+) -> None:
+    a, b = two
+    await paired(a, b)
+    first_a = await active_accounts_of(a, b.did)
+    first_b = await active_accounts_of(b, a.did)
+    invite = await a.invites.create(max_uses=1)
+    again = await b.pairs.from_invite(invite.url)
+    assert again.created is False  # the same pair, new credential
+    second_a = await active_accounts_of(a, b.did)
+    second_b = await active_accounts_of(b, a.did)
+    assert len(second_a) == 1
+    assert second_a != first_a
+    assert len(second_b) == 1
+    assert second_b != first_b
+    # and both pairs still sync with the new credentials
+    await a.records.append(namespace="n", thread="t", kind="k", body="after")
+    await b.records.append(namespace="n", thread="t", kind="k", body="after-b")
+    with trio.fail_after(20):
+        for node in (a, b):
+            while await node.store.count() < 2:
+                await node.store.wait_for_seq(await node.store.head_seq())
+
+
+async def test_the_unpair_request_is_checked_before_anything_changes(
+    two: tuple[Node, Node],
+) -> None:
+    a, b = two
+    await paired(a, b)
+    stranger = SigningKey.generate()
+    # addressed to another node
+    with pytest.raises(InvalidRequest, match="addressed to"):
+        check_unpair_request(build_unpair_request(b.key, stranger.did), local_did=a.did)
+    # forged: b's DID in "from", signed by a stranger
+    forged = build_unpair_request(stranger, a.did)
+    forged["from"] = b.did
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        r = await http.post("/v1/sync/unpair", json=forged)
+        assert r.status_code in (400, 401), r.text
+        assert r.json()["error"]["code"] in ("BAD_SIGNATURE", "DID_MISMATCH")
+        # tampered after signing
+        good = build_unpair_request(b.key, a.did)
+        bad = dict(good, nonce="A" * 22)
+        r = await http.post("/v1/sync/unpair", json=bad)
+        assert r.json()["error"]["code"] == "BAD_SIGNATURE"
+        assert len(a.pairs.list()) == 1
+        assert await active_accounts_of(a, b.did)
+        # the genuine request works once; replayed it is refused
+        r = await http.post("/v1/sync/unpair", json=good)
+        assert r.status_code == 200, r.text
+        assert a.pairs.list() == []
+        assert await active_accounts_of(a, b.did) == []
+        r = await http.post("/v1/sync/unpair", json=good)
+        assert r.json()["error"]["code"] == ProofReplayed.code
+    tampered = build_unpair_request(b.key, a.did)
+    tampered["to"] = a.did + "x"
+    with pytest.raises(BadSignature):
+        check_unpair_request(tampered, local_did=a.did + "x")
