@@ -94,7 +94,7 @@ async def child_main(data_dir: str, url: str, token: str, n: int, page_limit: in
         cpu = _cpu_s() - cpu0
         count = await node.store.count()
         live = True
-        _emit(event="synced", records=count, seconds=seconds, hwm_kb=_vmhwm_kb(), cpu_s=cpu)
+        t=os.times(); _emit(event="synced", records=count, seconds=seconds, hwm_kb=_vmhwm_kb(), cpu_s=cpu, child_cpu=(t.children_user+t.children_system)/n*1e6)
         await trio.sleep_forever()
 
 
@@ -212,6 +212,7 @@ async def parent_main(args: argparse.Namespace) -> None:
                 proc = await trio.lowlevel.open_process(
                     [
                         sys.executable,
+                        *( ["/tmp/i15/fold.py"] if os.environ.get("FOLDDBG") else []),
                         __file__,
                         "--child",
                         str(b_dir),
@@ -223,6 +224,7 @@ async def parent_main(args: argparse.Namespace) -> None:
                     stdout=subprocess.PIPE,
                 )
                 child = Child(proc)
+                pcpu0 = _cpu_s()
                 try:
                     async with trio.open_nursery() as watch:
                         watch.start_soon(watch_workers, proc.pid, worker_hwms)
@@ -233,6 +235,7 @@ async def parent_main(args: argparse.Namespace) -> None:
                         raise RuntimeError(f"node B did not sync everything: {ev}")
                     seconds = float(str(ev["seconds"]))
                     rates.append(n / seconds)
+                    print("   A cpu us/rec", (_cpu_s()-pcpu0)/n*1e6, "B cpu us/rec", float(str(ev["cpu_s"]))/n*1e6, "B children", ev.get("child_cpu"))
                     hwms.append(int(str(ev["hwm_kb"])) / 1024)
                     print(
                         f"  run {run + 1}: {n / seconds:,.0f} records/s "

@@ -580,7 +580,9 @@ class PullMachine:
             latencies_ms=[now - r.record.ts for r in records],
             now_ms=now,
         )
-        return attrs.evolve(pair.apply(action, now_ms=now), cursor=next_cursor.encode(), stats=stats)
+        return attrs.evolve(
+            pair.apply(action, now_ms=now), cursor=next_cursor.encode(), stats=stats
+        )
 
     def receive_error(
         self, err: FedpeerError, *, now_ms: int | None = None, retry_after: float | None = None
