@@ -52,7 +52,7 @@ import httpx
 import nacl.signing
 import trio
 
-from fedpeer.identity.canonical import cid_for_dagcbor
+from fedpeer.identity.canonical import cid_for_dagcbor, dagcbor_encode
 from fedpeer.identity.keys import SigningKey, verify_batch
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.peer.client import PeerClient
@@ -61,7 +61,7 @@ from fedpeer.store.sqlite import SQLiteStore
 from fedpeer.sync.feed import Cursor, decode_page_cbor
 from fedpeer.sync.options import SyncEvent, SyncOptions
 from fedpeer.sync.pairs import PairState
-from fedpeer.sync.records import _decode_record, build_record, prepare_wire_items
+from fedpeer.sync.records import _decode_record, prepare_wire_items
 
 RATIO_TARGET = 1.2
 RATIO_AIM = 1.5
@@ -105,22 +105,34 @@ def _emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def _build_chunk(args: tuple[int, int, int]) -> list[tuple[bytes, ...] | Any]:
-    """Records ``start .. start + n`` as NewRecord field tuples (runs in a pool)."""
+def _build_chunk(args: tuple[int, int, int]) -> list[tuple[Any, ...]]:
+    """Records ``start .. start + n`` as NewRecord field tuples (runs in a pool).
+
+    Encodes and signs directly (what ``build_record`` does minus its own checks,
+    which would double the time of the 1M fill); the records are the same shape
+    as ``build_record``'s, and B verifies every one of them anyway.
+    """
     start, n, now = args
     key = SigningKey.from_seed(SEED)
+    did = key.did
     out = []
     for i in range(start, start + n):
-        r = build_record(
-            key,
-            namespace=f"app/ns{i % 7}",
-            thread=f"thread-{i % 101}",
-            kind="note",
-            body={"i": i, "text": "benchmark record body, a sentence of ordinary size."},
-            ts=now,
-            now_ms=now,
-        ).to_new()
-        out.append((r.cid, r.data, r.sig, r.author, r.namespace, r.thread, r.kind, r.ts))
+        ns, thread = f"app/ns{i % 7}", f"thread-{i % 101}"
+        data = dagcbor_encode(
+            {
+                "v": 1,
+                "author": did,
+                "namespace": ns,
+                "thread": thread,
+                "kind": "note",
+                "body": {"i": i, "text": "benchmark record body, a sentence of ordinary size."},
+                "parents": [],
+                "clock": 0,
+                "ts": now,
+            }
+        )
+        cid = cid_for_dagcbor(data).raw
+        out.append((cid, data, key.sign(cid), did, ns, thread, "note", now))
     return out
 
 
