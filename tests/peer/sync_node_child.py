@@ -31,7 +31,13 @@ def seq_of(pair: Pair) -> int:
 
 
 async def main(data_dir: str, url: str, token: str, page_limit: int) -> None:
-    opts = SyncOptions(page_limit=page_limit, backoff=Backoff(base_s=0.05, cap_s=0.5))
+    # up to three pages per transaction: kills also land inside multi-page commits, and
+    # progress per round stays small enough for every kill to land mid-sync
+    opts = SyncOptions(
+        page_limit=page_limit,
+        backoff=Backoff(base_s=0.05, cap_s=0.5),
+        commit_max_records=3 * page_limit,
+    )
     async with open_node(data_dir, sync=opts) as node:
 
         def on_event(ev: SyncEvent) -> None:

@@ -132,8 +132,8 @@ async def test_sigkill_mid_sync_converges_without_loss_or_duplicates(tmp_path: P
         last = 0
         for _ in range(KILLS):
             # Each kill point lies one or two pages past what B already stored, so
-            # every kill lands mid-sync however fast B pulls (at most ~250 records
-            # of progress a round, far from N).
+            # every kill lands mid-sync however fast B pulls (B commits at most three
+            # pages at a time: at most ~250 records of progress a round, far from N).
             target = last + rng.randint(1, 2) * PAGE
             child = await start_child(b_dir, a, token, log)
             try:

@@ -143,3 +143,98 @@ def test_other_shapes_decode_through_the_general_path(value: object) -> None:
 @pytest.mark.parametrize("blob", [b"", b"\xff", b"\xa3", bytearray(b"\x80"), memoryview(b"\x80")])
 def test_odd_inputs_behave_like_the_strict_decoder(blob: Any) -> None:
     assert outcome(lambda: decode_page_cbor(blob)) == outcome(lambda: dagcbor_decode(blob))
+
+
+# --- the one-pass strict page parser (the hot path of every pulled page) ---------------
+
+
+def _same_value(a: object, b: object) -> bool:
+    """Equal values with the same types and the same map key order, recursively."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return list(a) == list(b) and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@settings(max_examples=150, deadline=None)
+@given(page=pages)
+def test_strict_page_parser_takes_every_usual_page_and_gives_the_decoder_value(
+    page: FeedPage,
+) -> None:
+    body = encode_page_cbor(page.records, page.next_cursor, page.has_more)
+    fast = feed_module._strict_page(body)
+    assert fast is not None  # record ids and 64-byte signatures: the one-pass path
+    assert _same_value(fast, dagcbor_decode(body))
+    assert _same_value(decode_page_cbor(body), dagcbor_decode(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(page=pages, data=st.data())
+def test_strict_page_parser_never_accepts_what_the_decoder_refuses(
+    page: FeedPage, data: st.DataObject
+) -> None:
+    body = bytearray(encode_page_cbor(page.records, page.next_cursor, page.has_more))
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, max(0, len(body) - 1)))
+        how = data.draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+        if how == "flip" and body:
+            body[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif how == "set" and body:
+            body[i] = data.draw(st.sampled_from([0x00, 0x18, 0x19, 0x58, 0x59, 0x98, 0xF4, 0xF5]))
+        elif how == "truncate":
+            del body[i:]
+        elif how == "insert":
+            body[i:i] = data.draw(st.binary(min_size=1, max_size=2))
+        elif body:
+            del body[i]
+    blob = bytes(body)
+    fast = feed_module._strict_page(blob)
+    general = outcome(lambda: dagcbor_decode(blob))
+    if fast is not None:
+        assert general[0] == "ok"
+        assert _same_value(fast, general[1])
+    assert outcome(lambda: decode_page_cbor(blob)) == general
+
+
+def _longer_head(body: bytes, at: int) -> bytes:
+    """``body`` with the head at ``at`` (a 1-byte argument < 24 or a 0x?8 head) one size up."""
+    b = body[at]
+    major, info = b >> 5, b & 0x1F
+    if info < 24:
+        return body[:at] + bytes([(major << 5) | 24, info]) + body[at + 1 :]
+    assert info == 24
+    return body[:at] + bytes([(major << 5) | 25, 0, body[at + 1]]) + body[at + 2 :]
+
+
+@pytest.mark.parametrize("where", ["array", "data", "cursor"])
+def test_strict_page_parser_refuses_longer_heads_like_the_decoder(where: str) -> None:
+    page = FeedPage((stored(3), stored(4)), "cursor-text", True)
+    body = encode_page_cbor(page.records, page.next_cursor, page.has_more)
+    at = {
+        "array": len(b"\xa3\x67records"),
+        "data": body.index(b"\x64data") + 5,
+        "cursor": len(body) - len("cursor-text") - 1,
+    }[where]
+    blob = _longer_head(body, at)
+    assert feed_module._strict_page(blob) is None
+    with pytest.raises(NonCanonical):
+        dagcbor_decode(blob)
+    assert outcome(lambda: decode_page_cbor(blob)) == outcome(lambda: dagcbor_decode(blob))
+
+
+def test_strict_page_parser_leaves_unusual_items_to_the_general_decoder() -> None:
+    cidv0 = CID(b"\x12\x20" + b"\x07" * 32)  # not a record id: the general path decides
+    value = {"records": [{"cid": cidv0, "sig": b"s" * 64, "data": b"d"}], "has_more": False}
+    value["next_cursor"] = "c"
+    blob = dagcbor_encode(value)
+    assert feed_module._strict_page(blob) is None
+    assert decode_page_cbor(blob) == dagcbor_decode(blob) == value
+    short_sig = dict(value, records=[{"cid": RECORDS[0].cid, "sig": b"s" * 63, "data": b"d"}])
+    blob = dagcbor_encode(short_sig)
+    assert feed_module._strict_page(blob) is None
+    assert decode_page_cbor(blob) == short_sig

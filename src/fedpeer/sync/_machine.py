@@ -171,6 +171,7 @@ class _In(enum.Enum):
     REQUEST = "next_request"
     PAGE_OK = "receive_page (accepted)"
     PAGE_BAD = "receive_page (rejected)"
+    PAGE_MORE = "receive_next_page"
     ERROR_RETRY = "receive_error (retry)"
     ERROR_STOP = "receive_error (stop)"
     ERROR_RESET = "receive_error (cursor reset)"
@@ -200,7 +201,11 @@ MACHINE_TRANSITIONS: Mapping[MachineState, Mapping[_In, MachineState]] = {
         **_USER,
     },
     # user actions here are deferred until the commit's outcome is known
-    _M.AWAITING_COMMIT: {_In.COMMIT_OK: _M.IDLE, _In.COMMIT_FAIL: _M.BACKING_OFF},
+    _M.AWAITING_COMMIT: {
+        _In.COMMIT_OK: _M.IDLE,
+        _In.COMMIT_FAIL: _M.BACKING_OFF,
+        _In.PAGE_MORE: _M.AWAITING_COMMIT,
+    },
     _M.BACKING_OFF: {_In.BACKOFF_ELAPSED: _M.IDLE, _In.CREDENTIAL: _M.BACKING_OFF, **_USER},
     _M.PAUSED: {_In.RESUME: _M.IDLE, _In.DELETE: _M.DELETED, _In.CREDENTIAL: _M.PAUSED},
     _M.STOPPED: {_In.RESUME: _M.IDLE, _In.DELETE: _M.DELETED, _In.CREDENTIAL: _M.STOPPED},
@@ -254,13 +259,22 @@ class PageAccepted:
 
     ``records`` are the verified records in feed order; ``cursor`` the page's
     ``next_cursor``; ``pair`` the snapshot to store with them (new cursor, state
-    ``running`` or ``caught_up``, updated stats).
+    ``running`` or ``caught_up``, updated stats). After
+    :meth:`PullMachine.receive_next_page` folded more pages in, ``records`` hold
+    every folded page's records, ``cursor`` and ``has_more`` are the last page's,
+    and ``page_sizes`` the record count of each page (one entry per page).
     """
 
     records: tuple[SignedRecord, ...]
     cursor: str
     has_more: bool
     pair: Pair
+    pages: tuple[int, ...] = ()
+
+    @property
+    def page_sizes(self) -> tuple[int, ...]:
+        """Records per page in this commit, in feed order (one entry for one page)."""
+        return self.pages or (len(self.records),)
 
     @property
     def new_records(self) -> tuple[NewRecord, ...]:
@@ -478,29 +492,101 @@ class PullMachine:
         self._require(_In.PAGE_OK)
         now = _now(now_ms)
         try:
-            records, next_cursor, has_more = self._check_page(obj, now)
+            records, next_cursor, has_more = self._check_page(obj, now, self._cursor)
         except FedpeerError as err:
             return self._reject(err, now)
         except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
             # untrusted input must never crash the puller; report it as a bad page
             bad = PageInvalid(f"the page could not be checked ({type(exc).__name__}: {exc})")
             return self._reject(bad, now)
-        action = PairAction.PROGRESS if has_more else PairAction.CATCH_UP
-        stats = self._pair.stats.with_page(
-            records=len(records),
-            nbytes=sum(len(r.data) for r in records),
-            latencies_ms=[now - r.record.ts for r in records],
-            now_ms=now,
-        )
-        new_pair = attrs.evolve(
-            self._pair.apply(action, now_ms=now), cursor=next_cursor.encode(), stats=stats
-        )
+        new_pair = self._after_page(self._pair, records, next_cursor, has_more, now)
         self._advance(_In.PAGE_OK)
         self._pending = PageAccepted(
             records=records, cursor=new_pair.cursor or "", has_more=has_more, pair=new_pair
         )
         self._request = None
         return self._pending
+
+    def receive_next_page(
+        self, request: PageRequest, obj: object, *, now_ms: int | None = None
+    ) -> PageAccepted | None:
+        """Fold the page that follows the pending one into the same commit.
+
+        For a driver that fetched ahead: ``obj`` is the answer to ``request``,
+        which must be exactly the request this machine would make once the
+        pending page commits (``since`` = its cursor, ``normal`` feed because it
+        said ``has_more``, same limit and filter). The page gets every check
+        :meth:`receive_page` makes, against the pending cursor. Accepted: returns
+        the new :class:`PageAccepted` holding the pending records *and* this
+        page's, with this page's cursor and stats: store that one instead (the
+        machine stays in AWAITING_COMMIT; the cursor still moves only in
+        :meth:`commit_done`, so a crash or a failed commit loses nothing and
+        never leaves the cursor past an uncommitted record). Anything else (a
+        bad page, another request, a user action waiting for the commit, the
+        pending page caught up) returns ``None`` and changes nothing: commit the
+        pending page, then feed this answer through :meth:`receive_page` as
+        usual, which names the error of a bad page. Raises only
+        ``PullMachineError`` (not AWAITING_COMMIT).
+        """
+        self._require(_In.PAGE_MORE)
+        pending = self._pending
+        assert pending is not None
+        if self._deferred or not pending.has_more:
+            return None
+        flt = self._pair.filter
+        expected = PageRequest(
+            since=pending.cursor,
+            limit=self._page_limit,
+            feed="normal",
+            namespace=flt.namespace,
+            thread=flt.thread,
+        )
+        if request != expected:
+            return None
+        now = _now(now_ms)
+        try:
+            old = Cursor.decode(pending.cursor)
+            records, next_cursor, has_more = self._check_page(obj, now, old)
+        except (
+            FedpeerError,
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            RecursionError,
+            OverflowError,
+        ):
+            return None  # the page is fed through receive_page after the commit
+        new_pair = self._after_page(pending.pair, records, next_cursor, has_more, now)
+        self._advance(_In.PAGE_MORE)
+        self._pending = PageAccepted(
+            records=pending.records + records,
+            cursor=new_pair.cursor or "",
+            has_more=has_more,
+            pair=new_pair,
+            pages=(*pending.page_sizes, len(records)),
+        )
+        return self._pending
+
+    @staticmethod
+    def _after_page(
+        pair: Pair,
+        records: tuple[SignedRecord, ...],
+        next_cursor: Cursor,
+        has_more: bool,
+        now: int,
+    ) -> Pair:
+        """``pair`` once a checked page is in: state, cursor and stats moved on."""
+        action = PairAction.PROGRESS if has_more else PairAction.CATCH_UP
+        stats = pair.stats.with_page(
+            records=len(records),
+            nbytes=sum(len(r.data) for r in records),
+            latencies_ms=[now - r.record.ts for r in records],
+            now_ms=now,
+        )
+        return attrs.evolve(
+            pair.apply(action, now_ms=now), cursor=next_cursor.encode(), stats=stats
+        )
 
     def receive_error(
         self, err: FedpeerError, *, now_ms: int | None = None, retry_after: float | None = None
@@ -663,7 +749,10 @@ class PullMachine:
         self._advance(_In.PAGE_BAD)
         return PageRejected(error=err, delay_s=delay, pair=self._pair)
 
-    def _check_page(self, obj: object, now: int) -> tuple[tuple[SignedRecord, ...], Cursor, bool]:
+    def _check_page(
+        self, obj: object, now: int, old: Cursor | None
+    ) -> tuple[tuple[SignedRecord, ...], Cursor, bool]:
+        """Every check of a page that follows ``old`` (the cursor it was asked with)."""
         page = page_from_wire(obj)
         try:
             new = Cursor.decode(page.next_cursor)
@@ -671,7 +760,6 @@ class PullMachine:
             raise PageInvalid(
                 f"the page's next_cursor is not a valid cursor: {exc.message}"
             ) from None
-        old = self._cursor
         if old is not None:
             if new.epoch != old.epoch:
                 raise PageInvalid(

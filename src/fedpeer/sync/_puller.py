@@ -54,7 +54,7 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 import anyio
@@ -62,7 +62,7 @@ import anyio.abc
 
 from .. import _ed25519
 from .._clock import now_ms as _now_ms
-from ..errors import FedpeerError, PeerError
+from ..errors import FedpeerError, PageInvalid, PeerError
 from ..identity.keys import verify_batch
 from ..store.base import StateTx, Store
 from ._machine import (
@@ -136,6 +136,14 @@ class _SignatureWorkers:
     is killed, the batch is checked in a worker thread instead, and threads are
     used from then on (logged once). Correctness never depends on a worker:
     every verdict is a :func:`verify_batch` result. :meth:`aclose` stops them.
+
+    One pool serves every pair of a node (the :class:`~fedpeer.sync.manager.PairManager`
+    owns it and closes it when it stops): more processes than cores only add
+    switching, and one pool per pair multiplied them by the number of pairs
+    catching up. Requests wait for a process in FIFO order (``anyio.Semaphore``),
+    so a pair waits at most for the slices queued before its own, never behind
+    a busy pair's whole backlog. The processes stop once no pair that used them
+    is catching up (:meth:`done_with`) and start again on demand.
     """
 
     def __init__(self, size: int, *, enabled: bool = True) -> None:
@@ -143,18 +151,31 @@ class _SignatureWorkers:
         self._idle: list[anyio.abc.Process] = []
         self._procs: set[anyio.abc.Process] = set()
         self._slots = anyio.Semaphore(size)
+        self._users: set[object] = set()
         frozen = bool(getattr(sys, "frozen", False))  # sys.executable is not python
         self.broken = not enabled or frozen or not sys.executable
         """True once processes are off (disabled or failed): threads do the checks."""
 
+    @property
+    def size(self) -> int:
+        """The most worker processes this pool runs at once."""
+        return self._size
+
     async def check(
-        self, jobs: Sequence[tuple[bytes, bytes, bytes]], limiter: anyio.CapacityLimiter
+        self,
+        jobs: Sequence[tuple[bytes, bytes, bytes]],
+        limiter: anyio.CapacityLimiter,
+        *,
+        user: object = None,
     ) -> list[bool]:
         """``verify_batch(jobs)``, in a worker process (or a thread as the fallback).
 
-        Holds a token of ``limiter`` while the check runs. Cancellable (a worker
+        Holds a token of ``limiter`` while the check runs. ``user`` (a puller)
+        counts as catching up until :meth:`done_with`. Cancellable (a worker
         caught mid-request is killed).
         """
+        if user is not None:
+            self._users.add(user)
         if self.broken:
             return await anyio.to_thread.run_sync(verify_batch, jobs, limiter=limiter)
         shipped = [job for job in jobs if _ed25519.shippable(job)]
@@ -241,6 +262,12 @@ class _SignatureWorkers:
                 if pipe is not None:
                     await pipe.aclose()
 
+    async def done_with(self, user: object) -> None:
+        """``user`` caught up (or stopped): stop the idle processes once no user is left."""
+        self._users.discard(user)
+        if not self._users:
+            await self.close_idle()
+
     async def close_idle(self) -> None:
         """Stop the workers that are not checking anything now (restarted on demand)."""
         while self._idle:
@@ -293,7 +320,7 @@ class _VerifiedMachine(PullMachine):
     paths to the same verdicts.
     """
 
-    __slots__ = ("_preverified",)
+    __slots__ = ("_fast_only", "_preverified")
 
     def __init__(
         self,
@@ -306,6 +333,7 @@ class _VerifiedMachine(PullMachine):
     ) -> None:
         super().__init__(pair, limits=limits, backoff=backoff, rng=rng, page_limit=page_limit)
         self._preverified: tuple[object, tuple[SignedRecord, ...]] | None = None
+        self._fast_only = False
 
     def receive_verified(
         self, obj: object, verified: tuple[SignedRecord, ...], *, now_ms: int
@@ -317,23 +345,49 @@ class _VerifiedMachine(PullMachine):
         finally:
             self._preverified = None
 
-    def _check_page(self, obj: object, now: int) -> tuple[tuple[SignedRecord, ...], Cursor, bool]:
+    def receive_verified_next(
+        self,
+        request: PageRequest,
+        obj: object,
+        verified: tuple[SignedRecord, ...],
+        *,
+        now_ms: int,
+    ) -> PageAccepted | None:
+        """:meth:`receive_next_page` for ``obj`` whose records are ``verified``.
+
+        Only the pre-verified fast path may accept here: when it declines, this
+        returns None (nothing changes) and the page goes through
+        :meth:`receive_verified` after the pending commit, where the machine's
+        full check names the problem. Never runs the full check itself.
+        """
+        self._preverified = (obj, verified)
+        self._fast_only = True
+        try:
+            return self.receive_next_page(request, obj, now_ms=now_ms)
+        finally:
+            self._preverified = None
+            self._fast_only = False
+
+    def _check_page(
+        self, obj: object, now: int, old: Cursor | None
+    ) -> tuple[tuple[SignedRecord, ...], Cursor, bool]:
         pre = self._preverified
         if pre is not None and pre[0] is obj:
-            fast = self._accept_verified(obj, pre[1])
+            fast = self._accept_verified(obj, pre[1], old)
             if fast is not None:
                 return fast
-        return super()._check_page(obj, now)
+        if self._fast_only:
+            raise PageInvalid("the pre-verified fast path declined this page")
+        return super()._check_page(obj, now, old)
 
     def _accept_verified(
-        self, obj: object, verified: tuple[SignedRecord, ...]
+        self, obj: object, verified: tuple[SignedRecord, ...], old: Cursor | None
     ) -> tuple[tuple[SignedRecord, ...], Cursor, bool] | None:
         try:
             page = page_from_wire(obj)
             new = Cursor.decode(page.next_cursor)
         except FedpeerError:
             return None
-        old: Cursor | None = self._cursor
         if old is not None and (new.epoch != old.epoch or new.seq < old.seq):
             return None
         moved = old is None or new.seq > old.seq
@@ -405,6 +459,7 @@ class Puller:
         limits: Limits = DEFAULT_LIMITS,
         options: SyncOptions | None = None,
         verify_limiter: anyio.CapacityLimiter | None = None,
+        workers: _SignatureWorkers | None = None,
         listener: Listener | None = None,
     ) -> None:
         opts = options or SyncOptions()
@@ -418,7 +473,14 @@ class Puller:
         self._threads = opts.verify_threads
         self._depth = opts.pipeline_depth
         self._limiter = verify_limiter or anyio.CapacityLimiter(opts.verify_threads)
-        self._workers = _SignatureWorkers(opts.verify_threads, enabled=opts.verify_processes)
+        self._own_workers = workers is None
+        self._workers = workers or _SignatureWorkers(
+            opts.verify_threads, enabled=opts.verify_processes
+        )
+        self._commit_max = opts.commit_max_records
+        self._commit_wait = opts.commit_wait_s
+        self._fold_scope: anyio.CancelScope | None = None
+        self._acting = 0  # user actions waiting for the lock: commit what is ready now
         self._listener = listener
         self._lock = anyio.Lock()
         self._pokes = 0
@@ -484,7 +546,7 @@ class Puller:
         request in flight. Raises ``PairStateInvalid`` (409) when the pair's
         state refuses the action, ``StoreError`` if the row cannot be written.
         """
-        async with self._lock:
+        async with self._acting_now():
             m = self._m
             calls = {
                 PairAction.PAUSE: m.pause,
@@ -506,13 +568,25 @@ class Puller:
         """Replace the bearer token shown to the source (state unchanged; a
         stopped pair still needs a resume). Raises ``InvalidRequest`` for a
         badly shaped token, ``PairStateInvalid`` when deleted."""
-        async with self._lock:
+        async with self._acting_now():
             ev = self._m.set_credential(credential)
             assert ev is not None
             self._poke()
             await self._persist(ev.pair, strict=True)
         self._emit(SyncEvent("changed", ev.pair, actions=ev.actions))
         return ev.pair
+
+    @contextlib.asynccontextmanager
+    async def _acting_now(self) -> AsyncIterator[None]:
+        """The lock, for a user action: a commit waiting to fold more pages goes now."""
+        self._acting += 1
+        try:
+            if self._fold_scope is not None:
+                self._fold_scope.cancel()
+            async with self._lock:
+                yield
+        finally:
+            self._acting -= 1
 
     def _poke(self) -> None:
         """Wake the driver out of whatever it waits for; drop the speculative fetch."""
@@ -538,7 +612,10 @@ class Puller:
                     nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
-            await self._workers.aclose()
+            if self._own_workers:
+                await self._workers.aclose()
+            else:
+                await self._workers.done_with(self)
             self.finished.set()
 
     async def _loop(self) -> None:
@@ -619,7 +696,48 @@ class Puller:
                 )
                 self._emit(SyncEvent("rejected", ev.pair, code=ev.code, delay_s=ev.delay_s))
                 return
-            await self._commit(ev, request)
+            await self._commit(await self._fold_ready(ev), request)
+
+    async def _fold_ready(self, ev: PageAccepted) -> PageAccepted:
+        """Fold the pages fetched and verified behind ``ev`` into its commit
+        (several pages, one transaction; see :meth:`PullMachine.receive_next_page`).
+
+        While the pair is behind, a page is only committed once
+        ``commit_max_records`` records are ready or ``commit_wait_s`` has passed
+        since it was accepted: signature checks are the bottleneck then, so the
+        wait costs no throughput, and one commit per several pages saves most of
+        the store's per-transaction work. A caught-up pair commits at once, and
+        so does a pair a user action is waiting for. Stops at a page that is not
+        clean (that one is fed in the usual way after this commit, which names
+        its error: the pages before a bad one are stored and none after it).
+        """
+        m = self._m
+        deadline = anyio.current_time() + self._commit_wait
+        with anyio.CancelScope() as scope:
+            self._fold_scope = scope
+            if self._acting:
+                scope.cancel()
+            while ev.has_more and len(ev.records) < self._commit_max and self._chain:
+                nxt = self._chain[0]
+                if not nxt.done.is_set():
+                    with anyio.move_on_after(deadline - anyio.current_time()):
+                        await nxt.done.wait()
+                    if not nxt.done.is_set():
+                        break
+                if nxt.error is not None or nxt.verified is None:
+                    break
+                if len(ev.records) + len(nxt.verified) > self._commit_max:
+                    break
+                more = m.receive_verified_next(
+                    nxt.request, nxt.body, nxt.verified, now_ms=nxt.now_ms
+                )
+                if more is None:
+                    break
+                del self._chain[0]
+                self._extend_chain()
+                ev = more
+        self._fold_scope = None
+        return ev
 
     async def _commit(self, ev: PageAccepted, request: PageRequest) -> None:
         m = self._m
@@ -660,8 +778,9 @@ class Puller:
         changed = m.commit_done()
         if ev.caught_up:
             self.caught_up_ms = _now_ms()
-            await self._workers.close_idle()  # caught up: small pages from now on
-        self._emit(SyncEvent("page", ev.pair, records=len(ev.records)))
+            await self._workers.done_with(self)  # caught up: small pages from now on
+        for size in ev.page_sizes:
+            self._emit(SyncEvent("page", ev.pair, records=size))
         if changed is not None:  # pragma: no cover - the lock keeps user actions out
             await self._persist(changed.pair)
 
@@ -808,7 +927,7 @@ class Puller:
         async def check(i: int) -> None:
             part = slices[i]
             if len(part) >= _PROCESS_MIN_JOBS:
-                verdicts[i] = await self._workers.check(part, limiter)
+                verdicts[i] = await self._workers.check(part, limiter, user=self)
             else:
                 verdicts[i] = await anyio.to_thread.run_sync(verify_batch, part, limiter=limiter)
 

@@ -80,6 +80,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from fedpeer.errors import CursorFromFuture, CursorInvalid, CursorReset, PageInvalid
+from fedpeer.identity._cid import _trusted as _trusted_cid
 from fedpeer.identity._dagcbor import head, parse_unchecked
 from fedpeer.identity.canonical import CID, dagcbor_decode
 from fedpeer.store.base import ChangesPage, Store, StoredRecord
@@ -497,6 +498,87 @@ def _wire_page_cbor(obj: object) -> bytes | None:
     return _page_cbor(triples, next_cursor, has_more)
 
 
+_ITEM_START = b"\xa3\x63cid\xd8\x2a\x58\x25\x00\x01\x71\x12\x20"  # ... 0x00 + record-id prefix
+_ITEM_SIG_64 = b"\x63sig\x58\x40"  # "sig": bytes(64)
+_ITEM_MIN = len(_ITEM_START) + 32 + len(_ITEM_SIG_64) + 64 + len(_ITEM_DATA) + 1
+_HEAD_MIN = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}  # argument sizes' minimums
+
+
+def _head_at(data: bytes, i: int, major: int) -> tuple[int, int] | None:
+    """``(argument, next offset)`` of the shortest-form head of ``major`` at ``i``, else None."""
+    if i >= len(data):
+        return None
+    b = data[i]
+    if b >> 5 != major:
+        return None
+    info = b & 0x1F
+    if info < 24:
+        return info, i + 1
+    if info > 27:
+        return None
+    size = 1 << (info - 24)
+    arg = int.from_bytes(data[i + 1 : i + 1 + size], "big")
+    if i + 1 + size > len(data) or arg < _HEAD_MIN[info]:
+        return None
+    return arg, i + 1 + size
+
+
+def _strict_page(data: bytes) -> dict[str, object] | None:
+    """The value of a canonical page of the usual shape, parsed in one pass; else None.
+
+    The usual shape: every item's cid a record id (CIDv1, dag-cbor, sha2-256) and
+    its sig 64 bytes. Reads the bytes in the one canonical layout (fixed keys in
+    canonical order, shortest heads, definite lengths, nothing after), so what it
+    accepts is exactly the canonical encoding of the value it returns; anything
+    else returns None and the general strict decoder decides.
+    """
+    if not data.startswith(_PAGE_START):
+        return None
+    head = _head_at(data, len(_PAGE_START), 4)
+    if head is None:
+        return None
+    count, i = head
+    end = len(data)
+    if count * _ITEM_MIN > end - i:
+        return None
+    records: list[object] = []
+    append = records.append
+    trusted = _trusted_cid
+    for _ in range(count):
+        if data[i : i + 14] != _ITEM_START or data[i + 46 : i + 52] != _ITEM_SIG_64:
+            return None
+        cid = data[i + 10 : i + 46]
+        sig = data[i + 52 : i + 116]
+        if data[i + 116 : i + 121] != _ITEM_DATA:
+            return None
+        head = _head_at(data, i + 121, 2)
+        if head is None:
+            return None
+        n, i = head
+        if i + n > end:
+            return None
+        append({"cid": trusted(cid), "sig": sig, "data": data[i : i + n]})
+        i += n
+    flag = data[i : i + 22]
+    if flag == _HAS_MORE[1]:
+        has_more = True
+    elif flag == _HAS_MORE[0]:
+        has_more = False
+    else:
+        return None
+    head = _head_at(data, i + 22, 3)
+    if head is None:
+        return None
+    n, i = head
+    if i + n != end:
+        return None
+    try:
+        cursor = data[i:end].decode()
+    except UnicodeDecodeError:
+        return None
+    return {"records": records, "has_more": has_more, "next_cursor": cursor}
+
+
 def decode_page_cbor(data: bytes) -> object:
     """Strict DAG-CBOR decode of a feed page: exactly :func:`dagcbor_decode`.
 
@@ -510,6 +592,9 @@ def decode_page_cbor(data: bytes) -> object:
     Pure CPU.
     """
     if type(data) is bytes and data:
+        fast = _strict_page(data)
+        if fast is not None:
+            return fast
         try:
             value = parse_unchecked(data)
             if _wire_page_cbor(value) == data:

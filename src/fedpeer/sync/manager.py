@@ -21,6 +21,7 @@ import builtins
 import collections
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable
 
 import anyio
@@ -30,7 +31,7 @@ from .._clock import now_ms as _now_ms
 from ..errors import FedpeerError, InternalError, PairNotFound, StoreCorrupt
 from ..store.base import StateTx, Store
 from ._machine import MachineState
-from ._puller import Puller
+from ._puller import Puller, _SignatureWorkers
 from .options import Listener, PageSource, SyncEvent, SyncOptions
 from .pairs import Pair, PairAction, PairFilter, PairState, PairStats, make_pair
 from .records import DEFAULT_LIMITS, Limits
@@ -78,6 +79,11 @@ class PairManager:
         self.limits = limits
         self._source = source
         self._verify_limiter = anyio.CapacityLimiter(self.options.verify_threads)
+        # one pool of signature worker processes for every pair, at most one per core
+        self._workers = _SignatureWorkers(
+            max(1, min(self.options.verify_threads, os.cpu_count() or 1)),
+            enabled=self.options.verify_processes,
+        )
         self._pullers: dict[str, Puller] = {}
         self._lock = anyio.Lock()
         self._nursery: anyio.abc.TaskGroup | None = None
@@ -99,31 +105,36 @@ class PairManager:
         not parse (``StoreCorrupt``) or belongs to another local DID (the data
         dir's key was replaced) is logged and skipped, never deleted.
         """
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            async with anyio.create_task_group() as nursery:
-                self._nursery = nursery
-                if self.options.autostart:
-                    for key, row in await self.store.list_state("pairs"):
-                        try:
-                            pair = Pair.from_dict(row)
-                        except StoreCorrupt as err:
-                            log.error("skipping pairs row %r: %s", key, err.message)
-                            continue
-                        if pair.local_did != self.local_did:
-                            log.error(
-                                "skipping pair %s: it belongs to %s, this node is %s",
-                                pair.id,
-                                pair.local_did,
-                                self.local_did,
-                            )
-                            continue
-                        self._start(pair)
-                task_status.started()
-                try:
-                    await anyio.sleep_forever()
-                finally:
-                    self._nursery = None
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                async with anyio.create_task_group() as nursery:
+                    self._nursery = nursery
+                    if self.options.autostart:
+                        for key, row in await self.store.list_state("pairs"):
+                            try:
+                                pair = Pair.from_dict(row)
+                            except StoreCorrupt as err:
+                                log.error("skipping pairs row %r: %s", key, err.message)
+                                continue
+                            if pair.local_did != self.local_did:
+                                log.error(
+                                    "skipping pair %s: it belongs to %s, this node is %s",
+                                    pair.id,
+                                    pair.local_did,
+                                    self.local_did,
+                                )
+                                continue
+                            self._start(pair)
+                    task_status.started()
+                    try:
+                        await anyio.sleep_forever()
+                    finally:
+                        self._nursery = None
+        finally:
+            # every puller has returned (the task group waited for them): stop the
+            # shared signature workers, also when the node is cancelled (shielded)
+            await self._workers.aclose()
 
     def stop(self) -> None:
         """Stop every puller (a commit in flight still completes). Idempotent."""
@@ -139,6 +150,7 @@ class PairManager:
             limits=self.limits,
             options=self.options,
             verify_limiter=self._verify_limiter,
+            workers=self._workers,
             listener=self._on_event,
         )
         self._pullers[pair.id] = puller

@@ -49,6 +49,11 @@ def _check_positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -
         raise ValueError(f"{attr.name} must be a positive int, got {value!r}")
 
 
+def _check_wait(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if type(value) not in (int, float) or not 0 <= value <= 10:
+        raise ValueError(f"{attr.name} must be 0 to 10 seconds, got {value!r}")
+
+
 @attrs.frozen
 class SyncOptions:
     """How a node's pullers behave.
@@ -63,10 +68,17 @@ class SyncOptions:
     ``autostart``: start the stored pairs when the node starts.
     ``pipeline_depth``: pages in flight per pair (fetched, being verified,
     being committed); 1 turns speculation off. ``verify_processes``: check the
-    signatures of large pages in worker processes (up to ``verify_threads`` per
-    pair, started on demand, stopped once the pair is caught up) instead of
-    threads; see :class:`_SignatureWorkers`. Off, or when a worker cannot be
-    started, worker threads do it.
+    signatures of large pages in worker processes (one pool per node, shared
+    by every pair: at most ``verify_threads`` processes and never more than
+    the CPUs; started on demand, stopped once no pair is catching up) instead
+    of threads; see ``fedpeer.sync._puller._SignatureWorkers``. Off, or when a
+    worker cannot be started, worker threads do it. ``commit_max_records``:
+    while a pair catches up, the pages already fetched and verified behind the
+    one being committed go into the same store transaction (records and cursor
+    together, as for one page), up to this many records per transaction (a
+    single page is always committed whole). ``commit_wait_s``: how long an
+    accepted page may wait for the pages behind it while the pair is behind
+    (0: fold only what is ready; a caught-up page never waits).
     """
 
     backoff: Backoff = DEFAULT_BACKOFF
@@ -77,8 +89,10 @@ class SyncOptions:
     )
     seed: int | None = None
     autostart: bool = True
-    pipeline_depth: int = attrs.field(default=3, validator=_check_positive_int)
+    pipeline_depth: int = attrs.field(default=4, validator=_check_positive_int)
     verify_processes: bool = True
+    commit_max_records: int = attrs.field(default=5000, validator=_check_positive_int)
+    commit_wait_s: float = attrs.field(default=0.25, validator=_check_wait)
 
 
 @attrs.frozen

@@ -1,0 +1,515 @@
+"""Several pages per store transaction, pipelined pages, one signature pool per node.
+
+Real machine, puller, manager and stores; the source is the in-memory one of
+``test_puller`` (real page building, no HTTP). Nothing here asserts a timing:
+waits are on events with generous bounds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import attrs
+import pytest
+
+from fedpeer.errors import StoreError
+from fedpeer.identity.keys import SigningKey, verify_batch
+from fedpeer.store import MemoryStore
+from fedpeer.store.base import StateTx
+from fedpeer.sync import _puller
+from fedpeer.sync._machine import MachineState, PageAccepted, PageRejected, PullMachine
+from fedpeer.sync._puller import _SignatureWorkers
+from fedpeer.sync.backoff import Backoff
+from fedpeer.sync.feed import Cursor
+from fedpeer.sync.manager import PairManager
+from fedpeer.sync.options import SyncEvent, SyncOptions
+from fedpeer.sync.pairs import Pair, PairAction, PairState, make_pair
+from fedpeer.sync.records import build_record
+
+from .test_puller import (
+    LOCAL_DID,
+    OTHER_KEY,
+    SRC_KEY,
+    FakeSource,
+    caught_up,
+    cids,
+    make_records,
+    start_env,
+)
+from .test_puller_workers import make_jobs
+
+# --- the machine: receive_next_page ---------------------------------------------------
+
+
+async def _pages(store: MemoryStore, pair: Pair, limit: int, n: int) -> list[tuple[Any, Any]]:
+    """The first ``n`` (request, page) pairs a pulling machine would see, in order."""
+    src = FakeSource(store)
+    m = PullMachine(pair, page_limit=limit)
+    out = []
+    for _ in range(n):
+        req = m.next_request()
+        assert req is not None
+        body = await src.fetch(pair, req)
+        out.append((req, body))
+        ev = m.receive_page(body)
+        assert isinstance(ev, PageAccepted)
+        m.commit_done()
+    return out
+
+
+def _pair() -> Pair:
+    return make_pair(
+        local_did=LOCAL_DID, peer_did=SRC_KEY.did, peer_url="http://127.0.0.1:9", credential=None
+    )
+
+
+async def test_machine_folds_following_pages_and_moves_the_cursor_only_on_commit() -> None:
+    store = MemoryStore()
+    recs = make_records(30)
+    await store.put([r.to_new() for r in recs])
+    pair = _pair()
+    (r1, p1), (r2, p2), (r3, p3) = await _pages(store, pair, 10, 3)
+    m = PullMachine(pair, page_limit=10)
+    assert m.next_request() == r1
+    ev = m.receive_page(p1)
+    assert isinstance(ev, PageAccepted)
+    ev2 = m.receive_next_page(r2, p2)
+    assert ev2 is not None
+    ev3 = m.receive_next_page(r3, p3)
+    assert ev3 is not None
+    assert m.state is MachineState.AWAITING_COMMIT
+    assert [r.cid for r in ev3.records] == [r.cid for r in recs]
+    assert ev3.page_sizes == (10, 10, 10)
+    assert Cursor.decode(ev3.cursor).seq == 30
+    assert ev3.pair.stats.records == 30
+    assert ev3.pair.stats.pages == 3
+    # nothing moved yet: a crash here keeps the old (absent) cursor
+    assert m.cursor is None
+    assert m.pair.cursor is None
+    m.commit_done()
+    assert Cursor.decode(m.cursor or "").seq == 30
+
+
+async def test_a_failed_multi_page_commit_keeps_the_old_cursor() -> None:
+    store = MemoryStore()
+    await store.put([r.to_new() for r in make_records(20)])
+    pair = _pair()
+    (r1, p1), (r2, p2) = await _pages(store, pair, 10, 2)
+    m = PullMachine(pair, page_limit=10)
+    m.next_request()
+    m.receive_page(p1)
+    assert m.receive_next_page(r2, p2) is not None
+    m.commit_failed(StoreError("disk full"))
+    assert m.state is MachineState.BACKING_OFF
+    assert m.cursor is None
+    m.backoff_elapsed()
+    assert m.next_request() == r1  # the same pages are asked for again
+
+
+async def test_machine_refuses_to_fold_what_it_would_not_ask_for_and_bad_pages() -> None:
+    store = MemoryStore()
+    recs = make_records(30)
+    await store.put([r.to_new() for r in recs[:10]])
+    forged = attrs.evolve(recs[10].to_new(), sig=OTHER_KEY.sign(recs[10].cid.raw))
+    await store.put([forged] + [r.to_new() for r in recs[11:20]])
+    pair = _pair()
+    src = FakeSource(store)
+    m = PullMachine(pair, page_limit=10)
+    r1 = m.next_request()
+    assert r1 is not None
+    ev = m.receive_page(await src.fetch(pair, r1))
+    assert isinstance(ev, PageAccepted)
+    r2 = attrs.evolve(r1, since=ev.cursor)
+    bad = await src.fetch(pair, r2)
+    # another request than the one that follows, or a bad page: not folded, nothing changes
+    assert m.receive_next_page(r1, bad) is None
+    assert m.receive_next_page(attrs.evolve(r2, limit=5), bad) is None
+    assert m.receive_next_page(r2, bad) is None  # a forged signature
+    assert m.receive_next_page(r2, {"records": []}) is None  # not a page
+    assert m.state is MachineState.AWAITING_COMMIT
+    assert ev.records == m._pending.records  # type: ignore[union-attr]
+    m.commit_done()
+    # fed the usual way, the bad page is rejected and named
+    assert m.next_request() == r2
+    rejected = m.receive_page(bad)
+    assert isinstance(rejected, PageRejected)
+    assert rejected.code == "BAD_SIGNATURE"
+    assert Cursor.decode(m.cursor or "").seq == 10
+
+
+async def test_machine_does_not_fold_past_a_deferred_action_or_a_caught_up_page() -> None:
+    store = MemoryStore()
+    await store.put([r.to_new() for r in make_records(15)])
+    pair = _pair()
+    (_r1, p1), (r2, p2) = await _pages(store, pair, 10, 2)
+    m = PullMachine(pair, page_limit=10)
+    m.next_request()
+    m.receive_page(p1)
+    assert m.pause() is None  # deferred until the commit
+    assert m.receive_next_page(r2, p2) is None
+    m.commit_done()
+    assert m.state is MachineState.PAUSED
+    # the second page says has_more=False: nothing can follow it in the same commit
+    m2 = PullMachine(pair, page_limit=10)
+    m2.next_request()
+    m2.receive_page(p1)
+    ev = m2.receive_next_page(r2, p2)
+    assert ev is not None
+    assert not ev.has_more
+    assert m2.receive_next_page(attrs.evolve(r2, since=ev.cursor), p2) is None
+
+
+# --- the puller: multi-page transactions ----------------------------------------------
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that checks, after every transaction, that the stored cursor
+    never passes a record that is not stored; and can fail or block commits."""
+
+    def __init__(self, source: MemoryStore) -> None:
+        super().__init__()
+        self.source = source
+        self.sizes: list[int] = []
+        self.fail_next = 0
+        self.violations: list[str] = []
+
+    async def transact(self, fn: Callable[[StateTx], Any]) -> Any:
+        puts: list[int] = []
+
+        def counted(tx: StateTx) -> Any:
+            real = tx.put_records
+
+            def put_records(records: Any) -> Any:
+                puts.append(len(records))
+                return real(records)
+
+            tx.put_records = put_records  # type: ignore[method-assign]
+            out = fn(tx)
+            if self.fail_next and puts:  # a page commit, not a pair row
+                self.fail_next -= 1
+                raise StoreError("disk full")
+            return out
+
+        result = await super().transact(counted)
+        if puts:
+            self.sizes.append(sum(puts))
+        await self._check_cursor()
+        return result
+
+    async def _check_cursor(self) -> None:
+        have = set(await cids(self))
+        for _key, row in await self.list_state("pairs"):
+            cursor = row.get("cursor")
+            if not cursor:
+                continue
+            seq = Cursor.decode(str(cursor)).seq
+            page = await self.source.changes(0, seq)
+            missing = [r.cid for r in page.records if r.cid not in have]
+            if missing:
+                self.violations.append(f"cursor at {seq} but {len(missing)} records missing")
+
+
+async def test_pages_ready_behind_a_page_commit_together(nursery: anyio.abc.TaskGroup) -> None:
+    source_store = MemoryStore()
+    target = CountingStore(source_store)
+    opts = SyncOptions(page_limit=10, commit_max_records=40, commit_wait_s=5.0, seed=3)
+    env = await start_env(nursery, opts, target)
+    env.source_store = source_store
+    env.source.store = source_store
+    recs = make_records(95)
+    await source_store.put([r.to_new() for r in recs])
+    pair = await env.create()
+    done = await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 95)
+    assert await cids(target) == [r.cid.raw for r in recs]
+    assert Cursor.decode(done.cursor or "").seq == 95
+    assert sum(target.sizes) == 95
+    assert max(target.sizes) > 10  # several pages in one transaction
+    assert max(target.sizes) <= 40  # never more than commit_max_records
+    assert len(target.sizes) < 10  # fewer transactions than pages
+    assert not target.violations
+    # one page event per page, as before
+    assert [e.records for e in env.events if e.kind == "page"][:10] == [10] * 9 + [5]
+    env.manager.stop()
+
+
+async def test_a_failed_multi_page_commit_stores_nothing_and_is_retried(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    source_store = MemoryStore()
+    target = CountingStore(source_store)
+    target.fail_next = 1
+    opts = SyncOptions(
+        page_limit=10,
+        commit_max_records=100,
+        commit_wait_s=5.0,
+        backoff=Backoff(base_s=0.01, cap_s=0.02),
+    )
+    env = await start_env(nursery, opts, target)
+    env.source.store = source_store
+    recs = make_records(50)
+    await source_store.put([r.to_new() for r in recs])
+    pair = await env.create()
+    failing = await env.wait(pair.id, lambda p: p.state is PairState.FAILING)
+    assert failing.cursor is None
+    assert failing.last_error is not None
+    assert failing.last_error.code == "STORE_ERROR"
+    done = await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 50)
+    assert await cids(target) == [r.cid.raw for r in recs]
+    assert Cursor.decode(done.cursor or "").seq == 50
+    assert not target.violations
+    env.manager.stop()
+
+
+def watch_folds(monkeypatch: pytest.MonkeyPatch) -> list[anyio.Event]:
+    """Events set when a puller starts folding (an accepted page waits for the next)."""
+    folding: list[anyio.Event] = [anyio.Event()]
+    real = _puller.Puller._fold_ready
+
+    async def fold(self: _puller.Puller, ev: PageAccepted) -> PageAccepted:
+        folding[0].set()
+        return await real(self, ev)
+
+    monkeypatch.setattr(_puller.Puller, "_fold_ready", fold)
+    return folding
+
+
+class GatedSource(FakeSource):
+    """Answers requests with ``since`` at or past ``gate_seq`` only once ``gate`` is set."""
+
+    def __init__(self, store: MemoryStore, gate_seq: int) -> None:
+        super().__init__(store)
+        self.gate = anyio.Event()
+        self.gate_seq = gate_seq
+        self.held = anyio.Event()
+
+    async def fetch(self, pair: Pair, request: Any) -> object:
+        if request.since is not None and Cursor.decode(request.since).seq >= self.gate_seq:
+            self.held.set()
+            await self.gate.wait()
+        return await super().fetch(pair, request)
+
+
+async def test_cancel_between_pages_loses_nothing_and_the_cursor_stays_behind(
+    nursery: anyio.abc.TaskGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folding = watch_folds(monkeypatch)
+    source_store = MemoryStore()
+    recs = make_records(60)
+    await source_store.put([r.to_new() for r in recs])
+    target = CountingStore(source_store)
+    source = GatedSource(source_store, gate_seq=20)
+    opts = SyncOptions(page_limit=10, commit_max_records=60, commit_wait_s=10.0)
+    events: list[SyncEvent] = []
+    manager = PairManager(target, local_did=LOCAL_DID, source=source, options=opts)
+    manager.add_listener(events.append)
+    async with anyio.create_task_group() as tg:
+        await tg.start(manager.run)
+        pair, _ = await manager.create(
+            peer_did=SRC_KEY.did, peer_url="http://127.0.0.1:9", credential=None
+        )
+        with anyio.fail_after(30):
+            await source.held.wait()  # page 3 held back
+            await folding[0].wait()  # page 1 accepted, waiting to fold what follows
+        assert not [e for e in events if e.kind == "page"]
+        manager.stop()  # node shutdown while the fold waits for page 3
+    assert await target.count() == 0  # the folded pages were never committed...
+    row = await target.get_state("pairs", pair.id)
+    assert row is not None
+    assert row["cursor"] is None
+    # a restarted node pulls everything, once
+    source.gate.set()
+    manager2 = PairManager(target, local_did=LOCAL_DID, source=source, options=opts)
+    await nursery.start(manager2.run)
+    with anyio.fail_after(30):
+        done = await manager2.wait_for(pair.id, lambda p: caught_up(p) and p.stats.records == 60)
+    assert await cids(target) == [r.cid.raw for r in recs]
+    assert Cursor.decode(done.cursor or "").seq == 60
+    assert not target.violations
+    manager2.stop()
+
+
+async def test_a_user_action_does_not_wait_for_the_fold(
+    nursery: anyio.abc.TaskGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folding = watch_folds(monkeypatch)
+    source_store = MemoryStore()
+    await source_store.put([r.to_new() for r in make_records(40)])
+    source = GatedSource(source_store, gate_seq=10)
+    opts = SyncOptions(page_limit=10, commit_wait_s=10.0)
+    manager = PairManager(MemoryStore(), local_did=LOCAL_DID, source=source, options=opts)
+    await nursery.start(manager.run)
+    pair, _ = await manager.create(
+        peer_did=SRC_KEY.did, peer_url="http://127.0.0.1:9", credential=None
+    )
+    with anyio.fail_after(30):
+        await folding[0].wait()  # page 1 accepted, waiting to fold page 2 (held back)
+    with anyio.fail_after(5):  # well under commit_wait_s: the pause cuts the wait short
+        paused = await manager.act(pair.id, PairAction.PAUSE)
+    assert paused.state is PairState.PAUSED
+    assert Cursor.decode(manager.get(pair.id).cursor or "").seq == 10  # page 1 committed
+    assert await manager.store.count() == 10
+    manager.stop()
+
+
+# --- pipelining: a bad page stops the pair, nothing after it is stored -------------------
+
+
+async def test_a_bad_page_in_the_pipeline_stores_the_pages_before_it_and_none_after(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    source_store = MemoryStore()
+    target = CountingStore(source_store)
+    opts = SyncOptions(
+        page_limit=10,
+        pipeline_depth=6,
+        commit_max_records=100,
+        commit_wait_s=5.0,
+        backoff=Backoff(base_s=60),
+    )
+    env = await start_env(nursery, opts, target)
+    env.source.store = source_store
+    recs = make_records(60)
+    forged = attrs.evolve(recs[25].to_new(), sig=OTHER_KEY.sign(recs[25].cid.raw))
+    await source_store.put([r.to_new() for r in recs[:25]] + [forged])
+    await source_store.put([r.to_new() for r in recs[26:]])
+    pair = await env.create()
+    failing = await env.wait(pair.id, lambda p: p.state is PairState.FAILING)
+    assert failing.last_error is not None
+    assert failing.last_error.code == "BAD_SIGNATURE"
+    assert Cursor.decode(failing.cursor or "").seq == 20
+    # pages 1-2 stored; page 3 (bad) and pages 4-6 (fetched ahead, clean) are not
+    assert await cids(target) == [r.cid.raw for r in recs[:20]]
+    assert len(env.source.requests) > 3  # later pages had been fetched
+    row = await target.get_state("pairs", pair.id)
+    assert row is not None
+    assert Cursor.decode(str(row["cursor"])).seq == 20
+    assert not target.violations
+    env.manager.stop()
+
+
+# --- one signature pool per node --------------------------------------------------------
+
+
+async def test_pool_serves_requests_in_arrival_order_across_pairs() -> None:
+    """Pair B's slice, queued behind two of pair A's, runs before A's later ones."""
+    workers = _SignatureWorkers(1)
+    limiter = anyio.CapacityLimiter(1)
+    jobs = make_jobs(300)
+    expected = verify_batch(jobs)
+    order: list[str] = []
+    try:
+
+        async def one(name: str, user: object) -> None:
+            assert await workers.check(jobs, limiter, user=user) == expected
+            order.append(name)
+
+        a, b = object(), object()
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for name, user in [("a1", a), ("a2", a), ("b1", b), ("a3", a), ("a4", a)]:
+                    tg.start_soon(one, name, user)
+                    await anyio.wait_all_tasks_blocked()  # queued before the next one
+        assert order == ["a1", "a2", "b1", "a3", "a4"]
+        assert len(workers._procs) == 1
+        await workers.done_with(a)
+        assert workers._procs  # b has not caught up yet: keep the worker
+        await workers.done_with(b)
+        assert not workers._procs  # nobody is catching up: stopped
+    finally:
+        await workers.aclose()
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_pairs_share_one_pool_that_stops_with_the_manager(
+    cancel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Any] = []
+    live: list[int] = []
+    one_started = anyio.Event()
+    real_start = _SignatureWorkers._start
+
+    async def counting_start(self: _SignatureWorkers) -> Any:
+        proc = await real_start(self)
+        started.append(proc)
+        live.append(len(self._procs))
+        one_started.set()
+        return proc
+
+    monkeypatch.setattr(_SignatureWorkers, "_start", counting_start)
+    keys = [SigningKey.from_seed(bytes([0x40 + i]) * 32) for i in range(3)]
+    now = int(time.time() * 1000) - 60_000
+    stores = []
+    for key in keys:
+        s = MemoryStore()
+        await s.put(
+            [
+                build_record(
+                    key, namespace="app", thread="t", kind="k", body=i, now_ms=now
+                ).to_new()
+                for i in range(1200)
+            ]
+        )
+        stores.append(s)
+
+    class MultiSource:
+        async def fetch(self, pair: Pair, request: Any) -> object:
+            i = [k.did for k in keys].index(pair.peer_did)
+            return await FakeSource(stores[i]).fetch(pair, request)
+
+    target = MemoryStore()
+    opts = SyncOptions(page_limit=600, verify_threads=2, commit_wait_s=0.0)
+    manager = PairManager(target, local_did=LOCAL_DID, source=MultiSource(), options=opts)
+    assert manager._workers.size == min(2, os.cpu_count() or 1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(manager.run)
+        pairs = [
+            (
+                await manager.create(
+                    peer_did=k.did, peer_url=f"http://127.0.0.{i + 2}:9", credential=None
+                )
+            )[0]
+            for i, k in enumerate(keys)
+        ]
+        with anyio.fail_after(120):
+            if cancel:
+                await one_started.wait()  # workers are running: cancel mid catch-up
+                tg.cancel_scope.cancel()
+            else:
+                for p in pairs:
+                    await manager.wait_for(p.id, lambda q: caught_up(q) and q.stats.records == 1200)
+                manager.stop()
+    # all pairs used the one pool: never more live processes than its size
+    assert started
+    assert max(live) <= manager._workers.size
+    assert not manager._workers._procs
+    assert all(p.returncode is not None for p in started)  # stopped and reaped
+    if not cancel:
+        assert await target.count() == 3600
+
+
+async def test_pool_size_never_exceeds_its_processes(nursery: anyio.abc.TaskGroup) -> None:
+    workers = _SignatureWorkers(2)
+    limiter = anyio.CapacityLimiter(8)
+    jobs = make_jobs(400)
+    peak = 0
+
+    async def one() -> None:
+        nonlocal peak
+        assert await workers.check(jobs, limiter) == verify_batch(jobs)
+        peak = max(peak, len(workers._procs))
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(6):
+                    tg.start_soon(one)
+        assert 1 <= peak <= 2
+    finally:
+        await workers.aclose()
+    await anyio.lowlevel.checkpoint()
