@@ -190,6 +190,10 @@ def test_batch_verdicts_equal_record_from_wire(
     expected = [outcome(lambda i=i: record_from_wire(i, limits=limits, now_ms=NOW)) for i in items]
     got = [as_outcome(r) for r in verify_wire_items(items, limits=limits, now_ms=NOW)]
     assert got == expected
+    if outcome(lambda: record_from_wire(item, limits=limits, now_ms=NOW))[0] != "ok":
+        # the undamaged record already breaks a limit (a body deeper than 3): that
+        # error comes first for every variant; only the equality above applies
+        return
     for how, (kind, _) in zip(hows, got, strict=True):
         if how in ("forged", "bad_name_forged", "future_forged"):
             assert kind == BadSignature.__name__
