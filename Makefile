@@ -24,10 +24,11 @@ run: $(STAMP)
 test: system-deps js-deps $(STAMP) lint typecheck pytest
 
 # Debian packages the multi-host, discovery and Avahi interop tests use (iproute2: network
-# namespaces; avahi-daemon, avahi-utils, dbus: tests/peer/test_avahi_interop.py).
+# namespaces; avahi-daemon, avahi-utils, dbus: tests/peer/test_avahi_interop.py; curl: the
+# independent TLS pin check in tests/peer/test_tls.py).
 # Installed only when root and missing (one `command -v` per package, so a repeated
 # `make test` costs nothing); `apt-get update` only when something is missing.
-SYSTEM_PACKAGES := iproute2 avahi-daemon avahi-utils dbus
+SYSTEM_PACKAGES := iproute2 avahi-daemon avahi-utils dbus curl
 system-deps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
@@ -35,6 +36,7 @@ system-deps:
 	  command -v avahi-daemon >/dev/null || missing="$$missing avahi-daemon"; \
 	  command -v avahi-browse >/dev/null || missing="$$missing avahi-utils"; \
 	  command -v dbus-daemon >/dev/null || missing="$$missing dbus"; \
+	  command -v curl >/dev/null || missing="$$missing curl"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
