@@ -517,3 +517,37 @@ async def test_two_way_pairing_syncs_back_over_https(two_https: tuple[Node, Node
     assert a.pairs.get(reverse_id).peer_url.startswith("https://")
     await b.append(namespace="n", thread="t", kind="k", body={"from": "b"})
     await _wait_pair(a, reverse_id, lambda p: p.stats.records >= 1)
+
+
+async def test_a_cached_check_does_not_outlive_a_repin_of_its_origin_by_another_did() -> None:
+    """PeerVerifier caches a check per (URL, DID) but pins live per origin: once
+    another node holds the address and is checked for its own DID on the same
+    client (a pairing from its invite re-pins the origin), the pair's cached check
+    must not let its credential go there under that DID's pin: it checks again
+    (DID_MISMATCH) and the call carrying the credential never runs."""
+    from fedpeer.peer._pinning import PeerVerifier
+
+    async with new_http_client(timeout=10) as http:
+        pins = pins_of(http)
+        assert pins is not None
+        verifier = PeerVerifier(http)
+        async with open_node(config=TLS) as a:
+            url = a.url
+            await verifier.ensure(url, a.did)
+            first = pins.get(origin_of(url))
+            assert first is not None
+            assert first.did == a.did
+        async with open_node(port=_port(url), config=TLS) as other:
+            assert other.did != a.did
+            await check_peer(http, url, other.did)
+            repinned = pins.get(origin_of(url))
+            assert repinned is not None
+            assert repinned.did == other.did
+            calls: list[str] = []
+
+            async def call() -> None:
+                calls.append("sent")
+
+            with pytest.raises(DidMismatch):
+                await verifier.run(url, a.did, call)
+            assert calls == []

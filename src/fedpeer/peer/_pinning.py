@@ -36,6 +36,7 @@ from ..identity.envelope import VerifiedDocument
 from ._transport import (
     CBOR,
     Pin,
+    origin_of,
     peer_pin,
     pinned_context,
     pins_of,
@@ -207,26 +208,35 @@ async def check_peer(
 class PeerVerifier:
     """Per (URL, DID) proof that a pair talks to its peer, cached until the
     manifest's expiry; :meth:`forget` on any error so the next attempt re-checks
-    (a TLS change, an impostor taking the address, a rotated certificate)."""
+    (a TLS change, an impostor taking the address, a rotated certificate).
+
+    A cached check holds only while the origin keeps the very pin that check
+    set: the pin store is keyed by origin, so a check of that origin for
+    another DID (a pairing with whoever now holds the address) or a forgotten
+    pin re-checks before this DID's credential is sent there."""
 
     client: httpx.AsyncClient
     timeout: float = 10.0
-    _until: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    _checked: dict[tuple[str, str], tuple[float, Pin | None]] = attrs.field(factory=dict)
+
+    def _pin(self, url: str) -> Pin | None:
+        store = pins_of(self.client)
+        return store.get(origin_of(url)) if store is not None else None
 
     async def ensure(self, url: str, did: str) -> None:
         """Check ``url`` against ``did`` unless a check is still valid.
         Raises what :func:`check_peer` raises."""
         key = (url.rstrip("/"), did)
-        if time.time() < self._until.get(key, 0.0):
+        until, pin = self._checked.get(key, (0.0, None))
+        if time.time() < until and self._pin(url) is pin:
             return
-        with anyio.fail_after(self.timeout * 2):
-            verified = await check_peer(self.client, url, did, timeout=self.timeout)
-        self._until[key] = verified.expires_at
+        verified = await check_peer(self.client, url, did, timeout=self.timeout)
+        self._checked[key] = (verified.expires_at, self._pin(url))
 
     def forget(self, url: str, did: str) -> None:
         """Drop the cached check of ``(url, did)``; the origin keeps its pin until a
         new check replaces it (a connection meanwhile still needs the old pin)."""
-        self._until.pop((url.rstrip("/"), did), None)
+        self._checked.pop((url.rstrip("/"), did), None)
 
     async def run(self, url: str, did: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """``call()`` after :meth:`ensure`; on TLS_PIN_MISMATCH (e.g. the peer
