@@ -24,11 +24,9 @@ import httpx
 
 from ..errors import (
     FedpeerError,
-    PageTooLarge,
     PeerInvalid,
     PeerTooSlow,
     PeerUnreachable,
-    RedirectRefused,
     TlsPinMismatch,
 )
 from ..identity.canonical import dagcbor_decode, dagjson_decode
@@ -36,11 +34,13 @@ from ..identity.envelope import VerifiedDocument
 from ._transport import (
     CBOR,
     Pin,
+    buffered,
     origin_of,
     peer_pin,
     pinned_context,
     pins_of,
     raise_for_error,
+    read_bounded,
     unreachable_message,
 )
 from .manifest import manifest_pins, verify_manifest
@@ -50,49 +50,35 @@ __all__ = ["PeerVerifier", "check_peer", "judge_pins"]
 _T = TypeVar("_T")
 WELL_KNOWN = "/.well-known/fedpeer"
 MAX_MANIFEST_BYTES = 256 * 1024
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_MANIFEST_BYTES:
-            raise PageTooLarge(
-                f"the manifest is over {MAX_MANIFEST_BYTES} bytes; a fedpeer node's is a few KiB"
-            )
-    return bytes(body)
+"""The largest well-known manifest answer a client reads (a manifest is a few KiB)."""
 
 
 async def _fetch(
-    client: httpx.AsyncClient,
-    url: str,
-    headers: dict[str, str],
-    timeout: float,
-    https: bool,
-    oob: frozenset[str],
-) -> tuple[httpx.Response, str | None, bytes]:
-    """GET the manifest: no redirects, the served pin read before any body byte,
-    the body read under :data:`MAX_MANIFEST_BYTES`."""
-    async with client.stream(
-        "GET", url, headers=headers, timeout=timeout, follow_redirects=False
-    ) as response:
+    client: httpx.AsyncClient, base_url: str, timeout: float, https: bool, oob: frozenset[str]
+) -> tuple[httpx.Response, str | None]:
+    """GET the manifest: the served pin read before any body byte (an
+    out-of-band mismatch reads no body), the body read by the transport's
+    bounded reader under :data:`MAX_MANIFEST_BYTES` (no redirect, no
+    compression); an error answer raised as the peer's error."""
+    headers = {"Accept": CBOR, "Accept-Encoding": "identity"}
+    url = base_url.rstrip("/") + WELL_KNOWN
+    request = client.build_request("GET", url, headers=headers, timeout=timeout)
+    response = await client.send(request, stream=True, follow_redirects=False)
+    try:
         seen = peer_pin(response.extensions.get("network_stream")) if https else None
         if https and oob and seen not in oob:  # before reading a byte of the body
-            return response, seen, b""
-        if 300 <= response.status_code < 400:
-            raise RedirectRefused(
-                f"{url} answered {response.status_code} (a redirect); fedpeer never follows "
-                "redirects: use the node's own address"
-            )
-        body = await _read_capped(response)
-        if response.status_code >= 400:
-            response._content = body
-            raise_for_error(response)
-    return response, seen, body
+            return buffered(response, b""), seen
+        body = await read_bounded(response, MAX_MANIFEST_BYTES, base_url)
+    finally:
+        await response.aclose()
+    answer = buffered(response, body)
+    raise_for_error(answer)
+    return answer, seen
 
 
-def _decode(response: httpx.Response, body: bytes) -> object:
+def _decode(response: httpx.Response) -> object:
     ctype = response.headers.get("content-type", "").split(";")[0].strip()
+    body = response.content
     return dagcbor_decode(body) if ctype == CBOR else dagjson_decode(body)
 
 
@@ -163,12 +149,10 @@ async def check_peer(
     256 KiB), PEER_TOO_SLOW (not read within ``timeout`` seconds in all),
     REDIRECT_REFUSED; the peer's error for an error answer. Cancellable.
     """
-    url = base_url.rstrip("/") + WELL_KNOWN
     # did:web peers are verified by certificate authorities (the client's own TLS
     # validation), not pinned: their manifest is fetched like any https page.
     https = base_url.lower().startswith("https://") and not (did or "").startswith("did:web:")
     oob = frozenset(oob_pins)
-    headers = {"Accept": CBOR}
     try:
         if https:
             probe = httpx.AsyncClient(
@@ -181,10 +165,11 @@ async def check_peer(
             probe = client
         try:
             with anyio.fail_after(timeout):  # one deadline for the whole read, not per chunk
-                response, seen, body = await _fetch(probe, url, headers, timeout, https, oob)
+                response, seen = await _fetch(probe, base_url, timeout, https, oob)
         except TimeoutError:
             raise PeerTooSlow(
-                f"{base_url} did not send its manifest within {timeout:g} s"
+                f"{base_url} did not send its manifest within {timeout:g} s; check that "
+                "the address is the node's and try again when the link is better"
             ) from None
         finally:
             if probe is not client:
@@ -193,7 +178,7 @@ async def check_peer(
         raise PeerUnreachable(unreachable_message(base_url, exc)) from exc
     if https and oob and seen not in oob:
         judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
-    verified = verify_manifest(_decode(response, body), expected_did=did, now=now)
+    verified = verify_manifest(_decode(response), expected_did=did, now=now)
     if not https:
         return verified
     pins = manifest_pins(verified.document)

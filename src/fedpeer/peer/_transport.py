@@ -7,7 +7,7 @@ error answer becomes the server's :class:`~fedpeer.errors.FedpeerError`
 subclass (:func:`raise_for_error`), a transport failure ``PeerUnreachable``
 (its ``__cause__`` is the httpx error), bodies are DAG-CBOR or DAG-JSON.
 
-Every answer is read *bounded* (issue 10, protocol.md §9.6): the body is
+Every answer is read *bounded* (issue 10, protocol.md §8.7): the body is
 streamed and refused past a byte cap (``PAGE_TOO_LARGE``), the whole request
 (connect, headers, body) runs under one deadline (``PEER_TOO_SLOW``; httpx's own
 timeouts are per read, so a peer dripping a byte now and then would never trip
@@ -57,6 +57,8 @@ __all__ = [
     "pinned_context",
     "pins_of",
     "raise_for_error",
+    "read_bounded",
+    "refuse_unbounded",
 ]
 
 CBOR = "application/cbor"
@@ -416,43 +418,10 @@ class HttpTransport:
         """Send ``request``, stream the answer and keep at most ``cap`` bytes of it."""
         response = await self.client.send(request, stream=True, follow_redirects=False)
         try:
-            if 300 <= response.status_code < 400:
-                where = response.headers.get("location", "")
-                raise RedirectRefused(
-                    f"{self.base_url} answered {request.method} {request.url.path} with a "
-                    f"redirect (HTTP {response.status_code} to {where[:200]!r}); fedpeer does "
-                    "not follow redirects: use the node's own URL"
-                )
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise PeerInvalid(
-                    f"{self.base_url} sent a {encoding!r}-encoded answer though "
-                    "identity was asked for; compressed answers are refused"
-                )
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.strip().isdigit() and int(declared) > cap:
-                raise PageTooLarge(
-                    f"{self.base_url} announced a {declared}-byte answer to "
-                    f"{request.method} {request.url.path}; at most {cap} bytes are read"
-                )
-            body = bytearray()
-            async for chunk in response.aiter_raw():
-                if len(body) + len(chunk) > cap:
-                    raise PageTooLarge(
-                        f"{self.base_url} sent more than {cap} bytes for "
-                        f"{request.method} {request.url.path}; the answer was dropped"
-                    )
-                body += chunk
+            body = await read_bounded(response, cap, self.base_url)
         finally:
             await response.aclose()
-        keep = {
-            k: v
-            for k, v in response.headers.multi_items()
-            if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")
-        }
-        return httpx.Response(
-            response.status_code, headers=keep, content=bytes(body), request=request
-        )
+        return buffered(response, body)
 
     @staticmethod
     def decode(response: httpx.Response) -> object:
@@ -461,6 +430,65 @@ class HttpTransport:
         if ctype == CBOR:
             return dagcbor_decode(response.content)
         return dagjson_decode(response.content)
+
+
+def refuse_unbounded(response: httpx.Response, cap: int, where: str) -> None:
+    """Refuse, from its head alone, an answer that cannot be read bounded: a
+    redirect (``REDIRECT_REFUSED``; never followed), a compressed body
+    (``PEER_INVALID``; identity is asked for) or a ``Content-Length`` over
+    ``cap`` (``PAGE_TOO_LARGE``)."""
+    request = response.request
+    what = f"{request.method} {request.url.path}"
+    if 300 <= response.status_code < 400:
+        to = response.headers.get("location", "")
+        raise RedirectRefused(
+            f"{where} answered {what} with a redirect (HTTP {response.status_code} to "
+            f"{to[:200]!r}); fedpeer does not follow redirects: use the node's own URL"
+        )
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise PeerInvalid(
+            f"{where} sent a {encoding!r}-encoded answer to {what} though identity was "
+            "asked for; compressed answers are refused: check that it is a fedpeer node"
+        )
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+        raise PageTooLarge(
+            f"{where} announced a {declared}-byte answer to {what}; at most {cap} bytes "
+            "are read. Check that it is a fedpeer node, or raise the cap if it is yours"
+        )
+
+
+async def read_bounded(response: httpx.Response, cap: int, where: str) -> bytes:
+    """The body of a streamed ``response``, refused past ``cap`` bytes
+    (``PAGE_TOO_LARGE``) and by :func:`refuse_unbounded`. The one bounded reader
+    of answers from other nodes (pages, manifests, admin answers). The caller
+    closes the response; the deadline is the caller's."""
+    refuse_unbounded(response, cap, where)
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        if len(body) + len(chunk) > cap:
+            request = response.request
+            raise PageTooLarge(
+                f"{where} sent more than {cap} bytes for {request.method} {request.url.path}; "
+                "the answer was dropped. Check that it is a fedpeer node, or raise the cap "
+                "if it is yours"
+            )
+        body += chunk
+    return bytes(body)
+
+
+def buffered(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A closed, fully read copy of a streamed ``response`` holding ``body``
+    (``.content`` / ``.json()`` work; transfer headers dropped)."""
+    keep = {
+        k: v
+        for k, v in response.headers.multi_items()
+        if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")
+    }
+    return httpx.Response(
+        response.status_code, headers=keep, content=body, request=response.request
+    )
 
 
 def unreachable_message(url: str, exc: httpx.TransportError) -> str:

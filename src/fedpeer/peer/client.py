@@ -36,14 +36,12 @@ from ..identity.envelope import VerifiedDocument
 from ..identity.keys import SigningKey
 from ..sync.feed import decode_page_cbor, page_from_wire
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
-from ._pinning import check_peer
+from ._pinning import MAX_MANIFEST_BYTES, check_peer
 from ._transport import CBOR, DEFAULT_MAX_RESPONSE_BYTES, HttpTransport, raise_for_error
 from .manifest import verify_manifest
 
 Feed = Literal["normal", "longpoll", "continuous"]
 
-MANIFEST_MAX_BYTES = 256 * 1024
-"""The largest well-known manifest answer a client reads (a manifest is a few KiB)."""
 
 _PAGE_PREFIX = b"\xa3\x67records"  # canonical page map: 3 keys, "records" sorts first
 
@@ -154,7 +152,7 @@ class PeerClient(HttpTransport):
         response = await self.request(
             "GET",
             "/.well-known/fedpeer",
-            max_bytes=min(MANIFEST_MAX_BYTES, self.max_response_bytes),
+            max_bytes=min(MAX_MANIFEST_BYTES, self.max_response_bytes),
         )
         body = self._decode(response)
         return verify_manifest(body, expected_did=expected_did, now=now)
