@@ -10,7 +10,10 @@ answers other paths with one hostile behaviour:
 - ``many``: a 15 MB DAG-CBOR page whose ``records`` list claims and holds 10^6
   tiny items;
 - ``drip``: a valid-looking answer whose body comes one byte every 20 s;
-- ``redirect``: ``302 Found`` to another address.
+- ``redirect``: ``302 Found`` to another address;
+- ``sse_endless_line``: a continuous feed (``text/event-stream``) whose record
+  event's ``data:`` line never ends (64 KiB of ``x`` per chunk);
+- ``silent``: reads the request and never answers (not even the status line).
 
 ``manifest_behaviour`` applies one of those to the manifest path instead
 (for the reciprocal-URL test). Every loop is bounded; the server counts the
@@ -158,5 +161,19 @@ class HostilePeer:
                 await stream.send_all(b"\xa3")
                 self.sent[slot] += 1
                 await trio.sleep(20)  # the hostile peer's pace, not a test synchronisation
+        elif behaviour == "sse_endless_line":
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            start = b": fedpeer continuous feed\n\nevent: record\nid: c1\ndata: "
+            await stream.send_all(f"{len(start):x}\r\n".encode() + start + b"\r\n")
+            line = b"x" * len(CHUNK)
+            frame = f"{len(line):x}\r\n".encode() + line + b"\r\n"
+            for _ in range(200_000):  # 12.5 GiB at most: ends when the client hangs up
+                await stream.send_all(frame)
+                self.sent[slot] += len(line)
+        elif behaviour == "silent":
+            await trio.sleep(120)  # the hostile peer's pace; the test's nursery ends it
         else:
             raise AssertionError(f"unknown behaviour {behaviour!r}")

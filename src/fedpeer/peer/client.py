@@ -8,9 +8,12 @@ subclass; transport failures as :class:`PeerUnreachable`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Literal
 
+import anyio
 import attrs
 import httpx
 
@@ -28,6 +31,7 @@ from ..errors import (
     PageInvalid,
     PageTooLarge,
     PeerInvalid,
+    PeerTooSlow,
     PeerUnreachable,
     error_from_code,
 )
@@ -37,12 +41,22 @@ from ..identity.keys import SigningKey
 from ..sync.feed import decode_page_cbor, page_from_wire
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
 from ._pinning import MAX_MANIFEST_BYTES, check_peer
-from ._transport import CBOR, DEFAULT_MAX_RESPONSE_BYTES, HttpTransport, raise_for_error
+from ._transport import (
+    CBOR,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HttpTransport,
+    buffered,
+    raise_for_error,
+    read_bounded,
+    refuse_unbounded,
+    unreachable_message,
+)
 from .manifest import verify_manifest
 
 Feed = Literal["normal", "longpoll", "continuous"]
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 _PAGE_PREFIX = b"\xa3\x67records"  # canonical page map: 3 keys, "records" sorts first
 
 
@@ -96,6 +110,43 @@ def _stream_error(data: str) -> FedpeerError:
         return PeerInvalid(f"the stream ended with an unreadable error event {data[:200]!r}")
 
 
+_SSE_FIELDS = frozenset({"event", "id", "data"})
+_ERROR_BODY_CAP = 64 * 1024
+"""The largest error answer read (a fedpeer error body is a few hundred bytes)."""
+
+
+def sse_line_cap(limits: Limits) -> int:
+    """The longest line of the continuous feed a client reads: a record's event
+    line carries its wire form (data and signature in base64) and its readable
+    view (the body again), so four times the largest record plus 64 KiB."""
+    return 4 * limits.max_record_bytes + 64 * 1024
+
+
+async def sse_lines(
+    chunks: AsyncIterator[bytes], cap: int, where: str
+) -> AsyncGenerator[str, None]:
+    """The lines of an event stream (ended by CRLF, LF or CR), decoded as UTF-8,
+    none longer than ``cap`` bytes: ``PAGE_TOO_LARGE`` as soon as more than
+    ``cap`` bytes arrive without a line end, so memory stays bounded."""
+    buf = bytearray()
+    async for chunk in chunks:
+        buf += chunk
+        start = 0
+        while (m := _LINE_END.search(buf, start)) is not None:
+            end = m.start()
+            if buf[end] == 0x0D and end + 1 == len(buf):
+                break  # a CR last: wait for a possible LF
+            yield buf[start:end].decode("utf-8", "replace")
+            start = m.end()
+        del buf[:start]
+        if len(buf) > cap:
+            raise PageTooLarge(
+                f"{where} sent a line of more than {cap} bytes on its change stream; the "
+                "stream was dropped. Check that it is a fedpeer node (a record's line is "
+                "far shorter), or raise the record limit if it is yours"
+            )
+
+
 class PeerClient(HttpTransport):
     """A client for one peer node.
 
@@ -126,8 +177,6 @@ class PeerClient(HttpTransport):
             max_response_bytes=max_response_bytes,
         )
         self.limits = limits
-        self._client = self.client
-        self._headers = self.headers
 
     _decode = staticmethod(HttpTransport.decode)
 
@@ -305,42 +354,64 @@ class PeerClient(HttpTransport):
         Yields a StreamEvent per record (verified) and per checkpoint. Runs until
         cancelled or the server closes the stream; an ``event: error`` from the
         server (TOKEN_REVOKED, TOKEN_EXPIRED) is raised as that error.
+
+        Read bounded like every answer: connecting, the TLS handshake and the
+        answer's head share one deadline (the transport's ``timeout``;
+        ``PEER_TOO_SLOW``), a redirect or a compressed answer is refused, an
+        error answer is read under 64 KiB, and one line of the stream may hold
+        at most :func:`sse_line_cap` bytes (``PAGE_TOO_LARGE``: a record's
+        line is far shorter), so an endless line cannot grow memory.
         """
         params: dict[str, str] = {"feed": "continuous"}
         if namespace:
             params["namespace"] = namespace
         if thread:
             params["thread"] = thread
-        headers = dict(self._headers)
+        headers = dict(self.headers)
         headers["Accept"] = "text/event-stream"
+        headers["Accept-Encoding"] = "identity"
         if since:
             headers["Last-Event-ID"] = since
+        request = self.client.build_request(
+            "GET",
+            self.base_url + "/v1/sync/changes",
+            params=params,
+            headers=headers,
+            timeout=httpx.Timeout(min(self.timeout, 10.0), read=None),
+        )
+        cap = sse_line_cap(self.limits)
         try:
-            async with self._client.stream(
-                "GET",
-                self.base_url + "/v1/sync/changes",
-                params=params,
-                headers=headers,
-                timeout=httpx.Timeout(10.0, read=None),
-            ) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise_for_error(response)
+            try:
+                with anyio.fail_after(self.timeout):
+                    response = await self.client.send(request, stream=True, follow_redirects=False)
+            except TimeoutError:
+                raise PeerTooSlow(
+                    f"{self.base_url} did not open its change stream within {self.timeout:g} s; "
+                    "the peer is stalled or the link too slow: try again later"
+                ) from None
+            try:
+                if response.status_code >= 300:
+                    with anyio.fail_after(self.timeout):
+                        body = await read_bounded(response, _ERROR_BODY_CAP, self.base_url)
+                    raise_for_error(buffered(response, body))
+                refuse_unbounded(response, cap, self.base_url)
                 event: dict[str, str] = {}
-                async for line in response.aiter_lines():
-                    if line == "":
-                        if event.get("event") == "error":
-                            raise _stream_error(event.get("data", ""))
-                        if "id" in event:
-                            yield self._stream_event(event)
-                        event = {}
-                    elif line.startswith(":"):
-                        continue
-                    else:
-                        field, _, value = line.partition(":")
-                        event[field] = value[1:] if value.startswith(" ") else value
+                async with aclosing(sse_lines(response.aiter_raw(), cap, self.base_url)) as lines:
+                    async for line in lines:
+                        if line == "":
+                            if event.get("event") == "error":
+                                raise _stream_error(event.get("data", ""))
+                            if "id" in event:
+                                yield self._stream_event(event)
+                            event = {}
+                        elif not line.startswith(":"):
+                            field, _, value = line.partition(":")
+                            if field in _SSE_FIELDS:  # others are ignored, so never stored
+                                event[field] = value[1:] if value.startswith(" ") else value
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
-            raise PeerUnreachable(f"stream from {self.base_url} broke: {exc!r}") from exc
+            raise PeerUnreachable(unreachable_message(self.base_url, exc)) from exc
 
     def _stream_event(self, event: dict[str, str]) -> StreamEvent:
         cursor = event["id"]
@@ -381,13 +452,13 @@ class PeerClient(HttpTransport):
         the reverse pair of a two-way pairing under ``reverse_pair``)."""
         invite = parse_invite_url(invite_url)
         await check_peer(
-            self._client,
+            self.client,
             invite.node_url,
             invite.issuer_did,
             oob_pins=[invite.pin] if invite.pin else (),
             timeout=min(self.timeout, 10.0),
         )
-        issuer = PeerClient(invite.node_url, client=self._client, limits=self.limits)
+        issuer = PeerClient(invite.node_url, client=self.client, limits=self.limits)
         preview = await issuer.get_value(f"/v1/invites/{invite.invite_id}")
         check_invite_preview(preview, invite)
         body: dict[str, object] = {"holder_type": holder_type, "secret": invite.secret}

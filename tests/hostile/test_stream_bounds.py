@@ -1,0 +1,62 @@
+"""The continuous feed's client is bounded too (protocol.md §8.5, §8.7).
+
+``PeerClient.stream_changes`` read lines with httpx's ``aiter_lines``, which keeps
+a line until its end: a peer sending a ``data:`` line that never ends grew the
+client without bound. Its open had only per-read timeouts (and no read timeout
+at all, the stream being long-lived), so a peer that accepts and never answers
+held the caller forever. Now every line is capped (PAGE_TOO_LARGE) and the
+connect, TLS handshake and answer head share one deadline (PEER_TOO_SLOW).
+Hostile fake peers (tests/hostile/fakepeer.py, raw HTTP on loopback).
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from fedpeer.errors import PageTooLarge, PeerTooSlow
+from fedpeer.peer import PeerClient
+from fedpeer.peer.client import sse_line_cap
+from fedpeer.sync.records import Limits
+from tests.hostile.fakepeer import HostilePeer
+
+MIB = 1024 * 1024
+
+
+async def _first_event(peer: PeerClient) -> None:
+    async for _event in peer.stream_changes():
+        raise AssertionError("no event was expected from this peer")
+
+
+SMALL = Limits(max_record_bytes=64 * 1024)  # a 320 KiB line cap
+
+
+async def test_an_endless_sse_line_is_cut_at_the_line_cap() -> None:
+    hostile = HostilePeer("sse_endless_line")
+    async with trio.open_nursery() as nursery:
+        await hostile.start(nursery)
+        async with PeerClient(hostile.url, token="t", limits=SMALL) as peer:
+            with trio.fail_after(30), pytest.raises(PageTooLarge) as caught:
+                await _first_event(peer)  # none can end: its line never does
+        nursery.cancel_scope.cancel()
+    assert caught.value.code == "PAGE_TOO_LARGE"
+    assert f"more than {sse_line_cap(SMALL)} bytes" in caught.value.message
+    assert "Check that it is a fedpeer node" in caught.value.message  # a next step
+    # Cut off near the 320 KiB cap (socket buffers aside), not after gigabytes.
+    assert hostile.sent[0] < 16 * MIB, hostile.sent
+
+
+async def test_a_peer_that_never_answers_the_stream_is_too_slow() -> None:
+    hostile = HostilePeer("silent")
+    async with trio.open_nursery() as nursery:
+        await hostile.start(nursery)
+        t0 = trio.current_time()
+        async with PeerClient(hostile.url, token="t", timeout=1.0) as peer:
+            with trio.fail_after(30), pytest.raises(PeerTooSlow) as caught:
+                await _first_event(peer)
+        took = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    assert caught.value.code == "PEER_TOO_SLOW"
+    assert "try again later" in caught.value.message
+    assert hostile.requests.get("/v1/sync/changes") == 1
+    assert took < 20, took
