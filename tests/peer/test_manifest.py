@@ -51,6 +51,27 @@ async def _serve_manifest(nursery: trio.Nursery, well_known: dict[str, object]) 
     return url
 
 
+async def test_manifest_fetch_sends_no_bearer(node: Node) -> None:
+    """PeerClient.manifest() is how a client checks who serves a URL: the
+    token it holds for that peer must not go out before the check."""
+    wk = await _real_well_known(node)
+    seen: list[str | None] = []
+
+    async def handler(request: Request) -> JSONResponse:
+        seen.append(request.headers.get("authorization"))
+        return JSONResponse(wk)
+
+    async with trio.open_nursery() as nursery:
+        url, _ = await serve_asgi(
+            nursery, Starlette(routes=[Route("/.well-known/fedpeer", handler)])
+        )
+        async with PeerClient(url, token="fp_not_for_an_unproven_peer") as peer:
+            verified = await peer.manifest(expected_did=node.did)
+        nursery.cancel_scope.cancel()
+    assert verified.did == node.did
+    assert seen == [None]
+
+
 async def _real_well_known(node: Node) -> dict[str, object]:
     async with PeerClient(node.url) as peer:
         value = await peer.get_value("/.well-known/fedpeer")

@@ -373,16 +373,19 @@ class HttpTransport:
         timeout: float | None = None,
         max_bytes: int | None = None,
         deadline: float | None = None,
+        bearer: bool = True,
     ) -> httpx.Response:
         """Send one request and read its whole answer, bounded.
 
         ``timeout`` is httpx's per-read timeout; ``deadline`` the seconds the
         whole exchange may take (default: ``timeout``, else the transport's);
-        ``max_bytes`` the largest body read (default: ``max_response_bytes``).
+        ``max_bytes`` the largest body read (default: ``max_response_bytes``);
+        ``bearer=False`` leaves the token out (a public route of a peer whose
+        identity is not proven yet).
         Raises the server's error for a 4xx/5xx answer, ``PEER_UNREACHABLE``
         when the node cannot be reached, ``PAGE_TOO_LARGE``, ``PEER_TOO_SLOW``,
         ``REDIRECT_REFUSED``, ``PEER_INVALID`` (a compressed answer)."""
-        headers = dict(self.headers)
+        headers = dict(self.headers) if bearer else {}
         headers["Accept"] = accept
         headers["Accept-Encoding"] = "identity"
         content: bytes | None = None

@@ -195,13 +195,15 @@ class PeerClient(HttpTransport):
     ) -> VerifiedDocument:
         """Fetch and verify the peer's well-known manifest.
 
-        Raises BadSignature (tampered), SignatureExpired, DidMismatch (signed
-        by another DID than ``expected_did``), PeerInvalid, PeerUnreachable.
+        The bearer is not sent (the manifest is public and the peer not proven
+        yet). Raises BadSignature (tampered), SignatureExpired, DidMismatch
+        (signed by another DID than ``expected_did``), PeerInvalid, PeerUnreachable.
         """
         response = await self.request(
             "GET",
             "/.well-known/fedpeer",
             max_bytes=min(MAX_MANIFEST_BYTES, self.max_response_bytes),
+            bearer=False,
         )
         body = self._decode(response)
         return verify_manifest(body, expected_did=expected_did, now=now)
