@@ -6,7 +6,8 @@ client without bound. Its open had only per-read timeouts (and no read timeout
 at all, the stream being long-lived), so a peer that accepts and never answers
 held the caller forever. Now every line is capped (PAGE_TOO_LARGE) and the
 connect, TLS handshake and answer head share one deadline (PEER_TOO_SLOW).
-Hostile fake peers (tests/hostile/fakepeer.py, raw HTTP on loopback).
+The errors a caller meets say what to do next. Hostile fake peers
+(tests/hostile/fakepeer.py, raw HTTP on loopback).
 """
 
 from __future__ import annotations
@@ -60,3 +61,20 @@ async def test_a_peer_that_never_answers_the_stream_is_too_slow() -> None:
     assert "try again later" in caught.value.message
     assert hostile.requests.get("/v1/sync/changes") == 1
     assert took < 20, took
+
+
+async def test_bounded_read_errors_say_what_to_do_next() -> None:
+    """The errors a PeerClient user meets from a hostile peer end in a next step."""
+    silent, huge = HostilePeer("silent"), HostilePeer("huge")
+    async with trio.open_nursery() as nursery:
+        await silent.start(nursery)
+        await huge.start(nursery)
+        async with PeerClient(silent.url, token="t", timeout=1.0) as peer:
+            with trio.fail_after(30), pytest.raises(PeerTooSlow) as slow:
+                await peer.changes()
+        async with PeerClient(huge.url, token="t") as peer:
+            with trio.fail_after(30), pytest.raises(PageTooLarge) as large:
+                await peer.changes()
+        nursery.cancel_scope.cancel()
+    assert "check the link and try again" in slow.value.message
+    assert "Check that it is a fedpeer node" in large.value.message

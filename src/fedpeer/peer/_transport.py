@@ -307,8 +307,14 @@ def raise_for_error(response: httpx.Response) -> None:
         code = str(body["error"]["code"])
         message = str(body["error"]["message"])
     except Exception:
+        try:
+            where = str(response.request.url.copy_with(query=None))
+        except RuntimeError:  # a response built without its request
+            where = "the peer"
         raise PeerError(
-            f"peer answered HTTP {response.status_code} without a fedpeer error body"
+            f"{where} answered HTTP "
+            f"{response.status_code} without a fedpeer error body; check that the URL is a "
+            "fedpeer node's (not a proxy or another service)"
         ) from None
     err = error_from_code(code, message, response.status_code)
     if isinstance(err, RateLimited):
@@ -410,7 +416,8 @@ class HttpTransport:
         except TimeoutError:
             raise PeerTooSlow(
                 f"{self.base_url} did not answer {method} {path} within {limit_s:g} s; "
-                "the peer is stalled or the link too slow (it is retried later)"
+                "the peer is stalled or the link too slow: check the link and try again "
+                "(a pair retries by itself)"
             ) from None
         except httpx.TransportError as exc:
             raise PeerUnreachable(unreachable_message(self.base_url, exc)) from exc

@@ -107,7 +107,10 @@ def _stream_error(data: str) -> FedpeerError:
         err = body["error"]  # type: ignore[index]
         return error_from_code(str(err["code"]), str(err["message"]))
     except Exception:
-        return PeerInvalid(f"the stream ended with an unreadable error event {data[:200]!r}")
+        return PeerInvalid(
+            f"the stream ended with an unreadable error event {data[:200]!r}; "
+            "check that the peer runs fedpeer"
+        )
 
 
 _SSE_FIELDS = frozenset({"event", "id", "data"})
@@ -279,7 +282,8 @@ class PeerClient(HttpTransport):
             count = page_record_count(body)
             if count > limit:
                 raise PageTooLarge(
-                    f"{self.base_url} sent a page of {count} records; {limit} were asked for"
+                    f"{self.base_url} sent a page of {count} records; {limit} were asked "
+                    "for. The peer is broken or hostile: check that it runs fedpeer"
                 )
             return decode_page_cbor(body)  # = dagcbor_decode, faster for pages
         if strict_cbor:
