@@ -302,6 +302,33 @@ async def test_pinned_connection_sends_nothing_to_a_wrong_certificate() -> None:
     assert bytes(impostor.received) == b""  # not even the request line
 
 
+async def test_a_pooled_connection_is_not_written_to_once_its_pin_is_replaced() -> None:
+    """A kept-alive connection outlives the pin it was accepted under: once the
+    origin's pin no longer lists its certificate (another DID checked at that
+    address, a rotation), the next request does not go over it; a new handshake
+    meets the current pin (TLS_PIN_MISMATCH here) and the old peer gets nothing."""
+    impostor = Impostor({"nothing": True})
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(impostor.serve, 0)
+        url = f"https://127.0.0.1:{port}"
+        async with new_http_client(timeout=10) as http:
+            pins = pins_of(http)
+            assert pins is not None
+            pins.set(url, Pin("did:key:zWas", frozenset({impostor.cert.pin}), None, "invite"))
+            first = await http.get(url + "/first")
+            assert first.status_code == 200
+            assert impostor.connections == 1
+            pins.set(url, Pin("did:key:zNow", frozenset({"B" * 43}), None, "manifest"))
+            with pytest.raises(TlsPinMismatch):
+                await http.get(url + "/second", headers={"Authorization": "Bearer s3cret"})
+        tg.cancel_scope.cancel()
+    assert impostor.connections == 2  # a new handshake, not the pooled connection
+    seen = bytes(impostor.received)
+    assert b"GET /first " in seen
+    assert b"/second" not in seen
+    assert b"s3cret" not in seen
+
+
 async def test_another_node_on_the_address_is_did_mismatch_and_the_pair_stops() -> None:
     """Issue 10 #3: a real node with another key takes the peer's address."""
     async with open_node(config=TLS) as b:

@@ -149,19 +149,35 @@ def peer_pin(stream: object) -> str | None:
 
 
 class _PinnedStream(httpcore.AsyncNetworkStream):
-    """A TCP stream that, on ``start_tls``, applies the origin's pin."""
+    """A TCP stream that, on ``start_tls``, applies the origin's pin; the TLS
+    stream it gives back checks the pin again before every write.
+
+    A pooled connection outlives the pin it was accepted under: another DID
+    checked at that address, or a rotation, replaces the origin's pin. A
+    connection whose certificate the current pin does not list is retired
+    before a byte is written (``ConnectionNotAvailable``: httpcore closes it and
+    takes another connection, whose handshake meets the current pin)."""
 
     def __init__(
-        self, inner: httpcore.AsyncNetworkStream, origin: tuple[str, int], pins: PinStore
+        self,
+        inner: httpcore.AsyncNetworkStream,
+        origin: tuple[str, int],
+        pins: PinStore,
+        spki: str | None = None,
     ) -> None:
         self._inner = inner
         self._origin = origin
         self._pins = pins
+        self._spki = spki  # the served certificate's pin, once TLS is up
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self._spki is not None:
+            pin = self._pins.get(self._origin)
+            if pin is not None and self._spki not in pin.spkis:
+                raise httpcore.ConnectionNotAvailable()
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -178,7 +194,8 @@ class _PinnedStream(httpcore.AsyncNetworkStream):
     ) -> httpcore.AsyncNetworkStream:
         pin = self._pins.get(self._origin)
         if pin is None:  # no pin: the certificate authorities (did:web, public hosts)
-            return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+            tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+            return _PinnedStream(tls, self._origin, self._pins, peer_pin(tls))
         tls = await self._inner.start_tls(pinned_context(), server_hostname, timeout)
         seen = peer_pin(tls)
         if seen is None or seen not in pin.spkis:
@@ -190,7 +207,7 @@ class _PinnedStream(httpcore.AsyncNetworkStream):
                 "nothing was sent. Another machine may hold that address: check the peer "
                 "(`fedpeer id` on it) and its address"
             )
-        return tls
+        return _PinnedStream(tls, self._origin, self._pins, seen)
 
 
 class _PinningBackend(httpcore.AsyncNetworkBackend):
