@@ -578,3 +578,40 @@ async def test_a_cached_check_does_not_outlive_a_repin_of_its_origin_by_another_
             with pytest.raises(DidMismatch):
                 await verifier.run(url, a.did, call)
             assert calls == []
+
+
+def test_a_rotation_cut_between_key_and_certificate_is_finished_at_start(
+    tmp_path: Path,
+) -> None:
+    """activate_next writes tls.key then tls.crt: a crash between the two left a
+    key that is not the certificate's (the node could not serve). The next start
+    sees the announced pair's half in place and finishes the rotation."""
+    from fedpeer._files import write_private
+    from fedpeer.peer.tls import TLS_NEXT_CERT_FILE, TLS_NEXT_KEY_FILE, TlsIdentity
+
+    did = SigningKey.generate().did
+    tls = TlsIdentity.load_or_create(did, tmp_path)
+    nxt = tls.announce_next()
+    write_private(tmp_path / TLS_KEY_FILE, nxt.key_pem)  # the crash: only the key written
+    again = TlsIdentity.load_or_create(did, tmp_path)
+    assert again.current.pin == nxt.pin
+    assert again.next is None
+    assert (tmp_path / TLS_CERT_FILE).read_bytes() == nxt.cert_pem
+    assert not (tmp_path / TLS_NEXT_KEY_FILE).exists()
+    assert not (tmp_path / TLS_NEXT_CERT_FILE).exists()
+    again.server_context()  # the pair loads: the key is the certificate's
+
+
+def test_a_key_that_is_not_the_certificates_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    from fedpeer.errors import DataDirError
+    from fedpeer.peer.tls import TlsIdentity
+
+    did = SigningKey.generate().did
+    TlsIdentity.load_or_create(did, tmp_path)
+    from fedpeer._files import write_private
+
+    write_private(tmp_path / TLS_KEY_FILE, TlsCert.generate(did).key_pem)
+    with pytest.raises(DataDirError) as caught:
+        TlsIdentity.load_or_create(did, tmp_path)
+    assert "not the certificate's" in caught.value.message
+    assert "remove both files" in caught.value.message

@@ -119,9 +119,13 @@ class TlsCert:
 
     @classmethod
     def from_pem(cls, key_pem: bytes, cert_pem: bytes) -> TlsCert:
-        """Read a stored pair (ValueError when it does not parse)."""
+        """Read a stored pair (ValueError when it does not parse, or when the key
+        is not the certificate's)."""
         cert = x509.load_pem_x509_certificate(cert_pem)
-        serialization.load_pem_private_key(key_pem, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+            raise ValueError("the key is not the certificate's")
         return cls(key_pem=key_pem, cert_pem=cert_pem, pin=spki_sha256(cert))
 
     def load_into(self, ctx: ssl.SSLContext) -> None:
@@ -173,6 +177,17 @@ def _write_pair(ddir: Path, key_name: str, cert_name: str, cert: TlsCert) -> Non
         ) from exc
 
 
+def _half_activated(ddir: Path, nxt: TlsCert) -> bool:
+    """True when ``tls.key`` or ``tls.crt`` already holds ``nxt``'s half (an
+    activation interrupted between the two writes)."""
+    try:
+        key = (ddir / TLS_KEY_FILE).read_bytes()
+        crt = (ddir / TLS_CERT_FILE).read_bytes()
+    except OSError:
+        return False
+    return key == nxt.key_pem or crt == nxt.cert_pem
+
+
 def local_client_context(data_dir: Path) -> ssl.SSLContext | None:
     """For the operator's own tools (CLI, scripts) talking to the node of
     ``data_dir``: a client context that trusts exactly that node's certificate
@@ -217,14 +232,24 @@ class TlsIdentity:
         file readable by others."""
         if data_dir is None:
             return cls(did=did, current=TlsCert.generate(did))
-        current = _read_pair(data_dir, TLS_KEY_FILE, TLS_CERT_FILE)
+        nxt = _read_pair(data_dir, TLS_NEXT_KEY_FILE, TLS_NEXT_CERT_FILE)
+        try:
+            current = _read_pair(data_dir, TLS_KEY_FILE, TLS_CERT_FILE)
+        except DataDirError:
+            if nxt is None or not _half_activated(data_dir, nxt):
+                raise
+            # activate_next stopped between the key and the certificate: finish it.
+            current, nxt = nxt, None
+            _write_pair(data_dir, TLS_KEY_FILE, TLS_CERT_FILE, current)
+            for name in (TLS_NEXT_KEY_FILE, TLS_NEXT_CERT_FILE):
+                (data_dir / name).unlink(missing_ok=True)
+            log.warning("finished an interrupted TLS rotation: serving pin %s", current.pin)
         if current is None:
             current = TlsCert.generate(did)
             _write_pair(data_dir, TLS_KEY_FILE, TLS_CERT_FILE, current)
             log.info(
                 "created the TLS certificate %s (pin %s)", data_dir / TLS_CERT_FILE, current.pin
             )
-        nxt = _read_pair(data_dir, TLS_NEXT_KEY_FILE, TLS_NEXT_CERT_FILE)
         return cls(did=did, current=current, next=nxt, data_dir=data_dir)
 
     @property
