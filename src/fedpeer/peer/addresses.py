@@ -18,11 +18,11 @@ def is_wildcard(host: str) -> bool:
 
 
 def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback addresses."""
+    """True for localhost and loopback addresses (an IPv6 one bracketed or not)."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
