@@ -78,3 +78,24 @@ async def test_bounded_read_errors_say_what_to_do_next() -> None:
         nursery.cancel_scope.cancel()
     assert "check the link and try again" in slow.value.message
     assert "Check that it is a fedpeer node" in large.value.message
+
+
+async def test_the_request_deadline_covers_connect_and_the_tls_handshake() -> None:
+    """A peer that takes the TCP connection and never answers the TLS ClientHello:
+    httpx's connect timeout is per operation (10 s here); the one deadline of the
+    request (1 s) ends it, as PEER_TOO_SLOW, and so does the stream's open."""
+    hostile = HostilePeer("silent")  # reads the ClientHello as a request head forever
+    async with trio.open_nursery() as nursery:
+        await hostile.start(nursery)
+        url = hostile.url.replace("http://", "https://")
+        t0 = trio.current_time()
+        async with PeerClient(url, token="t", timeout=40.0) as peer:
+            with trio.fail_after(30), pytest.raises(PeerTooSlow):
+                await peer.request("GET", "/v1/sync/changes", deadline=1.0)
+        took = trio.current_time() - t0
+        async with PeerClient(url, token="t", timeout=1.0) as peer:
+            with trio.fail_after(30), pytest.raises(PeerTooSlow):
+                await _first_event(peer)
+        nursery.cancel_scope.cancel()
+    assert took < 8, took  # not the 10 s connect timeout
+    assert hostile.requests == {}  # no HTTP request head ever arrived

@@ -383,7 +383,9 @@ class PeerClient(HttpTransport):
             self.base_url + "/v1/sync/changes",
             params=params,
             headers=headers,
-            timeout=httpx.Timeout(min(self.timeout, 10.0), read=None),
+            # No per-operation timeout: the open has its one deadline below, and the
+            # stream then idles between events for as long as the caller follows it.
+            timeout=httpx.Timeout(None),
         )
         cap = sse_line_cap(self.limits)
         try:
