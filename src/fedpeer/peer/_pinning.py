@@ -35,6 +35,7 @@ from ._transport import (
     CBOR,
     Pin,
     buffered,
+    new_http_client,
     origin_of,
     peer_pin,
     pinned_context,
@@ -154,15 +155,9 @@ async def check_peer(
     https = base_url.lower().startswith("https://") and not (did or "").startswith("did:web:")
     oob = frozenset(oob_pins)
     try:
-        if https:
-            probe = httpx.AsyncClient(
-                verify=pinned_context(),
-                trust_env=False,
-                timeout=timeout,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
-            )
-        else:
-            probe = client
+        # Over https a fresh client with no pin and no CA: it accepts any
+        # certificate and carries nothing secret; the served pin is judged below.
+        probe = new_http_client(timeout=timeout, ca_context=pinned_context()) if https else client
         try:
             with anyio.fail_after(timeout):  # one deadline for the whole read, not per chunk
                 response, seen = await _fetch(probe, base_url, timeout, https, oob)
