@@ -181,15 +181,13 @@ class PeerClient(HttpTransport):
         )
         self.limits = limits
 
-    _decode = staticmethod(HttpTransport.decode)
-
     async def get_value(self, path: str, **params: str | int) -> object:
         """GET ``path`` and decode the DAG-CBOR answer."""
-        return self._decode(await self.request("GET", path, params=params))
+        return self.decode(await self.request("GET", path, params=params))
 
     async def post_value(self, path: str, body: object) -> object:
         """POST ``body`` as JSON to ``path`` and decode the DAG-CBOR answer."""
-        return self._decode(await self.request("POST", path, json_body=body))
+        return self.decode(await self.request("POST", path, json_body=body))
 
     # --- identity ----------------------------------------------------------------
 
@@ -208,7 +206,7 @@ class PeerClient(HttpTransport):
             max_bytes=min(MAX_MANIFEST_BYTES, self.max_response_bytes),
             bearer=False,
         )
-        body = self._decode(response)
+        body = self.decode(response)
         return verify_manifest(body, expected_did=expected_did, now=now)
 
     async def verify_identity(
@@ -291,7 +289,7 @@ class PeerClient(HttpTransport):
                 f"{self.base_url} answered a feed page as {ctype or 'no type'!r}, not "
                 f"{CBOR} as asked"
             )
-        return self._decode(response)
+        return self.decode(response)
 
     async def changes(
         self,
@@ -436,7 +434,7 @@ class PeerClient(HttpTransport):
         response = await self.request(
             "POST", "/v1/sync/records", cbor_body={"ids": [str(i) for i in ids]}
         )
-        body = self._decode(response)
+        body = self.decode(response)
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             raise Malformed("batch answer has no records list")
         now = now_ms()
