@@ -190,10 +190,11 @@ class PeerVerifier:
     manifest's expiry; :meth:`forget` on any error so the next attempt re-checks
     (a TLS change, an impostor taking the address, a rotated certificate).
 
-    A cached check holds only while the origin keeps the very pin that check
-    set: the pin store is keyed by origin, so a check of that origin for
-    another DID (a pairing with whoever now holds the address) or a forgotten
-    pin re-checks before this DID's credential is sent there."""
+    A cached check holds only while the origin keeps the pin that check set
+    (an equal one: same DID, certificates, expiry): the pin store is keyed by
+    origin, so after a check of that origin for another DID (a pairing with
+    whoever now holds the address) or a forgotten pin, this DID is checked
+    again before its credential is sent there."""
 
     client: httpx.AsyncClient
     timeout: float = 10.0
@@ -208,7 +209,7 @@ class PeerVerifier:
         Raises what :func:`check_peer` raises."""
         key = (url.rstrip("/"), did)
         until, pin = self._checked.get(key, (0.0, None))
-        if time.time() < until and self._pin(url) is pin:
+        if time.time() < until and self._pin(url) == pin:
             return
         verified = await check_peer(self.client, url, did, timeout=self.timeout)
         self._checked[key] = (verified.expires_at, self._pin(url))
