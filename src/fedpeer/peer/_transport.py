@@ -19,7 +19,6 @@ inflate past the cap).
 from __future__ import annotations
 
 import ssl
-import time
 import typing
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -88,10 +87,6 @@ class Pin:
     spkis: frozenset[str]
     expires_at: float | None = None
     source: str = "manifest"
-
-    def fresh(self, now: float | None = None) -> bool:
-        """True while the pin may be used without re-reading the manifest."""
-        return self.expires_at is None or (time.time() if now is None else now) < self.expires_at
 
 
 @attrs.define
