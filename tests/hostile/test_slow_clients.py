@@ -169,3 +169,45 @@ async def test_head_and_body_timeouts_on_both_backends(tmp_path: Path, anyio_bac
                         got += data
                 assert got.startswith(expect), got[:200]
                 assert anyio.current_time() - t0 >= 0.9  # closed by the timeout, not at once
+
+
+async def test_an_embedded_app_caps_requests_in_flight_per_address(tmp_path: Path) -> None:
+    """``build_app`` itself carries the per-address cap, so an embedder serving it with
+    its own ASGI server is bounded like ``open_node``: with a cap of 1, a longpoll in
+    flight makes the next request from that address RATE_LIMITED (429) at once, and
+    the slot is free again when the longpoll ends."""
+    from fedpeer.peer.app import build_app
+
+    cfg = NodeConfig(max_conns_per_ip=1, rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        auth = {"Authorization": f"Bearer {node.admin_token}"}
+        transport = httpx.ASGITransport(app=build_app(node.state))
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://node", timeout=30) as http,
+            anyio.create_task_group() as tg,
+        ):
+            head = (await http.get("/v1/sync/changes", headers=auth)).json()["next_cursor"]
+            polled: list[httpx.Response] = []
+            done = anyio.Event()
+
+            async def longpoll() -> None:
+                params = {"feed": "longpoll", "timeout": "30", "since": head}
+                polled.append(await http.get("/v1/sync/changes", params=params, headers=auth))
+                done.set()
+
+            tg.start_soon(longpoll)
+            with anyio.fail_after(10):
+                await anyio.wait_all_tasks_blocked()  # the longpoll is parked in its wait
+            assert not done.is_set()
+            refused = await http.get("/health")
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "RATE_LIMITED"
+            assert refused.headers["retry-after"] == "1"
+            assert not done.is_set()  # the longpoll still holds the slot
+            await node.records.append(namespace="ns", thread="t", kind="note", body={})
+            with anyio.fail_after(10):
+                await done.wait()
+        assert polled[-1].status_code == 200, polled[-1].text
+        assert len(polled[-1].json()["records"]) == 1
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+            assert (await http.get("/health")).status_code == 200

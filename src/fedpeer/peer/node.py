@@ -69,7 +69,7 @@ from ._pairing import PeerPageSource
 from ._pinning import PeerVerifier
 from ._state import AppState
 from ._transport import new_http_client
-from .app import ConnectionGuard, build_app
+from .app import build_app
 from .discovery import Discovery
 from .services import (
     GrantService,
@@ -509,7 +509,7 @@ async def open_node(
         )
         state = AppState.create(core, pairs=PairService(core, manager))
         state.invites.attach_pairs(state.pairs)  # type: ignore[arg-type]
-        app = ConnectionGuard(build_app(state), cfg.max_conns_per_ip)
+        app = build_app(state)
         shutdown = anyio.Event()
         server = _Server()
         async with anyio.create_task_group() as tg:
