@@ -141,6 +141,25 @@ async def test_junk_authorization_on_a_public_route_is_ignored(tmp_path: Path) -
         assert r.json()["error"]["code"] == "AUTH_REQUIRED"
 
 
+async def test_a_real_bearer_on_a_public_route_is_still_checked(tmp_path: Path) -> None:
+    """Only a header that is not a bearer token is ignored on a public route: a
+    well-formed bearer that is wrong, or revoked, is TOKEN_INVALID (401) there too (a
+    public route is no oracle that treats a dead token as anonymous), and a
+    good one is seen (``/v1/identity`` names it)."""
+    async with open_node(tmp_path / "n") as node, httpx.AsyncClient(timeout=10) as client:
+        issued = await node.tokens.create("reader", scopes=["reader"])
+        good = {"Authorization": f"Bearer {issued.token}"}
+        r = await client.get(node.url + "/v1/identity", headers=good)
+        assert r.status_code == 200, r.text
+        assert r.json()["token"]["token_id"] == issued.token_id
+        await node.tokens.revoke(issued.service_account.id)
+        for bearer in (issued.token, "fp_not_a_token", issued.token + "x"):
+            for path in ("/health", "/v1/identity"):
+                r = await client.get(node.url + path, headers={"Authorization": f"Bearer {bearer}"})
+                assert r.status_code == 401, (path, bearer, r.text)
+                assert r.json()["error"]["code"] == "TOKEN_INVALID"
+
+
 @pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
 async def test_head_and_body_timeouts_on_both_backends(tmp_path: Path, anyio_backend: str) -> None:
     """The same bounds on hypercorn's asyncio worker as on trio's (anyio sockets)."""
