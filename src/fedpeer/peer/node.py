@@ -80,7 +80,7 @@ from .services import (
     RecordService,
     TokenService,
 )
-from .tls import TLS_CERT_FILE, TLS_KEY_FILE, TlsIdentity
+from .tls import TlsIdentity
 
 log = logging.getLogger("fedpeer.node")
 
@@ -331,9 +331,6 @@ def _bind(
     runs, on any backend. With ``tls`` the sockets serve HTTPS."""
     hconf = _HypercornConfig()
     hconf.tls = tls
-    if tls is not None and tls.data_dir is not None:
-        hconf.certfile = str(tls.data_dir / TLS_CERT_FILE)
-        hconf.keyfile = str(tls.data_dir / TLS_KEY_FILE)
     hconf.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconf.graceful_timeout = cfg.graceful_timeout_s
     hconf.accesslog = None
