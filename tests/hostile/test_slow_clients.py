@@ -230,3 +230,32 @@ async def test_an_embedded_app_caps_requests_in_flight_per_address(tmp_path: Pat
         assert len(polled[-1].json()["records"]) == 1
         async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
             assert (await http.get("/health")).status_code == 200
+
+
+async def test_only_requests_within_the_rate_count_as_the_peer_seen(tmp_path: Path) -> None:
+    """An authenticated request from a peer's DID wakes its failing pairs (at most once
+    a second per pair, PairManager.wake); a request refused by the rate limit (429)
+    does not even look: a flooding peer costs the node no pair scan per request."""
+    from fedpeer.identity.keys import SigningKey
+
+    peer = SigningKey.generate().did
+    cfg = NodeConfig(rate_per_s=0.001, rate_burst=2)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        issued = await node.tokens.create("peer", scopes=["reader"], holder_did=peer)
+        manager = node.pairs.manager
+        real_wake = manager.wake
+        seen: list[str | None] = []
+
+        def counting_wake(peer_did: str | None, *, reason: str) -> list[str]:
+            seen.append(peer_did)
+            return real_wake(peer_did, reason=reason)
+
+        manager.wake = counting_wake  # type: ignore[method-assign]
+        headers = {"Authorization": f"Bearer {issued.token}"}
+        async with httpx.AsyncClient(timeout=10) as client:
+            codes = [
+                (await client.get(node.url + "/v1/sync/changes", headers=headers)).status_code
+                for _ in range(6)
+            ]
+        assert codes == [200, 200, 429, 429, 429, 429]
+        assert seen == [peer, peer]

@@ -191,13 +191,14 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
                 if not decision.allowed:
                     raise decision.error() from None
                 raise
-            if principal is not None and principal.holder_did is not None:
-                state.peer_seen(principal.holder_did, "request")
             key = f"tok:{principal.token_id}" if principal else f"ip:{client}"
             decision = state.rate_limiter.check(key, time.monotonic())
             headers = decision.headers()
             if not decision.allowed:
                 raise decision.error()
+            if principal is not None and principal.holder_did is not None:
+                # Within its rate only: a flood of refused requests costs no pair scan.
+                state.peer_seen(principal.holder_did, "request")
             if spec.scope != "public":
                 if principal is None:
                     if spec.scope == "admin" or state.config.auth_enabled:
