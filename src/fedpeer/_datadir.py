@@ -143,7 +143,7 @@ class DataDirLock:
                 "writable?"
             ) from exc
         try:
-            holder = cls._lock(fd)
+            holder = cls._lock(fd, path)
             if holder is not None:
                 raise DataDirLocked(
                     f"the data dir {data_dir} is in use by another fedpeer node "
@@ -163,7 +163,7 @@ class DataDirLock:
         return cls(data_dir, fd)
 
     @staticmethod
-    def _lock(fd: int) -> LockHolder | None:
+    def _lock(fd: int, path: Path) -> LockHolder | None:
         """None once locked; else who holds it. A holder without a live PID written
         may be one just starting or a probe: ask again briefly (bounded)."""
         holder: LockHolder | None = None
@@ -172,7 +172,11 @@ class DataDirLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise DataDirError(f"cannot lock the data dir: {exc.strerror}") from exc
+                    raise DataDirError(
+                        f"cannot lock {path}: {exc.strerror or exc}; the data dir must be on a "
+                        "file system with flock() locks (a local disk, not some network "
+                        "shares): pick another --data-dir"
+                    ) from exc
             else:
                 return None
             holder = _read_holder(fd) or LockHolder(pid=None)

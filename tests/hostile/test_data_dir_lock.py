@@ -189,3 +189,29 @@ async def test_open_node_twice_on_one_data_dir_in_one_process(tmp_path: Path) ->
     assert (tmp_path / LOCK_FILE).read_text() == ""  # emptied on release
     async with open_node(tmp_path):  # free again
         pass
+
+
+def test_a_file_system_without_locks_is_data_dir_error_naming_the_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network file systems answer flock() with ENOLCK. The start then fails
+    with DATA_DIR_ERROR naming the lock file and what to do (not a bare
+    "No locks available"), and the lock file's descriptor is closed. The file
+    system is simulated (no such mount here): flock raises ENOLCK."""
+    import errno
+
+    from fedpeer import _datadir
+    from fedpeer.errors import DataDirError
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(_datadir.fcntl, "flock", no_locks)
+    opened_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(DataDirError) as caught:
+        _datadir.DataDirLock.acquire(tmp_path)
+    message = caught.value.message
+    assert str(tmp_path / LOCK_FILE) in message
+    assert os.strerror(errno.ENOLCK) in message
+    assert "pick another --data-dir" in message
+    assert set(os.listdir("/proc/self/fd")) <= opened_before

@@ -195,3 +195,40 @@ async def test_peer_client_stream_raises_token_revoked(tmp_path: Path) -> None:
 
             with trio.fail_after(10), pytest.raises(TokenRevoked):
                 await follow()
+
+
+async def test_an_idle_sse_stream_checks_its_bearer_once_per_heartbeat(tmp_path: Path) -> None:
+    """Every wait of a long read goes through ``Ctx.wait_new``, which checks the bearer
+    after it: an idle stream costs one token lookup per heartbeat, not one per
+    heartbeat plus one per (empty) page."""
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, heartbeat_s=0.1)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        _sa, token, _tid = await _reader(node)
+        tokens = node.state.tokens
+        real = tokens.authenticate
+        calls: list[str] = []
+
+        async def counting(bearer: str):  # type: ignore[no-untyped-def]
+            calls.append(bearer)
+            return await real(bearer)
+
+        tokens.authenticate = counting  # type: ignore[method-assign]
+        heartbeats = 0
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        with trio.fail_after(10):
+            async with (
+                httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+                client.stream(
+                    "GET", node.url + "/v1/sync/changes?feed=continuous", headers=headers
+                ) as r,
+            ):
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line == ": heartbeat":
+                        heartbeats += 1
+                        if heartbeats == 6:
+                            seen = len(calls)
+                            break
+        # One for the request itself, then one per heartbeat (the next may be in flight).
+        assert 1 + heartbeats <= seen <= 2 + heartbeats, (seen, heartbeats)
+        assert set(calls) == {token}

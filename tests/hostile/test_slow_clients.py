@@ -141,6 +141,25 @@ async def test_junk_authorization_on_a_public_route_is_ignored(tmp_path: Path) -
         assert r.json()["error"]["code"] == "AUTH_REQUIRED"
 
 
+async def test_a_real_bearer_on_a_public_route_is_still_checked(tmp_path: Path) -> None:
+    """Only a header that is not a bearer token is ignored on a public route: a
+    well-formed bearer that is wrong, or revoked, is TOKEN_INVALID (401) there too (a
+    public route is no oracle that treats a dead token as anonymous), and a
+    good one is seen (``/v1/identity`` names it)."""
+    async with open_node(tmp_path / "n") as node, httpx.AsyncClient(timeout=10) as client:
+        issued = await node.tokens.create("reader", scopes=["reader"])
+        good = {"Authorization": f"Bearer {issued.token}"}
+        r = await client.get(node.url + "/v1/identity", headers=good)
+        assert r.status_code == 200, r.text
+        assert r.json()["token"]["token_id"] == issued.token_id
+        await node.tokens.revoke(issued.service_account.id)
+        for bearer in (issued.token, "fp_not_a_token", issued.token + "x"):
+            for path in ("/health", "/v1/identity"):
+                r = await client.get(node.url + path, headers={"Authorization": f"Bearer {bearer}"})
+                assert r.status_code == 401, (path, bearer, r.text)
+                assert r.json()["error"]["code"] == "TOKEN_INVALID"
+
+
 @pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
 async def test_head_and_body_timeouts_on_both_backends(tmp_path: Path, anyio_backend: str) -> None:
     """The same bounds on hypercorn's asyncio worker as on trio's (anyio sockets)."""
@@ -169,3 +188,74 @@ async def test_head_and_body_timeouts_on_both_backends(tmp_path: Path, anyio_bac
                         got += data
                 assert got.startswith(expect), got[:200]
                 assert anyio.current_time() - t0 >= 0.9  # closed by the timeout, not at once
+
+
+async def test_an_embedded_app_caps_requests_in_flight_per_address(tmp_path: Path) -> None:
+    """``build_app`` itself carries the per-address cap, so an embedder serving it with
+    its own ASGI server is bounded like ``open_node``: with a cap of 1, a longpoll in
+    flight makes the next request from that address RATE_LIMITED (429) at once, and
+    the slot is free again when the longpoll ends."""
+    from fedpeer.peer.app import build_app
+
+    cfg = NodeConfig(max_conns_per_ip=1, rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        auth = {"Authorization": f"Bearer {node.admin_token}"}
+        transport = httpx.ASGITransport(app=build_app(node.state))
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://node", timeout=30) as http,
+            anyio.create_task_group() as tg,
+        ):
+            head = (await http.get("/v1/sync/changes", headers=auth)).json()["next_cursor"]
+            polled: list[httpx.Response] = []
+            done = anyio.Event()
+
+            async def longpoll() -> None:
+                params = {"feed": "longpoll", "timeout": "30", "since": head}
+                polled.append(await http.get("/v1/sync/changes", params=params, headers=auth))
+                done.set()
+
+            tg.start_soon(longpoll)
+            with anyio.fail_after(10):
+                await anyio.wait_all_tasks_blocked()  # the longpoll is parked in its wait
+            assert not done.is_set()
+            refused = await http.get("/health")
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "RATE_LIMITED"
+            assert refused.headers["retry-after"] == "1"
+            assert not done.is_set()  # the longpoll still holds the slot
+            await node.records.append(namespace="ns", thread="t", kind="note", body={})
+            with anyio.fail_after(10):
+                await done.wait()
+        assert polled[-1].status_code == 200, polled[-1].text
+        assert len(polled[-1].json()["records"]) == 1
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+            assert (await http.get("/health")).status_code == 200
+
+
+async def test_only_requests_within_the_rate_count_as_the_peer_seen(tmp_path: Path) -> None:
+    """An authenticated request from a peer's DID wakes its failing pairs (at most once
+    a second per pair, PairManager.wake); a request refused by the rate limit (429)
+    does not even look: a flooding peer costs the node no pair scan per request."""
+    from fedpeer.identity.keys import SigningKey
+
+    peer = SigningKey.generate().did
+    cfg = NodeConfig(rate_per_s=0.001, rate_burst=2)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        issued = await node.tokens.create("peer", scopes=["reader"], holder_did=peer)
+        manager = node.pairs.manager
+        real_wake = manager.wake
+        seen: list[str | None] = []
+
+        def counting_wake(peer_did: str | None, *, reason: str) -> list[str]:
+            seen.append(peer_did)
+            return real_wake(peer_did, reason=reason)
+
+        manager.wake = counting_wake  # type: ignore[method-assign]
+        headers = {"Authorization": f"Bearer {issued.token}"}
+        async with httpx.AsyncClient(timeout=10) as client:
+            codes = [
+                (await client.get(node.url + "/v1/sync/changes", headers=headers)).status_code
+                for _ in range(6)
+            ]
+        assert codes == [200, 200, 429, 429, 429, 429]
+        assert seen == [peer, peer]

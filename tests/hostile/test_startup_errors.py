@@ -171,3 +171,61 @@ async def test_open_node_under_a_file_is_data_dir_error(tmp_path: Path) -> None:
     with pytest.raises(DataDirError, match="cannot create the data dir"):
         async with open_node(blocker / "node"):
             pytest.fail("started under a file")
+
+
+def _open_files_under(path: Path) -> list[str]:
+    """The files under ``path`` this process holds open (Linux: /proc/self/fd)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile (the directory listing's own fd)
+        if target.startswith(str(path)):
+            held.append(target)
+    return held
+
+
+def _tls_key_is_garbage(d: Path) -> None:
+    (d / "tls.key").write_text("not a PEM key")
+    os.chmod(d / "tls.key", 0o600)
+    (d / "tls.crt").write_text("not a PEM certificate")
+
+
+def _port_is_taken(_d: Path) -> None:
+    pass  # the test binds the port
+
+
+@pytest.mark.parametrize("fail", [_tls_key_is_garbage, _port_is_taken])
+async def test_a_start_failing_after_the_store_opened_gives_everything_back(
+    tmp_path: Path, fail: Callable[[Path], None]
+) -> None:
+    """A start that fails after the lock is taken and the store opened (the TLS files,
+    the port) closes the store and releases the lock: no file of the data dir stays
+    open in the process, and the next start on it works."""
+    from fedpeer._datadir import lock_holder
+    from fedpeer.errors import FedpeerError
+    from fedpeer.peer import NodeConfig, open_node
+
+    data_dir = tmp_path / "node"
+    async with open_node(data_dir):
+        pass  # the store, the key and the admin token exist
+    fail(data_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1] if fail is _port_is_taken else 0
+        with pytest.raises(BaseException) as caught:  # noqa: PT011 - may be a group
+            async with open_node(data_dir, port=port, config=NodeConfig(tls=True)):
+                pytest.fail("the node started")
+    err = caught.value
+    while isinstance(err, BaseExceptionGroup):
+        err = err.exceptions[0]
+    assert isinstance(err, FedpeerError), err
+    assert err.code == ("START_FAILED" if fail is _port_is_taken else "DATA_DIR_ERROR")
+    assert _open_files_under(data_dir) == []
+    assert lock_holder(data_dir) is None
+    (data_dir / "tls.key").unlink(missing_ok=True)
+    (data_dir / "tls.crt").unlink(missing_ok=True)
+    async with open_node(data_dir, config=NodeConfig(tls=True)) as node:
+        assert node.url.startswith("https://")

@@ -325,37 +325,6 @@ async def _one_page(
     return build_page(changes, epoch=store.epoch, key=store.cursor_key, visible=view.record_visible)
 
 
-async def _wait_new(
-    ctx: Ctx, after_seq: int, timeout: float, interest: tuple[ChangeFilter, ...] | None = None
-) -> bool:
-    """Wait until the store has a record past ``after_seq`` that matches ``interest``
-    (what the caller may see: ``ConsentView.wake_filters``), the node closes or time
-    is up. Returns True when woken by the store (new records, or grants changed).
-    """
-    landed = False
-    if interest is None:
-        # "Any commit", spelled as a filter so that a transaction's wake_waiters()
-        # (grants changed, a token was revoked) also ends the wait: the caller then
-        # re-checks its bearer and its view (a None interest waits for records only).
-        interest = (ChangeFilter(),)
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as nursery:
-
-            async def new_records() -> None:
-                nonlocal landed
-                await ctx.app.store.wait_for_seq(after_seq, interest)
-                landed = True
-                nursery.cancel_scope.cancel()
-
-            async def closing() -> None:
-                await ctx.app.closing.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(new_records)
-            nursery.start_soon(closing)
-    return landed
-
-
 def _feed_filter(ctx: Ctx) -> ChangeFilter:
     return ChangeFilter(
         namespace_prefix=_name_param(ctx, "namespace"), thread=_name_param(ctx, "thread")
@@ -383,33 +352,20 @@ async def changes(ctx: Ctx) -> Response:
                 raise InvalidRequest("timeout must be a number of seconds") from None
         deadline = anyio.current_time() + timeout
         # Loop: records may land that the caller may not see; keep waiting until a
-        # visible one lands or time is up, advancing the cursor past the rest.
-        # The bearer is checked again after every wait (a revocation wakes the
-        # waiters; the wait ends at the token's expiry), so a revoked or expired
-        # token ends the longpoll at once with its error (issue 10).
+        # visible one lands or time is up, advancing the cursor past the rest. A
+        # revoked or expired token ends the longpoll at once with its error
+        # (Ctx.wait_new checks the bearer after every wait; issue 10).
         for _ in range(10_000):
             remaining = deadline - anyio.current_time()
             if remaining <= 0 or ctx.app.closing.is_set():
                 break
             seq = Cursor.decode(page.next_cursor).seq
             interest = (await ctx.view("sync:read")).wake_filters(flt)
-            wait = _wait_bound(ctx, remaining)
-            woke = await _wait_new(ctx, seq, wait, interest)
-            await ctx.recheck()
-            if not woke:
-                if wait < remaining:
-                    continue
-                break
-            page = await _one_page(ctx, flt, page.next_cursor, limit)
-            if page.records or page.has_more:
-                break
+            if await ctx.wait_new(seq, remaining, interest):
+                page = await _one_page(ctx, flt, page.next_cursor, limit)
+                if page.records or page.has_more:
+                    break
     return _page_response(ctx, page)
-
-
-def _wait_bound(ctx: Ctx, wait: float) -> float:
-    """``wait`` cut short to just past the caller's token expiry."""
-    expiry = ctx.until_expiry()
-    return wait if expiry is None else min(wait, expiry + 0.01)
 
 
 def _sse_error(err: FedpeerError) -> bytes:
@@ -432,40 +388,33 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
     async def events() -> AsyncIterator[bytes]:
         seq = since
         yield b": fedpeer continuous feed\n\n"
-        while not ctx.app.closing.is_set():
-            # The bearer is checked again before every page and every heartbeat: a
-            # revoked or expired token ends the stream with an error event.
-            try:
-                await ctx.recheck()
-            except AuthRequired as err:
-                yield _sse_error(err)
-                return
-            # Grants are read again for every page, so a change applies mid-stream.
-            view = await ctx.view("sync:read")
-            visible = view.record_visible
-            page = await store.changes(seq, limit, flt)
-            for rec in page.records:
-                if visible(rec):
-                    cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key).encode()
-                    yield _sse_event("record", cursor, dagjson_encode(_rec_json(rec)))
-            if page.last_seq > seq:
-                last_sent = page.records[-1].seq if page.records else seq
-                if page.last_seq != last_sent or not any(visible(r) for r in page.records[-1:]):
-                    # Records the caller may not see advanced the feed: checkpoint the
-                    # cursor so a resume does not rescan them.
-                    cursor = page_cursor(page, epoch=store.epoch, key=store.cursor_key).encode()
-                    yield _sse_event("checkpoint", cursor, b"{}")
-                seq = page.last_seq
-            if page.last_seq < page.head_seq:
-                continue
-            wait = _wait_bound(ctx, heartbeat)
-            if not await _wait_new(ctx, seq, wait, view.wake_filters(flt)) and wait >= heartbeat:
-                try:
+        try:
+            while not ctx.app.closing.is_set():
+                # Grants are read again for every page, so a change applies mid-stream.
+                view = await ctx.view("sync:read")
+                visible = view.record_visible
+                page = await store.changes(seq, limit, flt)
+                for rec in page.records:
+                    if visible(rec):
+                        cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key)
+                        yield _sse_event("record", cursor.encode(), dagjson_encode(_rec_json(rec)))
+                if page.last_seq > seq:
+                    last_sent = page.records[-1].seq if page.records else seq
+                    if page.last_seq != last_sent or not any(visible(r) for r in page.records[-1:]):
+                        # Records the caller may not see advanced the feed: checkpoint the
+                        # cursor so a resume does not rescan them.
+                        cursor = page_cursor(page, epoch=store.epoch, key=store.cursor_key)
+                        yield _sse_event("checkpoint", cursor.encode(), b"{}")
+                    seq = page.last_seq
+                # The bearer is checked again before every further page: right away
+                # while catching up, after the wait (Ctx.wait_new) once caught up. A
+                # revoked or expired token ends the stream with an error event.
+                if page.last_seq < page.head_seq:
                     await ctx.recheck()
-                except AuthRequired as err:
-                    yield _sse_error(err)
-                    return
-                yield b": heartbeat\n\n"
+                elif not await ctx.wait_new(seq, heartbeat, view.wake_filters(flt)):
+                    yield b": heartbeat\n\n"
+        except AuthRequired as err:
+            yield _sse_error(err)
 
     return StreamingResponse(
         events(),

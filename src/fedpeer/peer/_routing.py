@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
+import anyio
 import attrs
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,6 +29,7 @@ from ..errors import (
     TokenExpired,
     TokenRevoked,
 )
+from ..store.base import ChangeFilter
 from ._http import error_response
 from ._state import AppState
 
@@ -57,10 +59,12 @@ class Ctx:
     bearer: str | None = None
 
     async def recheck(self) -> None:
-        """Authenticate the request's bearer again (long-lived reads call it on every
-        page and heartbeat). Raises TOKEN_REVOKED when the token stopped working
-        since the request began (revoked or rotated away), TOKEN_EXPIRED when it
-        expired; nothing for an anonymous caller."""
+        """Authenticate the request's bearer again. Raises TOKEN_REVOKED when the
+        token stopped working since the request began (revoked or rotated away),
+        TOKEN_EXPIRED when it expired; nothing for an anonymous caller.
+
+        A long read calls it for every page it sends without waiting first; every
+        wait goes through :meth:`wait_new`, which calls it after the wait."""
         if self.bearer is None or self.principal is None:
             return
         try:
@@ -78,6 +82,43 @@ class Ctx:
         if self.principal is None or self.principal.expires_ms is None:
             return None
         return max(0.0, (self.principal.expires_ms - self.app.core.now_ms()) / 1000)
+
+    async def wait_new(
+        self, after_seq: int, timeout: float, interest: tuple[ChangeFilter, ...] | None
+    ) -> bool:
+        """The one wait of every long read (longpoll, SSE): until the store has a
+        record past ``after_seq`` matching ``interest`` (what the caller may see:
+        ``ConsentView.wake_filters``), the node closes, ``timeout`` is up or the
+        caller's token expires, whichever comes first. Then the bearer is checked
+        again (:meth:`recheck`): a token revoked (a revocation wakes every waiter)
+        or expired during the wait raises its error here. Returns True when woken
+        by the store (new records, or what readers may see changed)."""
+        if interest is None:
+            # "Any commit", spelled as a filter so that a transaction's wake_waiters()
+            # (grants changed, a token was revoked) also ends the wait (a None
+            # interest would wait for records only).
+            interest = (ChangeFilter(),)
+        expiry = self.until_expiry()
+        if expiry is not None:
+            timeout = min(timeout, expiry + 0.01)  # just past it
+        landed = False
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+
+                async def new_records() -> None:
+                    nonlocal landed
+                    await self.app.store.wait_for_seq(after_seq, interest)
+                    landed = True
+                    tg.cancel_scope.cancel()
+
+                async def closing() -> None:
+                    await self.app.closing.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(new_records)
+                tg.start_soon(closing)
+        await self.recheck()
+        return landed
 
     @property
     def caller_did(self) -> str | None:
@@ -150,13 +191,14 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
                 if not decision.allowed:
                     raise decision.error() from None
                 raise
-            if principal is not None and principal.holder_did is not None:
-                state.peer_seen(principal.holder_did, "request")
             key = f"tok:{principal.token_id}" if principal else f"ip:{client}"
             decision = state.rate_limiter.check(key, time.monotonic())
             headers = decision.headers()
             if not decision.allowed:
                 raise decision.error()
+            if principal is not None and principal.holder_did is not None:
+                # Within its rate only: a flood of refused requests costs no pair scan.
+                state.peer_seen(principal.holder_did, "request")
             if spec.scope != "public":
                 if principal is None:
                     if spec.scope == "admin" or state.config.auth_enabled:

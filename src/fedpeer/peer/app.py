@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -42,6 +43,10 @@ class ConnectionGuard:
     dripping connections from one address cost 64 slots, not the node (issue
     10). Idle connections and half-sent request heads never reach the app: the
     server's header timeout closes those. Loopback callers are not exempt.
+
+    It is part of every app :func:`build_app` makes (the cap is the node's
+    ``max_conns_per_ip``), so a node embedded in another ASGI server is bounded
+    the same as one :func:`~fedpeer.peer.open_node` serves.
     """
 
     def __init__(self, app: ASGIApp, max_per_ip: int) -> None:
@@ -90,7 +95,9 @@ class ConnectionGuard:
 
 
 def build_app(state: AppState, routes: list[RouteSpec] | None = None) -> Starlette:
-    """A Starlette app serving ``routes`` (default: every fedpeer route)."""
+    """A Starlette app serving ``routes`` (default: every fedpeer route), each
+    source address holding at most ``max_conns_per_ip`` requests in flight
+    (:class:`ConnectionGuard`)."""
     if routes is None:
         routes = ROUTES
     starlette_routes = [
@@ -115,7 +122,11 @@ def build_app(state: AppState, routes: list[RouteSpec] | None = None) -> Starlet
             err.http_status = exc.status_code  # type: ignore[misc]
         return error_response(err)
 
-    app = Starlette(routes=starlette_routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=starlette_routes,
+        middleware=[Middleware(ConnectionGuard, max_per_ip=state.config.max_conns_per_ip)],
+        exception_handlers={HTTPException: http_error},
+    )
     app.state.fedpeer = state
     app.state.route_table = routes
     return app

@@ -69,7 +69,7 @@ from ._pairing import PeerPageSource
 from ._pinning import PeerVerifier
 from ._state import AppState
 from ._transport import new_http_client
-from .app import ConnectionGuard, build_app
+from .app import build_app
 from .discovery import Discovery
 from .services import (
     GrantService,
@@ -80,7 +80,7 @@ from .services import (
     RecordService,
     TokenService,
 )
-from .tls import TLS_CERT_FILE, TLS_KEY_FILE, TlsIdentity
+from .tls import TlsIdentity
 
 log = logging.getLogger("fedpeer.node")
 
@@ -331,9 +331,6 @@ def _bind(
     runs, on any backend. With ``tls`` the sockets serve HTTPS."""
     hconf = _HypercornConfig()
     hconf.tls = tls
-    if tls is not None and tls.data_dir is not None:
-        hconf.certfile = str(tls.data_dir / TLS_CERT_FILE)
-        hconf.keyfile = str(tls.data_dir / TLS_KEY_FILE)
     hconf.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconf.graceful_timeout = cfg.graceful_timeout_s
     hconf.accesslog = None
@@ -457,12 +454,13 @@ async def open_node(
             "on the network: serve HTTPS (the default), listen on 127.0.0.1, or pass "
             "insecure_http=True (`--insecure-http`) if you really mean it"
         )
-    lock = None
-    if ddir is not None:
-        with anyio.CancelScope(shield=True):  # a lock taken must never be dropped unreleased
-            lock = await anyio.to_thread.run_sync(DataDirLock.acquire, ddir)
-    owned_store = store is None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        # Everything taken at start is given back on every path, in reverse order:
+        # the lock last, once the store is closed.
+        if ddir is not None:
+            with anyio.CancelScope(shield=True):  # a lock taken must never be dropped unreleased
+                lock = await anyio.to_thread.run_sync(DataDirLock.acquire, ddir)
+            stack.callback(lock.release)
         if key is None:
             key = (
                 SigningKey.generate()
@@ -471,16 +469,12 @@ async def open_node(
             )
         if store is None:
             store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
+            stack.push_async_callback(_close_shielded, store)
         tls = (
             await anyio.to_thread.run_sync(TlsIdentity.load_or_create, key.did, ddir)
             if use_tls
             else None
         )
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    try:
         admin_token: str | None = None
         if cfg.write_admin_token_file or ddir is None:
             admin_token = await _ensure_admin_token(store, key.did, ddir)
@@ -492,7 +486,7 @@ async def open_node(
                 host,
             )
         sync_opts = sync or SyncOptions()
-        http = new_http_client(timeout=30.0, connect_timeout=10.0)
+        http = await stack.enter_async_context(new_http_client(timeout=30.0, connect_timeout=10.0))
         core = NodeCore(
             key=key, store=store, config=cfg, limits=limits, urls=list(urls), http=http, tls=tls
         )
@@ -512,10 +506,10 @@ async def open_node(
         )
         state = AppState.create(core, pairs=PairService(core, manager))
         state.invites.attach_pairs(state.pairs)  # type: ignore[arg-type]
-        app = ConnectionGuard(build_app(state), cfg.max_conns_per_ip)
+        app = build_app(state)
         shutdown = anyio.Event()
         server = _Server()
-        async with http, anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:
             tg.start_soon(_serve, app, hconf, sockets, shutdown, server)
             try:
                 node = Node(
@@ -553,12 +547,12 @@ async def open_node(
                 # Backstop: the server drains within graceful_timeout; never hang.
                 server.stop_within(cfg.graceful_timeout_s + 3)
                 tg.cancel_scope.deadline = anyio.current_time() + cfg.graceful_timeout_s + 3
-    finally:
-        if owned_store:
-            with anyio.CancelScope(shield=True):
-                await store.aclose()
-        if lock is not None:
-            lock.release()
+
+
+async def _close_shielded(store: Store) -> None:
+    """Close a store the node opened, also when the node stops by cancellation."""
+    with anyio.CancelScope(shield=True):
+        await store.aclose()
 
 
 async def _ensure_admin_token(store: Store, did: str, data_dir: Path | None) -> str | None:
