@@ -26,7 +26,7 @@ from fedpeer.errors import (
 )
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import AdminClient, Node, NodeConfig, PeerClient, open_node
-from fedpeer.peer._unpair import build_unpair_request, check_unpair_request
+from fedpeer.peer._unpair import NONCE_TABLE, build_unpair_request, check_unpair_request
 from fedpeer.sync.pairs import PairState
 
 
@@ -171,3 +171,38 @@ async def test_the_unpair_request_is_checked_before_anything_changes(
     tampered["to"] = a.did + "x"
     with pytest.raises(BadSignature):
         check_unpair_request(tampered, local_did=a.did + "x")
+
+
+async def _nonce_rows(node: Node) -> list[str]:
+    return await node.store.transact(lambda tx: [k for k, _ in tx.list(NONCE_TABLE)])
+
+
+async def test_unpair_requests_from_strangers_store_nothing(two: tuple[Node, Node]) -> None:
+    """Anyone can sign an unpair request with a fresh DID. Those change nothing,
+    so they store nothing: a flood of them leaves the nonce table empty (no
+    growth, no per-request scan of a growing table), and the paired peer's own
+    request is still acted on once and refused when replayed."""
+    a, b = two
+    await paired(a, b)
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        for _ in range(200):
+            r = await http.post(
+                "/v1/sync/unpair", json=build_unpair_request(SigningKey.generate(), a.did)
+            )
+            assert r.status_code == 200, r.text
+            assert r.json() == {"pairs_deleted": [], "credentials_revoked": []}
+        assert await _nonce_rows(a) == []
+        assert len(a.pairs.list()) == 1  # the real pairing is untouched
+        assert await active_accounts_of(a, b.did)
+        good = build_unpair_request(b.key, a.did)
+        r = await http.post("/v1/sync/unpair", json=good)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["credentials_revoked"]) == 1
+        assert len(await _nonce_rows(a)) == 1
+        r = await http.post("/v1/sync/unpair", json=good)
+        assert r.json()["error"]["code"] == ProofReplayed.code
+        # b is a stranger now: its next (new) request changes and stores nothing
+        r = await http.post("/v1/sync/unpair", json=build_unpair_request(b.key, a.did))
+        assert r.json() == {"pairs_deleted": [], "credentials_revoked": []}
+        assert len(await _nonce_rows(a)) == 1
+

@@ -11,6 +11,11 @@ valid for at most :data:`MAX_VALIDITY_S` and used once (the receiver remembers
 ``from`` + ``nonce`` until it expires). It needs no bearer: the signature of
 ``from`` is the authentication, and all it can ask is that the receiver forget
 the sender.
+
+Only a request that has something to forget (:func:`known_peer`) is remembered:
+anyone can sign requests with fresh DIDs, and those change nothing, so they
+store nothing (the nonce table holds one row per real unpairing of the last
+minutes, not one per request an attacker sends).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ __all__ = [
     "UNPAIR_TYPE",
     "build_unpair_request",
     "check_unpair_request",
+    "check_unused",
     "forget_peer",
+    "known_peer",
     "remember_nonce",
 ]
 
@@ -95,16 +102,36 @@ def check_unpair_request(
     return sender, nonce, int(verified.expires_at * 1000) + MAX_VALIDITY_S * 1000
 
 
+def _nonce_key(sender: str, nonce: str) -> str:
+    return f"{sender}#{nonce}"
+
+
+def check_unused(tx: StateTx, sender: str, nonce: str) -> None:
+    """PROOF_REPLAYED when this request was acted on before (and is remembered)."""
+    if tx.get(NONCE_TABLE, _nonce_key(sender, nonce)) is not None:
+        raise ProofReplayed("this unpair request was already used; sign a new one")
+
+
 def remember_nonce(tx: StateTx, sender: str, nonce: str, expires_ms: int, now_ms: int) -> None:
     """Record a used request (PROOF_REPLAYED when it was used before); drop expired ones."""
+    check_unused(tx, sender, nonce)
     for key, row in list(tx.list(NONCE_TABLE)):
         exp = row.get("expires_ms")
         if not isinstance(exp, int) or exp < now_ms:
             tx.delete(NONCE_TABLE, key)
-    key = f"{sender}#{nonce}"
-    if tx.get(NONCE_TABLE, key) is not None:
-        raise ProofReplayed("this unpair request was already used; sign a new one")
-    tx.put(NONCE_TABLE, key, {"expires_ms": expires_ms})
+    tx.put(NONCE_TABLE, _nonce_key(sender, nonce), {"expires_ms": expires_ms})
+
+
+def known_peer(tx: StateTx, peer_did: str) -> bool:
+    """True when :func:`forget_peer` has something to drop for ``peer_did``: an
+    active service account it holds, or a reciprocal/pair credential row."""
+    if tx.get(RECIPROCAL_TABLE, peer_did) is not None:
+        return True
+    if tx.get(PAIR_CREDENTIALS_TABLE, peer_did) is not None:
+        return True
+    return any(
+        sa.holder_did == peer_did for sa in _tokens.list_service_accounts(tx, include_revoked=False)
+    )
 
 
 def forget_peer(tx: StateTx, peer_did: str, *, now_ms: int | None = None) -> list[str]:

@@ -70,7 +70,9 @@ from .._unpair import (
     PAIR_CREDENTIALS_TABLE,
     build_unpair_request,
     check_unpair_request,
+    check_unused,
     forget_peer,
+    known_peer,
     remember_nonce,
 )
 from ..addresses import reachable_url
@@ -462,12 +464,18 @@ class PairService:
 
         Returns ``{"pairs_deleted": [...], "credentials_revoked": [...]}``. Raises
         INVALID_REQUEST, DID_INVALID, the signature errors of §4.4 and
-        PROOF_REPLAYED; nothing changes then.
+        PROOF_REPLAYED; nothing changes then. A request from a DID this node
+        neither pulls from nor holds credentials for changes nothing and stores
+        nothing (not even its nonce: strangers cannot grow the store).
         """
         sender, nonce, expires_ms = check_unpair_request(request, local_did=self._core.did)
         now = self._core.now_ms()
+        pulling = any(p.peer_did == sender for p in self._manager.list())
 
         def apply(tx: StateTx) -> builtins.list[str]:
+            check_unused(tx, sender, nonce)
+            if not pulling and not known_peer(tx, sender):
+                return []
             remember_nonce(tx, sender, nonce, expires_ms, now)
             return forget_peer(tx, sender, now_ms=now)
 
