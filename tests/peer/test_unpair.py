@@ -206,3 +206,53 @@ async def test_unpair_requests_from_strangers_store_nothing(two: tuple[Node, Nod
         assert r.json() == {"pairs_deleted": [], "credentials_revoked": []}
         assert len(await _nonce_rows(a)) == 1
 
+
+async def test_unpair_finishes_this_side_before_asking_a_silent_peer(tmp_path: Path) -> None:
+    """The peer's address answers nothing (its node is gone, a silent listener
+    holds the port). While ``unpair`` waits on it, this side is already
+    unpaired: pairs deleted, credentials revoked, so cancelling the call (the
+    admin's HTTP client gave up) leaves nothing half-done."""
+    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+    async with open_node(tmp_path / "a", config=cfg) as a:
+        async with open_node(tmp_path / "b", config=cfg) as b:
+            await paired(a, b)
+            b_did, b_url = b.did, b.url
+        assert b_url.startswith("http://127.0.0.1:")  # plain HTTP: the listener reads the request
+        port = int(b_url.rsplit(":", 1)[1].split("/")[0])
+        accepted = trio.Event()
+        held: list[trio.SocketStream] = []
+
+        async def silent(stream: trio.SocketStream) -> None:
+            held.append(stream)  # a's pullers retry here too: wait for the unpair request
+            head = b""
+            while b"\r\n" not in head and len(head) < 4096:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                head += chunk
+            if head.startswith(b"POST /v1/sync/unpair "):
+                accepted.set()
+            await trio.sleep_forever()
+
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, silent, listeners)
+            done = trio.Event()
+
+            async def run_unpair() -> None:
+                with trio.CancelScope() as scope:
+                    cancels.append(scope)
+                    await a.pairs.unpair(b_did)
+                done.set()
+
+            cancels: list[trio.CancelScope] = []
+            nursery.start_soon(run_unpair)
+            with trio.fail_after(20):
+                await accepted.wait()
+            assert a.pairs.list() == []
+            assert await active_accounts_of(a, b_did) == []
+            cancels[0].cancel()
+            with trio.fail_after(20):
+                await done.wait()
+            assert a.pairs.list() == []
+            nursery.cancel_scope.cancel()

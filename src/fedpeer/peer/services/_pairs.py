@@ -373,12 +373,13 @@ class PairService:
         ids or a peer DID.
 
         Revokes every credential the peer holds on this node (its tokens stop
-        working at once) and the grants bound to them, then (``notify``) sends the
-        peer a signed request (``POST /v1/sync/unpair``) to do the same and drop its
-        pairs pulling from us, then stops and deletes the local pairs pulling from
-        the peer (the records they pulled stay). The peer's answer, or why it could
-        not be asked (PEER_UNREACHABLE...), is in :attr:`UnpairResult.peer`: this
-        side is unpaired either way.
+        working at once) and the grants bound to them, stops and deletes the local
+        pairs pulling from the peer (the records they pulled stay), then
+        (``notify``) sends the peer a signed request (``POST /v1/sync/unpair``) to
+        do the same and drop its pairs pulling from us. The peer's answer, or why
+        it could not be asked (PEER_UNREACHABLE...), is in
+        :attr:`UnpairResult.peer`: this side is unpaired either way (also when the
+        call is cancelled while the peer is asked).
 
         Raises PAIR_NOT_FOUND when ``pair_or_did`` is neither a pair id nor a DID
         this node has a pair or a credential for; PAIR_SELF for this node's DID.
@@ -411,6 +412,15 @@ class PairService:
                 urls.append(str(reciprocal["url"]))
         now = self._core.now_ms()
         revoked = await self._core.store.transact(lambda tx: forget_peer(tx, peer_did, now_ms=now))
+        # This side is done before the peer is asked: a slow or cancelled request
+        # to the peer never leaves our pairs running with the credentials revoked.
+        deleted: builtins.list[str] = []
+        for p in mine:
+            try:
+                await self._manager.delete(p.id)
+            except PairNotFound:
+                continue
+            deleted.append(p.id)
         peer: dict[str, object]
         if not notify:
             peer = {"asked": False}
@@ -423,13 +433,6 @@ class PairService:
             }
         else:
             peer = await self._ask_peer_to_unpair(peer_did, urls[0])
-        deleted: builtins.list[str] = []
-        for p in mine:
-            try:
-                await self._manager.delete(p.id)
-            except PairNotFound:
-                continue
-            deleted.append(p.id)
         log.info(
             "unpaired %s: pairs %s deleted, credentials %s revoked", peer_did, deleted, revoked
         )
