@@ -128,6 +128,11 @@ async def test_pairing_again_leaves_one_active_credential_each_side(
     assert second_a != first_a
     assert len(second_b) == 1
     assert second_b != first_b
+    # the grants of the replaced accounts went with them: one grant each side,
+    # bound to the one active account
+    for node, peer, active in ((a, b, second_a), (b, a, second_b)):
+        bound = [g.sa_id for g in await node.grants.list(grantee_did=peer.did)]
+        assert bound == active
     # and both pairs still sync with the new credentials
     await a.records.append(namespace="n", thread="t", kind="k", body="after")
     await b.records.append(namespace="n", thread="t", kind="k", body="after-b")

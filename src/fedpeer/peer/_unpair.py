@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import os
 
-from ..consent import grants as _grants
 from ..consent import tokens as _tokens
-from ..consent.invites import RECIPROCAL_TABLE
-from ..errors import FedpeerError, InvalidRequest, ProofReplayed
+from ..consent.invites import RECIPROCAL_TABLE, revoke_credential
+from ..errors import InvalidRequest, ProofReplayed
 from ..identity._b64 import b64url_encode
 from ..identity.didkey import public_key_from_did
 from ..identity.envelope import sign_document, verify_document
@@ -139,18 +138,11 @@ def forget_peer(tx: StateTx, peer_did: str, *, now_ms: int | None = None) -> lis
     working at once), delete the grants bound to them, and drop the reciprocal
     credential the peer handed over and the one minted for it. Returns the revoked
     account ids. Synchronous; run it in ``Store.transact``."""
-    revoked: list[str] = []
-    for sa in _tokens.list_service_accounts(tx, include_revoked=False):
-        if sa.holder_did == peer_did:
-            _tokens.revoke_service_account(tx, sa.id, now_ms=now_ms)
-            revoked.append(sa.id)
-    gone = set(revoked)
-    for grant in _grants.list_grants(tx, grantee_did=peer_did):
-        if grant.sa_id is not None and grant.sa_id in gone:
-            try:
-                _grants.delete_grant(tx, grant.id, now_ms=now_ms)
-            except FedpeerError:  # pragma: no cover - listed a moment ago
-                continue
+    revoked = [
+        sa.id
+        for sa in _tokens.list_service_accounts(tx, include_revoked=False)
+        if sa.holder_did == peer_did and revoke_credential(tx, sa.id, now_ms=now_ms)
+    ]
     if tx.get(RECIPROCAL_TABLE, peer_did) is not None:
         tx.delete(RECIPROCAL_TABLE, peer_did)
     if tx.get(PAIR_CREDENTIALS_TABLE, peer_did) is not None:

@@ -29,7 +29,6 @@ confirmation code.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -44,6 +43,7 @@ from ...consent.invites import (
     Credential,
     check_invite_preview,
     parse_invite_url,
+    revoke_credential,
 )
 from ...consent.scopes import RECORDS_READ, SYNC_READ
 from ...errors import (
@@ -300,7 +300,7 @@ class PairService:
         except BaseException:
             if minted is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._undo_mint(*minted)
+                    await self._undo_mint(minted[0])
             raise
         if minted is not None:
             # Pairing again replaces the credential the issuer held for us: one active.
@@ -356,12 +356,7 @@ class PairService:
             old = tx.get(PAIR_CREDENTIALS_TABLE, peer_did)
             old_sa = None if old is None else old.get("sa_id")
             if isinstance(old_sa, str) and old_sa != sa_id:
-                with contextlib.suppress(FedpeerError):
-                    _tokens.revoke_service_account(tx, old_sa, now_ms=now)
-                old_grant = old.get("grant_id") if old is not None else None
-                if isinstance(old_grant, str):
-                    with contextlib.suppress(FedpeerError):
-                        _grants.delete_grant(tx, old_grant, now_ms=now)
+                revoke_credential(tx, old_sa, now_ms=now)
             tx.put(PAIR_CREDENTIALS_TABLE, peer_did, {"sa_id": sa_id, "grant_id": grant_id})
 
         await self._core.store.transact(swap)
@@ -495,13 +490,9 @@ class PairService:
                  sender, deleted, revoked)  # fmt: skip
         return {"pairs_deleted": deleted, "credentials_revoked": revoked}
 
-    async def _undo_mint(self, sa_id: str, grant_id: str) -> None:
-        def undo(tx: StateTx) -> None:
-            _tokens.revoke_service_account(tx, sa_id)
-            _grants.delete_grant(tx, grant_id)
-
+    async def _undo_mint(self, sa_id: str) -> None:
         try:
-            await self._core.store.transact(undo)
+            await self._core.store.transact(lambda tx: revoke_credential(tx, sa_id))
         except FedpeerError as err:
             log.warning("could not remove the reciprocal credential %s: %s", sa_id, err)
 
