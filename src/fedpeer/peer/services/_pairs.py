@@ -390,14 +390,7 @@ class PairService:
         mine = [p for p in pairs if p.peer_did == peer_did]
         urls = [p.peer_url for p in mine]
         if not mine:
-            held = await self._core.store.transact(
-                lambda tx: [
-                    sa.id
-                    for sa in _tokens.list_service_accounts(tx, include_revoked=False)
-                    if sa.holder_did == peer_did
-                ]
-            )
-            if not held:
+            if not await self._core.store.transact(lambda tx: known_peer(tx, peer_did)):
                 raise PairNotFound(
                     f"no pair {pair_or_did!r:.90} and no peer with that DID here; list pairs "
                     "and their peers with `fedpeer pairs`"
@@ -423,7 +416,8 @@ class PairService:
             peer = {
                 "error": {
                     "code": "PEER_UNREACHABLE",
-                    "message": "no known URL for the peer: run unpair on the other device too",
+                    "message": "no known URL for the peer: run `fedpeer unpair "
+                    f"{self._core.did}` on the other device too",
                 }
             }
         else:
