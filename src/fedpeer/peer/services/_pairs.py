@@ -304,7 +304,10 @@ class PairService:
             raise
         if minted is not None:
             # Pairing again replaces the credential the issuer held for us: one active.
-            await self._replace_pair_credential(invite.issuer_did, *minted)
+            # Shielded: the issuer now holds the new one, so a cancellation here must
+            # not leave the old one active beside it.
+            with anyio.CancelScope(shield=True):
+                await self._replace_pair_credential(invite.issuer_did, *minted)
         pair, created = await self.create(
             credential.peer_url,
             token=credential.token,
