@@ -20,7 +20,9 @@ import trio
 
 from fedpeer.consent.tokens import TOKEN_TABLE
 from fedpeer.errors import TokenRevoked
+from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, PeerClient, open_node
+from fedpeer.peer._unpair import build_unpair_request
 from fedpeer.peer.node import Node
 from fedpeer.store import SQLiteStore, StateTx
 from tests.hostile.test_longpoll_waiters import CountingStore
@@ -232,3 +234,38 @@ async def test_an_idle_sse_stream_checks_its_bearer_once_per_heartbeat(tmp_path:
         # One for the request itself, then one per heartbeat (the next may be in flight).
         assert 1 + heartbeats <= seen <= 2 + heartbeats, (seen, heartbeats)
         assert set(calls) == {token}
+async def test_unpair_request_ends_the_senders_open_longpoll(tmp_path: Path) -> None:
+    """A peer's signed unpair request (protocol.md §11.3) revokes what it holds here
+    through the same revocation as ``DELETE /v1/service-accounts``: its longpoll
+    parked on this node ends within a second with TOKEN_REVOKED."""
+    store = CountingStore(await SQLiteStore.open(tmp_path / "store.sqlite3"))
+    try:
+        async with open_node(None, store=store, config=CFG) as node:  # type: ignore[arg-type]
+            peer = SigningKey.generate()
+            issued = await node.tokens.create("peer", scopes=["reader"], holder_did=peer.did)
+            await node.grants.create(peer.did)
+            await node.append(namespace="a", thread="t", kind="k", body=1)
+            since = await _head_cursor(node.url, issued.token)
+            out: list[tuple[httpx.Response, float]] = []
+
+            async def poll() -> None:
+                out.append(await _longpoll(node.url, issued.token, since))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                with trio.fail_after(10):
+                    await store.until(lambda: store.parked == 1)  # the longpoll waits
+                t0 = trio.current_time()
+                async with httpx.AsyncClient(timeout=10) as client:
+                    r = await client.post(
+                        node.url + "/v1/sync/unpair",
+                        json=build_unpair_request(peer, node.did),
+                    )
+                assert r.status_code == 200, r.text
+                assert r.json()["credentials_revoked"] == [issued.service_account.id]
+            response, ended = out[0]
+            assert ended - t0 < BOUND_S, f"longpoll answered {ended - t0:.2f} s after unpairing"
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "TOKEN_REVOKED"
+    finally:
+        await store.aclose()

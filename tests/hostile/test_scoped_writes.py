@@ -2,11 +2,13 @@
 
 Before: a ``contributor`` invite limited to ``public/`` let its guest write into
 ``secret/`` (signed by the node as author); write paths ignored the grant
-target. Now ``POST /v1/records`` (append and a record signed elsewhere) checks
-the caller's view for ``records:write``: a namespace/thread no grant with
+target. Now every write path checks the caller's view for ``records:write``:
+``POST /v1/records`` (append and a record signed elsewhere) and the batch import
+``POST /v1/records/import`` (``node.records.ingest_many``; one record outside the
+grants refuses the whole batch). A namespace/thread no grant with
 ``records:write`` covers is CONSENT_DENIED and nothing is stored. Real node
 (SQLite, hypercorn), plain httpx, and a hypothesis property over random grants
-and writes: no write lands outside its grant.
+and writes on every path: no write lands outside its grant.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedpeer.consent import grants, tokens
 from fedpeer.consent.grants import Grant, Target
+from fedpeer.errors import ConsentDenied
 from fedpeer.identity.canonical import dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, PeerClient, open_node
@@ -51,9 +55,29 @@ def _signed_body(key: SigningKey, namespace: str, thread: str, body: object) -> 
     return dagcbor_encode({"data": rec.data, "sig": rec.sig})
 
 
-async def _post(client: httpx.AsyncClient, url: str, token: str, body: bytes) -> httpx.Response:
+def _signed_pair(key: SigningKey, namespace: str, thread: str, body: object) -> tuple[bytes, bytes]:
+    rec = build_record(
+        key,
+        namespace=namespace,
+        thread=thread,
+        kind="note",
+        body=body,
+        parents=(),
+        clock=1,
+        ts=1_700_000_000_000,
+    )
+    return rec.data, rec.sig
+
+
+def _import_body(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return dagcbor_encode({"records": [{"data": d, "sig": s} for d, s in pairs]})
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, token: str, body: bytes, path: str = "/v1/records"
+) -> httpx.Response:
     return await client.post(
-        url + "/v1/records", content=body, headers={**CBOR, "Authorization": f"Bearer {token}"}
+        url + path, content=body, headers={**CBOR, "Authorization": f"Bearer {token}"}
     )
 
 
@@ -87,6 +111,61 @@ async def test_contributor_invite_for_public_cannot_write_into_secret(tmp_path: 
         assert await node.store.count() == before + 2
 
 
+async def test_import_batch_with_one_record_outside_the_grant_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """``POST /v1/records/import`` is a write path too: a batch whose last record
+    lies outside the caller's grant is CONSENT_DENIED, naming its index, and none
+    of the batch (not even the allowed records before it) is stored."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        invite = await node.invites.create(
+            scopes=["contributor"], target=Target("namespace", "public/")
+        )
+        async with PeerClient(node.url) as p:
+            cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+        author = SigningKey.generate()
+        allowed = [_signed_pair(author, "public/a", "t", i) for i in range(3)]
+        denied = _signed_pair(author, "secret/", "t", "leak")
+        before = await node.store.count()
+        async with httpx.AsyncClient(timeout=10) as client:
+            path = "/v1/records/import"
+            r = await _post(client, node.url, cred.token, _import_body([*allowed, denied]), path)
+            assert r.status_code == 403, r.text
+            assert r.json()["error"]["code"] == "CONSENT_DENIED"
+            assert "record 3 of the batch" in r.json()["error"]["message"]
+            assert await node.store.count() == before  # all or nothing
+            ok = await _post(client, node.url, cred.token, _import_body(allowed), path)
+            assert ok.status_code == 200, ok.text
+            assert ok.json() == {"stored": 3, "existing": 0}
+        assert await node.store.count() == before + 3
+
+
+async def test_ingest_many_checks_the_write_view_in_process(tmp_path: Path) -> None:
+    """``node.records.ingest_many(view=...)`` applies the same check as append and
+    ingest, before anything is stored."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        did = SigningKey.generate().did
+
+        def mint(tx: StateTx) -> str:
+            _sa, issued = tokens.create_service_account(
+                tx, name="w", holder_did=did, scopes=["contributor"]
+            )
+            grants.create_grant(
+                tx, grantee_did=did, target=Target("namespace", "public/"), scopes=["contributor"]
+            )
+            return issued.bearer
+
+        principal = await node.tokens.authenticate(await node.store.transact(mint))
+        view = await node.grants.view_for(principal, "records:write")
+        author = SigningKey.generate()
+        ok = _signed_pair(author, "public/x", "t", 1)
+        bad = _signed_pair(author, "secret/x", "t", 2)
+        with pytest.raises(ConsentDenied, match="record 1 of the batch"):
+            await node.records.ingest_many([ok, bad], view=view)
+        assert await node.store.count() == 0
+        assert await node.records.ingest_many([ok], view=view) == (1, 0)
+
+
 # --- the property --------------------------------------------------------------------
 
 NAMESPACES = ("public/", "public/a", "publicity", "secret/", "secret/x", "app")
@@ -106,8 +185,9 @@ grant_specs = st.lists(
     st.tuples(targets, st.sampled_from((["reader"], ["contributor"], ["records:write"]))),
     max_size=3,
 )
+WRITE_MODES = ("append", "signed", "import")  # POST /v1/records (JSON, {data, sig}), import
 writes = st.lists(
-    st.tuples(st.sampled_from(NAMESPACES), st.sampled_from(THREADS), st.booleans()),
+    st.tuples(st.sampled_from(NAMESPACES), st.sampled_from(THREADS), st.sampled_from(WRITE_MODES)),
     min_size=1,
     max_size=6,
 )
@@ -118,7 +198,7 @@ def _may_write(made: list[Grant], namespace: str, thread: str) -> bool:
 
 
 async def _check_example(
-    node: Node, specs: list[tuple[Target, list[str]]], attempts: list[tuple[str, str, bool]]
+    node: Node, specs: list[tuple[Target, list[str]]], attempts: list[tuple[str, str, str]]
 ) -> None:
     did = SigningKey.generate().did
 
@@ -133,15 +213,20 @@ async def _check_example(
     head = await node.store.head_seq()
     author = SigningKey.generate()
     async with httpx.AsyncClient(timeout=10) as client:
-        for i, (namespace, thread, signed) in enumerate(attempts):
-            body = (
-                _signed_body(author, namespace, thread, [did, i])
-                if signed
-                else _append_body(namespace, thread, [did, i])
-            )
-            r = await _post(client, node.url, token, body)
+        for i, (namespace, thread, mode) in enumerate(attempts):
+            if mode == "import":
+                pair = _signed_pair(author, namespace, thread, [did, i])
+                r = await _post(client, node.url, token, _import_body([pair]), "/v1/records/import")
+            else:
+                body = (
+                    _signed_body(author, namespace, thread, [did, i])
+                    if mode == "signed"
+                    else _append_body(namespace, thread, [did, i])
+                )
+                r = await _post(client, node.url, token, body)
             if _may_write(made, namespace, thread):
-                assert r.status_code == 201, (namespace, thread, specs, r.text)
+                ok_status = 200 if mode == "import" else 201
+                assert r.status_code == ok_status, (namespace, thread, specs, r.text)
             else:
                 assert r.status_code == 403, (namespace, thread, specs, r.text)
                 assert r.json()["error"]["code"] == "CONSENT_DENIED"
@@ -166,7 +251,7 @@ async def test_no_write_lands_outside_its_grant(tmp_path: Path) -> None:
         )
         @given(specs=grant_specs, attempts=writes)
         def prop(
-            specs: list[tuple[Target, list[str]]], attempts: list[tuple[str, str, bool]]
+            specs: list[tuple[Target, list[str]]], attempts: list[tuple[str, str, str]]
         ) -> None:
             trio.from_thread.run(_check_example, node, specs, attempts, trio_token=token)
 

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 import fedpeer
+from fedpeer.consent import invites as inv
 from fedpeer.consent.grants import Target
 from fedpeer.errors import Malformed, RecordNotFound, SignatureError, TokenInvalid
 from fedpeer.identity.canonical import CID
@@ -24,6 +25,7 @@ from fedpeer.peer import AdminClient, Node, NodeConfig, PeerClient, open_node
 from fedpeer.peer.admin import AdminGrants, AdminInvites, AdminPairs, AdminRecords, AdminTokens
 from fedpeer.peer.services import (
     GrantService,
+    InviteInfo,
     InviteService,
     PairService,
     RecordService,
@@ -244,6 +246,21 @@ async def test_invites_in_process_redeem_over_http_and_audit_rejections(tmp_path
             again, changed = await admin.invites.revoke(created.invite_id)
             assert changed
             assert again.state == "revoked"
+
+
+async def test_invite_info_renders_exactly_the_consent_layers_admin_form(tmp_path: Path) -> None:
+    """``InviteInfo`` (what GET /v1/invites renders and AdminClient parses) spells
+    out the same fields as ``Invite.to_admin_dict``: the two must not drift."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        await node.invites.create(
+            max_uses=3, notes="n", device_label="d", target=Target("namespace", "notes/")
+        )
+        await node.invites.create(scopes=["contributor"])
+        now = node.state.core.now_ms()
+        stored = await node.store.transact(lambda tx: inv.list_invites(tx, now_ms=now))
+        assert len(stored) == 2
+        for invite in stored:
+            assert InviteInfo.of(invite, now).to_dict() == invite.to_admin_dict(now)
 
 
 # --- pairing and sync, both ways, on each backend ---------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -762,3 +763,30 @@ async def test_redeem_input_errors(node: Node, http: httpx.AsyncClient, admin_to
     # None of these used the invite up.
     preview = (await http.get(f"/v1/invites/{invite['invite_id']}")).json()
     assert preview["uses_remaining"] == 1
+
+
+async def test_redeems_of_invites_that_do_not_exist_write_nothing(
+    node: Node, http: httpx.AsyncClient, admin_token: str
+) -> None:
+    """Redeem requests need no credential. One for an id that names no invite is
+    INVITE_NOT_FOUND and writes nothing (no audit row, no transaction that
+    writes), so a client sending them without end cannot grow the store; a
+    rejection for a real invite is still audited."""
+    head = await node.store.audit_log(since_id=0, limit=10_000)
+    since = head[-1].id if head else 0
+    body = {"holder_type": "guest", "holder_pubkey": b64url_encode(HOLDER.public_key),
+            "secret": "A" * 43}  # fmt: skip
+    for _ in range(60):  # 120 requests: within the default rate limit's burst (200)
+        r = await http.post(f"/v1/invites/{secrets.token_hex(16)}/redeem", json=body)
+        assert (r.status_code, code(r)) == (404, "INVITE_NOT_FOUND"), r.text
+        r = await http.post(f"/v1/invites/{secrets.token_hex(16)}/redeem", json={"junk": 1})
+        assert r.status_code in (400, 404), r.text
+    assert await node.store.audit_log(since_id=since, limit=10) == []
+    invite = await make_invite(http, admin_token)
+    r = await redeem(http, invite, body)
+    assert (r.status_code, code(r)) == (403, "INVITE_SECRET_INVALID")
+    events = [e.event for e in await node.store.audit_log(since_id=since, limit=10)]
+    assert [(e["type"], e.get("reason")) for e in events] == [
+        ("invite.issued", None),
+        ("invite.redeem_rejected", "INVITE_SECRET_INVALID"),
+    ]

@@ -136,11 +136,13 @@ async def test_failed_redeem_removes_the_reciprocal_credential(two: tuple[Node, 
     await b.pair_from_invite(url)
     async with httpx.AsyncClient(base_url=b.url) as http:
         before = (await http.get("/v1/service-accounts", headers=_auth(b))).json()
+        grants_before = await b.grants.list(grantee_did=a.did)
         with pytest.raises(InviteExhausted):
             await b.pair_from_invite(url)
         after = (await http.get("/v1/service-accounts", headers=_auth(b))).json()
     live = lambda body: [s for s in body["service_accounts"] if s["revoked_ms"] is None]  # noqa: E731
     assert len(live(after)) == len(live(before))
+    assert await b.grants.list(grantee_did=a.did) == grants_before  # its grant went too
 
 
 async def test_pairing_again_refreshes_the_existing_pair(two: tuple[Node, Node]) -> None:

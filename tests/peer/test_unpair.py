@@ -9,6 +9,7 @@ re-pairing never leaves two active credentials; the signed request is checked
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ from fedpeer.errors import (
 )
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import AdminClient, Node, NodeConfig, PeerClient, open_node
-from fedpeer.peer._unpair import build_unpair_request, check_unpair_request
+from fedpeer.peer._unpair import NONCE_TABLE, build_unpair_request, check_unpair_request
 from fedpeer.sync.pairs import PairState
 
 
@@ -128,6 +129,11 @@ async def test_pairing_again_leaves_one_active_credential_each_side(
     assert second_a != first_a
     assert len(second_b) == 1
     assert second_b != first_b
+    # the grants of the replaced accounts went with them: one grant each side,
+    # bound to the one active account
+    for node, peer, active in ((a, b, second_a), (b, a, second_b)):
+        bound = [g.sa_id for g in await node.grants.list(grantee_did=peer.did)]
+        assert bound == active
     # and both pairs still sync with the new credentials
     await a.records.append(namespace="n", thread="t", kind="k", body="after")
     await b.records.append(namespace="n", thread="t", kind="k", body="after-b")
@@ -171,3 +177,88 @@ async def test_the_unpair_request_is_checked_before_anything_changes(
     tampered["to"] = a.did + "x"
     with pytest.raises(BadSignature):
         check_unpair_request(tampered, local_did=a.did + "x")
+
+
+async def _nonce_rows(node: Node) -> list[str]:
+    return await node.store.transact(lambda tx: [k for k, _ in tx.list(NONCE_TABLE)])
+
+
+async def test_unpair_requests_from_strangers_store_nothing(two: tuple[Node, Node]) -> None:
+    """Anyone can sign an unpair request with a fresh DID. Those change nothing,
+    so they store nothing: a flood of them leaves the nonce table empty (no
+    growth, no per-request scan of a growing table), and the paired peer's own
+    request is still acted on once and refused when replayed."""
+    a, b = two
+    await paired(a, b)
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        for _ in range(200):
+            r = await http.post(
+                "/v1/sync/unpair", json=build_unpair_request(SigningKey.generate(), a.did)
+            )
+            assert r.status_code == 200, r.text
+            assert r.json() == {"pairs_deleted": [], "credentials_revoked": []}
+        assert await _nonce_rows(a) == []
+        assert len(a.pairs.list()) == 1  # the real pairing is untouched
+        assert await active_accounts_of(a, b.did)
+        good = build_unpair_request(b.key, a.did)
+        r = await http.post("/v1/sync/unpair", json=good)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["credentials_revoked"]) == 1
+        assert len(await _nonce_rows(a)) == 1
+        r = await http.post("/v1/sync/unpair", json=good)
+        assert r.json()["error"]["code"] == ProofReplayed.code
+        # b is a stranger now: its next (new) request changes and stores nothing
+        r = await http.post("/v1/sync/unpair", json=build_unpair_request(b.key, a.did))
+        assert r.json() == {"pairs_deleted": [], "credentials_revoked": []}
+        assert len(await _nonce_rows(a)) == 1
+
+
+async def test_unpair_finishes_this_side_before_asking_a_silent_peer(tmp_path: Path) -> None:
+    """The peer's address accepts and answers nothing (a silent listener on a
+    port of its own). While ``unpair`` waits on it, this side is already
+    unpaired: pairs deleted, credentials revoked, so cancelling the call (the
+    admin's HTTP client gave up) leaves nothing half-done."""
+    accepted = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        # the pair's puller connects here too: only the unpair request counts
+        head = b""
+        while b"\r\n" not in head and len(head) < 4096:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            head += chunk
+        if head.startswith(b"POST /v1/sync/unpair "):
+            accepted.set()
+        await trio.sleep_forever()
+
+    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+    peer = SigningKey.generate()
+    async with open_node(tmp_path / "a", config=cfg) as a, trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        # a pulls from the peer and the peer holds a credential here (the manager
+        # takes the pair as given: no manifest to verify at a silent address)
+        pair, _ = await a.pairs.manager.create(
+            peer_did=peer.did, peer_url=f"http://127.0.0.1:{port}", credential=None
+        )
+        await a.tokens.create("peer", scopes=["reader"], holder_did=peer.did)
+        cancels: list[trio.CancelScope] = []
+        done = trio.Event()
+
+        async def run_unpair() -> None:
+            with trio.CancelScope() as scope:
+                cancels.append(scope)
+                await a.pairs.unpair(pair.id)
+            done.set()
+
+        nursery.start_soon(run_unpair)
+        with trio.fail_after(20):
+            await accepted.wait()
+        assert a.pairs.list() == []
+        assert await active_accounts_of(a, peer.did) == []
+        cancels[0].cancel()
+        with trio.fail_after(20):
+            await done.wait()
+        assert a.pairs.list() == []
+        nursery.cancel_scope.cancel()

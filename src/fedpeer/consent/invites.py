@@ -74,7 +74,6 @@ Pure logic and synchronous transaction functions; the one async function,
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import re
@@ -161,6 +160,7 @@ __all__ = [
     "proof_hash",
     "redeem_in_tx",
     "redeem_proof_payload",
+    "revoke_credential",
     "revoke_invite",
     "sign_redeem_proof",
     "verify_redeem_proof",
@@ -863,6 +863,26 @@ def list_invites(
     return out
 
 
+def revoke_credential(tx: StateTx, sa_id: str, *, now_ms: int | None = None) -> bool:
+    """Revoke service account ``sa_id`` with all its tokens (readers parked on them
+    are woken) and delete the grants bound to it (``grant.sa_id``): what a peer
+    held through one pairing. Used when pairing again replaces a credential and
+    when unpairing. True when an active account was revoked; an unknown id
+    changes nothing. Synchronous; run it in ``Store.transact``.
+    """
+    now = _now_ms(now_ms)
+    try:
+        sa = _tokens.get_service_account(tx, sa_id)
+    except ServiceAccountNotFound:
+        return False
+    if sa.revoked_ms is None:
+        _tokens.revoke_service_account(tx, sa_id, now_ms=now)
+    for grant in _grants.list_grants(tx, grantee_did=sa.holder_did):
+        if grant.sa_id == sa_id:
+            _grants.delete_grant(tx, grant.id, now_ms=now)
+    return sa.revoked_ms is None
+
+
 def revoke_invite(tx: StateTx, invite_id: str, *, now_ms: int | None = None) -> tuple[Invite, bool]:
     """Revoke ``invite_id`` and everything it produced; returns ``(invite, changed)``.
 
@@ -1187,11 +1207,7 @@ def redeem_in_tx(
         previous = tx.get(RECIPROCAL_TABLE, request.holder_did)
         old_sa = None if previous is None else previous.get("sa_id")
         if isinstance(old_sa, str) and old_sa != sa.id:
-            with contextlib.suppress(FedpeerError):
-                _tokens.revoke_service_account(tx, old_sa, now_ms=now)
-            for old_grant in _grants.list_grants(tx, grantee_did=request.holder_did):
-                if old_grant.sa_id == old_sa:
-                    _grants.delete_grant(tx, old_grant.id, now_ms=now)
+            revoke_credential(tx, old_sa, now_ms=now)
         tx.put(
             RECIPROCAL_TABLE,
             request.holder_did,

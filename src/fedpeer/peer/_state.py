@@ -11,7 +11,6 @@ import anyio
 import attrs
 
 from ..consent.ratelimit import RateLimiter
-from ..identity.keys import SigningKey
 from ..store.base import Store
 from ..sync.records import Limits
 from ._config import NodeConfig
@@ -65,11 +64,6 @@ class AppState:
         wake its failing pairs (:meth:`~fedpeer.sync.PairManager.wake`). Never blocks."""
         if self.pairs is not None and did != self.core.did:
             self.pairs.manager.wake(did, reason=reason)
-
-    @property
-    def key(self) -> SigningKey:
-        """The node's signing key."""
-        return self.core.key
 
     @property
     def did(self) -> str:

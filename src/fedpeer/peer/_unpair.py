@@ -11,16 +11,20 @@ valid for at most :data:`MAX_VALIDITY_S` and used once (the receiver remembers
 ``from`` + ``nonce`` until it expires). It needs no bearer: the signature of
 ``from`` is the authentication, and all it can ask is that the receiver forget
 the sender.
+
+Only a request that has something to forget (:func:`known_peer`) is remembered:
+anyone can sign requests with fresh DIDs, and those change nothing, so they
+store nothing (the nonce table holds one row per real unpairing of the last
+minutes, not one per request an attacker sends).
 """
 
 from __future__ import annotations
 
 import os
 
-from ..consent import grants as _grants
 from ..consent import tokens as _tokens
-from ..consent.invites import RECIPROCAL_TABLE
-from ..errors import FedpeerError, InvalidRequest, ProofReplayed
+from ..consent.invites import RECIPROCAL_TABLE, revoke_credential
+from ..errors import InvalidRequest, ProofReplayed
 from ..identity._b64 import b64url_encode
 from ..identity.didkey import public_key_from_did
 from ..identity.envelope import sign_document, verify_document
@@ -34,7 +38,9 @@ __all__ = [
     "UNPAIR_TYPE",
     "build_unpair_request",
     "check_unpair_request",
+    "check_unused",
     "forget_peer",
+    "known_peer",
     "remember_nonce",
 ]
 
@@ -95,16 +101,36 @@ def check_unpair_request(
     return sender, nonce, int(verified.expires_at * 1000) + MAX_VALIDITY_S * 1000
 
 
+def _nonce_key(sender: str, nonce: str) -> str:
+    return f"{sender}#{nonce}"
+
+
+def check_unused(tx: StateTx, sender: str, nonce: str) -> None:
+    """PROOF_REPLAYED when this request was acted on before (and is remembered)."""
+    if tx.get(NONCE_TABLE, _nonce_key(sender, nonce)) is not None:
+        raise ProofReplayed("this unpair request was already used; sign a new one")
+
+
 def remember_nonce(tx: StateTx, sender: str, nonce: str, expires_ms: int, now_ms: int) -> None:
     """Record a used request (PROOF_REPLAYED when it was used before); drop expired ones."""
+    check_unused(tx, sender, nonce)
     for key, row in list(tx.list(NONCE_TABLE)):
         exp = row.get("expires_ms")
         if not isinstance(exp, int) or exp < now_ms:
             tx.delete(NONCE_TABLE, key)
-    key = f"{sender}#{nonce}"
-    if tx.get(NONCE_TABLE, key) is not None:
-        raise ProofReplayed("this unpair request was already used; sign a new one")
-    tx.put(NONCE_TABLE, key, {"expires_ms": expires_ms})
+    tx.put(NONCE_TABLE, _nonce_key(sender, nonce), {"expires_ms": expires_ms})
+
+
+def known_peer(tx: StateTx, peer_did: str) -> bool:
+    """True when :func:`forget_peer` has something to drop for ``peer_did``: an
+    active service account it holds, or a reciprocal/pair credential row."""
+    if tx.get(RECIPROCAL_TABLE, peer_did) is not None:
+        return True
+    if tx.get(PAIR_CREDENTIALS_TABLE, peer_did) is not None:
+        return True
+    return any(
+        sa.holder_did == peer_did for sa in _tokens.list_service_accounts(tx, include_revoked=False)
+    )
 
 
 def forget_peer(tx: StateTx, peer_did: str, *, now_ms: int | None = None) -> list[str]:
@@ -112,18 +138,11 @@ def forget_peer(tx: StateTx, peer_did: str, *, now_ms: int | None = None) -> lis
     working at once), delete the grants bound to them, and drop the reciprocal
     credential the peer handed over and the one minted for it. Returns the revoked
     account ids. Synchronous; run it in ``Store.transact``."""
-    revoked: list[str] = []
-    for sa in _tokens.list_service_accounts(tx, include_revoked=False):
-        if sa.holder_did == peer_did:
-            _tokens.revoke_service_account(tx, sa.id, now_ms=now_ms)
-            revoked.append(sa.id)
-    gone = set(revoked)
-    for grant in _grants.list_grants(tx, grantee_did=peer_did):
-        if grant.sa_id is not None and grant.sa_id in gone:
-            try:
-                _grants.delete_grant(tx, grant.id, now_ms=now_ms)
-            except FedpeerError:  # pragma: no cover - listed a moment ago
-                continue
+    revoked = [
+        sa.id
+        for sa in _tokens.list_service_accounts(tx, include_revoked=False)
+        if sa.holder_did == peer_did and revoke_credential(tx, sa.id, now_ms=now_ms)
+    ]
     if tx.get(RECIPROCAL_TABLE, peer_did) is not None:
         tx.delete(RECIPROCAL_TABLE, peer_did)
     if tx.get(PAIR_CREDENTIALS_TABLE, peer_did) is not None:

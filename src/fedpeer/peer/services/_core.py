@@ -14,6 +14,7 @@ import httpx
 
 from ..._clock import now_ms
 from ...consent import grants as grants_mod
+from ...errors import InvalidRequest
 from ...identity.keys import SigningKey
 from ...identity.resolver import Resolver
 from ...store.base import Store
@@ -22,7 +23,16 @@ from .._config import NodeConfig
 from ..manifest import ManifestSigner, capabilities, federation_body
 from ..tls import TlsIdentity
 
-__all__ = ["NodeCore"]
+__all__ = ["NodeCore", "lifetime_ms"]
+
+
+def lifetime_ms(ttl_s: object, what: str = "ttl_s") -> int | None:
+    """A lifetime given in whole seconds (None: none) as ms; INVALID_REQUEST otherwise."""
+    if ttl_s is None:
+        return None
+    if not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or ttl_s <= 0:
+        raise InvalidRequest(f"{what} must be a positive whole number of seconds")
+    return ttl_s * 1000
 
 
 @attrs.define(eq=False)

@@ -28,7 +28,7 @@ from ...consent import invites as inv
 from ...consent.scopes import ADMIN
 from ...consent.tokens import Principal
 from ...errors import InvalidRequest
-from ._core import NodeCore
+from ._core import NodeCore, lifetime_ms
 
 __all__ = ["GrantService"]
 
@@ -82,14 +82,9 @@ class GrantService:
         if expires_ms is not None and ttl_s is not None:
             raise InvalidRequest("give expires_ms or ttl_s, not both")
         now = self._core.now_ms()
-        if ttl_s is not None:
-            if not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or ttl_s <= 0:
-                raise InvalidRequest("ttl_s must be a positive whole number of seconds")
-            expires_ms = now + ttl_s * 1000
-        if expires_ms is not None and (
-            not isinstance(expires_ms, int) or isinstance(expires_ms, bool)
-        ):
-            raise InvalidRequest("expires_ms must be a time in ms since the epoch")
+        lifetime = lifetime_ms(ttl_s)
+        if lifetime is not None:
+            expires_ms = now + lifetime
         tgt = target or grants_mod.Target("instance")
         names = [str(s) for s in scopes]
         grant = await self._core.store.transact(

@@ -314,18 +314,27 @@ class InviteService:
     async def audit_rejection(
         self, invite_id: str, code: str, holder_type: object, holder_did: object
     ) -> None:
-        """Audit a rejected redeem in its own transaction (the failed one rolled back)."""
+        """Audit a rejected redeem in its own transaction (the failed one rolled back).
+
+        Only for an invite this node issued: redeem requests are unauthenticated,
+        and one for an id that names no invite would otherwise cost a write and
+        an audit row each, without end (nothing for an admin to look at either).
+        """
         if not inv.valid_invite_id(invite_id):
             return  # not an invite id at all: nothing worth an audit entry
         now = self._core.now_ms()
 
-        def write(tx: StateTx) -> int:
+        def write(tx: StateTx) -> int | None:
+            if tx.get(inv.INVITE_TABLE, invite_id) is None:
+                return None
             return inv.audit_rejected(
                 tx, invite_id, code, holder_type=holder_type, holder_did=holder_did, now_ms=now
             )
 
         try:
             with anyio.CancelScope(shield=True):
+                if await self._core.store.get_state(inv.INVITE_TABLE, invite_id) is None:
+                    return  # no such invite (checked without a write first)
                 await self._core.store.transact(write)
         except FedpeerError:
             log.exception("could not audit a rejected redeem of invite %s", invite_id)

@@ -29,7 +29,6 @@ confirmation code.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -44,6 +43,7 @@ from ...consent.invites import (
     Credential,
     check_invite_preview,
     parse_invite_url,
+    revoke_credential,
 )
 from ...consent.scopes import RECORDS_READ, SYNC_READ
 from ...errors import (
@@ -70,7 +70,9 @@ from .._unpair import (
     PAIR_CREDENTIALS_TABLE,
     build_unpair_request,
     check_unpair_request,
+    check_unused,
     forget_peer,
+    known_peer,
     remember_nonce,
 )
 from ..addresses import reachable_url
@@ -298,11 +300,14 @@ class PairService:
         except BaseException:
             if minted is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._undo_mint(*minted)
+                    await self._undo_mint(minted[0])
             raise
         if minted is not None:
             # Pairing again replaces the credential the issuer held for us: one active.
-            await self._replace_pair_credential(invite.issuer_did, *minted)
+            # Shielded: the issuer now holds the new one, so a cancellation here must
+            # not leave the old one active beside it.
+            with anyio.CancelScope(shield=True):
+                await self._replace_pair_credential(invite.issuer_did, *minted)
         pair, created = await self.create(
             credential.peer_url,
             token=credential.token,
@@ -354,12 +359,7 @@ class PairService:
             old = tx.get(PAIR_CREDENTIALS_TABLE, peer_did)
             old_sa = None if old is None else old.get("sa_id")
             if isinstance(old_sa, str) and old_sa != sa_id:
-                with contextlib.suppress(FedpeerError):
-                    _tokens.revoke_service_account(tx, old_sa, now_ms=now)
-                old_grant = old.get("grant_id") if old is not None else None
-                if isinstance(old_grant, str):
-                    with contextlib.suppress(FedpeerError):
-                        _grants.delete_grant(tx, old_grant, now_ms=now)
+                revoke_credential(tx, old_sa, now_ms=now)
             tx.put(PAIR_CREDENTIALS_TABLE, peer_did, {"sa_id": sa_id, "grant_id": grant_id})
 
         await self._core.store.transact(swap)
@@ -371,12 +371,13 @@ class PairService:
         ids or a peer DID.
 
         Revokes every credential the peer holds on this node (its tokens stop
-        working at once) and the grants bound to them, then (``notify``) sends the
-        peer a signed request (``POST /v1/sync/unpair``) to do the same and drop its
-        pairs pulling from us, then stops and deletes the local pairs pulling from
-        the peer (the records they pulled stay). The peer's answer, or why it could
-        not be asked (PEER_UNREACHABLE...), is in :attr:`UnpairResult.peer`: this
-        side is unpaired either way.
+        working at once) and the grants bound to them, stops and deletes the local
+        pairs pulling from the peer (the records they pulled stay), then
+        (``notify``) sends the peer a signed request (``POST /v1/sync/unpair``) to
+        do the same and drop its pairs pulling from us. The peer's answer, or why
+        it could not be asked (PEER_UNREACHABLE...), is in
+        :attr:`UnpairResult.peer`: this side is unpaired either way (also when the
+        call is cancelled while the peer is asked).
 
         Raises PAIR_NOT_FOUND when ``pair_or_did`` is neither a pair id nor a DID
         this node has a pair or a credential for; PAIR_SELF for this node's DID.
@@ -392,14 +393,7 @@ class PairService:
         mine = [p for p in pairs if p.peer_did == peer_did]
         urls = [p.peer_url for p in mine]
         if not mine:
-            held = await self._core.store.transact(
-                lambda tx: [
-                    sa.id
-                    for sa in _tokens.list_service_accounts(tx, include_revoked=False)
-                    if sa.holder_did == peer_did
-                ]
-            )
-            if not held:
+            if not await self._core.store.transact(lambda tx: known_peer(tx, peer_did)):
                 raise PairNotFound(
                     f"no pair {pair_or_did!r:.90} and no peer with that DID here; list pairs "
                     "and their peers with `fedpeer pairs`"
@@ -409,18 +403,8 @@ class PairService:
                 urls.append(str(reciprocal["url"]))
         now = self._core.now_ms()
         revoked = await self._core.store.transact(lambda tx: forget_peer(tx, peer_did, now_ms=now))
-        peer: dict[str, object]
-        if not notify:
-            peer = {"asked": False}
-        elif not urls:
-            peer = {
-                "error": {
-                    "code": "PEER_UNREACHABLE",
-                    "message": "no known URL for the peer: run unpair on the other device too",
-                }
-            }
-        else:
-            peer = await self._ask_peer_to_unpair(peer_did, urls[0])
+        # This side is done before the peer is asked: a slow or cancelled request
+        # to the peer never leaves our pairs running with the credentials revoked.
         deleted: builtins.list[str] = []
         for p in mine:
             try:
@@ -428,6 +412,19 @@ class PairService:
             except PairNotFound:
                 continue
             deleted.append(p.id)
+        peer: dict[str, object]
+        if not notify:
+            peer = {"asked": False}
+        elif not urls:
+            peer = {
+                "error": {
+                    "code": "PEER_UNREACHABLE",
+                    "message": "no known URL for the peer: run `fedpeer unpair "
+                    f"{self._core.did}` on the other device too",
+                }
+            }
+        else:
+            peer = await self._ask_peer_to_unpair(peer_did, urls[0])
         log.info(
             "unpaired %s: pairs %s deleted, credentials %s revoked", peer_did, deleted, revoked
         )
@@ -462,12 +459,18 @@ class PairService:
 
         Returns ``{"pairs_deleted": [...], "credentials_revoked": [...]}``. Raises
         INVALID_REQUEST, DID_INVALID, the signature errors of §4.4 and
-        PROOF_REPLAYED; nothing changes then.
+        PROOF_REPLAYED; nothing changes then. A request from a DID this node
+        neither pulls from nor holds credentials for changes nothing and stores
+        nothing (not even its nonce: strangers cannot grow the store).
         """
         sender, nonce, expires_ms = check_unpair_request(request, local_did=self._core.did)
         now = self._core.now_ms()
+        pulling = any(p.peer_did == sender for p in self._manager.list())
 
         def apply(tx: StateTx) -> builtins.list[str]:
+            check_unused(tx, sender, nonce)
+            if not pulling and not known_peer(tx, sender):
+                return []
             remember_nonce(tx, sender, nonce, expires_ms, now)
             return forget_peer(tx, sender, now_ms=now)
 
@@ -484,13 +487,9 @@ class PairService:
                  sender, deleted, revoked)  # fmt: skip
         return {"pairs_deleted": deleted, "credentials_revoked": revoked}
 
-    async def _undo_mint(self, sa_id: str, grant_id: str) -> None:
-        def undo(tx: StateTx) -> None:
-            _tokens.revoke_service_account(tx, sa_id)
-            _grants.delete_grant(tx, grant_id)
-
+    async def _undo_mint(self, sa_id: str) -> None:
         try:
-            await self._core.store.transact(undo)
+            await self._core.store.transact(lambda tx: revoke_credential(tx, sa_id))
         except FedpeerError as err:
             log.warning("could not remove the reciprocal credential %s: %s", sa_id, err)
 

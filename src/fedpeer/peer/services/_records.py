@@ -135,13 +135,20 @@ class RecordService:
         view.check_write(signed.record.namespace, signed.record.thread)
         return await self.put_verified(signed)
 
-    async def ingest_many(self, items: Sequence[tuple[bytes, bytes]]) -> tuple[int, int]:
+    async def ingest_many(
+        self, items: Sequence[tuple[bytes, bytes]], *, view: ConsentView = EVERYTHING
+    ) -> tuple[int, int]:
         """Verify a batch of records signed elsewhere (``(data, sig)`` pairs) and store
         them in one transaction: ``(stored, already here)``.
 
-        Every record is verified before any is stored: one that fails raises its
-        error (BAD_SIGNATURE, RECORD_INVALID, NON_CANONICAL, ...) with its index in
-        the message, and nothing of the batch is stored. At most
+        ``view`` is what the caller may write (as for :meth:`append`; the import
+        route passes the caller's ``records:write`` view): one record whose
+        namespace/thread it does not cover is CONSENT_DENIED for the whole batch.
+
+        Every record is verified and checked before any is stored: one that fails
+        raises its error (BAD_SIGNATURE, RECORD_INVALID, NON_CANONICAL,
+        CONSENT_DENIED, ...) with its index in the message, and nothing of the
+        batch is stored. At most
         ``config.batch_fetch_max`` records (INVALID_REQUEST). CPU work runs on a
         worker thread.
         """
@@ -162,9 +169,11 @@ class RecordService:
                 ):
                     raise Malformed(f"record {i}: a signed record is {{data: bytes, sig: bytes}}")
                 try:
-                    out.append(verify_record(item[0], item[1], limits=core.limits, now_ms=now))
+                    rec = verify_record(item[0], item[1], limits=core.limits, now_ms=now)
+                    view.check_write(rec.record.namespace, rec.record.thread)
                 except FedpeerError as err:
                     raise type(err)(f"record {i} of the batch: {err.message}") from None
+                out.append(rec)
             return out
 
         signed = await anyio.to_thread.run_sync(verify_all)

@@ -7,18 +7,10 @@ from collections.abc import Sequence
 from ...consent import tokens
 from ...consent.scopes import parse_scopes
 from ...errors import InvalidRequest
-from ._core import NodeCore
+from ._core import NodeCore, lifetime_ms
 from ._views import IssuedAccount, RotatedToken
 
 __all__ = ["TokenService"]
-
-
-def _check_ttl(ttl_s: object, what: str = "ttl_s") -> int | None:
-    if ttl_s is None:
-        return None
-    if not isinstance(ttl_s, int) or isinstance(ttl_s, bool) or ttl_s <= 0:
-        raise InvalidRequest(f"{what} must be a positive whole number of seconds")
-    return ttl_s * 1000
 
 
 class TokenService:
@@ -51,7 +43,7 @@ class TokenService:
         if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
             raise InvalidRequest("scopes must be a list of scope or preset names")
         parsed = parse_scopes(list(scopes))
-        ttl_ms = _check_ttl(ttl_s, "token_ttl_s")
+        ttl_ms = lifetime_ms(ttl_s, "token_ttl_s")
         sa, issued = await self._core.store.transact(
             lambda tx: tokens.create_service_account(
                 tx, name=name, holder_did=holder, scopes=parsed, origin="api", ttl_ms=ttl_ms
@@ -75,7 +67,7 @@ class TokenService:
         """``principal`` rotates its own token ``token_id``: a new bearer with a slid
         expiry; the old one stops working. ROTATE_NOT_SELF, TOKEN_INVALID,
         TOKEN_EXPIRED."""
-        ttl_ms = _check_ttl(ttl_s)
+        ttl_ms = lifetime_ms(ttl_s)
         now = self._core.now_ms()
         issued = await self._core.store.transact(
             lambda tx: tokens.rotate_token(tx, token_id, principal, ttl_ms=ttl_ms, now_ms=now)

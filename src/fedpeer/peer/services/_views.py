@@ -10,14 +10,13 @@ receiver (the one record pipeline): the server's word is never trusted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 import attrs
 
 from ...consent.grants import Grant, Target, parse_target
 from ...consent.invites import HOLDER_TYPES, HolderType, Invite, IssuedInvite, Redeemed
-from ...consent.scopes import scopes_to_list
 from ...consent.tokens import IssuedToken, ServiceAccount
 from ...errors import FedpeerError, PeerInvalid
 from ...identity.canonical import CID
@@ -686,11 +685,6 @@ class PairingResult:
             reciprocal_url=r.opt_text("reciprocal_url"),
             reverse_pair=None if reverse is None else dict(reverse),
         )
-
-
-def scopes_list(scopes: Sequence[str] | frozenset[str]) -> list[str]:
-    """Scopes in their canonical order."""
-    return scopes_to_list(frozenset(scopes))
 
 
 @attrs.frozen
