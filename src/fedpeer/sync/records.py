@@ -96,7 +96,7 @@ from fedpeer.errors import (
     RecordTooLarge,
 )
 from fedpeer.identity._dagcbor import encode_into, head, parse_unchecked
-from fedpeer.identity._jcs import first_path
+from fedpeer.identity._jcs import MAX_SAFE_INTEGER, first_path
 from fedpeer.identity._syntax import NAME_PATTERN as NAME_PATTERN
 from fedpeer.identity._syntax import NAME_RE as NAME_RE
 from fedpeer.identity.canonical import (
@@ -142,7 +142,7 @@ RECORD_VERSION = 1
 SIGNATURE_BYTES = 64
 """Length of a record signature (detached Ed25519)."""
 
-MAX_SAFE_INT = 2**53 - 1
+MAX_SAFE_INT = MAX_SAFE_INTEGER  # the one constant (identity's, for signed JSON too)
 """Largest ``clock`` / ``ts`` value: exact in IEEE doubles (JSON, JavaScript)."""
 
 _RECORD_KEYS = frozenset(
