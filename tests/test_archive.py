@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -98,6 +99,88 @@ def test_a_count_that_does_not_match_the_root_is_car_invalid() -> None:
     _header, back = read_export(io.BytesIO(blob))
     with pytest.raises(CarInvalid, match="says 3 records but holds 2"):
         list(back)
+
+
+# --- forged files: memory and time stay bounded ----------------------------------------
+
+
+class Endless(io.RawIOBase):
+    """A file that starts with ``head`` and then repeats ``chunk`` forever; counts reads."""
+
+    def __init__(self, head: bytes, chunk: bytes) -> None:
+        self.head, self.chunk, self.pos = head, chunk, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf)
+        n = len(view)
+        out = bytearray()
+        while len(out) < n:
+            if self.pos < len(self.head):
+                piece = self.head[self.pos : self.pos + n - len(out)]
+            else:
+                off = (self.pos - len(self.head)) % len(self.chunk)
+                piece = self.chunk[off : off + n - len(out)]
+            out += piece
+            self.pos += len(piece)
+        view[:n] = out
+        return n
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _read_all(stream: Any) -> None:
+    _header, back = read_export(stream)
+    for _rec in back:
+        pass
+
+
+def test_a_block_length_of_2_to_the_60_is_refused_without_reading_it() -> None:
+    head = encode_head(exported_by=KEY.did, exported_at_ms=1, count=1)
+    stream = Endless(head + _varint(2**60), b"\x00")
+    with pytest.raises(CarInvalid, match="bad length"):
+        _read_all(stream)
+    assert stream.pos <= len(head) + 9  # only the varint itself was read
+    # a varint that never ends is refused after its ninth byte
+    stream = Endless(head, b"\xff")
+    with pytest.raises(CarInvalid, match="not a valid varint"):
+        _read_all(stream)
+    assert stream.pos <= len(head) + 9
+
+
+def test_endless_record_blocks_without_signatures_are_refused_within_a_bound() -> None:
+    big = build_record(KEY, namespace="notes", thread="t", kind="k", body={"x": "y" * 200_000})
+    # the record block alone (its signature block left out), repeated forever
+    n = len(_varint(len(big.cid.raw) + len(big.data))) + len(big.cid.raw) + len(big.data)
+    record_block = encode_record(big)[:n]
+    head = encode_head(exported_by=KEY.did, exported_at_ms=1, count=10**9)
+    stream = Endless(head, record_block)
+    with pytest.raises(CarInvalid, match="without their signature block"):
+        _read_all(stream)
+    assert stream.pos < 20 * 1024 * 1024  # 16 MiB of pending records, then refused
+
+
+def test_records_past_the_promised_count_stop_the_reader() -> None:
+    """An endless file of valid records is refused at the first record past the root's
+    count: the reader never runs on for as long as the file does."""
+    rec = records(1)[0]
+    head = encode_head(exported_by=KEY.did, exported_at_ms=1, count=3)
+    stream = Endless(head, encode_record(rec))
+    _header, back = read_export(stream)
+    got = [next(back) for _ in range(3)]
+    assert [r.cid for r in got] == [rec.cid] * 3
+    with pytest.raises(CarInvalid, match="says 3 records but holds more"):
+        next(back)
+    assert stream.pos <= len(head) + 4 * len(encode_record(rec))
 
 
 # --- the commands against a running node -------------------------------------------------

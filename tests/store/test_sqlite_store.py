@@ -312,3 +312,50 @@ async def test_path_with_uri_special_characters(tmp_path: Path) -> None:
     finally:
         await store.aclose()
     assert sorted(p.name for p in odd.iterdir()) == ["node ?.db"]
+
+
+async def test_backup_of_a_store_whose_path_has_uri_special_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup opens the source by an escaped ``file:`` URI: a ``#``, ``?`` or
+    ``%`` in the data dir must neither cut the path short nor create stray files."""
+    odd = tmp_path / "a dir %41?x=1#frag"
+    odd.mkdir()
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a cut-short relative URI would land here
+    store = await SQLiteStore.open(odd / "store.sqlite3")
+    try:
+        await store.put([rec(1), rec(2), rec(3)])
+        dest = tmp_path / "copy.sqlite3"
+        assert await store.backup(dest) == 3
+    finally:
+        await store.aclose()
+    assert list(elsewhere.iterdir()) == []
+    copy = await SQLiteStore.open(dest)
+    try:
+        assert await copy.count() == 3
+        assert copy.epoch == store.epoch
+    finally:
+        await copy.aclose()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+
+
+async def test_a_failed_backup_leaves_no_file_behind(tmp_path: Path) -> None:
+    """A source that is not a fedpeer store: a typed error, no destination, no temp file."""
+    other = tmp_path / "other.sqlite3"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(StoreError, match="back up"):
+        await anyio.to_thread.run_sync(fedpeer.store.backup_sqlite, other, out / "copy.sqlite3")
+    assert list(out.iterdir()) == []
+    # an existing destination is left as it was without overwrite
+    (out / "keep.sqlite3").write_bytes(b"mine")
+    with pytest.raises(StoreError, match="exists"):
+        fedpeer.store.backup_sqlite(other, out / "keep.sqlite3")
+    assert (out / "keep.sqlite3").read_bytes() == b"mine"
+    assert sorted(p.name for p in out.iterdir()) == ["keep.sqlite3"]

@@ -513,3 +513,57 @@ async def test_pool_size_never_exceeds_its_processes(nursery: anyio.abc.TaskGrou
     finally:
         await workers.aclose()
     await anyio.lowlevel.checkpoint()
+
+
+class SlowCommitStore(MemoryStore):
+    """A MemoryStore whose transactions wait for ``gate`` once ``hold`` is set (a slow disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.gate = anyio.Event()
+        self.waiting = anyio.Event()
+
+    async def transact(self, fn: Callable[[StateTx], Any]) -> Any:
+        if self.hold and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().transact(fn)
+
+
+async def test_a_fast_peer_cannot_make_a_puller_hold_more_than_pipeline_depth_pages(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    """While a commit is slow, the puller fetches ahead only ``pipeline_depth`` pages,
+    however fast the source answers: the pages (and signature checks) it holds stay
+    bounded, whatever the peer has to send."""
+    depth = 3
+    target = SlowCommitStore()
+    opts = SyncOptions(
+        page_limit=10,
+        pipeline_depth=depth,
+        commit_max_records=10,  # one page per commit: no folding
+        commit_wait_s=0,
+        verify_processes=False,
+        seed=5,
+    )
+    env = await start_env(nursery, opts, target)
+    try:
+        recs = make_records(200)
+        await env.source_store.put([r.to_new() for r in recs])
+        pair = await env.create()
+        target.hold = True  # before the puller's first step: its first commit waits
+        with anyio.fail_after(30):
+            await target.waiting.wait()  # the first page's commit is stuck
+            while len(env.source.requests) < 1 + depth:
+                await env.source.fetched.wait()
+        for _ in range(500):  # every task gets many turns: a runaway fetcher would show
+            await anyio.lowlevel.checkpoint()
+        assert len(env.source.requests) == 1 + depth  # the committing page + depth ahead
+        target.gate.set()
+        done = await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 200)
+        assert await cids(target) == [r.cid.raw for r in recs]
+        assert Cursor.decode(done.cursor or "").seq == 200
+    finally:
+        target.gate.set()
+        env.manager.stop()

@@ -24,7 +24,7 @@ Pure; no I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import rfc8785
 
@@ -55,15 +55,21 @@ def _step(path: str, key: object) -> str:
     return f"{path}[{json.dumps(text, ensure_ascii=False)}]"
 
 
-def _first_unsafe_int(value: object) -> tuple[str, int] | None:
-    """The first integer outside the I-JSON range (document order) and its path."""
-    stack: list[tuple[object, str, int]] = [(value, "$", 0)]
+def first_path(
+    value: object, match: Callable[[object], bool], *, root: str, max_depth: int
+) -> tuple[str, object] | None:
+    """The first item of the JSON-like ``value`` (maps, lists, tuples, scalars) for
+    which ``match`` is true, in document order (pre-order, map keys in their stored
+    order), and its path from ``root`` (``$.a[2]``, ``body["x y"]``); None when there
+    is none. Children of items ``max_depth`` containers deep are not looked at.
+    Iterative (no recursion limit); for error messages that name where a value is.
+    Pure."""
+    stack: list[tuple[object, str, int]] = [(value, root, 0)]
     while stack:
         item, path, depth = stack.pop()
-        if _unsafe(item):
-            assert isinstance(item, int)
+        if match(item):
             return path, item
-        if depth > 1000:
+        if depth >= max_depth:
             continue
         children: list[tuple[object, object]]
         if isinstance(item, Mapping):
@@ -101,12 +107,13 @@ def jcs(value: object) -> bytes:
     try:
         return bytes(rfc8785.dumps(value))  # type: ignore[arg-type]
     except rfc8785.IntegerDomainError:
-        found = _first_unsafe_int(value)
+        found = first_path(value, _unsafe, root="$", max_depth=1001)
         if found is None:  # pragma: no cover - rfc8785 refused an int we do not see
             raise Malformed(
                 "cannot canonicalise as JSON (RFC 8785): an integer is too large"
             ) from None
         path, number = found
+        assert isinstance(number, int)
         shown = str(number) if len(str(number)) <= 40 else str(number)[:37] + "..."
         raise Malformed(
             f"{path} is the integer {shown}, outside -(2**53-1)..2**53-1: signed JSON holds "

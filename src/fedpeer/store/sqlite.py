@@ -263,6 +263,12 @@ def _map_error(exc: sqlite3.Error, doing: str, path: Path | None = None) -> Stor
     return StoreError(f"{doing}: {exc}")
 
 
+def _read_only_uri(path: Path) -> str:
+    """The ``file:`` URI that opens ``path`` read-only, any character in it escaped
+    (a ``#``, ``?`` or ``%`` in a plain ``file:{path}`` would cut or change the path)."""
+    return path.resolve().as_uri() + "?mode=ro"
+
+
 def _scalar(conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> object:
     row = conn.execute(sql, params).fetchone()
     return None if row is None else row[0]
@@ -608,7 +614,7 @@ class SQLiteStore:
         self.scan_window = scan_window
         self._writer = writer
         self._write_lock = anyio.Lock()
-        self._reader_uri = path.resolve().as_uri() + "?mode=ro"
+        self._reader_uri = _read_only_uri(path)
         self._read_limiter = anyio.CapacityLimiter(readers)
         self._idle: list[sqlite3.Connection] = []
         self._watch = HeadWatch(head)
@@ -940,7 +946,7 @@ def backup_sqlite(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
-        src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+        src = sqlite3.connect(_read_only_uri(src_path), uri=True, timeout=_BUSY_TIMEOUT_S)
         try:
             dst = sqlite3.connect(tmp, isolation_level=None)
             try:

@@ -42,7 +42,11 @@ __all__ = [
 
 EXPORT_TYPE = "fedpeer.export"
 _MAX_HEADER = 4096
-_MAX_PENDING = 1024  # record blocks waiting for their signature block
+# Record blocks waiting for their signature block (a fedpeer export has at most one:
+# each record block is followed by its signature block): bounded in count and bytes,
+# so a forged file cannot make the reader hold more than this in memory.
+_MAX_PENDING = 1024
+_MAX_PENDING_BYTES = 16 * 1024 * 1024
 _CID_PREFIX = bytes([0x01, 0x71, 0x12, 0x20])  # CIDv1, dag-cbor, sha2-256, 32 bytes
 _CID_LEN = len(_CID_PREFIX) + 32
 
@@ -134,7 +138,8 @@ def car_blocks(
 
     Only CIDv1 dag-cbor sha2-256 blocks are accepted (what fedpeer writes);
     blocks larger than ``max_block`` bytes are refused. Raises ``CAR_INVALID``.
-    Reads the stream lazily; memory stays within one block.
+    Reads the stream lazily; memory stays within one block, and a length prefix
+    past ``max_block`` is refused before anything more is read.
     """
     size = _read_varint(stream, "the header length")
     assert size is not None
@@ -206,7 +211,10 @@ def read_export(
     record count different from the root's), and for a record that does not verify
     the verification's own error (``BAD_SIGNATURE``, ``RECORD_INVALID``,
     ``NON_CANONICAL``, ...) with its position and id in the message. Import callers
-    read the whole file once to check it before storing anything.
+    read the whole file once to check it before storing anything. Bounded on a
+    forged or endless file: one block at a time, at most 16 MiB of record blocks
+    waiting for their signature blocks, and it stops at the first record past the
+    root's ``count``.
     """
     roots, blocks = car_blocks(stream, max_block=limits.max_record_bytes + 1024)
     if len(roots) != 1:
@@ -218,18 +226,26 @@ def read_export(
 
     def records() -> Iterator[SignedRecord]:
         pending: dict[bytes, bytes] = {}
+        pending_bytes = 0
         done = 0
         for cid, data in blocks:
             sig_of = _signature_block(data)
             if sig_of is None:
-                if len(pending) >= _MAX_PENDING:
-                    raise CarInvalid("too many record blocks without their signature block")
+                pending_bytes += len(data)
+                if len(pending) >= _MAX_PENDING or pending_bytes > _MAX_PENDING_BYTES:
+                    raise CarInvalid(
+                        "too many record blocks without their signature block (each record "
+                        "block is followed by its signature block): not a fedpeer export"
+                    )
                 pending[cid.raw] = data
                 continue
             target, sig = sig_of
             record = pending.pop(target.raw, None)
             if record is None:
                 raise CarInvalid(f"signature block {cid} names record {target}, not in the file")
+            pending_bytes -= len(record)
+            if done >= header.count:  # stop here: the file may never end
+                raise CarInvalid(f"the export says {header.count} records but holds more")
             try:
                 signed = verify_record(
                     record, sig, limits=limits, now_ms=now_ms, expected_cid=target

@@ -82,7 +82,6 @@ Pure functions and frozen values; no I/O. The wall clock is read only when
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -97,6 +96,7 @@ from fedpeer.errors import (
     RecordTooLarge,
 )
 from fedpeer.identity._dagcbor import encode_into, head, parse_unchecked
+from fedpeer.identity._jcs import MAX_SAFE_INTEGER, first_path
 from fedpeer.identity._syntax import NAME_PATTERN as NAME_PATTERN
 from fedpeer.identity._syntax import NAME_RE as NAME_RE
 from fedpeer.identity.canonical import (
@@ -142,7 +142,7 @@ RECORD_VERSION = 1
 SIGNATURE_BYTES = 64
 """Length of a record signature (detached Ed25519)."""
 
-MAX_SAFE_INT = 2**53 - 1
+MAX_SAFE_INT = MAX_SAFE_INTEGER  # the one constant (identity's, for signed JSON too)
 """Largest ``clock`` / ``ts`` value: exact in IEEE doubles (JSON, JavaScript)."""
 
 _RECORD_KEYS = frozenset(
@@ -152,7 +152,6 @@ _RECORD_KEYS = frozenset(
 _RECORD_CID_PREFIX = b"\x01\x71\x12\x20"
 _RECORD_CID_LEN = len(_RECORD_CID_PREFIX) + 32
 _WIRE_KEYS = frozenset(("cid", "data", "sig"))
-_IDENT_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")  # a path step written as ``.key``
 # Names that matched NAME_PATTERN (length is checked separately, per Limits).
 _GOOD_NAMES: set[str] = set()
 _GOOD_NAMES_MAX = 4096
@@ -423,43 +422,16 @@ def _whole_float(value: float) -> bool:
     return -MAX_SAFE_INT <= value <= MAX_SAFE_INT and value.is_integer()
 
 
-def _path_step(path: str, key: object) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    text = str(key)
-    if _IDENT_RE.fullmatch(text):
-        return f"{path}.{text}"
-    return f"{path}[{json.dumps(text, ensure_ascii=False)}]"
-
-
-def _whole_float_path(body: object, max_depth: int) -> tuple[str, float] | None:
-    """The first whole-number float in ``body`` in document order (pre-order, map
-    keys in their stored order) and its path (``body.a[2]``), or None. The slow
-    path: it runs only once :func:`_body_problem` knows there is one."""
-    stack: list[tuple[object, str, int]] = [(body, "body", 0)]
-    while stack:
-        value, path, depth = stack.pop()
-        items: list[tuple[object, object]]
-        if isinstance(value, float):
-            if _whole_float(value):
-                return path, value
-            continue
-        if isinstance(value, dict):
-            items = list(value.items())
-        elif isinstance(value, list):
-            items = list(enumerate(value))
-        else:
-            continue
-        if depth < max_depth:
-            for key, child in reversed(items):
-                stack.append((child, _path_step(path, key), depth + 1))
-    return None
+def _is_whole_float(value: object) -> bool:
+    return isinstance(value, float) and _whole_float(value)
 
 
 def _whole_float_message(body: object, max_depth: int) -> str:
-    found = _whole_float_path(body, max_depth)
+    # the slow path: it runs only once _body_problem knows there is one
+    found = first_path(body, _is_whole_float, root="body", max_depth=max_depth)
     assert found is not None
     path, value = found
+    assert isinstance(value, float)
     shown = path if len(path) <= 200 else path[:197] + "..."
     return (
         f"{shown} is the float {value!r}, a whole number: write it as the integer "
