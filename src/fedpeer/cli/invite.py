@@ -16,7 +16,7 @@ from ..peer import AdminClient, InviteCreated
 from ..peer.addresses import is_loopback_host, is_wildcard, with_host
 from .main import Ctx
 from .node import lan_addresses
-from .output import console, json_out, run_async, short_did, table, when
+from .output import console, json_out, short_did, table, when
 from .params import JSON_OPT, Duration, Scopes, name_cb, url_cb
 
 __all__ = ["invite", "redemptions"]
@@ -150,33 +150,32 @@ def invite_create(
 ) -> None:
     """Issue an invite; print its URL (and a QR code) for the other device."""
 
-    async def main() -> Json:
-        async with obj.admin() as admin:
-            warning = None
-            base = base_url
-            if base is None:
-                base, warning = await _public_base_url(admin)
-            created = await admin.invites.create(
-                ttl_s=ttl,
-                max_uses=uses,
-                scopes=scopes,
-                target=_target(namespace, thread),
-                device_label=label,
-                notes=note,
-                base_url=base,
+    async def create(admin: AdminClient) -> Json:
+        warning = None
+        base = base_url
+        if base is None:
+            base, warning = await _public_base_url(admin)
+        created = await admin.invites.create(
+            ttl_s=ttl,
+            max_uses=uses,
+            scopes=scopes,
+            target=_target(namespace, thread),
+            device_label=label,
+            notes=note,
+            base_url=base,
+        )
+        if warning and not as_json:
+            click.echo(f"note: {warning}", err=True)
+        if not as_json:
+            _print_invite(created, qr, obj)
+        answer = created.to_dict()
+        if wait:
+            answer["redemption"] = await _wait_redeemed(
+                admin, created.invite_id, timeout, quiet=as_json
             )
-            if warning and not as_json:
-                click.echo(f"note: {warning}", err=True)
-            if not as_json:
-                _print_invite(created, qr, obj)
-            answer = created.to_dict()
-            if wait:
-                answer["redemption"] = await _wait_redeemed(
-                    admin, created.invite_id, timeout, quiet=as_json
-                )
-            return answer
+        return answer
 
-    answer = run_async(main)
+    answer = obj.call(create)
     if as_json:
         json_out(answer)
 
@@ -262,12 +261,11 @@ async def _wait_redeemed(admin: AdminClient, invite_id: str, timeout: int, *, qu
 def invite_list(obj: Ctx, state: str | None, as_json: bool) -> None:
     """List invites: state, uses, expiry, scopes, and who redeemed them (with codes)."""
 
-    async def main() -> tuple[list[Json], list[Json]]:
-        async with obj.admin() as admin:
-            found = await admin.invites.list(state=state)
-            return [i.to_dict() for i in found], await redemptions(admin)
+    async def fetch(admin: AdminClient) -> tuple[list[Json], list[Json]]:
+        found = await admin.invites.list(state=state)
+        return [i.to_dict() for i in found], await redemptions(admin)
 
-    invites, redeemed = run_async(main)
+    invites, redeemed = obj.call(fetch)
     by_invite: dict[str, list[Json]] = {}
     for event in redeemed:
         by_invite.setdefault(str(event.get("invite_id")), []).append(event)
@@ -302,11 +300,5 @@ def invite_list(obj: Ctx, state: str | None, as_json: bool) -> None:
 @click.pass_obj
 def invite_revoke(obj: Ctx, invite_id: str) -> None:
     """Revoke an invite and every token it produced."""
-
-    async def main() -> bool:
-        async with obj.admin() as admin:
-            _info, changed = await admin.invites.revoke(invite_id)
-            return changed
-
-    changed = run_async(main)
+    _info, changed = obj.call(lambda admin: admin.invites.revoke(invite_id))
     click.echo(f"invite {invite_id} {'revoked' if changed else 'was already revoked'}")
