@@ -114,6 +114,12 @@ class Ctx:
                 f"the node at {url} (from {source}) did not answer within "
                 f"{ADMIN_TIMEOUT_S:g} s; is it overloaded or stuck? check its log"
             )
+        if not isinstance(exc, httpx.ConnectError):  # it answered, then broke off
+            return NodeNotRunning(
+                f"the node at {url} (from {source}) broke off its answer "
+                f"({type(exc).__name__}): it may have stopped or crashed; check its log, "
+                f"{start} if it is down, then run this command again"
+            )
         stale = ""
         if source.endswith("node.url"):
             stale = " (node.url is left over from a node that did not stop cleanly)"
