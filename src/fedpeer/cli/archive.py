@@ -16,7 +16,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 import trio
@@ -38,6 +38,11 @@ BATCH_BYTES = 2 * 1024 * 1024  # well under the node's 4 MiB body limit
 
 def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _create_private(path: Path) -> BinaryIO:
+    """A new file only this user can read (the export's records are private)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 @click.command()
@@ -82,15 +87,14 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
                 did = str(ident.get("did"))
                 count = 0
                 async with PeerClient(admin.url, token=admin.token, client=admin.client) as peer:
-                    with body.open("wb") as out:
+                    with _create_private(body) as out:
                         async for _cursor, rec in peer.iter_changes(follow=False):
                             out.write(encode_record(rec))
                             count += 1
             head = encode_head(exported_by=did, exported_at_ms=int(time.time() * 1000), count=count)
 
             def assemble() -> None:
-                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out, body.open("rb") as src:
+                with _create_private(final) as out, body.open("rb") as src:
                     out.write(head)
                     shutil.copyfileobj(src, out, 1 << 20)
                     out.flush()
