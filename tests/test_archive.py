@@ -383,3 +383,8 @@ def test_export_refuses_to_overwrite_without_force(two_running: tuple[Running, R
         _header, back = read_export(fh)
         assert len(list(back)) == 3
     assert sorted(p.name for p in car.parent.iterdir() if p.name.startswith(".")) == []
+    # a FILE that cannot be written says why and what to do
+    r = a.fp("export", str(car.parent / "no-such-dir" / "a.car"))
+    assert r.exit_code == 1  # type: ignore[attr-defined]
+    assert r.stderr.startswith("STORE_ERROR: cannot write ")  # type: ignore[attr-defined]
+    assert "create its directory first" in r.stderr  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ node in batches (``POST /v1/records/import``), which verifies them again.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -38,6 +39,17 @@ BATCH_BYTES = 2 * 1024 * 1024  # well under the node's 4 MiB body limit
 
 def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _write_hint(exc: OSError) -> str:
+    """What to do when FILE cannot be written."""
+    if exc.errno == errno.ENOENT:
+        return "create its directory first, or pick another path"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "pick a directory you can write to"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some disk space, or write it to another disk"
+    return "pick another path"
 
 
 def _create_private(path: Path) -> BinaryIO:
@@ -104,7 +116,9 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
             await trio.to_thread.run_sync(assemble)
             return {"file": str(file), "records": count, "exported_by": did}
         except OSError as exc:
-            raise StoreError(f"cannot write {file}: {exc.strerror or exc}") from exc
+            raise StoreError(
+                f"cannot write {file}: {exc.strerror or exc}; {_write_hint(exc)}"
+            ) from exc
         finally:
             for tmp in (body, final):
                 tmp.unlink(missing_ok=True)
