@@ -251,3 +251,32 @@ def test_node_check_stops_reading_an_endless_health_answer() -> None:
         result, running = check_node(url, None, timeout=10)
     assert result.status == "FAIL"
     assert running is False
+
+
+def test_clock_check_on_a_bad_date_header_says_what_to_do() -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return "yesterday"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = check_clock(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert result.status == "FAIL"
+    assert "bad Date header 'yesterday'" in result.detail
+    assert result.fix is not None
+    assert "fedpeer node" in result.fix

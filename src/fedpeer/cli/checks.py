@@ -467,7 +467,12 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
     try:
         skew = clock_skew_s(sent, received, date)
     except (TypeError, ValueError):
-        return Check("clock", "FAIL", f"{url} sent a bad Date header {date!r:.60}", None)
+        return Check(
+            "clock",
+            "FAIL",
+            f"{url} sent a bad Date header {date!r:.60}",
+            "check the URL: it must be a fedpeer node",
+        )
     rtt = received - sent
     note = ""
     try:
@@ -513,5 +518,10 @@ def data_dir_check(data_dir: Path) -> Check:
             f"chmod 700 {data_dir}",
         )
     if not os.access(data_dir, os.W_OK):
-        return Check("data dir", "FAIL", f"{data_dir} is not writable by this user", None)
+        return Check(
+            "data dir",
+            "FAIL",
+            f"{data_dir} is not writable by this user",
+            f"run fedpeer as the user who owns {data_dir}, or pick another --data-dir",
+        )
     return Check("data dir", "ok", f"{data_dir} (mode {mode:04o})")
