@@ -205,8 +205,11 @@ def _print_invite(created: InviteCreated, qr: bool, obj: Ctx) -> None:
     click.echo("The URL holds a secret: share it only with the device you want to pair.")
 
 
-async def redemptions(admin: AdminClient, invite_id: str | None = None) -> list[Json]:
-    """``invite.redeemed`` audit events (oldest first), each with its confirmation code."""
+async def redemptions(
+    admin: AdminClient, invite_id: str | None = None, *, issuer: str | None = None
+) -> list[Json]:
+    """``invite.redeemed`` audit events (oldest first), each with its confirmation code
+    (``issuer``: this node's DID when the caller has it, else asked of the node)."""
     events: list[Json] = []
     since = 0
     for _ in range(50):  # bounded: 50 pages of up to 1000 events
@@ -217,22 +220,23 @@ async def redemptions(admin: AdminClient, invite_id: str | None = None) -> list[
         if page.next_since <= since or not page.events:
             break
         since = page.next_since
-    issuer = str((await admin.identity()).get("did"))
+    if not events:
+        return events
+    did = issuer if issuer is not None else str((await admin.identity()).get("did"))
     for event in events:
         holder = event.get("holder_did")
         if isinstance(holder, str):
-            event["confirmation_code"] = confirmation_code(
-                issuer, holder, str(event.get("invite_id"))
-            )
+            event["confirmation_code"] = confirmation_code(did, holder, str(event.get("invite_id")))
     return events
 
 
 async def _wait_redeemed(admin: AdminClient, invite_id: str, timeout: int, *, quiet: bool) -> Json:
     if not quiet:
         click.echo(f"waiting up to {timeout} s for the invite to be redeemed (Ctrl-C to stop)…")
+    issuer = str((await admin.identity()).get("did"))  # once, not on every poll
     with trio.move_on_after(timeout):
         for _ in range(int(timeout / 0.5) + 2):  # bounded poll
-            found = await redemptions(admin, invite_id)
+            found = await redemptions(admin, invite_id, issuer=issuer)
             if found:
                 event = found[0]
                 if not quiet:
