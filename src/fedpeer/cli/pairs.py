@@ -139,8 +139,8 @@ async def wait_caught_up(
             for _ in range(int(timeout / interval) + 2):  # bounded poll
                 status = await admin.pairs.status(pid)
                 head = await _peer_head(peer)
-                seq = status.lag.get("cursor_seq") or 0
-                assert isinstance(seq, int)
+                raw_seq = status.lag.get("cursor_seq")  # the node's answer: no assert on it
+                seq = raw_seq if isinstance(raw_seq, int) and not isinstance(raw_seq, bool) else 0
                 records = status.stats.get("records", 0)
                 state = status.state.value
                 desc = f"{state}: {records} records"
