@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -381,3 +384,90 @@ def test_an_independent_car_reader_reads_the_export(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, cwd=JS_DIR,
     )  # fmt: skip
     assert out.returncode == 1
+
+
+# --- export: never a half-written or clobbered FILE ---------------------------------------
+
+
+@contextlib.contextmanager
+def broken_node(mode: str) -> Iterator[str]:
+    """A fake node on loopback that answers ``/v1/identity`` and then fails the changes
+    feed: with a fedpeer error (``"error"``), or by cutting the connection in the middle
+    of the page it promised (``"cut"``)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, length: int | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/v1/identity"):
+                self._send(200, json.dumps({"did": KEY.did, "urls": []}).encode())
+            elif mode == "error":
+                err = {"error": {"code": "STORE_ERROR", "message": "the disk failed"}}
+                self._send(500, json.dumps(err).encode())
+            else:
+                self._send(200, b'{"records": [', length=1 << 20)
+                self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("mode", ["error", "cut"])
+def test_a_failed_export_leaves_no_file_and_no_temp_file(tmp_path: Path, mode: str) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    old = out_dir / "old.car"
+    old.write_bytes(b"the previous export")
+    env = {"FEDPEER_TOKEN": "x" * 43}
+    with broken_node(mode) as url:
+        for target, extra in ((out_dir / "new.car", []), (old, ["--force"])):
+            argv = ["--data-dir", str(tmp_path / "d"), "--url", url, "export", str(target)]
+            r = CliRunner().invoke(cli, [*argv, *extra], env=env, catch_exceptions=False)
+            assert r.exit_code in (1, 4), r.output
+            assert re.match(r"[A-Z_]+: ", r.stderr), r.stderr  # CODE: message, no traceback
+            if mode == "error":
+                assert r.stderr.startswith("STORE_ERROR: the disk failed")
+            else:  # it answered, then broke off: not "nothing answers"
+                assert r.stderr.startswith("NODE_NOT_RUNNING: the node at ")
+                assert "broke off its answer" in r.stderr
+    # nothing half-written: no new file, the old one untouched, no temp files left
+    assert sorted(p.name for p in out_dir.iterdir()) == ["old.car"]
+    assert old.read_bytes() == b"the previous export"
+
+
+def test_export_refuses_to_overwrite_without_force(two_running: tuple[Running, Running]) -> None:
+    a, _b = two_running
+    _append(a, 3)
+    car = a.data_dir.parent / "a.car"
+    car.write_bytes(b"keep me")
+    r = a.fp("export", str(car))
+    assert r.exit_code == 1  # type: ignore[attr-defined]
+    assert "--force" in r.stderr  # type: ignore[attr-defined]
+    assert car.read_bytes() == b"keep me"
+    r = a.fp("export", str(car), "--force", "--json")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert json.loads(r.stdout)["records"] == 3  # type: ignore[attr-defined]
+    with car.open("rb") as fh:
+        _header, back = read_export(fh)
+        assert len(list(back)) == 3
+    assert sorted(p.name for p in car.parent.iterdir() if p.name.startswith(".")) == []
+    # a FILE that cannot be written says why and what to do
+    r = a.fp("export", str(car.parent / "no-such-dir" / "a.car"))
+    assert r.exit_code == 1  # type: ignore[attr-defined]
+    assert r.stderr.startswith("STORE_ERROR: cannot write ")  # type: ignore[attr-defined]
+    assert "create its directory first" in r.stderr  # type: ignore[attr-defined]

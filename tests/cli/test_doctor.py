@@ -20,7 +20,7 @@ import trio
 from click.testing import CliRunner
 
 from fedpeer.cli import cli
-from fedpeer.cli.checks import SKEW_LIMIT_S, check_clock, clock_skew_s
+from fedpeer.cli.checks import SKEW_LIMIT_S, check_clock, check_node, clock_skew_s
 from fedpeer.store import SQLiteStore
 
 
@@ -177,3 +177,106 @@ def test_clock_check_fails_on_a_skewed_peer_and_passes_on_a_close_one() -> None:
         close = check_clock(url)
     assert close.status == "ok"
     assert "manifest rejected" in close.detail  # {} is no fedpeer manifest
+
+
+@contextlib.contextmanager
+def endless_server(
+    *, chunk: bytes, pause_s: float, chunks: int, head: bytes = b"", tail: bytes = b""
+) -> Iterator[str]:
+    """A hostile 'peer' on 127.0.0.1: a valid Date header, then a body that does not
+    end (``head``, ``chunks`` chunks ``pause_s`` apart, ``tail``: bounded, so the test
+    cannot hang)."""
+    stop = threading.Event()  # ends the trickle at teardown
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()  # no length: the body runs until the connection closes
+            try:
+                self.wfile.write(head)
+                for _ in range(chunks):
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    if pause_s and stop.wait(pause_s):
+                        return
+                self.wfile.write(tail)
+            except OSError:
+                return  # the client hung up: what it should do
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_clock_check_stops_reading_a_huge_manifest() -> None:
+    # 64 MiB offered; the check stops past 256 KiB and says why
+    with endless_server(chunk=b" " * 65536, pause_s=0, chunks=1024) as url:
+        result = check_clock(url, timeout=10)
+    assert result.status == "FAIL"
+    assert "over 262144 bytes" in result.detail
+    assert result.fix is not None
+
+
+def test_clock_check_stops_waiting_for_a_trickling_manifest() -> None:
+    # one byte every 0.05 s for up to 60 s; the check gives up after its 1 s budget
+    # (without the bound it would read all 1200 bytes, find no JSON and pass)
+    with endless_server(chunk=b" ", pause_s=0.05, chunks=1200) as url:
+        result = check_clock(url, timeout=1)
+    assert result.status == "FAIL"
+    assert "still sending after 1 s" in result.detail
+
+
+def test_node_check_stops_reading_an_endless_health_answer() -> None:
+    # a stale node.url whose port another program now serves: a /health answer
+    # that keeps coming (it would parse as a node's after 5 s, past the 1 s budget)
+    with endless_server(
+        head=b'{"did": "did:key:z6MkImpostor"', chunk=b" ", pause_s=0.05, chunks=100, tail=b"}"
+    ) as url:
+        result, running = check_node(url, None, timeout=1)
+    assert result.status == "FAIL"
+    assert "answers, but not as a fedpeer node" in result.detail
+    assert running is False
+    with endless_server(chunk=b" " * 65536, pause_s=0, chunks=1024) as url:  # 64 MiB
+        result, running = check_node(url, None, timeout=10)
+    assert result.status == "FAIL"
+    assert running is False
+
+
+def test_clock_check_on_a_bad_date_header_says_what_to_do() -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return "yesterday"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = check_clock(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert result.status == "FAIL"
+    assert "bad Date header 'yesterday'" in result.detail
+    assert result.fix is not None
+    assert "fedpeer node" in result.fix

@@ -11,12 +11,13 @@ node in batches (``POST /v1/records/import``), which verifies them again.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 import trio
@@ -38,6 +39,22 @@ BATCH_BYTES = 2 * 1024 * 1024  # well under the node's 4 MiB body limit
 
 def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _write_hint(exc: OSError) -> str:
+    """What to do when FILE cannot be written."""
+    if exc.errno == errno.ENOENT:
+        return "create its directory first, or pick another path"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "pick a directory you can write to"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some disk space, or write it to another disk"
+    return "pick another path"
+
+
+def _create_private(path: Path) -> BinaryIO:
+    """A new file only this user can read (the export's records are private)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 @click.command()
@@ -82,15 +99,14 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
                 did = str(ident.get("did"))
                 count = 0
                 async with PeerClient(admin.url, token=admin.token, client=admin.client) as peer:
-                    with body.open("wb") as out:
+                    with _create_private(body) as out:
                         async for _cursor, rec in peer.iter_changes(follow=False):
                             out.write(encode_record(rec))
                             count += 1
             head = encode_head(exported_by=did, exported_at_ms=int(time.time() * 1000), count=count)
 
             def assemble() -> None:
-                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out, body.open("rb") as src:
+                with _create_private(final) as out, body.open("rb") as src:
                     out.write(head)
                     shutil.copyfileobj(src, out, 1 << 20)
                     out.flush()
@@ -100,7 +116,9 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
             await trio.to_thread.run_sync(assemble)
             return {"file": str(file), "records": count, "exported_by": did}
         except OSError as exc:
-            raise StoreError(f"cannot write {file}: {exc.strerror or exc}") from exc
+            raise StoreError(
+                f"cannot write {file}: {exc.strerror or exc}; {_write_hint(exc)}"
+            ) from exc
         finally:
             for tmp in (body, final):
                 tmp.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ switch can still drop mDNS). IPv4 only.
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import secrets
 import select
@@ -34,6 +35,7 @@ import httpx
 
 from ..errors import FedpeerError
 from ..peer import local_client_context, manifest_pins, peer_pin, pinned_context
+from ..peer.client import MANIFEST_MAX_BYTES
 
 __all__ = [
     "MULTICAST_GROUP",
@@ -197,8 +199,14 @@ def check_node(
         except OSError:
             verify = True
     try:
-        r = httpx.get(url.rstrip("/") + "/health", timeout=timeout, verify=verify)
-        body = r.json()
+        with (
+            httpx.Client(verify=verify, timeout=timeout) as client,
+            client.stream("GET", url.rstrip("/") + "/health") as r,
+        ):
+            raw = _read_bounded(r, time.monotonic() + timeout)
+        if raw is None:
+            raise ValueError("the /health answer is too large or too slow")
+        body = json.loads(raw)
     except httpx.HTTPError as exc:
         return Check("node", "skip", f"nothing answers at {url} ({type(exc).__name__})"), False
     except ValueError:
@@ -409,6 +417,17 @@ def clock_skew_s(sent_at: float, received_at: float, date_header: str) -> float:
     return (sent_at + received_at) / 2 - remote
 
 
+def _read_bounded(response: httpx.Response, deadline: float) -> bytes | None:
+    """The body, or None once it is over :data:`MANIFEST_MAX_BYTES` or still coming
+    at ``deadline`` (``time.monotonic()``): a peer cannot stall or flood ``doctor``."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > MANIFEST_MAX_BYTES or time.monotonic() > deadline:
+            return None
+    return bytes(body)
+
+
 def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
     """Compare this clock with the peer's ``Date`` header; verify its manifest too."""
     if not peer_url:
@@ -425,7 +444,7 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
             client.stream("GET", url + "/.well-known/fedpeer") as r,
         ):
             seen = peer_pin(r.extensions.get("network_stream"))
-            r.read()
+            body = _read_bounded(r, time.monotonic() + timeout)
     except httpx.HTTPError as exc:
         return Check(
             "clock",
@@ -434,17 +453,30 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
             "check the URL and that the peer runs (`fedpeer run --host 0.0.0.0` there)",
         )
     received = time.time()
+    if body is None:
+        return Check(
+            "clock",
+            "FAIL",
+            f"{url} sent a manifest over {MANIFEST_MAX_BYTES} bytes or still sending after "
+            f"{timeout:g} s: not a fedpeer node",
+            "check the URL: it must be a fedpeer node (`fedpeer run --host 0.0.0.0` there)",
+        )
     date = r.headers.get("date")
     if not date:
         return Check("clock", "FAIL", f"{url} sent no Date header", "is it a fedpeer node?")
     try:
         skew = clock_skew_s(sent, received, date)
     except (TypeError, ValueError):
-        return Check("clock", "FAIL", f"{url} sent a bad Date header {date!r:.60}", None)
+        return Check(
+            "clock",
+            "FAIL",
+            f"{url} sent a bad Date header {date!r:.60}",
+            "check the URL: it must be a fedpeer node",
+        )
     rtt = received - sent
     note = ""
     try:
-        verified = verify_manifest(r.json())
+        verified = verify_manifest(json.loads(body))
         note = f", manifest of {verified.did} verified"
         if url.startswith("https://"):
             pins = manifest_pins(verified.document)
@@ -486,5 +518,10 @@ def data_dir_check(data_dir: Path) -> Check:
             f"chmod 700 {data_dir}",
         )
     if not os.access(data_dir, os.W_OK):
-        return Check("data dir", "FAIL", f"{data_dir} is not writable by this user", None)
+        return Check(
+            "data dir",
+            "FAIL",
+            f"{data_dir} is not writable by this user",
+            f"run fedpeer as the user who owns {data_dir}, or pick another --data-dir",
+        )
     return Check("data dir", "ok", f"{data_dir} (mode {mode:04o})")

@@ -16,7 +16,7 @@ from ..peer import AdminClient, InviteCreated
 from ..peer.addresses import is_loopback_host, is_wildcard, with_host
 from .main import Ctx
 from .node import lan_addresses
-from .output import console, json_out, run_async, short_did, table, when
+from .output import console, json_out, short_did, table, when
 from .params import JSON_OPT, Duration, Scopes, name_cb, url_cb
 
 __all__ = ["invite", "redemptions"]
@@ -150,33 +150,32 @@ def invite_create(
 ) -> None:
     """Issue an invite; print its URL (and a QR code) for the other device."""
 
-    async def main() -> Json:
-        async with obj.admin() as admin:
-            warning = None
-            base = base_url
-            if base is None:
-                base, warning = await _public_base_url(admin)
-            created = await admin.invites.create(
-                ttl_s=ttl,
-                max_uses=uses,
-                scopes=scopes,
-                target=_target(namespace, thread),
-                device_label=label,
-                notes=note,
-                base_url=base,
+    async def create(admin: AdminClient) -> Json:
+        warning = None
+        base = base_url
+        if base is None:
+            base, warning = await _public_base_url(admin)
+        created = await admin.invites.create(
+            ttl_s=ttl,
+            max_uses=uses,
+            scopes=scopes,
+            target=_target(namespace, thread),
+            device_label=label,
+            notes=note,
+            base_url=base,
+        )
+        if warning and not as_json:
+            click.echo(f"note: {warning}", err=True)
+        if not as_json:
+            _print_invite(created, qr, obj)
+        answer = created.to_dict()
+        if wait:
+            answer["redemption"] = await _wait_redeemed(
+                admin, created.invite_id, timeout, quiet=as_json
             )
-            if warning and not as_json:
-                click.echo(f"note: {warning}", err=True)
-            if not as_json:
-                _print_invite(created, qr, obj)
-            answer = created.to_dict()
-            if wait:
-                answer["redemption"] = await _wait_redeemed(
-                    admin, created.invite_id, timeout, quiet=as_json
-                )
-            return answer
+        return answer
 
-    answer = run_async(main)
+    answer = obj.call(create)
     if as_json:
         json_out(answer)
 
@@ -206,8 +205,11 @@ def _print_invite(created: InviteCreated, qr: bool, obj: Ctx) -> None:
     click.echo("The URL holds a secret: share it only with the device you want to pair.")
 
 
-async def redemptions(admin: AdminClient, invite_id: str | None = None) -> list[Json]:
-    """``invite.redeemed`` audit events (oldest first), each with its confirmation code."""
+async def redemptions(
+    admin: AdminClient, invite_id: str | None = None, *, issuer: str | None = None
+) -> list[Json]:
+    """``invite.redeemed`` audit events (oldest first), each with its confirmation code
+    (``issuer``: this node's DID when the caller has it, else asked of the node)."""
     events: list[Json] = []
     since = 0
     for _ in range(50):  # bounded: 50 pages of up to 1000 events
@@ -218,22 +220,23 @@ async def redemptions(admin: AdminClient, invite_id: str | None = None) -> list[
         if page.next_since <= since or not page.events:
             break
         since = page.next_since
-    issuer = str((await admin.identity()).get("did"))
+    if not events:
+        return events
+    did = issuer if issuer is not None else str((await admin.identity()).get("did"))
     for event in events:
         holder = event.get("holder_did")
         if isinstance(holder, str):
-            event["confirmation_code"] = confirmation_code(
-                issuer, holder, str(event.get("invite_id"))
-            )
+            event["confirmation_code"] = confirmation_code(did, holder, str(event.get("invite_id")))
     return events
 
 
 async def _wait_redeemed(admin: AdminClient, invite_id: str, timeout: int, *, quiet: bool) -> Json:
     if not quiet:
         click.echo(f"waiting up to {timeout} s for the invite to be redeemed (Ctrl-C to stop)…")
+    issuer = str((await admin.identity()).get("did"))  # once, not on every poll
     with trio.move_on_after(timeout):
         for _ in range(int(timeout / 0.5) + 2):  # bounded poll
-            found = await redemptions(admin, invite_id)
+            found = await redemptions(admin, invite_id, issuer=issuer)
             if found:
                 event = found[0]
                 if not quiet:
@@ -262,12 +265,11 @@ async def _wait_redeemed(admin: AdminClient, invite_id: str, timeout: int, *, qu
 def invite_list(obj: Ctx, state: str | None, as_json: bool) -> None:
     """List invites: state, uses, expiry, scopes, and who redeemed them (with codes)."""
 
-    async def main() -> tuple[list[Json], list[Json]]:
-        async with obj.admin() as admin:
-            found = await admin.invites.list(state=state)
-            return [i.to_dict() for i in found], await redemptions(admin)
+    async def fetch(admin: AdminClient) -> tuple[list[Json], list[Json]]:
+        found = await admin.invites.list(state=state)
+        return [i.to_dict() for i in found], await redemptions(admin)
 
-    invites, redeemed = run_async(main)
+    invites, redeemed = obj.call(fetch)
     by_invite: dict[str, list[Json]] = {}
     for event in redeemed:
         by_invite.setdefault(str(event.get("invite_id")), []).append(event)
@@ -302,11 +304,5 @@ def invite_list(obj: Ctx, state: str | None, as_json: bool) -> None:
 @click.pass_obj
 def invite_revoke(obj: Ctx, invite_id: str) -> None:
     """Revoke an invite and every token it produced."""
-
-    async def main() -> bool:
-        async with obj.admin() as admin:
-            _info, changed = await admin.invites.revoke(invite_id)
-            return changed
-
-    changed = run_async(main)
+    _info, changed = obj.call(lambda admin: admin.invites.revoke(invite_id))
     click.echo(f"invite {invite_id} {'revoked' if changed else 'was already revoked'}")

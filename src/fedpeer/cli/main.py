@@ -12,8 +12,9 @@ import contextlib
 import logging
 import os
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import httpx
@@ -21,9 +22,12 @@ import httpx
 from ..errors import AuthRequired, ConfigInvalid, NodeNotRunning, PeerUnreachable, TokenInvalid
 from ..peer import AdminClient, local_client_context, new_http_client
 from .config import Settings, admin_token, load_settings, node_url
+from .output import run_async
 from .params import url_cb
 
 __all__ = ["Ctx", "cli", "default_data_dir"]
+
+T = TypeVar("T")
 
 ADMIN_TIMEOUT_S = 30.0
 
@@ -92,12 +96,29 @@ class Ctx:
             except httpx.InvalidURL as exc:
                 raise ConfigInvalid(f"bad node URL {url!r} (from {source}): {exc}") from None
 
+    def call(self, fn: Callable[[AdminClient], Awaitable[T]]) -> T:
+        """``fn(admin)`` with :meth:`admin`, run to completion: what an operator
+        command does. A FedpeerError ends the command with ``CODE: message`` and its
+        exit code, Ctrl-C with 130 (:func:`~fedpeer.cli.output.run_async`)."""
+
+        async def main() -> T:
+            async with self.admin() as admin:
+                return await fn(admin)
+
+        return run_async(main)
+
     def _not_running(self, url: str, source: str, exc: httpx.TransportError) -> NodeNotRunning:
         start = f"start it with `fedpeer --data-dir {shlex.quote(str(self.data_dir))} run`"
         if isinstance(exc, httpx.TimeoutException):
             return NodeNotRunning(
                 f"the node at {url} (from {source}) did not answer within "
                 f"{ADMIN_TIMEOUT_S:g} s; is it overloaded or stuck? check its log"
+            )
+        if not isinstance(exc, httpx.ConnectError):  # it answered, then broke off
+            return NodeNotRunning(
+                f"the node at {url} (from {source}) broke off its answer "
+                f"({type(exc).__name__}): it may have stopped or crashed; check its log, "
+                f"{start} if it is down, then run this command again"
             )
         stale = ""
         if source.endswith("node.url"):

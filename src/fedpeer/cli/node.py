@@ -242,7 +242,11 @@ def run(
             fail(found, EXIT_LOCKED if isinstance(found, DataDirLocked) else EXIT_START)
         if isinstance(found, OSError):  # not the port (that is START_FAILED above): say what
             where = f" ({found.filename})" if found.filename else ""
-            click.echo(f"START_FAILED: {found.strerror or found}{where}", err=True)
+            click.echo(
+                f"START_FAILED: {found.strerror or found}{where}; "
+                f"`{obj.command('doctor')}` checks the data dir, the port and the network",
+                err=True,
+            )
             sys.exit(EXIT_START)
         if isinstance(found, KeyboardInterrupt):
             sys.exit(EXIT_INTERRUPTED)

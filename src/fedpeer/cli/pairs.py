@@ -12,7 +12,7 @@ from ..consent import parse_invite_url
 from ..errors import FedpeerError, PairSelf, TimedOut, error_from_code
 from ..peer import AdminClient, PairStatus, PeerClient
 from .main import Ctx
-from .output import ago, console, json_out, run_async, short_did, table
+from .output import ago, console, json_out, short_did, table
 from .params import JSON_OPT, Duration, invite_url_cb
 
 __all__ = ["pair", "pairs", "peers", "unpair", "wait_caught_up"]
@@ -58,27 +58,26 @@ def pair(
     compare it with the one the issuer shows (`fedpeer invite list`).
     """
 
-    async def main() -> Json:
-        async with obj.admin() as admin:
-            invite = parse_invite_url(invite_url)
-            ident = await admin.identity()
-            if invite.issuer_did == ident.get("did"):
-                raise PairSelf(
-                    "this invite was issued by this node: run `fedpeer pair` on the other device"
-                )
-            handle = str(ident.get("handle") or "")
-            result = await admin.pairs.from_invite(
-                invite_url, bidirectional=not one_way, label=(label or handle) or None
+    async def pair_from_invite(admin: AdminClient) -> Json:
+        invite = parse_invite_url(invite_url)
+        ident = await admin.identity()
+        if invite.issuer_did == ident.get("did"):
+            raise PairSelf(
+                "this invite was issued by this node: run `fedpeer pair` on the other device"
             )
-            if not as_json:
-                _print_paired(result.to_dict())
-            answer = result.to_dict()
-            if wait:
-                status = await wait_caught_up(admin, result.pair, timeout, quiet=as_json)
-                answer["pair"] = status.to_dict()
-            return answer
+        handle = str(ident.get("handle") or "")
+        result = await admin.pairs.from_invite(
+            invite_url, bidirectional=not one_way, label=(label or handle) or None
+        )
+        if not as_json:
+            _print_paired(result.to_dict())
+        answer = result.to_dict()
+        if wait:
+            status = await wait_caught_up(admin, result.pair, timeout, quiet=as_json)
+            answer["pair"] = status.to_dict()
+        return answer
 
-    result = run_async(main)
+    result = obj.call(pair_from_invite)
     if as_json:
         json_out(result)
 
@@ -140,8 +139,8 @@ async def wait_caught_up(
             for _ in range(int(timeout / interval) + 2):  # bounded poll
                 status = await admin.pairs.status(pid)
                 head = await _peer_head(peer)
-                seq = status.lag.get("cursor_seq") or 0
-                assert isinstance(seq, int)
+                raw_seq = status.lag.get("cursor_seq")  # the node's answer: no assert on it
+                seq = raw_seq if isinstance(raw_seq, int) and not isinstance(raw_seq, bool) else 0
                 records = status.stats.get("records", 0)
                 state = status.state.value
                 desc = f"{state}: {records} records"
@@ -182,12 +181,7 @@ _MARKS = {"verified": "✓", "unverified": "?", "invalid": "✗"}
 @click.pass_obj
 def peers(obj: Ctx, as_json: bool) -> None:
     """Nodes found on the LAN over mDNS (✓ verified, ? unverified, ✗ invalid)."""
-
-    async def main() -> Json:
-        async with obj.admin() as admin:
-            return await admin.discovery()
-
-    roster = run_async(main)
+    roster: Json = obj.call(lambda admin: admin.discovery())
     if as_json:
         json_out(roster)
         return
@@ -258,12 +252,7 @@ def pairs(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     obj: Ctx = ctx.obj
-
-    async def main() -> list[PairStatus]:
-        async with obj.admin() as admin:
-            return await admin.pairs.statuses()
-
-    rows = run_async(main)
+    rows = obj.call(lambda admin: admin.pairs.statuses())
     if as_json:
         json_out({"pairs": [r.to_dict() for r in rows]})
         return
@@ -293,20 +282,18 @@ def _pair_action(action: str, helptext: str) -> None:
     @click.argument("pair_id")
     @click.pass_obj
     def command(obj: Ctx, pair_id: str) -> None:
-        async def main() -> str:
-            async with obj.admin() as admin:
-                if action == "delete":
-                    await admin.pairs.delete(pair_id)
-                    return "deleted"
-                acts = {
-                    "pause": admin.pairs.pause,
-                    "resume": admin.pairs.resume,
-                    "kick": admin.pairs.kick,
-                }
-                return (await acts[action](pair_id)).state.value
+        async def act(admin: AdminClient) -> str:
+            if action == "delete":
+                await admin.pairs.delete(pair_id)
+                return "deleted"
+            acts = {
+                "pause": admin.pairs.pause,
+                "resume": admin.pairs.resume,
+                "kick": admin.pairs.kick,
+            }
+            return (await acts[action](pair_id)).state.value
 
-        state = run_async(main)
-        click.echo(f"pair {pair_id}: {state}")
+        click.echo(f"pair {pair_id}: {obj.call(act)}")
 
 
 _pair_action("pause", "Pause a pair.")
@@ -332,13 +319,8 @@ def unpair(obj: Ctx, pair_or_did: str, local_only: bool, as_json: bool) -> None:
     signed request to do the same (drop its pair pulling from here). If the peer
     cannot be reached, this side is unpaired anyway; run unpair there too.
     """
-
-    async def main() -> Json:
-        async with obj.admin() as admin:
-            result = await admin.pairs.unpair(pair_or_did, notify=not local_only)
-            return result.to_dict()
-
-    result = run_async(main)
+    unpaired = obj.call(lambda admin: admin.pairs.unpair(pair_or_did, notify=not local_only))
+    result: Json = unpaired.to_dict()
     if as_json:
         json_out(result)
         return

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from ..peer import RecordEntry, RecordsPage
+from ..peer import RecordEntry
 from ..sync import record_to_json_view
 from .main import Ctx
-from .output import console, json_out, run_async, short_did, table, when
+from .output import console, json_out, short_did, table, when
 from .params import JSON_OPT, name_cb
 
 __all__ = ["record_view", "records"]
@@ -60,14 +60,12 @@ def records_add(
             f'not valid JSON ({exc}); quote it for the shell, e.g. \'{{"text": "hi"}}\'',
             param_hint="BODY",
         ) from None
-
-    async def main() -> RecordEntry:
-        async with obj.admin() as admin:
-            return await admin.records.append(
-                namespace=namespace, thread=thread, kind=kind, body=value, parents=parents
-            )
-
-    click.echo(str(run_async(main).cid))
+    entry = obj.call(
+        lambda admin: admin.records.append(
+            namespace=namespace, thread=thread, kind=kind, body=value, parents=parents
+        )
+    )
+    click.echo(str(entry.cid))
 
 
 @records.command(name="list")
@@ -86,14 +84,11 @@ def records_list(
     as_json: bool,
 ) -> None:
     """List records in the order the node stored them."""
-
-    async def main() -> RecordsPage:
-        async with obj.admin() as admin:
-            return await admin.records.list(
-                namespace=namespace, thread=thread, limit=limit, since=since
-            )
-
-    page = run_async(main)
+    page = obj.call(
+        lambda admin: admin.records.list(
+            namespace=namespace, thread=thread, limit=limit, since=since
+        )
+    )
     views = [record_view(r) for r in page.records]
     if as_json:
         json_out({"records": views, "next_cursor": page.next_cursor, "has_more": page.has_more})
@@ -124,9 +119,4 @@ def records_list(
 @click.pass_obj
 def records_get(obj: Ctx, cid: str) -> None:
     """Print one record (JSON) by CID."""
-
-    async def main() -> RecordEntry:
-        async with obj.admin() as admin:
-            return await admin.records.get(cid)
-
-    json_out(record_view(run_async(main)))
+    json_out(record_view(obj.call(lambda admin: admin.records.get(cid))))

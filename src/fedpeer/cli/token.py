@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..consent import ServiceAccount, scopes_to_list
-from ..peer import IssuedAccount, RotatedToken
+from ..consent import scopes_to_list
 from ..peer.node import rotate_admin_token
 from .main import Ctx
 from .output import console, json_out, run_async, short_did, table, when
@@ -26,12 +25,7 @@ def token() -> None:
 @click.pass_obj
 def token_list(obj: Ctx, as_json: bool) -> None:
     """List service accounts (tokens are never shown again)."""
-
-    async def main() -> list[ServiceAccount]:
-        async with obj.admin() as admin:
-            return await admin.tokens.list()
-
-    accounts = run_async(main)
+    accounts = obj.call(lambda admin: admin.tokens.list())
     if as_json:
         json_out({"service_accounts": [sa.to_dict() for sa in accounts]})
         return
@@ -67,12 +61,9 @@ def token_create(
     obj: Ctx, name: str, scopes: list[str], holder: str | None, ttl: int | None, as_json: bool
 ) -> None:
     """Create a service account and print its token (shown once)."""
-
-    async def main() -> IssuedAccount:
-        async with obj.admin() as admin:
-            return await admin.tokens.create(name, scopes=scopes, holder_did=holder, ttl_s=ttl)
-
-    issued = run_async(main)
+    issued = obj.call(
+        lambda admin: admin.tokens.create(name, scopes=scopes, holder_did=holder, ttl_s=ttl)
+    )
     if as_json:
         json_out(issued.to_dict())
         return
@@ -90,12 +81,7 @@ def token_create(
 @click.pass_obj
 def token_revoke(obj: Ctx, sa_id: str) -> None:
     """Revoke a service account and all its tokens."""
-
-    async def main() -> ServiceAccount:
-        async with obj.admin() as admin:
-            return await admin.tokens.revoke(sa_id)
-
-    run_async(main)
+    obj.call(lambda admin: admin.tokens.revoke(sa_id))
     click.echo(f"service account {sa_id} revoked")
 
 
@@ -104,12 +90,7 @@ def token_revoke(obj: Ctx, sa_id: str) -> None:
 @click.pass_obj
 def token_rotate(obj: Ctx, sa_id: str) -> None:
     """Mint a new token for a service account and revoke its old ones."""
-
-    async def main() -> RotatedToken:
-        async with obj.admin() as admin:
-            return await admin.tokens.rotate(sa_id)
-
-    rotated = run_async(main)
+    rotated = obj.call(lambda admin: admin.tokens.rotate(sa_id))
     click.echo("new token (shown once; the old ones no longer work):", err=True)
     click.echo(rotated.token)
 
