@@ -11,6 +11,7 @@ virtual clock that jumps ahead whenever every task waits: trio's autojump
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -84,3 +85,21 @@ def hold_user_port() -> Iterator[socket.socket | None]:
     finally:
         with contextlib.suppress(OSError):
             sock.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_fedpeer_env() -> Iterator[None]:
+    """No ``FEDPEER_*`` setting from the developer's shell reaches the code under test
+    (for the whole session, so the ``fedpeer`` processes the tests start inherit the
+    clean environment too).
+
+    A user who runs a node exports e.g. ``FEDPEER_URL`` and ``FEDPEER_TOKEN`` for it:
+    without this, every CLI command a test runs against its own node would talk to
+    the user's node or send the user's token. ``FEDPEER_VECTORS`` (where the vendored
+    test vectors are, read by tests/identity) is the suite's own setting and stays.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("FEDPEER_") and name != "FEDPEER_VECTORS":
+                mp.delenv(name)
+        yield
