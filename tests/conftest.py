@@ -87,19 +87,28 @@ def hold_user_port() -> Iterator[socket.socket | None]:
             sock.close()
 
 
+PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
+"""Proxy settings (any case) httpx and curl read: the suite talks only to loopback
+and its own namespaces, never through a proxy."""
+
+
 @pytest.fixture(scope="session", autouse=True)
-def clean_fedpeer_env() -> Iterator[None]:
-    """No ``FEDPEER_*`` setting from the developer's shell reaches the code under test
-    (for the whole session, so the ``fedpeer`` processes the tests start inherit the
-    clean environment too).
+def clean_environment() -> Iterator[None]:
+    """No ``FEDPEER_*`` setting and no proxy from the developer's shell reaches the
+    code under test (for the whole session, so the processes the tests start inherit
+    the clean environment too).
 
     A user who runs a node exports e.g. ``FEDPEER_URL`` and ``FEDPEER_TOKEN`` for it:
     without this, every CLI command a test runs against its own node would talk to
-    the user's node or send the user's token. ``FEDPEER_VECTORS`` (where the vendored
-    test vectors are, read by tests/identity) is the suite's own setting and stays.
+    the user's node or send the user's token. A proxy in ``HTTP_PROXY`` /
+    ``HTTPS_PROXY`` / ``ALL_PROXY`` would carry the tests' plain httpx clients'
+    requests to 127.0.0.1 (httpx trusts the environment by default) and fail them.
+    ``FEDPEER_VECTORS`` (where the vendored test vectors are, read by tests/identity)
+    is the suite's own setting and stays.
     """
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
-            if name.startswith("FEDPEER_") and name != "FEDPEER_VECTORS":
+            fedpeer = name.startswith("FEDPEER_") and name != "FEDPEER_VECTORS"
+            if fedpeer or name.lower() in PROXY_VARIABLES:
                 mp.delenv(name)
         yield
