@@ -512,10 +512,10 @@ async def parent_main(args: argparse.Namespace) -> None:
                         try:
                             with trio.fail_after(60):
                                 assert (await lp.next_event())["event"] == "started"
-                                while len(a.store._watch._every_waiter()) < args.longpollers:
+                                while a.store._watch.waiting() < args.longpollers:
                                     await trio.sleep(0.05)  # a bench waiting for load, not a test
                             lat_busy, seq = await latencies(a, child, args.appends, seq)
-                            waiting = len(a.store._watch._every_waiter())
+                            waiting = a.store._watch.waiting()
                         finally:
                             await lp.stop()
                 finally:
