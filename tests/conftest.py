@@ -6,6 +6,10 @@ consent suites override it to run each test on trio and on asyncio
 (:data:`BOTH_BACKENDS`). A test that asks for ``virtual_clock`` runs on a
 virtual clock that jumps ahead whenever every task waits: trio's autojump
 ``MockClock``, or the equivalent asyncio loop (:mod:`tests.virtual_time`).
+
+Two session fixtures keep the suite independent of the machine it runs on:
+:func:`hold_user_port` (a user's node on 127.0.0.1:8765) and
+:func:`clean_environment` (a user's ``FEDPEER_*`` settings and proxies).
 """
 
 from __future__ import annotations
