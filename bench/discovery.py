@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import netns  # noqa: E402
+from tests.e2e.lan_nodes import SLOW_BACKOFF, start_nodes, stop_nodes, wait_pair  # noqa: E402
 from tests.nodeproc import RunningNode, clean_env  # noqa: E402
 
 HELPER = str(ROOT / "tests" / "peer" / "discovery_node.py")
@@ -300,38 +301,17 @@ def pair_bench(runs: int, n: int) -> None:
 
 
 RECOVER_TARGET_S = 5.0
-SLOW_BACKOFF = """\
-sync_longpoll_s = 1
-sync_backoff_base_s = 600
-sync_backoff_cap_s = 600
-rate_per_s = 100000
-rate_burst = 100000
-"""
 
 
-def _pairs_of(node: RunningNode) -> list[dict[str, object]]:
-    out = node.cli("pairs", "--json")
-    if out.returncode != 0:
-        raise RuntimeError(f"pairs failed: {out.stderr.strip()}")
-    rows = json.loads(out.stdout)["pairs"]
-    assert isinstance(rows, list)
-    return rows
+def _long_backoff(row: dict[str, object]) -> bool:
+    """A pair row that is failing and waits at least a minute before its next try."""
+    wait = row.get("next_try_s")
+    return row["state"] == "failing" and isinstance(wait, int | float) and wait > 60
 
 
-def _wait_failing(node: RunningNode, timeout: float = 90.0) -> None:
-    """Until ``node``'s pair backs off for at least a minute (bounded; polls 0.5 s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = _pairs_of(node)
-        if rows and all(
-            r["state"] == "failing"
-            and isinstance(r.get("next_try_s"), int | float)
-            and float(r["next_try_s"]) > 60  # type: ignore[arg-type]
-            for r in rows
-        ):
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{node.handle}'s pair did not fail within {timeout} s")
+def _wait_failing(node: RunningNode, peer: RunningNode, timeout: float = 90.0) -> None:
+    """Until ``node``'s pair to ``peer`` backs off for at least a minute (bounded)."""
+    wait_pair(node, peer.did, _long_backoff, "failing with a long backoff", timeout=timeout)
 
 
 def _add(node: RunningNode, label: str) -> None:
@@ -353,14 +333,8 @@ def recover_bench(runs: int) -> None:
     cases: dict[str, list[float]] = {"short outage (2 s)": [], "long outage": [], "restart": []}
     with tempfile.TemporaryDirectory(prefix="fedpeer-bench-") as tmp, netns.lan(2) as net:
         dirs = [Path(tmp) / "a", Path(tmp) / "b"]
-        for d in dirs:
-            d.mkdir(mode=0o700)
-            (d / "fedpeer.toml").write_text(SLOW_BACKOFF)
-        a = RunningNode(net.hosts[0], dirs[0], "alice")
-        b = RunningNode(net.hosts[1], dirs[1], "bob")
+        a, b = start_nodes(net.hosts, dirs, ["alice", "bob"], tuning=SLOW_BACKOFF)
         try:
-            a.wait_ready()
-            b.wait_ready()
             url = json.loads(a.cli("invite", "create", "--no-qr", "--json").stdout)["url"]
             if b.cli("pair", url, "--json", "--timeout", "60").returncode != 0:
                 raise RuntimeError("pairing failed")
@@ -369,7 +343,7 @@ def recover_bench(runs: int) -> None:
                 for case in cases:
                     if case == "restart":
                         b.kill()
-                        _wait_failing(a)
+                        _wait_failing(a, b)
                         b.restart()
                         t0 = time.time()
                         _add(b, f"r{i}")
@@ -378,8 +352,8 @@ def recover_bench(runs: int) -> None:
                     else:
                         net.link_down(b.host)
                         if case == "long outage":
-                            _wait_failing(a)
-                            _wait_failing(b)
+                            _wait_failing(a, b)
+                            _wait_failing(b, a)
                         else:
                             time.sleep(2.0)  # the outage itself (a bench, not a test)
                         _add(a, f"a{case[0]}{i}")
@@ -390,8 +364,7 @@ def recover_bench(runs: int) -> None:
                     cases[case].append(took)
                     print(f"  run {i + 1} {case}: converged in {took:.2f} s", flush=True)
         finally:
-            for node in (b, a):
-                node.stop()
+            stop_nodes([b, a])
     for case, values in cases.items():
         med = statistics.median(values)
         p95 = sorted(values)[max(0, round(0.95 * len(values)) - 1)]

@@ -138,8 +138,11 @@ async def longpoll_latency(appends: int) -> list[float]:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(poll)
-                # Let the longpoll reach the server and park before appending.
-                await trio.sleep(0.005)
+                # The longpoll reached the server and parked in the store: only then
+                # append, so the figure is a parked poll's wake-up (bounded wait).
+                with trio.fail_after(30):
+                    while node.store._watch.waiting() < 1:
+                        await trio.sleep(0.001)  # a bench waiting for its poll, not a test
                 t0 = time.perf_counter()
                 await node.append(namespace="n", thread="t", kind="k", body=i)
                 with trio.fail_after(30):
@@ -214,6 +217,11 @@ async def idle_longpollers(tmp: Path, pollers: int, appends: int, rounds: int) -
                     if store._watch.waiting() >= len(readers):
                         break
                     await trio.sleep(0.01)
+                else:
+                    raise RuntimeError(
+                        f"only {store._watch.waiting()} of {len(readers)} longpolls parked "
+                        "within 30 s: the figure would not be with idle longpollers"
+                    )
                 result = await _append_rate(client, admin, appends)
                 nursery.cancel_scope.cancel()
             return result

@@ -6,11 +6,16 @@ consent suites override it to run each test on trio and on asyncio
 (:data:`BOTH_BACKENDS`). A test that asks for ``virtual_clock`` runs on a
 virtual clock that jumps ahead whenever every task waits: trio's autojump
 ``MockClock``, or the equivalent asyncio loop (:mod:`tests.virtual_time`).
+
+Two session fixtures keep the suite independent of the machine it runs on:
+:func:`hold_user_port` (a user's node on 127.0.0.1:8765) and
+:func:`clean_environment` (a user's ``FEDPEER_*`` settings and proxies).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -84,3 +89,30 @@ def hold_user_port() -> Iterator[socket.socket | None]:
     finally:
         with contextlib.suppress(OSError):
             sock.close()
+
+
+PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
+"""Proxy settings (any case) httpx and curl read: the suite talks only to loopback
+and its own namespaces, never through a proxy."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_environment() -> Iterator[None]:
+    """No ``FEDPEER_*`` setting and no proxy from the developer's shell reaches the
+    code under test (for the whole session, so the processes the tests start inherit
+    the clean environment too).
+
+    A user who runs a node exports e.g. ``FEDPEER_URL`` and ``FEDPEER_TOKEN`` for it:
+    without this, every CLI command a test runs against its own node would talk to
+    the user's node or send the user's token. A proxy in ``HTTP_PROXY`` /
+    ``HTTPS_PROXY`` / ``ALL_PROXY`` would carry the tests' plain httpx clients'
+    requests to 127.0.0.1 (httpx trusts the environment by default) and fail them.
+    ``FEDPEER_VECTORS`` (where the vendored test vectors are, read by tests/identity)
+    is the suite's own setting and stays.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            fedpeer = name.startswith("FEDPEER_") and name != "FEDPEER_VECTORS"
+            if fedpeer or name.lower() in PROXY_VARIABLES:
+                mp.delenv(name)
+        yield

@@ -9,7 +9,9 @@ and a bounded poll of a node's state through the CLI (:func:`poll_until`,
 Why polling: the state of another process (its mDNS roster, a pair's state)
 has no event the test process could subscribe to, so these helpers ask again
 with a bounded number of attempts under a deadline. Each attempt is a whole CLI
-process (about half a second), which paces the loop; there is no sleep.
+process (about half a second), which paces the loop; an attempt quicker than
+``timeout / attempts`` is padded to that, so the count of attempts never ends
+the wait before the deadline does.
 
 The test process lives in the root namespace and cannot reach the namespace
 addresses: every client command runs through ``ip netns exec``.
@@ -218,16 +220,22 @@ def poll_until(
     """Call ``probe`` until it returns something other than None; return that.
 
     Bounded twice: at most ``attempts`` calls and ``timeout`` seconds. ``probe``
-    should be a call into another process (a CLI command), which paces the loop.
-    Raises AssertionError naming ``what`` (plus ``describe()``) when time runs out.
+    should be a call into another process (a CLI command), which paces the loop;
+    a call quicker than ``timeout / attempts`` is padded to that, so a fast probe
+    cannot use up the attempts long before the deadline. Raises AssertionError
+    naming ``what`` (plus ``describe()``) when time runs out.
     """
     deadline = time.monotonic() + timeout
+    pace = timeout / attempts
     for _ in range(attempts):
+        started = time.monotonic()
         found = probe()
         if found is not None:
             return found
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             break
+        time.sleep(min(deadline - now, max(0.0, pace - (now - started))))  # pacing only
     extra = f"\n{describe()}" if describe is not None else ""
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{extra}")
 

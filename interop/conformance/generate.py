@@ -42,6 +42,7 @@ from fedpeer.consent.invites import (
     sign_redeem_proof,
 )
 from fedpeer.consent.scopes import parse_scopes, scopes_to_list
+from fedpeer.identity._jcs import _as_doubles as as_doubles
 from fedpeer.identity.canonical import (
     CID,
     b64url_encode,
@@ -368,16 +369,11 @@ def signed_json() -> Json:
     # re-serialised. The document's integers are written in the file as a JSON reader
     # would see them after the relay.
     def js_signed(doc: Json, then: Callable[[Json], None] | None = None) -> Json:
-        def as_double(v: Any) -> Any:
-            if isinstance(v, dict):
-                return {k: as_double(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [as_double(x) for x in v]
-            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53 - 1:
-                return float(v)
-            return v
-
-        signed = sign_document(as_double(doc), NODE, ttl_s=3600, now=NOW - 60)
+        # A JavaScript signer holds every number as a double: the integers beyond
+        # I-JSON become the doubles they denote (what jcs_received reads them as).
+        doubled = as_doubles(doc)
+        assert isinstance(doubled, dict)
+        signed = sign_document(doubled, NODE, ttl_s=3600, now=NOW - 60)
         out = {**signed, **copy.deepcopy(doc)}
         if then is not None:
             then(out)
@@ -449,19 +445,8 @@ def _link(n: int) -> CID:
 
 
 def _record_map(**changes: Any) -> Json:
-    m: Json = {
-        "v": 1,
-        "author": AUTHOR.did,
-        "namespace": "notes",
-        "thread": "t1",
-        "kind": "note",
-        "body": {"text": "hello"},
-        "parents": [],
-        "clock": 1,
-        "ts": NOW_MS - 60_000,
-    }
-    m.update(changes)
-    return m
+    """The DAG-CBOR map of the record ``_build({"text": "hello"})``, with ``changes``."""
+    return {**_build({"text": "hello"}).record.to_map(), **changes}
 
 
 def _build(body: Any, **kw: Any) -> SignedRecord:

@@ -25,6 +25,7 @@ from tests.netns import Host, Lan
 from tests.nodeproc import WAIT_S, RunningNode, clean_env, poll_until
 
 __all__ = [
+    "SLOW_BACKOFF",
     "TOOL",
     "TUNING",
     "Background",
@@ -50,6 +51,17 @@ TOOL = str(Path(__file__).with_name("ns_tool.py"))
 TUNING = """\
 sync_longpoll_s = 1
 sync_backoff_cap_s = 2
+rate_per_s = 100000
+rate_burst = 100000
+"""
+
+# The wake-up tests and benchmark (tests/e2e/test_wake.py, bench/discovery.py): a
+# failing pair backs off 5 to 10 minutes, so only the wake-ups of a peer seen again
+# can make two nodes converge within seconds.
+SLOW_BACKOFF = """\
+sync_longpoll_s = 1
+sync_backoff_base_s = 600
+sync_backoff_cap_s = 600
 rate_per_s = 100000
 rate_burst = 100000
 """

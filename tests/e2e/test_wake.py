@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.lan_nodes import (
+    SLOW_BACKOFF,
     TwoLaptops,
     add_records,
     pair_to,
@@ -32,13 +33,6 @@ from tests.e2e.lan_nodes import (
 from tests.netns import lan, skip_reason
 from tests.nodeproc import wait_for_verified
 
-SLOW_BACKOFF = """\
-sync_longpoll_s = 1
-sync_backoff_base_s = 600
-sync_backoff_cap_s = 600
-rate_per_s = 100000
-rate_burst = 100000
-"""
 CONVERGE_S = 30.0  # far below the 300..600 s a pair would otherwise wait
 
 

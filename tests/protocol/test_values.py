@@ -105,19 +105,8 @@ def _record(**kw: object) -> SignedRecord:
 
 
 def _map(**changes: object) -> dict[str, object]:
-    m: dict[str, object] = {
-        "v": 1,
-        "author": KEY.did,
-        "namespace": "notes",
-        "thread": "t1",
-        "kind": "note",
-        "body": {"text": "hi"},
-        "parents": [],
-        "clock": 0,
-        "ts": NOW_MS - 1000,
-    }
-    m.update(changes)
-    return m
+    """The DAG-CBOR map of the record ``_record()`` builds, with ``changes``."""
+    return {**_record().record.to_map(), **changes}
 
 
 def _signed(m: dict[str, object], key: SigningKey = KEY) -> tuple[bytes, bytes]:
