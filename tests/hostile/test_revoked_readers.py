@@ -234,6 +234,8 @@ async def test_an_idle_sse_stream_checks_its_bearer_once_per_heartbeat(tmp_path:
         # One for the request itself, then one per heartbeat (the next may be in flight).
         assert 1 + heartbeats <= seen <= 2 + heartbeats, (seen, heartbeats)
         assert set(calls) == {token}
+
+
 async def test_unpair_request_ends_the_senders_open_longpoll(tmp_path: Path) -> None:
     """A peer's signed unpair request (protocol.md §11.3) revokes what it holds here
     through the same revocation as ``DELETE /v1/service-accounts``: its longpoll

@@ -35,7 +35,7 @@ import httpx
 
 from ..errors import FedpeerError
 from ..peer import local_client_context, manifest_pins, peer_pin, pinned_context
-from ..peer.client import MANIFEST_MAX_BYTES
+from ..peer.client import MAX_MANIFEST_BYTES
 
 __all__ = [
     "MULTICAST_GROUP",
@@ -418,12 +418,12 @@ def clock_skew_s(sent_at: float, received_at: float, date_header: str) -> float:
 
 
 def _read_bounded(response: httpx.Response, deadline: float) -> bytes | None:
-    """The body, or None once it is over :data:`MANIFEST_MAX_BYTES` or still coming
+    """The body, or None once it is over :data:`MAX_MANIFEST_BYTES` or still coming
     at ``deadline`` (``time.monotonic()``): a peer cannot stall or flood ``doctor``."""
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
-        if len(body) > MANIFEST_MAX_BYTES or time.monotonic() > deadline:
+        if len(body) > MAX_MANIFEST_BYTES or time.monotonic() > deadline:
             return None
     return bytes(body)
 
@@ -457,7 +457,7 @@ def check_clock(peer_url: str | None, *, timeout: float = 10.0) -> Check:
         return Check(
             "clock",
             "FAIL",
-            f"{url} sent a manifest over {MANIFEST_MAX_BYTES} bytes or still sending after "
+            f"{url} sent a manifest over {MAX_MANIFEST_BYTES} bytes or still sending after "
             f"{timeout:g} s: not a fedpeer node",
             "check the URL: it must be a fedpeer node (`fedpeer run --host 0.0.0.0` there)",
         )

@@ -214,7 +214,9 @@ async def import_records(ctx: Ctx) -> Response:
         if not isinstance(data, bytes) or not isinstance(sig, bytes):
             raise Malformed(f"records[{i}]: data and sig are byte strings")
         pairs.append((data, sig))
-    stored, existing = await ctx.app.records.ingest_many(pairs)
+    # the caller's write grants apply to every record, as on POST /v1/records
+    view = await ctx.view("records:write")
+    stored, existing = await ctx.app.records.ingest_many(pairs, view=view)
     return respond({"stored": stored, "existing": existing}, ctx.request)
 
 

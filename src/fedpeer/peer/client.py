@@ -582,4 +582,11 @@ class PeerClient(HttpTransport):
         return value
 
 
-__all__ = ["ChangesResult", "FedpeerError", "PeerClient", "StreamEvent", "raise_for_error"]
+__all__ = [
+    "MAX_MANIFEST_BYTES",
+    "ChangesResult",
+    "FedpeerError",
+    "PeerClient",
+    "StreamEvent",
+    "raise_for_error",
+]
