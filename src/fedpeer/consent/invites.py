@@ -755,7 +755,10 @@ def get_invite(tx: _tokens.StateReader, invite_id: str) -> Invite:
     """The invite ``invite_id``; raises ``INVITE_NOT_FOUND``. Synchronous."""
     row = tx.get(INVITE_TABLE, invite_id) if valid_invite_id(invite_id) else None
     if row is None:
-        raise InviteNotFound(f"no invite {invite_id[:40]!r} on this node; check the invite URL")
+        raise InviteNotFound(
+            f"no invite {invite_id[:40]!r} on this node; check the id "
+            "(`fedpeer invite list` shows this node's invites)"
+        )
     return _invite_from_row(row)
 
 

@@ -238,7 +238,7 @@ def _check_ttl(ttl_ms: int | None) -> None:
 
 def _check_did(did: object) -> str:
     if not is_did(did):
-        raise DidInvalid("holder_did must be a DID such as did:key:z6Mk...")
+        raise DidInvalid("holder_did (the CLI's --holder) must be a DID such as did:key:z6Mk...")
     return did
 
 

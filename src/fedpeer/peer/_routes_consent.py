@@ -53,13 +53,6 @@ def _int_q(ctx: Ctx, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _ttl(obj: dict[str, object], name: str) -> int | None:
-    value = obj.get(name)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise InvalidRequest(f"{name} must be a positive whole number of seconds")
-    return value
-
-
 # --- grants --------------------------------------------------------------------------
 
 
@@ -190,7 +183,7 @@ async def rotate_token(ctx: Ctx) -> Response:
     obj = await _optional_body(ctx)
     if set(obj) - {"ttl_s"}:
         raise InvalidRequest("body may only hold {ttl_s}")
-    rotated = await ctx.app.tokens.rotate_self(token_id, principal, ttl_s=_ttl(obj, "ttl_s"))
+    rotated = await ctx.app.tokens.rotate_self(token_id, principal, ttl_s=obj.get("ttl_s"))  # type: ignore[arg-type]  # the service checks it
     return respond(rotated.to_dict(), ctx.request)
 
 

@@ -555,7 +555,11 @@ class Discovery:
             except FedpeerError as exc:
                 error = f"{exc.code}: {exc}"
             except Exception as exc:  # mDNS trouble never stops the node
-                error = f"{DiscoveryUnavailable.code}: {type(exc).__name__}: {exc}"
+                error = (
+                    f"{DiscoveryUnavailable.code}: the mDNS socket failed ({type(exc).__name__}); "
+                    "`fedpeer doctor` checks multicast on each interface"
+                )
+                log.debug("mDNS failure", exc_info=True)
             log.warning("mDNS discovery unavailable (%s); retrying in %.0f s", error, delay)
             # Without a working browser the roster would only go stale.
             self.roster.clear()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import os
 import ssl
@@ -69,6 +68,7 @@ from ._pairing import PeerPageSource
 from ._pinning import PeerVerifier
 from ._state import AppState
 from ._transport import new_http_client
+from .addresses import is_loopback_host
 from .app import build_app
 from .discovery import Discovery
 from .services import (
@@ -314,15 +314,6 @@ class _HypercornConfig(HypercornConfig):
         return None if self.tls is None else self.tls.server_context()
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _bind(
     host: str, port: int, cfg: NodeConfig, tls: TlsIdentity | None = None
 ) -> tuple[HypercornConfig, Sockets, list[str]]:
@@ -447,8 +438,8 @@ async def open_node(
     """
     cfg = config or NodeConfig()
     ddir = None if data_dir is None else Path(data_dir)
-    use_tls = cfg.tls if cfg.tls is not None else not _is_loopback_host(host)
-    if not use_tls and not _is_loopback_host(host) and not cfg.insecure_http:
+    use_tls = cfg.tls if cfg.tls is not None else not is_loopback_host(host)
+    if not use_tls and not is_loopback_host(host) and not cfg.insecure_http:
         raise ConfigInvalid(
             f"plain HTTP on {host} would carry bearer tokens and records readable by anyone "
             "on the network: serve HTTPS (the default), listen on 127.0.0.1, or pass "
@@ -479,7 +470,7 @@ async def open_node(
         if cfg.write_admin_token_file or ddir is None:
             admin_token = await _ensure_admin_token(store, key.did, ddir)
         hconf, sockets, urls = _bind(host, port, cfg, tls)
-        if tls is None and not _is_loopback_host(host):
+        if tls is None and not is_loopback_host(host):
             log.warning(
                 "INSECURE: serving plain HTTP on %s (--insecure-http): bearer tokens, invite "
                 "secrets and records cross the network readable by anyone on it",

@@ -78,6 +78,7 @@ import anyio
 import anyio.lowlevel
 
 from .._clock import now_ms
+from .._files import fsync_dir
 from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError, StoreFull
 from ._watch import HeadWatch
 from .base import (
@@ -963,19 +964,17 @@ def backup_sqlite(
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dst_path)
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(dst_path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        fsync_dir(dst_path.parent)
         return count
     except sqlite3.Error as exc:
         raise _map_error(exc, f"back up {src_path} to {dst_path}", dst_path) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _full(f"write the backup {dst_path}", exc) from exc
-        raise StoreError(f"cannot write the backup {dst_path}: {exc.strerror or exc}") from exc
+        raise StoreError(
+            f"cannot write the backup {dst_path}: {exc.strerror or exc}; pick a directory "
+            "that exists and that you can write to"
+        ) from exc
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()

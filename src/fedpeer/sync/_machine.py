@@ -497,7 +497,10 @@ class PullMachine:
             return self._reject(err, now)
         except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
             # untrusted input must never crash the puller; report it as a bad page
-            bad = PageInvalid(f"the page could not be checked ({type(exc).__name__}: {exc})")
+            bad = PageInvalid(
+                f"the page could not be checked ({type(exc).__name__}): the peer sent something "
+                "that is not a fedpeer page; the pair retries with backoff"
+            )
             return self._reject(bad, now)
         new_pair = self._after_page(self._pair, records, next_cursor, has_more, now)
         self._advance(_In.PAGE_OK)

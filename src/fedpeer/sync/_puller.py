@@ -882,7 +882,10 @@ class Puller:
                     # a source must raise FedpeerError; anything else is still the peer's
                     # problem as far as this pair is concerned, never a crash.
                     log.warning("pair %s: fetch failed unexpectedly: %r", pair.id, exc)
-                    fetch.error = PeerError(f"fetching from {pair.peer_url} failed: {exc!r}")
+                    fetch.error = PeerError(
+                        f"fetching from {pair.peer_url} failed ({type(exc).__name__}); the pair "
+                        "retries with backoff, the node log has the details"
+                    )
                     return
                 fetch.body = body
                 fetch.arrived = True

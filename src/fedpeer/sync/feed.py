@@ -202,7 +202,10 @@ class Cursor:
         spelling of valid bytes. Never raises anything but ``CursorInvalid``.
         """
         if type(text) is not str or len(text) not in _CURSOR_TEXT_LENS:
-            raise CursorInvalid("this is not a cursor issued by a fedpeer node")
+            raise CursorInvalid(
+                "this is not a cursor issued by a fedpeer node; pass a `next_cursor` "
+                "exactly as a page gave it, or none to start from the beginning"
+            )
         if _CURSOR_TEXT_RE.fullmatch(text) is None:
             raise CursorInvalid("a cursor is base64url text without padding")
         try:

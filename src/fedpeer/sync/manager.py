@@ -248,7 +248,8 @@ class PairManager:
         puller = self._pullers.get(pair_id)
         if puller is None or puller.pair.state is PairState.DELETED:
             raise PairNotFound(
-                f"no pair {pair_id!r:.80} on this node; list them with GET /v1/sync/pairs"
+                f"no pair {pair_id!r:.80} on this node; list them with `fedpeer pairs` "
+                "(GET /v1/sync/pairs)"
             )
         return puller
 
