@@ -329,6 +329,30 @@ def test_roster_lifecycle_unverified_verified_removed() -> None:
     assert roster.remove(NAME_A) is None
 
 
+def test_a_flood_of_announcements_keeps_the_roster_bounded_and_the_verified_peer() -> None:
+    """A host on the LAN announcing under endless fresh keys (each TXT validly signed)
+    cannot grow the roster or its replay table past their caps; the verified peer
+    stays, the flood replaces itself."""
+    roster = Roster(max_entries=20, max_dids=40)
+    entry, _ = roster.observe(NAME_A, props(txt_for()), ["10.0.0.5"], 8750, now=NOW)
+    assert entry is not None
+    roster.apply_check(
+        NAME_A, entry.generation, CheckResult("verified", "", "http://10.0.0.5:8750"), now=NOW
+    )
+    for i in range(300):
+        key = SigningKey.from_seed(i.to_bytes(4, "big") * 8)
+        roster.observe(f"flood-{i}._fedpeer._tcp.local.", props(txt_for(key)), ["10.0.0.9"],
+                       8750, now=NOW + 1 + i)  # fmt: skip
+        assert len(roster) <= 20
+        assert len(roster._max_seq) <= 40
+    kept = roster.verified(KEY_A.did)
+    assert kept is not None
+    assert kept.name == NAME_A
+    # the newest flood entries are the ones kept beside it
+    assert roster.get("flood-299._fedpeer._tcp.local.") is not None
+    assert roster.get("flood-0._fedpeer._tcp.local.") is None
+
+
 def test_roster_endpoint_change_needs_a_new_check_and_drops_stale_results() -> None:
     roster = Roster()
     first, _ = roster.observe(NAME_A, props(txt_for()), ["10.0.0.5"], 8750, now=NOW)

@@ -36,6 +36,8 @@ from ..errors import FedpeerError
 from ._mdns_txt import DEFAULT_MAX_SKEW_S, TxtProperties, decode_txt, verify_txt
 
 __all__ = [
+    "MAX_DIDS",
+    "MAX_ENTRIES",
     "CheckResult",
     "Roster",
     "RosterEntry",
@@ -48,6 +50,10 @@ Status = Literal["unverified", "verified", "invalid"]
 
 NOT_CHECKED = "not checked yet"
 NO_ADDRESS = "no usable address (only loopback or unscoped link-local)"
+MAX_ENTRIES = 256
+"""Roster entries kept at most (a LAN has far fewer fedpeer nodes)."""
+MAX_DIDS = 4096
+"""DIDs whose highest announcement ``seq`` is remembered at most."""
 
 
 def _split_scope(text: str) -> tuple[str, str]:
@@ -196,6 +202,14 @@ class Roster:
     own_did: str | None = None
     own_names: set[str] = attrs.field(factory=set)
     max_skew_s: float = DEFAULT_MAX_SKEW_S
+    max_entries: int = MAX_ENTRIES
+    """At most this many entries: a host flooding the LAN with announcements (fresh
+    keys sign valid TXTs for free) replaces the least recently seen entries that
+    are not verified first, so memory stays bounded and a verified peer is the
+    last to go."""
+    max_dids: int = MAX_DIDS
+    """At most this many DIDs' highest ``seq`` are remembered (replay detection);
+    the oldest DIDs with no entry are forgotten first."""
     version: int = 0
     _entries: dict[str, RosterEntry] = attrs.field(factory=dict)
     _max_seq: dict[str, int] = attrs.field(factory=dict)
@@ -228,10 +242,30 @@ class Roster:
     # --- updates -------------------------------------------------------------------
 
     def _store(self, entry: RosterEntry, old: RosterEntry | None) -> RosterEntry:
-        self._entries[entry.name.lower()] = entry
+        key = entry.name.lower()
+        if key not in self._entries and len(self._entries) >= self.max_entries:
+            self._evict_one()
+        self._entries[key] = entry
         if old is None or attrs.evolve(old, last_seen=entry.last_seen) != entry:
             self.version += 1
         return entry
+
+    def _evict_one(self) -> None:
+        """Drop the least recently seen entry, one that is not verified if any."""
+        victim = min(self._entries.values(), key=lambda e: (e.status == "verified", e.last_seen))
+        del self._entries[victim.name.lower()]
+        self.version += 1
+
+    def _note_seq(self, did: str, seq: int) -> None:
+        self._max_seq[did] = max(seq, self._max_seq.pop(did, 0))  # re-insert: newest last
+        if len(self._max_seq) <= self.max_dids:
+            return
+        present = {e.did for e in self._entries.values()}
+        for old_did in list(self._max_seq):  # insertion order: least recently noted first
+            if len(self._max_seq) <= self.max_dids:
+                return
+            if old_did not in present:
+                del self._max_seq[old_did]
 
     def _next_generation(self) -> int:
         self._generation += 1
@@ -318,7 +352,7 @@ class Roster:
         if ann.port != port:
             reason = f"PORT_MISMATCH: TXT says port {ann.port} but SRV says {port}"
             return self._invalid(entry, reason, old), False
-        self._max_seq[ann.did] = max(ann.seq, newest or 0)
+        self._note_seq(ann.did, ann.seq)
         same_endpoint = (
             old is not None
             and old.did == ann.did
