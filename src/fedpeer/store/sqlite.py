@@ -619,6 +619,7 @@ class SQLiteStore:
         self._read_limiter = anyio.CapacityLimiter(readers)
         self._idle: list[sqlite3.Connection] = []
         self._watch = HeadWatch(head)
+        self._count_at: tuple[int, int] | None = None  # (head, count): count(*) scans
         self._closed = False
         self._full_since: float | None = None  # monotonic time of the first STORE_FULL
         self._full_logged = 0.0
@@ -787,10 +788,19 @@ class SQLiteStore:
         return await self._watch.wait_above(after_seq, interest)
 
     async def count(self) -> int:
-        """See :meth:`fedpeer.store.Store.count`."""
-        return await self._read(
+        """See :meth:`fedpeer.store.Store.count`. ``count(*)`` scans an index, and
+        records are only ever added: the answer is kept until the head moves (the
+        public ``/health`` asks for it on every call)."""
+        head = self._watch.head
+        if self._count_at is not None and self._count_at[0] == head:
+            self._check_open()
+            await anyio.lowlevel.checkpoint()
+            return self._count_at[1]
+        count = await self._read(
             lambda conn: _int(_scalar(conn, "SELECT count(*) FROM records")), "count records"
         )
+        self._count_at = (head, count)
+        return count
 
     async def threads(self, namespace_prefix: str | None = None) -> list[ThreadInfo]:
         """See :meth:`fedpeer.store.Store.threads`."""
