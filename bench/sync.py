@@ -645,7 +645,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--appends", type=int, default=200)
     parser.add_argument("--longpollers", type=int, default=100)
-    parser.add_argument("--page-limit", type=int, default=1000)
+    parser.add_argument("--page-limit", type=int, default=SyncOptions().page_limit)
     parser.add_argument(
         "--scaling", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 2, 4]
     )

@@ -48,6 +48,7 @@ import trio
 
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, open_node
+from fedpeer.sync.options import SyncOptions
 from fedpeer.sync.records import build_record
 
 # The machinery (node B as a child process, its JSON lines, the worker RSS watch,
@@ -153,7 +154,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--appends", type=int, default=100)
-    parser.add_argument("--page-limit", type=int, default=1000)
+    parser.add_argument("--page-limit", type=int, default=SyncOptions().page_limit)
     parser.add_argument("--quick", action="store_true", help="10k records, 1 run, 50 appends")
     args = parser.parse_args()
     if args.quick:

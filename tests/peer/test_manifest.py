@@ -16,6 +16,7 @@ from fedpeer.errors import BadSignature, DidMismatch, PeerInvalid, SignatureExpi
 from fedpeer.identity.envelope import sign_document, verify_document
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import Node, PeerClient
+from fedpeer.peer._pinning import advertised_page_limit
 
 from .conftest import serve_asgi
 
@@ -148,3 +149,25 @@ async def test_not_a_manifest_is_rejected() -> None:
             with pytest.raises(PeerInvalid):
                 await peer.manifest()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("well_known", "cap"),
+    [
+        ({"capabilities_manifest": {"limits": {"page_limit_max": 40}}}, 40),
+        ({"capabilities_manifest": {"limits": {"page_limit_max": 0}}}, None),
+        ({"capabilities_manifest": {"limits": {"page_limit_max": -5}}}, None),
+        ({"capabilities_manifest": {"limits": {"page_limit_max": True}}}, None),
+        ({"capabilities_manifest": {"limits": {"page_limit_max": "40"}}}, None),
+        ({"capabilities_manifest": {"limits": {"page_limit_max": 40.0}}}, None),
+        ({"capabilities_manifest": {"limits": []}}, None),
+        ({"capabilities_manifest": "x"}, None),
+        ({}, None),
+        ([], None),
+    ],
+)
+def test_the_advertised_page_limit_is_read_only_when_it_is_a_positive_integer(
+    well_known: object, cap: int | None
+) -> None:
+    # unsigned, so a forged value may only make requests smaller: anything odd is ignored
+    assert advertised_page_limit(well_known) == cap

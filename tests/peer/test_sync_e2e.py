@@ -138,6 +138,34 @@ async def test_a_to_b_10k_records_converge(tmp_path: Path) -> None:
         assert row["cursor"] == done.cursor
 
 
+async def test_a_source_with_a_small_page_limit_max_is_asked_for_small_pages(
+    tmp_path: Path,
+) -> None:
+    """B asks 5000 records per page by default; a source that serves at most 40
+    (its advertised ``limits.page_limit_max``) answers INVALID_REQUEST to more, so
+    B must ask ``min(5000, 40)`` and still converge, page by page."""
+    recs = records_a(130)
+    small = NodeConfig(page_limit_max=40)
+    assert SyncOptions().page_limit > small.page_limit_max
+    async with (
+        open_node(mkdir(tmp_path / "a"), key=KEY_A, config=small) as a,
+        open_node(tmp_path / "b") as b,
+    ):
+        await put_all(a, recs)
+        async with httpx.AsyncClient() as http:  # the source really refuses more
+            r = await http.get(
+                a.url + "/v1/sync/changes",
+                params={"limit": 41},
+                headers={"Authorization": f"Bearer {token_of(a)}"},
+            )
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "INVALID_REQUEST"
+        pair = await b.pair_with(a.url, token=token_of(a), peer_did=a.did)
+        done = await wait_pair(b, pair.id, caught_up_with(130), 60)
+        assert done.last_error is None
+        await assert_same_records(a.store, b.store)
+
+
 async def test_two_way_sync(tmp_path: Path) -> None:
     async with open_node(tmp_path / "a") as a, open_node(tmp_path / "b") as b:
         for i in range(30):

@@ -83,9 +83,16 @@ class PeerPageSource:
         )
 
         async def page() -> object:
+            # Never ask for more than the source serves (its advertised
+            # page_limit_max, read by the verifier's check just before this call):
+            # a larger ``limit`` would be INVALID_REQUEST (docs/protocol.md §8.1).
+            limit = request.limit
+            cap = self.verifier.page_limit_max(pair.peer_url, pair.peer_did)
+            if cap is not None:
+                limit = min(limit, cap)
             return await peer.changes_raw(
                 request.since,
-                limit=request.limit,
+                limit=limit,
                 feed=request.feed,
                 namespace=request.namespace,
                 thread=request.thread,

@@ -121,6 +121,21 @@ def judge_pins(
         )
 
 
+def advertised_page_limit(well_known: object) -> int | None:
+    """``capabilities_manifest.limits.page_limit_max`` of a ``/.well-known/fedpeer``
+    body when it is a positive integer, else None (pure; never raises).
+
+    The capabilities are not signed; the value only ever makes our page requests
+    *smaller* (a puller asks ``min(page_limit, this)``), so a forged one can cost
+    speed, never data."""
+    caps = well_known.get("capabilities_manifest") if isinstance(well_known, dict) else None
+    limits = caps.get("limits") if isinstance(caps, dict) else None
+    cap = limits.get("page_limit_max") if isinstance(limits, dict) else None
+    if type(cap) is not int or cap < 1:
+        return None
+    return cap
+
+
 async def check_peer(
     client: httpx.AsyncClient,
     base_url: str,
@@ -150,6 +165,23 @@ async def check_peer(
     256 KiB), PEER_TOO_SLOW (not read within ``timeout`` seconds in all),
     REDIRECT_REFUSED; the peer's error for an error answer. Cancellable.
     """
+    verified, _well_known = await _check_peer(
+        client, base_url, did, oob_pins=oob_pins, oob_source=oob_source, timeout=timeout, now=now
+    )
+    return verified
+
+
+async def _check_peer(
+    client: httpx.AsyncClient,
+    base_url: str,
+    did: str | None,
+    *,
+    oob_pins: Iterable[str] = (),
+    oob_source: str = "invite",
+    timeout: float = 10.0,
+    now: float | None = None,
+) -> tuple[VerifiedDocument, object]:
+    """:func:`check_peer`, also returning the decoded ``/.well-known/fedpeer`` body."""
     # did:web peers are verified by certificate authorities (the client's own TLS
     # validation), not pinned: their manifest is fetched like any https page.
     https = base_url.lower().startswith("https://") and not (did or "").startswith("did:web:")
@@ -173,15 +205,16 @@ async def check_peer(
         raise PeerUnreachable(unreachable_message(base_url, exc)) from exc
     if https and oob and seen not in oob:
         judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
-    verified = verify_manifest(_decode(response), expected_did=did, now=now)
+    well_known = _decode(response)
+    verified = verify_manifest(well_known, expected_did=did, now=now)
     if not https:
-        return verified
+        return verified, well_known
     pins = manifest_pins(verified.document)
     judge_pins(seen, pins, oob, where=base_url, did=verified.did, oob_source=oob_source)
     store = pins_of(client)
     if store is not None:
         store.set(base_url, Pin(verified.did, pins, verified.expires_at, "manifest"))
-    return verified
+    return verified, well_known
 
 
 @attrs.define
@@ -199,6 +232,7 @@ class PeerVerifier:
     client: httpx.AsyncClient
     timeout: float = 10.0
     _checked: dict[tuple[str, str], tuple[float, Pin | None]] = attrs.field(factory=dict)
+    _page_caps: dict[tuple[str, str], int] = attrs.field(factory=dict)
 
     def _pin(self, url: str) -> Pin | None:
         store = pins_of(self.client)
@@ -211,8 +245,18 @@ class PeerVerifier:
         until, pin = self._checked.get(key, (0.0, None))
         if time.time() < until and self._pin(url) == pin:
             return
-        verified = await check_peer(self.client, url, did, timeout=self.timeout)
+        verified, well_known = await _check_peer(self.client, url, did, timeout=self.timeout)
         self._checked[key] = (verified.expires_at, self._pin(url))
+        cap = advertised_page_limit(well_known)
+        if cap is None:
+            self._page_caps.pop(key, None)
+        else:
+            self._page_caps[key] = cap
+
+    def page_limit_max(self, url: str, did: str) -> int | None:
+        """The most records per page the peer at ``url`` said it serves (its
+        capabilities' ``limits.page_limit_max``, read with the last check), or None."""
+        return self._page_caps.get((url.rstrip("/"), did))
 
     def forget(self, url: str, did: str) -> None:
         """Drop the cached check of ``(url, did)``; the origin keeps its pin until a
