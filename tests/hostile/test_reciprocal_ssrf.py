@@ -34,8 +34,8 @@ async def test_reciprocal_url_is_fetched_bounded(tmp_path: Path, behaviour: str,
         await hostile.start(nursery)
         async with open_node(tmp_path / "issuer", config=cfg) as issuer:
             invite = await issuer.invites.create(scopes=["reader"])
-            t0 = trio.current_time()
             async with PeerClient(issuer.url) as redeemer:
+                # the time bound: fail_after, not a timing assert (load must not fail it)
                 with trio.fail_after(15):
                     _cred, answer = await redeemer.redeem_with_answer(
                         invite.url,
@@ -47,7 +47,6 @@ async def test_reciprocal_url_is_fetched_bounded(tmp_path: Path, behaviour: str,
                             "url": hostile.url,
                         },
                     )
-            took = trio.current_time() - t0
             reverse = answer["reverse_pair"]
             assert isinstance(reverse, dict)
             assert reverse["error"]["code"] == code, reverse
@@ -56,4 +55,3 @@ async def test_reciprocal_url_is_fetched_bounded(tmp_path: Path, behaviour: str,
     assert hostile.requests.get("/.well-known/fedpeer") == 1
     # Cut off near the manifest cap (256 KiB; socket buffers aside), not at 1 GiB.
     assert max(hostile.sent) < 16 * MIB, hostile.sent
-    assert took < 10, took

@@ -51,16 +51,14 @@ async def test_a_peer_that_never_answers_the_stream_is_too_slow() -> None:
     hostile = HostilePeer("silent")
     async with trio.open_nursery() as nursery:
         await hostile.start(nursery)
-        t0 = trio.current_time()
         async with PeerClient(hostile.url, token="t", timeout=1.0) as peer:
             with trio.fail_after(30), pytest.raises(PeerTooSlow) as caught:
                 await _first_event(peer)
-        took = trio.current_time() - t0
         nursery.cancel_scope.cancel()
     assert caught.value.code == "PEER_TOO_SLOW"
+    assert "within 1 s" in caught.value.message  # the client's own deadline ended it
     assert "try again later" in caught.value.message
     assert hostile.requests.get("/v1/sync/changes") == 1
-    assert took < 20, took
 
 
 async def test_bounded_read_errors_say_what_to_do_next() -> None:
@@ -88,14 +86,13 @@ async def test_the_request_deadline_covers_connect_and_the_tls_handshake() -> No
     async with trio.open_nursery() as nursery:
         await hostile.start(nursery)
         url = hostile.url.replace("http://", "https://")
-        t0 = trio.current_time()
         async with PeerClient(url, token="t", timeout=40.0) as peer:
-            with trio.fail_after(30), pytest.raises(PeerTooSlow):
+            # fail_after(9) < the 10 s connect timeout: only the 1 s deadline can end it
+            with trio.fail_after(9), pytest.raises(PeerTooSlow) as caught:
                 await peer.request("GET", "/v1/sync/changes", deadline=1.0)
-        took = trio.current_time() - t0
+        assert "within 1 s" in caught.value.message
         async with PeerClient(url, token="t", timeout=1.0) as peer:
             with trio.fail_after(30), pytest.raises(PeerTooSlow):
                 await _first_event(peer)
         nursery.cancel_scope.cancel()
-    assert took < 8, took  # not the 10 s connect timeout
     assert hostile.requests == {}  # no HTTP request head ever arrived

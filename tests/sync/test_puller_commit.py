@@ -567,3 +567,54 @@ async def test_a_fast_peer_cannot_make_a_puller_hold_more_than_pipeline_depth_pa
     finally:
         target.gate.set()
         env.manager.stop()
+
+
+async def test_pairs_catching_up_at_once_split_the_records_in_flight(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    """``max_records_in_flight`` is the node's, not each pair's: a pair asks pages
+    of ``budget // (pairs catching up * pipeline_depth)`` records (at least 100),
+    so the memory of many pairs catching up together stays bounded."""
+    opts = SyncOptions(
+        page_limit=1000,
+        pipeline_depth=2,
+        max_records_in_flight=800,
+        commit_max_records=100,  # one page per commit: no folding
+        commit_wait_s=0,
+        verify_processes=False,
+        seed=9,
+    )
+    target = SlowCommitStore()
+    env = await start_env(nursery, opts, target)
+    try:
+        recs = make_records(1000)
+        await env.source_store.put([r.to_new() for r in recs])
+        workers = env.manager._workers
+        # Three other pairs of this node are catching up (registered as the real ones are).
+        others = [object(), object(), object()]
+        for other in others:
+            workers.behind(other)
+        pair = await env.create()
+        target.hold = True  # before the puller's first step: its first commit waits
+        with anyio.fail_after(30):
+            await target.waiting.wait()
+            while len(env.source.requests) < 3:
+                await env.source.fetched.wait()
+        # 800 // (4 pairs * depth 2) = 100 records a page, not the 1000 asked
+        assert [r.limit for r in env.source.requests] == [100, 100, 100]
+        for other in others:
+            await workers.done_with(other)
+        target.gate.set()
+        # alone now: 800 // (1 * 2) = 400
+        done = await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 1000)
+        limits = [r.limit for r in env.source.requests if r.feed == "normal"]
+        assert limits[-1] == 400, limits
+        assert set(limits) <= {100, 400}, limits
+        assert await cids(env.target) == [r.cid.raw for r in recs]
+        assert Cursor.decode(done.cursor or "").seq == 1000
+        # a longpoll (caught up: few records) keeps the page limit
+        assert env.source.requests[-1].feed == "longpoll"
+        assert env.source.requests[-1].limit == 1000
+    finally:
+        target.gate.set()
+        env.manager.stop()

@@ -59,6 +59,7 @@ from functools import partial
 
 import anyio
 import anyio.abc
+import attrs
 
 from .. import _ed25519
 from .._clock import now_ms as _now_ms
@@ -91,6 +92,7 @@ __all__ = ["Puller"]
 
 log = logging.getLogger("fedpeer.sync")
 
+_MIN_PAGE = 100  # records a page at least, whatever the in-flight share (progress first)
 _MIN_CHUNK = 64  # records per verification chunk: below this a thread hop costs more than it saves
 _PROCESS_MIN_JOBS = 200  # smaller slices verify in a thread: not worth a worker process
 _WORKER_START_TIMEOUT_S = 20.0
@@ -261,6 +263,12 @@ class _SignatureWorkers:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
                     await pipe.aclose()
+
+    def behind(self, user: object) -> int:
+        """Count ``user`` (a puller) as catching up until :meth:`done_with`; the
+        number of pullers catching up now, ``user`` included."""
+        self._users.add(user)
+        return len(self._users)
 
     async def done_with(self, user: object) -> None:
         """``user`` caught up (or stopped): stop the idle processes once no user is left."""
@@ -472,6 +480,7 @@ class Puller:
         self._limits = limits
         self._threads = opts.verify_threads
         self._depth = opts.pipeline_depth
+        self._in_flight_max = opts.max_records_in_flight
         self._limiter = verify_limiter or anyio.CapacityLimiter(opts.verify_threads)
         self._own_workers = workers is None
         self._workers = workers or _SignatureWorkers(
@@ -874,7 +883,7 @@ class Puller:
         try:
             with fetch.scope:
                 try:
-                    body = await self._source.fetch(pair, fetch.request)
+                    body = await self._source.fetch(pair, self._sized(fetch.request))
                 except FedpeerError as err:
                     fetch.error = err
                     return
@@ -895,6 +904,19 @@ class Puller:
                 fetch.verified = await self._preverify(body, fetch.now_ms)
         finally:
             fetch.done.set()
+
+    def _sized(self, request: PageRequest) -> PageRequest:
+        """``request`` with its ``limit`` cut to this pair's share of the node's
+        ``max_records_in_flight``: the pairs catching up at once split it, each
+        holding up to ``pipeline_depth`` pages, so memory does not grow with the
+        number of pairs (never below :data:`_MIN_PAGE` records a page). A longpoll
+        (caught up: few records) keeps its limit. The machine accepts a page of at
+        most its own ``page_limit``, so a smaller page is just a page."""
+        if request.feed != "normal":
+            return request
+        share = self._in_flight_max // (self._workers.behind(self) * self._depth)
+        size = min(request.limit, max(share, _MIN_PAGE))
+        return request if size == request.limit else attrs.evolve(request, limit=size)
 
     async def _preverify(self, body: object, now_ms: int) -> tuple[SignedRecord, ...] | None:
         """Every record of ``body`` through the one pipeline, off the event loop.

@@ -60,7 +60,8 @@ class SyncOptions:
 
     ``backoff``: the retry policy (1 s base, 5 min cap by default; tests inject a
     tiny base). ``page_limit``: records asked per page (1..10000; never more
-    than the source advertises as its ``page_limit_max``). The default, 5000,
+    than the source advertises as its ``page_limit_max``, and see
+    ``max_records_in_flight``). The default, 5000,
     is for catching up: every page costs a request, a query on the source and a
     round of signature-worker requests, and 5000-record pages synced about a
     fifth faster than 1000-record ones (``bench/sync.py``).
@@ -71,11 +72,10 @@ class SyncOptions:
     ``random.Random(f"{seed}:{pair_id}")`` (deterministic tests).
     ``autostart``: start the stored pairs when the node starts.
     ``pipeline_depth``: pages in flight per pair (fetched, being verified,
-    being committed); 1 turns speculation off. Records in flight are about
-    ``page_limit * pipeline_depth`` (and at most that many pages' bytes): the
-    default 2 with 5000-record pages keeps the puller's memory bounded as
-    4 x 1000 did, at the same speed. ``verify_processes``: check the
-    signatures of large pages in worker processes (one pool per node, shared
+    being committed); 1 turns speculation off. A pair holds about
+    ``page_limit * pipeline_depth`` records (10 000 by default; 4 x 1000 before
+    pages of 5000) and at most that many pages' bytes. ``verify_processes``:
+    check the signatures of large pages in worker processes (one pool per node, shared
     by every pair: at most ``verify_threads`` processes and never more than
     the CPUs; started on demand, stopped once no pair is catching up) instead
     of threads; see ``fedpeer.sync._puller._SignatureWorkers``. Off, or when a
@@ -86,6 +86,11 @@ class SyncOptions:
     single page is always committed whole). ``commit_wait_s``: how long an
     accepted page may wait for the pages behind it while the pair is behind
     (0: fold only what is ready; a caught-up page never waits).
+    ``max_records_in_flight``: records fetched but not yet stored, across all
+    the node's pairs while they catch up: when several catch up at once each
+    asks pages of ``min(page_limit, max_records_in_flight // (pairs catching up
+    * pipeline_depth))`` records (at least 100), so the puller's memory does not
+    grow with the number of pairs.
     """
 
     backoff: Backoff = DEFAULT_BACKOFF
@@ -100,6 +105,7 @@ class SyncOptions:
     verify_processes: bool = True
     commit_max_records: int = attrs.field(default=5000, validator=_check_positive_int)
     commit_wait_s: float = attrs.field(default=0.25, validator=_check_wait)
+    max_records_in_flight: int = attrs.field(default=20_000, validator=_check_positive_int)
 
 
 @attrs.frozen
