@@ -30,6 +30,7 @@ from fedpeer.identity.envelope import verify_document
 from fedpeer.peer import Node, NodeConfig, PeerClient, open_node
 from fedpeer.peer.app import AppState, build_app
 from fedpeer.peer.services import NodeCore
+from fedpeer.peer.services._invites import MAX_REJECTIONS_AUDITED
 from fedpeer.store.base import StateTx, Store
 from fedpeer.store.memory import MemoryStore
 from fedpeer.sync.records import DEFAULT_LIMITS, SignedRecord, build_record
@@ -338,6 +339,47 @@ async def test_concurrent_redeems_over_http(
         rejected = [e for e in events if e["type"] == "invite.redeem_rejected"]
         assert len(rejected) == 50 - max_uses
         assert {e["reason"] for e in rejected} == {"INVITE_EXHAUSTED"}
+
+
+async def test_rejected_redeems_of_one_invite_stop_growing_the_audit_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redeem needs no credential: whoever holds an invite's URL may retry a
+    refused redeem as fast as the rate limit allows. Each refusal is still
+    answered, but only the first MAX_REJECTIONS_AUDITED per invite are audited."""
+    n = MAX_REJECTIONS_AUDITED + 30
+    async with (
+        running("sqlite", tmp_path) as (node, admin),
+        httpx.AsyncClient(base_url=node.url, timeout=30) as http,
+    ):
+        invite = await make_invite(http, admin, max_uses=1)
+        url = str(invite["url"])
+        wrong = {**guest_body(url), "secret": "A" * 43}
+        for _ in range(n):
+            r = await redeem(http, invite, wrong)
+            assert (r.status_code, code(r)) == (403, "INVITE_SECRET_INVALID")
+        r = await http.get(
+            "/v1/invites/audit",
+            params={"invite_id": str(invite["invite_id"]), "limit": 1000},
+            headers=bearer(admin),
+        )
+        kinds = [e["event"]["type"] for e in r.json()["events"]]
+        assert kinds.count("invite.redeem_rejected") == MAX_REJECTIONS_AUDITED
+        # the invite still works for its rightful holder, and that is audited
+        r = await redeem(http, invite, guest_body(url))
+        assert r.status_code == 201, r.text
+        r = await http.get(
+            "/v1/invites/audit",
+            params={"invite_id": str(invite["invite_id"]), "limit": 1000},
+            headers=bearer(admin),
+        )
+        kinds = [e["event"]["type"] for e in r.json()["events"]]
+        assert kinds.count("invite.redeemed") == 1
+        assert kinds.count("invite.redeem_rejected") == MAX_REJECTIONS_AUDITED
+    assert any(
+        f"{MAX_REJECTIONS_AUDITED + 1} rejected redeems" in rec.getMessage()
+        for rec in caplog.records
+    )
 
 
 async def test_guest_redeem_sees_its_target_only(

@@ -37,6 +37,12 @@ __all__ = ["InviteService", "invite_request"]
 log = logging.getLogger("fedpeer.consent")
 
 _AUDIT_SCAN_PAGE = 1000
+MAX_REJECTIONS_AUDITED = 100
+"""Rejected redeems of one invite written to the audit log per node process; the
+rest are counted in the node log. A redeem needs no credential, so whoever holds
+an invite's URL (an expired or used-up one included) could otherwise grow the
+audit table by one row per request, as fast as the rate limit lets them."""
+_REJECTION_COUNTS_MAX = 4096  # invites whose rejections are counted (oldest forgotten)
 _AUDIT_SCAN_PAGES = 20
 
 
@@ -89,6 +95,7 @@ class InviteService:
     def __init__(self, core: NodeCore, pairs: PairService | None = None) -> None:
         self._core = core
         self._pairs = pairs
+        self._rejections: dict[str, int] = {}  # invite id -> rejected redeems seen
 
     def attach_pairs(self, pairs: PairService) -> None:
         """Use ``pairs`` for two-way redemptions (the node does this at start)."""
@@ -311,6 +318,27 @@ class InviteService:
             )
         return RedeemAnswer.of(redeemed, reverse)
 
+    def _count_rejection(self, invite_id: str, code: str) -> bool:
+        """Count a rejected redeem of ``invite_id``; whether it may be audited
+        (the first :data:`MAX_REJECTIONS_AUDITED` of this process are)."""
+        seen = self._rejections.pop(invite_id, 0) + 1
+        if len(self._rejections) >= _REJECTION_COUNTS_MAX:
+            del self._rejections[next(iter(self._rejections))]  # the least recently rejected
+        self._rejections[invite_id] = seen
+        if seen <= MAX_REJECTIONS_AUDITED:
+            return True
+        if seen == MAX_REJECTIONS_AUDITED + 1 or seen % 1000 == 0:
+            log.warning(
+                "invite %s: %d rejected redeems (last: %s); only the first %d are in the "
+                "audit log. Someone holding its URL keeps trying: revoke the invite "
+                "(`fedpeer invite revoke`) if it should be dead",
+                invite_id,
+                seen,
+                code,
+                MAX_REJECTIONS_AUDITED,
+            )
+        return False
+
     async def audit_rejection(
         self, invite_id: str, code: str, holder_type: object, holder_did: object
     ) -> None:
@@ -335,6 +363,8 @@ class InviteService:
             with anyio.CancelScope(shield=True):
                 if await self._core.store.get_state(inv.INVITE_TABLE, invite_id) is None:
                     return  # no such invite (checked without a write first)
+                if not self._count_rejection(invite_id, code):
+                    return
                 await self._core.store.transact(write)
         except FedpeerError:
             log.exception("could not audit a rejected redeem of invite %s", invite_id)
