@@ -30,3 +30,34 @@ async def test_the_watcher_stops_when_told() -> None:
             tg.start_soon(lambda: watch_network(calls.append, stop=stop, interval_s=0.01))
             stop.set()
     assert all(isinstance(c, list) for c in calls)  # it ended; any report is a list
+
+
+async def test_the_watcher_survives_failing_reads_even_the_first_ones() -> None:
+    """ifaddr trouble at start (or later) must not end the watcher: it retries at
+    every poll and reports what came up once reads work."""
+    down = frozenset({("eth0", "lowerlayerdown"), ("lo", "unknown")})
+    up = frozenset({("eth0", "up"), ("lo", "unknown")})
+    script: list[object] = [OSError("no netlink"), OSError("still none"), down, OSError("x"), up]
+
+    def read() -> frozenset[tuple[str, str]]:
+        item = script.pop(0) if script else up
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, frozenset)
+        return item
+
+    reported = anyio.Event()
+    calls: list[list[str]] = []
+
+    def on_change(what: list[str]) -> None:
+        calls.append(what)
+        reported.set()
+
+    stop = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: watch_network(on_change, stop=stop, interval_s=0.001, read=read))
+            await reported.wait()
+            stop.set()
+    assert calls[0] == ["eth0 up"]
+    assert not script  # every scripted read happened, failures included

@@ -69,10 +69,13 @@ async def watch_network(
     *,
     stop: anyio.Event | None = None,
     interval_s: float = 1.0,
+    read: Callable[[], NetworkSnapshot] = snapshot,
 ) -> None:
     """Poll the network every ``interval_s`` and call ``on_change(what)`` when
     something came up (see :func:`came_up`). Runs until ``stop`` is set or it is
-    cancelled; a failing snapshot is retried at the next poll."""
+    cancelled. A failing read (``read``: :func:`snapshot`, tests inject theirs) is
+    logged once and retried at every poll, the first one included: the watcher
+    starts comparing from the first snapshot it gets."""
     async with anyio.create_task_group() as tg:
         if stop is not None:
 
@@ -81,28 +84,39 @@ async def watch_network(
                 tg.cancel_scope.cancel()
 
             tg.start_soon(_stopper)
-        await _poll(on_change, interval_s)
+        await _poll(on_change, interval_s, read)
         tg.cancel_scope.cancel()
 
 
-async def _poll(on_change: Callable[[list[str]], object], interval_s: float) -> None:
-    try:
-        last = await anyio.to_thread.run_sync(snapshot)
-    except Exception as exc:  # ifaddr trouble must never stop the node
-        log.warning("cannot read the network interfaces (%s); network changes go unnoticed", exc)
-        return
+async def _poll(
+    on_change: Callable[[list[str]], object],
+    interval_s: float,
+    read: Callable[[], NetworkSnapshot],
+) -> None:
+    last: NetworkSnapshot | None = None
+    failing = False
     while True:
-        await anyio.sleep(interval_s)
         try:
-            now = await anyio.to_thread.run_sync(snapshot)
-        except Exception as exc:  # pragma: no cover - transient
-            log.debug("cannot read the network interfaces: %s", exc)
-            continue
-        what = came_up(last, now)
-        last = now
-        if what:
-            log.info("network changed (%s): waking failing pairs", ", ".join(what[:8]))
-            try:
-                on_change(what)
-            except Exception:
-                log.exception("the network-change hook failed")
+            now = await anyio.to_thread.run_sync(read)
+        except Exception as exc:  # ifaddr trouble must never stop the node (nor the watcher)
+            if not failing:
+                log.warning(
+                    "cannot read the network interfaces (%s); retrying every %g s, network "
+                    "changes go unnoticed meanwhile",
+                    exc,
+                    interval_s,
+                )
+            failing = True
+        else:
+            if failing:
+                log.info("reading the network interfaces works again")
+            failing = False
+            what = came_up(last, now) if last is not None else []
+            last = now
+            if what:
+                log.info("network changed (%s): waking failing pairs", ", ".join(what[:8]))
+                try:
+                    on_change(what)
+                except Exception:
+                    log.exception("the network-change hook failed")
+        await anyio.sleep(interval_s)
