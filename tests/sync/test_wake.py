@@ -44,6 +44,7 @@ async def test_wake_retries_a_failing_pair_of_that_peer_at_once(
 
     await env.source_store.put([r.to_new() for r in make_records(3)])
     env.source.fail = None
+    assert env.manager.wake("did:key:z6MkNobodyPairedWithThisNode", reason="test") == []
     assert env.manager.wake(SRC_KEY.did, reason="test") == [pair.id]
     done = await env.wait(pair.id, caught_up)
     assert done.retries == 0

@@ -85,6 +85,7 @@ class PairManager:
             enabled=self.options.verify_processes,
         )
         self._pullers: dict[str, Puller] = {}
+        self._by_did: dict[str | None, set[str]] = {}  # peer DID -> its pairs' ids (for wake)
         self._lock = anyio.Lock()
         self._nursery: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
@@ -154,6 +155,7 @@ class PairManager:
             listener=self._on_event,
         )
         self._pullers[pair.id] = puller
+        self._by_did.setdefault(pair.peer_did, set()).add(pair.id)
         self._nursery.start_soon(self._supervise, puller)
         return puller
 
@@ -169,6 +171,11 @@ class PairManager:
             if self._pullers.get(pid) is puller:
                 del self._pullers[pid]
                 self._woken.pop(pid, None)
+                ids = self._by_did.get(puller.pair.peer_did)
+                if ids is not None:
+                    ids.discard(pid)
+                    if not ids:
+                        del self._by_did[puller.pair.peer_did]
             self._bump()
 
     # --- CRUD and actions ---
@@ -311,8 +318,11 @@ class PairManager:
             return []
         now = anyio.current_time()
         woken: builtins.list[str] = []
-        for pid, puller in list(self._pullers.items()):
-            if peer_did is not None and puller.pair.peer_did != peer_did:
+        # a request from a peer costs a lookup of its pairs, not a scan of every pair
+        ids = list(self._pullers) if peer_did is None else list(self._by_did.get(peer_did, ()))
+        for pid in ids:
+            puller = self._pullers.get(pid)
+            if puller is None:
                 continue
             if puller.machine_state is not MachineState.BACKING_OFF:
                 continue
