@@ -9,6 +9,7 @@ wire, not inferred.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import ssl
@@ -615,3 +616,40 @@ def test_a_key_that_is_not_the_certificates_is_a_clear_start_up_error(tmp_path: 
         TlsIdentity.load_or_create(did, tmp_path)
     assert "not the certificate's" in caught.value.message
     assert "remove both files" in caught.value.message
+
+
+def test_loading_the_certificate_puts_the_key_on_no_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ssl`` reads a key from a file only: on Linux that file is an anonymous
+    in-memory one, so no copy of tls.key lands in $TMPDIR, and the context serves it."""
+    import tempfile
+
+    def no_temp_files(*_a: object, **_k: object) -> tuple[int, str]:
+        raise AssertionError("the TLS key went to a temporary file")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp_files)
+    key = SigningKey.from_seed(b"\x33" * 32)
+    cert = TlsCert.generate(key.did)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.load_into(ctx)
+    # the context now holds that certificate: a handshake over a memory BIO shows it
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname="x")
+    s = ctx.wrap_bio(s_in, s_out, server_side=True)
+    done: set[int] = set()
+    for _ in range(10):  # bounded: a TLS 1.3 handshake takes two flights
+        for i, side in enumerate((c, s)):
+            if i not in done:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    side.do_handshake()
+                    done.add(i)
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if done == {0, 1}:
+            break
+    assert done == {0, 1}
+    der = c.getpeercert(binary_form=True)
+    assert der is not None
+    assert spki_sha256_of_der(der) == cert.pin

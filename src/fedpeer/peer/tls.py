@@ -130,13 +130,26 @@ class TlsCert:
 
     def load_into(self, ctx: ssl.SSLContext) -> None:
         """Make ``ctx`` serve this certificate (new handshakes only). ``ssl`` reads
-        certificates from files only, so a private temporary file is used and
-        removed at once."""
+        certificates from files only: on Linux the key goes through an anonymous
+        in-memory file (``memfd_create``, never on a disk); elsewhere through a
+        private (0600) temporary file, removed at once."""
+        pem = self.key_pem + b"\n" + self.cert_pem
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+            fd = os.memfd_create("fedpeer-tls", os.MFD_CLOEXEC)
+            try:
+                view = memoryview(pem)
+                while view:
+                    view = view[os.write(fd, view) :]
+                path = f"/proc/self/fd/{fd}"
+                ctx.load_cert_chain(certfile=path, keyfile=path)
+                return
+            finally:
+                os.close(fd)
         fd, name = tempfile.mkstemp(prefix="fedpeer-tls-", suffix=".pem")
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(self.key_pem + b"\n" + self.cert_pem)
+                f.write(pem)
             ctx.load_cert_chain(certfile=name, keyfile=name)
         finally:
             os.unlink(name)
