@@ -26,13 +26,6 @@ from fedpeer.errors import ConfigInvalid
 from fedpeer.peer import local_client_context
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("FEDPEER_"):
-            monkeypatch.delenv(name)
-
-
 def test_init_creates_identity_and_id_prints_it(tmp_path: Path) -> None:
     runner = CliRunner()
     first = runner.invoke(cli, ["--data-dir", str(tmp_path), "init"])

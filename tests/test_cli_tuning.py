@@ -5,7 +5,6 @@ running node applies them.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -22,13 +21,6 @@ from fedpeer.errors import ConfigInvalid
 from fedpeer.peer import NodeConfig, local_client_context
 from fedpeer.sync.backoff import DEFAULT_BACKOFF
 from fedpeer.sync.options import SyncOptions
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("FEDPEER_"):
-            monkeypatch.delenv(name)
 
 
 def test_defaults_leave_the_library_defaults(tmp_path: Path) -> None:

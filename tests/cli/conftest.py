@@ -116,13 +116,3 @@ def fp(
     assert node.data_dir is not None
     argv = ["--data-dir", str(node.data_dir), "--url", node.url, *args]
     return CliRunner().invoke(cli, argv, input=input, env=env, catch_exceptions=False)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No FEDPEER_* variables from the developer's shell leak into the tests."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("FEDPEER_"):
-            monkeypatch.delenv(name)
