@@ -145,9 +145,12 @@ async def check_peer(
     oob_source: str = "invite",
     timeout: float = 10.0,
     now: float | None = None,
+    on_well_known: Callable[[object], None] | None = None,
 ) -> VerifiedDocument:
     """Prove that ``base_url`` is served by ``did`` (any DID when None); return
-    the verified manifest.
+    the verified manifest. ``on_well_known`` gets the whole decoded
+    ``/.well-known/fedpeer`` body once the manifest verified (the unsigned
+    capabilities ride along: :class:`PeerVerifier` reads the page size there).
 
     Over https, the manifest is read over a new connection that accepts any
     certificate but carries nothing secret; the certificate's SPKI hash must be
@@ -165,23 +168,6 @@ async def check_peer(
     256 KiB), PEER_TOO_SLOW (not read within ``timeout`` seconds in all),
     REDIRECT_REFUSED; the peer's error for an error answer. Cancellable.
     """
-    verified, _well_known = await _check_peer(
-        client, base_url, did, oob_pins=oob_pins, oob_source=oob_source, timeout=timeout, now=now
-    )
-    return verified
-
-
-async def _check_peer(
-    client: httpx.AsyncClient,
-    base_url: str,
-    did: str | None,
-    *,
-    oob_pins: Iterable[str] = (),
-    oob_source: str = "invite",
-    timeout: float = 10.0,
-    now: float | None = None,
-) -> tuple[VerifiedDocument, object]:
-    """:func:`check_peer`, also returning the decoded ``/.well-known/fedpeer`` body."""
     # did:web peers are verified by certificate authorities (the client's own TLS
     # validation), not pinned: their manifest is fetched like any https page.
     https = base_url.lower().startswith("https://") and not (did or "").startswith("did:web:")
@@ -207,14 +193,16 @@ async def _check_peer(
         judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
     well_known = _decode(response)
     verified = verify_manifest(well_known, expected_did=did, now=now)
+    if on_well_known is not None:
+        on_well_known(well_known)
     if not https:
-        return verified, well_known
+        return verified
     pins = manifest_pins(verified.document)
     judge_pins(seen, pins, oob, where=base_url, did=verified.did, oob_source=oob_source)
     store = pins_of(client)
     if store is not None:
         store.set(base_url, Pin(verified.did, pins, verified.expires_at, "manifest"))
-    return verified, well_known
+    return verified
 
 
 @attrs.define
@@ -245,9 +233,12 @@ class PeerVerifier:
         until, pin = self._checked.get(key, (0.0, None))
         if time.time() < until and self._pin(url) == pin:
             return
-        verified, well_known = await _check_peer(self.client, url, did, timeout=self.timeout)
+        seen: list[object] = []
+        verified = await check_peer(
+            self.client, url, did, timeout=self.timeout, on_well_known=seen.append
+        )
         self._checked[key] = (verified.expires_at, self._pin(url))
-        cap = advertised_page_limit(well_known)
+        cap = advertised_page_limit(seen[0]) if seen else None
         if cap is None:
             self._page_caps.pop(key, None)
         else:
