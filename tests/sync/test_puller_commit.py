@@ -18,7 +18,7 @@ import anyio.lowlevel
 import attrs
 import pytest
 
-from fedpeer.errors import StoreError
+from fedpeer.errors import PeerUnreachable, StoreError
 from fedpeer.identity.keys import SigningKey, verify_batch
 from fedpeer.store import MemoryStore
 from fedpeer.store.base import StateTx
@@ -617,4 +617,36 @@ async def test_pairs_catching_up_at_once_split_the_records_in_flight(
         assert env.source.requests[-1].limit == 1000
     finally:
         target.gate.set()
+        env.manager.stop()
+
+
+async def test_a_failing_pair_does_not_take_a_share_of_the_records_in_flight(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    """A pair whose peer is away holds no page while it backs off: a pair that is
+    catching up meanwhile gets the whole budget (800 // depth 2 = 400 a page)."""
+    opts = SyncOptions(
+        page_limit=1000,
+        pipeline_depth=2,
+        max_records_in_flight=800,
+        backoff=Backoff(base_s=3600, cap_s=3600),
+        verify_processes=False,
+        seed=10,
+    )
+    env = await start_env(nursery, opts)
+    try:
+        await env.source_store.put([r.to_new() for r in make_records(1000)])
+        env.source.fail = PeerUnreachable("the peer is away")
+        away = await env.create()
+        await env.wait(away.id, lambda p: p.state is PairState.FAILING)
+        env.source.fail = None
+        first = len(env.source.requests)
+        pair = await env.create(peer_did=OTHER_KEY.did)
+        done = await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 1000)
+        assert done.id != away.id
+        limits = [r.limit for r in env.source.requests[first:] if r.feed == "normal"]
+        assert limits, env.source.requests
+        assert set(limits) == {400}, limits
+        assert env.manager.get(away.id).state is PairState.FAILING
+    finally:
         env.manager.stop()

@@ -154,6 +154,7 @@ class _SignatureWorkers:
         self._procs: set[anyio.abc.Process] = set()
         self._slots = anyio.Semaphore(size)
         self._users: set[object] = set()
+        self._behind: set[object] = set()  # pullers fetching to catch up (see behind())
         frozen = bool(getattr(sys, "frozen", False))  # sys.executable is not python
         self.broken = not enabled or frozen or not sys.executable
         """True once processes are off (disabled or failed): threads do the checks."""
@@ -265,13 +266,19 @@ class _SignatureWorkers:
                     await pipe.aclose()
 
     def behind(self, user: object) -> int:
-        """Count ``user`` (a puller) as catching up until :meth:`done_with`; the
-        number of pullers catching up now, ``user`` included."""
-        self._users.add(user)
-        return len(self._users)
+        """Count ``user`` (a puller) as fetching pages to catch up, until
+        :meth:`not_behind` or :meth:`done_with`; the number of such pullers now,
+        ``user`` included (they split ``max_records_in_flight``)."""
+        self._behind.add(user)
+        return len(self._behind)
+
+    def not_behind(self, user: object) -> None:
+        """``user`` holds no page now (its fetch failed, or it dropped its pages)."""
+        self._behind.discard(user)
 
     async def done_with(self, user: object) -> None:
         """``user`` caught up (or stopped): stop the idle processes once no user is left."""
+        self._behind.discard(user)
         self._users.discard(user)
         if not self._users:
             await self.close_idle()
@@ -846,6 +853,7 @@ class Puller:
         for fetch in self._chain:
             fetch.scope.cancel()
         self._chain.clear()
+        self._workers.not_behind(self)  # no page held: the next fetch counts again
 
     def _extend_chain(self) -> None:
         """Keep up to ``pipeline_depth`` pages in flight: after the last fetched page,
