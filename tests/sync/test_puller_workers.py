@@ -90,10 +90,35 @@ async def test_a_failing_worker_falls_back_to_threads(
         assert await workers.check(jobs, anyio.CapacityLimiter(2)) == verify_batch(jobs)
     assert workers.broken
     assert not workers._procs
-    assert "using threads from now on" in caplog.text
-    # from now on threads, no more processes
+    assert "using threads for the next 60 s" in caplog.text
+    # for a while threads, no more processes
     assert await workers.check(jobs[:10], anyio.CapacityLimiter(1)) == verify_batch(jobs[:10])
     assert not workers._procs
+
+
+async def test_after_a_failure_worker_processes_come_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A passing problem (a worker killed, a fork refused) costs threads for a
+    while, not the node's speed for good; failures in a row pause longer."""
+    real = _puller._WORKER_CODE
+    monkeypatch.setattr(_puller, "_WORKER_CODE", "import sys; sys.exit(3)")
+    workers = _SignatureWorkers(1, retry_after_s=0.0)  # retry at once (the pause is tested above)
+    jobs = make_jobs(300)
+    try:
+        with anyio.fail_after(60):
+            assert await workers.check(jobs, anyio.CapacityLimiter(1)) == verify_batch(jobs)
+            assert workers._failures == 1
+            assert await workers.check(jobs, anyio.CapacityLimiter(1)) == verify_batch(jobs)
+            assert workers._failures == 2  # a second failure in a row
+            monkeypatch.setattr(_puller, "_WORKER_CODE", real)  # the problem passed
+            assert not workers.broken
+            assert await workers.check(jobs, anyio.CapacityLimiter(1)) == verify_batch(jobs)
+        assert workers._procs  # a process did the check
+        assert workers._failures == 0
+    finally:
+        await workers.aclose()
+    assert caplog.text.count("signature checks in worker processes failed") == 2
 
 
 async def test_disabled_workers_use_threads() -> None:

@@ -97,6 +97,8 @@ _MIN_CHUNK = 64  # records per verification chunk: below this a thread hop costs
 _PROCESS_MIN_JOBS = 200  # smaller slices verify in a thread: not worth a worker process
 _WORKER_START_TIMEOUT_S = 20.0
 _WORKER_BATCH_TIMEOUT_S = 120.0
+_WORKER_RETRY_S = 60.0  # after a worker failure: threads for this long (doubling), then processes
+_WORKER_RETRY_MAX_S = 3600.0
 _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
 # The directory holding the fedpeer package, put first on the worker's sys.path so
 # it imports this very fedpeer whatever the parent's sys.path tricks were.
@@ -136,7 +138,8 @@ class _SignatureWorkers:
     A worker that is cancelled mid-request is killed (its pipe state is
     unknown); one that fails (cannot start, dies, answers garbage or too late)
     is killed, the batch is checked in a worker thread instead, and threads are
-    used from then on (logged once). Correctness never depends on a worker:
+    used for a while, 60 s doubling at each failure in a row up to an hour
+    (logged; see :attr:`broken`). Correctness never depends on a worker:
     every verdict is a :func:`verify_batch` result. :meth:`aclose` stops them.
 
     One pool serves every pair of a node (the :class:`~fedpeer.sync.manager.PairManager`
@@ -148,7 +151,9 @@ class _SignatureWorkers:
     is catching up (:meth:`done_with`) and start again on demand.
     """
 
-    def __init__(self, size: int, *, enabled: bool = True) -> None:
+    def __init__(
+        self, size: int, *, enabled: bool = True, retry_after_s: float = _WORKER_RETRY_S
+    ) -> None:
         self._size = size
         self._idle: list[anyio.abc.Process] = []
         self._procs: set[anyio.abc.Process] = set()
@@ -156,8 +161,19 @@ class _SignatureWorkers:
         self._users: set[object] = set()
         self._behind: set[object] = set()  # pullers fetching to catch up (see behind())
         frozen = bool(getattr(sys, "frozen", False))  # sys.executable is not python
-        self.broken = not enabled or frozen or not sys.executable
-        """True once processes are off (disabled or failed): threads do the checks."""
+        self._off = not enabled or frozen or not sys.executable
+        self._retry_after_s = retry_after_s
+        self._failures = 0
+        self._threads_until = -math.inf  # after a failure: threads until then
+
+    @property
+    def broken(self) -> bool:
+        """True while processes are off (disabled, or failed recently): threads do
+        the checks. After a failure processes are tried again once
+        ``retry_after_s`` has passed, doubling at each failure in a row (up to
+        :data:`_WORKER_RETRY_MAX_S`), so a passing problem (a worker killed for
+        memory, a fork refused) does not cost the node its speed for good."""
+        return self._off or anyio.current_time() < self._threads_until
 
     @property
     def size(self) -> int:
@@ -213,11 +229,15 @@ class _SignatureWorkers:
         ) as exc:
             if proc is not None:
                 await self._kill(proc)
-            if not self.broken:  # the first failure: log it, stop the other workers
-                self.broken = True
+            if not self.broken:  # the first failure in a while: log it, stop the others
+                pause = min(self._retry_after_s * 2**self._failures, _WORKER_RETRY_MAX_S)
+                self._failures += 1
+                self._threads_until = anyio.current_time() + pause
                 log.warning(
-                    "signature checks in worker processes failed (%r); using threads from now on",
+                    "signature checks in worker processes failed (%r); using threads for "
+                    "the next %g s, then processes again",
                     exc,
+                    pause,
                 )
                 await self.aclose()
             return None
@@ -226,6 +246,7 @@ class _SignatureWorkers:
                 await self._kill(proc)
             raise
         self._idle.append(proc)
+        self._failures = 0  # working again: the next failure pauses processes briefly
         return [b == 1 for b in answer]
 
     async def _start(self) -> anyio.abc.Process:
