@@ -653,3 +653,32 @@ def test_loading_the_certificate_puts_the_key_on_no_disk(monkeypatch: pytest.Mon
     der = c.getpeercert(binary_form=True)
     assert der is not None
     assert spki_sha256_of_der(der) == cert.pin
+
+
+def test_new_clients_load_the_certificate_authorities_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loading the CA bundle costs ~25 ms of CPU: each PeerClient, manifest probe
+    and CLI command used to pay it twice. Now once per process, shared."""
+    from fedpeer.peer import _transport
+
+    calls: list[object] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        calls.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    _transport._system_ca_context.cache_clear()
+    try:
+        first = new_http_client()
+        for _ in range(5):
+            new_http_client()
+        new_http_client(ca_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        assert len(calls) <= 1  # the one load (httpx may build it through this call)
+        ctx = _transport._system_ca_context()
+        assert ctx.verify_mode == ssl.CERT_REQUIRED  # still the CA-validating context
+        assert first.pins is not None
+    finally:
+        _transport._system_ca_context.cache_clear()

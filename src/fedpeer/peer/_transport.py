@@ -18,6 +18,7 @@ inflate past the cap).
 
 from __future__ import annotations
 
+import functools
 import ssl
 import typing
 from collections.abc import Iterable, Mapping
@@ -243,15 +244,28 @@ def _auto_backend() -> httpcore.AsyncNetworkBackend:
     return AutoBackend()
 
 
+@functools.cache
+def _system_ca_context() -> ssl.SSLContext:
+    """The certificate authorities httpx trusts by default, loaded once per process.
+
+    Loading the bundle costs about 25 ms of CPU; every client used to load it
+    twice (httpx's own transport, then ours), so each PeerClient, each manifest
+    check's probe client and each CLI command paid 25-50 ms for it. Every client
+    here speaks HTTP/1.1 only, so the ALPN list httpcore sets on the shared
+    context is the same for all of them."""
+    return httpx.create_ssl_context()
+
+
 class _PinnedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over a pool whose network backend checks pins."""
 
     def __init__(
         self, pins: PinStore, limits: httpx.Limits, ca_context: ssl.SSLContext | None
     ) -> None:
-        super().__init__(limits=limits)
+        ctx = ca_context if ca_context is not None else _system_ca_context()
+        super().__init__(verify=ctx, limits=limits)  # a context given: httpx loads none
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ca_context if ca_context is not None else httpx.create_ssl_context(),
+            ssl_context=ctx,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
