@@ -485,6 +485,18 @@ async def rotate_service_account(ctx: Ctx) -> Response:
 # --- the table ---------------------------------------------------------------------
 
 _CURSOR = Param("since", schema={"type": "string"}, description="opaque cursor from next_cursor")
+# What a record write (one appended, or a batch imported) can be refused with.
+_RECORD_WRITE_ERRORS = (
+    "RECORD_INVALID",
+    "RECORD_TOO_LARGE",
+    "NON_CANONICAL",
+    "BAD_SIGNATURE",
+    "RECORD_FROM_FUTURE",
+    "MALFORMED",
+    "INVALID_REQUEST",
+    "BODY_TOO_LARGE",
+    "DID_INVALID",
+)
 _LIMIT = Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 10000})
 _NS = Param("namespace", schema={"type": "string", "maxLength": 256})
 _THREAD = Param("thread", schema={"type": "string", "maxLength": 256})
@@ -556,19 +568,7 @@ ROUTES: list[RouteSpec] = [
         },
         response_schema={"type": "object", "required": ["cid", "created"]},
         success_status=201,
-        errors=(
-            "RECORD_INVALID",
-            "RECORD_TOO_LARGE",
-            "NON_CANONICAL",
-            "BAD_SIGNATURE",
-            "RECORD_FROM_FUTURE",
-            "MALFORMED",
-            "INVALID_REQUEST",
-            "BODY_TOO_LARGE",
-            "UNSUPPORTED_MEDIA_TYPE",
-            "DID_INVALID",
-            "CONSENT_DENIED",
-        ),
+        errors=(*_RECORD_WRITE_ERRORS, "UNSUPPORTED_MEDIA_TYPE", "CONSENT_DENIED"),
     ),
     RouteSpec(
         "POST",
@@ -581,21 +581,12 @@ ROUTES: list[RouteSpec] = [
         request_schema={
             "type": "object",
             "required": ["records"],
-            "properties": {"records": {"type": "array", "maxItems": 10000}},
+            # the default NodeConfig.batch_fetch_max, which the service enforces
+            "properties": {"records": {"type": "array", "maxItems": 1000}},
             "additionalProperties": False,
         },
         response_schema={"type": "object", "required": ["stored", "existing"]},
-        errors=(
-            "RECORD_INVALID",
-            "RECORD_TOO_LARGE",
-            "NON_CANONICAL",
-            "BAD_SIGNATURE",
-            "RECORD_FROM_FUTURE",
-            "MALFORMED",
-            "INVALID_REQUEST",
-            "BODY_TOO_LARGE",
-            "DID_INVALID",
-        ),
+        errors=(*_RECORD_WRITE_ERRORS, "CONSENT_DENIED"),
     ),
     RouteSpec(
         "GET",
