@@ -77,6 +77,10 @@ def hold_user_port() -> Iterator[socket.socket | None]:
     it stays taken by that: the same situation. Yields the held socket or None.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As a node binds (and doctor's port check): connections a node that just
+    # stopped left in TIME_WAIT must not make the port look busy while nobody
+    # listens on it; a listening socket still makes this bind fail.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", USER_PORT))
         sock.listen(1)
@@ -97,7 +101,7 @@ and its own namespaces, never through a proxy."""
 
 
 @pytest.fixture(scope="session", autouse=True)
-def clean_environment() -> Iterator[None]:
+def clean_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No ``FEDPEER_*`` setting and no proxy from the developer's shell reaches the
     code under test (for the whole session, so the processes the tests start inherit
     the clean environment too).
@@ -108,11 +112,14 @@ def clean_environment() -> Iterator[None]:
     ``HTTPS_PROXY`` / ``ALL_PROXY`` would carry the tests' plain httpx clients'
     requests to 127.0.0.1 (httpx trusts the environment by default) and fail them.
     ``FEDPEER_VECTORS`` (where the vendored test vectors are, read by tests/identity)
-    is the suite's own setting and stays.
+    is the suite's own setting and stays. ``XDG_DATA_HOME`` points into the session's
+    temporary directory, so a command run without ``--data-dir`` finds an empty
+    default data dir, never the user's own node's files (its URL and admin token).
     """
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
             fedpeer = name.startswith("FEDPEER_") and name != "FEDPEER_VECTORS"
             if fedpeer or name.lower() in PROXY_VARIABLES:
                 mp.delenv(name)
+        mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
         yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.from_thread
 
 from fedpeer.peer._netwatch import came_up, snapshot, watch_network
 
@@ -25,10 +26,22 @@ def test_a_snapshot_of_this_machine_lists_loopback() -> None:
 async def test_the_watcher_stops_when_told() -> None:
     stop = anyio.Event()
     calls: list[list[str]] = []
-    with anyio.fail_after(10):
+    polled = anyio.Event()
+    reads: list[int] = []
+
+    def read() -> frozenset[tuple[str, str]]:
+        reads.append(1)
+        anyio.from_thread.run_sync(polled.set)  # read() runs in a worker thread
+        return snapshot()
+
+    with anyio.fail_after(10):  # the watcher, running, ends once told: fail_after proves it
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: watch_network(calls.append, stop=stop, interval_s=0.01))
+            tg.start_soon(
+                lambda: watch_network(calls.append, stop=stop, interval_s=0.01, read=read)
+            )
+            await polled.wait()  # it is polling
             stop.set()
+    assert reads  # it really ran before it was stopped
     assert all(isinstance(c, list) for c in calls)  # it ended; any report is a list
 
 
