@@ -573,12 +573,13 @@ async def test_pairs_catching_up_at_once_split_the_records_in_flight(
     nursery: anyio.abc.TaskGroup,
 ) -> None:
     """``max_records_in_flight`` is the node's, not each pair's: a pair asks pages
-    of ``budget // (pairs catching up * pipeline_depth)`` records (at least 100),
-    so the memory of many pairs catching up together stays bounded."""
+    of ``budget // (pairs catching up * (pipeline_depth + 1))`` records (at least
+    100: the page it commits and the pages ahead), so the memory of many pairs
+    catching up together stays bounded."""
     opts = SyncOptions(
         page_limit=1000,
         pipeline_depth=2,
-        max_records_in_flight=800,
+        max_records_in_flight=1200,
         commit_max_records=100,  # one page per commit: no folding
         commit_wait_s=0,
         verify_processes=False,
@@ -600,12 +601,12 @@ async def test_pairs_catching_up_at_once_split_the_records_in_flight(
             await target.waiting.wait()
             while len(env.source.requests) < 3:
                 await env.source.fetched.wait()
-        # 800 // (4 pairs * depth 2) = 100 records a page, not the 1000 asked
+        # 1200 // (4 pairs * (depth 2 + 1)) = 100 records a page, not the 1000 asked
         assert [r.limit for r in env.source.requests] == [100, 100, 100]
         for other in others:
             await workers.done_with(other)
         target.gate.set()
-        # alone now: 800 // (1 * 2) = 400
+        # alone now: 1200 // (1 * 3) = 400
         done = await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 1000)
         limits = [r.limit for r in env.source.requests if r.feed == "normal"]
         assert limits[-1] == 400, limits
@@ -624,11 +625,11 @@ async def test_a_failing_pair_does_not_take_a_share_of_the_records_in_flight(
     nursery: anyio.abc.TaskGroup,
 ) -> None:
     """A pair whose peer is away holds no page while it backs off: a pair that is
-    catching up meanwhile gets the whole budget (800 // depth 2 = 400 a page)."""
+    catching up meanwhile gets the whole budget (1200 // (depth 2 + 1) = 400 a page)."""
     opts = SyncOptions(
         page_limit=1000,
         pipeline_depth=2,
-        max_records_in_flight=800,
+        max_records_in_flight=1200,
         backoff=Backoff(base_s=3600, cap_s=3600),
         verify_processes=False,
         seed=10,
@@ -648,5 +649,107 @@ async def test_a_failing_pair_does_not_take_a_share_of_the_records_in_flight(
         assert limits, env.source.requests
         assert set(limits) == {400}, limits
         assert env.manager.get(away.id).state is PairState.FAILING
+    finally:
+        env.manager.stop()
+
+
+class _CommitSizes(MemoryStore):
+    """A MemoryStore that remembers how many records each transaction stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    async def transact(self, fn: Callable[[StateTx], Any]) -> Any:
+        sizes = self.sizes
+
+        def counting(tx: StateTx) -> Any:
+            put = tx.put_records
+
+            def put_records(records: Any) -> Any:
+                sizes.append(len(records))
+                return put(records)
+
+            tx.put_records = put_records  # type: ignore[method-assign]
+            return fn(tx)
+
+        return await super().transact(counting)
+
+
+async def test_folding_pages_stays_within_the_in_flight_share(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    """Folding pages into one commit (commit_max_records, 5000 by default) holds
+    records too: when pairs share the budget, a pair folds no more than what its
+    pages ahead leave of its share, so folding cannot undo the node-wide bound."""
+    target = _CommitSizes()
+    opts = SyncOptions(
+        page_limit=1000,
+        pipeline_depth=2,
+        max_records_in_flight=1200,  # 4 pairs: 300 each, pages of 100, folds of 100
+        verify_processes=False,
+        seed=11,
+    )
+    env = await start_env(nursery, opts, target)
+    try:
+        recs = make_records(1000)
+        await env.source_store.put([r.to_new() for r in recs])
+        others = [object(), object(), object()]
+        for other in others:
+            env.manager._workers.behind(other)
+        pair = await env.create()
+        await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 1000)
+        stored = [n for n in target.sizes if n]
+        assert sum(stored) == 1000
+        assert max(stored) <= 100, stored  # 300 - 2 pages ahead * 100: one page a commit
+        for other in others:
+            await env.manager._workers.done_with(other)
+    finally:
+        env.manager.stop()
+
+
+async def test_folding_works_when_the_budget_allows_it(nursery: anyio.abc.TaskGroup) -> None:
+    """Alone, a pair still folds several pages into one commit (the bound leaves room)."""
+    target = _CommitSizes()
+    opts = SyncOptions(page_limit=100, pipeline_depth=2, verify_processes=False, seed=12)
+    env = await start_env(nursery, opts, target)
+    try:
+        await env.source_store.put([r.to_new() for r in make_records(1000)])
+        pair = await env.create()
+        await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 1000)
+        assert sum(target.sizes) == 1000
+        assert max(target.sizes) > 100, target.sizes  # at least one commit folded pages
+    finally:
+        env.manager.stop()
+
+
+async def test_a_page_with_more_records_than_asked_is_refused(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    """A source that ignores the (shared-down) limit cannot make a pair hold more:
+    its page is PAGE_INVALID and nothing of it is stored."""
+    opts = SyncOptions(
+        page_limit=1000,
+        pipeline_depth=2,
+        max_records_in_flight=300,  # pages of 100
+        backoff=Backoff(base_s=3600, cap_s=3600),
+        verify_processes=False,
+        seed=13,
+    )
+    env = await start_env(nursery, opts)
+    try:
+        await env.source_store.put([r.to_new() for r in make_records(300)])
+        real_fetch = env.source.fetch
+
+        async def greedy(pair: Pair, request: Any) -> object:
+            return await real_fetch(pair, attrs.evolve(request, limit=1000))
+
+        env.source.fetch = greedy  # type: ignore[method-assign]
+        pair = await env.create()
+        failed = await env.wait(pair.id, lambda p: p.last_error is not None)
+        assert failed.last_error is not None
+        assert failed.last_error.code == "PAGE_INVALID"
+        assert "100 were asked for" in failed.last_error.message
+        assert await env.target.count() == 0
     finally:
         env.manager.stop()

@@ -230,7 +230,8 @@ class _SignatureWorkers:
             if proc is not None:
                 await self._kill(proc)
             if not self.broken:  # the first failure in a while: log it, stop the others
-                pause = min(self._retry_after_s * 2**self._failures, _WORKER_RETRY_MAX_S)
+                doubling = 2 ** min(self._failures, 16)  # bounded: no overflow after weeks
+                pause = min(self._retry_after_s * doubling, _WORKER_RETRY_MAX_S)
                 self._failures += 1
                 self._threads_until = anyio.current_time() + pause
                 log.warning(
@@ -337,6 +338,18 @@ def _verify_chunk(
     finish); None at the first problem of any kind.
     """
     return _all_verified(verify_wire_items(items, limits=limits, now_ms=now_ms))
+
+
+def _check_count(body: object, limit: int, url: str) -> None:
+    """PAGE_INVALID for a page with more records than were asked for (any source:
+    the HTTP one already refuses it from the page's first bytes, PAGE_TOO_LARGE);
+    the in-flight share counts on it."""
+    items = body.get("records") if type(body) is dict else None
+    if type(items) is list and len(items) > limit:
+        raise PageInvalid(
+            f"{url} sent a page of {len(items)} records; {limit} were asked for. The pair "
+            "retries with backoff; if it keeps happening the peer is not a fedpeer node"
+        )
 
 
 class _VerifiedMachine(PullMachine):
@@ -515,6 +528,7 @@ class Puller:
             opts.verify_threads, enabled=opts.verify_processes
         )
         self._commit_max = opts.commit_max_records
+        self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
         self._commit_wait = opts.commit_wait_s
         self._fold_scope: anyio.CancelScope | None = None
         self._acting = 0  # user actions waiting for the lock: commit what is ready now
@@ -754,7 +768,7 @@ class Puller:
             self._fold_scope = scope
             if self._acting:
                 scope.cancel()
-            while ev.has_more and len(ev.records) < self._commit_max and self._chain:
+            while ev.has_more and len(ev.records) < self._fold_max and self._chain:
                 nxt = self._chain[0]
                 if not nxt.done.is_set():
                     with anyio.move_on_after(deadline - anyio.current_time()):
@@ -763,7 +777,7 @@ class Puller:
                         break
                 if nxt.error is not None or nxt.verified is None:
                     break
-                if len(ev.records) + len(nxt.verified) > self._commit_max:
+                if len(ev.records) + len(nxt.verified) > self._fold_max:
                     break
                 more = m.receive_verified_next(
                     nxt.request, nxt.body, nxt.verified, now_ms=nxt.now_ms
@@ -911,8 +925,10 @@ class Puller:
     async def _fetch_task(self, fetch: _Fetch, pair: Pair) -> None:
         try:
             with fetch.scope:
+                sized = self._sized(fetch.request)
                 try:
-                    body = await self._source.fetch(pair, self._sized(fetch.request))
+                    body = await self._source.fetch(pair, sized)
+                    _check_count(body, sized.limit, pair.peer_url)
                 except FedpeerError as err:
                     fetch.error = err
                     return
@@ -937,14 +953,20 @@ class Puller:
     def _sized(self, request: PageRequest) -> PageRequest:
         """``request`` with its ``limit`` cut to this pair's share of the node's
         ``max_records_in_flight``: the pairs catching up at once split it, each
-        holding up to ``pipeline_depth`` pages, so memory does not grow with the
-        number of pairs (never below :data:`_MIN_PAGE` records a page). A longpoll
+        holding the page it commits (and the pages folded into it, see
+        ``_fold_max``) and up to ``pipeline_depth`` pages ahead, so memory does
+        not grow with the number of pairs (never below :data:`_MIN_PAGE` records
+        a page). A longpoll
         (caught up: few records) keeps its limit. The machine accepts a page of at
         most its own ``page_limit``, so a smaller page is just a page."""
         if request.feed != "normal":
             return request
-        share = self._in_flight_max // (self._workers.behind(self) * self._depth)
-        size = min(request.limit, max(share, _MIN_PAGE))
+        # per pair: the page being committed (with the pages folded into it) and
+        # pipeline_depth pages ahead
+        allowance = self._in_flight_max // self._workers.behind(self)
+        size = min(request.limit, max(allowance // (self._depth + 1), _MIN_PAGE))
+        # fold no more than what the pages ahead leave of the allowance (one page at least)
+        self._fold_max = min(self._commit_max, max(size, allowance - self._depth * size))
         return request if size == request.limit else attrs.evolve(request, limit=size)
 
     async def _preverify(self, body: object, now_ms: int) -> tuple[SignedRecord, ...] | None:

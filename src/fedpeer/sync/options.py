@@ -89,8 +89,9 @@ class SyncOptions:
     ``max_records_in_flight``: records fetched but not yet stored, across all
     the node's pairs while they catch up: when several catch up at once each
     asks pages of ``min(page_limit, max_records_in_flight // (pairs catching up
-    * pipeline_depth))`` records (at least 100), so the puller's memory does not
-    grow with the number of pairs.
+    * (pipeline_depth + 1)))`` records (at least 100: the page being committed
+    and the pages ahead) and folds no more into one commit than its share leaves,
+    so the puller's memory does not grow with the number of pairs.
     """
 
     backoff: Backoff = DEFAULT_BACKOFF
