@@ -12,12 +12,14 @@ The errors a caller meets say what to do next. Hostile fake peers
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 import trio
 
 from fedpeer.errors import PageTooLarge, PeerTooSlow
 from fedpeer.peer import PeerClient
-from fedpeer.peer.client import sse_line_cap
+from fedpeer.peer.client import sse_line_cap, sse_lines
 from fedpeer.sync.records import Limits
 from tests.hostile.fakepeer import HostilePeer
 
@@ -96,3 +98,35 @@ async def test_the_request_deadline_covers_connect_and_the_tls_handshake() -> No
                 await _first_event(peer)
         nursery.cancel_scope.cancel()
     assert hostile.requests == {}  # no HTTP request head ever arrived
+
+
+async def test_a_long_line_in_small_chunks_is_scanned_once() -> None:
+    """A line sent 4 KiB at a time (as a hostile peer may, up to the cap) is
+    searched for its end once per byte, not once per chunk over the whole
+    buffer (quadratic: seconds of CPU per line). Counted, not timed."""
+    from fedpeer.peer import client as client_module
+
+    real = client_module._LINE_END
+    scanned: list[int] = []
+
+    class Counting:
+        def search(self, buf: bytearray, pos: int = 0) -> object:
+            scanned.append(len(buf) - pos)
+            return real.search(buf, pos)
+
+    chunk, count = b"x" * 4096, 256  # a 1 MiB line, then its end and a second line
+    total = len(chunk) * count + 2 + 4
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield chunk
+        yield b"\r"  # a CR last: its LF comes in the next chunk
+        yield b"\nab\n"
+
+    client_module._LINE_END = Counting()  # type: ignore[assignment]
+    try:
+        lines = [ln async for ln in sse_lines(chunks(), 2 * 1024 * 1024, "peer")]
+    finally:
+        client_module._LINE_END = real
+    assert [len(ln) for ln in lines] == [len(chunk) * count, 2]
+    assert sum(scanned) <= 2 * total, sum(scanned)

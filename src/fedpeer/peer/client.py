@@ -133,9 +133,13 @@ async def sse_lines(
     ``cap`` bytes arrive without a line end, so memory stays bounded."""
     buf = bytearray()
     async for chunk in chunks:
+        # what is left in buf was searched already (its last byte again: a CR may
+        # meet its LF): a long line sent in small chunks costs linear time, not
+        # quadratic (a hostile peer could otherwise burn seconds of CPU per line)
+        scan = max(0, len(buf) - 1)
         buf += chunk
         start = 0
-        while (m := _LINE_END.search(buf, start)) is not None:
+        while (m := _LINE_END.search(buf, max(start, scan))) is not None:
             end = m.start()
             if buf[end] == 0x0D and end + 1 == len(buf):
                 break  # a CR last: wait for a possible LF
