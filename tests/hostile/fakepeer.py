@@ -13,6 +13,7 @@ answers other paths with one hostile behaviour:
 - ``redirect``: ``302 Found`` to another address;
 - ``sse_endless_line``: a continuous feed (``text/event-stream``) whose record
   event's ``data:`` line never ends (64 KiB of ``x`` per chunk);
+- ``sse_mute``: opens a continuous feed, then sends nothing, not even heartbeats;
 - ``silent``: reads the request and never answers (not even the status line).
 
 ``manifest_behaviour`` applies one of those to the manifest path instead
@@ -173,6 +174,15 @@ class HostilePeer:
             for _ in range(200_000):  # 12.5 GiB at most: ends when the client hangs up
                 await stream.send_all(frame)
                 self.sent[slot] += len(line)
+        elif behaviour == "sse_mute":
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            start = b": fedpeer continuous feed\n\n"
+            await stream.send_all(f"{len(start):x}\r\n".encode() + start + b"\r\n")
+            self.sent[slot] += len(start)
+            await trio.sleep(120)  # then nothing, not even a heartbeat; the nursery ends it
         elif behaviour == "silent":
             await trio.sleep(120)  # the hostile peer's pace; the test's nursery ends it
         else:

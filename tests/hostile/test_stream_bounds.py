@@ -130,3 +130,21 @@ async def test_a_long_line_in_small_chunks_is_scanned_once() -> None:
         client_module._LINE_END = real
     assert [len(ln) for ln in lines] == [len(chunk) * count, 2]
     assert sum(scanned) <= 2 * total, sum(scanned)
+
+
+async def test_a_stream_that_goes_mute_ends_as_too_slow() -> None:
+    """A peer that opens its change stream and then sends nothing, not even the
+    heartbeat it owes every 15 s (a half-open connection, a laptop lid): the
+    caller gets PEER_TOO_SLOW after the idle limit instead of hanging forever."""
+    hostile = HostilePeer("sse_mute")
+    async with trio.open_nursery() as nursery:
+        await hostile.start(nursery)
+        async with PeerClient(hostile.url, token="t", timeout=5.0) as peer:
+            # fail_after well under anything but the 1 s idle limit could end it
+            with trio.fail_after(20), pytest.raises(PeerTooSlow) as caught:
+                async for _event in peer.stream_changes(idle_timeout_s=1.0):
+                    pass
+        nursery.cancel_scope.cancel()
+    assert caught.value.code == "PEER_TOO_SLOW"
+    assert "for 1 s, not even a heartbeat" in caught.value.message
+    assert hostile.requests.get("/v1/sync/changes") == 1

@@ -114,6 +114,8 @@ def _stream_error(data: str) -> FedpeerError:
 
 
 _SSE_FIELDS = frozenset({"event", "id", "data"})
+STREAM_IDLE_TIMEOUT_S = 60.0
+"""How long a change stream may send nothing (four of the source's 15 s heartbeats)."""
 _ERROR_BODY_CAP = 64 * 1024
 """The largest error answer read (a fedpeer error body is a few hundred bytes)."""
 
@@ -356,8 +358,14 @@ class PeerClient(HttpTransport):
         *,
         namespace: str | None = None,
         thread: str | None = None,
+        idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S,
     ) -> AsyncIterator[StreamEvent]:
         """Follow the continuous feed (Server-Sent Events); resumes from ``since``.
+
+        A stream that sends nothing, not even its heartbeat (every 15 s,
+        protocol.md §8.5), for ``idle_timeout_s`` ends with ``PEER_TOO_SLOW``: a
+        peer gone without closing (a laptop lid, a half-open connection) does not
+        hang the caller.
 
         Yields a StreamEvent per record (verified) and per checkpoint. Runs until
         cancelled or the server closes the stream; an ``event: error`` from the
@@ -385,9 +393,9 @@ class PeerClient(HttpTransport):
             self.base_url + "/v1/sync/changes",
             params=params,
             headers=headers,
-            # No per-operation timeout: the open has its one deadline below, and the
-            # stream then idles between events for as long as the caller follows it.
-            timeout=httpx.Timeout(None),
+            # The open has its one deadline below; then a read may wait up to
+            # idle_timeout_s (heartbeats keep a live stream well under it).
+            timeout=httpx.Timeout(None, read=idle_timeout_s),
         )
         cap = sse_line_cap(self.limits)
         try:
@@ -420,6 +428,12 @@ class PeerClient(HttpTransport):
                                 event[field] = value[1:] if value.startswith(" ") else value
             finally:
                 await response.aclose()
+        except httpx.ReadTimeout:
+            raise PeerTooSlow(
+                f"{self.base_url} sent nothing on its change stream for {idle_timeout_s:g} s, "
+                "not even a heartbeat; the peer is gone or the link is down: follow it again "
+                "later (from the last cursor)"
+            ) from None
         except httpx.TransportError as exc:
             raise PeerUnreachable(unreachable_message(self.base_url, exc)) from exc
 
