@@ -29,10 +29,10 @@ from ..errors import (
     PeerUnreachable,
     TlsPinMismatch,
 )
-from ..identity.canonical import dagcbor_decode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
 from ._transport import (
     CBOR,
+    HttpTransport,
     Pin,
     buffered,
     new_http_client,
@@ -75,12 +75,6 @@ async def _fetch(
     answer = buffered(response, body)
     raise_for_error(answer)
     return answer, seen
-
-
-def _decode(response: httpx.Response) -> object:
-    ctype = response.headers.get("content-type", "").split(";")[0].strip()
-    body = response.content
-    return dagcbor_decode(body) if ctype == CBOR else dagjson_decode(body)
 
 
 def judge_pins(
@@ -191,7 +185,7 @@ async def check_peer(
         raise PeerUnreachable(unreachable_message(base_url, exc)) from exc
     if https and oob and seen not in oob:
         judge_pins(seen, oob, oob, where=base_url, did=did, oob_source=oob_source)
-    well_known = _decode(response)
+    well_known = HttpTransport.decode(response)
     verified = verify_manifest(well_known, expected_did=did, now=now)
     if on_well_known is not None:
         on_well_known(well_known)

@@ -190,6 +190,20 @@ def _action_route(action: PairAction, summary: str) -> RouteSpec:
     )
 
 
+# What pairing with a peer can be refused with: its address, its manifest check
+# (identity, pin, the bounded read) and the request itself.
+_PEER_CHECK_ERRORS = (
+    "PAIR_SELF",
+    "INVALID_REQUEST",
+    "DID_MISMATCH",
+    "TLS_PIN_MISMATCH",
+    "PEER_UNREACHABLE",
+    "PEER_INVALID",
+    "PAGE_TOO_LARGE",
+    "PEER_TOO_SLOW",
+    "REDIRECT_REFUSED",
+)
+
 SYNC_ROUTES: list[RouteSpec] = [
     RouteSpec(
         "POST",
@@ -215,15 +229,8 @@ SYNC_ROUTES: list[RouteSpec] = [
         },
         success_status=201,
         errors=(
-            "PAIR_SELF",
-            "INVALID_REQUEST",
+            *_PEER_CHECK_ERRORS,
             "MALFORMED",
-            "DID_MISMATCH",
-            "PEER_UNREACHABLE",
-            "PEER_INVALID",
-            "PAGE_TOO_LARGE",
-            "PEER_TOO_SLOW",
-            "REDIRECT_REFUSED",
             "INVITE_NOT_FOUND",
             "INVITE_EXPIRED",
             "INVITE_REVOKED",
@@ -257,15 +264,8 @@ SYNC_ROUTES: list[RouteSpec] = [
         response_schema=_PAIR,
         success_status=201,
         errors=(
-            "PAIR_SELF",
-            "INVALID_REQUEST",
+            *_PEER_CHECK_ERRORS,
             "DID_INVALID",
-            "DID_MISMATCH",
-            "PEER_UNREACHABLE",
-            "PEER_INVALID",
-            "PAGE_TOO_LARGE",
-            "PEER_TOO_SLOW",
-            "REDIRECT_REFUSED",
             "PEER_ERROR",
             "STORE_ERROR",
         ),
