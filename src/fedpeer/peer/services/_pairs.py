@@ -405,13 +405,7 @@ class PairService:
         revoked = await self._core.store.transact(lambda tx: forget_peer(tx, peer_did, now_ms=now))
         # This side is done before the peer is asked: a slow or cancelled request
         # to the peer never leaves our pairs running with the credentials revoked.
-        deleted: builtins.list[str] = []
-        for p in mine:
-            try:
-                await self._manager.delete(p.id)
-            except PairNotFound:
-                continue
-            deleted.append(p.id)
+        deleted = await self._delete_pairs(mine)
         peer: dict[str, object]
         if not notify:
             peer = {"asked": False}
@@ -475,17 +469,21 @@ class PairService:
             return forget_peer(tx, sender, now_ms=now)
 
         revoked = await self._core.store.transact(apply)
-        deleted: builtins.list[str] = []
-        for p in self._manager.list():
-            if p.peer_did == sender:
-                try:
-                    await self._manager.delete(p.id)
-                except PairNotFound:
-                    continue
-                deleted.append(p.id)
+        deleted = await self._delete_pairs(p for p in self._manager.list() if p.peer_did == sender)
         log.info("%s unpaired from us: pairs %s deleted, credentials %s revoked",
                  sender, deleted, revoked)  # fmt: skip
         return {"pairs_deleted": deleted, "credentials_revoked": revoked}
+
+    async def _delete_pairs(self, pairs: Iterable[Pair]) -> builtins.list[str]:
+        """Delete ``pairs``; the ids of those deleted (one already gone is skipped)."""
+        deleted: builtins.list[str] = []
+        for p in pairs:
+            try:
+                await self._manager.delete(p.id)
+            except PairNotFound:
+                continue
+            deleted.append(p.id)
+        return deleted
 
     async def _undo_mint(self, sa_id: str) -> None:
         try:
