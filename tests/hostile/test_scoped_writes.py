@@ -41,20 +41,6 @@ def _append_body(namespace: str, thread: str, body: object) -> bytes:
     )
 
 
-def _signed_body(key: SigningKey, namespace: str, thread: str, body: object) -> bytes:
-    rec = build_record(
-        key,
-        namespace=namespace,
-        thread=thread,
-        kind="note",
-        body=body,
-        parents=(),
-        clock=1,
-        ts=1_700_000_000_000,
-    )
-    return dagcbor_encode({"data": rec.data, "sig": rec.sig})
-
-
 def _signed_pair(key: SigningKey, namespace: str, thread: str, body: object) -> tuple[bytes, bytes]:
     rec = build_record(
         key,
@@ -67,6 +53,11 @@ def _signed_pair(key: SigningKey, namespace: str, thread: str, body: object) -> 
         ts=1_700_000_000_000,
     )
     return rec.data, rec.sig
+
+
+def _signed_body(key: SigningKey, namespace: str, thread: str, body: object) -> bytes:
+    data, sig = _signed_pair(key, namespace, thread, body)
+    return dagcbor_encode({"data": data, "sig": sig})
 
 
 def _import_body(pairs: list[tuple[bytes, bytes]]) -> bytes:

@@ -50,3 +50,15 @@ async def serve_asgi(nursery: object, app: object) -> tuple[str, object]:
         )  # type: ignore[arg-type]
     )
     return urls[0], shutdown
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    """Two nodes (SQLite, loopback, ports picked by the OS) with room in their rate
+    limits for a test's burst of requests."""
+    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+    async with (
+        open_node(tmp_path / "a", config=cfg) as a,
+        open_node(tmp_path / "b", config=cfg) as b,
+    ):
+        yield a, b

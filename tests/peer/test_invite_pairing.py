@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import trio
 from fedpeer.consent.invites import confirmation_code, parse_invite_url
 from fedpeer.errors import DidMismatch, InviteExhausted, PairSelf
 from fedpeer.identity.keys import SigningKey
-from fedpeer.peer import Node, NodeConfig, PeerClient, open_node
+from fedpeer.peer import Node, PeerClient, open_node
 from fedpeer.sync.pairs import PairState
 
 
@@ -26,16 +25,6 @@ async def _invite(node: Node, **params: object) -> str:
         r = await http.post("/v1/invites", json=params, headers=_auth(node))
         assert r.status_code == 201, r.text
         return str(r.json()["url"])
-
-
-@pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
-    async with (
-        open_node(tmp_path / "a", config=cfg) as a,
-        open_node(tmp_path / "b", config=cfg) as b,
-    ):
-        yield a, b
 
 
 async def _converge(node: Node, count: int) -> None:

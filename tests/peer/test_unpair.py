@@ -8,7 +8,6 @@ re-pairing never leaves two active credentials; the signed request is checked
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -29,16 +28,6 @@ from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import AdminClient, Node, NodeConfig, PeerClient, open_node
 from fedpeer.peer._unpair import NONCE_TABLE, build_unpair_request, check_unpair_request
 from fedpeer.sync.pairs import PairState
-
-
-@pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
-    async with (
-        open_node(tmp_path / "a", config=cfg) as a,
-        open_node(tmp_path / "b", config=cfg) as b,
-    ):
-        yield a, b
 
 
 async def active_accounts_of(node: Node, did: str) -> list[str]:
