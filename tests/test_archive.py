@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.server
 import io
 import json
 import re
@@ -33,6 +32,7 @@ from fedpeer.peer import Node, NodeConfig, open_node
 from fedpeer.store import SQLiteStore, backup_sqlite
 from fedpeer.sync.car import encode_export, encode_head, encode_record, read_export
 from fedpeer.sync.records import SignedRecord, build_record
+from tests.httpserve import QuietHandler, serve_http
 
 ROOT = Path(__file__).resolve().parents[1]
 JS_DIR = ROOT / "interop" / "js"
@@ -395,10 +395,7 @@ def broken_node(mode: str) -> Iterator[str]:
     feed: with a fedpeer error (``"error"``), or by cutting the connection in the middle
     of the page it promised (``"cut"``)."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def _send(self, status: int, body: bytes, length: int | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -416,15 +413,8 @@ def broken_node(mode: str) -> Iterator[str]:
                 self._send(200, b'{"records": [', length=1 << 20)
                 self.close_connection = True
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_http(Handler) as url:
+        yield url
 
 
 @pytest.mark.parametrize("mode", ["error", "cut"])

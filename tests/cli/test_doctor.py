@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import http.server
 import json
 import re
 import socket
@@ -22,6 +21,7 @@ from click.testing import CliRunner
 from fedpeer.cli import cli
 from fedpeer.cli.checks import SKEW_LIMIT_S, check_clock, check_node, clock_skew_s
 from fedpeer.store import SQLiteStore
+from tests.httpserve import QuietHandler, serve_http
 
 
 def doctor(data_dir: Path, *args: str) -> tuple[int, str, dict[str, dict[str, Any]]]:
@@ -140,7 +140,7 @@ def skewed_server(offset_s: float) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 whose Date header is ``offset_s`` off."""
     import time
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def date_time_string(self, timestamp: float | None = None) -> str:
             return email.utils.formatdate(time.time() + offset_s, usegmt=True)
 
@@ -152,18 +152,8 @@ def skewed_server(offset_s: float) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_http(Handler) as url:
+        yield url
 
 
 def test_clock_check_fails_on_a_skewed_peer_and_passes_on_a_close_one() -> None:
@@ -188,7 +178,7 @@ def endless_server(
     cannot hang)."""
     stop = threading.Event()  # ends the trickle at teardown
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -204,19 +194,11 @@ def endless_server(
             except OSError:
                 return  # the client hung up: what it should do
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_http(Handler) as url:
+        try:
+            yield url
+        finally:
+            stop.set()  # before the server stops: its handlers stop dripping
 
 
 def test_clock_check_stops_reading_a_huge_manifest() -> None:
@@ -254,7 +236,7 @@ def test_node_check_stops_reading_an_endless_health_answer() -> None:
 
 
 def test_clock_check_on_a_bad_date_header_says_what_to_do() -> None:
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def date_time_string(self, timestamp: float | None = None) -> str:
             return "yesterday"
 
@@ -264,18 +246,8 @@ def test_clock_check_on_a_bad_date_header_says_what_to_do() -> None:
             self.end_headers()
             self.wfile.write(b"{}")
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        result = check_clock(f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_http(Handler) as url:
+        result = check_clock(url)
     assert result.status == "FAIL"
     assert "bad Date header 'yesterday'" in result.detail
     assert result.fix is not None
