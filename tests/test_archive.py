@@ -25,13 +25,13 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from fedpeer.cli import cli
+from fedpeer.cli import archive, cli
 from fedpeer.errors import BadSignature, CarInvalid, StoreError
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import Node, NodeConfig, open_node
 from fedpeer.store import SQLiteStore, backup_sqlite
 from fedpeer.sync.car import encode_export, encode_head, encode_record, read_export
-from fedpeer.sync.records import SignedRecord, build_record
+from fedpeer.sync.records import DEFAULT_LIMITS, Limits, SignedRecord, build_record
 from tests.httpserve import QuietHandler, serve_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,8 +192,9 @@ def test_records_past_the_promised_count_stop_the_reader() -> None:
 class Running:
     """A node on loopback in a thread, for CLI commands run in this process."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, limits: Limits = DEFAULT_LIMITS) -> None:
         self.data_dir = data_dir
+        self.limits = limits
         self.ready = threading.Event()
         self.stop: trio.Event | None = None
         self.token: trio.lowlevel.TrioToken | None = None
@@ -204,7 +205,9 @@ class Running:
         self.stop = trio.Event()
         self.token = trio.lowlevel.current_trio_token()
         async with open_node(
-            self.data_dir, config=NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+            self.data_dir,
+            config=NodeConfig(rate_per_s=10_000, rate_burst=10_000),
+            limits=self.limits,
         ) as node:
             self.node = node
             self.ready.set()
@@ -292,6 +295,28 @@ def test_import_stores_nothing_when_one_record_is_bad(
     r = b.fp("import", str(b.data_dir.parent / "junk.car"))
     assert r.exit_code == 1  # type: ignore[attr-defined]
     assert "CAR_INVALID" in r.stderr  # type: ignore[attr-defined]
+
+
+def test_an_import_the_node_refuses_midway_says_how_much_it_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file verifies here, but the node refuses a later batch (its own, smaller
+    record limit): the batches before it are stored, and the error says so and
+    that running the import again is safe."""
+    monkeypatch.setattr(archive, "BATCH_RECORDS", 3)
+    small = records(3)
+    big = build_record(KEY, namespace="notes", thread="t", kind="k", body="x" * 3000)
+    car = tmp_path / "mixed.car"
+    car.write_bytes(export_bytes([*small, big]))
+    with Running(tmp_path / "b", limits=Limits(max_record_bytes=2048)) as b:
+        r = b.fp("import", str(car))
+        assert r.exit_code == 1  # type: ignore[attr-defined]
+        err = r.stderr  # type: ignore[attr-defined]
+        assert "RECORD_TOO_LARGE" in err
+        assert "3 of the 4 records were already taken" in err
+        assert "run the import again" in err
+        assert b.node is not None
+        assert b.call(b.node.store.count) == 3  # the first batch, whole
 
 
 def test_backup_while_the_node_writes_is_consistent(

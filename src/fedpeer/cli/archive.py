@@ -148,8 +148,10 @@ def import_(obj: Ctx, file: Path, as_json: bool) -> None:
     """Store the records of an export (CARv1) in the running node.
 
     Every record is verified (signature, id, canonical bytes, limits) before any
-    is stored: one bad record and nothing is imported. Records already there are
-    skipped.
+    is stored: one bad record in the file and nothing is imported. Records go to
+    the node in batches, each stored whole; if the node refuses one midway (its
+    disk, its clock, a grant) the error says how many were taken: run the import
+    again, records already there are skipped.
     """
 
     async def main() -> Json:
@@ -160,16 +162,26 @@ def import_(obj: Ctx, file: Path, as_json: bool) -> None:
                 _header, records = read_export(fh)
                 batch: list[tuple[bytes, bytes]] = []
                 size = 0
-                for rec in records:
-                    batch.append((rec.data, rec.sig))
-                    size += len(rec.data) + 200
-                    if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
+                try:
+                    for rec in records:
+                        batch.append((rec.data, rec.sig))
+                        size += len(rec.data) + 200
+                        if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
+                            new, old = await admin.records.ingest_many(batch)
+                            stored, existing = stored + new, existing + old
+                            batch, size = [], 0
+                    if batch:
                         new, old = await admin.records.ingest_many(batch)
                         stored, existing = stored + new, existing + old
-                        batch, size = [], 0
-                if batch:
-                    new, old = await admin.records.ingest_many(batch)
-                    stored, existing = stored + new, existing + old
+                except FedpeerError as err:
+                    if stored + existing:  # batches the node took are stored: say so
+                        err.message += (
+                            f" ({stored + existing} of the {count} records were already "
+                            "taken, each batch in its own transaction; run the import again "
+                            "once this is fixed: stored records are skipped)"
+                        )
+                        err.args = (err.message,)
+                    raise
         return {"file": str(file), "records": count, "stored": stored, "existing": existing}
 
     answer = run_async(main)
