@@ -85,7 +85,7 @@ class PairManager:
             enabled=self.options.verify_processes,
         )
         self._pullers: dict[str, Puller] = {}
-        self._by_did: dict[str | None, set[str]] = {}  # peer DID -> its pairs' ids (for wake)
+        self._by_did: dict[str, set[str]] = {}  # peer DID -> its pairs' ids (for wake)
         self._lock = anyio.Lock()
         self._nursery: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
