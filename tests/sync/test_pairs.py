@@ -102,6 +102,19 @@ def test_filter_matches_namespace_prefix_and_exact_thread() -> None:
     assert PairFilter().matches("anything", "any")
 
 
+_names = st.sampled_from(["", "a", "ap", "app", "app/x", "apple", "b", "t1", "t2"])
+
+
+@settings(max_examples=300)
+@given(ns=_names, th=_names, rec_ns=_names, rec_th=_names)
+def test_filter_matches_agrees_with_the_store_filter(
+    ns: str, th: str, rec_ns: str, rec_th: str
+) -> None:
+    # the pull path's per-record check and the store's ChangeFilter give one verdict
+    f = PairFilter(namespace=ns, thread=th)
+    assert f.matches(rec_ns, rec_th) == f.to_change_filter().matches(rec_ns, rec_th)
+
+
 def test_make_pair_refuses_itself() -> None:
     with pytest.raises(PairSelf) as info:
         _pair(peer_did=LOCAL)
@@ -336,6 +349,28 @@ def test_latency_percentiles_use_the_fixed_buckets() -> None:
     assert big.latency_counts[0] == 1  # a negative latency (fast author clock) counts as 0
     assert len(s.latency_counts) == len(LATENCY_BUCKETS_MS) + 1
     assert list(LATENCY_BUCKETS_MS) == sorted(LATENCY_BUCKETS_MS)
+
+
+def _naive_bucket(latency_ms: int) -> int:
+    lat = max(0, latency_ms)
+    return next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if lat <= b), len(LATENCY_BUCKETS_MS))
+
+
+_latency = st.one_of(st.integers(-(10**6), 10**13), st.sampled_from([*LATENCY_BUCKETS_MS, 0, -1]))
+
+
+@settings(max_examples=200)
+@given(pages=st.lists(st.lists(_latency, max_size=40), max_size=5))
+def test_latency_histogram_counts_each_latency_in_its_bucket(pages: list[list[int]]) -> None:
+    # bucket i holds latencies in (bound[i-1], bound[i]]; a bound itself is in its bucket
+    s = PairStats()
+    expected = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    for lats in pages:
+        s = s.with_page(records=len(lats), nbytes=0, latencies_ms=lats, now_ms=NOW)
+        for lat in lats:
+            expected[_naive_bucket(lat)] += 1
+    assert list(s.latency_counts) == expected
+    assert s.latency_max_ms == max([0, *(x for lats in pages for x in lats)])
 
 
 def test_errors_last_hour_is_bounded() -> None:
