@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -18,13 +19,50 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def write_private(path: Path, data: bytes) -> None:
+# link() errors that mean "this file system has no hard links", not "no"
+_NO_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+)
+
+
+def place(tmp: Path | str, path: Path, *, replace: bool = True) -> None:
+    """Move the finished, fsynced file ``tmp`` to ``path`` (same directory), durably.
+
+    ``replace=True``: ``os.replace`` (an existing ``path`` is replaced
+    atomically). ``replace=False``: an existing ``path`` is never touched;
+    raises ``FileExistsError`` and leaves ``tmp`` for the caller to remove. That
+    is a hard link (atomic, refuses an existing target) and then the unlink of
+    ``tmp``; on a file system without hard links, a check and a rename (a
+    narrow race there). Then fsyncs the directory. Blocking; raises OSError.
+    """
+    path = Path(path)
+    if replace:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+            os.replace(tmp, path)
+        else:
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+
+
+def write_private(path: Path, data: bytes, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600.
 
     Creates the parent directory (mode 0700) if needed, writes a temp file in
     the same directory (never readable by others, not even briefly), fsyncs it,
-    ``os.replace``-s it over ``path`` and fsyncs the directory, so a crash leaves
-    the old file or the new one. Blocking; raises OSError.
+    moves it to ``path`` with :func:`place` and fsyncs the directory, so a crash
+    leaves the old file or the new one. ``replace=False``: an existing ``path``
+    is left as it is and ``FileExistsError`` raised (two processes creating the
+    same file: one wins, the other learns it lost). Blocking; raises OSError.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -38,9 +76,8 @@ def write_private(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp_name, path)
+        place(tmp_name, path, replace=replace)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    fsync_dir(path.parent)

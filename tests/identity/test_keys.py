@@ -240,6 +240,38 @@ def test_save_replaces_existing_file_atomically(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["node.key"]
 
 
+def test_exclusive_save_never_replaces_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "node.key"
+    first, second = SigningKey.generate(), SigningKey.generate()
+    first.save(path, exclusive=True)  # absent: created as usual
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        second.save(path, exclusive=True)
+    assert SigningKey.load(path) == first
+    assert sorted(os.listdir(tmp_path)) == ["node.key"]  # the loser's temp file is gone
+
+
+def test_two_first_starts_end_with_one_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process writes node.key between our "missing" and our save (two
+    # `fedpeer run` at the same instant): we must use its key, not replace it.
+    from fedpeer.peer import node as node_module
+
+    theirs = SigningKey.generate()
+    real_generate = SigningKey.generate
+
+    def generate_while_another_process_saves() -> SigningKey:
+        theirs.save(tmp_path / "node.key")
+        return real_generate()
+
+    monkeypatch.setattr(SigningKey, "generate", generate_while_another_process_saves)
+    got = node_module.load_or_create_key(tmp_path)
+    assert got == theirs
+    assert SigningKey.load(tmp_path / "node.key") == theirs
+    assert sorted(os.listdir(tmp_path)) == ["node.key"]
+
+
 def test_save_failure_is_key_file_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

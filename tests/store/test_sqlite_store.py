@@ -359,3 +359,35 @@ async def test_a_failed_backup_leaves_no_file_behind(tmp_path: Path) -> None:
         fedpeer.store.backup_sqlite(other, out / "keep.sqlite3")
     assert (out / "keep.sqlite3").read_bytes() == b"mine"
     assert sorted(p.name for p in out.iterdir()) == ["keep.sqlite3"]
+
+
+async def test_backup_never_replaces_a_file_made_while_it_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "dest exists" check at the start is not enough: a file that appears
+    while the copy runs is kept too (without overwrite), and no temp file stays."""
+    import fedpeer.store.sqlite as sqlite_module
+
+    store = await SQLiteStore.open(tmp_path / "store.sqlite3")
+    try:
+        await store.put([rec(1), rec(2)])
+    finally:
+        await store.aclose()
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "copy.sqlite3"
+    real_place = sqlite_module.place
+
+    def place_after_someone_wrote_dest(tmp: Path, path: Path, *, replace: bool = True) -> None:
+        dest.write_bytes(b"written meanwhile")
+        real_place(tmp, path, replace=replace)
+
+    monkeypatch.setattr(sqlite_module, "place", place_after_someone_wrote_dest)
+    with pytest.raises(StoreError, match="exists"):
+        fedpeer.store.backup_sqlite(tmp_path / "store.sqlite3", dest)
+    assert dest.read_bytes() == b"written meanwhile"
+    assert sorted(p.name for p in out.iterdir()) == ["copy.sqlite3"]
+    # with overwrite, the same race ends with the copy in place
+    assert fedpeer.store.backup_sqlite(tmp_path / "store.sqlite3", dest, overwrite=True) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["copy.sqlite3"]
+    assert dest.read_bytes().startswith(b"SQLite format 3\x00")

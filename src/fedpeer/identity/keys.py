@@ -140,7 +140,7 @@ class SigningKey:
             "d": b64url_encode(bytes(self._key)),
         }
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, *, exclusive: bool = False) -> None:
         """Write the key to ``path`` as a private JWK, atomically, with mode 0600.
 
         Creates the parent directory (mode 0700) if needed, writes a temp file in
@@ -148,12 +148,18 @@ class SigningKey:
         the directory, so a crash leaves either the old file or the new one. Blocking
         file I/O (call it via ``anyio.to_thread.run_sync`` from async code). Raises
         :class:`~fedpeer.errors.KeyFileError` if the file cannot be written.
+
+        ``exclusive=True`` never replaces an existing file: it raises
+        ``FileExistsError`` instead (creating a node's first key, where two
+        processes may race: one key wins and both use it).
         """
         path = Path(path)
         data = json.dumps(self.to_jwk(), separators=(",", ":"), sort_keys=True).encode()
         try:
-            write_private(path, data)
+            write_private(path, data, replace=not exclusive)
         except OSError as err:
+            if exclusive and isinstance(err, FileExistsError):
+                raise
             raise KeyFileError(
                 f"cannot write the key file {path}: {err.strerror or err.__class__.__name__}"
             ) from None

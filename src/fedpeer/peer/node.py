@@ -103,10 +103,16 @@ def load_or_create_key(data_dir: Path) -> SigningKey:
     try:
         return SigningKey.load(path)
     except KeyFileMissing:
-        key = SigningKey.generate()
-        key.save(path)
-        log.info("created identity %s in %s", key.did, path)
-        return key
+        pass
+    key = SigningKey.generate()
+    try:
+        key.save(path, exclusive=True)
+    except FileExistsError:
+        # another process (a second `fedpeer run` or `init` starting at the same
+        # instant) created it since we looked: that key is the node's identity
+        return SigningKey.load(path)
+    log.info("created identity %s in %s", key.did, path)
+    return key
 
 
 @attrs.define(eq=False)

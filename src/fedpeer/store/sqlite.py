@@ -78,7 +78,7 @@ import anyio
 import anyio.lowlevel
 
 from .._clock import now_ms
-from .._files import fsync_dir
+from .._files import place
 from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError, StoreFull
 from ._watch import HeadWatch
 from .base import (
@@ -973,11 +973,15 @@ def backup_sqlite(
             src.close()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, dst_path)
-        fsync_dir(dst_path.parent)
+        # without overwrite, a dest made while we copied is not replaced either
+        place(tmp, dst_path, replace=overwrite)
         return count
     except sqlite3.Error as exc:
         raise _map_error(exc, f"back up {src_path} to {dst_path}", dst_path) from exc
+    except FileExistsError:
+        raise StoreError(
+            f"{dst_path} exists; pick another file name or overwrite it (--force)"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _full(f"write the backup {dst_path}", exc) from exc
