@@ -30,7 +30,14 @@ from fedpeer.errors import BadSignature, CarInvalid, StoreError
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import Node, NodeConfig, open_node
 from fedpeer.store import SQLiteStore, backup_sqlite
-from fedpeer.sync.car import encode_export, encode_head, encode_record, read_export
+from fedpeer.sync import car as car_module
+from fedpeer.sync.car import (
+    encode_export,
+    encode_head,
+    encode_record,
+    read_export,
+    read_export_items,
+)
 from fedpeer.sync.records import DEFAULT_LIMITS, Limits, SignedRecord, build_record
 from tests.httpserve import QuietHandler, serve_http
 
@@ -63,6 +70,17 @@ def test_export_round_trips_every_record_with_its_signature() -> None:
     assert [(r.cid, r.data, r.sig) for r in got] == [(r.cid, r.data, r.sig) for r in recs]
 
 
+def test_the_unverified_reader_gives_the_same_items_and_checks_no_signature() -> None:
+    recs = records(5)
+    header, items = read_export_items(io.BytesIO(export_bytes(recs)))
+    assert header.count == 5
+    assert list(items) == [(r.data, r.sig) for r in recs]
+    # a forged signature passes through it (the node it feeds verifies), unlike read_export
+    forged = SignedRecord(recs[1].cid, recs[1].data, bytes(64), recs[1].record)
+    _header, items = read_export_items(io.BytesIO(export_bytes([recs[0], forged])))
+    assert list(items) == [(recs[0].data, recs[0].sig), (recs[1].data, bytes(64))]
+
+
 def test_a_bad_signature_in_the_file_is_a_typed_error_naming_the_record() -> None:
     recs = records(3)
     forged = SignedRecord(recs[1].cid, recs[1].data, bytes(64), recs[1].record)
@@ -85,13 +103,9 @@ def test_a_bad_signature_in_the_file_is_a_typed_error_naming_the_record() -> Non
 )
 def test_a_damaged_file_is_car_invalid(mangle: object, match: str) -> None:
     blob = mangle(export_bytes(records(3)))  # type: ignore[operator]
-
-    def read_all() -> None:
-        _header, back = read_export(io.BytesIO(blob))
-        list(back)
-
-    with pytest.raises(CarInvalid, match=match):
-        read_all()
+    for reader in READERS:
+        with pytest.raises(CarInvalid, match=match):
+            _read_all(io.BytesIO(blob), reader)
 
 
 def test_a_count_that_does_not_match_the_root_is_car_invalid() -> None:
@@ -99,9 +113,9 @@ def test_a_count_that_does_not_match_the_root_is_car_invalid() -> None:
     blob = encode_head(exported_by=KEY.did, exported_at_ms=1, count=3) + b"".join(
         encode_record(r) for r in recs
     )
-    _header, back = read_export(io.BytesIO(blob))
-    with pytest.raises(CarInvalid, match="says 3 records but holds 2"):
-        list(back)
+    for reader in READERS:
+        with pytest.raises(CarInvalid, match="says 3 records but holds 2"):
+            _read_all(io.BytesIO(blob), reader)
 
 
 # --- forged files: memory and time stay bounded ----------------------------------------
@@ -141,17 +155,23 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_all(stream: Any) -> None:
-    _header, back = read_export(stream)
+READERS = (read_export, read_export_items)
+"""Both readers check the file the same way (only read_export verifies records)."""
+
+
+def _read_all(stream: Any, reader: Any = read_export) -> None:
+    _header, back = reader(stream)
     for _rec in back:
         pass
 
 
 def test_a_block_length_of_2_to_the_60_is_refused_without_reading_it() -> None:
     head = encode_head(exported_by=KEY.did, exported_at_ms=1, count=1)
-    stream = Endless(head + _varint(2**60), b"\x00")
-    with pytest.raises(CarInvalid, match="bad length"):
-        _read_all(stream)
+    for reader in READERS:
+        stream = Endless(head + _varint(2**60), b"\x00")
+        with pytest.raises(CarInvalid, match="bad length"):
+            _read_all(stream, reader)
+        assert stream.pos <= len(head) + 9
     assert stream.pos <= len(head) + 9  # only the varint itself was read
     # a varint that never ends is refused after its ninth byte
     stream = Endless(head, b"\xff")
@@ -166,10 +186,11 @@ def test_endless_record_blocks_without_signatures_are_refused_within_a_bound() -
     n = len(_varint(len(big.cid.raw) + len(big.data))) + len(big.cid.raw) + len(big.data)
     record_block = encode_record(big)[:n]
     head = encode_head(exported_by=KEY.did, exported_at_ms=1, count=10**9)
-    stream = Endless(head, record_block)
-    with pytest.raises(CarInvalid, match="without their signature block"):
-        _read_all(stream)
-    assert stream.pos < 20 * 1024 * 1024  # 16 MiB of pending records, then refused
+    for reader in READERS:
+        stream = Endless(head, record_block)
+        with pytest.raises(CarInvalid, match="without their signature block"):
+            _read_all(stream, reader)
+        assert stream.pos < 20 * 1024 * 1024  # 16 MiB of pending records, then refused
 
 
 def test_records_past_the_promised_count_stop_the_reader() -> None:
@@ -183,6 +204,12 @@ def test_records_past_the_promised_count_stop_the_reader() -> None:
     assert [r.cid for r in got] == [rec.cid] * 3
     with pytest.raises(CarInvalid, match="says 3 records but holds more"):
         next(back)
+    assert stream.pos <= len(head) + 4 * len(encode_record(rec))
+    stream = Endless(head, encode_record(rec))
+    _header, items = read_export_items(stream)
+    assert [next(items) for _ in range(3)] == [(rec.data, rec.sig)] * 3
+    with pytest.raises(CarInvalid, match="says 3 records but holds more"):
+        next(items)
     assert stream.pos <= len(head) + 4 * len(encode_record(rec))
 
 
@@ -251,7 +278,9 @@ def _append(a: Running, n: int, start: int = 0) -> None:
     a.call(add)
 
 
-def test_export_then_import_into_another_node(two_running: tuple[Running, Running]) -> None:
+def test_export_then_import_into_another_node(
+    two_running: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
     a, b = two_running
     _append(a, 30)
     car = a.data_dir.parent / "a.car"
@@ -259,11 +288,20 @@ def test_export_then_import_into_another_node(two_running: tuple[Running, Runnin
     assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
     assert json.loads(r.stdout)["records"] == 30  # type: ignore[attr-defined]
     assert car.stat().st_mode & 0o777 == 0o600
+    checked: list[bytes] = []  # the command verifies each record once (the node again)
+    real_verify = car_module.verify_record
+
+    def counting_verify(data: bytes, sig: bytes, **kw: Any) -> SignedRecord:
+        checked.append(data)
+        return real_verify(data, sig, **kw)
+
+    monkeypatch.setattr(car_module, "verify_record", counting_verify)
     r = b.fp("import", str(car), "--json")
     assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
     assert json.loads(r.stdout) == {  # type: ignore[attr-defined]
         "file": str(car), "records": 30, "stored": 30, "existing": 0,
     }  # fmt: skip
+    assert len(checked) == len(set(checked)) == 30
     assert a.node is not None
     assert b.node is not None
     assert b.call(b.node.store.count) == 30

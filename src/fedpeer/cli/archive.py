@@ -25,7 +25,7 @@ import trio
 from ..errors import CarInvalid, FedpeerError, StoreError
 from ..peer import STORE_FILE, PeerClient
 from ..store import backup_sqlite
-from ..sync.car import encode_head, encode_record, read_export
+from ..sync.car import encode_head, encode_record, read_export, read_export_items
 from .main import Ctx
 from .output import fail, json_out, run_async
 from .params import JSON_OPT
@@ -130,14 +130,17 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
         click.echo(f"exported {answer['records']} records to {file}")
 
 
-def _check_file(file: Path) -> int:
-    """Read the whole export once, verifying every record; its record count."""
+def _check_file(fh: BinaryIO, file: Path) -> int:
+    """Read the whole export once, verifying every record; its record count. Leaves
+    ``fh`` at the start again, for the pass that sends the records."""
     try:
-        with file.open("rb") as fh:
-            _header, records = read_export(fh)
-            return sum(1 for _ in records)
+        fh.seek(0)
+        _header, records = read_export(fh)
+        count = sum(1 for _ in records)
+        fh.seek(0)
     except OSError as exc:
         raise CarInvalid(f"cannot read {file}: {exc.strerror or exc}") from None
+    return count
 
 
 @click.command(name="import")
@@ -155,17 +158,24 @@ def import_(obj: Ctx, file: Path, as_json: bool) -> None:
     """
 
     async def main() -> Json:
-        count = await trio.to_thread.run_sync(_check_file, file)
         stored = existing = 0
-        async with obj.admin() as admin:
-            with file.open("rb") as fh:
-                _header, records = read_export(fh)
+        # One open file for both passes: a file renamed over FILE meanwhile does not
+        # reach the second. That pass sends what the first verified without
+        # checking the signatures again; the node verifies every record it takes.
+        try:
+            opened = file.open("rb")
+        except OSError as exc:
+            raise CarInvalid(f"cannot read {file}: {exc.strerror or exc}") from None
+        with opened as fh:
+            count = await trio.to_thread.run_sync(_check_file, fh, file)
+            async with obj.admin() as admin:
+                _header, items = read_export_items(fh)
                 batch: list[tuple[bytes, bytes]] = []
                 size = 0
                 try:
-                    for rec in records:
-                        batch.append((rec.data, rec.sig))
-                        size += len(rec.data) + 200
+                    for data, sig in items:
+                        batch.append((data, sig))
+                        size += len(data) + 200
                         if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
                             new, old = await admin.records.ingest_many(batch)
                             stored, existing = stored + new, existing + old

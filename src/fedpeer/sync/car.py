@@ -38,6 +38,7 @@ __all__ = [
     "encode_head",
     "encode_record",
     "read_export",
+    "read_export_items",
 ]
 
 EXPORT_TYPE = "fedpeer.export"
@@ -201,6 +202,50 @@ def _root(cid: CID, data: bytes) -> ExportHeader:
     return ExportHeader(by, at, count)
 
 
+_Blocks = Iterator[tuple[CID, bytes]]
+
+
+def _open_export(stream: BinaryIO, limits: Limits) -> tuple[ExportHeader, _Blocks]:
+    roots, blocks = car_blocks(stream, max_block=limits.max_record_bytes + 1024)
+    if len(roots) != 1:
+        raise CarInvalid(f"a fedpeer export has exactly one root, this file has {len(roots)}")
+    first = next(blocks, None)
+    if first is None or first[0] != roots[0]:
+        raise CarInvalid("a fedpeer export starts with its root block")
+    return _root(*first), blocks
+
+
+def _record_pairs(header: ExportHeader, blocks: _Blocks) -> Iterator[tuple[CID, bytes, bytes]]:
+    """``(record id, record bytes, sig)`` per record, paired and counted, not verified."""
+    pending: dict[bytes, bytes] = {}
+    pending_bytes = 0
+    done = 0
+    for cid, data in blocks:
+        sig_of = _signature_block(data)
+        if sig_of is None:
+            pending_bytes += len(data)
+            if len(pending) >= _MAX_PENDING or pending_bytes > _MAX_PENDING_BYTES:
+                raise CarInvalid(
+                    "too many record blocks without their signature block (each record "
+                    "block is followed by its signature block): not a fedpeer export"
+                )
+            pending[cid.raw] = data
+            continue
+        target, sig = sig_of
+        record = pending.pop(target.raw, None)
+        if record is None:
+            raise CarInvalid(f"signature block {cid} names record {target}, not in the file")
+        pending_bytes -= len(record)
+        if done >= header.count:  # stop here: the file may never end
+            raise CarInvalid(f"the export says {header.count} records but holds more")
+        done += 1
+        yield target, record, sig
+    if pending:
+        raise CarInvalid(f"{len(pending)} record block(s) have no signature block")
+    if done != header.count:
+        raise CarInvalid(f"the export says {header.count} records but holds {done}")
+
+
 def read_export(
     stream: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = None
 ) -> tuple[ExportHeader, Iterator[SignedRecord]]:
@@ -216,50 +261,37 @@ def read_export(
     waiting for their signature blocks, and it stops at the first record past the
     root's ``count``.
     """
-    roots, blocks = car_blocks(stream, max_block=limits.max_record_bytes + 1024)
-    if len(roots) != 1:
-        raise CarInvalid(f"a fedpeer export has exactly one root, this file has {len(roots)}")
-    first = next(blocks, None)
-    if first is None or first[0] != roots[0]:
-        raise CarInvalid("a fedpeer export starts with its root block")
-    header = _root(*first)
+    header, blocks = _open_export(stream, limits)
 
     def records() -> Iterator[SignedRecord]:
-        pending: dict[bytes, bytes] = {}
-        pending_bytes = 0
-        done = 0
-        for cid, data in blocks:
-            sig_of = _signature_block(data)
-            if sig_of is None:
-                pending_bytes += len(data)
-                if len(pending) >= _MAX_PENDING or pending_bytes > _MAX_PENDING_BYTES:
-                    raise CarInvalid(
-                        "too many record blocks without their signature block (each record "
-                        "block is followed by its signature block): not a fedpeer export"
-                    )
-                pending[cid.raw] = data
-                continue
-            target, sig = sig_of
-            record = pending.pop(target.raw, None)
-            if record is None:
-                raise CarInvalid(f"signature block {cid} names record {target}, not in the file")
-            pending_bytes -= len(record)
-            if done >= header.count:  # stop here: the file may never end
-                raise CarInvalid(f"the export says {header.count} records but holds more")
+        for done, (target, record, sig) in enumerate(_record_pairs(header, blocks), 1):
             try:
                 signed = verify_record(
                     record, sig, limits=limits, now_ms=now_ms, expected_cid=target
                 )
             except FedpeerError as err:
-                raise type(err)(f"record {done + 1} ({target}): {err.message}") from None
-            done += 1
+                raise type(err)(f"record {done} ({target}): {err.message}") from None
             yield signed
-        if pending:
-            raise CarInvalid(f"{len(pending)} record block(s) have no signature block")
-        if done != header.count:
-            raise CarInvalid(f"the export says {header.count} records but holds {done}")
 
     return header, records()
+
+
+def read_export_items(
+    stream: BinaryIO, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[ExportHeader, Iterator[tuple[bytes, bytes]]]:
+    """:func:`read_export` without the record verification: ``(data, sig)`` per
+    record, as the file holds them.
+
+    Everything about the file is checked as in :func:`read_export` (CARv1
+    framing, every block against its CID, record and signature blocks paired,
+    the root's count, the same bounds), but not the records themselves: no
+    signature, shape or limit check. For handing a file that :func:`read_export`
+    already read through to something that verifies each record anyway (a
+    node's ``ingest_many``), so the signatures are not checked a second time on
+    the way. Raises ``CAR_INVALID``.
+    """
+    header, blocks = _open_export(stream, limits)
+    return header, ((record, sig) for _cid, record, sig in _record_pairs(header, blocks))
 
 
 def _signature_block(data: bytes) -> tuple[CID, bytes] | None:
