@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import re
@@ -79,6 +80,20 @@ def test_the_unverified_reader_gives_the_same_items_and_checks_no_signature() ->
     forged = SignedRecord(recs[1].cid, recs[1].data, bytes(64), recs[1].record)
     _header, items = read_export_items(io.BytesIO(export_bytes([recs[0], forged])))
     assert list(items) == [(recs[0].data, recs[0].sig), (recs[1].data, bytes(64))]
+
+
+def test_a_read_error_in_the_sending_pass_is_car_invalid(tmp_path: Path) -> None:
+    """The import's second pass maps a failing disk to CAR_INVALID, not a traceback."""
+
+    class FailingDisk(io.BytesIO):
+        def read(self, size: int | None = -1, /) -> bytes:
+            if self.tell() > 200:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().read(size)
+
+    fh = FailingDisk(export_bytes(records(5)))
+    with pytest.raises(CarInvalid, match=r"cannot read .*Input/output error"):
+        list(archive._items(fh, tmp_path / "x.car"))
 
 
 def test_a_bad_signature_in_the_file_is_a_typed_error_naming_the_record() -> None:
@@ -171,8 +186,7 @@ def test_a_block_length_of_2_to_the_60_is_refused_without_reading_it() -> None:
         stream = Endless(head + _varint(2**60), b"\x00")
         with pytest.raises(CarInvalid, match="bad length"):
             _read_all(stream, reader)
-        assert stream.pos <= len(head) + 9
-    assert stream.pos <= len(head) + 9  # only the varint itself was read
+        assert stream.pos <= len(head) + 9  # only the varint itself was read
     # a varint that never ends is refused after its ninth byte
     stream = Endless(head, b"\xff")
     with pytest.raises(CarInvalid, match="not a valid varint"):
@@ -518,6 +532,23 @@ def test_export_refuses_to_overwrite_without_force(two_running: tuple[Running, R
     with car.open("rb") as fh:
         _header, back = read_export(fh)
         assert len(list(back)) == 3
+    assert sorted(p.name for p in car.parent.iterdir() if p.name.startswith(".")) == []
+    # a FILE that appears while the export runs (another program, another
+    # export) is not replaced either: the check before the export is not enough
+    late = car.parent / "late.car"
+    real_head = archive.encode_head
+
+    def head_while_someone_writes_file(**kw: Any) -> bytes:
+        late.write_bytes(b"written meanwhile")
+        return real_head(**kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(archive, "encode_head", head_while_someone_writes_file)
+        r = a.fp("export", str(late))
+    assert r.exit_code == 1, r.output  # type: ignore[attr-defined]
+    assert r.stderr.startswith(f"STORE_ERROR: {late} exists")  # type: ignore[attr-defined]
+    assert "--force" in r.stderr  # type: ignore[attr-defined]
+    assert late.read_bytes() == b"written meanwhile"
     assert sorted(p.name for p in car.parent.iterdir() if p.name.startswith(".")) == []
     # a FILE that cannot be written says why and what to do
     r = a.fp("export", str(car.parent / "no-such-dir" / "a.car"))

@@ -32,8 +32,9 @@ def test_place_without_replace_keeps_an_existing_file(
     target = tmp_path / "out"
     target.write_bytes(b"theirs")
     tmp = _tmp(tmp_path, b"ours")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as info:
         place(tmp, target, replace=False)
+    assert info.value.filename == str(target)
     assert target.read_bytes() == b"theirs"
     assert tmp.read_bytes() == b"ours"  # left for the caller to remove
     tmp.unlink()

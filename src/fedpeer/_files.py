@@ -30,27 +30,30 @@ def place(tmp: Path | str, path: Path, *, replace: bool = True) -> None:
 
     ``replace=True``: ``os.replace`` (an existing ``path`` is replaced
     atomically). ``replace=False``: an existing ``path`` is never touched;
-    raises ``FileExistsError`` and leaves ``tmp`` for the caller to remove. That
+    raises ``FileExistsError`` whose ``filename`` is ``path`` and leaves
+    ``tmp`` for the caller to remove. That
     is a hard link (atomic, refuses an existing target) and then the unlink of
     ``tmp``; on a file system without hard links, a check and a rename (a
     narrow race there). Then fsyncs the directory. Blocking; raises OSError.
     """
     path = Path(path)
+    exists = FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     if replace:
         os.replace(tmp, path)
     else:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise
+            raise exists from None
         except OSError as exc:
             if exc.errno not in _NO_LINKS:
                 raise
             if os.path.lexists(path):
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+                raise exists from None
             os.replace(tmp, path)
         else:
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):  # ``path`` is in place already
+                os.unlink(tmp)
     fsync_dir(path.parent)
 
 

@@ -249,6 +249,9 @@ def test_exclusive_save_never_replaces_a_key(tmp_path: Path) -> None:
         second.save(path, exclusive=True)
     assert SigningKey.load(path) == first
     assert sorted(os.listdir(tmp_path)) == ["node.key"]  # the loser's temp file is gone
+    # another path component in the way is not "the key exists": KeyFileError as usual
+    with pytest.raises(KeyFileError):
+        second.save(path / "node.key", exclusive=True)
 
 
 def test_two_first_starts_end_with_one_identity(

@@ -16,12 +16,14 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 import trio
 
+from .._files import place
 from ..errors import CarInvalid, FedpeerError, StoreError
 from ..peer import STORE_FILE, PeerClient
 from ..store import backup_sqlite
@@ -111,10 +113,13 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
                     shutil.copyfileobj(src, out, 1 << 20)
                     out.flush()
                     os.fsync(out.fileno())
-                os.replace(final, file)
+                # without --force, a FILE made while we exported is not replaced either
+                place(final, file, replace=force)
 
             await trio.to_thread.run_sync(assemble)
             return {"file": str(file), "records": count, "exported_by": did}
+        except FileExistsError:
+            raise StoreError(f"{file} exists; pick another file name or pass --force") from None
         except OSError as exc:
             raise StoreError(
                 f"cannot write {file}: {exc.strerror or exc}; {_write_hint(exc)}"
@@ -130,6 +135,10 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
         click.echo(f"exported {answer['records']} records to {file}")
 
 
+def _unreadable(file: Path, exc: OSError) -> CarInvalid:
+    return CarInvalid(f"cannot read {file}: {exc.strerror or exc}")
+
+
 def _check_file(fh: BinaryIO, file: Path) -> int:
     """Read the whole export once, verifying every record; its record count. Leaves
     ``fh`` at the start again, for the pass that sends the records."""
@@ -139,8 +148,17 @@ def _check_file(fh: BinaryIO, file: Path) -> int:
         count = sum(1 for _ in records)
         fh.seek(0)
     except OSError as exc:
-        raise CarInvalid(f"cannot read {file}: {exc.strerror or exc}") from None
+        raise _unreadable(file, exc) from None
     return count
+
+
+def _items(fh: BinaryIO, file: Path) -> Iterator[tuple[bytes, bytes]]:
+    """The second pass: ``(data, sig)`` per record, read errors as CAR_INVALID."""
+    try:
+        _header, items = read_export_items(fh)
+        yield from items
+    except OSError as exc:
+        raise _unreadable(file, exc) from None
 
 
 @click.command(name="import")
@@ -151,7 +169,8 @@ def import_(obj: Ctx, file: Path, as_json: bool) -> None:
     """Store the records of an export (CARv1) in the running node.
 
     Every record is verified (signature, id, canonical bytes, limits) before any
-    is stored: one bad record in the file and nothing is imported. Records go to
+    is stored: one bad record in the file and nothing is imported (and the node
+    verifies each record again as it takes it). Records go to
     the node in batches, each stored whole; if the node refuses one midway (its
     disk, its clock, a grant) the error says how many were taken: run the import
     again, records already there are skipped.
@@ -160,20 +179,20 @@ def import_(obj: Ctx, file: Path, as_json: bool) -> None:
     async def main() -> Json:
         stored = existing = 0
         # One open file for both passes: a file renamed over FILE meanwhile does not
-        # reach the second. That pass sends what the first verified without
-        # checking the signatures again; the node verifies every record it takes.
+        # reach the second (one rewritten in place could: the node's own check of
+        # every record it takes still holds). The second pass does not check the
+        # signatures again.
         try:
             opened = file.open("rb")
         except OSError as exc:
-            raise CarInvalid(f"cannot read {file}: {exc.strerror or exc}") from None
+            raise _unreadable(file, exc) from None
         with opened as fh:
             count = await trio.to_thread.run_sync(_check_file, fh, file)
             async with obj.admin() as admin:
-                _header, items = read_export_items(fh)
                 batch: list[tuple[bytes, bytes]] = []
                 size = 0
                 try:
-                    for data, sig in items:
+                    for data, sig in _items(fh, file):
                         batch.append((data, sig))
                         size += len(data) + 200
                         if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:

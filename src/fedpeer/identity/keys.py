@@ -8,7 +8,8 @@ lives in :class:`SigningKey` only; its ``repr`` shows the DID, and no message,
 log line or exception built here contains secret material. On disk the key is
 a JSON JWK ``{"kty":"OKP","crv":"Ed25519","x":..,"d":..}`` (``d`` is the 32-byte
 seed, base64url without padding), written atomically with mode 0600 (temp file
-in the same directory, fsync, ``os.replace``, fsync of the directory). Loading
+in the same directory, fsync, ``os.replace`` or, for a first key that must not
+replace one, a hard link; fsync of the directory). Loading
 refuses a file that group or others can access.
 
 Verification is strict RFC 8032 and sits on the sync hot path:
@@ -149,16 +150,18 @@ class SigningKey:
         file I/O (call it via ``anyio.to_thread.run_sync`` from async code). Raises
         :class:`~fedpeer.errors.KeyFileError` if the file cannot be written.
 
-        ``exclusive=True`` never replaces an existing file: it raises
-        ``FileExistsError`` instead (creating a node's first key, where two
-        processes may race: one key wins and both use it).
+        ``exclusive=True`` never replaces an existing file at ``path``: it raises
+        ``FileExistsError`` (``filename`` = ``path``) instead; the file is put in
+        place with a hard link rather than ``os.replace`` (creating a node's first
+        key, where two processes may race: one key wins and both use it). Any
+        other failure is still ``KeyFileError``.
         """
         path = Path(path)
         data = json.dumps(self.to_jwk(), separators=(",", ":"), sort_keys=True).encode()
         try:
             write_private(path, data, replace=not exclusive)
         except OSError as err:
-            if exclusive and isinstance(err, FileExistsError):
+            if exclusive and isinstance(err, FileExistsError) and err.filename == str(path):
                 raise
             raise KeyFileError(
                 f"cannot write the key file {path}: {err.strerror or err.__class__.__name__}"
