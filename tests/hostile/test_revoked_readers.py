@@ -236,6 +236,49 @@ async def test_an_idle_sse_stream_checks_its_bearer_once_per_heartbeat(tmp_path:
         assert set(calls) == {token}
 
 
+async def test_wake_ups_without_records_do_not_starve_the_heartbeat(tmp_path: Path) -> None:
+    """Anyone holding a token can make the node wake every waiting reader without a
+    new record (rotate its own token, have grants change) as often as the rate limit
+    allows. Each wake-up used to restart the stream's heartbeat wait, so a stream
+    woken more often than every ``heartbeat_s`` never sent one, and a client that
+    drops a mute stream (ours: 60 s, protocol.md §8.7) dropped a healthy one. The
+    attacker here wakes the node each time the stream has parked in its wait."""
+    store = CountingStore(await SQLiteStore.open(tmp_path / "store.sqlite3"))
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, heartbeat_s=1.0)
+    try:
+        async with open_node(None, store=store, config=cfg) as node:  # type: ignore[arg-type]
+            _sa, token, _tid = await _reader(node)
+            wakes = 0
+
+            async def wake_every_wait() -> None:
+                nonlocal wakes
+                while True:  # ends with the test's cancel scope
+                    await store.until(lambda: store.parked > 0)
+                    await store.transact(lambda tx: tx.wake_waiters())
+                    wakes += 1
+                    await store.until(lambda: store.parked == 0)
+
+            headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+            with trio.fail_after(10):
+                async with (
+                    trio.open_nursery() as attack,
+                    httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+                    client.stream(
+                        "GET", node.url + "/v1/sync/changes?feed=continuous", headers=headers
+                    ) as r,
+                ):
+                    assert r.status_code == 200
+                    attack.start_soon(wake_every_wait)
+                    async for line in r.aiter_lines():
+                        if line == ": heartbeat":
+                            break
+                    attack.cancel_scope.cancel()
+            # every wait was cut short, and the heartbeat came anyway
+            assert wakes >= 3, wakes
+    finally:
+        await store.aclose()
+
+
 async def test_unpair_request_ends_the_senders_open_longpoll(tmp_path: Path) -> None:
     """A peer's signed unpair request (protocol.md §11.3) revokes what it holds here
     through the same revocation as ``DELETE /v1/service-accounts``: its longpoll

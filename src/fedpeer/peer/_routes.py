@@ -390,6 +390,10 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
     async def events() -> AsyncIterator[bytes]:
         seq = since
         yield b": fedpeer continuous feed\n\n"
+        # When the stream last sent anything: the heartbeat goes out once it has been
+        # quiet for `heartbeat` seconds, however often a wake-up without records (a
+        # token rotated, grants changed) ends a wait early.
+        last_write = anyio.current_time()
         try:
             while not ctx.app.closing.is_set():
                 # Grants are read again for every page, so a change applies mid-stream.
@@ -400,6 +404,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                     if visible(rec):
                         cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key)
                         yield _sse_event("record", cursor.encode(), dagjson_encode(_rec_json(rec)))
+                        last_write = anyio.current_time()
                 if page.last_seq > seq:
                     last_sent = page.records[-1].seq if page.records else seq
                     if page.last_seq != last_sent or not any(visible(r) for r in page.records[-1:]):
@@ -407,14 +412,20 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                         # cursor so a resume does not rescan them.
                         cursor = page_cursor(page, epoch=store.epoch, key=store.cursor_key)
                         yield _sse_event("checkpoint", cursor.encode(), b"{}")
+                        last_write = anyio.current_time()
                     seq = page.last_seq
                 # The bearer is checked again before every further page: right away
                 # while catching up, after the wait (Ctx.wait_new) once caught up. A
                 # revoked or expired token ends the stream with an error event.
                 if page.last_seq < page.head_seq:
                     await ctx.recheck()
-                elif not await ctx.wait_new(seq, heartbeat, view.wake_filters(flt)):
+                    continue
+                quiet = anyio.current_time() - last_write
+                if quiet >= heartbeat or not await ctx.wait_new(
+                    seq, heartbeat - quiet, view.wake_filters(flt)
+                ):
                     yield b": heartbeat\n\n"
+                    last_write = anyio.current_time()
         except AuthRequired as err:
             yield _sse_error(err)
 
