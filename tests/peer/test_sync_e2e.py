@@ -158,8 +158,15 @@ async def test_a_source_with_a_small_page_limit_max_is_asked_for_small_pages(
                 params={"limit": 41},
                 headers={"Authorization": f"Bearer {token_of(a)}"},
             )
-        assert r.status_code == 400
-        assert r.json()["error"]["code"] == "INVALID_REQUEST"
+            assert r.status_code == 400
+            assert r.json()["error"]["code"] == "INVALID_REQUEST"
+            # asked without a limit, it serves its default (1000) cut to its maximum
+            r = await http.get(
+                a.url + "/v1/sync/changes", headers={"Authorization": f"Bearer {token_of(a)}"}
+            )
+            assert r.status_code == 200
+            assert len(r.json()["records"]) == 40
+            assert r.json()["has_more"] is True
         pair = await b.pair_with(a.url, token=token_of(a), peer_did=a.did)
         done = await wait_pair(b, pair.id, caught_up_with(130), 60)
         assert done.last_error is None

@@ -522,6 +522,15 @@ async def test_listing_records_both_orders(
     assert not older["has_more"]
     r = await http.get("/v1/records?order=random", headers=admin)
     assert (r.status_code, _error(r)) == (400, "INVALID_REQUEST")
+    # the items carry seq besides the wire item, in both encodings
+    assert [r["seq"] for r in oldest["records"]] == [1, 2, 3]
+    page = dagcbor_decode(
+        (await http.get("/v1/records?limit=2", headers={**admin, "Accept": CBOR})).content
+    )
+    assert isinstance(page, dict)
+    assert set(page) == {"records", "next_cursor", "has_more"}
+    assert [set(item) for item in page["records"]] == [{"cid", "data", "sig", "seq"}] * 2
+    assert [item["seq"] for item in page["records"]] == [1, 2]
 
 
 async def test_writing_records(node: Node, http: httpx.AsyncClient, admin: dict[str, str]) -> None:

@@ -57,8 +57,8 @@ def _q(ctx: Ctx, name: str) -> str | None:
 def _limit(ctx: Ctx) -> int:
     raw = _q(ctx, "limit")
     cfg = ctx.app.config
-    if raw is None:
-        return cfg.page_limit_default
+    if raw is None:  # the default never exceeds the maximum the node advertises
+        return min(cfg.page_limit_default, cfg.page_limit_max)
     try:
         limit = int(raw)
     except ValueError:
@@ -508,11 +508,21 @@ _RECORD_WRITE_ERRORS = (
     "BODY_TOO_LARGE",
     "DID_INVALID",
 )
-_LIMIT = Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 10000})
+_LIMIT = Param(
+    "limit",
+    schema={"type": "integer", "minimum": 1},
+    description="records per page: at most this node's limits.page_limit_max "
+    "(capabilities manifest; 10000 unless configured), default 1000",
+)
 _NS = Param("namespace", schema={"type": "string", "maxLength": 256})
 _THREAD = Param("thread", schema={"type": "string", "maxLength": 256})
 _FEED = Param("feed", schema={"type": "string", "enum": ["normal", "longpoll", "continuous"]})
-_TIMEOUT = Param("timeout", schema={"type": "number", "minimum": 0, "maximum": 30})
+_TIMEOUT = Param(
+    "timeout",
+    schema={"type": "number"},
+    description="longpoll: seconds to hold; capped at the node's maximum (30 s unless "
+    "configured), below 0 counts as 0",
+)
 
 _PAGE_ERRORS = (
     "CURSOR_INVALID",
