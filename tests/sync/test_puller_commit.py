@@ -753,3 +753,39 @@ async def test_a_page_with_more_records_than_asked_is_refused(
         assert await env.target.count() == 0
     finally:
         env.manager.stop()
+
+
+async def test_a_catch_up_starts_with_a_small_page_and_doubles_it(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    """Slow start: the first page of a catch-up asks 500 records, each next one
+    twice as many up to ``page_limit``, so the first records land (and the
+    signature checks start) after a small page, not a full one. Being caught up
+    (a longpoll) starts the ramp again for the next catch-up."""
+    opts = SyncOptions(
+        page_limit=4000,
+        pipeline_depth=2,
+        max_records_in_flight=100_000,  # the in-flight share never binds here
+        verify_processes=False,
+        seed=11,
+    )
+    env = await start_env(nursery, opts)
+    try:
+        recs = make_records(15_000)
+        await env.source_store.put([r.to_new() for r in recs[:9000]])
+        pair = await env.create()
+        await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 9000)
+        limits = [r.limit for r in env.source.requests if r.feed == "normal"]
+        assert limits == [500, 1000, 2000, 4000, 4000], limits  # 500+1000+2000+4000, then 1500
+        with anyio.fail_after(30):
+            while env.source.requests[-1].feed != "longpoll":  # parked in its longpoll
+                await env.source.fetched.wait()
+        first = len(env.source.requests)
+        await env.source_store.put([r.to_new() for r in recs[9000:]])
+        await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 15_000)
+        # the longpoll answers 4000 of the 6000 (its limit); the rest: 500, then 1000, ...
+        limits = [r.limit for r in env.source.requests[first:] if r.feed == "normal"]
+        assert limits == [500, 1000, 2000], limits
+        assert await cids(env.target) == [r.cid.raw for r in recs]
+    finally:
+        env.manager.stop()

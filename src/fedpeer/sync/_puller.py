@@ -93,6 +93,10 @@ __all__ = ["Puller"]
 log = logging.getLogger("fedpeer.sync")
 
 _MIN_PAGE = 100  # records a page at least, whatever the in-flight share (progress first)
+# Slow start: a catch-up asks this many records first, then twice as many each page up
+# to the page size. The first records land, and the signature workers get work, after
+# one small page instead of a full one (0.3-0.6 s at 5000 records).
+_FIRST_PAGE = 500
 _MIN_CHUNK = 64  # records per verification chunk: below this a thread hop costs more than it saves
 _PROCESS_MIN_JOBS = 200  # smaller slices verify in a thread: not worth a worker process
 _WORKER_START_TIMEOUT_S = 20.0
@@ -529,6 +533,7 @@ class Puller:
         )
         self._commit_max = opts.commit_max_records
         self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
+        self._ramp = _FIRST_PAGE  # the next catch-up fetch's most records (slow start)
         self._commit_wait = opts.commit_wait_s
         self._fold_scope: anyio.CancelScope | None = None
         self._acting = 0  # user actions waiting for the lock: commit what is ready now
@@ -889,6 +894,7 @@ class Puller:
             fetch.scope.cancel()
         self._chain.clear()
         self._workers.not_behind(self)  # no page held: the next fetch counts again
+        self._ramp = _FIRST_PAGE  # after a failure or a user action: start small again
 
     def _extend_chain(self) -> None:
         """Keep up to ``pipeline_depth`` pages in flight: after the last fetched page,
@@ -958,13 +964,19 @@ class Puller:
         not grow with the number of pairs (never below :data:`_MIN_PAGE` records
         a page). A longpoll
         (caught up: few records) keeps its limit. The machine accepts a page of at
-        most its own ``page_limit``, so a smaller page is just a page."""
+        most its own ``page_limit``, so a smaller page is just a page.
+
+        Slow start: a catch-up's first fetch asks at most :data:`_FIRST_PAGE`
+        records, each further one twice as many as the one before; a longpoll
+        (caught up) or a dropped chain starts the ramp again."""
         if request.feed != "normal":
+            self._ramp = _FIRST_PAGE
             return request
         # per pair: the page being committed (with the pages folded into it) and
         # pipeline_depth pages ahead
         allowance = self._in_flight_max // self._workers.behind(self)
-        size = min(request.limit, max(allowance // (self._depth + 1), _MIN_PAGE))
+        size = min(request.limit, max(allowance // (self._depth + 1), _MIN_PAGE), self._ramp)
+        self._ramp = min(2 * self._ramp, request.limit)
         # fold no more than what the pages ahead leave of the allowance (one page at least)
         self._fold_max = min(self._commit_max, max(size, allowance - self._depth * size))
         return request if size == request.limit else attrs.evolve(request, limit=size)

@@ -64,7 +64,9 @@ class SyncOptions:
     ``max_records_in_flight``). The default, 5000,
     is for catching up: every page costs a request, a query on the source and a
     round of signature-worker requests, and 5000-record pages synced about a
-    fifth faster than 1000-record ones (``bench/sync.py``).
+    fifth faster than 1000-record ones (``bench/sync.py``). A catch-up starts
+    at 500 records and doubles each page up to ``page_limit`` (slow start: the
+    first records land, and the signature checks start, after a small page).
     ``longpoll_s``: how long a caught-up pair asks the source to hold a
     longpoll (the source caps it). ``verify_threads``: signature checks running
     at once (in threads or worker processes), shared by all pairs of the node
