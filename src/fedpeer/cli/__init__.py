@@ -22,7 +22,8 @@ variables, flags, in rising precedence (:mod:`fedpeer.cli.config`).
 Exit codes (stable): 0 success; 1 a fedpeer error (``CODE: what to do`` on
 stderr, never a traceback); 2 bad usage; 3 the node could not start; 4 the
 node is not running (NODE_NOT_RUNNING); 5 ``doctor`` found a problem; 6 a
-bounded wait ran out (TIMED_OUT); 130 interrupted. See :mod:`.output`.
+bounded wait ran out (TIMED_OUT); 7 ``run`` found the data dir locked by
+another node (DATA_DIR_LOCKED); 130 interrupted. See :mod:`.output`.
 """
 
 from __future__ import annotations
