@@ -267,12 +267,14 @@ async def test_a_failed_multi_page_commit_stores_nothing_and_is_retried(
 
 
 def watch_folds(monkeypatch: pytest.MonkeyPatch) -> list[anyio.Event]:
-    """Events set when a puller starts folding (an accepted page waits for the next)."""
+    """Events set when a puller starts folding (an accepted page waits for the next;
+    not the first page of a catch-up, which is committed at once)."""
     folding: list[anyio.Event] = [anyio.Event()]
     real = _puller.Puller._fold_ready
 
     async def fold(self: _puller.Puller, ev: PageAccepted) -> PageAccepted:
-        folding[0].set()
+        if not self._eager:
+            folding[0].set()
         return await real(self, ev)
 
     monkeypatch.setattr(_puller.Puller, "_fold_ready", fold)
@@ -295,6 +297,25 @@ class GatedSource(FakeSource):
         return await super().fetch(pair, request)
 
 
+class AfterFirstCommit(GatedSource):
+    """A :class:`GatedSource` that also answers the second page (``since`` = seq 10)
+    only once ``first_commit`` is set: the first page of a catch-up is committed at
+    once and alone, and the second then waits to fold the third (held at ``gate_seq``)."""
+
+    def __init__(self, store: MemoryStore, gate_seq: int) -> None:
+        super().__init__(store, gate_seq)
+        self.first_commit = anyio.Event()
+
+    def listener(self, ev: SyncEvent) -> None:
+        if ev.kind == "page":
+            self.first_commit.set()
+
+    async def fetch(self, pair: Pair, request: Any) -> object:
+        if request.since is not None and Cursor.decode(request.since).seq == 10:
+            await self.first_commit.wait()
+        return await super().fetch(pair, request)
+
+
 async def test_cancel_between_pages_loses_nothing_and_the_cursor_stays_behind(
     nursery: anyio.abc.TaskGroup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,11 +324,12 @@ async def test_cancel_between_pages_loses_nothing_and_the_cursor_stays_behind(
     recs = make_records(60)
     await source_store.put([r.to_new() for r in recs])
     target = CountingStore(source_store)
-    source = GatedSource(source_store, gate_seq=20)
+    source = AfterFirstCommit(source_store, gate_seq=20)
     opts = SyncOptions(page_limit=10, commit_max_records=60, commit_wait_s=10.0)
     events: list[SyncEvent] = []
     manager = PairManager(target, local_did=LOCAL_DID, source=source, options=opts)
     manager.add_listener(events.append)
+    manager.add_listener(source.listener)
     async with anyio.create_task_group() as tg:
         await tg.start(manager.run)
         pair, _ = await manager.create(
@@ -315,13 +337,14 @@ async def test_cancel_between_pages_loses_nothing_and_the_cursor_stays_behind(
         )
         with anyio.fail_after(30):
             await source.held.wait()  # page 3 held back
-            await folding[0].wait()  # page 1 accepted, waiting to fold what follows
-        assert not [e for e in events if e.kind == "page"]
+            await folding[0].wait()  # page 2 accepted, waiting to fold what follows
+        # the first page of a catch-up is committed at once, page 2 waits to fold
+        assert [e.records for e in events if e.kind == "page"] == [10]
         manager.stop()  # node shutdown while the fold waits for page 3
-    assert await target.count() == 0  # the folded pages were never committed...
+    assert await target.count() == 10  # the folded page was never committed...
     row = await target.get_state("pairs", pair.id)
     assert row is not None
-    assert row["cursor"] is None
+    assert Cursor.decode(row["cursor"]).seq == 10  # ...and the cursor stayed before it
     # a restarted node pulls everything, once
     source.gate.set()
     manager2 = PairManager(target, local_did=LOCAL_DID, source=source, options=opts)
@@ -340,20 +363,23 @@ async def test_a_user_action_does_not_wait_for_the_fold(
     folding = watch_folds(monkeypatch)
     source_store = MemoryStore()
     await source_store.put([r.to_new() for r in make_records(40)])
-    source = GatedSource(source_store, gate_seq=10)
+    source = AfterFirstCommit(source_store, gate_seq=20)
     opts = SyncOptions(page_limit=10, commit_wait_s=10.0)
     manager = PairManager(MemoryStore(), local_did=LOCAL_DID, source=source, options=opts)
+    manager.add_listener(source.listener)
     await nursery.start(manager.run)
     pair, _ = await manager.create(
         peer_did=SRC_KEY.did, peer_url="http://127.0.0.1:9", credential=None
     )
     with anyio.fail_after(30):
-        await folding[0].wait()  # page 1 accepted, waiting to fold page 2 (held back)
+        # page 1 (the first of the catch-up) is committed at once; page 2 accepted,
+        # waiting to fold page 3 (held back)
+        await folding[0].wait()
     with anyio.fail_after(5):  # well under commit_wait_s: the pause cuts the wait short
         paused = await manager.act(pair.id, PairAction.PAUSE)
     assert paused.state is PairState.PAUSED
-    assert Cursor.decode(manager.get(pair.id).cursor or "").seq == 10  # page 1 committed
-    assert await manager.store.count() == 10
+    assert Cursor.decode(manager.get(pair.id).cursor or "").seq == 20  # page 2 committed
+    assert await manager.store.count() == 20
     manager.stop()
 
 
@@ -789,3 +815,33 @@ async def test_a_catch_up_starts_with_a_small_page_and_doubles_it(
         assert await cids(env.target) == [r.cid.raw for r in recs]
     finally:
         env.manager.stop()
+
+
+async def test_the_first_page_of_a_catch_up_is_committed_at_once(
+    nursery: anyio.abc.TaskGroup,
+) -> None:
+    """Folding waits up to ``commit_wait_s`` for the next pages, but not for the first
+    page of a catch-up: its records show as soon as they are verified. Here the
+    second page is held and the wait is 10 s; the first page lands anyway."""
+    source_store = MemoryStore()
+    recs = make_records(30)
+    await source_store.put([r.to_new() for r in recs])
+    source = GatedSource(source_store, gate_seq=10)
+    opts = SyncOptions(page_limit=10, commit_max_records=30, commit_wait_s=10.0)
+    events: list[SyncEvent] = []
+    manager = PairManager(MemoryStore(), local_did=LOCAL_DID, source=source, options=opts)
+    manager.add_listener(events.append)
+    await nursery.start(manager.run)
+    pair, _ = await manager.create(
+        peer_did=SRC_KEY.did, peer_url="http://127.0.0.1:9", credential=None
+    )
+    with anyio.fail_after(5):  # well under commit_wait_s
+        await source.held.wait()
+        first = await manager.wait_for(pair.id, lambda p: p.stats.records > 0)
+    assert first.stats.records == 10
+    assert await cids(manager.store) == [r.cid.raw for r in recs[:10]]
+    source.gate.set()
+    with anyio.fail_after(30):
+        await manager.wait_for(pair.id, lambda p: caught_up(p) and p.stats.records == 30)
+    assert await cids(manager.store) == [r.cid.raw for r in recs]
+    manager.stop()

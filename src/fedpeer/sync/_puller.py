@@ -534,6 +534,7 @@ class Puller:
         self._commit_max = opts.commit_max_records
         self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
         self._ramp = _FIRST_PAGE  # the next catch-up fetch's most records (slow start)
+        self._eager = True  # commit the next page at once: the first of a catch-up
         self._commit_wait = opts.commit_wait_s
         self._fold_scope: anyio.CancelScope | None = None
         self._acting = 0  # user actions waiting for the lock: commit what is ready now
@@ -763,15 +764,17 @@ class Puller:
         since it was accepted: signature checks are the bottleneck then, so the
         wait costs no throughput, and one commit per several pages saves most of
         the store's per-transaction work. A caught-up pair commits at once, and
-        so does a pair a user action is waiting for. Stops at a page that is not
+        so does a pair a user action is waiting for, and the first page of a
+        catch-up (its records show without waiting for the next pages). Stops at a page that is not
         clean (that one is fed in the usual way after this commit, which names
         its error: the pages before a bad one are stored and none after it).
         """
         m = self._m
         deadline = anyio.current_time() + self._commit_wait
+        eager, self._eager = self._eager, False
         with anyio.CancelScope() as scope:
             self._fold_scope = scope
-            if self._acting:
+            if self._acting or eager:
                 scope.cancel()
             while ev.has_more and len(ev.records) < self._fold_max and self._chain:
                 nxt = self._chain[0]
@@ -895,6 +898,7 @@ class Puller:
         self._chain.clear()
         self._workers.not_behind(self)  # no page held: the next fetch counts again
         self._ramp = _FIRST_PAGE  # after a failure or a user action: start small again
+        self._eager = True
 
     def _extend_chain(self) -> None:
         """Keep up to ``pipeline_depth`` pages in flight: after the last fetched page,
@@ -971,6 +975,7 @@ class Puller:
         (caught up) or a dropped chain starts the ramp again."""
         if request.feed != "normal":
             self._ramp = _FIRST_PAGE
+            self._eager = True
             return request
         # per pair: the page being committed (with the pages folded into it) and
         # pipeline_depth pages ahead

@@ -87,7 +87,8 @@ class SyncOptions:
     together, as for one page), up to this many records per transaction (a
     single page is always committed whole). ``commit_wait_s``: how long an
     accepted page may wait for the pages behind it while the pair is behind
-    (0: fold only what is ready; a caught-up page never waits).
+    (0: fold only what is ready; a caught-up page and the first page of a
+    catch-up never wait: their records show as soon as they are verified).
     ``max_records_in_flight``: records fetched but not yet stored, across all
     the node's pairs while they catch up: when several catch up at once each
     asks pages of ``min(page_limit, max_records_in_flight // (pairs catching up
