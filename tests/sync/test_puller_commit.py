@@ -272,10 +272,10 @@ def watch_folds(monkeypatch: pytest.MonkeyPatch) -> list[anyio.Event]:
     folding: list[anyio.Event] = [anyio.Event()]
     real = _puller.Puller._fold_ready
 
-    async def fold(self: _puller.Puller, ev: PageAccepted) -> PageAccepted:
-        if not self._eager:
+    async def fold(self: _puller.Puller, ev: PageAccepted, *, eager: bool = False) -> PageAccepted:
+        if not eager:
             folding[0].set()
-        return await real(self, ev)
+        return await real(self, ev, eager=eager)
 
     monkeypatch.setattr(_puller.Puller, "_fold_ready", fold)
     return folding
@@ -792,6 +792,7 @@ async def test_a_catch_up_starts_with_a_small_page_and_doubles_it(
         page_limit=4000,
         pipeline_depth=2,
         max_records_in_flight=100_000,  # the in-flight share never binds here
+        commit_wait_s=10.0,  # folding may wait long; the catch-up's first page does not
         verify_processes=False,
         seed=11,
     )
@@ -808,6 +809,8 @@ async def test_a_catch_up_starts_with_a_small_page_and_doubles_it(
                 await env.source.fetched.wait()
         first = len(env.source.requests)
         await env.source_store.put([r.to_new() for r in recs[9000:]])
+        with anyio.fail_after(5):  # the longpoll's answer is committed without a fold wait
+            await env.manager.wait_for(pair.id, lambda p: p.stats.records >= 13_000)
         await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 15_000)
         # the longpoll answers 4000 of the 6000 (its limit); the rest: 500, then 1000, ...
         limits = [r.limit for r in env.source.requests[first:] if r.feed == "normal"]
@@ -845,3 +848,68 @@ async def test_the_first_page_of_a_catch_up_is_committed_at_once(
         await manager.wait_for(pair.id, lambda p: caught_up(p) and p.stats.records == 30)
     assert await cids(manager.store) == [r.cid.raw for r in recs]
     manager.stop()
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+async def test_the_ramp_reaches_the_page_size_at_any_pipeline_depth(
+    nursery: anyio.abc.TaskGroup, depth: int
+) -> None:
+    """With ``pipeline_depth=1`` nothing is fetched ahead, so every commit starts
+    the next fetch itself: that must not count as a new catch-up."""
+    opts = SyncOptions(
+        page_limit=4000,
+        pipeline_depth=depth,
+        max_records_in_flight=100_000,
+        verify_processes=False,
+        seed=12,
+    )
+    env = await start_env(nursery, opts)
+    try:
+        await env.source_store.put([r.to_new() for r in make_records(12_000)])
+        pair = await env.create()
+        await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 12_000)
+        limits = [r.limit for r in env.source.requests if r.feed == "normal"]
+        assert limits[:5] == [500, 1000, 2000, 4000, 4000], limits
+    finally:
+        env.manager.stop()
+
+
+class _FailsOnce(FakeSource):
+    """Fails its ``fail_at``-th request (1-based) once, as an unreachable peer."""
+
+    def __init__(self, store: MemoryStore, fail_at: int) -> None:
+        super().__init__(store)
+        self.fail_at = fail_at
+
+    async def fetch(self, pair: Pair, request: Any) -> object:
+        if len(self.requests) + 1 == self.fail_at:
+            self.requests.append(request)
+            raise PeerUnreachable("the peer went away for a moment")
+        return await super().fetch(pair, request)
+
+
+async def test_a_failed_fetch_starts_the_ramp_again(nursery: anyio.abc.TaskGroup) -> None:
+    """After an error (and its backoff) the catch-up starts small again, as after
+    a lost connection: 500, 1000, 2000, then 500 again."""
+    opts = SyncOptions(
+        page_limit=4000,
+        pipeline_depth=1,
+        max_records_in_flight=100_000,
+        backoff=Backoff(base_s=0.01, cap_s=0.01),
+        verify_processes=False,
+        seed=13,
+    )
+    env = await start_env(nursery, opts)
+    env.source = _FailsOnce(env.source_store, fail_at=4)
+    env.manager._source = env.source  # the puller reads it when it starts
+    try:
+        recs = make_records(8000)
+        await env.source_store.put([r.to_new() for r in recs])
+        pair = await env.create()
+        done = await env.wait(pair.id, lambda p: caught_up(p) and p.stats.records == 8000)
+        limits = [r.limit for r in env.source.requests if r.feed == "normal"]
+        assert limits[:6] == [500, 1000, 2000, 4000, 500, 1000], limits
+        assert done.stats.errors_total == 1
+        assert await cids(env.target) == [r.cid.raw for r in recs]
+    finally:
+        env.manager.stop()

@@ -476,7 +476,17 @@ class _VerifiedMachine(PullMachine):
 class _Fetch:
     """A request in flight: its answer (decoded body + pre-verified records) or error."""
 
-    __slots__ = ("arrived", "body", "done", "error", "now_ms", "request", "scope", "verified")
+    __slots__ = (
+        "arrived",
+        "body",
+        "done",
+        "eager",
+        "error",
+        "now_ms",
+        "request",
+        "scope",
+        "verified",
+    )
 
     def __init__(self, request: PageRequest) -> None:
         self.request = request
@@ -487,6 +497,7 @@ class _Fetch:
         self.verified: tuple[SignedRecord, ...] | None = None
         self.now_ms = 0
         self.error: FedpeerError | None = None
+        self.eager = False  # the first page of a catch-up (or a longpoll): commit at once
 
 
 # --- the driver -----------------------------------------------------------------------------
@@ -534,7 +545,7 @@ class Puller:
         self._commit_max = opts.commit_max_records
         self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
         self._ramp = _FIRST_PAGE  # the next catch-up fetch's most records (slow start)
-        self._eager = True  # commit the next page at once: the first of a catch-up
+        self._fresh = True  # the next catch-up fetch is the first of its catch-up
         self._commit_wait = opts.commit_wait_s
         self._fold_scope: anyio.CancelScope | None = None
         self._acting = 0  # user actions waiting for the lock: commit what is ready now
@@ -651,6 +662,7 @@ class Puller:
         if self._wait_scope is not None:
             self._wait_scope.cancel()
         self._drop_chain()
+        self._restart()
 
     # --- the loop ---
 
@@ -731,6 +743,7 @@ class Puller:
                 self._extend_chain()
             if fetch.error is not None:
                 self._drop_chain()
+                self._restart()
                 await self._on_request_error(fetch.error)
                 return
             if fetch.verified is not None:
@@ -743,6 +756,7 @@ class Puller:
                 )
             if isinstance(ev, PageRejected):
                 self._drop_chain()
+                self._restart()
                 await self._persist(ev.pair)
                 log.warning(
                     "pair %s: rejected a page from %s: %s (retry in %.1f s)",
@@ -753,9 +767,9 @@ class Puller:
                 )
                 self._emit(SyncEvent("rejected", ev.pair, code=ev.code, delay_s=ev.delay_s))
                 return
-            await self._commit(await self._fold_ready(ev), request)
+            await self._commit(await self._fold_ready(ev, eager=fetch.eager), request)
 
-    async def _fold_ready(self, ev: PageAccepted) -> PageAccepted:
+    async def _fold_ready(self, ev: PageAccepted, *, eager: bool = False) -> PageAccepted:
         """Fold the pages fetched and verified behind ``ev`` into its commit
         (several pages, one transaction; see :meth:`PullMachine.receive_next_page`).
 
@@ -771,7 +785,6 @@ class Puller:
         """
         m = self._m
         deadline = anyio.current_time() + self._commit_wait
-        eager, self._eager = self._eager, False
         with anyio.CancelScope() as scope:
             self._fold_scope = scope
             if self._acting or eager:
@@ -826,6 +839,7 @@ class Puller:
                 await self._store.transact(commit)
         except Exception as exc:
             self._drop_chain()
+            self._restart()
             after = m.commit_failed(exc)
             await self._persist(after.pair)
             log.warning("pair %s: could not store a page: %r", pid, exc)
@@ -897,8 +911,11 @@ class Puller:
             fetch.scope.cancel()
         self._chain.clear()
         self._workers.not_behind(self)  # no page held: the next fetch counts again
-        self._ramp = _FIRST_PAGE  # after a failure or a user action: start small again
-        self._eager = True
+
+    def _restart(self) -> None:
+        """After a failure or a user action: the next catch-up starts small again."""
+        self._ramp = _FIRST_PAGE
+        self._fresh = True
 
     def _extend_chain(self) -> None:
         """Keep up to ``pipeline_depth`` pages in flight: after the last fetched page,
@@ -934,8 +951,10 @@ class Puller:
 
     async def _fetch_task(self, fetch: _Fetch, pair: Pair) -> None:
         try:
+            if fetch.scope.cancel_called:  # dropped before it started: asks nothing
+                return
             with fetch.scope:
-                sized = self._sized(fetch.request)
+                sized = self._sized(fetch)
                 try:
                     body = await self._source.fetch(pair, sized)
                     _check_count(body, sized.limit, pair.peer_url)
@@ -960,7 +979,7 @@ class Puller:
         finally:
             fetch.done.set()
 
-    def _sized(self, request: PageRequest) -> PageRequest:
+    def _sized(self, fetch: _Fetch) -> PageRequest:
         """``request`` with its ``limit`` cut to this pair's share of the node's
         ``max_records_in_flight``: the pairs catching up at once split it, each
         holding the page it commits (and the pages folded into it, see
@@ -972,11 +991,18 @@ class Puller:
 
         Slow start: a catch-up's first fetch asks at most :data:`_FIRST_PAGE`
         records, each further one twice as many as the one before; a longpoll
-        (caught up) or a dropped chain starts the ramp again."""
+        (caught up), a failure or a user action (:meth:`_restart`) starts the
+        ramp again. The first fetch of a catch-up and a longpoll are marked
+        ``eager``: their page is committed without waiting to fold the next."""
+        request = fetch.request
         if request.feed != "normal":
+            # its answer opens the next catch-up, if any: committed at once, and the
+            # normal pages after it start small
+            fetch.eager = True
             self._ramp = _FIRST_PAGE
-            self._eager = True
+            self._fresh = False
             return request
+        fetch.eager, self._fresh = self._fresh, False
         # per pair: the page being committed (with the pages folded into it) and
         # pipeline_depth pages ahead
         allowance = self._in_flight_max // self._workers.behind(self)
