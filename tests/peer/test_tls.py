@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -618,20 +619,8 @@ def test_a_key_that_is_not_the_certificates_is_a_clear_start_up_error(tmp_path: 
     assert "remove both files" in caught.value.message
 
 
-def test_loading_the_certificate_puts_the_key_on_no_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ssl`` reads a key from a file only: on Linux that file is an anonymous
-    in-memory one, so no copy of tls.key lands in $TMPDIR, and the context serves it."""
-    import tempfile
-
-    def no_temp_files(*_a: object, **_k: object) -> tuple[int, str]:
-        raise AssertionError("the TLS key went to a temporary file")
-
-    monkeypatch.setattr(tempfile, "mkstemp", no_temp_files)
-    key = SigningKey.from_seed(b"\x33" * 32)
-    cert = TlsCert.generate(key.did)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert.load_into(ctx)
-    # the context now holds that certificate: a handshake over a memory BIO shows it
+def _pin_in_memory(ctx: ssl.SSLContext) -> str:
+    """The SPKI pin of the certificate ``ctx`` serves, from a handshake over memory BIOs."""
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE
@@ -652,7 +641,44 @@ def test_loading_the_certificate_puts_the_key_on_no_disk(monkeypatch: pytest.Mon
     assert done == {0, 1}
     der = c.getpeercert(binary_form=True)
     assert der is not None
-    assert spki_sha256_of_der(der) == cert.pin
+    return spki_sha256_of_der(der)
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memfd_create is Linux-only")
+def test_loading_the_certificate_puts_the_key_on_no_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ssl`` reads a key from a file only: on Linux that file is an anonymous
+    in-memory one, so no copy of tls.key lands in $TMPDIR, and the context serves it."""
+    import tempfile
+
+    def no_temp_files(*_a: object, **_k: object) -> tuple[int, str]:
+        raise AssertionError("the TLS key went to a temporary file")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp_files)
+    cert = TlsCert.generate(SigningKey.from_seed(b"\x33" * 32).did)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.load_into(ctx)
+    assert _pin_in_memory(ctx) == cert.pin
+
+
+def test_a_refused_memfd_falls_back_to_a_private_temp_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A sandbox (seccomp) may refuse memfd_create: the node still starts, through a
+    0600 temporary file that is removed at once."""
+
+    def refused(*_a: object, **_k: object) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refused, raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    cert = TlsCert.generate(SigningKey.from_seed(b"\x34" * 32).did)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.load_into(ctx)
+    assert _pin_in_memory(ctx) == cert.pin
+    assert list(tmp_path.iterdir()) == []  # the temporary copy is gone
 
 
 def test_new_clients_load_the_certificate_authorities_once(
@@ -677,6 +703,7 @@ def test_new_clients_load_the_certificate_authorities_once(
             new_http_client()
         new_http_client(ca_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
         assert len(calls) <= 1  # the one load (httpx may build it through this call)
+        assert len(calls) == 1  # ...and it is loaded: not bypassed by some other context
         ctx = _transport._system_ca_context()
         assert ctx.verify_mode == ssl.CERT_REQUIRED  # still the CA-validating context
         assert first.pins is not None

@@ -134,8 +134,13 @@ class TlsCert:
         in-memory file (``memfd_create``, never on a disk); elsewhere through a
         private (0600) temporary file, removed at once."""
         pem = self.key_pem + b"\n" + self.cert_pem
+        fd = -1
         if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-            fd = os.memfd_create("fedpeer-tls", os.MFD_CLOEXEC)
+            try:
+                fd = os.memfd_create("fedpeer-tls", os.MFD_CLOEXEC)
+            except OSError:  # refused (a seccomp sandbox): the private temp file below
+                fd = -1
+        if fd >= 0:
             try:
                 view = memoryview(pem)
                 while view:
