@@ -59,6 +59,17 @@ def many_records_page(count: int = MANY) -> bytes:
     return head + (b"\x6e" + b"x" * 14) * count
 
 
+async def _open_event_stream(stream: trio.SocketStream, then: bytes) -> int:
+    """Answer 200 with a chunked text/event-stream and its greeting comment, then
+    ``then`` in the same chunk; the bytes of that chunk's payload."""
+    await stream.send_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    start = b": fedpeer continuous feed\n\n" + then
+    await stream.send_all(f"{len(start):x}\r\n".encode() + start + b"\r\n")
+    return len(start)
+
+
 @attrs.define(eq=False)
 class HostilePeer:
     """One hostile peer; ``start(nursery)`` binds port 0 on 127.0.0.1."""
@@ -163,25 +174,14 @@ class HostilePeer:
                 self.sent[slot] += 1
                 await trio.sleep(20)  # the hostile peer's pace, not a test synchronisation
         elif behaviour == "sse_endless_line":
-            await stream.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n"
-            )
-            start = b": fedpeer continuous feed\n\nevent: record\nid: c1\ndata: "
-            await stream.send_all(f"{len(start):x}\r\n".encode() + start + b"\r\n")
+            await _open_event_stream(stream, b"event: record\nid: c1\ndata: ")
             line = b"x" * len(CHUNK)
             frame = f"{len(line):x}\r\n".encode() + line + b"\r\n"
             for _ in range(200_000):  # 12.5 GiB at most: ends when the client hangs up
                 await stream.send_all(frame)
                 self.sent[slot] += len(line)
         elif behaviour == "sse_mute":
-            await stream.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n"
-            )
-            start = b": fedpeer continuous feed\n\n"
-            await stream.send_all(f"{len(start):x}\r\n".encode() + start + b"\r\n")
-            self.sent[slot] += len(start)
+            self.sent[slot] += await _open_event_stream(stream, b"")
             await trio.sleep(120)  # then nothing, not even a heartbeat; the nursery ends it
         elif behaviour == "silent":
             await trio.sleep(120)  # the hostile peer's pace; the test's nursery ends it

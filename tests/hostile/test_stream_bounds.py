@@ -100,7 +100,9 @@ async def test_the_request_deadline_covers_connect_and_the_tls_handshake() -> No
     assert hostile.requests == {}  # no HTTP request head ever arrived
 
 
-async def test_a_long_line_in_small_chunks_is_scanned_once() -> None:
+async def test_a_long_line_in_small_chunks_is_scanned_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A line sent 4 KiB at a time (as a hostile peer may, up to the cap) is
     searched for its end once per byte, not once per chunk over the whole
     buffer (quadratic: seconds of CPU per line). Counted, not timed."""
@@ -123,12 +125,10 @@ async def test_a_long_line_in_small_chunks_is_scanned_once() -> None:
         yield b"\r"  # a CR last: its LF comes in the next chunk
         yield b"\nab\n"
 
-    client_module._LINE_END = Counting()  # type: ignore[assignment]
-    try:
-        lines = [ln async for ln in sse_lines(chunks(), 2 * 1024 * 1024, "peer")]
-    finally:
-        client_module._LINE_END = real
+    monkeypatch.setattr(client_module, "_LINE_END", Counting())
+    lines = [ln async for ln in sse_lines(chunks(), 2 * 1024 * 1024, "peer")]
     assert [len(ln) for ln in lines] == [len(chunk) * count, 2]
+    assert scanned, "the reader no longer searches through _LINE_END: count it again"
     assert sum(scanned) <= 2 * total, sum(scanned)
 
 

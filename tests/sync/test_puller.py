@@ -127,10 +127,11 @@ async def start_env(
     target: MemoryStore | None = None,
     *,
     timeout: float = 30.0,
+    source_type: Callable[[MemoryStore], FakeSource] | None = None,
 ) -> Env:
     source_store = MemoryStore()
     target = target or MemoryStore()
-    source = FakeSource(source_store)
+    source = (source_type or FakeSource)(source_store)
     manager = PairManager(target, local_did=LOCAL_DID, source=source, options=options)
     events: list[SyncEvent] = []
     manager.add_listener(events.append)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -899,9 +900,7 @@ async def test_a_failed_fetch_starts_the_ramp_again(nursery: anyio.abc.TaskGroup
         verify_processes=False,
         seed=13,
     )
-    env = await start_env(nursery, opts)
-    env.source = _FailsOnce(env.source_store, fail_at=4)
-    env.manager._source = env.source  # the puller reads it when it starts
+    env = await start_env(nursery, opts, source_type=partial(_FailsOnce, fail_at=4))
     try:
         recs = make_records(8000)
         await env.source_store.put([r.to_new() for r in recs])
