@@ -122,6 +122,17 @@ async def test_sse_sends_heartbeats_when_idle(tmp_path: object) -> None:
         assert beats == 2
 
 
+def test_a_heartbeat_slower_than_the_protocol_allows_is_refused() -> None:
+    """Clients drop a stream silent for 60 s (four 15 s heartbeats, protocol.md §8.5):
+    a node configured with a longer heartbeat would have its healthy streams dropped."""
+    from fedpeer.errors import ConfigInvalid
+    from fedpeer.peer import NodeConfig
+
+    assert NodeConfig(heartbeat_s=15).heartbeat_s == 15
+    with pytest.raises(ConfigInvalid, match="at most 15 s"):
+        NodeConfig(heartbeat_s=16)
+
+
 async def test_batch_fetch_lists_missing(node: Node, admin_token: str) -> None:
     cids = await _fill(node, 3)
     other = build_record(SigningKey.generate(), namespace="x", thread="y", kind="z", body=None)

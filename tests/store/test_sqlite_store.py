@@ -391,3 +391,29 @@ async def test_backup_never_replaces_a_file_made_while_it_copied(
     assert fedpeer.store.backup_sqlite(tmp_path / "store.sqlite3", dest, overwrite=True) == 2
     assert sorted(p.name for p in out.iterdir()) == ["copy.sqlite3"]
     assert dest.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+async def test_a_clash_on_the_backups_own_temp_file_is_not_reported_as_dest_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a FileExistsError naming dest means "dest exists"; one on the backup's
+    own temporary name must not send the user to rename a file that is not there."""
+    import fedpeer.store.sqlite as sqlite_module
+
+    store = await SQLiteStore.open(tmp_path / "store.sqlite3")
+    try:
+        await store.put([rec(1)])
+    finally:
+        await store.aclose()
+    dest = tmp_path / "copy.sqlite3"
+
+    def clash(tmp: Path, path: Path, *, replace: bool = True) -> None:
+        raise FileExistsError(17, "File exists", str(tmp))
+
+    monkeypatch.setattr(sqlite_module, "place", clash)
+    with pytest.raises(StoreError) as info:
+        fedpeer.store.backup_sqlite(tmp_path / "store.sqlite3", dest)
+    assert "pick another file name" not in info.value.message
+    assert "try again" in info.value.message
+    assert not dest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -118,8 +118,10 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
 
             await trio.to_thread.run_sync(assemble)
             return {"file": str(file), "records": count, "exported_by": did}
-        except FileExistsError:
-            raise StoreError(f"{file} exists; pick another file name or pass --force") from None
+        except FileExistsError as exc:
+            if exc.filename == str(file):  # place() names the target; else a temp name clash
+                raise StoreError(f"{file} exists; pick another file name or pass --force") from None
+            raise StoreError(f"cannot write {file}: {exc}; try again") from exc
         except OSError as exc:
             raise StoreError(
                 f"cannot write {file}: {exc.strerror or exc}; {_write_hint(exc)}"

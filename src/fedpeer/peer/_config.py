@@ -17,6 +17,21 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
         raise ConfigInvalid(f"{attr.name} must be > 0, got {value!r}")
 
 
+MAX_HEARTBEAT_S = 15.0
+"""protocol.md §8.5: a stream's heartbeat comes at least every 15 s; clients drop a
+stream silent for four intervals (fedpeer: 60 s), so a longer one would have every
+fedpeer client drop this node's healthy streams."""
+
+
+def _heartbeat(inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    _positive(inst, attr, value)
+    if value > MAX_HEARTBEAT_S:
+        raise ConfigInvalid(
+            f"heartbeat_s must be at most {MAX_HEARTBEAT_S:g} s (protocol.md §8.5: clients "
+            f"drop a stream silent for 60 s), got {value!r}"
+        )
+
+
 @attrs.frozen
 class NodeConfig:
     """Tunables of a node. Every limit an entry point enforces is here.
@@ -61,7 +76,7 @@ class NodeConfig:
     page_limit_max: int = attrs.field(default=10_000, validator=_positive)
     page_max_bytes: int = attrs.field(default=PAGE_MAX_BYTES, validator=_positive)
     longpoll_max_s: float = attrs.field(default=30.0, validator=_positive)
-    heartbeat_s: float = attrs.field(default=15.0, validator=_positive)
+    heartbeat_s: float = attrs.field(default=MAX_HEARTBEAT_S, validator=_heartbeat)
     batch_fetch_max: int = attrs.field(default=1000, validator=_positive)
     rate_per_s: float = attrs.field(default=50.0, validator=_positive)
     rate_burst: int = attrs.field(default=200, validator=_positive)

@@ -159,9 +159,19 @@ class ChangeFilter:
 
     def matches(self, namespace: str, thread: str) -> bool:
         """Whether a record with this namespace and thread passes the filter."""
-        if self.namespace_prefix and not namespace.startswith(self.namespace_prefix):
-            return False
-        return self.thread is None or thread == self.thread
+        return filter_matches(self.namespace_prefix, self.thread, namespace, thread)
+
+
+def filter_matches(
+    prefix: str | None, want_thread: str | None, namespace: str, thread: str
+) -> bool:
+    """The one filter rule (:meth:`ChangeFilter.matches`, and the sync layer's pair
+    filter on its hot path, without building a filter per record): ``namespace``
+    starts with ``prefix`` (None or empty: any), ``thread`` equals ``want_thread``
+    (None: any)."""
+    if prefix and not namespace.startswith(prefix):
+        return False
+    return want_thread is None or thread == want_thread
 
 
 @attrs.frozen

@@ -978,7 +978,9 @@ def backup_sqlite(
         return count
     except sqlite3.Error as exc:
         raise _map_error(exc, f"back up {src_path} to {dst_path}", dst_path) from exc
-    except FileExistsError:
+    except FileExistsError as exc:
+        if exc.filename != str(dst_path):  # not dest: our own temp file (a name clash)
+            raise StoreError(f"cannot write the backup {dst_path}: {exc}; try again") from exc
         raise StoreError(
             f"{dst_path} exists; pick another file name or overwrite it (--force)"
         ) from None

@@ -94,7 +94,10 @@ class SyncOptions:
     asks pages of ``min(page_limit, max_records_in_flight // (pairs catching up
     * (pipeline_depth + 1)))`` records (at least 100: the page being committed
     and the pages ahead) and folds no more into one commit than its share leaves,
-    so the puller's memory does not grow with the number of pairs.
+    so the puller's memory does not grow with the number of pairs, up to
+    ``max_records_in_flight // (100 * (pipeline_depth + 1))`` pairs catching up
+    at once (66 by default); past that the 100-record floor wins and it grows
+    by 300 records a pair.
     """
 
     backoff: Backoff = DEFAULT_BACKOFF

@@ -44,7 +44,6 @@ import enum
 import hashlib
 import re
 import urllib.parse
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -60,7 +59,7 @@ from ..errors import (
 )
 from ..identity._syntax import is_did, is_name
 from ..identity.canonical import jcs
-from ..store.base import ChangeFilter
+from ..store.base import ChangeFilter, filter_matches
 from .feed import Cursor
 
 __all__ = [
@@ -214,10 +213,7 @@ class PairFilter:
         The same verdict as ``self.to_change_filter().matches(...)``, without
         building a filter per record (this runs once per pulled record).
         """
-        prefix = self.namespace
-        if prefix is not None and not namespace.startswith(prefix):
-            return False
-        return self.thread is None or thread == self.thread
+        return filter_matches(self.namespace, self.thread, namespace, thread)
 
     def to_dict(self) -> dict[str, object]:
         """``{"namespace": str | None, "thread": str | None}``."""
@@ -335,10 +331,8 @@ class PairStats:
         """
         counts = list(self.latency_counts)
         lats = list(map(int, latencies_ms))
-        # per page, not per record: one bisect per latency, then one add per bucket
-        # (a negative latency lands in bucket 0, as 0 would)
-        for bucket, n in Counter(map(_bucket_of, lats)).items():
-            counts[bucket] += n
+        for lat in lats:  # a negative latency lands in bucket 0, as 0 would
+            counts[_bucket_of(lat)] += 1
         lat_max = max(self.latency_max_ms, max(lats, default=0))
         now_s = now_ms // 1000
         window = [(s, n) for s, n in self.rate_window if now_s - RATE_WINDOW_S < s <= now_s]
