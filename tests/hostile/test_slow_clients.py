@@ -259,3 +259,68 @@ async def test_only_requests_within_the_rate_count_as_the_peer_seen(tmp_path: Pa
             ]
         assert codes == [200, 200, 429, 429, 429, 429]
         assert seen == [peer, peer]
+
+
+def _from(app: object, host: str) -> httpx.AsyncClient:
+    """A client whose requests reach ``app`` from source address ``host``."""
+    transport = httpx.ASGITransport(app=app, client=(host, 40000))  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://node", timeout=30)
+
+
+async def test_an_ipv6_caller_counts_by_its_64_for_the_rate_limit(tmp_path: Path) -> None:
+    """A caller handed a /64 cannot step through its addresses to dodge the rate limit:
+    the bucket is the /64's. Another /64 has its own; an IPv4-mapped address shares the
+    IPv4 address's bucket (protocol.md §6.3, §6.5)."""
+    from fedpeer.peer.app import build_app
+
+    cfg = NodeConfig(rate_per_s=0.001, rate_burst=2)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        app = build_app(node.state)
+
+        async def status(host: str) -> int:
+            async with _from(app, host) as http:
+                return (await http.get("/health")).status_code
+
+        assert [await status(f"2001:db8:0:7::{i}") for i in (1, 2, 3, 4)] == [200, 200, 429, 429]
+        assert await status("2001:db8:0:8::1") == 200  # the neighbouring /64: its own bucket
+        assert [await status(h) for h in ("192.0.2.7", "::ffff:192.0.2.7")] == [200, 200]
+        assert await status("192.0.2.7") == 429
+
+
+async def test_an_ipv6_caller_counts_by_its_64_for_requests_in_flight(tmp_path: Path) -> None:
+    """With a cap of one request in flight, a longpoll from one address of a /64 makes
+    a request from another address of it RATE_LIMITED at once; a caller in another
+    /64 is not affected."""
+    from fedpeer.peer.app import build_app
+
+    cfg = NodeConfig(max_conns_per_ip=1, rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        app = build_app(node.state)
+        auth = {"Authorization": f"Bearer {node.admin_token}"}
+        async with (
+            _from(app, "2001:db8:0:7::1") as first,
+            _from(app, "2001:db8:0:7:ffff::2") as sibling,
+            _from(app, "2001:db8:0:9::1") as stranger,
+            anyio.create_task_group() as tg,
+        ):
+            head = (await first.get("/v1/sync/changes", headers=auth)).json()["next_cursor"]
+            done = anyio.Event()
+
+            async def longpoll() -> None:
+                params = {"feed": "longpoll", "timeout": "30", "since": head}
+                await first.get("/v1/sync/changes", params=params, headers=auth)
+                done.set()
+
+            tg.start_soon(longpoll)
+            with anyio.fail_after(10):
+                await anyio.wait_all_tasks_blocked()  # the longpoll is parked in its wait
+            refused = await sibling.get("/health")
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "RATE_LIMITED"
+            assert (await stranger.get("/health")).status_code == 200
+            assert not done.is_set()
+            await node.records.append(namespace="ns", thread="t", kind="note", body={})
+            with anyio.fail_after(10):
+                await done.wait()
+        async with _from(app, "2001:db8:0:7::3") as later:
+            assert (await later.get("/health")).status_code == 200  # the slot came back

@@ -3,10 +3,20 @@ connect that sends no packet)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedpeer.errors import InvalidRequest
-from fedpeer.peer.addresses import is_loopback_host, is_wildcard, loopback_url, reachable_url
+from fedpeer.peer.addresses import (
+    address_group,
+    is_loopback_host,
+    is_wildcard,
+    loopback_url,
+    reachable_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -41,3 +51,42 @@ def test_a_loopback_only_node_cannot_give_a_lan_peer_its_url() -> None:
     with pytest.raises(InvalidRequest) as caught:
         reachable_url(["http://127.0.0.1:5"], "http://192.0.2.7:6")
     assert "--host 0.0.0.0" in caught.value.message
+
+
+# --- address_group: what per-address limits count by ---
+
+
+@pytest.mark.parametrize(
+    ("host", "group"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::5]", "2001:db8:1:2::/64"),  # bracketed as in a netloc
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64 is another caller
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # dual-stack socket: the IPv4 caller
+        ("fe80::1%eth0", "fe80::/64"),  # the zone goes with the interface id
+        ("::1", "::/64"),
+        ("unknown", "unknown"),  # not an address: itself
+        ("", ""),
+    ],
+)
+def test_address_group(host: str, group: str) -> None:
+    assert address_group(host) == group
+
+
+@given(st.ip_addresses(v=6), st.integers(0, 2**64 - 1))
+def test_every_address_of_a_64_is_one_group(addr: ipaddress.IPv6Address, low: int) -> None:
+    if addr.ipv4_mapped is not None:
+        return  # counted as its IPv4 address (above)
+    sibling = ipaddress.IPv6Address((int(addr) >> 64 << 64) | low)
+    assert address_group(str(addr)) == address_group(str(sibling))
+    other = ipaddress.IPv6Address(int(addr) ^ (1 << 64))  # flip the /64's last bit
+    if other.ipv4_mapped is None:
+        assert address_group(str(other)) != address_group(str(addr))
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4_addresses_are_their_own_group(addr: ipaddress.IPv4Address) -> None:
+    assert address_group(str(addr)) == str(addr)
+    assert address_group(f"::ffff:{addr}") == str(addr)

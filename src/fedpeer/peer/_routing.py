@@ -32,6 +32,7 @@ from ..errors import (
 from ..store.base import ChangeFilter
 from ._http import error_response
 from ._state import AppState
+from .addresses import address_group
 
 log = logging.getLogger("fedpeer.http")
 
@@ -174,7 +175,7 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
 
     async def run(request: Request) -> Response:
         headers: dict[str, str] = {}
-        client = request.client.host if request.client else "unknown"
+        client = address_group(request.client.host) if request.client else "unknown"
         try:
             principal: Principal | None = None
             bearer: str | None = None

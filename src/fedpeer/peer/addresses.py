@@ -27,6 +27,29 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def address_group(host: str) -> str:
+    """The key per-address limits count ``host`` under (protocol.md §6.3, §6.5).
+
+    An IPv4 address is its own group. An IPv6 address counts as its /64
+    (``"2001:db8:1:2::/64"``): one host or LAN is routinely handed a whole /64
+    and can send from any of its 2**64 addresses, so a cap per IPv6 address
+    would cap nothing. An IPv4 address mapped into IPv6 (``::ffff:192.0.2.7``,
+    what a dual-stack socket reports) is the IPv4 address; a zone index
+    (``fe80::1%eth0``) is dropped with the rest of the interface id. Anything
+    else (a Unix socket peer, an ASGI server's placeholder) is itself.
+    """
+    try:
+        addr = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv4Address):
+        return str(addr)
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
+    return str(net)
+
+
 def with_host(url: str, host: str) -> str:
     """``url`` with its host replaced by ``host`` (IPv6 bracketed)."""
     parts = urllib.parse.urlsplit(url)

@@ -23,6 +23,7 @@ from ._http import error_response
 from ._routes import ROUTES
 from ._routing import RouteSpec, endpoint
 from ._state import AppState
+from .addresses import address_group
 
 __all__ = ["AppState", "ConnectionGuard", "build_app"]
 
@@ -41,8 +42,10 @@ class ConnectionGuard:
     more is answered at once with RATE_LIMITED (429, ``Retry-After: 1``) without
     reading its body, and the server then closes that connection, so 450
     dripping connections from one address cost 64 slots, not the node (issue
-    10). Idle connections and half-sent request heads never reach the app: the
-    server's header timeout closes those. Loopback callers are not exempt.
+    10). An IPv6 caller counts by its /64
+    (:func:`~fedpeer.peer.addresses.address_group`), since it can send from any
+    address in it. Idle connections and half-sent request heads never reach the
+    app: the server's header timeout closes those. Loopback callers are not exempt.
 
     It is part of every app :func:`build_app` makes (the cap is the node's
     ``max_conns_per_ip``), so a node embedded in another ASGI server is bounded
@@ -59,7 +62,7 @@ class ConnectionGuard:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        ip = str(client[0]) if client else "unknown"
+        ip = address_group(str(client[0])) if client else "unknown"
         if self.active.get(ip, 0) >= self.max_per_ip:
             await self._refuse(send)
             return
