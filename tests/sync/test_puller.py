@@ -9,6 +9,7 @@ sleeps to synchronise.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -473,6 +474,87 @@ async def test_health_aggregates_pairs(env: Env) -> None:
     summary = await env.manager.health_summary()
     assert summary["pairs"] == 2
     assert summary["status"] == "ok"
+
+
+# --- a puller that crashes on a bug ----------------------------------------------------
+
+
+def _crash_pulls(monkeypatch: pytest.MonkeyPatch, *, crash: Callable[[int], bool]) -> list[float]:
+    """Make ``Puller._pull`` raise RuntimeError (a bug) on the calls ``crash(n)`` picks
+    (n counts from 1); returns the clock time of every call."""
+    from fedpeer.sync._puller import Puller
+
+    real_pull = Puller._pull
+    calls: list[float] = []
+
+    async def buggy_pull(self: Puller, request: PageRequest, seen: int) -> None:
+        calls.append(anyio.current_time())
+        if crash(len(calls)):
+            raise RuntimeError("a bug in the pull path")
+        await real_pull(self, request, seen)
+
+    monkeypatch.setattr(Puller, "_pull", buggy_pull)
+    return calls
+
+
+async def test_a_crashed_puller_comes_back_failing_and_resumes_after_the_backoff(
+    nursery: anyio.abc.TaskGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that crashes a puller mid-catch-up no longer makes its pair vanish
+    (PAIR_NOT_FOUND until the node restarts): the pair shows failing with INTERNAL,
+    the node's health degraded, and it resumes from its cursor after the first
+    backoff step, storing every record once. (Real clock: records are verified in
+    worker threads, which a virtual clock would jump past.)"""
+    calls = _crash_pulls(monkeypatch, crash=lambda n: n == 2)
+    backoff = Backoff(base_s=0.2, cap_s=1.0)
+    env = await start_env(nursery, SyncOptions(page_limit=100, seed=2, backoff=backoff))
+    recs = make_records(1000)  # 10 pages: more than one pull can fold (pipeline_depth 2)
+    await env.source_store.put([r.to_new() for r in recs])
+    pair = await env.create()
+    failing = await env.wait(pair.id, lambda p: p.state is PairState.FAILING)
+    assert failing.last_error is not None
+    assert failing.last_error.code == "INTERNAL"
+    assert failing.retries == 1
+    assert failing.cursor is not None  # the pages before the crash stayed committed
+    assert 0 < len(await cids(env.target)) < len(recs)  # it crashed mid-catch-up
+    assert env.manager.health()["status"] == "degraded"
+    assert env.manager.stats(pair.id)["current_backoff_s"] is not None
+    done = await env.wait(pair.id, caught_up)
+    assert await cids(env.target) == [r.cid.raw for r in recs]  # each once, in order
+    assert done.retries == 0
+    assert done.last_error is None
+    low, _high = backoff.bounds(0)
+    assert calls[2] - calls[1] >= low  # waited out the backoff before pulling again
+    row = await env.target.get_state("pairs", pair.id)
+    assert row is not None
+    assert Pair.from_dict(row).state is PairState.CAUGHT_UP
+
+
+async def test_a_puller_crashing_on_every_pull_backs_off_and_can_be_deleted(
+    nursery: anyio.abc.TaskGroup, virtual_clock: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug hit on every request costs one attempt per backoff step (growing to the
+    cap), not a tight restart loop; the pair still answers pause, resume and delete."""
+    calls = _crash_pulls(monkeypatch, crash=lambda n: True)
+    backoff = Backoff()
+    env = await start_env(nursery, SyncOptions(seed=4, backoff=backoff), timeout=VIRTUAL)
+    pair = await env.create()
+    p = await env.wait(pair.id, lambda p: p.retries >= 6)
+    assert len(calls) == p.retries  # one attempt per restart
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    for attempt, gap in enumerate(gaps[:5]):
+        assert gap >= backoff.bounds(attempt)[0]
+    paused = await env.manager.pause(pair.id)
+    assert paused.state is PairState.PAUSED
+    n = len(calls)
+    resumed = await env.manager.resume(pair.id)
+    assert resumed.retries == 0
+    await env.wait(pair.id, lambda p: p.retries >= 1 and len(calls) > n)
+    await env.manager.delete(pair.id)
+    with pytest.raises(PairNotFound):
+        env.manager.get(pair.id)
+    assert await env.target.get_state("pairs", pair.id) is None
+    assert env.manager.list() == []
 
 
 # --- the pre-verified fast path gives the machine's verdicts ------------------------------

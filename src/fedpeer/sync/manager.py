@@ -6,7 +6,8 @@ At start it loads every row of the store's ``pairs`` table and starts one
 survive restarts: a restarted node resumes each pair from its stored cursor
 (and a failing pair keeps backing off where it left off). Creating, pausing,
 resuming, kicking and deleting go through the pair's puller, which persists the
-change before answering.
+change before answering. A puller that crashes on a bug is replaced by a fresh one
+that shows the pair failing (``INTERNAL``) and retries after the pair's backoff.
 
 Health: per pair, the stats the pull machine keeps (records, bytes, pages,
 rolling rate, delivery-latency histogram, errors in the last hour, current
@@ -33,7 +34,15 @@ from ..store.base import StateTx, Store
 from ._machine import MachineState
 from ._puller import Puller, _SignatureWorkers
 from .options import Listener, PageSource, SyncEvent, SyncOptions
-from .pairs import Pair, PairAction, PairFilter, PairState, PairStats, make_pair
+from .pairs import (
+    LastError,
+    Pair,
+    PairAction,
+    PairFilter,
+    PairState,
+    PairStats,
+    make_pair,
+)
 from .records import DEFAULT_LIMITS, Limits
 
 __all__ = ["WAKE_MIN_INTERVAL_S", "PairManager"]
@@ -51,6 +60,31 @@ def next_try_s(next_try_ms: int | None, now_ms: int) -> float | None:
     if next_try_ms is None:
         return None
     return round(max(0, next_try_ms - now_ms) / 1000, 1)
+
+
+def _after_crash(pair: Pair) -> Pair | None:
+    """The pair a crashed puller restarts with (None: not restarted, it was deleted).
+
+    A pulling pair comes back failing, with ``INTERNAL`` as its last error and one
+    retry more, so it waits out the pair backoff before its next request: a bug
+    that crashes the puller on every page costs one attempt per backoff step (up
+    to the cap), not a tight loop, and users see the pair failing rather than
+    gone. A paused or stopped pair comes back as it was. It goes on from the
+    cursor the puller last knew committed: at worst a page is fetched again, and
+    the store skips the records it already holds.
+    """
+    if pair.state is PairState.DELETED:
+        return None
+    if not pair.active:
+        return pair
+    now = _now_ms()
+    error = LastError(
+        code=InternalError.code,
+        message="the pull task crashed on a bug (the node log has the traceback); "
+        "it restarts after the backoff",
+        at_ms=now,
+    )
+    return pair.apply(PairAction.FAIL, now_ms=now, error=error)
 
 
 class PairManager:
@@ -164,19 +198,28 @@ class PairManager:
         try:
             await puller.run()
         except Exception:
-            # A bug, not a peer problem (those become pair states). Keep the node up;
-            # the pair restarts from its stored row with the next node start or create.
-            log.exception("pair %s: the puller crashed; it stays stopped until restart", pid)
-        finally:
-            if self._pullers.get(pid) is puller:
-                del self._pullers[pid]
-                self._woken.pop(pid, None)
-                ids = self._by_did.get(puller.pair.peer_did)
-                if ids is not None:
-                    ids.discard(pid)
-                    if not ids:
-                        del self._by_did[puller.pair.peer_did]
-            self._bump()
+            # A bug (peer and store problems become pair states, never exceptions):
+            # keep the node up and let it crash, then start the pair afresh.
+            log.exception("pair %s: the puller crashed; it restarts with backoff", pid)
+            if self._pullers.get(pid) is puller and self._nursery is not None:
+                again = _after_crash(puller.pair)
+                if again is not None:
+                    self._start(again)  # replaces the dead puller in one step
+                    self._bump()
+                    return
+        self._forget(puller)
+
+    def _forget(self, puller: Puller) -> None:
+        pid = puller.pair.id
+        if self._pullers.get(pid) is puller:
+            del self._pullers[pid]
+            self._woken.pop(pid, None)
+            ids = self._by_did.get(puller.pair.peer_did)
+            if ids is not None:
+                ids.discard(pid)
+                if not ids:
+                    del self._by_did[puller.pair.peer_did]
+        self._bump()
 
     # --- CRUD and actions ---
 
