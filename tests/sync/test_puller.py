@@ -10,6 +10,7 @@ sleeps to synchronise.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -555,6 +556,45 @@ async def test_a_puller_crashing_on_every_pull_backs_off_and_can_be_deleted(
         env.manager.get(pair.id)
     assert await env.target.get_state("pairs", pair.id) is None
     assert env.manager.list() == []
+
+
+async def test_a_paused_pair_whose_puller_keeps_crashing_restarts_spaced_out(
+    nursery: anyio.abc.TaskGroup, virtual_clock: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused pair has no backoff of its own, so its crashed puller is restarted after
+    1, 2, 4 ... s rather than at once (no tight loop); it stays listed as paused
+    meanwhile, and a resume given while it is down is what the restart runs."""
+    from fedpeer.sync._puller import Puller
+
+    real_sleep = Puller._sleep
+    crashed_at: list[float] = []
+    crashed = anyio.Event()
+
+    async def buggy_sleep(self: Puller, seconds: float, seen: int) -> bool:
+        if seconds == math.inf and self.pair.state is PairState.PAUSED:
+            crashed_at.append(anyio.current_time())
+            crashed.set()
+            raise RuntimeError("a bug in the paused wait")
+        return await real_sleep(self, seconds, seen)
+
+    monkeypatch.setattr(Puller, "_sleep", buggy_sleep)
+    env = await start_env(nursery, SyncOptions(seed=6), timeout=VIRTUAL)
+    pair = await env.create()
+    await env.wait(pair.id, caught_up)
+    await env.manager.pause(pair.id)
+    with anyio.fail_after(VIRTUAL):
+        while len(crashed_at) < 5:
+            await crashed.wait()
+            crashed = anyio.Event()
+            assert env.manager.get(pair.id).state is PairState.PAUSED  # still listed
+    gaps = [b - a for a, b in itertools.pairwise(crashed_at)]
+    for k, gap in enumerate(gaps):
+        assert gap >= 2.0**k  # 1, 2, 4, 8 s between restarts
+    resumed = await env.manager.resume(pair.id)  # the dead puller takes it
+    assert resumed.state is PairState.RUNNING
+    done = await env.wait(pair.id, caught_up)
+    assert done.state is PairState.CAUGHT_UP
+    assert len(crashed_at) == 5
 
 
 # --- the pre-verified fast path gives the machine's verdicts ------------------------------

@@ -51,6 +51,8 @@ log = logging.getLogger("fedpeer.sync")
 
 _TOP = 5  # pairs listed as slowest / most failing
 _HOUR_MINUTES = 60
+_CRASH_RESET_S = 600.0  # a puller that ran this long before crashing starts a new count
+_CRASH_DELAY_CAP_S = 300.0  # the longest wait before a halted pair's crashed puller restarts
 WAKE_MIN_INTERVAL_S = 1.0
 """A failing pair is woken (:meth:`PairManager.wake`) at most once per this many seconds."""
 
@@ -176,7 +178,7 @@ class PairManager:
         if self._scope is not None:
             self._scope.cancel()
 
-    def _start(self, pair: Pair) -> Puller:
+    def _start(self, pair: Pair, crashes: int = 0) -> Puller:
         assert self._nursery is not None
         puller = Puller(
             pair,
@@ -190,24 +192,33 @@ class PairManager:
         )
         self._pullers[pair.id] = puller
         self._by_did.setdefault(pair.peer_did, set()).add(pair.id)
-        self._nursery.start_soon(self._supervise, puller)
+        self._nursery.start_soon(self._supervise, puller, crashes)
         return puller
 
-    async def _supervise(self, puller: Puller) -> None:
+    async def _supervise(self, puller: Puller, crashes: int = 0) -> None:
         pid = puller.pair.id
+        started = anyio.current_time()
+        restarted = False
         try:
             await puller.run()
         except Exception:
             # A bug (peer and store problems become pair states, never exceptions):
             # keep the node up and let it crash, then start the pair afresh.
             log.exception("pair %s: the puller crashed; it restarts with backoff", pid)
+            crashes = 1 if anyio.current_time() - started > _CRASH_RESET_S else crashes + 1
+            if puller.pair.state in (PairState.PAUSED, PairState.STOPPED):
+                # A halted pair has no backoff of its own: space its restarts. It
+                # stays listed meanwhile; actions on it are kept for the restart.
+                await anyio.sleep(min(_CRASH_DELAY_CAP_S, 2.0 ** (crashes - 1)))
             if self._pullers.get(pid) is puller and self._nursery is not None:
                 again = _after_crash(puller.pair)
                 if again is not None:
-                    self._start(again)  # replaces the dead puller in one step
-                    self._bump()
-                    return
-        self._forget(puller)
+                    self._start(again, crashes)  # replaces the dead puller in one step
+                    restarted = True
+        finally:
+            if not restarted:
+                self._forget(puller)
+            self._bump()
 
     def _forget(self, puller: Puller) -> None:
         pid = puller.pair.id
@@ -219,7 +230,6 @@ class PairManager:
                 ids.discard(pid)
                 if not ids:
                     del self._by_did[puller.pair.peer_did]
-        self._bump()
 
     # --- CRUD and actions ---
 
