@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+
 import anyio
 import anyio.from_thread
 
-from fedpeer.peer._netwatch import came_up, snapshot, watch_network
+from fedpeer.peer._netwatch import (
+    FAILING_READ_WAIT_CAP_S,
+    came_up,
+    failing_read_wait_s,
+    snapshot,
+    watch_network,
+)
 
 
 def test_an_interface_coming_up_or_a_new_address_is_reported() -> None:
@@ -74,3 +83,46 @@ async def test_the_watcher_survives_failing_reads_even_the_first_ones() -> None:
             stop.set()
     assert calls[0] == ["eth0 up"]
     assert not script  # every scripted read happened, failures included
+
+
+def test_the_wait_between_failing_reads_doubles_to_a_minute() -> None:
+    waits = [failing_read_wait_s(1.0, n) for n in range(1, 10)]
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert failing_read_wait_s(1.0, 10**6) == FAILING_READ_WAIT_CAP_S  # no overflow
+    assert failing_read_wait_s(120.0, 5) == 120.0  # a slower poll is never sped up
+
+
+async def test_reads_that_keep_failing_are_retried_less_and_less_often() -> None:
+    """A machine whose interfaces cannot be read (a container without netlink) is not
+    asked every interval forever: the waits between failing reads double; once a read
+    works the watcher reports again."""
+    interval = 0.01
+    read_at: list[float] = []
+    up = frozenset({("eth0", "up"), ("lo", "unknown")})
+    script: list[object] = [OSError("no netlink")] * 5 + [frozenset({("lo", "unknown")}), up]
+
+    def read() -> frozenset[tuple[str, str]]:
+        read_at.append(time.monotonic())
+        item = script.pop(0) if script else up
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, frozenset)
+        return item
+
+    reported = anyio.Event()
+    stop = anyio.Event()
+
+    def on_change(what: list[str]) -> None:
+        reported.set()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: watch_network(on_change, stop=stop, interval_s=interval, read=read)
+            )
+            await reported.wait()
+            stop.set()
+    gaps = [b - a for a, b in itertools.pairwise(read_at[:6])]
+    for k, gap in enumerate(gaps):  # after the (k+1)-th failure: interval * 2**k
+        assert gap >= failing_read_wait_s(interval, k + 1) * 0.99
+    assert failing_read_wait_s(interval, 5) == interval * 16

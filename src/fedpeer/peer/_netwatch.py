@@ -19,7 +19,14 @@ from pathlib import Path
 
 import anyio
 
-__all__ = ["NetworkSnapshot", "came_up", "snapshot", "watch_network"]
+__all__ = [
+    "FAILING_READ_WAIT_CAP_S",
+    "NetworkSnapshot",
+    "came_up",
+    "failing_read_wait_s",
+    "snapshot",
+    "watch_network",
+]
 
 log = logging.getLogger("fedpeer.net")
 
@@ -64,6 +71,21 @@ def came_up(before: NetworkSnapshot, after: NetworkSnapshot) -> list[str]:
     return out
 
 
+FAILING_READ_WAIT_CAP_S = 60.0
+"""The longest wait between two reads of the interfaces while reading fails."""
+
+
+def failing_read_wait_s(interval_s: float, failures: int) -> float:
+    """The wait after the ``failures``-th failed read in a row: ``interval_s``
+    doubled per failure after the first, capped at :data:`FAILING_READ_WAIT_CAP_S`
+    (or ``interval_s`` if that is longer). A machine whose interfaces cannot be
+    read (a container without netlink) costs a thread hop a minute, not a second."""
+    cap = max(interval_s, FAILING_READ_WAIT_CAP_S)
+    if failures <= 1:
+        return min(interval_s, cap)
+    return min(cap, interval_s * 2.0 ** min(failures - 1, 64))
+
+
 async def watch_network(
     on_change: Callable[[list[str]], object],
     *,
@@ -74,8 +96,10 @@ async def watch_network(
     """Poll the network every ``interval_s`` and call ``on_change(what)`` when
     something came up (see :func:`came_up`). Runs until ``stop`` is set or it is
     cancelled. A failing read (``read``: :func:`snapshot`, tests inject theirs) is
-    logged once and retried at every poll, the first one included: the watcher
-    starts comparing from the first snapshot it gets."""
+    logged once and retried, less often while it keeps failing
+    (:func:`failing_read_wait_s`), the first read included: the watcher starts
+    comparing from the first snapshot it gets, and polls every ``interval_s``
+    again once a read works."""
     async with anyio.create_task_group() as tg:
         if stop is not None:
 
@@ -94,29 +118,30 @@ async def _poll(
     read: Callable[[], NetworkSnapshot],
 ) -> None:
     last: NetworkSnapshot | None = None
-    failing = False
+    failures = 0
     while True:
         try:
             now = await anyio.to_thread.run_sync(read)
         except Exception as exc:  # ifaddr trouble must never stop the node (nor the watcher)
-            if not failing:
+            if not failures:
                 log.warning(
-                    "cannot read the network interfaces (%s); retrying every %g s, network "
-                    "changes go unnoticed meanwhile",
+                    "cannot read the network interfaces (%s); retrying, less often while it "
+                    "fails (up to every %g s); network changes go unnoticed meanwhile",
                     exc,
-                    interval_s,
+                    max(interval_s, FAILING_READ_WAIT_CAP_S),
                 )
-            failing = True
-        else:
-            if failing:
-                log.info("reading the network interfaces works again")
-            failing = False
-            what = came_up(last, now) if last is not None else []
-            last = now
-            if what:
-                log.info("network changed (%s): waking failing pairs", ", ".join(what[:8]))
-                try:
-                    on_change(what)
-                except Exception:
-                    log.exception("the network-change hook failed")
+            failures += 1
+            await anyio.sleep(failing_read_wait_s(interval_s, failures))
+            continue
+        if failures:
+            log.info("reading the network interfaces works again")
+        failures = 0
+        what = came_up(last, now) if last is not None else []
+        last = now
+        if what:
+            log.info("network changed (%s): waking failing pairs", ", ".join(what[:8]))
+            try:
+                on_change(what)
+            except Exception:
+                log.exception("the network-change hook failed")
         await anyio.sleep(interval_s)
