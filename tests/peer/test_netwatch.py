@@ -54,34 +54,48 @@ async def test_the_watcher_stops_when_told() -> None:
     assert all(isinstance(c, list) for c in calls)  # it ended; any report is a list
 
 
-async def test_the_watcher_survives_failing_reads_even_the_first_ones() -> None:
-    """ifaddr trouble at start (or later) must not end the watcher: it retries at
-    every poll and reports what came up once reads work."""
-    down = frozenset({("eth0", "lowerlayerdown"), ("lo", "unknown")})
-    up = frozenset({("eth0", "up"), ("lo", "unknown")})
-    script: list[object] = [OSError("no netlink"), OSError("still none"), down, OSError("x"), up]
+UP = frozenset({("eth0", "up"), ("lo", "unknown")})
+
+
+async def _watch_script(script: list[object], interval_s: float) -> tuple[list[str], list[float]]:
+    """Run the watcher on reads that follow ``script`` (a snapshot, or an exception
+    to raise; then UP) until its first report; returns that report and when each
+    read happened."""
+    read_at: list[float] = []
 
     def read() -> frozenset[tuple[str, str]]:
-        item = script.pop(0) if script else up
+        read_at.append(time.monotonic())
+        item = script.pop(0) if script else UP
         if isinstance(item, Exception):
             raise item
         assert isinstance(item, frozenset)
         return item
 
-    reported = anyio.Event()
     calls: list[list[str]] = []
+    reported = anyio.Event()
+    stop = anyio.Event()
 
     def on_change(what: list[str]) -> None:
         calls.append(what)
         reported.set()
 
-    stop = anyio.Event()
-    with anyio.fail_after(10):
+    with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: watch_network(on_change, stop=stop, interval_s=0.001, read=read))
+            tg.start_soon(
+                lambda: watch_network(on_change, stop=stop, interval_s=interval_s, read=read)
+            )
             await reported.wait()
             stop.set()
-    assert calls[0] == ["eth0 up"]
+    return calls[0], read_at
+
+
+async def test_the_watcher_survives_failing_reads_even_the_first_ones() -> None:
+    """ifaddr trouble at start (or later) must not end the watcher: it retries and
+    reports what came up once reads work."""
+    down = frozenset({("eth0", "lowerlayerdown"), ("lo", "unknown")})
+    script: list[object] = [OSError("no netlink"), OSError("still none"), down, OSError("x"), UP]
+    report, _read_at = await _watch_script(script, 0.001)
+    assert report == ["eth0 up"]
     assert not script  # every scripted read happened, failures included
 
 
@@ -97,32 +111,11 @@ async def test_reads_that_keep_failing_are_retried_less_and_less_often() -> None
     asked every interval forever: the waits between failing reads double; once a read
     works the watcher reports again."""
     interval = 0.01
-    read_at: list[float] = []
-    up = frozenset({("eth0", "up"), ("lo", "unknown")})
-    script: list[object] = [OSError("no netlink")] * 5 + [frozenset({("lo", "unknown")}), up]
-
-    def read() -> frozenset[tuple[str, str]]:
-        read_at.append(time.monotonic())
-        item = script.pop(0) if script else up
-        if isinstance(item, Exception):
-            raise item
-        assert isinstance(item, frozenset)
-        return item
-
-    reported = anyio.Event()
-    stop = anyio.Event()
-
-    def on_change(what: list[str]) -> None:
-        reported.set()
-
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                lambda: watch_network(on_change, stop=stop, interval_s=interval, read=read)
-            )
-            await reported.wait()
-            stop.set()
+    lo_only = frozenset({("lo", "unknown")})
+    report, read_at = await _watch_script([OSError("no netlink")] * 5 + [lo_only, UP], interval)
+    assert report == ["eth0 up"]
     gaps = [b - a for a, b in itertools.pairwise(read_at[:6])]
+    assert len(gaps) == 5
     for k, gap in enumerate(gaps):  # after the (k+1)-th failure: interval * 2**k
         assert gap >= failing_read_wait_s(interval, k + 1) * 0.99
     assert failing_read_wait_s(interval, 5) == interval * 16

@@ -34,15 +34,7 @@ from ..store.base import StateTx, Store
 from ._machine import MachineState
 from ._puller import Puller, _SignatureWorkers
 from .options import Listener, PageSource, SyncEvent, SyncOptions
-from .pairs import (
-    LastError,
-    Pair,
-    PairAction,
-    PairFilter,
-    PairState,
-    PairStats,
-    make_pair,
-)
+from .pairs import LastError, Pair, PairAction, PairFilter, PairState, PairStats, make_pair
 from .records import DEFAULT_LIMITS, Limits
 
 __all__ = ["WAKE_MIN_INTERVAL_S", "PairManager"]
