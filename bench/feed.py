@@ -117,7 +117,13 @@ async def pull(url: str, token: str, verify: bool) -> tuple[int, int, float]:
 
 
 async def longpoll_latency(appends: int) -> list[float]:
-    cfg = NodeConfig(auth_enabled=False, rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000)
+    cfg = NodeConfig(
+        auth_enabled=False,
+        rate_per_s=1e6,
+        rate_burst=10**6,
+        max_conns_per_ip=10_000,
+        max_open_conns_per_ip=10_000,
+    )
     out: list[float] = []
     async with open_node(None, config=cfg) as node, PeerClient(node.url) as peer:
         head = await peer.changes()
@@ -170,7 +176,9 @@ async def idle_longpollers(tmp: Path, pollers: int, appends: int, rounds: int) -
     never leak into the next round.
     """
     store = await SQLiteStore.open(tmp / "idle.sqlite3")
-    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000)
+    cfg = NodeConfig(
+        rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000, max_open_conns_per_ip=10_000
+    )
 
     def mint(tx: StateTx) -> tuple[str, list[str]]:
         _sa, admin = tokens.create_service_account(
@@ -281,7 +289,9 @@ async def main() -> int:
         await fill(data / "store.sqlite3", args.records)
         print(f"filled {args.records:,} signed records in {time.perf_counter() - t0:.1f} s")
         direct, raw_rates, verified_rates, mbs, tls_rates = [], [], [], [], []
-        cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000)
+        cfg = NodeConfig(
+            rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000, max_open_conns_per_ip=10_000
+        )
         for _ in range(args.rounds):
             n, dt = await scan_direct(data / "store.sqlite3")
             assert n == args.records

@@ -398,7 +398,13 @@ async def _http_appends(path: Path, mode: str, n: int) -> float:
     from fedpeer.peer import NodeConfig, open_node
 
     store = await SQLiteStore.open(path, synchronous=mode)  # type: ignore[arg-type]
-    cfg = NodeConfig(auth_enabled=False, rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000)
+    cfg = NodeConfig(
+        auth_enabled=False,
+        rate_per_s=1e6,
+        rate_burst=10**6,
+        max_conns_per_ip=10_000,
+        max_open_conns_per_ip=10_000,
+    )
     try:
         async with (
             open_node(None, store=store, config=cfg) as node,

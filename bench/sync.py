@@ -67,7 +67,12 @@ RATIO_TARGET = 1.2
 RATIO_AIM = 1.5
 RSS_BIG_TARGET_MB = 150.0
 P50_TARGET_MS = 10.0
-FAST_A = NodeConfig(rate_per_s=1_000_000, rate_burst=1_000_000, max_conns_per_ip=10_000)
+FAST_A = NodeConfig(
+    rate_per_s=1_000_000,
+    rate_burst=1_000_000,
+    max_conns_per_ip=10_000,
+    max_open_conns_per_ip=10_000,
+)
 SEED = b"\x5b" * 32  # the author of every record (workers rebuild the key from it)
 CHUNK = 5000
 

@@ -54,8 +54,14 @@ class NodeConfig:
     (a page always holds at least one record), so a puller's byte cap (this
     budget plus slack) is never hit by an honest node. ``header_timeout_s`` and
     ``body_timeout_s`` bound how long a client may take to send its request
-    head and body; ``max_conns_per_ip`` caps the connections one source address
-    holds open at once (further ones are closed at once).
+    head and body (the TLS handshake too); ``max_conns_per_ip`` caps the
+    requests one source address has in flight (one more is answered 429 at
+    once). ``max_open_conns_per_ip`` caps the connections one address holds
+    open in any state (idle, mid-handshake, sending its head), and
+    ``max_open_conns`` those of all addresses together: past either, a new
+    connection is closed as soon as it is accepted, so trickling connections
+    cannot use up the node's file descriptors. An IPv6 address counts by its
+    /64 for all three.
 
     ``pull_max_page_bytes`` and ``pull_page_deadline_s`` bound what this node's
     pullers accept from a peer: the bytes of one page answer (PAGE_TOO_LARGE)
@@ -86,6 +92,8 @@ class NodeConfig:
     header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     body_timeout_s: float = attrs.field(default=30.0, validator=_positive)
     max_conns_per_ip: int = attrs.field(default=64, validator=_positive)
+    max_open_conns_per_ip: int = attrs.field(default=256, validator=_positive)
+    max_open_conns: int = attrs.field(default=4096, validator=_positive)
     pull_max_page_bytes: int = attrs.field(
         default=PAGE_MAX_BYTES + 4 * 1024 * 1024, validator=_positive
     )

@@ -66,6 +66,7 @@ from ._config import NodeConfig
 from ._netwatch import watch_network
 from ._pairing import PeerPageSource
 from ._pinning import PeerVerifier
+from ._serve import OpenConnections, serve
 from ._state import AppState
 from ._transport import new_http_client
 from .addresses import is_loopback_host
@@ -124,7 +125,9 @@ class Node:
     are fixed for its lifetime; ``task_group`` runs the node's background tasks
     (server, pullers, discovery). ``admin_token`` is the admin bearer minted on
     first start (read from ``admin.token`` for a node with a data dir; kept in
-    memory for an ephemeral one), for HTTP clients of this node.
+    memory for an ephemeral one), for HTTP clients of this node. ``connections``
+    counts the server's open connections per address and in all (for
+    monitoring; :class:`~fedpeer.peer._serve.OpenConnections`).
     """
 
     state: AppState
@@ -133,6 +136,7 @@ class Node:
     data_dir: Path | None
     task_group: anyio.abc.TaskGroup
     admin_token: str | None = attrs.field(default=None, repr=False)
+    connections: OpenConnections | None = None
 
     @property
     def core(self) -> NodeCore:
@@ -338,6 +342,9 @@ def _bind(
     # timed by the app (body_timeout_s); hypercorn's read_timeout is per read and
     # would also end idle longpolls and streams, so it stays unset.
     hconf.keep_alive_timeout = cfg.header_timeout_s
+    # The TLS handshake comes before the head and has its own timer (60 s unless
+    # set): a client trickling its handshake is dropped after the header timeout too.
+    hconf.ssl_handshake_timeout = cfg.header_timeout_s
     hconf.h11_max_incomplete_size = 64 * 1024
     try:
         sockets = hconf.create_sockets()
@@ -374,28 +381,23 @@ class _Server:
 
 
 async def _serve(
-    app: object, hconf: HypercornConfig, sockets: Sockets, shutdown: anyio.Event, server: _Server
+    app: object,
+    hconf: HypercornConfig,
+    sockets: Sockets,
+    shutdown: anyio.Event,
+    server: _Server,
+    conns: OpenConnections,
 ) -> None:
-    """Run hypercorn on the running backend's own worker (trio or asyncio) until
-    ``shutdown`` is set.
+    """Run the server (:func:`fedpeer.peer._serve.serve`) until ``shutdown`` is set.
 
-    On asyncio the server runs shielded from outer cancellation (hypercorn's
-    asyncio worker breaks when cancelled in the middle of its graceful stop); it
-    stops through ``shutdown``, bounded by :meth:`_Server.stop_within`.
+    On asyncio it runs shielded from outer cancellation (a cancel in the middle of
+    the graceful stop would leave connections behind); it stops through
+    ``shutdown``, bounded by :meth:`_Server.stop_within`.
     """
     wrapped = wrap_app(app, hconf.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
-    if backend_name() == "trio":
-        from hypercorn.trio.run import worker_serve as trio_serve
-
-        with anyio.CancelScope() as scope:
-            server.scope = scope
-            await trio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
-    else:
-        from hypercorn.asyncio.run import worker_serve as asyncio_serve
-
-        with anyio.CancelScope(shield=True) as scope:
-            server.scope = scope
-            await asyncio_serve(wrapped, hconf, sockets=sockets, shutdown_trigger=shutdown.wait)
+    with anyio.CancelScope(shield=backend_name() != "trio") as scope:
+        server.scope = scope
+        await serve(wrapped, hconf, sockets, shutdown, conns)
 
 
 @contextlib.asynccontextmanager
@@ -507,7 +509,8 @@ async def open_node(
         shutdown = anyio.Event()
         server = _Server()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_serve, app, hconf, sockets, shutdown, server)
+            conns = OpenConnections(cfg.max_open_conns_per_ip, cfg.max_open_conns)
+            tg.start_soon(_serve, app, hconf, sockets, shutdown, server, conns)
             try:
                 node = Node(
                     state=state,
@@ -516,6 +519,7 @@ async def open_node(
                     data_dir=ddir,
                     task_group=tg,
                     admin_token=admin_token,
+                    connections=conns,
                 )
                 log.info("node %s serving at %s", key.did, node.url)
                 await tg.start(manager.run)

@@ -1,0 +1,261 @@
+"""Serving the node's app with hypercorn, with a cap on open connections per address.
+
+Hypercorn's own ``worker_serve`` accepts every connection, and the app only sees a
+request once its head is complete (``ConnectionGuard`` counts requests in flight
+from there). Until then a connection costs a file descriptor for up to the header
+timeout, and one address opening them faster than the timeout closes them could
+use up the node's descriptors, so nobody else could connect. This module is the
+same serve loop as hypercorn's (its ``TCPServer`` per connection, on the running
+backend, trio or asyncio), with :class:`OpenConnections` checked as each connection
+is accepted, before a byte is read and before any TLS handshake: past
+``max_open_conns_per_ip`` from one address (an IPv6 caller counts by its /64), or
+``max_open_conns`` in all, the connection is closed at once.
+
+One change to hypercorn's connection server: once the peer has closed (or reading
+fails), it stops its keep-alive timer. Hypercorn's waits the timer out before the
+connection ends and its socket is closed, so a client that connected and hung up
+at once held a file descriptor, and a slot under the caps, for the whole header
+timeout. A request still being answered keeps its connection open as before.
+
+It uses hypercorn's per-connection server and worker context (``hypercorn.trio``
+and ``hypercorn.asyncio``), which are not documented API: pyproject.toml pins the
+hypercorn versions it was written against. The app needs no ASGI lifespan, so none
+is run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import attrs
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+
+from .._aio import backend_name
+from .addresses import address_group
+
+__all__ = ["OpenConnections", "serve"]
+
+log = logging.getLogger("fedpeer.peer")
+
+
+@attrs.define
+class OpenConnections:
+    """Open connections per address group and in all, with their caps (sans-I/O).
+
+    :meth:`enter` when a connection is accepted (False: close it at once),
+    :meth:`leave` when it closes; ``refused`` counts the connections closed by a
+    cap. A group over its cap is logged once until it falls back under half of
+    it, so a flood does not flood the log too. :meth:`wait_until` waits for the
+    counts to reach a state (tests, monitoring).
+    """
+
+    per_group: int
+    total_cap: int
+    by_group: dict[str, int] = attrs.field(factory=dict)
+    total: int = 0
+    refused: int = 0
+    _warned: set[str] = attrs.field(factory=set)
+    _changed: anyio.Event | None = None
+
+    async def wait_until(self, predicate: Callable[[OpenConnections], bool]) -> None:
+        """Return once ``predicate(self)`` holds, checked after every change
+        (no polling). Cancellable; bound it with ``anyio.fail_after``."""
+        while not predicate(self):
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def enter(self, group: str) -> bool:
+        """Count a new connection from ``group``; False when a cap refuses it."""
+        held = self.by_group.get(group, 0)
+        if held >= self.per_group or self.total >= self.total_cap:
+            self.refused += 1
+            if group not in self._warned:
+                self._warned.add(group)
+                which = (
+                    f"{held} open from {group} (at most {self.per_group})"
+                    if held >= self.per_group
+                    else f"{self.total} open in all (at most {self.total_cap})"
+                )
+                log.warning("closing new connections at once: %s", which)
+            self._notify()
+            return False
+        self.by_group[group] = held + 1
+        self.total += 1
+        self._notify()
+        return True
+
+    def leave(self, group: str) -> None:
+        """Count a connection from ``group`` closed."""
+        left = self.by_group[group] - 1
+        if left:
+            self.by_group[group] = left
+        else:
+            del self.by_group[group]
+        self.total -= 1
+        if left * 2 < self.per_group:
+            self._warned.discard(group)
+        self._notify()
+
+
+def _group_of(peername: object) -> str:
+    if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
+        return address_group(peername[0])
+    return "unknown"
+
+
+async def serve(
+    app: Callable[..., Awaitable[None]],
+    hconf: HypercornConfig,
+    sockets: Sockets,
+    shutdown: anyio.Event,
+    conns: OpenConnections,
+) -> None:
+    """Serve ``app`` (a hypercorn-wrapped ASGI app) on ``sockets`` (listening) until
+    ``shutdown`` is set, then drain for up to ``hconf.graceful_timeout``. Trio or
+    asyncio, whichever is running. No QUIC (the node binds none)."""
+    if backend_name() == "trio":
+        await _serve_trio(app, hconf, sockets, shutdown, conns)
+    else:
+        await _serve_asyncio(app, hconf, sockets, shutdown, conns)
+
+
+async def _serve_trio(
+    app: Callable[..., Awaitable[None]],
+    hconf: HypercornConfig,
+    sockets: Sockets,
+    shutdown: anyio.Event,
+    conns: OpenConnections,
+) -> None:
+    import trio
+    from hypercorn.trio.tcp_server import TCPServer as HypercornTCPServer
+    from hypercorn.trio.worker_context import WorkerContext
+
+    class TCPServer(HypercornTCPServer):
+        async def _read_data(self) -> None:
+            await super()._read_data()
+            await self.idle_task.stop()  # the peer is gone (module docstring)
+
+    context = WorkerContext(None)
+    listeners: list[Any] = []
+    if sockets.secure_sockets:
+        ssl_context = hconf.create_ssl_context()
+        assert ssl_context is not None  # secure sockets come from a config with TLS
+        listeners += [
+            trio.SSLListener(
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
+                ssl_context,
+                https_compatible=True,
+            )
+            for sock in sockets.secure_sockets
+        ]
+    listeners += [
+        trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        for sock in sockets.insecure_sockets
+    ]
+
+    async def connection(stream: Any) -> None:
+        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        try:
+            group = _group_of(raw.socket.getpeername())
+        except OSError:  # gone already
+            await trio.aclose_forcefully(stream)
+            return
+        if not conns.enter(group):
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await TCPServer(app, hconf, context, {}, stream)  # type: ignore[arg-type]
+        finally:
+            conns.leave(group)
+
+    async with trio.open_nursery() as connections, trio.open_nursery() as accepting:
+        accepting.start_soon(
+            functools.partial(
+                trio.serve_listeners, connection, listeners, handler_nursery=connections
+            )
+        )
+        try:
+            await shutdown.wait()
+        finally:
+            accepting.cancel_scope.cancel()
+            await context.terminated.set()  # idle keep-alive connections close
+            connections.cancel_scope.deadline = trio.current_time() + hconf.graceful_timeout
+
+
+async def _serve_asyncio(
+    app: Callable[..., Awaitable[None]],
+    hconf: HypercornConfig,
+    sockets: Sockets,
+    shutdown: anyio.Event,
+    conns: OpenConnections,
+) -> None:
+    from hypercorn.asyncio.tcp_server import TCPServer as HypercornTCPServer
+    from hypercorn.asyncio.worker_context import WorkerContext
+
+    class TCPServer(HypercornTCPServer):
+        async def _read_data(self) -> None:
+            await super()._read_data()
+            await self.idle_task.stop()  # the peer is gone (module docstring)
+
+    loop = asyncio.get_running_loop()
+    context = WorkerContext(None)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def connection(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        group = _group_of(writer.get_extra_info("peername"))
+        if not conns.enter(group):
+            writer.transport.abort()
+            return
+        try:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if tls is not None:
+                # TLS after the count (asyncio's own ssl= would handshake first,
+                # leaving connections that trickle their handshake uncounted)
+                try:
+                    await writer.start_tls(tls, ssl_handshake_timeout=hconf.ssl_handshake_timeout)
+                except OSError:  # a failed, aborted or timed-out handshake
+                    writer.transport.abort()
+                    return
+            await TCPServer(app, loop, hconf, context, {}, reader, writer)  # type: ignore[arg-type]
+        finally:
+            conns.leave(group)
+
+    servers: list[asyncio.Server] = []
+    listening = [(sock, hconf.create_ssl_context()) for sock in sockets.secure_sockets]
+    listening += [(sock, None) for sock in sockets.insecure_sockets]
+    try:
+        for sock, tls in listening:
+            handler = functools.partial(connection, tls=tls)
+            servers.append(await asyncio.start_server(handler, sock=sock, backlog=hconf.backlog))
+        await shutdown.wait()
+    finally:
+        await context.terminated.set()  # idle keep-alive connections close
+        for server in servers:
+            server.close()
+        if tasks:
+            _done, pending = await asyncio.wait(set(tasks), timeout=hconf.graceful_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
