@@ -40,9 +40,13 @@ import trio
 from fedpeer.consent import grants, tokens
 from fedpeer.consent.grants import Target
 from fedpeer.identity import SigningKey
-from fedpeer.peer import NodeConfig, PeerClient, check_peer, open_node
+from fedpeer.peer import PeerClient, check_peer, open_node
 from fedpeer.store import SQLiteStore, StateTx
 from fedpeer.sync import build_record, page_from_wire
+
+# A node without the per-client limits (rate, connections), as bench/sync.py's node A;
+# run as ``python bench/feed.py``, so ``bench/`` is on ``sys.path``.
+from sync import FAST_A
 
 IDLE_TARGET = 0.90
 
@@ -117,13 +121,7 @@ async def pull(url: str, token: str, verify: bool) -> tuple[int, int, float]:
 
 
 async def longpoll_latency(appends: int) -> list[float]:
-    cfg = NodeConfig(
-        auth_enabled=False,
-        rate_per_s=1e6,
-        rate_burst=10**6,
-        max_conns_per_ip=10_000,
-        max_open_conns_per_ip=10_000,
-    )
+    cfg = attrs.evolve(FAST_A, auth_enabled=False)
     out: list[float] = []
     async with open_node(None, config=cfg) as node, PeerClient(node.url) as peer:
         head = await peer.changes()
@@ -176,9 +174,7 @@ async def idle_longpollers(tmp: Path, pollers: int, appends: int, rounds: int) -
     never leak into the next round.
     """
     store = await SQLiteStore.open(tmp / "idle.sqlite3")
-    cfg = NodeConfig(
-        rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000, max_open_conns_per_ip=10_000
-    )
+    cfg = FAST_A
 
     def mint(tx: StateTx) -> tuple[str, list[str]]:
         _sa, admin = tokens.create_service_account(
@@ -289,9 +285,7 @@ async def main() -> int:
         await fill(data / "store.sqlite3", args.records)
         print(f"filled {args.records:,} signed records in {time.perf_counter() - t0:.1f} s")
         direct, raw_rates, verified_rates, mbs, tls_rates = [], [], [], [], []
-        cfg = NodeConfig(
-            rate_per_s=1e6, rate_burst=10**6, max_conns_per_ip=10_000, max_open_conns_per_ip=10_000
-        )
+        cfg = FAST_A
         for _ in range(args.rounds):
             n, dt = await scan_direct(data / "store.sqlite3")
             assert n == args.records

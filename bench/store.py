@@ -393,18 +393,14 @@ async def _store_writes(path: Path, mode: str, singles: int, batched: int) -> tu
 
 async def _http_appends(path: Path, mode: str, n: int) -> float:
     """Appends/s through ``POST /v1/records`` of a node on a store in ``mode``."""
+    import attrs
     import httpx
 
-    from fedpeer.peer import NodeConfig, open_node
+    from fedpeer.peer import open_node
+    from sync import FAST_A  # bench/sync.py's node without per-client limits
 
     store = await SQLiteStore.open(path, synchronous=mode)  # type: ignore[arg-type]
-    cfg = NodeConfig(
-        auth_enabled=False,
-        rate_per_s=1e6,
-        rate_burst=10**6,
-        max_conns_per_ip=10_000,
-        max_open_conns_per_ip=10_000,
-    )
+    cfg = attrs.evolve(FAST_A, auth_enabled=False)
     try:
         async with (
             open_node(None, store=store, config=cfg) as node,

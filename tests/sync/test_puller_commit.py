@@ -170,10 +170,12 @@ async def test_machine_does_not_fold_past_a_deferred_action_or_a_caught_up_page(
 
 
 class CountingStore(MemoryStore):
-    """A MemoryStore that checks, after every transaction, that the stored cursor
-    never passes a record that is not stored; and can fail or block commits."""
+    """A MemoryStore that remembers how many records each transaction stored
+    (``sizes``) and can fail page commits (``fail_next``); given the ``source``, it
+    also checks after every transaction that the stored cursor never passes a
+    record that is not stored (``violations``)."""
 
-    def __init__(self, source: MemoryStore) -> None:
+    def __init__(self, source: MemoryStore | None = None) -> None:
         super().__init__()
         self.source = source
         self.sizes: list[int] = []
@@ -200,17 +202,18 @@ class CountingStore(MemoryStore):
         result = await super().transact(counted)
         if puts:
             self.sizes.append(sum(puts))
-        await self._check_cursor()
+        if self.source is not None:
+            await self._check_cursor(self.source)
         return result
 
-    async def _check_cursor(self) -> None:
+    async def _check_cursor(self, source: MemoryStore) -> None:
         have = set(await cids(self))
         for _key, row in await self.list_state("pairs"):
             cursor = row.get("cursor")
             if not cursor:
                 continue
             seq = Cursor.decode(str(cursor)).seq
-            page = await self.source.changes(0, seq)
+            page = await source.changes(0, seq)
             missing = [r.cid for r in page.records if r.cid not in have]
             if missing:
                 self.violations.append(f"cursor at {seq} but {len(missing)} records missing")
@@ -680,36 +683,13 @@ async def test_a_failing_pair_does_not_take_a_share_of_the_records_in_flight(
         env.manager.stop()
 
 
-class _CommitSizes(MemoryStore):
-    """A MemoryStore that remembers how many records each transaction stored."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: list[int] = []
-
-    async def transact(self, fn: Callable[[StateTx], Any]) -> Any:
-        sizes = self.sizes
-
-        def counting(tx: StateTx) -> Any:
-            put = tx.put_records
-
-            def put_records(records: Any) -> Any:
-                sizes.append(len(records))
-                return put(records)
-
-            tx.put_records = put_records  # type: ignore[method-assign]
-            return fn(tx)
-
-        return await super().transact(counting)
-
-
 async def test_folding_pages_stays_within_the_in_flight_share(
     nursery: anyio.abc.TaskGroup,
 ) -> None:
     """Folding pages into one commit (commit_max_records, 5000 by default) holds
     records too: when pairs share the budget, a pair folds no more than what its
     pages ahead leave of its share, so folding cannot undo the node-wide bound."""
-    target = _CommitSizes()
+    target = CountingStore()
     opts = SyncOptions(
         page_limit=1000,
         pipeline_depth=2,
@@ -737,7 +717,7 @@ async def test_folding_pages_stays_within_the_in_flight_share(
 
 async def test_folding_works_when_the_budget_allows_it(nursery: anyio.abc.TaskGroup) -> None:
     """Alone, a pair still folds several pages into one commit (the bound leaves room)."""
-    target = _CommitSizes()
+    target = CountingStore()
     opts = SyncOptions(page_limit=100, pipeline_depth=2, verify_processes=False, seed=12)
     env = await start_env(nursery, opts, target)
     try:
