@@ -65,7 +65,9 @@ def test_a_loopback_only_node_cannot_give_a_lan_peer_its_url() -> None:
         ("[2001:db8:1:2::5]", "2001:db8:1:2::/64"),  # bracketed as in a netloc
         ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64 is another caller
         ("::ffff:192.0.2.7", "192.0.2.7"),  # dual-stack socket: the IPv4 caller
-        ("fe80::1%eth0", "fe80::/64"),  # the zone goes with the interface id
+        ("fe80::1%eth0", "fe80::1"),  # link-local: a LAN address, by itself; no zone
+        ("fe80::2", "fe80::2"),
+        ("fd12:3456:789a:1::5", "fd12:3456:789a:1::5"),  # unique local: also the LAN
         ("::1", "::/64"),
         ("unknown", "unknown"),  # not an address: itself
         ("", ""),
@@ -75,15 +77,32 @@ def test_address_group(host: str, group: str) -> None:
     assert address_group(host) == group
 
 
+def _by_64(addr: ipaddress.IPv6Address) -> bool:
+    """Whether ``addr`` is grouped by its /64 (not mapped IPv4, not a LAN address)."""
+    return not (
+        addr.ipv4_mapped is not None
+        or addr.is_link_local
+        or addr in ipaddress.IPv6Network("fc00::/7")
+    )
+
+
 @given(st.ip_addresses(v=6), st.integers(0, 2**64 - 1))
 def test_every_address_of_a_64_is_one_group(addr: ipaddress.IPv6Address, low: int) -> None:
-    if addr.ipv4_mapped is not None:
-        return  # counted as its IPv4 address (above)
+    if not _by_64(addr):
+        return  # counted by itself or as IPv4 (the table above)
     sibling = ipaddress.IPv6Address((int(addr) >> 64 << 64) | low)
-    assert address_group(str(addr)) == address_group(str(sibling))
+    if _by_64(sibling):
+        assert address_group(str(addr)) == address_group(str(sibling))
     other = ipaddress.IPv6Address(int(addr) ^ (1 << 64))  # flip the /64's last bit
-    if other.ipv4_mapped is None:
+    if _by_64(other):
         assert address_group(str(other)) != address_group(str(addr))
+
+
+@given(st.ip_addresses(v=6))
+def test_lan_ipv6_addresses_are_their_own_group(addr: ipaddress.IPv6Address) -> None:
+    if _by_64(addr) or addr.ipv4_mapped is not None:
+        return
+    assert address_group(str(addr)) == str(addr)
 
 
 @given(st.ip_addresses(v=4))

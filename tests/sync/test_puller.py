@@ -43,7 +43,7 @@ from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.feed import Cursor, build_page, page_to_wire, resolve_cursor
 from fedpeer.sync.manager import PairManager
 from fedpeer.sync.options import SyncEvent, SyncOptions
-from fedpeer.sync.pairs import Pair, PairFilter, PairState, make_pair
+from fedpeer.sync.pairs import Pair, PairAction, PairFilter, PairState, make_pair
 from fedpeer.sync.records import DEFAULT_LIMITS, SignedRecord, build_record, record_to_wire
 
 SRC_KEY = SigningKey.from_seed(b"\x01" * 32)
@@ -498,16 +498,17 @@ def _crash_pulls(monkeypatch: pytest.MonkeyPatch, *, crash: Callable[[int], bool
     return calls
 
 
-async def test_a_crashed_puller_comes_back_failing_and_resumes_after_the_backoff(
+async def test_a_crashed_puller_comes_back_failing_and_resumes_from_its_cursor(
     nursery: anyio.abc.TaskGroup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug that crashes a puller mid-catch-up no longer makes its pair vanish
     (PAIR_NOT_FOUND until the node restarts): the pair shows failing with INTERNAL,
-    the node's health degraded, and it resumes from its cursor after the first
-    backoff step, storing every record once. (Real clock: records are verified in
-    worker threads, which a virtual clock would jump past.)"""
+    the node's health degraded, it waits its backoff (an hour here: nothing is
+    pulled until the kick), and it resumes from its cursor, storing every record
+    once. (Real clock: records are verified in worker threads, which a virtual
+    clock would jump past.)"""
     calls = _crash_pulls(monkeypatch, crash=lambda n: n == 2)
-    backoff = Backoff(base_s=0.2, cap_s=1.0)
+    backoff = Backoff(base_s=3600, cap_s=3600)
     env = await start_env(nursery, SyncOptions(page_limit=100, seed=2, backoff=backoff))
     recs = make_records(1000)  # 10 pages: more than one pull can fold (pipeline_depth 2)
     await env.source_store.put([r.to_new() for r in recs])
@@ -520,15 +521,48 @@ async def test_a_crashed_puller_comes_back_failing_and_resumes_after_the_backoff
     assert 0 < len(await cids(env.target)) < len(recs)  # it crashed mid-catch-up
     assert env.manager.health()["status"] == "degraded"
     assert env.manager.stats(pair.id)["current_backoff_s"] is not None
+    assert len(calls) == 2  # backing off: no pull since the crash
+    await env.manager.kick(pair.id)
     done = await env.wait(pair.id, caught_up)
     assert await cids(env.target) == [r.cid.raw for r in recs]  # each once, in order
     assert done.retries == 0
     assert done.last_error is None
-    low, _high = backoff.bounds(0)
-    assert calls[2] - calls[1] >= low  # waited out the backoff before pulling again
     row = await env.target.get_state("pairs", pair.id)
     assert row is not None
     assert Pair.from_dict(row).state is PairState.CAUGHT_UP
+
+
+async def test_an_action_reaching_a_replaced_puller_lands_on_its_replacement(
+    nursery: anyio.abc.TaskGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user action that looked up the pair's puller before it crashed, and reached
+    its lock after the replacement took over, would change only the dead puller (a
+    delete undone by the replacement's next save). The dead puller refuses it
+    (PullerRetired) and the manager applies it to the replacement."""
+    from fedpeer.sync._puller import PullerRetired
+
+    _crash_pulls(monkeypatch, crash=lambda n: n == 2)
+    env = await start_env(nursery, SyncOptions(seed=8, backoff=Backoff(base_s=3600, cap_s=3600)))
+    await env.source_store.put([r.to_new() for r in make_records(5)])
+    pair = await env.create()
+    dead = env.manager.puller(pair.id)
+    await env.wait(pair.id, lambda p: p.state is PairState.FAILING)
+    assert env.manager.puller(pair.id) is not dead  # replaced
+    with pytest.raises(PullerRetired):
+        await dead.act(PairAction.PAUSE)
+    real_lookup = env.manager.puller
+    stale = [dead]
+
+    def lookup(pair_id: str) -> Any:  # the first lookup is from before the crash
+        return stale.pop() if stale else real_lookup(pair_id)
+
+    monkeypatch.setattr(env.manager, "puller", lookup)
+    deleted = await env.manager.delete(pair.id)
+    assert deleted.state is PairState.DELETED
+    monkeypatch.setattr(env.manager, "puller", real_lookup)
+    with pytest.raises(PairNotFound):
+        env.manager.get(pair.id)
+    assert await env.target.get_state("pairs", pair.id) is None
 
 
 async def test_a_puller_crashing_on_every_pull_backs_off_and_can_be_deleted(
@@ -561,9 +595,9 @@ async def test_a_puller_crashing_on_every_pull_backs_off_and_can_be_deleted(
 async def test_a_paused_pair_whose_puller_keeps_crashing_restarts_spaced_out(
     nursery: anyio.abc.TaskGroup, virtual_clock: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A paused pair has no backoff of its own, so its crashed puller is restarted after
-    1, 2, 4 ... s rather than at once (no tight loop); it stays listed as paused
-    meanwhile, and a resume given while it is down is what the restart runs."""
+    """A paused pair has no backoff of its own, so its crashed puller's replacement
+    waits 1, 2, 4 ... s before it starts (no tight loop); the pair stays listed as
+    paused meanwhile, and a resume given during that wait is taken at once."""
     from fedpeer.sync._puller import Puller
 
     real_sleep = Puller._sleep
@@ -590,9 +624,11 @@ async def test_a_paused_pair_whose_puller_keeps_crashing_restarts_spaced_out(
     gaps = [b - a for a, b in itertools.pairwise(crashed_at)]
     for k, gap in enumerate(gaps):
         assert gap >= 2.0**k  # 1, 2, 4, 8 s between restarts
-    resumed = await env.manager.resume(pair.id)  # the dead puller takes it
+    t0 = anyio.current_time()
+    resumed = await env.manager.resume(pair.id)  # during the 16 s wait
     assert resumed.state is PairState.RUNNING
     done = await env.wait(pair.id, caught_up)
+    assert anyio.current_time() - t0 < 16  # the wait was cut short
     assert done.state is PairState.CAUGHT_UP
     assert len(crashed_at) == 5
 

@@ -44,6 +44,8 @@ __all__ = ["OpenConnections", "serve"]
 
 log = logging.getLogger("fedpeer.peer")
 
+_CLOSE_S = 2.0  # how long closing a connection may wait for the peer (asyncio TLS)
+
 
 @attrs.define
 class OpenConnections:
@@ -61,7 +63,8 @@ class OpenConnections:
     by_group: dict[str, int] = attrs.field(factory=dict)
     total: int = 0
     refused: int = 0
-    _warned: set[str] = attrs.field(factory=set)
+    _warned: set[str] = attrs.field(factory=set)  # groups at their cap, logged
+    _warned_total: bool = False
     _changed: anyio.Event | None = None
 
     async def wait_until(self, predicate: Callable[[OpenConnections], bool]) -> None:
@@ -80,18 +83,25 @@ class OpenConnections:
     def enter(self, group: str) -> bool:
         """Count a new connection from ``group``; False when a cap refuses it."""
         held = self.by_group.get(group, 0)
-        if held >= self.per_group or self.total >= self.total_cap:
-            self.refused += 1
-            if group not in self._warned:
+        if held >= self.per_group:
+            if group not in self._warned:  # a group in by_group: the set stays bounded
                 self._warned.add(group)
-                which = (
-                    f"{held} open from {group} (at most {self.per_group})"
-                    if held >= self.per_group
-                    else f"{self.total} open in all (at most {self.total_cap})"
+                log.warning(
+                    "closing new connections from %s at once: %d open (at most %d)",
+                    group,
+                    held,
+                    self.per_group,
                 )
-                log.warning("closing new connections at once: %s", which)
-            self._notify()
-            return False
+            return self._refuse()
+        if self.total >= self.total_cap:
+            if not self._warned_total:
+                self._warned_total = True
+                log.warning(
+                    "closing new connections at once: %d open in all (at most %d)",
+                    self.total,
+                    self.total_cap,
+                )
+            return self._refuse()
         self.by_group[group] = held + 1
         self.total += 1
         self._notify()
@@ -107,7 +117,26 @@ class OpenConnections:
         self.total -= 1
         if left * 2 < self.per_group:
             self._warned.discard(group)
+        if self.total * 2 < self.total_cap:
+            self._warned_total = False
         self._notify()
+
+    def _refuse(self) -> bool:
+        self.refused += 1
+        self._notify()
+        return False
+
+
+class _EndsWhenPeerGone:
+    """Mixed into hypercorn's connection server (trio's or asyncio's): once reading
+    ends (the peer closed, or reading failed), stop the keep-alive timer, so the
+    connection ends with the work in flight (module docstring)."""
+
+    idle_task: Any
+
+    async def _read_data(self) -> None:
+        await super()._read_data()  # type: ignore[misc]
+        await self.idle_task.stop()
 
 
 def _group_of(peername: object) -> str:
@@ -143,10 +172,8 @@ async def _serve_trio(
     from hypercorn.trio.tcp_server import TCPServer as HypercornTCPServer
     from hypercorn.trio.worker_context import WorkerContext
 
-    class TCPServer(HypercornTCPServer):
-        async def _read_data(self) -> None:
-            await super()._read_data()
-            await self.idle_task.stop()  # the peer is gone (module docstring)
+    class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
+        pass
 
     context = WorkerContext(None)
     listeners: list[Any] = []
@@ -181,16 +208,23 @@ async def _serve_trio(
         finally:
             conns.leave(group)
 
-    async with trio.open_nursery() as connections, trio.open_nursery() as accepting:
-        accepting.start_soon(
-            functools.partial(
-                trio.serve_listeners, connection, listeners, handler_nursery=connections
-            )
-        )
+    async with trio.open_nursery() as connections:
         try:
-            await shutdown.wait()
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(
+                    functools.partial(
+                        trio.serve_listeners, connection, listeners, handler_nursery=connections
+                    )
+                )
+                try:
+                    await shutdown.wait()
+                finally:
+                    accepting.cancel_scope.cancel()
         finally:
-            accepting.cancel_scope.cancel()
+            # The accept loop has ended: close the listening sockets now (no more
+            # handshakes completed into the backlog), then drain the connections.
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
             await context.terminated.set()  # idle keep-alive connections close
             connections.cancel_scope.deadline = trio.current_time() + hconf.graceful_timeout
 
@@ -204,11 +238,26 @@ async def _serve_asyncio(
 ) -> None:
     from hypercorn.asyncio.tcp_server import TCPServer as HypercornTCPServer
     from hypercorn.asyncio.worker_context import WorkerContext
+    from hypercorn.events import Closed
 
-    class TCPServer(HypercornTCPServer):
-        async def _read_data(self) -> None:
-            await super()._read_data()
-            await self.idle_task.stop()  # the peer is gone (module docstring)
+    class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
+        # Closing a TLS stream waits for the peer's close_notify (30 s by default)
+        # and then raises TimeoutError, which hypercorn does not catch: a client
+        # silent after its handshake held its slot 30 s past the header timeout
+        # and logged a traceback. So the idle close aborts (nothing is in flight
+        # on an idle connection), and the final close waits _CLOSE_S at most.
+
+        async def _initiate_server_close(self) -> None:
+            await self.protocol.handle(Closed())
+            self.writer.transport.abort()
+
+        async def _close(self) -> None:
+            try:
+                await asyncio.wait_for(super()._close(), _CLOSE_S)
+            except (TimeoutError, OSError):
+                pass
+            finally:
+                self.writer.transport.abort()  # a no-op once the transport is closed
 
     loop = asyncio.get_running_loop()
     context = WorkerContext(None)
@@ -253,6 +302,7 @@ async def _serve_asyncio(
         await context.terminated.set()  # idle keep-alive connections close
         for server in servers:
             server.close()
+        await asyncio.sleep(0)  # connections accepted just before: their tasks start
         if tasks:
             _done, pending = await asyncio.wait(set(tasks), timeout=hconf.graceful_timeout)
             for task in pending:

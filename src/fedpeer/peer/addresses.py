@@ -30,13 +30,17 @@ def is_loopback_host(host: str) -> bool:
 def address_group(host: str) -> str:
     """The key per-address limits count ``host`` under (protocol.md §6.3, §6.5).
 
-    An IPv4 address is its own group. An IPv6 address counts as its /64
-    (``"2001:db8:1:2::/64"``): one host or LAN is routinely handed a whole /64
+    An IPv4 address is its own group. A global IPv6 address counts as its /64
+    (``"2001:db8:1:2::/64"``): one host or site is routinely handed a whole /64
     and can send from any of its 2**64 addresses, so a cap per IPv6 address
-    would cap nothing. An IPv4 address mapped into IPv6 (``::ffff:192.0.2.7``,
-    what a dual-stack socket reports) is the IPv4 address; a zone index
-    (``fe80::1%eth0``) is dropped with the rest of the interface id. Anything
-    else (a Unix socket peer, an ASGI server's placeholder) is itself.
+    would cap nothing. Link-local (``fe80::/10``) and unique local
+    (``fc00::/7``) addresses are LAN addresses, shared by every device on the
+    link or site, so each counts by itself, like an IPv4 address on a LAN (a
+    LAN host using many of them is still bounded by the node's caps in all). An
+    IPv4 address mapped into IPv6 (``::ffff:192.0.2.7``, what a dual-stack
+    socket reports) is the IPv4 address; a zone index (``fe80::1%eth0``) is
+    dropped. Anything else (a Unix socket peer, an ASGI server's placeholder)
+    is itself.
     """
     try:
         addr = ipaddress.ip_address(host.strip("[]"))
@@ -46,8 +50,12 @@ def address_group(host: str) -> str:
         return str(addr)
     if addr.ipv4_mapped is not None:
         return str(addr.ipv4_mapped)
-    net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
-    return str(net)
+    if addr.is_link_local or addr in _UNIQUE_LOCAL:
+        return str(ipaddress.IPv6Address(int(addr)))  # without the zone index
+    return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+
+
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 
 
 def with_host(url: str, host: str) -> str:

@@ -88,7 +88,7 @@ from .records import (
     verify_wire_items,
 )
 
-__all__ = ["Puller"]
+__all__ = ["Puller", "PullerRetired"]
 
 log = logging.getLogger("fedpeer.sync")
 
@@ -503,6 +503,11 @@ class _Fetch:
 # --- the driver -----------------------------------------------------------------------------
 
 
+class PullerRetired(Exception):
+    """A user action reached a puller that crashed and was replaced: apply it to
+    the manager's current puller of the pair (internal to the sync layer)."""
+
+
 class Puller:
     """Pulls one pair until it is deleted or the task is cancelled.
 
@@ -512,6 +517,8 @@ class Puller:
     (shared by a node's pullers); ``listener`` gets a :class:`SyncEvent` after
     each persisted change. Run it with ``await puller.run()`` in a nursery;
     call :meth:`act` / :meth:`set_credential` from other tasks.
+    ``start_delay_s``: wait this long before doing anything (a user action cuts
+    it short); the manager's restart after a crash uses it.
     """
 
     def __init__(
@@ -525,8 +532,12 @@ class Puller:
         verify_limiter: anyio.CapacityLimiter | None = None,
         workers: _SignatureWorkers | None = None,
         listener: Listener | None = None,
+        start_delay_s: float = 0.0,
     ) -> None:
         opts = options or SyncOptions()
+        self._start_delay_s = start_delay_s
+        self._retired = False
+        self._pokes_at_stop: int | None = None
         rng = random.Random(f"{opts.seed}:{pair.id}") if opts.seed is not None else None  # noqa: S311
         self._m = _VerifiedMachine(
             pair, limits=limits, backoff=opts.backoff, rng=rng, page_limit=opts.page_limit
@@ -652,6 +663,8 @@ class Puller:
             if self._fold_scope is not None:
                 self._fold_scope.cancel()
             async with self._lock:
+                if self._retired:
+                    raise PullerRetired(self.pair.id)
                 yield
         finally:
             self._acting -= 1
@@ -678,6 +691,7 @@ class Puller:
                 try:
                     await self._loop()
                 finally:
+                    self._pokes_at_stop = self._pokes
                     nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
@@ -687,8 +701,27 @@ class Puller:
                 await self._workers.done_with(self)
             self.finished.set()
 
+    @property
+    def acted_on_since_stop(self) -> bool:
+        """True when a user action reached this puller after its loop ended."""
+        return self._pokes_at_stop is not None and self._pokes != self._pokes_at_stop
+
+    async def retire(self) -> None:
+        """After a crash: take the lock (so no user action is half done) and
+        refuse every later action with :class:`PullerRetired`, so the caller
+        applies it to the puller that replaces this one instead."""
+        async with self._lock:
+            self._retired = True
+
     async def _loop(self) -> None:
         m = self._m
+        if self._start_delay_s > 0:
+            with anyio.CancelScope() as scope:
+                self._wait_scope = scope  # a user action (_poke) cuts it short,
+                if self._pokes:  # also one taken before this task ran
+                    scope.cancel()
+                await anyio.sleep(self._start_delay_s)
+            self._wait_scope = None
         while True:
             async with self._lock:
                 state = m.state

@@ -32,7 +32,7 @@ from .._clock import now_ms as _now_ms
 from ..errors import FedpeerError, InternalError, PairNotFound, StoreCorrupt
 from ..store.base import StateTx, Store
 from ._machine import MachineState
-from ._puller import Puller, _SignatureWorkers
+from ._puller import Puller, PullerRetired, _SignatureWorkers
 from .options import Listener, PageSource, SyncEvent, SyncOptions
 from .pairs import LastError, Pair, PairAction, PairFilter, PairState, PairStats, make_pair
 from .records import DEFAULT_LIMITS, Limits
@@ -44,7 +44,8 @@ log = logging.getLogger("fedpeer.sync")
 _TOP = 5  # pairs listed as slowest / most failing
 _HOUR_MINUTES = 60
 _CRASH_RESET_S = 600.0  # a puller that ran this long before crashing starts a new count
-_CRASH_DELAY_CAP_S = 300.0  # the longest wait before a halted pair's crashed puller restarts
+_CRASH_DELAY_CAP_S = 300.0  # the longest wait before a crashed puller's replacement starts
+_RETIRED_RETRIES = 8  # user action retries on a pair whose puller crashes under them
 WAKE_MIN_INTERVAL_S = 1.0
 """A failing pair is woken (:meth:`PairManager.wake`) at most once per this many seconds."""
 
@@ -54,6 +55,11 @@ def next_try_s(next_try_ms: int | None, now_ms: int) -> float | None:
     if next_try_ms is None:
         return None
     return round(max(0, next_try_ms - now_ms) / 1000, 1)
+
+
+def _crash_delay_s(crashes: int) -> float:
+    """The wait before restart number ``crashes`` (1, 2, 4 ... s, capped)."""
+    return min(_CRASH_DELAY_CAP_S, 2.0 ** min(max(crashes - 1, 0), 32))
 
 
 def _after_crash(pair: Pair) -> Pair | None:
@@ -170,7 +176,7 @@ class PairManager:
         if self._scope is not None:
             self._scope.cancel()
 
-    def _start(self, pair: Pair, crashes: int = 0) -> Puller:
+    def _start(self, pair: Pair, crashes: int = 0, *, start_delay_s: float = 0.0) -> Puller:
         assert self._nursery is not None
         puller = Puller(
             pair,
@@ -181,6 +187,7 @@ class PairManager:
             verify_limiter=self._verify_limiter,
             workers=self._workers,
             listener=self._on_event,
+            start_delay_s=start_delay_s,
         )
         self._pullers[pair.id] = puller
         self._by_did.setdefault(pair.peer_did, set()).add(pair.id)
@@ -196,21 +203,34 @@ class PairManager:
         except Exception:
             # A bug (peer and store problems become pair states, never exceptions):
             # keep the node up and let it crash, then start the pair afresh.
-            log.exception("pair %s: the puller crashed; it restarts with backoff", pid)
+            log.exception("pair %s: the puller crashed; it restarts", pid)
             crashes = 1 if anyio.current_time() - started > _CRASH_RESET_S else crashes + 1
-            if puller.pair.state in (PairState.PAUSED, PairState.STOPPED):
-                # A halted pair has no backoff of its own: space its restarts. It
-                # stays listed meanwhile; actions on it are kept for the restart.
-                await anyio.sleep(min(_CRASH_DELAY_CAP_S, 2.0 ** (crashes - 1)))
-            if self._pullers.get(pid) is puller and self._nursery is not None:
-                again = _after_crash(puller.pair)
-                if again is not None:
-                    self._start(again, crashes)  # replaces the dead puller in one step
-                    restarted = True
+            try:
+                restarted = await self._restart(puller, crashes)
+            except Exception:  # a bug in the restart itself: the pair stays down
+                log.exception("pair %s: could not restart its puller", pid)
         finally:
             if not restarted:
                 self._forget(puller)
             self._bump()
+
+    async def _restart(self, dead: Puller, crashes: int) -> bool:
+        """Replace the crashed puller ``dead`` (see :func:`_after_crash`); False
+        when there is nothing to restart (deleted, replaced, manager stopping)."""
+        await dead.retire()  # an action already waiting for its lock lands on the new one
+        if self._pullers.get(dead.pair.id) is not dead or self._nursery is None:
+            return False
+        again = _after_crash(dead.pair)
+        if again is None:
+            return False
+        # A pulling pair waits its backoff anyway; a halted one, or a crash again
+        # soon after a restart (a bug in the backoff path, a peer kicking the pair),
+        # waits 1, 2, 4 ... s first. A user action cuts the wait short, one taken
+        # by the dead puller included.
+        first = crashes == 1 and again.active
+        delay = 0.0 if first or dead.acted_on_since_stop else _crash_delay_s(crashes)
+        self._start(again, crashes, start_delay_s=delay)
+        return True
 
     def _forget(self, puller: Puller) -> None:
         pid = puller.pair.id
@@ -313,8 +333,15 @@ class PairManager:
         """Apply a user action; see :meth:`Puller.act`. ``PairNotFound``,
         ``PairStateInvalid``. ``delete`` waits until the puller has stopped."""
         self._running()
-        puller = self.puller(pair_id)
-        pair = await puller.act(action)
+        for _attempt in range(_RETIRED_RETRIES):
+            puller = self.puller(pair_id)
+            try:
+                pair = await puller.act(action)
+                break
+            except PullerRetired:  # it crashed meanwhile: the replacement takes it
+                continue
+        else:  # pragma: no cover - a puller crashing over and over under the action
+            raise InternalError(f"pair {pair_id}: its puller keeps crashing; see the node log")
         if action is PairAction.DELETE:
             with anyio.move_on_after(10):
                 await puller.finished.wait()
@@ -340,7 +367,14 @@ class PairManager:
     async def set_credential(self, pair_id: str, credential: str | None) -> Pair:
         """Replace a pair's bearer token (a stopped pair then needs a resume)."""
         self._running()
-        return await self.puller(pair_id).set_credential(credential)
+        for _attempt in range(_RETIRED_RETRIES):
+            try:
+                return await self.puller(pair_id).set_credential(credential)
+            except PullerRetired:  # it crashed meanwhile: the replacement takes it
+                continue
+        raise InternalError(  # pragma: no cover - as in act
+            f"pair {pair_id}: its puller keeps crashing; see the node log"
+        )
 
     # --- waking failing pairs ---
 
@@ -383,6 +417,8 @@ class PairManager:
             return
         try:
             await puller.act(PairAction.KICK)
+        except PullerRetired:
+            return  # crashed meanwhile: its replacement starts with a pull of its own
         except FedpeerError as err:  # deleted or paused meanwhile, or the row write failed
             log.debug("pair %s: wake (%s) not applied: %s", puller.pair.id, reason, err)
             return
