@@ -75,6 +75,14 @@ def _conns(node: Node) -> OpenConnections:
     return node.connections
 
 
+async def _refused_at_once(node: Node, source: str) -> bool:
+    """Whether one more connection from ``source`` is closed by a cap (not a timeout)."""
+    host, port = _host_port(node.url)
+    refused = _conns(node).refused
+    async with await anyio.connect_tcp(host, port, local_host=source) as sock:
+        return await _closed_by_server(sock, 10) and _conns(node).refused == refused + 1
+
+
 async def _health_from(url: str, source: str) -> int:
     transport = httpx.AsyncHTTPTransport(local_address=source, verify=False)
     async with httpx.AsyncClient(transport=transport, timeout=10) as client:
@@ -87,12 +95,9 @@ async def test_silent_connections_past_the_per_address_cap_are_closed_at_once(
 ) -> None:
     cfg = NodeConfig(max_open_conns_per_ip=8, header_timeout_s=QUIET)
     async with open_node(tmp_path / "n", config=cfg) as node:
-        host, port = _host_port(node.url)
         conns = _conns(node)
         async with _silent(node, 8, "127.0.0.1") as held:
-            async with await anyio.connect_tcp(host, port, local_host="127.0.0.1") as ninth:
-                assert await _closed_by_server(ninth, 10)  # at once, not after 60 s
-            assert conns.refused == 1
+            assert await _refused_at_once(node, "127.0.0.1")  # the ninth: not after 60 s
             assert await _health_from(node.url, "127.0.0.2") == 200  # others are served
             assert conns.by_group["127.0.0.1"] == 8  # the node still holds the eight
             await held[0].aclose()
@@ -108,14 +113,12 @@ async def test_silent_connections_past_the_total_cap_are_closed_at_once(
     """Many addresses (a LAN attacker can use many) are bounded in all."""
     cfg = NodeConfig(max_open_conns=6, header_timeout_s=QUIET)
     async with open_node(tmp_path / "n", config=cfg) as node:
-        host, port = _host_port(node.url)
         async with (
             _silent(node, 2, "127.0.0.3"),
             _silent(node, 2, "127.0.0.4"),
             _silent(node, 2, "127.0.0.5"),
-            await anyio.connect_tcp(host, port, local_host="127.0.0.6") as seventh,
         ):
-            assert await _closed_by_server(seventh, 10)
+            assert await _refused_at_once(node, "127.0.0.6")  # the seventh
         assert _conns(node).total == 0
         assert await _health_from(node.url, "127.0.0.6") == 200
 
@@ -130,13 +133,9 @@ async def test_a_silent_tls_handshake_is_counted_and_dropped_after_the_header_ti
     cfg = NodeConfig(tls=True, max_open_conns_per_ip=4, header_timeout_s=1.0)
     async with open_node(tmp_path / "n", config=cfg) as node:
         assert node.url.startswith("https://")
-        host, port = _host_port(node.url)
-        conns = _conns(node)
         t0 = anyio.current_time()
         async with _silent(node, 4, "127.0.0.1") as held:
-            async with await anyio.connect_tcp(host, port, local_host="127.0.0.1") as fifth:
-                assert await _closed_by_server(fifth, 1.0 + 4.0)
-            assert conns.refused == 1  # by the cap, not by the timeout
+            assert await _refused_at_once(node, "127.0.0.1")  # by the cap, not the timeout
             for sock in held:
                 assert await _closed_by_server(sock, 1.0 + 4.0)
             assert anyio.current_time() - t0 >= 0.9  # the header timeout, not at once

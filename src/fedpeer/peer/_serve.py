@@ -29,13 +29,14 @@ import asyncio
 import functools
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import attrs
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.typing import AppWrapper
 
 from .._aio import backend_name
 from .addresses import address_group
@@ -146,7 +147,7 @@ def _group_of(peername: object) -> str:
 
 
 async def serve(
-    app: Callable[..., Awaitable[None]],
+    app: AppWrapper,
     hconf: HypercornConfig,
     sockets: Sockets,
     shutdown: anyio.Event,
@@ -155,157 +156,163 @@ async def serve(
     """Serve ``app`` (a hypercorn-wrapped ASGI app) on ``sockets`` (listening) until
     ``shutdown`` is set, then drain for up to ``hconf.graceful_timeout``. Trio or
     asyncio, whichever is running. No QUIC (the node binds none)."""
+    serving = _Serving(app, hconf, sockets, shutdown, conns)
     if backend_name() == "trio":
-        await _serve_trio(app, hconf, sockets, shutdown, conns)
+        await serving.on_trio()
     else:
-        await _serve_asyncio(app, hconf, sockets, shutdown, conns)
+        await serving.on_asyncio()
 
 
-async def _serve_trio(
-    app: Callable[..., Awaitable[None]],
-    hconf: HypercornConfig,
-    sockets: Sockets,
-    shutdown: anyio.Event,
-    conns: OpenConnections,
-) -> None:
-    import trio
-    from hypercorn.trio.tcp_server import TCPServer as HypercornTCPServer
-    from hypercorn.trio.worker_context import WorkerContext
+@attrs.frozen
+class _Serving:
+    """What :func:`serve` runs, on each backend."""
 
-    class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
-        pass
+    app: AppWrapper
+    hconf: HypercornConfig
+    sockets: Sockets
+    shutdown: anyio.Event
+    conns: OpenConnections
 
-    context = WorkerContext(None)
-    listeners: list[Any] = []
-    if sockets.secure_sockets:
-        ssl_context = hconf.create_ssl_context()
-        assert ssl_context is not None  # secure sockets come from a config with TLS
-        listeners += [
-            trio.SSLListener(
-                trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
-                ssl_context,
-                https_compatible=True,
-            )
-            for sock in sockets.secure_sockets
-        ]
-    listeners += [
-        trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        for sock in sockets.insecure_sockets
-    ]
+    async def on_trio(self) -> None:
+        import trio
+        from hypercorn.trio.tcp_server import TCPServer as HypercornTCPServer
+        from hypercorn.trio.worker_context import WorkerContext
 
-    async def connection(stream: Any) -> None:
-        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-        try:
-            group = _group_of(raw.socket.getpeername())
-        except OSError:  # gone already
-            await trio.aclose_forcefully(stream)
-            return
-        if not conns.enter(group):
-            await trio.aclose_forcefully(stream)
-            return
-        try:
-            await TCPServer(app, hconf, context, {}, stream)  # type: ignore[arg-type]
-        finally:
-            conns.leave(group)
+        class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
+            pass
 
-    async with trio.open_nursery() as connections:
-        try:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(
-                    functools.partial(
-                        trio.serve_listeners, connection, listeners, handler_nursery=connections
-                    )
+        context = WorkerContext(None)
+        listeners: list[Any] = []
+        if self.sockets.secure_sockets:
+            ssl_context = self.hconf.create_ssl_context()
+            assert ssl_context is not None  # secure sockets come from a config with TLS
+            listeners += [
+                trio.SSLListener(
+                    trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
+                    ssl_context,
+                    https_compatible=True,
                 )
-                try:
-                    await shutdown.wait()
-                finally:
-                    accepting.cancel_scope.cancel()
-        finally:
-            # The accept loop has ended: close the listening sockets now (no more
-            # handshakes completed into the backlog), then drain the connections.
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            await context.terminated.set()  # idle keep-alive connections close
-            connections.cancel_scope.deadline = trio.current_time() + hconf.graceful_timeout
+                for sock in self.sockets.secure_sockets
+            ]
+        listeners += [
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            for sock in self.sockets.insecure_sockets
+        ]
 
-
-async def _serve_asyncio(
-    app: Callable[..., Awaitable[None]],
-    hconf: HypercornConfig,
-    sockets: Sockets,
-    shutdown: anyio.Event,
-    conns: OpenConnections,
-) -> None:
-    from hypercorn.asyncio.tcp_server import TCPServer as HypercornTCPServer
-    from hypercorn.asyncio.worker_context import WorkerContext
-    from hypercorn.events import Closed
-
-    class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
-        # Closing a TLS stream waits for the peer's close_notify (30 s by default)
-        # and then raises TimeoutError, which hypercorn does not catch: a client
-        # silent after its handshake held its slot 30 s past the header timeout
-        # and logged a traceback. So the idle close aborts (nothing is in flight
-        # on an idle connection), and the final close waits _CLOSE_S at most.
-
-        async def _initiate_server_close(self) -> None:
-            await self.protocol.handle(Closed())
-            self.writer.transport.abort()
-
-        async def _close(self) -> None:
+        async def connection(stream: Any) -> None:
+            raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
             try:
-                await asyncio.wait_for(super()._close(), _CLOSE_S)
-            except (TimeoutError, OSError):
-                pass
+                group = _group_of(raw.socket.getpeername())
+            except OSError:  # gone already
+                await trio.aclose_forcefully(stream)
+                return
+            if not self.conns.enter(group):
+                await trio.aclose_forcefully(stream)
+                return
+            try:
+                await TCPServer(self.app, self.hconf, context, {}, stream)
             finally:
-                self.writer.transport.abort()  # a no-op once the transport is closed
+                self.conns.leave(group)
 
-    loop = asyncio.get_running_loop()
-    context = WorkerContext(None)
-    tasks: set[asyncio.Task[None]] = set()
+        async with trio.open_nursery() as connections:
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        functools.partial(
+                            trio.serve_listeners, connection, listeners, handler_nursery=connections
+                        )
+                    )
+                    try:
+                        await self.shutdown.wait()
+                    finally:
+                        accepting.cancel_scope.cancel()
+            finally:
+                # The accept loop has ended: close the listening sockets now (no more
+                # handshakes completed into the backlog), then drain the connections.
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                await context.terminated.set()  # idle keep-alive connections close
+                connections.cancel_scope.deadline = (
+                    trio.current_time() + self.hconf.graceful_timeout
+                )
 
-    async def connection(
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        tls: ssl.SSLContext | None,
-    ) -> None:
-        group = _group_of(writer.get_extra_info("peername"))
-        if not conns.enter(group):
-            writer.transport.abort()
-            return
-        try:
-            task = asyncio.current_task()
-            assert task is not None
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            if tls is not None:
-                # TLS after the count (asyncio's own ssl= would handshake first,
-                # leaving connections that trickle their handshake uncounted)
+    async def on_asyncio(self) -> None:
+        from hypercorn.asyncio.tcp_server import TCPServer as HypercornTCPServer
+        from hypercorn.asyncio.worker_context import WorkerContext
+        from hypercorn.events import Closed
+
+        class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
+            # Closing a TLS stream waits for the peer's close_notify (30 s by default)
+            # and then raises TimeoutError, which hypercorn does not catch: a client
+            # silent after its handshake held its slot 30 s past the header timeout
+            # and logged a traceback. So the idle close aborts (nothing is in flight
+            # on an idle connection), and the final close waits _CLOSE_S at most.
+
+            async def _initiate_server_close(self) -> None:
+                await self.protocol.handle(Closed())
+                self.writer.transport.abort()
+
+            async def _close(self) -> None:
                 try:
-                    await writer.start_tls(tls, ssl_handshake_timeout=hconf.ssl_handshake_timeout)
-                except OSError:  # a failed, aborted or timed-out handshake
-                    writer.transport.abort()
-                    return
-            await TCPServer(app, loop, hconf, context, {}, reader, writer)  # type: ignore[arg-type]
-        finally:
-            conns.leave(group)
+                    await asyncio.wait_for(super()._close(), _CLOSE_S)
+                except (TimeoutError, OSError):
+                    pass
+                finally:
+                    self.writer.transport.abort()  # a no-op once the transport is closed
 
-    servers: list[asyncio.Server] = []
-    listening = [(sock, hconf.create_ssl_context()) for sock in sockets.secure_sockets]
-    listening += [(sock, None) for sock in sockets.insecure_sockets]
-    try:
-        for sock, tls in listening:
-            handler = functools.partial(connection, tls=tls)
-            servers.append(await asyncio.start_server(handler, sock=sock, backlog=hconf.backlog))
-        await shutdown.wait()
-    finally:
-        await context.terminated.set()  # idle keep-alive connections close
-        for server in servers:
-            server.close()
-        await asyncio.sleep(0)  # connections accepted just before: their tasks start
-        if tasks:
-            _done, pending = await asyncio.wait(set(tasks), timeout=hconf.graceful_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        loop = asyncio.get_running_loop()
+        context = WorkerContext(None)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def connection(
+            reader: asyncio.StreamReader,
+            writer: asyncio.StreamWriter,
+            *,
+            tls: ssl.SSLContext | None,
+        ) -> None:
+            group = _group_of(writer.get_extra_info("peername"))
+            if not self.conns.enter(group):
+                writer.transport.abort()
+                return
+            try:
+                task = asyncio.current_task()
+                assert task is not None
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if tls is not None:
+                    # TLS after the count (asyncio's own ssl= would handshake first,
+                    # leaving connections that trickle their handshake uncounted)
+                    try:
+                        await writer.start_tls(
+                            tls, ssl_handshake_timeout=self.hconf.ssl_handshake_timeout
+                        )
+                    except OSError:  # a failed, aborted or timed-out handshake
+                        writer.transport.abort()
+                        return
+                await TCPServer(self.app, loop, self.hconf, context, {}, reader, writer)
+            finally:
+                self.conns.leave(group)
+
+        servers: list[asyncio.Server] = []
+        listening = [
+            (sock, self.hconf.create_ssl_context()) for sock in self.sockets.secure_sockets
+        ]
+        listening += [(sock, None) for sock in self.sockets.insecure_sockets]
+        try:
+            for sock, tls in listening:
+                handler = functools.partial(connection, tls=tls)
+                servers.append(
+                    await asyncio.start_server(handler, sock=sock, backlog=self.hconf.backlog)
+                )
+            await self.shutdown.wait()
+        finally:
+            await context.terminated.set()  # idle keep-alive connections close
+            for server in servers:
+                server.close()
+            await asyncio.sleep(0)  # connections accepted just before: their tasks start
+            if tasks:
+                _done, pending = await asyncio.wait(set(tasks), timeout=self.hconf.graceful_timeout)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending)
