@@ -17,8 +17,11 @@ callers.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,7 +31,7 @@ import httpx
 import pytest
 
 from fedpeer.peer import NodeConfig, open_node
-from fedpeer.peer._serve import OpenConnections
+from fedpeer.peer._serve import OpenConnections, connections_budget
 from fedpeer.peer.node import Node
 from tests.conftest import BOTH_BACKENDS
 
@@ -219,3 +222,73 @@ def test_open_connections_counts_and_caps() -> None:
         conns.leave(group)
     assert conns.by_group == {}
     assert conns.total == 0
+
+
+# --- few file descriptors -------------------------------------------------------------
+
+
+def test_the_connection_budget_keeps_a_quarter_of_the_descriptors() -> None:
+    assert connections_budget(4096, 1024) == 768  # a common Linux desktop soft limit
+    assert connections_budget(4096, 256) == 192  # macOS
+    assert connections_budget(4096, 20_000) == 4096  # the configured cap wins
+    assert connections_budget(4096, None) == 4096  # no limit known
+    assert connections_budget(4096, 8) == 16  # never below 16
+
+
+def test_fedpeer_run_raises_the_soft_limit_on_descriptors() -> None:
+    """``raise_open_files_limit`` (what ``fedpeer run`` calls) lifts a low soft limit
+    up to the hard one; run in a child process, whose limits are its own."""
+    code = (
+        "import resource, json; from fedpeer.peer import raise_open_files_limit; "
+        "s, h = resource.getrlimit(resource.RLIMIT_NOFILE); "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, h)); "
+        "print(json.dumps([raise_open_files_limit(), h, "
+        "resource.getrlimit(resource.RLIMIT_NOFILE)[0]]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    (before, after), hard, now = json.loads(out.stdout)
+    assert before == 256
+    assert after == now == min(65_536, hard)
+
+
+async def test_a_flood_leaves_a_node_with_few_descriptors_some_to_spare(
+    tmp_path: Path,
+) -> None:
+    """A node in a process allowed 256 descriptors caps its connections at 192 in
+    all; 250 silent connections from four addresses leave it descriptors for its
+    own work (store, requests, files) instead of hitting EMFILE."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.hostile.fd_limit_child", str(tmp_path / "n"), "256"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    try:
+        with anyio.fail_after(60):
+            hello = json.loads(await anyio.to_thread.run_sync(stdout.readline))
+        assert hello["total_cap"] == 192
+        host, port = _host_port(hello["url"])
+        async with contextlib.AsyncExitStack() as stack:
+            with anyio.fail_after(60):
+                for i in range(250):
+                    sock = await anyio.connect_tcp(host, port, local_host=f"127.0.0.{3 + i % 4}")
+                    await stack.enter_async_context(sock)
+            proc.stdin.write("250\n")
+            proc.stdin.flush()
+            with anyio.fail_after(60):
+                report = json.loads(await anyio.to_thread.run_sync(stdout.readline))
+        assert report["total"] == 192
+        assert report["refused"] == 250 - 192
+        assert report["open_fds"] <= 256 - 16, report  # room left for the node itself
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -14,7 +14,7 @@ import trio
 
 from ..errors import DataDirLocked, FedpeerError
 from ..identity import SigningKey
-from ..peer import KEY_FILE, NodeConfig, open_node
+from ..peer import KEY_FILE, NodeConfig, open_node, raise_open_files_limit
 from ..peer.addresses import is_loopback_host, is_wildcard, with_host
 from ..peer.node import load_or_create_key
 from ..sync import DEFAULT_BACKOFF, Backoff, SyncOptions
@@ -191,6 +191,14 @@ def run(
     root = logging.getLogger()
     if root.level > logging.INFO:
         logging.getLogger("fedpeer").setLevel(logging.INFO)
+    # A node process of its own: as many descriptors as the system allows (a soft
+    # limit of 1024 or 256 would cap its connections at 768 or 192, and a flood
+    # from the LAN would reach that sooner).
+    limits = raise_open_files_limit()
+    if limits is not None and limits[1] > limits[0]:
+        logging.getLogger("fedpeer").info(
+            "raised the open files limit from %d to %d", limits[0], limits[1]
+        )
 
     named = handle or settings.handle
 

@@ -13,6 +13,8 @@ from .._datadir import lock_holder as lock_holder
 from ._config import NodeConfig as NodeConfig
 from ._pinning import check_peer as check_peer
 from ._pinning import judge_pins as judge_pins
+from ._serve import OpenConnections as OpenConnections
+from ._serve import raise_open_files_limit as raise_open_files_limit
 from ._transport import Pin as Pin
 from ._transport import PinStore as PinStore
 from ._transport import new_http_client as new_http_client
@@ -76,6 +78,7 @@ __all__ = [
     "LockHolder",
     "Node",
     "NodeConfig",
+    "OpenConnections",
     "PairService",
     "PairStatus",
     "PeerClient",
@@ -101,6 +104,7 @@ __all__ = [
     "open_node",
     "peer_pin",
     "pinned_context",
+    "raise_open_files_limit",
     "spki_sha256",
     "spki_sha256_of_der",
     "verify_manifest",

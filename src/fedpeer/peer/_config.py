@@ -60,8 +60,10 @@ class NodeConfig:
     open in any state (idle, mid-handshake, sending its head), and
     ``max_open_conns`` those of all addresses together: past either, a new
     connection is closed as soon as it is accepted, so trickling connections
-    cannot use up the node's file descriptors. An IPv6 address counts by its
-    /64 for all three.
+    cannot use up the node's file descriptors (``max_open_conns`` is also held
+    to three quarters of the process's descriptor limit: 768 under a soft
+    ``ulimit -n`` of 1024; ``fedpeer run`` raises that limit to the hard one).
+    A global IPv6 address counts by its /64 for all three.
 
     ``pull_max_page_bytes`` and ``pull_page_deadline_s`` bound what this node's
     pullers accept from a peer: the bytes of one page answer (PAGE_TOO_LARGE)

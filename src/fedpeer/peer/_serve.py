@@ -41,7 +41,13 @@ from hypercorn.typing import AppWrapper
 from .._aio import backend_name
 from .addresses import address_group
 
-__all__ = ["OpenConnections", "serve"]
+__all__ = [
+    "OpenConnections",
+    "connections_budget",
+    "open_files_limit",
+    "raise_open_files_limit",
+    "serve",
+]
 
 log = logging.getLogger("fedpeer.peer")
 
@@ -138,6 +144,47 @@ class _EndsWhenPeerGone:
     async def _read_data(self) -> None:
         await super()._read_data()  # type: ignore[misc]
         await self.idle_task.stop()
+
+
+def open_files_limit() -> int | None:
+    """This process's soft limit on open file descriptors (None: unknown or none)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def connections_budget(requested: int, files_limit: int | None) -> int:
+    """The total connection cap the server uses: ``requested``, but at most three
+    quarters of the process's file descriptor limit (at least 16), so connections
+    can never use up the descriptors the node needs for its store, its own
+    requests and its listening sockets. (A soft limit of 1024, common on Linux
+    desktops, gives 768; macOS's 256 gives 192.)"""
+    if files_limit is None:
+        return requested
+    return max(1, min(requested, max(16, files_limit * 3 // 4)))
+
+
+def raise_open_files_limit(target: int = 65_536) -> tuple[int, int] | None:
+    """Raise this process's soft limit on open file descriptors to ``target`` (or
+    the hard limit, if lower), as ``fedpeer run`` does at start; never lowers it.
+    Returns ``(before, after)``, or None where there is no such limit. For a
+    process of its own: a library embedding a node leaves this to its program."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return (soft, soft)
+        return (soft, want)
+    return (soft, soft)
 
 
 def _group_of(peername: object) -> str:

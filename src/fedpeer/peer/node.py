@@ -66,7 +66,7 @@ from ._config import NodeConfig
 from ._netwatch import watch_network
 from ._pairing import PeerPageSource
 from ._pinning import PeerVerifier
-from ._serve import OpenConnections, serve
+from ._serve import OpenConnections, connections_budget, open_files_limit, serve
 from ._state import AppState
 from ._transport import new_http_client
 from .addresses import is_loopback_host
@@ -509,7 +509,16 @@ async def open_node(
         shutdown = anyio.Event()
         server = _Server()
         async with anyio.create_task_group() as tg:
-            conns = OpenConnections(cfg.max_open_conns_per_ip, cfg.max_open_conns)
+            total_cap = connections_budget(cfg.max_open_conns, open_files_limit())
+            if total_cap < cfg.max_open_conns:
+                log.info(
+                    "at most %d open connections in all (max_open_conns %d, but only "
+                    "%s file descriptors: raise `ulimit -n`)",
+                    total_cap,
+                    cfg.max_open_conns,
+                    open_files_limit(),
+                )
+            conns = OpenConnections(cfg.max_open_conns_per_ip, total_cap)
             tg.start_soon(_serve, app, hconf, sockets, shutdown, server, conns)
             try:
                 node = Node(
