@@ -624,13 +624,79 @@ async def test_a_paused_pair_whose_puller_keeps_crashing_restarts_spaced_out(
     gaps = [b - a for a, b in itertools.pairwise(crashed_at)]
     for k, gap in enumerate(gaps):
         assert gap >= 2.0**k  # 1, 2, 4, 8 s between restarts
+    with anyio.fail_after(VIRTUAL):  # the fifth replacement is in its 16 s wait
+        replacement = await _replacement_delaying(env, pair.id)
     t0 = anyio.current_time()
-    resumed = await env.manager.resume(pair.id)  # during the 16 s wait
+    resumed = await env.manager.resume(pair.id)
+    assert env.manager.puller(pair.id) is replacement  # it took the resume itself
     assert resumed.state is PairState.RUNNING
     done = await env.wait(pair.id, caught_up)
     assert anyio.current_time() - t0 < 16  # the wait was cut short
     assert done.state is PairState.CAUGHT_UP
+    assert done.last_error is None
     assert len(crashed_at) == 5
+
+
+async def _replacement_delaying(env: Env, pair_id: str) -> Any:
+    """The pair's puller once it is a replacement waiting out its crash delay."""
+    while True:
+        changed = env.manager._changed
+        puller = env.manager.puller(pair_id)
+        if puller.delaying:
+            return puller
+        with anyio.move_on_after(0.5):  # the delay starts in the puller's own task
+            await changed.wait()
+
+
+async def test_a_user_action_on_the_crashed_puller_stands_after_the_restart(
+    nursery: anyio.abc.TaskGroup, virtual_clock: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume that reached the crashed puller before its replacement started is the
+    pair's new state: the replacement runs it at once, without a crash delay and
+    without turning it into a failure."""
+    from fedpeer.sync._puller import Puller
+
+    real_sleep, real_retire = Puller._sleep, Puller.retire
+    crashes: list[float] = []
+
+    async def buggy_sleep(self: Puller, seconds: float, seen: int) -> bool:
+        if seconds == math.inf and self.pair.state is PairState.PAUSED and not crashes:
+            crashes.append(anyio.current_time())
+            raise RuntimeError("a bug in the paused wait")
+        return await real_sleep(self, seconds, seen)
+
+    async def resume_first(self: Puller) -> None:  # a user's resume arrives just then
+        await self.act(PairAction.RESUME)
+        await real_retire(self)
+
+    monkeypatch.setattr(Puller, "_sleep", buggy_sleep)
+    monkeypatch.setattr(Puller, "retire", resume_first)
+    env = await start_env(nursery, SyncOptions(seed=9), timeout=VIRTUAL)
+    pair = await env.create()
+    await env.wait(pair.id, caught_up)
+    await env.manager.pause(pair.id)
+    done = await env.wait(pair.id, caught_up)
+    assert crashes  # it did crash while paused
+    assert done.last_error is None  # not "failing, INTERNAL"
+    assert done.retries == 0
+    assert anyio.current_time() - crashes[0] < 1.0  # no crash delay
+
+
+async def test_peer_traffic_does_not_cut_a_crash_delay_short(
+    nursery: anyio.abc.TaskGroup, virtual_clock: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replacement waiting out its crash delay is not woken by the peer being seen
+    (PairManager.wake), which would restart a crashing pair once a second."""
+    calls = _crash_pulls(monkeypatch, crash=lambda n: True)
+    env = await start_env(nursery, SyncOptions(seed=12), timeout=VIRTUAL)
+    pair = await env.create()
+    with anyio.fail_after(VIRTUAL):
+        await _replacement_delaying(env, pair.id)  # the second crash's 2 s wait
+    n = len(calls)
+    assert env.manager.wake(SRC_KEY.did, reason="a request from the peer") == []
+    assert env.manager.wake(None, reason="network") == []
+    await anyio.wait_all_tasks_blocked()
+    assert len(calls) == n  # no pull started by the wake
 
 
 # --- the pre-verified fast path gives the machine's verdicts ------------------------------

@@ -199,6 +199,13 @@ def run(
         logging.getLogger("fedpeer").info(
             "raised the open files limit from %d to %d", limits[0], limits[1]
         )
+    if limits is not None and limits[1] < 4096:
+        logging.getLogger("fedpeer").warning(
+            "only %d open files allowed (`ulimit -n`): the node takes at most %d "
+            "connections at once",
+            limits[1],
+            limits[1] * 3 // 4,
+        )
 
     named = handle or settings.handle
 

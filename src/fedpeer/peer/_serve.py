@@ -177,13 +177,19 @@ def raise_open_files_limit(target: int = 65_536) -> tuple[int, int] | None:
     except ImportError:
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return (soft, soft)
     want = target if hard == resource.RLIM_INFINITY else min(target, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
+    # macOS refuses more than its per-process maximum (kern.maxfilesperproc,
+    # often 10240) even when the hard limit says "unlimited": step down.
+    for attempt in (want, min(want, 10_240), *(want >> k for k in range(1, 8))):
+        if attempt <= soft:
+            break
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (attempt, hard))
         except (ValueError, OSError):
-            return (soft, soft)
-        return (soft, want)
+            continue
+        return (soft, attempt)
     return (soft, soft)
 
 
@@ -297,7 +303,12 @@ class _Serving:
 
             async def _initiate_server_close(self) -> None:
                 await self.protocol.handle(Closed())
-                self.writer.transport.abort()
+                transport = self.writer.transport
+                if transport.get_write_buffer_size() == 0:
+                    transport.abort()
+                else:  # the end of a response may still be on its way out
+                    self.writer.close()
+                    loop.call_later(_CLOSE_S, transport.abort)
 
             async def _close(self) -> None:
                 try:
@@ -317,6 +328,9 @@ class _Serving:
             *,
             tls: ssl.SSLContext | None,
         ) -> None:
+            if self.shutdown.is_set():  # accepted just before the close: not served
+                writer.transport.abort()
+                return
             group = _group_of(writer.get_extra_info("peername"))
             if not self.conns.enter(group):
                 writer.transport.abort()
@@ -356,7 +370,6 @@ class _Serving:
             await context.terminated.set()  # idle keep-alive connections close
             for server in servers:
                 server.close()
-            await asyncio.sleep(0)  # connections accepted just before: their tasks start
             if tasks:
                 _done, pending = await asyncio.wait(set(tasks), timeout=self.hconf.graceful_timeout)
                 for task in pending:

@@ -538,6 +538,8 @@ class Puller:
         self._start_delay_s = start_delay_s
         self._retired = False
         self._pokes_at_stop: int | None = None
+        self.delaying = False
+        """True while the start delay runs (a restart after a crash)."""
         rng = random.Random(f"{opts.seed}:{pair.id}") if opts.seed is not None else None  # noqa: S311
         self._m = _VerifiedMachine(
             pair, limits=limits, backoff=opts.backoff, rng=rng, page_limit=opts.page_limit
@@ -663,7 +665,12 @@ class Puller:
             if self._fold_scope is not None:
                 self._fold_scope.cancel()
             async with self._lock:
-                if self._retired:
+                if self._retired or (
+                    # the loop crashed mid-commit: the machine cannot take an
+                    # action until a commit that will never come
+                    self._pokes_at_stop is not None
+                    and self._m.state is MachineState.AWAITING_COMMIT
+                ):
                     raise PullerRetired(self.pair.id)
                 yield
         finally:
@@ -716,12 +723,16 @@ class Puller:
     async def _loop(self) -> None:
         m = self._m
         if self._start_delay_s > 0:
-            with anyio.CancelScope() as scope:
-                self._wait_scope = scope  # a user action (_poke) cuts it short,
-                if self._pokes:  # also one taken before this task ran
-                    scope.cancel()
-                await anyio.sleep(self._start_delay_s)
-            self._wait_scope = None
+            self.delaying = True  # PairManager.wake leaves it alone meanwhile
+            try:
+                with anyio.CancelScope() as scope:
+                    self._wait_scope = scope  # a user action (_poke) cuts it short,
+                    if self._pokes:  # also one taken before this task ran
+                        scope.cancel()
+                    await anyio.sleep(self._start_delay_s)
+                self._wait_scope = None
+            finally:
+                self.delaying = False
         while True:
             async with self._lock:
                 state = m.state

@@ -220,17 +220,30 @@ class PairManager:
         await dead.retire()  # an action already waiting for its lock lands on the new one
         if self._pullers.get(dead.pair.id) is not dead or self._nursery is None:
             return False
+        if dead.acted_on_since_stop:
+            # A user acted on the pair after the crash (through the dead puller):
+            # their state stands, and starts at once.
+            if dead.pair.state is PairState.DELETED:
+                return False
+            self._start(dead.pair, crashes)
+            return True
         again = _after_crash(dead.pair)
         if again is None:
             return False
         # A pulling pair waits its backoff anyway; a halted one, or a crash again
-        # soon after a restart (a bug in the backoff path, a peer kicking the pair),
-        # waits 1, 2, 4 ... s first. A user action cuts the wait short, one taken
-        # by the dead puller included.
+        # soon after a restart (a bug in the backoff path, a peer's requests waking
+        # the pair), waits 1, 2, 4 ... s first. A user action cuts the wait short;
+        # wake() leaves a pair alone meanwhile.
         first = crashes == 1 and again.active
-        delay = 0.0 if first or dead.acted_on_since_stop else _crash_delay_s(crashes)
+        delay = 0.0 if first else _crash_delay_s(crashes)
         self._start(again, crashes, start_delay_s=delay)
         return True
+
+    async def _replaced(self, pair_id: str, dead: Puller) -> None:
+        """Wait (at most 10 s) until ``dead`` is no longer the pair's puller."""
+        with anyio.move_on_after(10):
+            while self._pullers.get(pair_id) is dead:
+                await self._changed.wait()
 
     def _forget(self, puller: Puller) -> None:
         pid = puller.pair.id
@@ -339,7 +352,7 @@ class PairManager:
                 pair = await puller.act(action)
                 break
             except PullerRetired:  # it crashed meanwhile: the replacement takes it
-                continue
+                await self._replaced(pair_id, puller)
         else:  # pragma: no cover - a puller crashing over and over under the action
             raise InternalError(f"pair {pair_id}: its puller keeps crashing; see the node log")
         if action is PairAction.DELETE:
@@ -368,10 +381,11 @@ class PairManager:
         """Replace a pair's bearer token (a stopped pair then needs a resume)."""
         self._running()
         for _attempt in range(_RETIRED_RETRIES):
+            puller = self.puller(pair_id)
             try:
-                return await self.puller(pair_id).set_credential(credential)
+                return await puller.set_credential(credential)
             except PullerRetired:  # it crashed meanwhile: the replacement takes it
-                continue
+                await self._replaced(pair_id, puller)
         raise InternalError(  # pragma: no cover - as in act
             f"pair {pair_id}: its puller keeps crashing; see the node log"
         )
@@ -403,8 +417,8 @@ class PairManager:
             puller = self._pullers.get(pid)
             if puller is None:
                 continue
-            if puller.machine_state is not MachineState.BACKING_OFF:
-                continue
+            if puller.machine_state is not MachineState.BACKING_OFF or puller.delaying:
+                continue  # delaying: restarted after a crash, its wait is not cut short
             if now - self._woken.get(pid, -math.inf) < WAKE_MIN_INTERVAL_S:
                 continue
             self._woken[pid] = now
@@ -413,7 +427,7 @@ class PairManager:
         return woken
 
     async def _wake_one(self, puller: Puller, reason: str) -> None:
-        if puller.machine_state is not MachineState.BACKING_OFF:
+        if puller.machine_state is not MachineState.BACKING_OFF or puller.delaying:
             return
         try:
             await puller.act(PairAction.KICK)
