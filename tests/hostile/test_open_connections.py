@@ -242,7 +242,7 @@ def test_the_connection_budget_keeps_a_quarter_of_the_descriptors() -> None:
     assert connections_budget(4096, 8) == 16  # never below 16
 
 
-def test_fedpeer_run_raises_the_soft_limit_on_descriptors() -> None:
+def test_raise_open_files_limit_lifts_a_low_soft_limit() -> None:
     """``raise_open_files_limit`` (what ``fedpeer run`` calls) lifts a low soft limit
     up to the hard one; run in a child process, whose limits are its own."""
     code = (
