@@ -23,7 +23,7 @@ import collections
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 import anyio.abc
@@ -239,11 +239,22 @@ class PairManager:
         self._start(again, crashes, start_delay_s=delay)
         return True
 
-    async def _replaced(self, pair_id: str, dead: Puller) -> None:
-        """Wait (at most 10 s) until ``dead`` is no longer the pair's puller."""
-        with anyio.move_on_after(10):
-            while self._pullers.get(pair_id) is dead:
-                await self._changed.wait()
+    async def _on_current(
+        self, pair_id: str, call: Callable[[Puller], Awaitable[Pair]]
+    ) -> tuple[Puller, Pair]:
+        """``call`` on the pair's puller; on one that crashed meanwhile
+        (``PullerRetired``), again on its replacement once it is there."""
+        for _attempt in range(_RETIRED_RETRIES):
+            puller = self.puller(pair_id)
+            try:
+                return puller, await call(puller)
+            except PullerRetired:
+                with anyio.move_on_after(10):  # until the replacement is in place
+                    while self._pullers.get(pair_id) is puller:
+                        await self._changed.wait()
+        raise InternalError(  # pragma: no cover - a puller crashing under every call
+            f"pair {pair_id}: its puller keeps crashing; see the node log"
+        )
 
     def _forget(self, puller: Puller) -> None:
         pid = puller.pair.id
@@ -346,15 +357,7 @@ class PairManager:
         """Apply a user action; see :meth:`Puller.act`. ``PairNotFound``,
         ``PairStateInvalid``. ``delete`` waits until the puller has stopped."""
         self._running()
-        for _attempt in range(_RETIRED_RETRIES):
-            puller = self.puller(pair_id)
-            try:
-                pair = await puller.act(action)
-                break
-            except PullerRetired:  # it crashed meanwhile: the replacement takes it
-                await self._replaced(pair_id, puller)
-        else:  # pragma: no cover - a puller crashing over and over under the action
-            raise InternalError(f"pair {pair_id}: its puller keeps crashing; see the node log")
+        puller, pair = await self._on_current(pair_id, lambda p: p.act(action))
         if action is PairAction.DELETE:
             with anyio.move_on_after(10):
                 await puller.finished.wait()
@@ -380,15 +383,8 @@ class PairManager:
     async def set_credential(self, pair_id: str, credential: str | None) -> Pair:
         """Replace a pair's bearer token (a stopped pair then needs a resume)."""
         self._running()
-        for _attempt in range(_RETIRED_RETRIES):
-            puller = self.puller(pair_id)
-            try:
-                return await puller.set_credential(credential)
-            except PullerRetired:  # it crashed meanwhile: the replacement takes it
-                await self._replaced(pair_id, puller)
-        raise InternalError(  # pragma: no cover - as in act
-            f"pair {pair_id}: its puller keeps crashing; see the node log"
-        )
+        _puller, pair = await self._on_current(pair_id, lambda p: p.set_credential(credential))
+        return pair
 
     # --- waking failing pairs ---
 
