@@ -300,3 +300,25 @@ async def test_a_flood_leaves_a_node_with_few_descriptors_some_to_spare(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_raise_open_files_limit_steps_down_to_what_the_system_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """macOS reports an unlimited hard limit but refuses more than its per-process
+    maximum (often 10240): the raise takes the largest value it accepts."""
+    import resource
+
+    from fedpeer.peer import raise_open_files_limit
+
+    tried: list[int] = []
+
+    def setrlimit(which: int, limits: tuple[int, int]) -> None:
+        tried.append(limits[0])
+        if limits[0] > 12_000:
+            raise ValueError("not allowed")
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (256, resource.RLIM_INFINITY))
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert raise_open_files_limit() == (256, 10_240)
+    assert tried == [65_536, 32_768, 16_384, 10_240]  # largest first

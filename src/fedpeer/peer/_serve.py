@@ -164,7 +164,7 @@ def connections_budget(requested: int, files_limit: int | None) -> int:
     desktops, gives 768; macOS's 256 gives 192.)"""
     if files_limit is None:
         return requested
-    return max(1, min(requested, max(16, files_limit * 3 // 4)))
+    return min(requested, max(16, files_limit * 3 // 4))
 
 
 def raise_open_files_limit(target: int = 65_536) -> tuple[int, int] | None:
@@ -182,7 +182,8 @@ def raise_open_files_limit(target: int = 65_536) -> tuple[int, int] | None:
     want = target if hard == resource.RLIM_INFINITY else min(target, hard)
     # macOS refuses more than its per-process maximum (kern.maxfilesperproc,
     # often 10240) even when the hard limit says "unlimited": step down.
-    for attempt in (want, min(want, 10_240), *(want >> k for k in range(1, 8))):
+    steps = {want, min(want, 10_240), *(want >> k for k in range(1, 8))}
+    for attempt in sorted(steps, reverse=True):
         if attempt <= soft:
             break
         try:

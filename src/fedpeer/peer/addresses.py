@@ -4,6 +4,7 @@ can reach it. Shared by the node, pairing and the CLI; no network I/O but a UDP
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import urllib.parse
@@ -27,6 +28,7 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def address_group(host: str) -> str:
     """The key per-address limits count ``host`` under (protocol.md §6.3, §6.5).
 
@@ -40,7 +42,7 @@ def address_group(host: str) -> str:
     IPv4 address mapped into IPv6 (``::ffff:192.0.2.7``, what a dual-stack
     socket reports) is the IPv4 address; a zone index (``fe80::1%eth0``) is
     dropped. Anything else (a Unix socket peer, an ASGI server's placeholder)
-    is itself.
+    is itself. Cached: every request asks twice (in-flight cap, rate limit).
     """
     try:
         addr = ipaddress.ip_address(host.strip("[]"))

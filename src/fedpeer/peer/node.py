@@ -135,8 +135,8 @@ class Node:
     urls: list[str]
     data_dir: Path | None
     task_group: anyio.abc.TaskGroup
+    connections: OpenConnections
     admin_token: str | None = attrs.field(default=None, repr=False)
-    connections: OpenConnections | None = None
 
     @property
     def core(self) -> NodeCore:
@@ -509,14 +509,15 @@ async def open_node(
         shutdown = anyio.Event()
         server = _Server()
         async with anyio.create_task_group() as tg:
-            total_cap = connections_budget(cfg.max_open_conns, open_files_limit())
+            files = open_files_limit()
+            total_cap = connections_budget(cfg.max_open_conns, files)
             if total_cap < cfg.max_open_conns:
                 log.info(
                     "at most %d open connections in all (max_open_conns %d, but only "
                     "%s file descriptors: raise `ulimit -n`)",
                     total_cap,
                     cfg.max_open_conns,
-                    open_files_limit(),
+                    files,
                 )
             conns = OpenConnections(cfg.max_open_conns_per_ip, total_cap)
             tg.start_soon(_serve, app, hconf, sockets, shutdown, server, conns)
