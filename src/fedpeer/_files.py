@@ -25,19 +25,25 @@ _NO_LINKS = frozenset(
 )
 
 
+class TargetExists(FileExistsError):
+    """:func:`place` with ``replace=False`` found its target there already
+    (``filename`` is the target). Any other ``FileExistsError`` is about another
+    file, such as a caller's own temp name."""
+
+
 def place(tmp: Path | str, path: Path, *, replace: bool = True) -> None:
     """Move the finished, fsynced file ``tmp`` to ``path`` (same directory), durably.
 
     ``replace=True``: ``os.replace`` (an existing ``path`` is replaced
     atomically). ``replace=False``: an existing ``path`` is never touched;
-    raises ``FileExistsError`` whose ``filename`` is ``path`` and leaves
+    raises :class:`TargetExists` (``filename`` is ``path``) and leaves
     ``tmp`` for the caller to remove. That
     is a hard link (atomic, refuses an existing target) and then the unlink of
     ``tmp``; on a file system without hard links, a check and a rename (a
     narrow race there). Then fsyncs the directory. Blocking; raises OSError.
     """
     path = Path(path)
-    exists = FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    exists = TargetExists(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     if replace:
         os.replace(tmp, path)
     else:

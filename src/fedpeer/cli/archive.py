@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import click
 import trio
 
-from .._files import place
+from .._files import TargetExists, place
 from ..errors import CarInvalid, FedpeerError, StoreError
 from ..peer import STORE_FILE, PeerClient
 from ..store import backup_sqlite
@@ -41,6 +41,10 @@ BATCH_BYTES = 2 * 1024 * 1024  # well under the node's 4 MiB body limit
 
 def _tmp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _exists(file: Path) -> StoreError:
+    return StoreError(f"{file} exists; pick another file name or pass --force")
 
 
 def _write_hint(exc: OSError) -> str:
@@ -90,7 +94,7 @@ def backup(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
 def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
     """Write every record of the running node, with its signature, to FILE (CARv1)."""
     if file.exists() and not force:
-        fail(StoreError(f"{file} exists; pick another file name or pass --force"))
+        fail(_exists(file))
 
     async def main() -> Json:
         body = _tmp_beside(file)
@@ -118,9 +122,9 @@ def export(obj: Ctx, file: Path, force: bool, as_json: bool) -> None:
 
             await trio.to_thread.run_sync(assemble)
             return {"file": str(file), "records": count, "exported_by": did}
-        except FileExistsError as exc:
-            if exc.filename == str(file):  # place() names the target; else a temp name clash
-                raise StoreError(f"{file} exists; pick another file name or pass --force") from None
+        except TargetExists:  # made while we exported
+            raise _exists(file) from None
+        except FileExistsError as exc:  # a clash of our own temp names
             raise StoreError(f"cannot write {file}: {exc}; try again") from exc
         except OSError as exc:
             raise StoreError(

@@ -45,7 +45,7 @@ import nacl.exceptions
 import nacl.signing
 
 from fedpeer import _ed25519
-from fedpeer._files import write_private
+from fedpeer._files import TargetExists, write_private
 from fedpeer.errors import (
     BadSignature,
     KeyFileError,
@@ -161,7 +161,7 @@ class SigningKey:
         try:
             write_private(path, data, replace=not exclusive)
         except OSError as err:
-            if exclusive and isinstance(err, FileExistsError) and err.filename == str(path):
+            if exclusive and isinstance(err, TargetExists):
                 raise
             raise KeyFileError(
                 f"cannot write the key file {path}: {err.strerror or err.__class__.__name__}"

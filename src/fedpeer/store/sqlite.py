@@ -78,7 +78,7 @@ import anyio
 import anyio.lowlevel
 
 from .._clock import now_ms
-from .._files import place
+from .._files import TargetExists, place
 from ..errors import SchemaTooNew, StoreClosed, StoreCorrupt, StoreError, StoreFull
 from ._watch import HeadWatch
 from .base import (
@@ -949,8 +949,9 @@ def backup_sqlite(
     dst_path = Path(dest)
     if not src_path.is_file():
         raise StoreError(f"no store at {src_path}: start the node once, or check --data-dir")
+    exists = StoreError(f"{dst_path} exists; pick another file name or overwrite it (--force)")
     if dst_path.exists() and not overwrite:
-        raise StoreError(f"{dst_path} exists; pick another file name or overwrite it (--force)")
+        raise exists
     if dst_path.resolve() == src_path.resolve():
         raise StoreError("the backup must go to another file than the store itself")
     tmp = dst_path.with_name(f".{dst_path.name}.{secrets.token_hex(4)}.tmp")
@@ -978,12 +979,10 @@ def backup_sqlite(
         return count
     except sqlite3.Error as exc:
         raise _map_error(exc, f"back up {src_path} to {dst_path}", dst_path) from exc
-    except FileExistsError as exc:
-        if exc.filename != str(dst_path):  # not dest: our own temp file (a name clash)
-            raise StoreError(f"cannot write the backup {dst_path}: {exc}; try again") from exc
-        raise StoreError(
-            f"{dst_path} exists; pick another file name or overwrite it (--force)"
-        ) from None
+    except TargetExists:  # made while we copied
+        raise exists from None
+    except FileExistsError as exc:  # our own temp name (a clash)
+        raise StoreError(f"cannot write the backup {dst_path}: {exc}; try again") from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _full(f"write the backup {dst_path}", exc) from exc
