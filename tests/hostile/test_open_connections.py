@@ -29,9 +29,11 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedpeer.peer import NodeConfig, open_node
-from fedpeer.peer._serve import OpenConnections, connections_budget
+from fedpeer.peer._serve import ConnectionSlot, OpenConnections, connections_budget
 from fedpeer.peer.node import Node
 from tests.conftest import BOTH_BACKENDS
 
@@ -120,17 +122,72 @@ async def test_silent_connections_past_the_per_address_cap_are_closed_at_once(
 async def test_silent_connections_past_the_total_cap_are_closed_at_once(
     tmp_path: Path, anyio_backend: str
 ) -> None:
-    """Many addresses (a LAN attacker can use many) are bounded in all."""
-    cfg = NodeConfig(max_open_conns=6, header_timeout_s=QUIET)
+    """Many addresses (a LAN attacker can use many) are bounded in all: once
+    every address holds as many as a newcomer's would, the newcomer is refused."""
+    cfg = NodeConfig(max_open_conns=3, header_timeout_s=QUIET)
     async with open_node(tmp_path / "n", config=cfg) as node:
         async with (
-            _silent(node, 2, "127.0.0.3"),
-            _silent(node, 2, "127.0.0.4"),
-            _silent(node, 2, "127.0.0.5"),
+            _silent(node, 1, "127.0.0.3"),
+            _silent(node, 1, "127.0.0.4"),
+            _silent(node, 1, "127.0.0.5"),
         ):
-            assert await _refused_at_once(node, "127.0.0.6")  # the seventh
+            assert await _refused_at_once(node, "127.0.0.6")  # the fourth
+            assert _conns(node).evicted == 0
         assert _conns(node).total == 0
         assert await _health_from(node.url, "127.0.0.6") == 200
+
+
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_at_the_total_cap_a_newcomer_takes_an_idle_slot_of_the_address_holding_most(
+    tmp_path: Path, anyio_backend: str, tls: bool
+) -> None:
+    """Before: a flood that filled the total cap shut every newcomer out until its
+    connections timed out. Now the node closes the oldest idle connection of the
+    address holding the most (over HTTPS, one still before its handshake), and the
+    newcomer is served."""
+    cfg = NodeConfig(tls=tls, max_open_conns=6, header_timeout_s=QUIET)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        conns = _conns(node)
+        async with _silent(node, 4, "127.0.0.3") as flood, _silent(node, 2, "127.0.0.4") as few:
+            assert await _health_from(node.url, "127.0.0.6") == 200
+            assert conns.evicted == 1
+            assert await _closed_by_server(flood[0], 10)  # the oldest of the largest
+            with anyio.fail_after(10):
+                await conns.wait_until(lambda c: c.total == 5)
+            assert conns.by_group == {"127.0.0.3": 3, "127.0.0.4": 2}
+            for sock in [*flood[1:], *few]:
+                assert not await _closed_by_server(sock, 0.05)  # the others stay
+            async with _silent(node, 1, "127.0.0.5"):  # full again
+                assert await _health_from(node.url, "127.0.0.7") == 200
+                assert conns.evicted == 2
+                assert await _closed_by_server(flood[1], 10)  # "127.0.0.3" still holds most
+
+
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+async def test_a_connection_with_a_request_in_the_app_is_not_evicted(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Requests whose bodies are still coming are in the app: their connections
+    are not idle, so a newcomer at the total cap is refused rather than cutting
+    them off."""
+    cfg = NodeConfig(max_open_conns=4, header_timeout_s=QUIET, body_timeout_s=QUIET)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        conns = _conns(node)
+        head = (
+            b"POST /v1/records HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {node.admin_token}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        async with _silent(node, 3, "127.0.0.3") as uploads, _silent(node, 1, "127.0.0.4"):
+            for sock in uploads:
+                await sock.send(head)
+            with anyio.fail_after(10):
+                await conns.wait_until(lambda c: "127.0.0.3" not in c._idle)
+            assert await _refused_at_once(node, "127.0.0.5")
+            assert conns.evicted == 0
+            for sock in uploads:
+                assert not await _closed_by_server(sock, 0.05)
 
 
 @pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
@@ -194,41 +251,170 @@ def test_a_flood_logs_once_per_group_and_remembers_no_stranger(
     and once for the total cap; groups refused by the total cap hold no entry."""
     conns = OpenConnections(per_group=2, total_cap=4)
     with caplog.at_level(logging.WARNING, logger="fedpeer.peer"):
-        for _ in range(2):
-            assert conns.enter("a")
+        held = [conns.enter("a"), conns.enter("a")]
         for _ in range(5):
-            assert not conns.enter("a")
-        assert conns.enter("b")
-        assert conns.enter("b")
-        for i in range(100):  # strangers while everything is full
-            assert not conns.enter(f"s{i}")
+            assert conns.enter("a") is None
+        held += [conns.enter("b"), conns.enter("c")]
+        held.append(conns.enter("s"))  # takes an idle slot of "a", which holds two
+        for i in range(100):  # strangers while everything is full (and evenly shared)
+            assert conns.enter(f"s{i}") is None
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2, warnings  # "a" at its cap, then the total cap
     assert conns.refused == 105
+    assert conns.evicted == 1
     assert conns._warned == {"a"}
-    for group in ("a", "a", "b", "b"):
-        conns.leave(group)
+    for slot in held:
+        assert slot is not None
+        conns.leave(slot)  # the evicted one: a no-op
     assert conns._warned == set()
     assert not conns._warned_total
     assert conns.total == 0
+    assert conns.by_group == {}
+    assert conns._levels == {}
+    assert conns._idle == {}
+    assert conns._top == 0
+
+
+class _Closed:
+    """What an evicted connection's ``close`` records (sans-I/O tests)."""
+
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    def enter(self, conns: OpenConnections, group: str, name: str = "") -> ConnectionSlot | None:
+        return conns.enter(group, lambda: self.closed.append(name or group))
+
+    def admit(self, conns: OpenConnections, group: str, name: str = "") -> ConnectionSlot:
+        slot = self.enter(conns, group, name)
+        assert slot is not None
+        return slot
 
 
 def test_open_connections_counts_and_caps() -> None:
+    seen = _Closed()
     conns = OpenConnections(per_group=2, total_cap=3)
-    assert conns.enter("a")
-    assert conns.enter("a")
-    assert not conns.enter("a")  # the group's cap
-    assert conns.enter("b")
-    assert not conns.enter("c")  # the total cap
-    conns.leave("a")
-    assert conns.enter("c")
+    a1 = seen.admit(conns, "a", "a1")
+    a2 = seen.admit(conns, "a", "a2")
+    assert seen.enter(conns, "a") is None  # the group's cap
+    b1 = seen.admit(conns, "b", "b1")
+    # At the total cap, "a" holds two more than "c": its oldest idle connection goes.
+    c1 = seen.admit(conns, "c", "c1")
+    assert seen.closed == ["a1"]
+    assert a1.evicted
+    assert conns.evicted == 1
+    conns.leave(a1)  # its task ends later: already counted out
     assert conns.by_group == {"a": 1, "b": 1, "c": 1}
+    # Everyone holds one now: a newcomer takes no one's slot.
+    assert seen.enter(conns, "d") is None
+    assert seen.closed == ["a1"]
     assert conns.total == 3
     assert conns.refused == 2
-    for group in ("a", "b", "c"):
-        conns.leave(group)
+    for slot in (a2, b1, c1):
+        conns.leave(slot)
     assert conns.by_group == {}
     assert conns.total == 0
+
+
+def test_a_connection_with_a_request_in_flight_is_never_evicted() -> None:
+    """Only idle connections are evicted, oldest idle first: a connection that
+    finished a request is the most recently idle of its group."""
+    seen = _Closed()
+    conns = OpenConnections(per_group=10, total_cap=4)
+    x = [seen.admit(conns, "x", f"x{i}") for i in range(3)]
+    seen.admit(conns, "y", "y0")
+    conns.request_started(x[0])  # busy: never a victim
+    conns.request_started(x[1])
+    conns.request_done(x[1])  # idle again, after x2
+    assert seen.enter(conns, "z", "z0") is not None
+    assert seen.closed == ["x2"]  # the oldest idle, not the oldest
+    # "x" holds 2, "z" 1 and "y" 1: a newcomer holds 0, so "x" gives one more.
+    assert seen.enter(conns, "w", "w0") is not None
+    assert seen.closed == ["x2", "x1"]
+    # x0 is busy and alone in its group; nobody holds two more than a newcomer.
+    assert seen.enter(conns, "v") is None
+    conns.request_done(x[0])
+    assert conns.by_group == {"x": 1, "y": 1, "z": 1, "w": 1}
+
+
+def test_when_the_largest_group_is_all_busy_a_smaller_one_gives_way() -> None:
+    seen = _Closed()
+    conns = OpenConnections(per_group=10, total_cap=6)
+    for i in range(4):
+        conns.request_started(seen.admit(conns, "big", f"big{i}"))
+    for i in range(2):
+        seen.admit(conns, "mid", f"mid{i}")
+    assert seen.enter(conns, "new", "new0") is not None
+    assert seen.closed == ["mid0"]  # "big" has no idle connection; "mid" holds 2 >= 0 + 2
+    assert seen.enter(conns, "new") is None  # now "new" holds 1: "mid" (1) is not ahead
+
+
+def test_an_eviction_looks_at_a_bounded_number_of_groups() -> None:
+    """Groups whose connections are all busy are skipped, but only so many: the
+    cost of an accept at the cap stays bounded however many groups there are."""
+    from fedpeer.peer._serve import _EVICT_LOOK
+
+    seen = _Closed()
+    groups = _EVICT_LOOK + 5
+    conns = OpenConnections(per_group=10, total_cap=groups * 2)
+    for g in range(groups):
+        for _ in range(2):
+            slot = seen.admit(conns, f"g{g}")
+            if g < groups - 1:  # the last group's two stay idle
+                conns.request_started(slot)
+    assert seen.enter(conns, "new") is None  # the idle pair lies past the bound
+    assert seen.closed == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["enter", "leave", "start", "done"]), st.integers(0, 5)),
+        max_size=120,
+    )
+)
+def test_open_connections_keeps_its_books(ops: list[tuple[str, int]]) -> None:
+    """Any sequence of accepts, closes and requests: the counts, levels and idle
+    lists agree with the live slots; caps hold; an eviction only takes an idle
+    slot from a group holding at least two more than the newcomer's."""
+    seen = _Closed()
+    conns = OpenConnections(per_group=3, total_cap=5)
+    live: list[ConnectionSlot] = []
+    for op, n in ops:
+        if op == "enter":
+            group = f"g{n}"
+            held = conns.by_group.get(group, 0)
+            before = dict(conns.by_group)
+            slot = seen.enter(conns, group)
+            gone = [s for s in live if s.evicted]
+            if slot is not None:
+                live.append(slot)
+                for victim in gone:
+                    assert victim.busy == 0
+                    assert before[victim.group] >= held + 2
+                    live.remove(victim)
+                assert len(gone) <= 1
+        elif live:
+            slot = live[n % len(live)]
+            if op == "leave" and slot.busy == 0:
+                conns.leave(slot)
+                live.remove(slot)
+            elif op == "start":
+                conns.request_started(slot)
+            elif op == "done" and slot.busy:
+                conns.request_done(slot)
+        counts: dict[str, int] = {}
+        for slot in live:
+            counts[slot.group] = counts.get(slot.group, 0) + 1
+        assert conns.by_group == counts
+        assert conns.total == len(live) <= 5
+        assert all(c <= 3 for c in counts.values())
+        levels = {c: {g for g, k in counts.items() if k == c} for c in set(counts.values())}
+        assert {c: set(gs) for c, gs in conns._levels.items()} == levels
+        assert conns._top == max(counts.values(), default=0)
+        idle = {id(s) for s in live if s.busy == 0}
+        assert {id(s) for gs in conns._idle.values() for s in gs} == idle
+        assert all(gs for gs in conns._idle.values())
+        assert len(seen.closed) == conns.evicted  # every evicted connection was closed
 
 
 # --- few file descriptors -------------------------------------------------------------

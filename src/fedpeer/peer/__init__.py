@@ -13,6 +13,7 @@ from .._datadir import lock_holder as lock_holder
 from ._config import NodeConfig as NodeConfig
 from ._pinning import check_peer as check_peer
 from ._pinning import judge_pins as judge_pins
+from ._serve import ConnectionSlot as ConnectionSlot
 from ._serve import OpenConnections as OpenConnections
 from ._serve import raise_open_files_limit as raise_open_files_limit
 from ._transport import Pin as Pin
@@ -69,6 +70,7 @@ __all__ = [
     "TLS_NEXT_KEY_FILE",
     "AdminClient",
     "ChangesResult",
+    "ConnectionSlot",
     "Discovery",
     "GrantService",
     "InviteCreated",

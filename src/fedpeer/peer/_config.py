@@ -59,7 +59,9 @@ class NodeConfig:
     once). ``max_open_conns_per_ip`` caps the connections one address holds
     open in any state (idle, mid-handshake, sending its head), and
     ``max_open_conns`` those of all addresses together: past either, a new
-    connection is closed as soon as it is accepted, so trickling connections
+    connection is closed as soon as it is accepted (at the total cap, an idle
+    connection of the address holding the most goes first when that address
+    holds at least two more than the newcomer's), so trickling connections
     cannot use up the node's file descriptors (``max_open_conns`` is also held
     to three quarters of the process's descriptor limit: 768 under a soft
     ``ulimit -n`` of 1024; ``fedpeer run`` raises that limit to the hard one).

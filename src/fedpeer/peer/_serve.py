@@ -9,7 +9,11 @@ same serve loop as hypercorn's (its ``TCPServer`` per connection, on the running
 backend, trio or asyncio), with :class:`OpenConnections` checked as each connection
 is accepted, before a byte is read and before any TLS handshake: past
 ``max_open_conns_per_ip`` from one address (an IPv6 caller counts by its /64), or
-``max_open_conns`` in all, the connection is closed at once.
+``max_open_conns`` in all, the connection is closed at once; at the total cap,
+an idle connection of the address group holding the most is closed first, when
+that group holds at least two more than the newcomer's (max-min fair shares, see
+:class:`OpenConnections`), so a flood from many addresses cannot shut out callers
+with few connections.
 
 One change to hypercorn's connection server: once the peer has closed (or reading
 fails), it stops its keep-alive timer. Hypercorn's waits the timer out before the
@@ -26,6 +30,7 @@ is run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import ssl
@@ -42,6 +47,7 @@ from .._aio import backend_name
 from .addresses import address_group
 
 __all__ = [
+    "ConnectionSlot",
     "OpenConnections",
     "connections_budget",
     "open_files_limit",
@@ -52,17 +58,49 @@ __all__ = [
 log = logging.getLogger("fedpeer.peer")
 
 _CLOSE_S = 2.0  # how long closing a connection may wait for the peer (asyncio TLS)
+_EVICT_LOOK = 64  # groups an eviction looks at, at most (each accept at the cap)
+
+
+@attrs.define(eq=False)
+class ConnectionSlot:
+    """One accepted connection as :class:`OpenConnections` counts it.
+
+    ``close`` closes the connection's socket at once (called when the connection
+    is evicted); ``busy`` is the number of requests it has in the app.
+    """
+
+    group: str
+    close: Callable[[], None]
+    busy: int = 0
+    evicted: bool = False
+
+
+def _never_closed() -> None:
+    """The ``close`` of a slot whose owner cannot be closed from outside."""
 
 
 @attrs.define
 class OpenConnections:
     """Open connections per address group and in all, with their caps (sans-I/O).
 
-    :meth:`enter` when a connection is accepted (False: close it at once),
-    :meth:`leave` when it closes; ``refused`` counts the connections closed by a
-    cap. A group over its cap is logged once until it falls back under half of
-    it, so a flood does not flood the log too. :meth:`wait_until` waits for the
-    counts to reach a state (tests, monitoring).
+    :meth:`enter` when a connection is accepted (None: close it at once),
+    :meth:`leave` when it closes, and :meth:`request_started` /
+    :meth:`request_done` around each request the connection carries.
+
+    Past a group's cap, a new connection from that group is refused. At the total
+    cap, a newcomer is not simply refused: the node closes the oldest *idle*
+    connection (no request in the app: never finished a head, or waiting between
+    keep-alive requests) of the group holding the most connections, as long as
+    that group holds at least two more than the newcomer's; only when there is
+    none is the newcomer refused. So a flood from many addresses that fills the
+    node takes slots from itself, not from callers with few connections, and the
+    shares tend to even (max-min fair). A connection with a request in flight is
+    never evicted. ``refused`` counts connections closed by a cap, ``evicted``
+    those closed for a newcomer.
+
+    A group over its cap (or the total cap, or the first eviction) is logged once
+    until it falls back under half of it, so a flood does not flood the log too.
+    :meth:`wait_until` waits for the counts to reach a state (tests, monitoring).
     """
 
     per_group: int
@@ -70,6 +108,12 @@ class OpenConnections:
     by_group: dict[str, int] = attrs.field(factory=dict)
     total: int = 0
     refused: int = 0
+    evicted: int = 0
+    # groups by how many connections they hold (insertion order: who got there first)
+    _levels: dict[int, dict[str, None]] = attrs.field(factory=dict)
+    _top: int = 0  # the largest count held by a group (0: none)
+    # the idle connections of each group, oldest idle first
+    _idle: dict[str, dict[ConnectionSlot, None]] = attrs.field(factory=dict)
     _warned: set[str] = attrs.field(factory=set)  # groups at their cap, logged
     _warned_total: bool = False
     _changed: anyio.Event | None = None
@@ -87,8 +131,9 @@ class OpenConnections:
             self._changed.set()
             self._changed = None
 
-    def enter(self, group: str) -> bool:
-        """Count a new connection from ``group``; False when a cap refuses it."""
+    def enter(self, group: str, close: Callable[[], None] = _never_closed) -> ConnectionSlot | None:
+        """Count a new connection from ``group``: its slot, or None when a cap
+        refuses it. ``close`` must close the connection at once (eviction)."""
         held = self.by_group.get(group, 0)
         if held >= self.per_group:
             if group not in self._warned:  # a group in by_group: the set stays bounded
@@ -99,39 +144,115 @@ class OpenConnections:
                     held,
                     self.per_group,
                 )
-            return self._refuse()
-        if self.total >= self.total_cap:
-            if not self._warned_total:
-                self._warned_total = True
-                log.warning(
-                    "closing new connections at once: %d open in all (at most %d)",
-                    self.total,
-                    self.total_cap,
-                )
-            return self._refuse()
-        self.by_group[group] = held + 1
+            self._refuse()
+            return None
+        if self.total >= self.total_cap and not self._evict_for(held):
+            self._refuse()
+            return None
+        slot = ConnectionSlot(group, close)
+        self._count(group, held, held + 1)
         self.total += 1
+        self._idle.setdefault(group, {})[slot] = None
         self._notify()
-        return True
+        return slot
 
-    def leave(self, group: str) -> None:
-        """Count a connection from ``group`` closed."""
-        left = self.by_group[group] - 1
-        if left:
-            self.by_group[group] = left
+    def leave(self, slot: ConnectionSlot) -> None:
+        """Count ``slot``'s connection closed (a no-op once it was evicted)."""
+        if slot.evicted:
+            return
+        self._remove(slot)
+        self._notify()
+
+    def request_started(self, slot: ConnectionSlot) -> None:
+        """``slot``'s connection has a request in the app: it is not idle."""
+        if slot.busy == 0 and not slot.evicted:
+            self._idle_remove(slot)
+        slot.busy += 1
+        self._notify()
+
+    def request_done(self, slot: ConnectionSlot) -> None:
+        """A request of ``slot``'s connection left the app: idle again (the most
+        recently idle of its group) once it has none."""
+        slot.busy -= 1
+        if slot.busy == 0 and not slot.evicted:
+            self._idle.setdefault(slot.group, {})[slot] = None
+        self._notify()
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        self._notify()
+
+    def _count(self, group: str, old: int, new: int) -> None:
+        """Move ``group`` from holding ``old`` connections to ``new`` (one apart)."""
+        levels = self._levels
+        if old:
+            at_old = levels[old]
+            del at_old[group]
+            if not at_old:
+                del levels[old]
+        if new:
+            self.by_group[group] = new
+            levels.setdefault(new, {})[group] = None
+            self._top = max(self._top, new)
         else:
             del self.by_group[group]
+        while self._top and self._top not in levels:
+            self._top -= 1
+
+    def _idle_remove(self, slot: ConnectionSlot) -> None:
+        idle = self._idle.get(slot.group)
+        if idle is not None and slot in idle:
+            del idle[slot]
+            if not idle:
+                del self._idle[slot.group]
+
+    def _remove(self, slot: ConnectionSlot) -> None:
+        group = slot.group
+        self._idle_remove(slot)
+        left = self.by_group[group] - 1
+        self._count(group, left + 1, left)
         self.total -= 1
         if left * 2 < self.per_group:
             self._warned.discard(group)
         if self.total * 2 < self.total_cap:
             self._warned_total = False
-        self._notify()
 
-    def _refuse(self) -> bool:
-        self.refused += 1
-        self._notify()
-        return False
+    def _evict_for(self, held: int) -> bool:
+        """At the total cap: close the oldest idle connection of the largest group
+        holding at least ``held + 2`` (the newcomer's group holds ``held``).
+        False when there is none. Looks at no more than a bounded number of
+        groups, so a flood cannot make each accept slow."""
+        looked = 0
+        level = self._top
+        victim: ConnectionSlot | None = None
+        while victim is None and level >= held + 2 and looked < _EVICT_LOOK:
+            for group in self._levels.get(level, ()):
+                looked += 1
+                idle = self._idle.get(group)
+                if idle:
+                    victim = next(iter(idle))
+                    break
+                if looked >= _EVICT_LOOK:
+                    break
+            level -= 1
+        if not self._warned_total:
+            self._warned_total = True
+            log.warning(
+                "%d connections open in all (at most %d): %s",
+                self.total,
+                self.total_cap,
+                "closing idle connections of the addresses holding the most"
+                if victim is not None
+                else "closing new connections at once",
+            )
+        if victim is None:
+            return False
+        self._remove(victim)
+        victim.evicted = True
+        self.evicted += 1
+        with contextlib.suppress(OSError):
+            victim.close()
+        return True
 
 
 class _EndsWhenPeerGone:
@@ -192,6 +313,30 @@ def raise_open_files_limit(target: int = 65_536) -> tuple[int, int] | None:
             continue
         return (soft, attempt)
     return (soft, soft)
+
+
+@attrs.frozen
+class _Counted:
+    """The app as one connection's requests reach it: each request marks the
+    connection busy while in the app (a busy connection is never evicted)."""
+
+    app: AppWrapper
+    conns: OpenConnections
+    slot: ConnectionSlot
+
+    async def __call__(
+        self,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        self.conns.request_started(self.slot)
+        try:
+            await self.app(scope, receive, send, sync_spawn, call_soon)
+        finally:
+            self.conns.request_done(self.slot)
 
 
 def _group_of(peername: object) -> str:
@@ -260,13 +405,21 @@ class _Serving:
             except OSError:  # gone already
                 await trio.aclose_forcefully(stream)
                 return
-            if not self.conns.enter(group):
+            # Evicted: the socket closes at once, and its reads end with
+            # ClosedResourceError, which hypercorn's server takes as the end.
+            slot = self.conns.enter(group, raw.socket.close)
+            if slot is None:
                 await trio.aclose_forcefully(stream)
                 return
             try:
-                await TCPServer(self.app, self.hconf, context, {}, stream)
+                app = _Counted(self.app, self.conns, slot)
+                await TCPServer(app, self.hconf, context, {}, stream)
+            except trio.ClosedResourceError:
+                # evicted during its TLS handshake, which hypercorn lets through
+                if not slot.evicted:
+                    raise
             finally:
-                self.conns.leave(group)
+                self.conns.leave(slot)
 
         async with trio.open_nursery() as connections:
             try:
@@ -333,12 +486,21 @@ class _Serving:
                 writer.transport.abort()
                 return
             group = _group_of(writer.get_extra_info("peername"))
-            if not self.conns.enter(group):
+            task = asyncio.current_task()
+            assert task is not None
+            handshaking = tls is not None
+
+            def close() -> None:  # evicted
+                if handshaking:  # start_tls ends (CancelledError) and closes its transport
+                    task.cancel()
+                else:
+                    writer.transport.abort()
+
+            slot = self.conns.enter(group, close)
+            if slot is None:
                 writer.transport.abort()
                 return
             try:
-                task = asyncio.current_task()
-                assert task is not None
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 if tls is not None:
@@ -351,9 +513,18 @@ class _Serving:
                     except OSError:  # a failed, aborted or timed-out handshake
                         writer.transport.abort()
                         return
-                await TCPServer(self.app, loop, self.hconf, context, {}, reader, writer)
+                    except asyncio.CancelledError:
+                        if not slot.evicted:
+                            raise
+                        task.uncancel()  # ours: the connection just ends
+                        writer.transport.abort()
+                        return
+                    finally:
+                        handshaking = False
+                app = _Counted(self.app, self.conns, slot)
+                await TCPServer(app, loop, self.hconf, context, {}, reader, writer)
             finally:
-                self.conns.leave(group)
+                self.conns.leave(slot)
 
         servers: list[asyncio.Server] = []
         listening = [
