@@ -12,6 +12,7 @@ plain httpx clients.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import httpx
@@ -314,3 +315,52 @@ async def test_unpair_request_ends_the_senders_open_longpoll(tmp_path: Path) -> 
             assert response.json()["error"]["code"] == "TOKEN_REVOKED"
     finally:
         await store.aclose()
+
+
+async def _slow_sse_reader(
+    url: str, token: str, got_record: trio.Event, revoked: trio.Event, counts: dict[str, int]
+) -> None:
+    """A reader taking one record every 5 ms through a small receive buffer (so
+    the node's writes wait on it), counting the records after ``revoked``."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    transport = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)]
+    )
+    async with (
+        httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(10, read=None)) as client,
+        client.stream(
+            "GET", url + "/v1/sync/changes?feed=continuous&limit=10000", headers=headers
+        ) as r,
+    ):
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line == "event: record":
+                got_record.set()
+                counts["after" if revoked.is_set() else "before"] += 1
+                await trio.sleep(0.005)  # the slow reader (its pace, not a synchronisation)
+            elif line == "event: error":
+                counts["error"] += 1
+
+
+async def test_a_revocation_stops_a_slow_reader_in_the_middle_of_a_page(tmp_path: Path) -> None:
+    """Before: the bearer was checked between pages only, and one page holds up to
+    ``limit`` records: a reader taking a 30 MB page slowly kept receiving it for
+    seconds after its token was revoked (the whole page). Now a stream checks
+    again every 0.5 s within a page too. What still arrives after the revocation
+    is what the socket buffers already held and half a second's worth."""
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=64 * 1024 * 1024)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        sa_id, token, _token_id = await _reader(node)
+        for i in range(600):
+            await node.append(namespace="a", thread="t", kind="k", body="x" * 50_000 + str(i))
+        got, revoked = trio.Event(), trio.Event()
+        counts = {"before": 0, "after": 0, "error": 0}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_slow_sse_reader, node.url, token, got, revoked, counts)
+            with trio.fail_after(10):
+                await got.wait()
+            await _revoke_http(node, sa_id)
+            revoked.set()
+        assert counts["error"] == 1  # TOKEN_REVOKED, at the end
+        assert counts["before"] + counts["after"] < 600, counts  # not the whole page
+        assert counts["after"] < 350, counts

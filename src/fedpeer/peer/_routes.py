@@ -370,6 +370,9 @@ async def changes(ctx: Ctx) -> Response:
     return _page_response(ctx, page)
 
 
+_RECHECK_S = 0.5  # how often a stream re-checks its bearer and grants mid-page
+
+
 def _sse_error(err: FedpeerError) -> bytes:
     return b"event: error\ndata: " + dagjson_encode(err.to_dict()) + b"\n\n"
 
@@ -386,6 +389,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
     (await ctx.view("sync:read")).check_change_filter(flt)
     since = await resolve_cursor(store, since_text)
     heartbeat = ctx.app.config.heartbeat_s
+    page_max_bytes = ctx.app.config.page_max_bytes
 
     async def events() -> AsyncIterator[bytes]:
         seq = since
@@ -399,8 +403,17 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                 # Grants are read again for every page, so a change applies mid-stream.
                 view = await ctx.view("sync:read")
                 visible = view.record_visible
-                page = await store.changes(seq, limit, flt)
+                checked = anyio.current_time()
+                page = trim_page(await store.changes(seq, limit, flt), page_max_bytes, visible)
                 for rec in page.records:
+                    # Within a page too (a slow reader makes each yield wait): the
+                    # bearer and the grants again every _RECHECK_S, so a revocation
+                    # or a deleted grant stops the records within that time.
+                    if anyio.current_time() - checked >= _RECHECK_S:
+                        await ctx.recheck()
+                        view = await ctx.view("sync:read")
+                        visible = view.record_visible
+                        checked = anyio.current_time()
                     if visible(rec):
                         cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key)
                         yield _sse_event("record", cursor.encode(), dagjson_encode(_rec_json(rec)))
