@@ -26,6 +26,7 @@ async def main(data_dir: str, soft: int) -> None:
     async with open_node(data_dir, config=NodeConfig(header_timeout_s=60)) as node:
         conns = node.connections
         assert conns is not None
+        conns.stale_after_s = 3600  # refusals, not evictions of silent ones, are counted here
         print(json.dumps({"url": node.url, "total_cap": conns.total_cap}), flush=True)
         n = int(await anyio.to_thread.run_sync(sys.stdin.readline))
         with anyio.fail_after(30):

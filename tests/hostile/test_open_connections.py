@@ -87,6 +87,14 @@ def _conns(node: Node) -> OpenConnections:
     return node.connections
 
 
+def _no_stale(node: Node) -> OpenConnections:
+    """The node's counter, with silent connections never old enough to evict
+    (tests of the caps and of fair shares, whatever the machine's speed)."""
+    conns = _conns(node)
+    conns.stale_after_s = QUIET
+    return conns
+
+
 async def _refused_at_once(node: Node, source: str) -> bool:
     """Whether one more connection from ``source`` is closed by a cap (not a timeout)."""
     host, port = _host_port(node.url)
@@ -126,6 +134,7 @@ async def test_silent_connections_past_the_total_cap_are_closed_at_once(
     every address holds as many as a newcomer's would, the newcomer is refused."""
     cfg = NodeConfig(max_open_conns=3, header_timeout_s=QUIET)
     async with open_node(tmp_path / "n", config=cfg) as node:
+        _no_stale(node)
         async with (
             _silent(node, 1, "127.0.0.3"),
             _silent(node, 1, "127.0.0.4"),
@@ -135,6 +144,32 @@ async def test_silent_connections_past_the_total_cap_are_closed_at_once(
             assert _conns(node).evicted == 0
         assert _conns(node).total == 0
         assert await _health_from(node.url, "127.0.0.6") == 200
+
+
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+async def test_at_the_total_cap_a_connection_silent_for_a_second_gives_way(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Even shares (one silent connection per address, as a flood from many
+    addresses holds them): the newcomer is served once the oldest silent
+    connection has been open a second (the counter's clock, moved by the test)."""
+    cfg = NodeConfig(max_open_conns=3, header_timeout_s=QUIET)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        conns = _conns(node)
+        clock = _Clock()
+        conns.clock = clock
+        async with (
+            _silent(node, 1, "127.0.0.3") as first,
+            _silent(node, 1, "127.0.0.4"),
+            _silent(node, 1, "127.0.0.5"),
+        ):
+            assert await _refused_at_once(node, "127.0.0.6")  # all of them are new
+            clock.now = 1.0
+            assert await _health_from(node.url, "127.0.0.6") == 200
+            assert conns.evicted == 1
+            assert await _closed_by_server(first[0], 10)  # the oldest
+            assert conns.by_group.get("127.0.0.3") is None
+            assert conns.by_group["127.0.0.4"] == 1
 
 
 @pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
@@ -148,7 +183,7 @@ async def test_at_the_total_cap_a_newcomer_takes_an_idle_slot_of_the_address_hol
     newcomer is served."""
     cfg = NodeConfig(tls=tls, max_open_conns=6, header_timeout_s=QUIET)
     async with open_node(tmp_path / "n", config=cfg) as node:
-        conns = _conns(node)
+        conns = _no_stale(node)
         async with _silent(node, 4, "127.0.0.3") as flood, _silent(node, 2, "127.0.0.4") as few:
             assert await _health_from(node.url, "127.0.0.6") == 200
             assert conns.evicted == 1
@@ -165,6 +200,39 @@ async def test_at_the_total_cap_a_newcomer_takes_an_idle_slot_of_the_address_hol
 
 
 @pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+async def test_a_keep_alive_connection_is_busy_for_its_request_and_idle_after(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Busy from the request head (hypercorn's own signal, before the app runs)
+    to the end of the response; idle again, the most recently idle, after."""
+    cfg = NodeConfig(header_timeout_s=QUIET, body_timeout_s=QUIET)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        conns = _conns(node)
+        async with _silent(node, 1, "127.0.0.3") as (sock,):
+            (slot,) = conns._idle["127.0.0.3"]
+            assert not slot.spoke
+            await sock.send(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            answer = b""
+            with anyio.fail_after(10):
+                while b"\r\n\r\n" not in answer:
+                    answer += await sock.receive()
+                await conns.wait_until(lambda c: "127.0.0.3" in c._idle)
+            assert answer.startswith(b"HTTP/1.1 200")
+            assert slot.spoke
+            assert not slot.busy
+            assert slot not in conns._silent
+            # a head that is complete but whose body has not come: busy
+            await sock.send(
+                b"POST /v1/records HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {node.admin_token}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            with anyio.fail_after(10):
+                await conns.wait_until(lambda c: slot.busy)
+            assert "127.0.0.3" not in conns._idle
+
+
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
 async def test_a_connection_with_a_request_in_the_app_is_not_evicted(
     tmp_path: Path, anyio_backend: str
 ) -> None:
@@ -173,7 +241,7 @@ async def test_a_connection_with_a_request_in_the_app_is_not_evicted(
     them off."""
     cfg = NodeConfig(max_open_conns=4, header_timeout_s=QUIET, body_timeout_s=QUIET)
     async with open_node(tmp_path / "n", config=cfg) as node:
-        conns = _conns(node)
+        conns = _no_stale(node)
         head = (
             b"POST /v1/records HTTP/1.1\r\nHost: x\r\n"
             + f"Authorization: Bearer {node.admin_token}\r\n".encode()
@@ -236,12 +304,13 @@ async def test_a_client_silent_after_its_tls_handshake_frees_its_slot_in_time(
 
 
 def test_the_address_of_an_accepted_connection_is_grouped() -> None:
-    from fedpeer.peer._serve import _group_of
+    from fedpeer.peer._serve import _groups_of
 
-    assert _group_of(("127.0.0.1", 5000)) == "127.0.0.1"
-    assert _group_of(("2001:db8:1:2::7", 5000, 0, 0)) == "2001:db8:1:2::/64"
-    assert _group_of(("::ffff:192.0.2.7", 5000, 0, 0)) == "192.0.2.7"
-    assert _group_of(None) == "unknown"  # a transport without a peer name
+    assert _groups_of(("127.0.0.1", 5000)) == ("127.0.0.1", "127.0.0.1")
+    assert _groups_of(("2001:db8:1:2::7", 5000, 0, 0)) == ("2001:db8:1:2::/64", "2001:db8:1::/48")
+    assert _groups_of(("fe80::7%eth0", 5000, 0, 2)) == ("fe80::7", "fe80::7")
+    assert _groups_of(("::ffff:192.0.2.7", 5000, 0, 0)) == ("192.0.2.7", "192.0.2.7")
+    assert _groups_of(None) == ("unknown", "unknown")  # a transport without a peer name
 
 
 def test_a_flood_logs_once_per_group_and_remembers_no_stranger(
@@ -249,7 +318,7 @@ def test_a_flood_logs_once_per_group_and_remembers_no_stranger(
 ) -> None:
     """Refusals are logged once per group at its cap (again after it has drained)
     and once for the total cap; groups refused by the total cap hold no entry."""
-    conns = OpenConnections(per_group=2, total_cap=4)
+    conns = _counter(2, 4)
     with caplog.at_level(logging.WARNING, logger="fedpeer.peer"):
         held = [conns.enter("a"), conns.enter("a")]
         for _ in range(5):
@@ -275,6 +344,20 @@ def test_a_flood_logs_once_per_group_and_remembers_no_stranger(
     assert conns._top == 0
 
 
+class _Clock:
+    """A clock the test moves (sans-I/O tests: no real time passes)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _counter(per_group: int, total_cap: int, clock: _Clock | None = None) -> OpenConnections:
+    return OpenConnections(per_group=per_group, total_cap=total_cap, clock=clock or _Clock())
+
+
 class _Closed:
     """What an evicted connection's ``close`` records (sans-I/O tests)."""
 
@@ -292,7 +375,7 @@ class _Closed:
 
 def test_open_connections_counts_and_caps() -> None:
     seen = _Closed()
-    conns = OpenConnections(per_group=2, total_cap=3)
+    conns = _counter(2, 3)
     a1 = seen.admit(conns, "a", "a1")
     a2 = seen.admit(conns, "a", "a2")
     assert seen.enter(conns, "a") is None  # the group's cap
@@ -319,12 +402,12 @@ def test_a_connection_with_a_request_in_flight_is_never_evicted() -> None:
     """Only idle connections are evicted, oldest idle first: a connection that
     finished a request is the most recently idle of its group."""
     seen = _Closed()
-    conns = OpenConnections(per_group=10, total_cap=4)
+    conns = _counter(10, 4)
     x = [seen.admit(conns, "x", f"x{i}") for i in range(3)]
     seen.admit(conns, "y", "y0")
-    conns.request_started(x[0])  # busy: never a victim
-    conns.request_started(x[1])
-    conns.request_done(x[1])  # idle again, after x2
+    conns.set_busy(x[0], True)  # busy: never a victim
+    conns.set_busy(x[1], True)
+    conns.set_busy(x[1], False)  # idle again, after x2
     assert seen.enter(conns, "z", "z0") is not None
     assert seen.closed == ["x2"]  # the oldest idle, not the oldest
     # "x" holds 2, "z" 1 and "y" 1: a newcomer holds 0, so "x" gives one more.
@@ -332,15 +415,15 @@ def test_a_connection_with_a_request_in_flight_is_never_evicted() -> None:
     assert seen.closed == ["x2", "x1"]
     # x0 is busy and alone in its group; nobody holds two more than a newcomer.
     assert seen.enter(conns, "v") is None
-    conns.request_done(x[0])
+    conns.set_busy(x[0], False)
     assert conns.by_group == {"x": 1, "y": 1, "z": 1, "w": 1}
 
 
 def test_when_the_largest_group_is_all_busy_a_smaller_one_gives_way() -> None:
     seen = _Closed()
-    conns = OpenConnections(per_group=10, total_cap=6)
+    conns = _counter(10, 6)
     for i in range(4):
-        conns.request_started(seen.admit(conns, "big", f"big{i}"))
+        conns.set_busy(seen.admit(conns, "big", f"big{i}"), True)
     for i in range(2):
         seen.admit(conns, "mid", f"mid{i}")
     assert seen.enter(conns, "new", "new0") is not None
@@ -355,65 +438,111 @@ def test_an_eviction_looks_at_a_bounded_number_of_groups() -> None:
 
     seen = _Closed()
     groups = _EVICT_LOOK + 5
-    conns = OpenConnections(per_group=10, total_cap=groups * 2)
+    conns = _counter(10, groups * 2)
     for g in range(groups):
         for _ in range(2):
             slot = seen.admit(conns, f"g{g}")
             if g < groups - 1:  # the last group's two stay idle
-                conns.request_started(slot)
+                conns.set_busy(slot, True)
     assert seen.enter(conns, "new") is None  # the idle pair lies past the bound
     assert seen.closed == []
 
 
-@settings(max_examples=200, deadline=None)
+def test_a_site_flooding_from_many_64s_is_one_share() -> None:
+    """One /48 spread over many /64s (one connection each, under every group cap)
+    is one share: a newcomer from elsewhere takes its oldest idle slot."""
+    seen = _Closed()
+    conns = _counter(2, 4)
+    site = "2001:db8:1::/48"
+    for i in range(4):
+        assert conns.enter(f"2001:db8:1:{i}::/64", lambda i=i: seen.closed.append(f"s{i}"), site)
+    assert conns.enter("192.0.2.7", share="192.0.2.7") is not None
+    assert seen.closed == ["s0"]
+    assert conns._by_share == {site: 3, "192.0.2.7": 1}
+
+
+def test_when_shares_are_even_a_connection_silent_for_a_second_gives_way() -> None:
+    """Many addresses holding one silent connection each: fair shares cannot tell
+    them apart, but an honest client sends its request at once, so at the cap the
+    oldest connection that has been open a second without a complete request goes.
+    One that had a request (idle between keep-alive requests) is not taken so."""
+    clock = _Clock()
+    seen = _Closed()
+    conns = _counter(4, 3, clock)
+    spoke = seen.admit(conns, "a", "a0")
+    conns.set_busy(spoke, True)
+    conns.set_busy(spoke, False)  # idle, but it spoke
+    seen.admit(conns, "b", "b0")
+    clock.now = 0.5
+    seen.admit(conns, "c", "c0")
+    assert seen.enter(conns, "d") is None  # b0 is only half a second old
+    clock.now = 1.2
+    assert seen.enter(conns, "d", "d0") is not None
+    assert seen.closed == ["b0"]  # the oldest silent one, not a0 (older, but it spoke)
+    assert seen.enter(conns, "e") is None  # c0 is 0.7 s old
+    clock.now = 1.5
+    assert seen.enter(conns, "e", "e0") is not None
+    assert seen.closed == ["b0", "c0"]
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["enter", "leave", "start", "done"]), st.integers(0, 5)),
+        st.tuples(st.sampled_from(["enter", "leave", "start", "done", "tick"]), st.integers(0, 5)),
         max_size=120,
     )
 )
 def test_open_connections_keeps_its_books(ops: list[tuple[str, int]]) -> None:
-    """Any sequence of accepts, closes and requests: the counts, levels and idle
-    lists agree with the live slots; caps hold; an eviction only takes an idle
-    slot from a group holding at least two more than the newcomer's."""
+    """Any sequence of accepts, closes, requests and passing time: the counts,
+    levels, idle and silent lists agree with the live slots; caps hold; an
+    eviction takes an idle slot of a share holding at least two more than the
+    newcomer's, or a silent one open at least ``stale_after_s``."""
+    clock = _Clock()
     seen = _Closed()
-    conns = OpenConnections(per_group=3, total_cap=5)
+    conns = _counter(3, 5, clock)
     live: list[ConnectionSlot] = []
     for op, n in ops:
         if op == "enter":
             group = f"g{n}"
-            held = conns.by_group.get(group, 0)
-            before = dict(conns.by_group)
-            slot = seen.enter(conns, group)
+            share = "s01" if n < 2 else "s23" if n < 4 else group
+            held = conns._by_share.get(share, 0)
+            before = dict(conns._by_share)
+            slot = conns.enter(group, lambda: seen.closed.append("x"), share)
             gone = [s for s in live if s.evicted]
             if slot is not None:
                 live.append(slot)
                 for victim in gone:
-                    assert victim.busy == 0
-                    assert before[victim.group] >= held + 2
+                    assert not victim.busy
+                    fair = before[victim.share] >= held + 2
+                    stale = not victim.spoke and clock.now - victim.opened >= 1.0
+                    assert fair or stale
                     live.remove(victim)
-                assert len(gone) <= 1
+            assert len(gone) <= (slot is not None)
+        elif op == "tick":
+            clock.now += 0.4 * n
         elif live:
             slot = live[n % len(live)]
-            if op == "leave" and slot.busy == 0:
+            if op == "leave":
                 conns.leave(slot)
                 live.remove(slot)
-            elif op == "start":
-                conns.request_started(slot)
-            elif op == "done" and slot.busy:
-                conns.request_done(slot)
-        counts: dict[str, int] = {}
+            else:
+                conns.set_busy(slot, op == "start")
+        groups: dict[str, int] = {}
+        shares: dict[str, int] = {}
         for slot in live:
-            counts[slot.group] = counts.get(slot.group, 0) + 1
-        assert conns.by_group == counts
+            groups[slot.group] = groups.get(slot.group, 0) + 1
+            shares[slot.share] = shares.get(slot.share, 0) + 1
+        assert conns.by_group == groups
+        assert conns._by_share == shares
         assert conns.total == len(live) <= 5
-        assert all(c <= 3 for c in counts.values())
-        levels = {c: {g for g, k in counts.items() if k == c} for c in set(counts.values())}
+        assert all(c <= 3 for c in groups.values())
+        levels = {c: {g for g, k in shares.items() if k == c} for c in set(shares.values())}
         assert {c: set(gs) for c, gs in conns._levels.items()} == levels
-        assert conns._top == max(counts.values(), default=0)
-        idle = {id(s) for s in live if s.busy == 0}
+        assert conns._top == max(shares.values(), default=0)
+        idle = {id(s) for s in live if not s.busy}
         assert {id(s) for gs in conns._idle.values() for s in gs} == idle
         assert all(gs for gs in conns._idle.values())
+        assert {id(s) for s in conns._silent} == {id(s) for s in live if not s.spoke}
         assert len(seen.closed) == conns.evicted  # every evicted connection was closed
 
 

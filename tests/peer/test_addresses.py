@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from fedpeer.errors import InvalidRequest
 from fedpeer.peer.addresses import (
     address_group,
+    address_share,
     is_loopback_host,
     is_wildcard,
     loopback_url,
@@ -75,6 +76,24 @@ def test_a_loopback_only_node_cannot_give_a_lan_peer_its_url() -> None:
 )
 def test_address_group(host: str, group: str) -> None:
     assert address_group(host) == group
+
+
+@pytest.mark.parametrize(
+    ("host", "share"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2::1", "2001:db8:1::/48"),  # a site's /64s weigh together
+        ("2001:db8:1:ffff::1", "2001:db8:1::/48"),
+        ("2001:db8:2::1", "2001:db8:2::/48"),  # another site
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("fe80::1%eth0", "fe80::1"),  # LAN addresses: by themselves, as for the caps
+        ("fd12:3456:789a:1::5", "fd12:3456:789a:1::5"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_address_share(host: str, share: str) -> None:
+    """What eviction at the total connection cap weighs a caller by."""
+    assert address_share(host) == share
 
 
 def _by_64(addr: ipaddress.IPv6Address) -> bool:

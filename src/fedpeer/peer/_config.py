@@ -61,7 +61,8 @@ class NodeConfig:
     ``max_open_conns`` those of all addresses together: past either, a new
     connection is closed as soon as it is accepted (at the total cap, an idle
     connection of the address holding the most goes first when that address
-    holds at least two more than the newcomer's), so trickling connections
+    holds at least two more than the newcomer's, else one silent for a second:
+    see :class:`~fedpeer.peer.OpenConnections`), so trickling connections
     cannot use up the node's file descriptors (``max_open_conns`` is also held
     to three quarters of the process's descriptor limit: 768 under a soft
     ``ulimit -n`` of 1024; ``fedpeer run`` raises that limit to the hard one).

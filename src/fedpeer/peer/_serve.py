@@ -10,10 +10,9 @@ backend, trio or asyncio), with :class:`OpenConnections` checked as each connect
 is accepted, before a byte is read and before any TLS handshake: past
 ``max_open_conns_per_ip`` from one address (an IPv6 caller counts by its /64), or
 ``max_open_conns`` in all, the connection is closed at once; at the total cap,
-an idle connection of the address group holding the most is closed first, when
-that group holds at least two more than the newcomer's (max-min fair shares, see
-:class:`OpenConnections`), so a flood from many addresses cannot shut out callers
-with few connections.
+an idle connection of the address holding the most, or else one silent for a
+second, is closed first (see :class:`OpenConnections`), so a flood from many
+addresses cannot shut out callers with few connections.
 
 One change to hypercorn's connection server: once the peer has closed (or reading
 fails), it stops its keep-alive timer. Hypercorn's waits the timer out before the
@@ -34,6 +33,7 @@ import contextlib
 import functools
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +41,11 @@ import anyio
 import attrs
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.events import Updated
 from hypercorn.typing import AppWrapper
 
 from .._aio import backend_name
-from .addresses import address_group
+from .addresses import address_group, address_share
 
 __all__ = [
     "ConnectionSlot",
@@ -65,13 +66,19 @@ _EVICT_LOOK = 64  # groups an eviction looks at, at most (each accept at the cap
 class ConnectionSlot:
     """One accepted connection as :class:`OpenConnections` counts it.
 
-    ``close`` closes the connection's socket at once (called when the connection
-    is evicted); ``busy`` is the number of requests it has in the app.
+    ``group`` is what its per-address cap counts (an IPv6 caller's /64), ``share``
+    what eviction weighs (an IPv6 caller's /48), ``close`` closes the connection
+    (called when it is evicted), ``opened`` its accept time on the counter's
+    clock. ``busy``: a request is in progress (from its head to the end of its
+    response); ``spoke``: it has had one.
     """
 
     group: str
+    share: str
     close: Callable[[], None]
-    busy: int = 0
+    opened: float
+    busy: bool = False
+    spoke: bool = False
     evicted: bool = False
 
 
@@ -84,36 +91,47 @@ class OpenConnections:
     """Open connections per address group and in all, with their caps (sans-I/O).
 
     :meth:`enter` when a connection is accepted (None: close it at once),
-    :meth:`leave` when it closes, and :meth:`request_started` /
-    :meth:`request_done` around each request the connection carries.
+    :meth:`leave` when it closes, and :meth:`set_busy` as a request starts (its
+    head is in) and as the connection is idle again (the response is out).
 
     Past a group's cap, a new connection from that group is refused. At the total
-    cap, a newcomer is not simply refused: the node closes the oldest *idle*
-    connection (no request in the app: never finished a head, or waiting between
-    keep-alive requests) of the group holding the most connections, as long as
-    that group holds at least two more than the newcomer's; only when there is
-    none is the newcomer refused. So a flood from many addresses that fills the
-    node takes slots from itself, not from callers with few connections, and the
-    shares tend to even (max-min fair). A connection with a request in flight is
-    never evicted. ``refused`` counts connections closed by a cap, ``evicted``
-    those closed for a newcomer.
+    cap a newcomer is not simply refused; the node first closes, in this order:
 
-    A group over its cap (or the total cap, or the first eviction) is logged once
-    until it falls back under half of it, so a flood does not flood the log too.
-    :meth:`wait_until` waits for the counts to reach a state (tests, monitoring).
+    1. the oldest *idle* connection (no request in progress: it never finished a
+       head, or waits between keep-alive requests) of the share holding the most
+       connections, when that share holds at least two more than the newcomer's
+       (a share is an address, or an IPv6 /48: a flood from one site's many /64s
+       is one share), so shares even out (max-min fair);
+    2. else the oldest connection that has been open ``stale_after_s`` without
+       ever sending a complete request (an honest client sends its request at
+       once; a flood of silent connections from many addresses does not).
+
+    Only when neither exists is the newcomer refused. A connection with a request
+    in progress (a longpoll, an upload) is never closed for a newcomer.
+    ``refused`` counts connections closed by a cap, ``evicted`` those closed for
+    a newcomer.
+
+    A group over its cap (or the total cap) is logged once until it falls back
+    under half of it, so a flood does not flood the log too. :meth:`wait_until`
+    waits for the counts to reach a state (tests, monitoring).
     """
 
     per_group: int
     total_cap: int
+    stale_after_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
     by_group: dict[str, int] = attrs.field(factory=dict)
     total: int = 0
     refused: int = 0
     evicted: int = 0
-    # groups by how many connections they hold (insertion order: who got there first)
+    _by_share: dict[str, int] = attrs.field(factory=dict)
+    # shares by how many connections they hold (insertion order: who got there first)
     _levels: dict[int, dict[str, None]] = attrs.field(factory=dict)
-    _top: int = 0  # the largest count held by a group (0: none)
-    # the idle connections of each group, oldest idle first
+    _top: int = 0  # the largest count held by a share (0: none)
+    # the idle connections of each share, oldest idle first
     _idle: dict[str, dict[ConnectionSlot, None]] = attrs.field(factory=dict)
+    # connections that never had a request, oldest first
+    _silent: dict[ConnectionSlot, None] = attrs.field(factory=dict)
     _warned: set[str] = attrs.field(factory=set)  # groups at their cap, logged
     _warned_total: bool = False
     _changed: anyio.Event | None = None
@@ -131,9 +149,13 @@ class OpenConnections:
             self._changed.set()
             self._changed = None
 
-    def enter(self, group: str, close: Callable[[], None] = _never_closed) -> ConnectionSlot | None:
-        """Count a new connection from ``group``: its slot, or None when a cap
-        refuses it. ``close`` must close the connection at once (eviction)."""
+    def enter(
+        self, group: str, close: Callable[[], None] = _never_closed, share: str | None = None
+    ) -> ConnectionSlot | None:
+        """Count a new connection from ``group`` (weighed for eviction as ``share``,
+        default ``group``): its slot, or None when a cap refuses it. ``close``
+        must close the connection at once (eviction)."""
+        share = group if share is None else share
         held = self.by_group.get(group, 0)
         if held >= self.per_group:
             if group not in self._warned:  # a group in by_group: the set stays bounded
@@ -146,13 +168,15 @@ class OpenConnections:
                 )
             self._refuse()
             return None
-        if self.total >= self.total_cap and not self._evict_for(held):
+        if self.total >= self.total_cap and not self._evict_for(self._by_share.get(share, 0)):
             self._refuse()
             return None
-        slot = ConnectionSlot(group, close)
-        self._count(group, held, held + 1)
+        slot = ConnectionSlot(group, share, close, self.clock())
+        self.by_group[group] = held + 1
+        self._count(share, +1)
         self.total += 1
-        self._idle.setdefault(group, {})[slot] = None
+        self._idle.setdefault(share, {})[slot] = None
+        self._silent[slot] = None
         self._notify()
         return slot
 
@@ -163,85 +187,98 @@ class OpenConnections:
         self._remove(slot)
         self._notify()
 
-    def request_started(self, slot: ConnectionSlot) -> None:
-        """``slot``'s connection has a request in the app: it is not idle."""
-        if slot.busy == 0 and not slot.evicted:
-            self._idle_remove(slot)
-        slot.busy += 1
-        self._notify()
-
-    def request_done(self, slot: ConnectionSlot) -> None:
-        """A request of ``slot``'s connection left the app: idle again (the most
-        recently idle of its group) once it has none."""
-        slot.busy -= 1
-        if slot.busy == 0 and not slot.evicted:
-            self._idle.setdefault(slot.group, {})[slot] = None
+    def set_busy(self, slot: ConnectionSlot, busy: bool) -> None:
+        """``slot``'s connection has a request in progress (``busy``), or is idle
+        again: then it is the most recently idle of its share."""
+        if slot.evicted or busy == slot.busy:
+            return
+        slot.busy = busy
+        if busy:
+            slot.spoke = True
+            self._silent.pop(slot, None)
+            idle = self._idle[slot.share]
+            del idle[slot]
+            if not idle:
+                del self._idle[slot.share]
+        else:
+            self._idle.setdefault(slot.share, {})[slot] = None
         self._notify()
 
     def _refuse(self) -> None:
         self.refused += 1
         self._notify()
 
-    def _count(self, group: str, old: int, new: int) -> None:
-        """Move ``group`` from holding ``old`` connections to ``new`` (one apart)."""
+    def _count(self, share: str, step: int) -> None:
+        """Move ``share`` one level up (``step`` 1) or down (-1)."""
         levels = self._levels
+        old = self._by_share.get(share, 0)
+        new = old + step
         if old:
             at_old = levels[old]
-            del at_old[group]
+            del at_old[share]
             if not at_old:
                 del levels[old]
         if new:
-            self.by_group[group] = new
-            levels.setdefault(new, {})[group] = None
+            self._by_share[share] = new
+            levels.setdefault(new, {})[share] = None
             self._top = max(self._top, new)
         else:
-            del self.by_group[group]
+            del self._by_share[share]
         while self._top and self._top not in levels:
             self._top -= 1
 
-    def _idle_remove(self, slot: ConnectionSlot) -> None:
-        idle = self._idle.get(slot.group)
-        if idle is not None and slot in idle:
-            del idle[slot]
-            if not idle:
-                del self._idle[slot.group]
-
     def _remove(self, slot: ConnectionSlot) -> None:
         group = slot.group
-        self._idle_remove(slot)
+        if not slot.busy:
+            idle = self._idle[slot.share]
+            del idle[slot]
+            if not idle:
+                del self._idle[slot.share]
+        self._silent.pop(slot, None)
         left = self.by_group[group] - 1
-        self._count(group, left + 1, left)
+        if left:
+            self.by_group[group] = left
+        else:
+            del self.by_group[group]
+        self._count(slot.share, -1)
         self.total -= 1
         if left * 2 < self.per_group:
             self._warned.discard(group)
         if self.total * 2 < self.total_cap:
             self._warned_total = False
 
-    def _evict_for(self, held: int) -> bool:
-        """At the total cap: close the oldest idle connection of the largest group
-        holding at least ``held + 2`` (the newcomer's group holds ``held``).
-        False when there is none. Looks at no more than a bounded number of
-        groups, so a flood cannot make each accept slow."""
+    def _victim(self, held: int) -> ConnectionSlot | None:
+        """The connection to close for a newcomer whose share holds ``held`` (see
+        the class doc), or None. Looks at a bounded number of shares, so a flood
+        cannot make each accept slow."""
         looked = 0
         level = self._top
-        victim: ConnectionSlot | None = None
-        while victim is None and level >= held + 2 and looked < _EVICT_LOOK:
-            for group in self._levels.get(level, ()):
+        while level >= held + 2 and looked < _EVICT_LOOK:
+            for share in self._levels.get(level, ()):
                 looked += 1
-                idle = self._idle.get(group)
+                idle = self._idle.get(share)
                 if idle:
-                    victim = next(iter(idle))
-                    break
+                    return next(iter(idle))
                 if looked >= _EVICT_LOOK:
                     break
             level -= 1
+        for oldest in self._silent:  # the first only: the oldest silent connection
+            if self.clock() - oldest.opened >= self.stale_after_s:
+                return oldest
+            break
+        return None
+
+    def _evict_for(self, held: int) -> bool:
+        """At the total cap: close a connection for a newcomer whose share holds
+        ``held``; False when there is none to close."""
+        victim = self._victim(held)
         if not self._warned_total:
             self._warned_total = True
             log.warning(
                 "%d connections open in all (at most %d): %s",
                 self.total,
                 self.total_cap,
-                "closing idle connections of the addresses holding the most"
+                "closing idle connections of the addresses holding the most, or silent ones"
                 if victim is not None
                 else "closing new connections at once",
             )
@@ -255,16 +292,44 @@ class OpenConnections:
         return True
 
 
-class _EndsWhenPeerGone:
-    """Mixed into hypercorn's connection server (trio's or asyncio's): once reading
-    ends (the peer closed, or reading failed), stop the keep-alive timer, so the
-    connection ends with the work in flight (module docstring)."""
+class _Tracked:
+    """Mixed into hypercorn's connection server (trio's or asyncio's).
+
+    Once reading ends (the peer closed, or reading failed), it stops the
+    keep-alive timer, so the connection ends with the work in flight (module
+    docstring). And it tells :class:`OpenConnections` (after :meth:`track`) when
+    the connection is busy, from hypercorn's own ``Updated`` events: over HTTP/1.1
+    ``idle=False`` as a request head is in (before the app is even started) and
+    ``idle=True`` once its response is done and the connection ready for the
+    next; over HTTP/2 as its first stream opens and its last one closes.
+    """
 
     idle_task: Any
+    _slot: ConnectionSlot | None = None
+    _conns: OpenConnections | None = None
+
+    def track(self, conns: OpenConnections, slot: ConnectionSlot) -> None:
+        self._conns = conns
+        self._slot = slot
+
+    async def protocol_send(self, event: Any) -> None:
+        if isinstance(event, Updated) and self._conns is not None and self._slot is not None:
+            self._conns.set_busy(self._slot, not event.idle)
+        await super().protocol_send(event)  # type: ignore[misc]
 
     async def _read_data(self) -> None:
         await super()._read_data()  # type: ignore[misc]
         await self.idle_task.stop()
+
+
+def _abort_when_sent(transport: asyncio.WriteTransport) -> None:
+    """Close an asyncio ``transport`` now when nothing waits to go out, else once
+    it has (the end of a response), aborting it ``_CLOSE_S`` later at most."""
+    if transport.get_write_buffer_size() == 0:
+        transport.abort()
+    else:
+        transport.close()
+        asyncio.get_running_loop().call_later(_CLOSE_S, transport.abort)
 
 
 def open_files_limit() -> int | None:
@@ -315,34 +380,11 @@ def raise_open_files_limit(target: int = 65_536) -> tuple[int, int] | None:
     return (soft, soft)
 
 
-@attrs.frozen
-class _Counted:
-    """The app as one connection's requests reach it: each request marks the
-    connection busy while in the app (a busy connection is never evicted)."""
-
-    app: AppWrapper
-    conns: OpenConnections
-    slot: ConnectionSlot
-
-    async def __call__(
-        self,
-        scope: Any,
-        receive: Any,
-        send: Any,
-        sync_spawn: Callable[..., Any],
-        call_soon: Callable[..., Any],
-    ) -> None:
-        self.conns.request_started(self.slot)
-        try:
-            await self.app(scope, receive, send, sync_spawn, call_soon)
-        finally:
-            self.conns.request_done(self.slot)
-
-
-def _group_of(peername: object) -> str:
+def _groups_of(peername: object) -> tuple[str, str]:
+    """The address group and the share (:class:`OpenConnections`) of a peer."""
     if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
-        return address_group(peername[0])
-    return "unknown"
+        return address_group(peername[0]), address_share(peername[0])
+    return "unknown", "unknown"
 
 
 async def serve(
@@ -377,7 +419,7 @@ class _Serving:
         from hypercorn.trio.tcp_server import TCPServer as HypercornTCPServer
         from hypercorn.trio.worker_context import WorkerContext
 
-        class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
+        class TCPServer(_Tracked, HypercornTCPServer):
             pass
 
         context = WorkerContext(None)
@@ -401,19 +443,21 @@ class _Serving:
         async def connection(stream: Any) -> None:
             raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
             try:
-                group = _group_of(raw.socket.getpeername())
+                group, share = _groups_of(raw.socket.getpeername())
             except OSError:  # gone already
                 await trio.aclose_forcefully(stream)
                 return
-            # Evicted: the socket closes at once, and its reads end with
-            # ClosedResourceError, which hypercorn's server takes as the end.
-            slot = self.conns.enter(group, raw.socket.close)
+            # Evicted: the socket closes at once (what was sent still goes out),
+            # and its reads end with ClosedResourceError, which hypercorn's server
+            # takes as the end.
+            slot = self.conns.enter(group, raw.socket.close, share)
             if slot is None:
                 await trio.aclose_forcefully(stream)
                 return
             try:
-                app = _Counted(self.app, self.conns, slot)
-                await TCPServer(app, self.hconf, context, {}, stream)
+                server = TCPServer(self.app, self.hconf, context, {}, stream)
+                server.track(self.conns, slot)
+                await server
             except trio.ClosedResourceError:
                 # evicted during its TLS handshake, which hypercorn lets through
                 if not slot.evicted:
@@ -448,7 +492,7 @@ class _Serving:
         from hypercorn.asyncio.worker_context import WorkerContext
         from hypercorn.events import Closed
 
-        class TCPServer(_EndsWhenPeerGone, HypercornTCPServer):
+        class TCPServer(_Tracked, HypercornTCPServer):
             # Closing a TLS stream waits for the peer's close_notify (30 s by default)
             # and then raises TimeoutError, which hypercorn does not catch: a client
             # silent after its handshake held its slot 30 s past the header timeout
@@ -457,12 +501,7 @@ class _Serving:
 
             async def _initiate_server_close(self) -> None:
                 await self.protocol.handle(Closed())
-                transport = self.writer.transport
-                if transport.get_write_buffer_size() == 0:
-                    transport.abort()
-                else:  # the end of a response may still be on its way out
-                    self.writer.close()
-                    loop.call_later(_CLOSE_S, transport.abort)
+                _abort_when_sent(self.writer.transport)  # a response's end may be on its way
 
             async def _close(self) -> None:
                 try:
@@ -485,7 +524,7 @@ class _Serving:
             if self.shutdown.is_set():  # accepted just before the close: not served
                 writer.transport.abort()
                 return
-            group = _group_of(writer.get_extra_info("peername"))
+            group, share = _groups_of(writer.get_extra_info("peername"))
             task = asyncio.current_task()
             assert task is not None
             handshaking = tls is not None
@@ -494,9 +533,9 @@ class _Serving:
                 if handshaking:  # start_tls ends (CancelledError) and closes its transport
                     task.cancel()
                 else:
-                    writer.transport.abort()
+                    _abort_when_sent(writer.transport)
 
-            slot = self.conns.enter(group, close)
+            slot = self.conns.enter(group, close, share)
             if slot is None:
                 writer.transport.abort()
                 return
@@ -521,8 +560,9 @@ class _Serving:
                         return
                     finally:
                         handshaking = False
-                app = _Counted(self.app, self.conns, slot)
-                await TCPServer(app, loop, self.hconf, context, {}, reader, writer)
+                server = TCPServer(self.app, loop, self.hconf, context, {}, reader, writer)
+                server.track(self.conns, slot)
+                await server
             finally:
                 self.conns.leave(slot)
 

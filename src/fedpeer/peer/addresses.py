@@ -60,6 +60,18 @@ def address_group(host: str) -> str:
 _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 
 
+@functools.lru_cache(maxsize=4096)
+def address_share(host: str) -> str:
+    """What the open-connection eviction weighs ``host`` under (protocol.md §6.3):
+    its :func:`address_group`, except that a global IPv6 address counts as its /48
+    (``"2001:db8:1::/48"``), a site's usual allocation, so a flood from one
+    site's many /64s is one share, however many groups it spreads over."""
+    group = address_group(host)
+    if not group.endswith("/64"):
+        return group
+    return str(ipaddress.IPv6Network(group).supernet(new_prefix=48))
+
+
 def with_host(url: str, host: str) -> str:
     """``url`` with its host replaced by ``host`` (IPv6 bracketed)."""
     parts = urllib.parse.urlsplit(url)
