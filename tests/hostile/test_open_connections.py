@@ -485,6 +485,22 @@ def test_when_shares_are_even_a_connection_silent_for_a_second_gives_way() -> No
     assert seen.closed == ["b0", "c0"]
 
 
+def test_a_silent_connection_of_the_newcomers_own_group_can_give_way() -> None:
+    """The stale rule may take the newcomer's own group's old silent connection;
+    the group's count then stays right (it was read before the eviction: found
+    by the property below)."""
+    clock = _Clock()
+    seen = _Closed()
+    conns = _counter(3, 2, clock)
+    seen.admit(conns, "a", "a0")
+    seen.admit(conns, "b", "b0")
+    clock.now = 2.0
+    assert seen.enter(conns, "a", "a1") is not None
+    assert seen.closed == ["a0"]
+    assert conns.by_group == {"a": 1, "b": 1}
+    assert conns.total == 2
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

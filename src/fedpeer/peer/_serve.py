@@ -172,7 +172,8 @@ class OpenConnections:
             self._refuse()
             return None
         slot = ConnectionSlot(group, share, close, self.clock())
-        self.by_group[group] = held + 1
+        # read again: the connection evicted for this one may be of the same group
+        self.by_group[group] = self.by_group.get(group, 0) + 1
         self._count(share, +1)
         self.total += 1
         self._idle.setdefault(share, {})[slot] = None
