@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from fedpeer.peer import NodeConfig, open_node
+from fedpeer.identity.canonical import cid_for_dagcbor
+from fedpeer.peer import NodeConfig, PeerClient, open_node
 from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.options import SyncOptions
 from fedpeer.sync.pairs import Pair
@@ -233,3 +234,49 @@ async def test_honest_big_records_still_sync_under_the_page_budget(tmp_path: Pat
             await dst.pairs.wait_for(pair.id, caught_up)
         assert await dst.store.count() == 12
         assert dst.pairs.get(pair.id).last_error is None
+
+
+async def test_record_listings_and_batch_fetch_hold_the_page_budget(tmp_path: Path) -> None:
+    """Found by a read-only audit: ``GET /v1/records`` (both orders) and the batch
+    fetch built their answers from up to ``limit`` (10,000) or 1,000 records,
+    whatever their size, so a reader could make the node hold gigabytes for
+    one answer (12 records of 300 KB came back in one 3.6 MB answer under a
+    1 MiB budget). Now every read answer ends with the record that reaches
+    ``page_max_bytes``, the store stops loading rows there, and the rest come on
+    the next page (a batch answer lists them under ``later``; PeerClient asks
+    again)."""
+    cfg = NodeConfig(page_max_bytes=1 * MIB, rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        written = [
+            await node.append(namespace="big", thread="t", kind="blob", body="x" * 300_000 + str(i))
+            for i in range(12)
+        ]
+        ids = [str(r.cid) for r in written]
+        headers = {"Authorization": f"Bearer {node.admin_token}"}
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+            for order, expected in (("oldest", ids), ("newest", ids[::-1])):
+                seen: list[str] = []
+                params = {"limit": "1000", "order": order}
+                for _ in range(12):
+                    r = await client.get(node.url + "/v1/records", params=params)
+                    assert r.status_code == 200, r.text
+                    page = r.json()
+                    # 1 MiB of record bytes: the fourth 300 KB record reaches it
+                    assert len(page["records"]) <= 4, (order, len(r.content))
+                    seen += [rec["cid"]["/"] for rec in page["records"]]
+                    if not page["has_more"]:
+                        break
+                    params["since"] = page["next_cursor"]
+                assert seen == expected, order
+            r = await client.post(node.url + "/v1/sync/records", json={"ids": ids})
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            got = [rec["cid"]["/"] for rec in answer["records"]]
+            assert got == ids[:4]
+            assert answer["later"] == ids[len(got) :]
+            assert answer["missing"] == []
+        absent = str(cid_for_dagcbor(b"\xa0"))  # a record id this node does not hold
+        async with PeerClient(node.url, token=node.admin_token) as peer:
+            records, missing = await peer.fetch_records([*ids, absent])
+        assert [str(r.cid) for r in records] == ids
+        assert missing == [absent]

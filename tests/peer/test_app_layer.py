@@ -309,7 +309,8 @@ async def test_two_nodes_pair_from_one_invite_and_sync_both_ways(tmp_path: Path)
 # --- the same methods in-process and over HTTP ------------------------------------------------
 
 PAIRS = [
-    (RecordService, AdminRecords, {"fetch", "get_stored", "put_verified", "count"}),
+    # fetch and fetch_within: over HTTP, POST /v1/sync/records (PeerClient.fetch_records)
+    (RecordService, AdminRecords, {"fetch", "fetch_within", "get_stored", "put_verified", "count"}),
     (
         InviteService,
         AdminInvites,

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fedpeer.errors import InvalidRequest, Malformed, StoreClosed, StoreError
 from fedpeer.identity.keys import SigningKey
 from fedpeer.store import ChangeFilter, NewRecord, StateTx, Store, StoredRecord
+from fedpeer.store.base import record_bytes
 from fedpeer.sync.records import build_record
 from tests.conftest import BOTH_BACKENDS
 
@@ -181,6 +182,60 @@ async def test_changes_rejects_bad_arguments(store: Store) -> None:
         await store.changes(0, 0)
     with pytest.raises(InvalidRequest):
         await store.changes(-1, 10)
+    for bad in (0, -5):
+        with pytest.raises(InvalidRequest):
+            await store.changes(0, 10, max_bytes=bad)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=40),
+    budget=st.integers(1, 8000),
+    limit=st.integers(1, 50),
+    thread=st.sampled_from([None, "t0"]),
+)
+async def test_changes_end_at_a_byte_budget(
+    store_factory: StoreFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: list[int],
+    budget: int,
+    limit: int,
+    thread: str | None,
+) -> None:
+    """``max_bytes``: a page ends with the record whose record_bytes reach the
+    budget (the first always comes), ``last_seq`` is that record, and paging on
+    from it yields every record once, in order, exactly as without a budget."""
+    store = await store_factory(tmp_path_factory.mktemp("s"))
+    try:
+        await store.put(
+            [rec(i, thread=f"t{i % 2}", data=b"\xa1" + b"x" * n) for i, n in enumerate(sizes)]
+        )
+        flt = ChangeFilter(thread=thread) if thread else None
+        whole = await all_changes(store, flt)
+        got: list[StoredRecord] = []
+        since = 0
+        for _ in range(len(sizes) + 2):
+            page = await store.changes(since, limit, flt, max_bytes=budget)
+            weights = [record_bytes(r) for r in page.records]
+            assert len(page.records) <= limit
+            if len(page.records) > 1:
+                assert sum(weights[:-1]) < budget  # nothing past the record that reaches it
+            if sum(weights) >= budget:  # cut there, or nothing matched after it anyway
+                last = page.records[-1].seq
+                assert page.last_seq == last or not [
+                    r for r in whole if last < r.seq <= page.last_seq
+                ]
+            assert page.last_cid == await store.cid_at(page.last_seq)
+            got.extend(page.records)
+            if page.last_seq >= page.head_seq:
+                break
+            assert page.last_seq > since
+            since = page.last_seq
+        assert [r.seq for r in got] == [r.seq for r in whole]
+    finally:
+        await store.aclose()
 
 
 TRICKY_NAMESPACES = [

@@ -50,9 +50,10 @@ class NodeConfig:
     another address needs ``insecure_http=True`` (``--insecure-http``): the
     node then logs a warning and shows it in ``/health``. ``insecure_http`` also
     lets this node pull from plain-HTTP peers that are not on loopback.
-    ``page_max_bytes`` bounds a feed page by the size of its records' wire bytes
-    (a page always holds at least one record), so a puller's byte cap (this
-    budget plus slack) is never hit by an honest node. ``header_timeout_s`` and
+    ``page_max_bytes`` bounds every read answer (feed and stream pages, record
+    listings, batch fetches) by the size of its records' wire bytes (at least
+    one record), so a puller's byte cap (this budget plus slack) is never hit by
+    an honest node and no answer holds more than that in memory. ``header_timeout_s`` and
     ``body_timeout_s`` bound how long a client may take to send its request
     head and body (the TLS handshake too); ``max_conns_per_ip`` caps the
     requests one source address has in flight (one more is answered 429 at

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import anyio
-import attrs
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
-from ..store.base import ChangeFilter, ChangesPage, StoredRecord
+from ..store.base import ChangeFilter, StoredRecord
 from ..sync.feed import (
     Cursor,
     FeedPage,
@@ -297,23 +296,6 @@ def _page_response(ctx: Ctx, page: FeedPage) -> Response:
     return respond(wire, ctx.request)
 
 
-def trim_page(page: ChangesPage, budget: int, visible: Visible) -> ChangesPage:
-    """``page`` cut after the visible record that reaches ``budget`` bytes of
-    record wire bytes (cid, data, sig), so no page grows past the budget by much
-    (a page always keeps its first visible record). The rest waits for the next
-    page: ``last_seq`` moves back to the last record kept. Pure."""
-    used = 0
-    for i, rec in enumerate(page.records):
-        if not visible(rec):
-            continue
-        used += len(rec.cid) + len(rec.data) + len(rec.sig) + 16
-        if used >= budget and i + 1 < len(page.records):
-            return attrs.evolve(
-                page, records=page.records[: i + 1], last_seq=rec.seq, last_cid=rec.cid
-            )
-    return page
-
-
 async def _one_page(
     ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: int, scope: str = "sync:read"
 ) -> FeedPage:
@@ -321,9 +303,7 @@ async def _one_page(
     view = await ctx.view(scope)
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
     since = await resolve_cursor(store, since_text)
-    changes = trim_page(
-        await store.changes(since, limit, flt), ctx.app.config.page_max_bytes, view.record_visible
-    )
+    changes = await store.changes(since, limit, flt, max_bytes=ctx.app.config.page_max_bytes)
     return build_page(changes, epoch=store.epoch, key=store.cursor_key, visible=view.record_visible)
 
 
@@ -404,7 +384,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                 view = await ctx.view("sync:read")
                 visible = view.record_visible
                 checked = anyio.current_time()
-                page = trim_page(await store.changes(seq, limit, flt), page_max_bytes, visible)
+                page = await store.changes(seq, limit, flt, max_bytes=page_max_bytes)
                 for rec in page.records:
                     # Within a page too (a slow reader makes each yield wait): the
                     # bearer and the grants again every _RECHECK_S, so a revocation
@@ -454,10 +434,15 @@ async def batch_records(ctx: Ctx) -> Response:
     ids = obj.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str | CID) for i in ids):
         raise InvalidRequest("body must be {ids: [cid, ...]}")
-    found, missing = await ctx.app.records.fetch(ids, view=await ctx.view("sync:read"))
+    found, missing, later = await ctx.app.records.fetch_within(
+        ids, view=await ctx.view("sync:read"), max_bytes=ctx.app.config.page_max_bytes
+    )
     cbor = _wants_cbor(ctx)
     out: list[object] = [record_to_wire(r) if cbor else _rec_json(r) for r in found]
-    return respond({"records": out, "missing": missing}, ctx.request)
+    answer: dict[str, object] = {"records": out, "missing": missing}
+    if later:
+        answer["later"] = later
+    return respond(answer, ctx.request)
 
 
 # --- service accounts --------------------------------------------------------------
@@ -689,14 +674,19 @@ ROUTES: list[RouteSpec] = [
         "/v1/sync/records",
         "sync:read",
         batch_records,
-        "Fetch records by id; unknown or invisible ids are listed under missing",
+        "Fetch records by id; unknown or invisible ids are listed under missing, ids "
+        "past the answer's byte budget under later",
         "batch_records",
         request_schema={
             "type": "object",
             "required": ["ids"],
             "properties": {"ids": {"type": "array", "items": {"type": "string"}}},
         },
-        response_schema={"type": "object", "required": ["records", "missing"]},
+        response_schema={
+            "type": "object",
+            "required": ["records", "missing"],
+            "properties": {"later": {"type": "array", "items": {"type": "string"}}},
+        },
         errors=("MALFORMED", "INVALID_REQUEST", "BODY_TOO_LARGE"),
     ),
     RouteSpec(

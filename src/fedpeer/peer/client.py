@@ -448,16 +448,34 @@ class PeerClient(HttpTransport):
         return StreamEvent(cursor, record_from_wire(wire, limits=self.limits, now_ms=now_ms()))
 
     async def fetch_records(self, ids: Sequence[CID | str]) -> tuple[list[SignedRecord], list[str]]:
-        """Batch fetch by CID: (verified records, ids the peer did not give)."""
-        response = await self.request(
-            "POST", "/v1/sync/records", cbor_body={"ids": [str(i) for i in ids]}
-        )
-        body = self.decode(response)
-        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
-            raise Malformed("batch answer has no records list")
-        now = now_ms()
-        records = [record_from_wire(r, limits=self.limits, now_ms=now) for r in body["records"]]
-        missing = [str(m) for m in body.get("missing", [])]
+        """Batch fetch by CID: (verified records, ids the peer did not give).
+
+        Asks again for the ids a peer put off to keep its answer within its byte
+        budget (``later``, protocol.md §9.1), as long as each answer brings a
+        record and puts off fewer ids than were asked; otherwise the rest count
+        as not given."""
+        todo = [str(i) for i in ids]
+        records: list[SignedRecord] = []
+        missing: list[str] = []
+        for _ in range(len(todo) + 1):  # every round takes at least one id off
+            response = await self.request("POST", "/v1/sync/records", cbor_body={"ids": todo})
+            body = self.decode(response)
+            if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+                raise Malformed("batch answer has no records list")
+            now = now_ms()
+            got = [record_from_wire(r, limits=self.limits, now_ms=now) for r in body["records"]]
+            records += got
+            missing += [str(m) for m in body.get("missing", [])]
+            later = body.get("later") or []
+            asked = set(todo)
+            if not isinstance(later, list) or not all(str(x) in asked for x in later):
+                raise Malformed("a batch answer's later lists ids that were not asked for")
+            if not later:
+                break
+            if not got or len(later) >= len(todo):
+                missing += [str(x) for x in later]
+                break
+            todo = [str(x) for x in later]
         return records, missing
 
     # --- invites -------------------------------------------------------------------

@@ -56,6 +56,8 @@ __all__ = [
     "ThreadInfo",
     "cid_key",
     "prefix_upper_bound",
+    "record_bytes",
+    "within_budget",
 ]
 
 T = TypeVar("T")
@@ -301,7 +303,12 @@ class Store(Protocol):
         ...
 
     async def changes(
-        self, since_seq: int, limit: int, filter: ChangeFilter | None = None
+        self,
+        since_seq: int,
+        limit: int,
+        filter: ChangeFilter | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> ChangesPage:
         """Up to ``limit`` matching records with ``seq > since_seq``, in seq order.
 
@@ -309,6 +316,12 @@ class Store(Protocol):
         :class:`ChangesPage` for ``last_seq``: a filtered scan may stop early at
         the end of its scan window with fewer than ``limit`` records; the
         caller continues from ``last_seq``. The page is one consistent snapshot.
+
+        ``max_bytes`` (None: no budget; else >= 1) bounds the page by its records'
+        :func:`record_bytes`: the page ends with the record that reaches it (the
+        first matching record always comes, however large), and ``last_seq`` is
+        that record's seq. A store should stop loading rows there, so a page of
+        large records costs its budget in memory, not ``limit`` records.
         """
         ...
 
@@ -403,12 +416,38 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
-def check_changes_args(since_seq: int, limit: int) -> None:
+def check_changes_args(since_seq: int, limit: int, max_bytes: int | None = None) -> None:
     """Validate :meth:`Store.changes` arguments; raises ``InvalidRequest``."""
     if since_seq < 0:
         raise InvalidRequest(f"since_seq must be >= 0, got {since_seq}")
     if limit < 1:
         raise InvalidRequest(f"limit must be >= 1, got {limit}")
+    if max_bytes is not None and max_bytes < 1:
+        raise InvalidRequest(f"max_bytes must be >= 1, got {max_bytes}")
+
+
+RECORD_OVERHEAD = 16
+"""What :func:`record_bytes` adds per record for its framing (wire keys, heads)."""
+
+
+def record_bytes(rec: StoredRecord) -> int:
+    """What a record weighs against a page budget (``Store.changes(max_bytes=)``,
+    the feed's ``page_max_bytes``): its cid, data and sig, plus a small framing
+    allowance. Pure."""
+    return len(rec.cid) + len(rec.data) + len(rec.sig) + RECORD_OVERHEAD
+
+
+def within_budget(records: Sequence[StoredRecord], max_bytes: int | None) -> int:
+    """How many of ``records`` (in order) a page with budget ``max_bytes`` keeps:
+    up to and including the one that reaches it, at least one. Pure."""
+    if max_bytes is None:
+        return len(records)
+    used = 0
+    for i, rec in enumerate(records):
+        used += record_bytes(rec)
+        if used >= max_bytes:
+            return i + 1
+    return len(records)
 
 
 def dump_json(value: object, what: str = "state value") -> str:

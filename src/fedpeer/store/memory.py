@@ -39,6 +39,7 @@ from .base import (
     cid_key,
     dump_json,
     load_json,
+    within_budget,
 )
 
 __all__ = ["DEFAULT_SCAN_WINDOW", "MemoryStore"]
@@ -231,11 +232,24 @@ class MemoryStore:
         return list(out.values())
 
     async def changes(
-        self, since_seq: int, limit: int, filter: ChangeFilter | None = None
+        self,
+        since_seq: int,
+        limit: int,
+        filter: ChangeFilter | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> ChangesPage:
         """See :meth:`fedpeer.store.Store.changes`."""
         await self._enter()
-        check_changes_args(since_seq, limit)
+        check_changes_args(since_seq, limit, max_bytes)
+        page = self._changes(since_seq, limit, filter)
+        keep = within_budget(page.records, max_bytes)
+        if keep == len(page.records):
+            return page
+        records = page.records[:keep]
+        return self._page(records, records[-1].seq, page.head_seq)
+
+    def _changes(self, since_seq: int, limit: int, filter: ChangeFilter | None) -> ChangesPage:
         head = len(self._records)
         if filter is None or filter.is_empty:
             page = self._records[since_seq : since_seq + limit]

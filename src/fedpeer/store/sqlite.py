@@ -98,6 +98,7 @@ from .base import (
     dump_json,
     load_json,
     prefix_upper_bound,
+    record_bytes,
 )
 from .memory import DEFAULT_SCAN_WINDOW
 
@@ -516,6 +517,7 @@ def _changes(
     limit: int,
     filter: ChangeFilter | None,
     window: int,
+    max_bytes: int | None = None,
 ) -> ChangesPage:
     conn.execute("BEGIN")
     try:
@@ -544,9 +546,16 @@ def _changes(
                 params.append(filter.thread)
             sql = f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
             params.append(limit)
-        rows = conn.execute(sql, params).fetchall()
-        records = tuple(StoredRecord(*row) for row in rows)
-        last = records[-1].seq if len(records) == limit else max(since_seq, head if exact else end)
+        cur = conn.execute(sql, params)
+        if max_bytes is None:
+            records = tuple(StoredRecord(*row) for row in cur.fetchall())
+            cut = False
+        else:
+            records, cut = _fetch_within(cur, max_bytes)
+        if cut or len(records) == limit:
+            last = records[-1].seq
+        else:
+            last = max(since_seq, head if exact else end)
         if records and records[-1].seq == last:
             last_cid: bytes | None = records[-1].cid
         else:  # the cursor's fingerprint, from the same snapshot
@@ -554,6 +563,27 @@ def _changes(
     finally:
         conn.execute("COMMIT")
     return ChangesPage(records, last, head, last_cid)
+
+
+def _fetch_within(cur: sqlite3.Cursor, max_bytes: int) -> tuple[tuple[StoredRecord, ...], bool]:
+    """The rows of ``cur`` up to the one whose running :func:`record_bytes` reach
+    ``max_bytes`` (at least one), and whether rows were left unread: loads a few
+    rows at a time, so a page of large records holds its budget, not its limit."""
+    out: list[StoredRecord] = []
+    used = 0
+    while rows := cur.fetchmany(_FETCH_ROWS):
+        for i, row in enumerate(rows, 1):
+            rec = StoredRecord(*row)
+            out.append(rec)
+            used += record_bytes(rec)
+            if used >= max_bytes:
+                more = i < len(rows) or bool(cur.fetchmany(1))
+                cur.close()
+                return tuple(out), more
+    return tuple(out), False
+
+
+_FETCH_ROWS = 64
 
 
 def _cid_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
@@ -752,13 +782,19 @@ class SQLiteStore:
         return await self._read(run, "read records")
 
     async def changes(
-        self, since_seq: int, limit: int, filter: ChangeFilter | None = None
+        self,
+        since_seq: int,
+        limit: int,
+        filter: ChangeFilter | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> ChangesPage:
         """See :meth:`fedpeer.store.Store.changes`."""
-        check_changes_args(since_seq, limit)
+        check_changes_args(since_seq, limit, max_bytes)
         window = self.scan_window
         page = await self._read(
-            lambda conn: _changes(conn, since_seq, limit, filter, window), "scan changes"
+            lambda conn: _changes(conn, since_seq, limit, filter, window, max_bytes),
+            "scan changes",
         )
         # a reader may see a commit before the writer task has announced it; keep
         # head_seq() >= every seq ever handed out (the announcement does the waking)

@@ -9,6 +9,7 @@ exactly like a missing one (RECORD_NOT_FOUND, no existence leak).
 from __future__ import annotations
 
 import builtins
+from collections import deque
 from collections.abc import Sequence
 
 import anyio
@@ -16,7 +17,7 @@ import anyio
 from ...consent.grants import EVERYTHING, ConsentView
 from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
 from ...identity.canonical import CID, dagcbor_decode
-from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo
+from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
 from ...sync.feed import build_page, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, verify_record
 from ._core import NodeCore
@@ -27,6 +28,7 @@ __all__ = ["RecordService", "parse_cid"]
 _MAX_LIST = 10_000
 _NEWEST_WINDOW = 256  # first window scanned backwards for newest-first listings
 _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
+_FETCH_STEP = 16  # records a budgeted batch fetch reads at a time
 
 
 def parse_cid(value: CID | str) -> CID:
@@ -219,6 +221,22 @@ class RecordService:
         """Batch read: ``(records found and visible, in request order without
         repeats; ids of the others)``. At most ``config.batch_fetch_max`` ids
         (INVALID_REQUEST), MALFORMED for text that is not a CID."""
+        found, missing, _later = await self.fetch_within(cids, view=view, max_bytes=None)
+        return found, missing
+
+    async def fetch_within(
+        self,
+        cids: Sequence[CID | str],
+        *,
+        view: ConsentView = EVERYTHING,
+        max_bytes: int | None,
+    ) -> tuple[list[StoredRecord], list[str], list[str]]:
+        """:meth:`fetch` with an answer budget (protocol.md §9.1): ``(found,
+        missing, later)``, where ``found`` ends with the record whose
+        :func:`~fedpeer.store.base.record_bytes` reach ``max_bytes`` (None: no
+        budget; at least one record) and ``later`` lists the ids not looked at
+        after it, in request order. Reads a few records at a time, so the
+        answer costs its budget in memory, not ``batch_fetch_max`` records."""
         limit = self._core.config.batch_fetch_max
         if len(cids) > limit:
             raise InvalidRequest(f"at most {limit} ids per request")
@@ -229,16 +247,24 @@ class RecordService:
             if cid.raw not in seen:
                 seen.add(cid.raw)
                 wanted.append(cid)
-        found = {r.cid: r for r in await self._core.store.get_many([c.raw for c in wanted])}
         out: builtins.list[StoredRecord] = []
         missing: builtins.list[str] = []
-        for cid in wanted:
-            rec = found.get(cid.raw)
-            if rec is None or not view.record_visible(rec):
-                missing.append(str(cid))
-            else:
+        used = 0
+        step = len(wanted) if max_bytes is None else _FETCH_STEP
+        for start in range(0, len(wanted), max(1, step)):
+            chunk = wanted[start : start + step]
+            found = {r.cid: r for r in await self._core.store.get_many([c.raw for c in chunk])}
+            for i, cid in enumerate(chunk):
+                rec = found.get(cid.raw)
+                if rec is None or not view.record_visible(rec):
+                    missing.append(str(cid))
+                    continue
                 out.append(rec)
-        return out, missing
+                used += record_bytes(rec)
+                if max_bytes is not None and used >= max_bytes:
+                    later = [str(c) for c in chunk[i + 1 :] + wanted[start + step :]]
+                    return out, missing, later
+        return out, missing, []
 
     async def list(
         self,
@@ -264,10 +290,11 @@ class RecordService:
         flt = ChangeFilter(namespace_prefix=namespace or None, thread=thread or None)
         view.check_change_filter(flt)
         store = self._core.store
+        budget = self._core.config.page_max_bytes
         since_seq = await resolve_cursor(store, since)
         if not newest_first:
             page = build_page(
-                await store.changes(since_seq, limit, flt),
+                await store.changes(since_seq, limit, flt, max_bytes=budget),
                 epoch=store.epoch,
                 key=store.cursor_key,
                 visible=view.record_visible,
@@ -280,45 +307,60 @@ class RecordService:
         # newest first: seq <= upper; the cursor names the oldest seq returned
         # (fingerprinted, so a rolled-back store answers CURSOR_RESET)
         upper = await store.head_seq() if since is None else since_seq - 1
-        rows, next_upper = await self._scan_back(upper, limit, flt, view)
+        rows, next_upper = await self._scan_back(upper, limit, flt, view, budget)
         more = next_upper > 0
         at = next_upper + 1 if more else 0
         cursor = cursor_at(store.epoch, at, await store.cid_at(at), key=store.cursor_key)
         return RecordsPage(tuple(RecordEntry.from_stored(r) for r in rows), cursor.encode(), more)
 
     async def _scan_back(
-        self, upper: int, limit: int, flt: ChangeFilter, view: ConsentView
+        self, upper: int, limit: int, flt: ChangeFilter, view: ConsentView, budget: int
     ) -> tuple[builtins.list[StoredRecord], int]:
-        """Up to ``limit`` visible records with seq <= ``upper``, newest first.
+        """Up to ``limit`` visible records with seq <= ``upper``, newest first,
+        ending with the one whose record bytes reach ``budget``.
 
         Scans windows backwards (each window forwards through ``Store.changes``,
-        so any Store works), doubling the window while it finds too little.
+        so any Store works), doubling the window while it finds too little; of a
+        window it keeps only the newest records the page can still take, so a
+        window of large records costs the budget in memory, not the window.
         Returns the records and the highest seq not looked at yet (0: none left);
         the next page's cursor is that seq + 1.
         """
         store = self._core.store
         out: builtins.list[StoredRecord] = []
+        used = 0
         hi = upper
         window = max(_NEWEST_WINDOW, limit)
         for _ in range(_NEWEST_ROUNDS):
             if hi <= 0:
                 return out, 0
             lo = max(0, hi - window)
-            chunk: builtins.list[StoredRecord] = []
+            chunk: deque[StoredRecord] = deque()
+            chunk_bytes = 0
+            room, left = limit - len(out), budget - used
             pos = lo
             for _ in range(window + 1):  # each pass moves pos forward by at least one seq
-                page = await store.changes(pos, min(window, _MAX_LIST), flt)
-                chunk.extend(r for r in page.records if r.seq <= hi and view.record_visible(r))
+                page = await store.changes(pos, min(window, _MAX_LIST), flt, max_bytes=budget)
+                for rec in page.records:
+                    if rec.seq > hi or not view.record_visible(rec):
+                        continue
+                    chunk.append(rec)
+                    chunk_bytes += record_bytes(rec)
+                    # drop the oldest while the newer ones fill the page without it
+                    while len(chunk) > room or (
+                        len(chunk) > 1 and chunk_bytes - record_bytes(chunk[0]) >= left
+                    ):
+                        chunk_bytes -= record_bytes(chunk.popleft())
                 if page.last_seq <= pos or page.last_seq >= hi:
                     break
                 pos = page.last_seq
-            for rec in reversed(chunk):
-                if len(out) >= limit:
-                    return out, out[-1].seq - 1
-                out.append(rec)
+            out.extend(reversed(chunk))  # what the page can take: never past it
+            used += chunk_bytes
+            if len(out) >= limit or used >= budget:
+                # the next page starts below the oldest record returned (records of
+                # this window the page could not take are looked at again)
+                return out, out[-1].seq - 1
             hi = lo
-            if len(out) >= limit:
-                return out, hi
             window = min(window * 2, _MAX_LIST)
         return out, max(hi, 0)
 
