@@ -31,7 +31,11 @@ and the answers to them are seen), then register (RFC 6762 probing, ~1.5 s),
 then maintain: every ``poll_s`` seconds re-read the local addresses, re-sign
 the TXT at half its lifetime, re-check peers that are due, and re-read every
 peer from zeroconf's cache (the browser reports added address records but not
-flushed ones; ``last_seen`` is refreshed that way). An address added to an
+flushed ones; ``last_seen`` is refreshed that way). A name is taken from the
+cache when its announcement is complete there; otherwise it is resolved over the
+network, at most ``_MAX_RESOLVING`` at a time, and one that does not resolve
+waits in a bounded list (``MAX_ENTRIES``) for a retry whose delay doubles up to
+``_RETRY_MAX_S``, so a LAN host flooding names costs bounded work and memory. An address added to an
 interface already in use is re-announced with ``update_service``; a new
 interface, or the loss of an address the multicast sockets are bound to,
 restarts the session. A session that fails is logged, the status turns
@@ -91,6 +95,7 @@ from ..errors import (
 from ..identity.keys import SigningKey
 from ._config import NodeConfig
 from ._mdns_roster import (
+    MAX_ENTRIES,
     CheckResult,
     Roster,
     RosterEntry,
@@ -138,6 +143,8 @@ DEFAULT_CAPABILITIES = ("sync", "invites")
 DiscoveryStatus = Literal["off", "stopped", "starting", "running", "browse-only", "failed"]
 
 _EVENT_BUFFER = 1024
+_MAX_RESOLVING = 32  # names resolved over the network at once (each may wait its timeout)
+_RETRY_MAX_S = 300.0  # longest wait before a name that did not resolve is tried again
 _MAX_VERIFY_ADDRESSES = 4
 _MAX_NAME_ATTEMPTS = 5
 _CLOSE_TIMEOUT_S = 5.0
@@ -350,6 +357,27 @@ def _state_name(change: object) -> _Change | None:
     return None
 
 
+@attrs.frozen
+class _Parked:
+    """A name waiting for a network resolve: due at ``due`` (monotonic seconds);
+    ``delay`` is the wait after its last failed attempt (0: none failed yet)."""
+
+    name: str
+    due: float
+    delay: float
+
+
+def _from_cache(zc: Zeroconf, name: str) -> ServiceInfo | None:
+    """``name``'s announcement when zeroconf's cache holds all of it (no network,
+    no waiting: a few dict lookups, as zeroconf's own resolve does first), else
+    None."""
+    try:
+        info = ServiceInfo(SERVICE_TYPE, name)
+        return info if info.load_from_cache(zc) else None
+    except Exception:  # a name zeroconf will not parse, a cache without it: resolve instead
+        return None
+
+
 def _forwarder(
     soon: Callable[[Callable[[], object]], None], send: MemoryObjectSendStream[_Event]
 ) -> Callable[..., None]:
@@ -436,12 +464,20 @@ class Discovery:
     _changed: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     _roster_version: int = attrs.field(init=False, default=0)
     _seq: int = attrs.field(init=False, default=0)
+    # Resolves and manifest checks have a limiter each, so a flood of names that
+    # never resolve (each waiting out its timeout) cannot hold up the checks.
     _limiter: anyio.CapacityLimiter = attrs.field(
         init=False, factory=lambda: anyio.CapacityLimiter(8)
     )
+    _check_limiter: anyio.CapacityLimiter = attrs.field(
+        init=False, factory=lambda: anyio.CapacityLimiter(8)
+    )
     _checking: set[tuple[str, int]] = attrs.field(init=False, factory=set)
+    # names being resolved over the network (at most _MAX_RESOLVING): True = once more
     _resolving: dict[str, bool] = attrs.field(init=False, factory=dict)
-    _unresolved: dict[str, str] = attrs.field(init=False, factory=dict)  # key -> name
+    # names waiting for a (next) network resolve, oldest first, at most MAX_ENTRIES
+    _unresolved: dict[str, _Parked] = attrs.field(init=False, factory=dict)
+    # goodbyes seen during a name's resolve (only names being resolved have one)
     _epoch: dict[str, int] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -692,7 +728,8 @@ class Discovery:
             if key in self.roster.own_names:
                 continue
             if kind == "removed":
-                self._epoch[key] = self._epoch.get(key, 0) + 1
+                if key in self._resolving:
+                    self._epoch[key] = self._epoch.get(key, 0) + 1
                 self._unresolved.pop(key, None)
                 if self.roster.remove(name) is not None:
                     log.info("mDNS: %s left", name)
@@ -701,12 +738,60 @@ class Discovery:
                 self._request_resolve(zc, name, nursery)
 
     def _request_resolve(self, zc: Zeroconf, name: str, nursery: anyio.abc.TaskGroup) -> None:
+        """Resolve ``name``: from zeroconf's cache at once when its announcement
+        is complete there (an honest peer's usually is: SRV, TXT and addresses
+        come in one packet), else over the network in a task, at most
+        ``_MAX_RESOLVING`` at a time; past that the name waits in ``_unresolved``
+        for a free slot (:meth:`_maintain`)."""
         key = name.lower()
         if key in self._resolving:
             self._resolving[key] = True  # resolve once more when the current one ends
             return
+        info = _from_cache(zc, name)
+        if info is not None:
+            self._unresolved.pop(key, None)
+            self._apply(name, info, nursery)
+            return
+        if len(self._resolving) >= _MAX_RESOLVING:
+            self._park(key, name, failed=False)
+            return
+        self._unresolved.pop(key, None)
         self._resolving[key] = False
         nursery.start_soon(self._resolve, zc, name, nursery)
+
+    def _park(self, key: str, name: str, *, failed: bool) -> None:
+        """Keep ``name`` for a later resolve: due now (no free slot), or after a
+        wait that doubles with every failed attempt (``poll_s`` up to
+        ``_RETRY_MAX_S``). At most MAX_ENTRIES names wait; the one waiting
+        longest makes room (a flood of names cannot grow this)."""
+        now = time.monotonic()
+        old = self._unresolved.pop(key, None)
+        if failed:
+            delay = self.poll_s if old is None else min(old.delay * 2, _RETRY_MAX_S)
+            parked = _Parked(name, now + delay, delay)
+        else:
+            parked = _Parked(name, now, old.delay if old is not None else 0.0)
+        while len(self._unresolved) >= MAX_ENTRIES:
+            del self._unresolved[next(iter(self._unresolved))]
+        self._unresolved[key] = parked
+
+    def _apply(self, name: str, info: ServiceInfo, nursery: anyio.abc.TaskGroup) -> None:
+        """Take a resolved announcement into the roster (and check it if needed)."""
+        if info.port is None:
+            self._park(name.lower(), name, failed=True)
+            return
+        entry, needs_check = self.roster.observe(
+            name,
+            info.properties,
+            info.parsed_scoped_addresses(),
+            info.port,
+            now=time.time(),
+        )
+        self._sync_roster()
+        if entry is not None and needs_check:
+            self._start_check(entry, nursery)
+        elif entry is not None and entry.status == "invalid":
+            log.warning("mDNS: %s is invalid: %s", name, entry.reason)
 
     async def _resolve(self, zc: Zeroconf, name: str, nursery: anyio.abc.TaskGroup) -> None:
         key = name.lower()
@@ -722,27 +807,17 @@ class Discovery:
                     )
                 if self._epoch.get(key, 0) != epoch or key in self.roster.own_names:
                     pass  # removed (or became ours) while resolving
-                elif info is None or info.port is None:
-                    self._unresolved[key] = name
+                elif info is None:
+                    self._park(key, name, failed=True)
                 else:
                     self._unresolved.pop(key, None)
-                    entry, needs_check = self.roster.observe(
-                        name,
-                        info.properties,
-                        info.parsed_scoped_addresses(),
-                        info.port,
-                        now=time.time(),
-                    )
-                    self._sync_roster()
-                    if entry is not None and needs_check:
-                        self._start_check(entry, nursery)
-                    elif entry is not None and entry.status == "invalid":
-                        log.warning("mDNS: %s is invalid: %s", name, entry.reason)
+                    self._apply(name, info, nursery)
                 if not self._resolving.get(key):
                     break
                 self._resolving[key] = False
         finally:
             self._resolving.pop(key, None)
+            self._epoch.pop(key, None)
 
     def _start_check(self, entry: RosterEntry, nursery: anyio.abc.TaskGroup) -> None:
         marker = (entry.name.lower(), entry.generation)
@@ -753,7 +828,7 @@ class Discovery:
 
     async def _check(self, entry: RosterEntry, marker: tuple[str, int]) -> None:
         try:
-            async with self._limiter:
+            async with self._check_limiter:
                 result = await verify_peer(entry, timeout_s=self.verify_timeout_s)
             updated = self.roster.apply_check(entry.name, entry.generation, result, now=time.time())
             if updated is not None and result.status == "verified" and self.on_seen is not None:
@@ -818,11 +893,17 @@ class Discovery:
             if self.roster.mark_expired(now):
                 self._sync_roster()
             # Re-read every entry from zeroconf's cache: the browser reports new
-            # address records but not flushed ones (a peer that lost an address),
-            # and names that did not resolve get another try. Cache hits are cheap.
-            names = {e.name.lower(): e.name for e in self.roster.entries()} | self._unresolved
-            for name in names.values():
-                self._request_resolve(zc, name, nursery)
+            # address records but not flushed ones (a peer that lost an address).
+            # Cache hits are cheap. Then names that did not resolve, once due
+            # (their wait doubles), while network slots are free.
+            for entry in self.roster.entries():
+                self._request_resolve(zc, entry.name, nursery)
+            clock = time.monotonic()
+            for key, parked in list(self._unresolved.items()):
+                if len(self._resolving) >= _MAX_RESOLVING:
+                    break
+                if parked.due <= clock and key not in self._resolving:
+                    self._request_resolve(zc, parked.name, nursery)
             for entry in self.roster.due_for_check(
                 now, retry_s=self.retry_s, reverify_s=self.reverify_s
             ):
