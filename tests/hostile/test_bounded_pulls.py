@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from fedpeer.identity.canonical import cid_for_dagcbor
@@ -278,5 +279,24 @@ async def test_record_listings_and_batch_fetch_hold_the_page_budget(tmp_path: Pa
         absent = str(cid_for_dagcbor(b"\xa0"))  # a record id this node does not hold
         async with PeerClient(node.url, token=node.admin_token) as peer:
             records, missing = await peer.fetch_records([*ids, absent])
-        assert [str(r.cid) for r in records] == ids
-        assert missing == [absent]
+            assert [str(r.cid) for r in records] == ids
+            assert missing == [absent]
+            # ids in another text form (upper-case base32) come back canonical under later
+            records, missing = await peer.fetch_records([i.upper() for i in ids])
+            assert [str(r.cid) for r in records] == ids
+            assert missing == []
+
+
+def test_a_batch_answers_later_must_name_ids_that_were_asked_for() -> None:
+    """A hostile answer cannot make the client ask for other ids (or loop): a
+    ``later`` naming an id not asked for, or not an id at all, is MALFORMED."""
+    from fedpeer.errors import Malformed
+    from fedpeer.peer.client import _later_ids
+
+    asked = [str(cid_for_dagcbor(bytes([0xA1, 0x61, 0x61, i]))) for i in range(3)]
+    assert [str(c) for c in _later_ids([asked[2].upper(), asked[1]], asked)] == asked[2:0:-1]
+    assert _later_ids(None, asked) == []
+    other = str(cid_for_dagcbor(b"\xa0"))
+    for bad in ([other], "not-a-list", [42], ["zzz"]):
+        with pytest.raises(Malformed):
+            _later_ids(bad, asked)

@@ -24,6 +24,7 @@ import threading
 import time
 
 import anyio
+import attrs
 
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer._mdns_roster import MAX_ENTRIES
@@ -101,12 +102,56 @@ def test_a_name_that_does_not_resolve_waits_longer_each_time_and_the_list_is_bou
         delays.append(discovery._unresolved["x"].delay)
     assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0, 300.0]
     assert _RETRY_MAX_S == 300.0
-    # waiting for a free slot keeps the delay and is due at once
+    # a new announcement of a waiting name does not cut its wait
+    due = discovery._unresolved["x"].due
     discovery._park("x", "x", failed=False)
+    assert discovery._unresolved["x"] == attrs.evolve(discovery._unresolved["x"], due=due)
     assert discovery._unresolved["x"].delay == 300.0
-    assert discovery._unresolved["x"].due <= time.monotonic()
+    # a name waiting only for a free slot is due at once
+    discovery._park("fresh", "fresh", failed=False)
+    assert discovery._unresolved["fresh"].delay == 0.0
+    assert discovery._unresolved["fresh"].due <= time.monotonic()
     for i in range(MAX_ENTRIES + 50):
         discovery._park(f"n{i}", f"n{i}", failed=True)
     assert len(discovery._unresolved) == MAX_ENTRIES
-    assert "x" not in discovery._unresolved  # the longest waiting made room
+    assert "x" not in discovery._unresolved  # the name that failed most made room first
+    assert "fresh" in discovery._unresolved  # never failed: kept
     assert f"n{MAX_ENTRIES + 49}" in discovery._unresolved
+
+
+class SlowFloodZeroconf(FloodZeroconf):
+    """The flood, plus one real peer that answers a network query at once (its
+    announcement is not in the cache: it must take a network slot)."""
+
+    def __init__(self, real: str, info: object) -> None:
+        super().__init__()
+        self.real, self.info = real, info
+
+    def get_service_info(self, type_: str, name: str, timeout: int = 3000) -> object:
+        if name == self.real:
+            return self.info
+        return super().get_service_info(type_, name, timeout)
+
+
+async def test_a_peer_waiting_for_a_network_slot_gets_one_as_soon_as_one_frees() -> None:
+    """Slots go to waiting names as they free up (not only on the next poll, which
+    this test does not run), and a name that failed is not tried again before
+    its delay: 200 flood names are each tried once."""
+    discovery = Discovery(key=SigningKey.generate(), port=8750, resolve_timeout_ms=100)
+    peer = Discovery(key=SigningKey.generate(), port=8751)
+    peer_name = f"carol-peer.{SERVICE_TYPE}"
+    zc = SlowFloodZeroconf(peer_name, peer._service_info(peer_name, ["127.0.0.1"], time.time()))
+    send, recv = anyio.create_memory_object_stream[tuple[str, str]](1000)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(discovery._consume, zc, recv, tg)  # type: ignore[arg-type]
+        for name in _names(200):
+            send.send_nowait((name, "added"))
+        send.send_nowait((peer_name, "added"))  # waits behind the flood for a slot
+        for name in _names(200):  # announced again while waiting: no extra resolves
+            send.send_nowait((name, "updated"))
+        seen = discovery.version
+        with anyio.fail_after(30):
+            while discovery.roster.get(peer_name) is None:
+                seen = await discovery.wait_changed(seen)
+        tg.cancel_scope.cancel()
+    assert zc.network_resolves <= 200 + _MAX_RESOLVING, zc.network_resolves

@@ -456,6 +456,7 @@ class PeerClient(HttpTransport):
         as not given."""
         todo = [str(i) for i in ids]
         records: list[SignedRecord] = []
+        received: set[bytes] = set()
         missing: list[str] = []
         for _ in range(len(todo) + 1):  # every round takes at least one id off
             response = await self.request("POST", "/v1/sync/records", cbor_body={"ids": todo})
@@ -464,18 +465,18 @@ class PeerClient(HttpTransport):
                 raise Malformed("batch answer has no records list")
             now = now_ms()
             got = [record_from_wire(r, limits=self.limits, now_ms=now) for r in body["records"]]
-            records += got
+            records += [r for r in got if r.cid.raw not in received]
+            received.update(r.cid.raw for r in got)
             missing += [str(m) for m in body.get("missing", [])]
-            later = body.get("later") or []
-            asked = set(todo)
-            if not isinstance(later, list) or not all(str(x) in asked for x in later):
-                raise Malformed("a batch answer's later lists ids that were not asked for")
+            later = _later_ids(body.get("later"), todo)
+            # what a peer puts off and already gave (a hostile answer) is not asked again
+            later = [c for c in later if c.raw not in received]
             if not later:
                 break
             if not got or len(later) >= len(todo):
-                missing += [str(x) for x in later]
+                missing += [str(c) for c in later]
                 break
-            todo = [str(x) for x in later]
+            todo = [str(c) for c in later]
         return records, missing
 
     # --- invites -------------------------------------------------------------------
@@ -626,3 +627,22 @@ __all__ = [
     "StreamEvent",
     "raise_for_error",
 ]
+
+
+def _later_ids(later: object, asked: Sequence[str]) -> list[CID]:
+    """The ``later`` of a batch answer as CIDs, each one of the ``asked`` ids (in
+    whatever text form the peer writes it back); MALFORMED otherwise."""
+    if later is None:
+        return []
+    if not isinstance(later, list):
+        raise Malformed("a batch answer's later is a list of record ids")
+    wanted = {CID.parse(a).raw for a in asked}
+    out: list[CID] = []
+    for item in later:
+        if not isinstance(item, str | CID):
+            raise Malformed("a batch answer's later lists something that is not a record id")
+        cid = CID.parse(item)  # Malformed for text that is not one
+        if cid.raw not in wanted:
+            raise Malformed("a batch answer's later lists ids that were not asked for")
+        out.append(cid)
+    return out

@@ -752,12 +752,29 @@ class Discovery:
             self._unresolved.pop(key, None)
             self._apply(name, info, nursery)
             return
-        if len(self._resolving) >= _MAX_RESOLVING:
+        parked = self._unresolved.get(key)
+        if len(self._resolving) >= _MAX_RESOLVING or (
+            parked is not None and parked.due > time.monotonic()  # still waiting its delay
+        ):
             self._park(key, name, failed=False)
             return
         self._unresolved.pop(key, None)
         self._resolving[key] = False
         nursery.start_soon(self._resolve, zc, name, nursery)
+
+    def _resolve_next(self, zc: Zeroconf, nursery: anyio.abc.TaskGroup) -> None:
+        """A network slot came free: resolve the waiting name that is due and has
+        failed least (a name parked only for want of a slot first), so waiting
+        names are served as slots free up, not only on the next poll."""
+        now = time.monotonic()
+        best: tuple[float, float, str] | None = None
+        for key, parked in self._unresolved.items():
+            if parked.due <= now and key not in self._resolving:
+                rank = (parked.delay, parked.due, key)
+                if best is None or rank < best:
+                    best = rank
+        if best is not None:
+            self._request_resolve(zc, self._unresolved[best[2]].name, nursery)
 
     def _park(self, key: str, name: str, *, failed: bool) -> None:
         """Keep ``name`` for a later resolve: due now (no free slot), or after a
@@ -767,12 +784,17 @@ class Discovery:
         now = time.monotonic()
         old = self._unresolved.pop(key, None)
         if failed:
-            delay = self.poll_s if old is None else min(old.delay * 2, _RETRY_MAX_S)
+            before = 0.0 if old is None else old.delay  # 0: never failed yet
+            delay = min(max(before * 2, self.poll_s), _RETRY_MAX_S)
             parked = _Parked(name, now + delay, delay)
+        elif old is not None:
+            parked = _Parked(name, old.due, old.delay)  # a new event does not cut its wait
         else:
-            parked = _Parked(name, now, old.delay if old is not None else 0.0)
+            parked = _Parked(name, now, 0.0)
         while len(self._unresolved) >= MAX_ENTRIES:
-            del self._unresolved[next(iter(self._unresolved))]
+            # the name that failed most makes room (then the one waiting longest)
+            worst = max(self._unresolved, key=lambda k: self._unresolved[k].delay)
+            del self._unresolved[worst]
         self._unresolved[key] = parked
 
     def _apply(self, name: str, info: ServiceInfo, nursery: anyio.abc.TaskGroup) -> None:
@@ -795,9 +817,9 @@ class Discovery:
 
     async def _resolve(self, zc: Zeroconf, name: str, nursery: anyio.abc.TaskGroup) -> None:
         key = name.lower()
+        epoch = 0  # a goodbye between _request_resolve and this task counts too
         try:
             for _ in range(3):  # bounded: updates arriving meanwhile get one more round each
-                epoch = self._epoch.get(key, 0)
                 async with self._limiter:
                     info = await anyio.to_thread.run_sync(
                         functools.partial(
@@ -815,9 +837,11 @@ class Discovery:
                 if not self._resolving.get(key):
                     break
                 self._resolving[key] = False
+                epoch = self._epoch.get(key, 0)
         finally:
             self._resolving.pop(key, None)
             self._epoch.pop(key, None)
+        self._resolve_next(zc, nursery)  # not when cancelled: the session is ending
 
     def _start_check(self, entry: RosterEntry, nursery: anyio.abc.TaskGroup) -> None:
         marker = (entry.name.lower(), entry.generation)

@@ -319,9 +319,10 @@ class Store(Protocol):
 
         ``max_bytes`` (None: no budget; else >= 1) bounds the page by its records'
         :func:`record_bytes`: the page ends with the record that reaches it (the
-        first matching record always comes, however large), and ``last_seq`` is
-        that record's seq. A store should stop loading rows there, so a page of
-        large records costs its budget in memory, not ``limit`` records.
+        first matching record always comes, however large); when that cuts the
+        page short, ``last_seq`` is that record's seq. A store should stop
+        loading rows there, so a page of large records costs its budget in
+        memory, not ``limit`` records.
         """
         ...
 

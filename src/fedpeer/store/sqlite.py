@@ -567,23 +567,20 @@ def _changes(
 
 def _fetch_within(cur: sqlite3.Cursor, max_bytes: int) -> tuple[tuple[StoredRecord, ...], bool]:
     """The rows of ``cur`` up to the one whose running :func:`record_bytes` reach
-    ``max_bytes`` (at least one), and whether rows were left unread: loads a few
-    rows at a time, so a page of large records holds its budget, not its limit."""
+    ``max_bytes`` (at least one), and whether the budget cut the page there. Reads
+    one row at a time (as fetchall does inside), so a page of large records holds
+    its budget, not its limit; reaching the budget counts as a cut without
+    reading a row more (at worst the next page is empty)."""
     out: list[StoredRecord] = []
     used = 0
-    while rows := cur.fetchmany(_FETCH_ROWS):
-        for i, row in enumerate(rows, 1):
-            rec = StoredRecord(*row)
-            out.append(rec)
-            used += record_bytes(rec)
-            if used >= max_bytes:
-                more = i < len(rows) or bool(cur.fetchmany(1))
-                cur.close()
-                return tuple(out), more
+    for row in cur:
+        rec = StoredRecord(*row)
+        out.append(rec)
+        used += record_bytes(rec)
+        if used >= max_bytes:
+            cur.close()
+            return tuple(out), True
     return tuple(out), False
-
-
-_FETCH_ROWS = 64
 
 
 def _cid_at(conn: sqlite3.Connection, seq: int) -> bytes | None:

@@ -28,7 +28,7 @@ __all__ = ["RecordService", "parse_cid"]
 _MAX_LIST = 10_000
 _NEWEST_WINDOW = 256  # first window scanned backwards for newest-first listings
 _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
-_FETCH_STEP = 16  # records a budgeted batch fetch reads at a time
+_FETCH_STEP = 4  # records a budgeted batch fetch reads at a time (past the budget: < 4)
 
 
 def parse_cid(value: CID | str) -> CID:
@@ -236,7 +236,8 @@ class RecordService:
         :func:`~fedpeer.store.base.record_bytes` reach ``max_bytes`` (None: no
         budget; at least one record) and ``later`` lists the ids not looked at
         after it, in request order. Reads a few records at a time, so the
-        answer costs its budget in memory, not ``batch_fetch_max`` records."""
+        answer costs its budget (and at most three records more) in memory, not
+        ``batch_fetch_max`` records."""
         limit = self._core.config.batch_fetch_max
         if len(cids) > limit:
             raise InvalidRequest(f"at most {limit} ids per request")
