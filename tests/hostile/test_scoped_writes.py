@@ -247,3 +247,62 @@ async def test_no_write_lands_outside_its_grant(tmp_path: Path) -> None:
             trio.from_thread.run(_check_example, node, specs, attempts, trio_token=token)
 
         await trio.to_thread.run_sync(prop)
+
+
+def _append_with_parents(namespace: str, parents: list[str]) -> bytes:
+    return dagcbor_encode(
+        {"namespace": namespace, "thread": "t", "kind": "note", "body": 1, "parents": parents}
+    )
+
+
+async def test_an_append_naming_too_many_parents_reads_none_of_them(tmp_path: Path) -> None:
+    """Found by a read-only audit: ``POST /v1/records`` loaded and decoded every
+    parent it named (tens of thousands fit in a body, each up to 1 MiB), holding
+    the append lock, before the 64-parent limit refused the record. Now the
+    parents rule is checked first: nothing is read for a refused list."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        reads: list[int] = []
+        get_many = node.store.get_many
+
+        async def counting_get_many(cids: object) -> object:
+            reads.append(len(cids))  # type: ignore[arg-type]
+            return await get_many(cids)  # type: ignore[arg-type]
+
+        node.store.get_many = counting_get_many  # type: ignore[method-assign]
+        many = [str(build_record(SigningKey.generate(), namespace="a", thread="t", kind="k",
+                                 body=i).cid) for i in range(65)]  # fmt: skip
+        assert node.admin_token is not None
+        async with httpx.AsyncClient(timeout=30) as client:
+            for parents in (many * 150, many, [many[0], many[0]]):
+                body = _append_with_parents("a", parents)
+                r = await _post(client, node.url, node.admin_token, body)
+                assert r.json()["error"]["code"] == "RECORD_INVALID", r.text
+        assert reads == []
+        assert await node.store.count() == 0
+
+
+async def test_a_parent_the_writer_may_not_read_does_not_leak_its_clock(tmp_path: Path) -> None:
+    """The new record's clock is one more than its parents' clocks: a parent the
+    writer may not read counts for nothing, so the clock tells nothing about it
+    (found by the same audit)."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        hidden = build_record(
+            SigningKey.generate(), namespace="secret/", thread="t", kind="note", body=1,
+            clock=1000, ts=1_700_000_000_000,
+        )  # fmt: skip
+        await node.records.ingest(hidden.data, hidden.sig)
+        invite = await node.invites.create(
+            scopes=["contributor"], target=Target("namespace", "public/")
+        )
+        async with PeerClient(node.url) as p:
+            cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+        async with httpx.AsyncClient(timeout=10) as client:
+            body = _append_with_parents("public/x", [str(hidden.cid)])
+            r = await _post(client, node.url, cred.token, body)
+            assert r.status_code == 201, r.text
+            stored = await node.records.get(r.json()["cid"])
+            assert stored.record.clock < 1000  # the hidden parent's clock did not count
+            assert node.admin_token is not None
+            r = await _post(client, node.url, node.admin_token, body)  # the admin sees it
+            assert r.status_code == 201, r.text
+            assert (await node.records.get(r.json()["cid"])).record.clock == 1001

@@ -180,6 +180,7 @@ async def post_record(ctx: Ctx) -> Response:
         body=obj["body"],
         parents=parents,
         view=await ctx.view("records:write"),
+        read_view=await ctx.view("records:read"),
     )
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": True}, ctx.request, status=201

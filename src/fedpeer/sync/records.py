@@ -485,24 +485,30 @@ def _check_name(what: str, value: str, max_len: int) -> None:
         _GOOD_NAMES.add(value)
 
 
+def check_parents(parents: Sequence[CID], limits: Limits) -> None:
+    """The parents rule of a record (part of stage 7): at most ``max_parents``,
+    no id twice, each a record id. RECORD_INVALID. Pure; cheap enough to run
+    before anything is read for them."""
+    if len(parents) > limits.max_parents:
+        raise RecordInvalid(
+            f"a record has at most {limits.max_parents} parents, got {len(parents)}"
+        )
+    raws = {p.raw for p in parents}
+    if len(raws) != len(parents):
+        raise RecordInvalid("parents must not repeat a record id")
+    for raw in raws:
+        if len(raw) != _RECORD_CID_LEN or not raw.startswith(_RECORD_CID_PREFIX):
+            raise RecordInvalid("a parent must be a record id (CIDv1, dag-cbor, sha2-256)")
+
+
 def _check_limits(rec: Record, limits: Limits, now_ms: int | None) -> None:
     """Stage 7: every limit; RECORD_FROM_FUTURE last."""
     max_len = limits.max_name_len
     _check_name("namespace", rec.namespace, max_len)
     _check_name("thread", rec.thread, max_len)
     _check_name("kind", rec.kind, max_len)
-    parents = rec.parents
-    if parents:
-        if len(parents) > limits.max_parents:
-            raise RecordInvalid(
-                f"a record has at most {limits.max_parents} parents, got {len(parents)}"
-            )
-        raws = {p.raw for p in parents}
-        if len(raws) != len(parents):
-            raise RecordInvalid("parents must not repeat a record id")
-        for raw in raws:
-            if len(raw) != _RECORD_CID_LEN or not raw.startswith(_RECORD_CID_PREFIX):
-                raise RecordInvalid("a parent must be a record id (CIDv1, dag-cbor, sha2-256)")
+    if rec.parents:
+        check_parents(rec.parents, limits)
     if not 0 <= rec.clock <= MAX_SAFE_INT:
         raise RecordInvalid(f"clock must be in 0..2**53-1, got {rec.clock}")
     ts = rec.ts

@@ -19,7 +19,7 @@ from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
 from ...identity.canonical import CID, dagcbor_decode
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
 from ...sync.feed import build_page, cursor_at, resolve_cursor
-from ...sync.records import SignedRecord, build_record, verify_record
+from ...sync.records import SignedRecord, build_record, check_parents, verify_record
 from ._core import NodeCore
 from ._views import RecordEntry, RecordsPage
 
@@ -70,15 +70,20 @@ class RecordService:
         body: object,
         parents: Sequence[CID | str] = (),
         view: ConsentView = EVERYTHING,
+        read_view: ConsentView = EVERYTHING,
     ) -> RecordEntry:
         """Build, sign and store a record authored by this node; return it with its seq.
 
         ``view`` is what the caller may write (:meth:`GrantService.view_for` with
         ``records:write``; default: anything, the node itself): a namespace/thread
         it does not cover is CONSENT_DENIED before anything is built.
+        ``read_view`` is what the caller may read (``records:read``): a parent
+        it may not see counts for nothing below, so the new record's clock tells
+        nothing about records hidden from the caller.
 
         ``clock`` is a Lamport clock: one more than the largest of this node's
-        last clock and the parents' clocks. Raises RECORD_INVALID,
+        last clock and the parents' clocks. Raises RECORD_INVALID (checked
+        before any parent is read: at most ``max_parents``, none twice),
         RECORD_TOO_LARGE (limits), MALFORMED (a parent that is not a CID); never
         stores a partial record.
         """
@@ -87,11 +92,14 @@ class RecordService:
             raise InvalidRequest("namespace and thread must be strings")
         view.check_write(namespace, thread)
         parent_cids = tuple(parse_cid(p) for p in parents)
+        check_parents(parent_cids, core.limits)
         async with self._append_lock:
             meta = await core.store.get_state("meta", "clock")
             clock = int(str(meta["value"])) if meta else 0
             if parent_cids:
                 for prow in await core.store.get_many([p.raw for p in parent_cids]):
+                    if not read_view.record_visible(prow):
+                        continue
                     pmap = dagcbor_decode(prow.data)
                     if isinstance(pmap, dict) and isinstance(pmap.get("clock"), int):
                         clock = max(clock, int(pmap["clock"]))
