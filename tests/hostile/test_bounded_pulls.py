@@ -300,3 +300,62 @@ def test_a_batch_answers_later_must_name_ids_that_were_asked_for() -> None:
     for bad in ([other], "not-a-list", [42], ["zzz"]):
         with pytest.raises(Malformed):
             _later_ids(bad, asked)
+
+
+async def test_a_newest_first_listing_reads_a_bounded_number_of_rows_per_page(
+    tmp_path: Path,
+) -> None:
+    """Found by a second read-only audit: ``GET /v1/records?order=newest`` by a
+    caller who may see little read backwards through windows until it found
+    ``limit`` records it may see: one request read the whole log (206,128 rows
+    for ``limit=1`` in the audit's probe). Now a page answers what it found once
+    about 10,000 rows were read, with ``has_more``; paging on finds the rest."""
+    from fedpeer.consent.grants import Target
+    from fedpeer.identity.keys import SigningKey
+    from fedpeer.store import NewRecord
+
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        mine = await node.append(namespace="public/x", thread="t", kind="k", body=1)
+        hidden = [
+            NewRecord(
+                cid=b"\x01\x71\x12\x20" + i.to_bytes(32, "big"),
+                data=b"\xa0",
+                sig=b"\x00" * 64,
+                author=node.did,
+                namespace="secret/",
+                thread="t",
+                kind="k",
+                ts=1,
+            )
+            for i in range(30_000)
+        ]
+        await node.store.put(hidden)
+        invite = await node.invites.create(scopes=["reader"], target=Target("namespace", "public/"))
+        async with PeerClient(node.url) as p:
+            cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+        rows: list[int] = []
+        changes = node.store.changes
+
+        async def counting_changes(*args: object, **kwargs: object) -> object:
+            page = await changes(*args, **kwargs)  # type: ignore[arg-type]
+            rows[-1] += len(page.records)
+            return page
+
+        node.store.changes = counting_changes  # type: ignore[method-assign]
+        found: list[str] = []
+        params = {"order": "newest", "limit": "1"}
+        headers = {"Authorization": f"Bearer {cred.token}"}
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+            for _ in range(10):
+                rows.append(0)
+                r = await client.get(node.url + "/v1/records", params=params)
+                assert r.status_code == 200, r.text
+                page = r.json()
+                found += [rec["cid"]["/"] for rec in page["records"]]
+                if not page["has_more"]:
+                    break
+                params["since"] = page["next_cursor"]
+        assert found == [str(mine.cid)]
+        assert max(rows) <= 21_000, rows  # about 10,000 and the window it was in
+        assert len(rows) >= 2  # the hidden records took more than one page

@@ -28,6 +28,7 @@ __all__ = ["RecordService", "parse_cid"]
 _MAX_LIST = 10_000
 _NEWEST_WINDOW = 256  # first window scanned backwards for newest-first listings
 _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
+_NEWEST_SCAN = 10_000  # rows a newest-first page reads before it answers what it found
 _FETCH_STEP = 4  # records a budgeted batch fetch reads at a time (past the budget: < 4)
 
 
@@ -326,7 +327,9 @@ class RecordService:
         self, upper: int, limit: int, flt: ChangeFilter, view: ConsentView, budget: int
     ) -> tuple[builtins.list[StoredRecord], int]:
         """Up to ``limit`` visible records with seq <= ``upper``, newest first,
-        ending with the one whose record bytes reach ``budget``.
+        ending with the one whose record bytes reach ``budget``; once about
+        ``_NEWEST_SCAN`` rows were read (records the caller may not see), what
+        was found so far, with more to come.
 
         Scans windows backwards (each window forwards through ``Store.changes``,
         so any Store works), doubling the window while it finds too little; of a
@@ -338,11 +341,17 @@ class RecordService:
         store = self._core.store
         out: builtins.list[StoredRecord] = []
         used = 0
+        scanned = 0
         hi = upper
         window = max(_NEWEST_WINDOW, limit)
         for _ in range(_NEWEST_ROUNDS):
             if hi <= 0:
                 return out, 0
+            if scanned >= max(limit, _NEWEST_SCAN):
+                # Records the caller may not see filled the windows read so far: answer
+                # what was found (perhaps nothing) with has_more, and go on next page,
+                # so one request cannot make the node read the whole log.
+                return out, hi
             lo = max(0, hi - window)
             chunk: deque[StoredRecord] = deque()
             chunk_bytes = 0
@@ -350,6 +359,7 @@ class RecordService:
             pos = lo
             for _ in range(window + 1):  # each pass moves pos forward by at least one seq
                 page = await store.changes(pos, min(window, _MAX_LIST), flt, max_bytes=budget)
+                scanned += len(page.records)
                 for rec in page.records:
                     if rec.seq > hi or not view.record_visible(rec):
                         continue
