@@ -359,3 +359,69 @@ async def test_a_newest_first_listing_reads_a_bounded_number_of_rows_per_page(
         assert found == [str(mine.cid)]
         assert max(rows) <= 21_000, rows  # about 10,000 and the window it was in
         assert len(rows) >= 2  # the hidden records took more than one page
+
+
+async def test_the_threads_listing_comes_in_pages(tmp_path: Path) -> None:
+    """Found by the second read-only audit: ``GET /v1/threads`` grouped the whole
+    log into one answer (100k threads made a 26.7 MB answer), and a caller
+    granted one thread paid for all of them on every call. Now it answers a page
+    of at most ``page_limit_max`` (namespace, thread) pairs with ``next_cursor``;
+    the store stops grouping there; ``AdminClient`` follows the pages."""
+    from fedpeer.consent.grants import Target
+    from fedpeer.identity.keys import SigningKey
+    from fedpeer.peer import AdminClient
+    from fedpeer.store import NewRecord
+
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_limit_max=1000)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        await node.store.put(
+            [
+                NewRecord(
+                    cid=b"\x01\x71\x12\x20" + i.to_bytes(32, "big"),
+                    data=b"\xa0",
+                    sig=b"\x00" * 64,
+                    author=node.did,
+                    namespace=f"ns{i % 3}",
+                    thread=f"t{i:05}",
+                    kind="k",
+                    ts=1,
+                )
+                for i in range(2500)
+            ]
+        )
+        mine = ("ns1", "t02497")
+        invite = await node.invites.create(scopes=["reader"], target=Target("thread", mine[1]))
+        async with PeerClient(node.url) as p:
+            cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+        grouped: list[int] = []
+        threads = node.store.threads
+
+        async def counting_threads(*args: object, **kwargs: object) -> object:
+            out = await threads(*args, **kwargs)  # type: ignore[arg-type]
+            grouped.append(len(out))
+            return out
+
+        node.store.threads = counting_threads  # type: ignore[method-assign]
+        assert node.admin_token is not None
+        async with AdminClient(node.url, node.admin_token) as admin:
+            listed = await admin.records.threads()
+        assert len(listed) == 2500
+        assert len({(t.namespace, t.thread) for t in listed}) == 2500
+        assert grouped == [1000, 1000, 500]
+        grouped.clear()
+        found: list[tuple[str, str]] = []
+        params: dict[str, str] = {}
+        headers = {"Authorization": f"Bearer {cred.token}"}
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+            for _ in range(5):
+                r = await client.get(node.url + "/v1/threads", params=params)
+                assert r.status_code == 200, r.text
+                page = r.json()
+                found += [(t["namespace"], t["thread"]) for t in page["threads"]]
+                if not page["has_more"]:
+                    break
+                params["since"] = page["next_cursor"]
+            bad = await client.get(node.url + "/v1/threads", params={"since": "not-a-cursor"})
+            assert bad.status_code == 400, bad.text
+        assert found == [mine]
+        assert max(grouped) <= 1000

@@ -310,7 +310,12 @@ async def test_two_nodes_pair_from_one_invite_and_sync_both_ways(tmp_path: Path)
 
 PAIRS = [
     # fetch and fetch_within: over HTTP, POST /v1/sync/records (PeerClient.fetch_records)
-    (RecordService, AdminRecords, {"fetch", "fetch_within", "get_stored", "put_verified", "count"}),
+    # threads_page: over HTTP, the pages of GET /v1/threads (AdminRecords.threads follows them)
+    (
+        RecordService,
+        AdminRecords,
+        {"fetch", "fetch_within", "threads_page", "get_stored", "put_verified", "count"},
+    ),
     (
         InviteService,
         AdminInvites,

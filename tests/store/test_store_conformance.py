@@ -389,6 +389,28 @@ async def test_threads_lists_counts_and_last_seq(store: Store) -> None:
     assert await store.threads("zzz") == []
 
 
+async def test_threads_pages_with_after_and_limit(store: Store) -> None:
+    """``after`` and ``limit`` page the listing: the pages, in order, are the
+    whole listing, each at most ``limit`` long, with or without a prefix."""
+    pairs = [(ns, f"t{i}") for ns in ("a", "a_b", "ab", "b") for i in range(7)]
+    await store.put([rec(n, namespace=ns, thread=th) for n, (ns, th) in enumerate(pairs)])
+    for prefix in (None, "a"):
+        whole = await store.threads(prefix)
+        for limit in (1, 3, 7, 100):
+            got: list[object] = []
+            after = None
+            for _ in range(len(whole) + 1):
+                page = await store.threads(prefix, after=after, limit=limit)
+                assert len(page) <= limit
+                got += page
+                if len(page) < limit:
+                    break
+                after = (page[-1].namespace, page[-1].thread)
+            assert got == whole, (prefix, limit)
+    with pytest.raises(InvalidRequest):
+        await store.threads(limit=0)
+
+
 # --- epoch -----------------------------------------------------------------------
 
 

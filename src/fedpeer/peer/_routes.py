@@ -261,7 +261,11 @@ async def list_records(ctx: Ctx) -> Response:
 
 async def list_threads(ctx: Ctx) -> Response:
     prefix = _name_param(ctx, "namespace")
-    infos = await ctx.app.records.threads(prefix, view=await ctx.view("records:read"))
+    # a page of (namespace, thread) pairs: the whole page limit unless asked for less
+    limit = _limit(ctx) if _q(ctx, "limit") is not None else ctx.app.config.page_limit_max
+    infos, next_cursor = await ctx.app.records.threads_page(
+        prefix, limit=limit, since=_q(ctx, "since"), view=await ctx.view("records:read")
+    )
     out = []
     for info in infos:
         out.append(
@@ -272,7 +276,10 @@ async def list_threads(ctx: Ctx) -> Response:
                 "last_seq": info.last_seq,
             }
         )
-    return respond({"threads": out}, ctx.request)
+    answer: dict[str, object] = {"threads": out, "has_more": next_cursor is not None}
+    if next_cursor is not None:
+        answer["next_cursor"] = next_cursor
+    return respond(answer, ctx.request)
 
 
 async def thread_records(ctx: Ctx) -> Response:
@@ -641,10 +648,14 @@ ROUTES: list[RouteSpec] = [
         "/v1/threads",
         "records:read",
         list_threads,
-        "Threads with record counts",
+        "Threads with record counts, a page of (namespace, thread) pairs at a time",
         "list_threads",
-        params=(_NS,),
-        response_schema={"type": "object", "required": ["threads"]},
+        params=(_NS, _CURSOR, _LIMIT),
+        response_schema={
+            "type": "object",
+            "required": ["threads", "has_more"],
+            "properties": {"next_cursor": {"type": "string"}},
+        },
         errors=("INVALID_REQUEST", "CONSENT_DENIED"),
     ),
     RouteSpec(

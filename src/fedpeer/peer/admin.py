@@ -164,28 +164,45 @@ class AdminRecords(_Part):
         return RecordsPage.from_dict(answer, limits=self._limits)
 
     async def threads(self, namespace: str | None = None) -> builtins.list[ThreadInfo]:
-        """Threads with record counts (of namespaces starting with ``namespace``)."""
-        answer = await self._call(
-            "GET", "/v1/threads", params={"namespace": namespace} if namespace else None
-        )
-        items = answer.get("threads")
-        if not isinstance(items, builtins.list):
-            raise PeerInvalid("the threads answer has no threads")
+        """Threads with record counts (of namespaces starting with ``namespace``),
+        all of them: follows the listing's pages (at most ``_THREAD_PAGES``)."""
+        params: dict[str, str] = {"namespace": namespace} if namespace else {}
         out: builtins.list[ThreadInfo] = []
-        for item in items:
-            t = _obj(item, "thread")
-            ns, th, count, last = (
-                t.get("namespace"),
-                t.get("thread"),
-                t.get("count"),
-                t.get("last_seq"),
-            )
-            if not (isinstance(ns, str) and isinstance(th, str)):
-                raise PeerInvalid("a thread in the answer has no namespace or thread")
-            if not (isinstance(count, int) and isinstance(last, int)):
-                raise PeerInvalid("a thread in the answer has no count or last_seq")
-            out.append(ThreadInfo(namespace=ns, thread=th, count=count, last_seq=last))
-        return out
+        for _ in range(_THREAD_PAGES):
+            answer = await self._call("GET", "/v1/threads", params=params or None)
+            out += _thread_infos(answer)
+            cursor = answer.get("next_cursor")
+            if answer.get("has_more") is not True:
+                return out
+            if not isinstance(cursor, str) or cursor == params.get("since"):
+                raise PeerInvalid("the threads answer has more but no new next_cursor")
+            params["since"] = cursor
+        raise PeerInvalid(f"the threads listing did not end within {_THREAD_PAGES} pages")
+
+
+_THREAD_PAGES = 10_000
+
+
+def _thread_infos(answer: dict[str, object]) -> builtins.list[ThreadInfo]:
+    """The threads of one ``GET /v1/threads`` answer; PeerInvalid for another shape."""
+    items = answer.get("threads")
+    if not isinstance(items, builtins.list):
+        raise PeerInvalid("the threads answer has no threads")
+    out: builtins.list[ThreadInfo] = []
+    for item in items:
+        t = _obj(item, "thread")
+        ns, th, count, last = (
+            t.get("namespace"),
+            t.get("thread"),
+            t.get("count"),
+            t.get("last_seq"),
+        )
+        if not (isinstance(ns, str) and isinstance(th, str)):
+            raise PeerInvalid("a thread in the answer has no namespace or thread")
+        if not (isinstance(count, int) and isinstance(last, int)):
+            raise PeerInvalid("a thread in the answer has no count or last_seq")
+        out.append(ThreadInfo(namespace=ns, thread=th, count=count, last_seq=last))
+    return out
 
 
 class AdminInvites(_Part):

@@ -376,10 +376,19 @@ class Store(Protocol):
         """Audit entries with ``id > since_id``, oldest first, at most ``limit``."""
         ...
 
-    async def threads(self, namespace_prefix: str | None = None) -> list[ThreadInfo]:
+    async def threads(
+        self,
+        namespace_prefix: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ThreadInfo]:
         """Every (namespace, thread) in the log with its count and latest seq.
 
         Ordered by (namespace, thread); ``namespace_prefix`` is a raw prefix.
+        ``after`` starts past that (namespace, thread) pair; ``limit`` (None: no
+        limit; else >= 1, ``InvalidRequest`` otherwise) returns at most that
+        many, so a listing can be paged: a store should stop grouping there.
         """
         ...
 
@@ -425,6 +434,12 @@ def check_changes_args(since_seq: int, limit: int, max_bytes: int | None = None)
         raise InvalidRequest(f"limit must be >= 1, got {limit}")
     if max_bytes is not None and max_bytes < 1:
         raise InvalidRequest(f"max_bytes must be >= 1, got {max_bytes}")
+
+
+def check_threads_args(limit: int | None) -> None:
+    """Validate :meth:`Store.threads`' ``limit``; raises ``InvalidRequest``."""
+    if limit is not None and limit < 1:
+        raise InvalidRequest(f"limit must be >= 1, got {limit}")
 
 
 RECORD_OVERHEAD = 16

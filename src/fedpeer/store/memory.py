@@ -36,6 +36,7 @@ from .base import (
     ThreadInfo,
     check_changes_args,
     check_name,
+    check_threads_args,
     cid_key,
     dump_json,
     load_json,
@@ -300,15 +301,23 @@ class MemoryStore:
         await self._enter()
         return len(self._records)
 
-    async def threads(self, namespace_prefix: str | None = None) -> list[ThreadInfo]:
+    async def threads(
+        self,
+        namespace_prefix: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ThreadInfo]:
         """See :meth:`fedpeer.store.Store.threads`."""
         await self._enter()
+        check_threads_args(limit)
         prefix = namespace_prefix or ""
-        return [
+        out = [
             ThreadInfo(ns, th, len(seqs), seqs[-1])
             for (ns, th), seqs in sorted(self._by_pair.items())
-            if ns.startswith(prefix)
+            if ns.startswith(prefix) and (after is None or (ns, th) > after)
         ]
+        return out if limit is None else out[:limit]
 
     # --- state area -------------------------------------------------------
 

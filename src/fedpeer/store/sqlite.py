@@ -94,6 +94,7 @@ from .base import (
     ThreadInfo,
     check_changes_args,
     check_name,
+    check_threads_args,
     cid_key,
     dump_json,
     load_json,
@@ -835,20 +836,37 @@ class SQLiteStore:
         self._count_at = (head, count)
         return count
 
-    async def threads(self, namespace_prefix: str | None = None) -> list[ThreadInfo]:
-        """See :meth:`fedpeer.store.Store.threads`."""
+    async def threads(
+        self,
+        namespace_prefix: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ThreadInfo]:
+        """See :meth:`fedpeer.store.Store.threads` (a walk of the (namespace,
+        thread) index, grouped as it goes: a page stops after ``limit`` groups)."""
+        check_threads_args(limit)
 
         def run(conn: sqlite3.Connection) -> list[ThreadInfo]:
-            sql = "SELECT namespace, thread, count(*), max(seq) FROM records"
+            clauses: list[str] = []
             params: list[object] = []
             if namespace_prefix:
-                sql += " WHERE namespace >= ?"
+                clauses.append("namespace >= ?")
                 params.append(namespace_prefix)
                 upper = prefix_upper_bound(namespace_prefix)
                 if upper is not None:
-                    sql += " AND namespace < ?"
+                    clauses.append("namespace < ?")
                     params.append(upper)
+            if after is not None:
+                clauses.append("(namespace, thread) > (?, ?)")
+                params.extend(after)
+            sql = "SELECT namespace, thread, count(*), max(seq) FROM records"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
             sql += " GROUP BY namespace, thread ORDER BY namespace, thread"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
             return [ThreadInfo(*row) for row in conn.execute(sql, params)]
 
         return await self._read(run, "list threads")

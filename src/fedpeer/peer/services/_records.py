@@ -16,7 +16,7 @@ import anyio
 
 from ...consent.grants import EVERYTHING, ConsentView
 from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
-from ...identity.canonical import CID, dagcbor_decode
+from ...identity.canonical import CID, b64url_decode, b64url_encode, dagcbor_decode, dagcbor_encode
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
 from ...sync.feed import build_page, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, check_parents, verify_record
@@ -392,6 +392,44 @@ class RecordService:
         infos = await self._core.store.threads(namespace)
         return [i for i in infos if view.visible(i.namespace, i.thread)]
 
+    async def threads_page(
+        self,
+        namespace: str | None = None,
+        *,
+        limit: int,
+        since: str | None = None,
+        view: ConsentView = EVERYTHING,
+    ) -> tuple[builtins.list[ThreadInfo], str | None]:
+        """One page of :meth:`threads` (``GET /v1/threads``): the threads ``view``
+        may see among the next ``limit`` (namespace, thread) pairs after
+        ``since``, and the cursor of the next page (None: this was the last).
+        A page may hold fewer than ``limit`` threads, or none, while more
+        follow (threads the caller may not see are passed over). INVALID_REQUEST
+        for a ``since`` that is not such a cursor, CONSENT_DENIED as
+        :meth:`threads`."""
+        view.check_filter(namespace, None)
+        after = None if since is None else _threads_cursor_decode(since)
+        infos = await self._core.store.threads(namespace, after=after, limit=limit)
+        visible = [i for i in infos if view.visible(i.namespace, i.thread)]
+        if len(infos) < limit:
+            return visible, None
+        return visible, _threads_cursor(infos[-1].namespace, infos[-1].thread)
+
     async def count(self) -> int:
         """How many records this node holds."""
         return await self._core.store.count()
+
+
+def _threads_cursor(namespace: str, thread: str) -> str:
+    """The opaque cursor of a threads listing: past this (namespace, thread)."""
+    return b64url_encode(dagcbor_encode([namespace, thread]))
+
+
+def _threads_cursor_decode(text: str) -> tuple[str, str]:
+    try:
+        value = dagcbor_decode(b64url_decode(text)) if len(text) <= 1024 else None
+    except FedpeerError:
+        value = None
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest("since is not a cursor of this threads listing")
+    return value[0], value[1]
