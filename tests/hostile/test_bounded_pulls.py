@@ -22,8 +22,12 @@ import httpx
 import pytest
 import trio
 
+from fedpeer.consent.grants import Target
 from fedpeer.identity.canonical import cid_for_dagcbor
+from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, PeerClient, open_node
+from fedpeer.peer.node import Node
+from fedpeer.store import NewRecord
 from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.options import SyncOptions
 from fedpeer.sync.pairs import Pair
@@ -302,6 +306,28 @@ def test_a_batch_answers_later_must_name_ids_that_were_asked_for() -> None:
             _later_ids(bad, asked)
 
 
+def _filler(node: Node, i: int, namespace: str, thread: str) -> NewRecord:
+    """A stored row no reader decodes (listings that skip it or group it only)."""
+    return NewRecord(
+        cid=b"\x01\x71\x12\x20" + i.to_bytes(32, "big"),
+        data=b"\xa0",
+        sig=b"\x00" * 64,
+        author=node.did,
+        namespace=namespace,
+        thread=thread,
+        kind="k",
+        ts=1,
+    )
+
+
+async def _guest_token(node: Node, target: Target) -> str:
+    """The bearer of a guest that redeemed a reader invite for ``target``."""
+    invite = await node.invites.create(scopes=["reader"], target=target)
+    async with PeerClient(node.url) as p:
+        cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+    return cred.token
+
+
 async def test_a_newest_first_listing_reads_a_bounded_number_of_rows_per_page(
     tmp_path: Path,
 ) -> None:
@@ -310,30 +336,12 @@ async def test_a_newest_first_listing_reads_a_bounded_number_of_rows_per_page(
     ``limit`` records it may see: one request read the whole log (206,128 rows
     for ``limit=1`` in the audit's probe). Now a page answers what it found once
     about 10,000 rows were read, with ``has_more``; paging on finds the rest."""
-    from fedpeer.consent.grants import Target
-    from fedpeer.identity.keys import SigningKey
-    from fedpeer.store import NewRecord
 
     cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
     async with open_node(tmp_path / "n", config=cfg) as node:
         mine = await node.append(namespace="public/x", thread="t", kind="k", body=1)
-        hidden = [
-            NewRecord(
-                cid=b"\x01\x71\x12\x20" + i.to_bytes(32, "big"),
-                data=b"\xa0",
-                sig=b"\x00" * 64,
-                author=node.did,
-                namespace="secret/",
-                thread="t",
-                kind="k",
-                ts=1,
-            )
-            for i in range(30_000)
-        ]
-        await node.store.put(hidden)
-        invite = await node.invites.create(scopes=["reader"], target=Target("namespace", "public/"))
-        async with PeerClient(node.url) as p:
-            cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+        await node.store.put([_filler(node, i, "secret/", "t") for i in range(30_000)])
+        token = await _guest_token(node, Target("namespace", "public/"))
         rows: list[int] = []
         changes = node.store.changes
 
@@ -345,7 +353,7 @@ async def test_a_newest_first_listing_reads_a_bounded_number_of_rows_per_page(
         node.store.changes = counting_changes  # type: ignore[method-assign]
         found: list[str] = []
         params = {"order": "newest", "limit": "1"}
-        headers = {"Authorization": f"Bearer {cred.token}"}
+        headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(timeout=30, headers=headers) as client:
             for _ in range(10):
                 rows.append(0)
@@ -367,32 +375,13 @@ async def test_the_threads_listing_comes_in_pages(tmp_path: Path) -> None:
     granted one thread paid for all of them on every call. Now it answers a page
     of at most ``page_limit_max`` (namespace, thread) pairs with ``next_cursor``;
     the store stops grouping there; ``AdminClient`` follows the pages."""
-    from fedpeer.consent.grants import Target
-    from fedpeer.identity.keys import SigningKey
     from fedpeer.peer import AdminClient
-    from fedpeer.store import NewRecord
 
     cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_limit_max=1000)
     async with open_node(tmp_path / "n", config=cfg) as node:
-        await node.store.put(
-            [
-                NewRecord(
-                    cid=b"\x01\x71\x12\x20" + i.to_bytes(32, "big"),
-                    data=b"\xa0",
-                    sig=b"\x00" * 64,
-                    author=node.did,
-                    namespace=f"ns{i % 3}",
-                    thread=f"t{i:05}",
-                    kind="k",
-                    ts=1,
-                )
-                for i in range(2500)
-            ]
-        )
+        await node.store.put([_filler(node, i, f"ns{i % 3}", f"t{i:05}") for i in range(2500)])
         mine = ("ns1", "t02497")
-        invite = await node.invites.create(scopes=["reader"], target=Target("thread", mine[1]))
-        async with PeerClient(node.url) as p:
-            cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+        token = await _guest_token(node, Target("thread", mine[1]))
         grouped: list[int] = []
         threads = node.store.threads
 
@@ -411,7 +400,7 @@ async def test_the_threads_listing_comes_in_pages(tmp_path: Path) -> None:
         grouped.clear()
         found: list[tuple[str, str]] = []
         params: dict[str, str] = {}
-        headers = {"Authorization": f"Bearer {cred.token}"}
+        headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(timeout=30, headers=headers) as client:
             for _ in range(5):
                 r = await client.get(node.url + "/v1/threads", params=params)
