@@ -318,10 +318,16 @@ async def test_unpair_request_ends_the_senders_open_longpoll(tmp_path: Path) -> 
 
 
 async def _slow_sse_reader(
-    url: str, token: str, got_record: trio.Event, revoked: trio.Event, counts: dict[str, int]
+    url: str,
+    token: str,
+    got_record: trio.Event,
+    revoked: trio.Event,
+    counts: dict[str, int],
+    checkpoint_after: trio.Event | None = None,
 ) -> None:
     """A reader taking one record every 5 ms through a small receive buffer (so
-    the node's writes wait on it), counting the records after ``revoked``."""
+    the node's writes wait on it), counting the records after ``revoked``
+    (and setting ``checkpoint_after`` at the first checkpoint after it)."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
     transport = httpx.AsyncHTTPTransport(
         socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)]
@@ -340,6 +346,8 @@ async def _slow_sse_reader(
                 await trio.sleep(0.005)  # the slow reader (its pace, not a synchronisation)
             elif line == "event: error":
                 counts["error"] += 1
+            elif line == "event: checkpoint" and revoked.is_set() and checkpoint_after is not None:
+                checkpoint_after.set()
 
 
 async def test_a_revocation_stops_a_slow_reader_in_the_middle_of_a_page(tmp_path: Path) -> None:
@@ -362,5 +370,40 @@ async def test_a_revocation_stops_a_slow_reader_in_the_middle_of_a_page(tmp_path
             await _revoke_http(node, sa_id)
             revoked.set()
         assert counts["error"] == 1  # TOKEN_REVOKED, at the end
+        assert counts["before"] + counts["after"] < 600, counts  # not the whole page
+        assert counts["after"] < 350, counts
+
+
+async def test_a_deleted_grant_stops_a_slow_reader_in_the_middle_of_a_page(
+    tmp_path: Path,
+) -> None:
+    """The same for consent: a grant deleted while a slow reader takes a big page
+    hides the rest of the page within half a second (the stream re-reads the
+    grants with the bearer), and the stream moves on with a checkpoint."""
+    from fedpeer.consent.grants import Target
+
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=64 * 1024 * 1024)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        for i in range(600):
+            await node.append(namespace="a", thread="t", kind="k", body="x" * 50_000 + str(i))
+        invite = await node.invites.create(scopes=["reader"], target=Target("namespace", "a"))
+        guest = SigningKey.generate()
+        async with PeerClient(node.url) as p:
+            cred = await p.redeem(invite.url, holder_key=guest, holder_type="guest")
+        (grant,) = await node.grants.list(grantee_did=guest.did)
+        got, deleted, moved_on = trio.Event(), trio.Event(), trio.Event()
+        counts = {"before": 0, "after": 0, "error": 0}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _slow_sse_reader, node.url, cred.token, got, deleted, counts, moved_on
+            )
+            with trio.fail_after(10):
+                await got.wait()
+            await node.grants.delete(grant.id)
+            deleted.set()
+            with trio.fail_after(30):
+                await moved_on.wait()
+            nursery.cancel_scope.cancel()
+        assert counts["error"] == 0  # the token still works; it may see nothing more
         assert counts["before"] + counts["after"] < 600, counts  # not the whole page
         assert counts["after"] < 350, counts
