@@ -33,6 +33,7 @@ from fedpeer.consent import (
     rotate_key,
     rotate_token,
 )
+from fedpeer.consent.tokens import MAX_ROTATE_TTL_MS
 from fedpeer.errors import (
     BootstrapClosed,
     Conflict,
@@ -568,11 +569,25 @@ async def test_rotate_token_slides_the_expiry(store: Store) -> None:
     with pytest.raises(TokenExpired):
         await auth(store, slid.bearer, T0 + 1_900)
     p = await auth(store, slid.bearer, T0 + 1_000)
+    # A holder cannot outlive the issuer's policy: a longer ttl (found by an audit:
+    # 10**9 s turned a one-hour invite token into a 31-year one) is cut to the
+    # token's own lifetime; a shorter one is taken.
     longer = await store.transact(
         lambda tx: rotate_token(tx, slid.token_id, p, ttl_ms=60_000, now_ms=T0 + 1_000)
     )
-    assert longer.expires_ms == T0 + 61_000
-    assert (await auth(store, longer.bearer, T0 + 60_999)).expires_ms == T0 + 61_000
+    assert longer.expires_ms == T0 + 2_000
+    p = await auth(store, longer.bearer, T0 + 1_100)
+    shorter = await store.transact(
+        lambda tx: rotate_token(tx, longer.token_id, p, ttl_ms=300, now_ms=T0 + 1_100)
+    )
+    assert shorter.expires_ms == T0 + 1_400
+    # a token that never expired: a ttl makes it expire, within MAX_ROTATE_TTL_MS
+    _, forever = await create(store, now_ms=T0)
+    p = await auth(store, forever.bearer, T0)
+    capped = await store.transact(
+        lambda tx: rotate_token(tx, forever.token_id, p, ttl_ms=10**15, now_ms=T0)
+    )
+    assert capped.expires_ms == T0 + MAX_ROTATE_TTL_MS
 
 
 async def test_rotate_token_refuses_expired_and_revoked(store: Store) -> None:

@@ -229,6 +229,10 @@ def _new_id(tx: StateReader, table: str, nbytes: int) -> str:
     raise StoreCorrupt(f"could not find a free id in {table!r}; the random source is broken")
 
 
+MAX_ROTATE_TTL_MS = 366 * 24 * 3600 * 1000
+"""The longest lifetime a rotation gives a token that never expired (as invites)."""
+
+
 def _check_ttl(ttl_ms: int | None) -> None:
     if ttl_ms is None:
         return
@@ -511,7 +515,9 @@ def rotate_token(
 
     Only the token itself may ask (``caller.token_id == token_id``), else
     ``ROTATE_NOT_SELF``. The new token belongs to the same account and holder;
-    its expiry slides: ``now_ms + ttl_ms`` if ``ttl_ms`` is given, else
+    its expiry slides: ``now_ms + ttl_ms`` if ``ttl_ms`` is given (but never
+    more than the old token's original lifetime, or MAX_ROTATE_TTL_MS for one
+    that never expired: a holder cannot outlive the issuer's policy), else
     ``now_ms`` plus the old token's original lifetime, else (the old one never
     expired) none. The old token is revoked in the same ``tx``, so the old
     bearer stops working. Returns the one-time :class:`IssuedToken`; writes
@@ -537,10 +543,16 @@ def rotate_token(
     old_expires = _field_opt_int(row, "expires_ms")
     if old_expires is not None and now >= old_expires:
         raise TokenExpired("the bearer token has expired; ask the node's owner for a new one")
+    # A rotation slides the expiry; it never lengthens the token's lifetime (the
+    # issuer's policy): a longer ttl is cut to the old token's own lifetime, and
+    # to MAX_ROTATE_TTL_MS for one that never expired.
+    lifetime = (
+        None if old_expires is None else max(1, old_expires - _field_int(row, "created_ms"))
+    )
     if ttl_ms is not None:
-        expires: int | None = now + ttl_ms
-    elif old_expires is not None:
-        expires = now + max(1, old_expires - _field_int(row, "created_ms"))
+        expires: int | None = now + min(ttl_ms, lifetime or MAX_ROTATE_TTL_MS)
+    elif lifetime is not None:
+        expires = now + lifetime
     else:
         expires = None
     issued, _ = _mint(tx, sa, now_ms=now, expires_ms=expires)

@@ -192,7 +192,8 @@ def endpoint(spec: RouteSpec, state: AppState) -> Callable[[Request], Awaitable[
                 if not decision.allowed:
                     raise decision.error() from None
                 raise
-            key = f"tok:{principal.token_id}" if principal else f"ip:{client}"
+            # per account, not per token: rotating a token must not refill its bucket
+            key = f"sa:{principal.sa_id}" if principal else f"ip:{client}"
             decision = state.rate_limiter.check(key, time.monotonic())
             headers = decision.headers()
             if not decision.allowed:

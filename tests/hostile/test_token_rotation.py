@@ -1,0 +1,71 @@
+"""A holder rotating its own token gains neither requests nor lifetime.
+
+Found by a read-only audit (the third hostile sweep):
+
+* the rate limit was kept per token, and every rotation mints a new token, so
+  spending the burst and rotating gave a full bucket again (60 reads in a row
+  under a burst of 5, none refused);
+* ``ttl_s`` on a self-rotation had no upper bound, so the holder of a one-hour
+  invite token rotated it into one valid for 31 years.
+
+Now the bucket is kept per service account (every token of the account shares
+it) and a rotation never gives a longer lifetime than the old token had (one
+that never expired: at most MAX_ROTATE_TTL_MS). Real node, plain httpx.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from fedpeer.consent.grants import Target
+from fedpeer.identity.keys import SigningKey
+from fedpeer.peer import NodeConfig, PeerClient, open_node
+from fedpeer.peer.node import Node
+
+
+async def _guest(node: Node, token_ttl_s: int | None = None) -> tuple[str, str]:
+    """A guest's (bearer, token id), from a reader invite."""
+    invite = await node.invites.create(
+        scopes=["reader"], target=Target("namespace", "a"), token_ttl_s=token_ttl_s
+    )
+    async with PeerClient(node.url) as p:
+        cred = await p.redeem(invite.url, holder_key=SigningKey.generate(), holder_type="guest")
+    return cred.token, cred.token_id
+
+
+async def test_rotating_a_token_does_not_refill_the_rate_limit(tmp_path: Path) -> None:
+    cfg = NodeConfig(rate_per_s=0.01, rate_burst=5)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        token, token_id = await _guest(node)
+        statuses: list[int] = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(6):
+                headers = {"Authorization": f"Bearer {token}"}
+                r = await client.get(node.url + "/v1/records", headers=headers)
+                statuses.append(r.status_code)
+                rotated = await client.post(
+                    f"{node.url}/v1/tokens/{token_id}/rotate", json={}, headers=headers
+                )
+                statuses.append(rotated.status_code)
+                if rotated.status_code == 200:
+                    token, token_id = rotated.json()["token"], rotated.json()["token_id"]
+        assert 429 in statuses, statuses
+        assert statuses.index(429) <= 5, statuses  # the burst of 5, shared by all its tokens
+
+
+async def test_a_rotation_cannot_lengthen_an_invite_tokens_lifetime(tmp_path: Path) -> None:
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        token, token_id = await _guest(node, token_ttl_s=3600)
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.post(
+                f"{node.url}/v1/tokens/{token_id}/rotate",
+                json={"ttl_s": 10**9},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert r.status_code == 200, r.text
+        expires_ms = r.json()["expires_ms"]
+        assert expires_ms <= time.time() * 1000 + 3600_000 + 60_000  # not 31 years
