@@ -24,6 +24,8 @@ bytes it managed to send per request (``sent``) and the requests per path.
 from __future__ import annotations
 
 import functools
+import json
+import urllib.parse
 
 import attrs
 import trio
@@ -32,6 +34,7 @@ from fedpeer.identity.canonical import dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer.services._core import NodeCore
 from fedpeer.store import MemoryStore
+from fedpeer.sync.feed import cursor_at
 
 GIB = 1024**3
 CHUNK = b"\0" * 65536
@@ -112,6 +115,9 @@ class HostilePeer:
                 behaviour = (
                     self.manifest_behaviour if route == "/.well-known/fedpeer" else self.behaviour
                 )
+                if behaviour == "reset" and route == "/v1/sync/changes":
+                    await self._reset(stream, path)
+                    continue
                 await self._hostile(stream, behaviour or "")
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -135,6 +141,19 @@ class HostilePeer:
             f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         await stream.send_all(head + body)
+
+    async def _reset(self, stream: trio.SocketStream, path: str) -> None:
+        """``reset``: a valid empty page for a request without a cursor, and
+        CURSOR_RESET for the cursor it just gave (a source that keeps
+        "forgetting" it, or lies), at once, on the same connection."""
+        query = urllib.parse.parse_qs(path.partition("?")[2])
+        if not query.get("since", [""])[0]:
+            cursor = cursor_at("ab" * 16, 0, None, key=b"k" * 16).encode()
+            page = {"records": [], "next_cursor": cursor, "has_more": False}
+            await self._send(stream, 200, dagcbor_encode(page), "application/cbor")
+            return
+        error = {"error": {"code": "CURSOR_RESET", "message": "forgot it again"}}
+        await self._send(stream, 409, json.dumps(error).encode(), "application/json")
 
     async def _hostile(self, stream: trio.SocketStream, behaviour: str) -> None:
         self.sent.append(0)

@@ -414,3 +414,28 @@ async def test_the_threads_listing_comes_in_pages(tmp_path: Path) -> None:
             assert bad.status_code == 400, bad.text
         assert found == [mine]
         assert max(grouped) <= 1000
+
+
+async def test_a_source_that_keeps_resetting_our_cursor_is_backed_off(tmp_path: Path) -> None:
+    """Found by a read-only audit: a source serving an empty page, then
+    CURSOR_RESET for the cursor it gave, made the node loop without pause (1,032
+    requests and as many ``sync.cursor_reset`` audit rows in 5 s; such a source
+    can be reached by redeeming an invite with a reciprocal URL). Now the second
+    reset within ten minutes backs off like a failure, and longer each time."""
+    peer = HostilePeer("reset")
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", sync=FAST_RETRY) as node:
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did)
+
+            def backing_off(p: Pair) -> bool:
+                err = p.last_error
+                return p.state.value == "failing" and err is not None and err.code == "CURSOR_RESET"
+
+            with trio.fail_after(20):
+                await node.pairs.wait_for(pair.id, backing_off)
+            audit = await node.store.audit_log(limit=1000)
+            resets = [e for e in audit if e.event.get("type") == "sync.cursor_reset"]
+            assert len(resets) == 1, resets
+            assert peer.requests.get("/v1/sync/changes", 0) <= 6, peer.requests
+        nursery.cancel_scope.cancel()

@@ -518,6 +518,49 @@ def test_cursor_reset_restarts_a_full_pull(err_cls: type[FedpeerError]) -> None:
     assert Cursor.decode(m.cursor or "").epoch == EPOCH_B
 
 
+def test_a_source_that_keeps_resetting_our_cursor_is_backed_off() -> None:
+    """Found by a read-only audit: a source answering one good page, then
+    CURSOR_RESET for the cursor it just gave, made the puller loop without
+    pause (1,032 requests and as many audit rows in 5 s). A reset within
+    _RESET_WINDOW_MS of the last one now drops the cursor *and* backs off,
+    longer each time; a reset long after the last is a plain restart again."""
+    from fedpeer.sync._machine import _RESET_WINDOW_MS
+
+    src = Source(RECORDS[:20])
+    m = _machine(page_limit=5)
+    now = NOW
+    delays: list[float] = []
+    for i in range(8):
+        req = m.next_request()
+        assert req is not None
+        assert req.since is None  # every cycle starts from scratch
+        assert isinstance(m.receive_page(src.page(req), now_ms=now), PageAccepted)
+        m.commit_done(now_ms=now)
+        assert m.next_request() is not None
+        ev = m.receive_error(CursorReset("forgot it again"), now_ms=now + 10)
+        if i == 0:
+            assert isinstance(ev, CursorWasReset)  # the first: a plain restart
+        else:
+            assert isinstance(ev, RetryScheduled), ev
+            assert ev.pair.cursor is None
+            assert ev.code == "CURSOR_RESET"
+            delays.append(ev.delay_s)
+            assert _state(m) is M.BACKING_OFF
+            m.backoff_elapsed()
+        now += 1_000
+    assert delays[-1] >= 30  # 1 s base doubling: the streak backs off for real
+    # equal jitter in [ceiling / 2, ceiling] with a doubling ceiling: never shorter
+    assert all(b >= a for a, b in itertools.pairwise(delays)), delays
+    # long after the last reset, a reset is a plain restart again
+    req = m.next_request()
+    assert req is not None
+    assert isinstance(m.receive_page(src.page(req), now_ms=now), PageAccepted)
+    m.commit_done(now_ms=now)
+    assert m.next_request() is not None
+    later = m.receive_error(CursorReset("restored"), now_ms=now + _RESET_WINDOW_MS + 1)
+    assert isinstance(later, CursorWasReset)
+
+
 def test_cursor_reset_without_a_cursor_is_a_failure() -> None:
     m = _machine()
     ev = _request_error(m, CursorReset("again"))

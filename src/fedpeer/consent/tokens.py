@@ -546,9 +546,7 @@ def rotate_token(
     # A rotation slides the expiry; it never lengthens the token's lifetime (the
     # issuer's policy): a longer ttl is cut to the old token's own lifetime, and
     # to MAX_ROTATE_TTL_MS for one that never expired.
-    lifetime = (
-        None if old_expires is None else max(1, old_expires - _field_int(row, "created_ms"))
-    )
+    lifetime = None if old_expires is None else max(1, old_expires - _field_int(row, "created_ms"))
     if ttl_ms is not None:
         expires: int | None = now + min(ttl_ms, lifetime or MAX_ROTATE_TTL_MS)
     elif lifetime is not None:

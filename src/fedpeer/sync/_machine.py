@@ -360,6 +360,7 @@ _now = _clock_ms  # the one clock helper
 # peer changed identity); retrying would not help and the credential must not go there.
 _STOP_CLASSES = (AuthRequired, ScopeForbidden, ConsentDenied, DidMismatch, TlsPinMismatch)
 _RESET_CLASSES = (CursorReset, CursorFromFuture, CursorInvalid)
+_RESET_WINDOW_MS = 600_000  # a cursor reset within this of the last one backs off
 
 
 @attrs.frozen
@@ -384,11 +385,13 @@ class PullMachine:
         "_backoff",
         "_cursor",
         "_deferred",
+        "_last_reset_ms",
         "_limits",
         "_page_limit",
         "_pair",
         "_pending",
         "_request",
+        "_reset_streak",
         "_retry_delay_s",
         "_rng",
         "_state",
@@ -415,6 +418,8 @@ class PullMachine:
         self._deferred: list[_Deferred] = []
         self._request: PageRequest | None = None
         self._retry_delay_s: float | None = None
+        self._last_reset_ms: int | None = None  # the last cursor reset (see receive_error)
+        self._reset_streak = 0  # resets each within _RESET_WINDOW_MS of the one before
         if pair.state is PairState.DELETED:
             raise PullMachineError(f"pair {pair.id} is deleted; there is nothing to run")
         if pair.state is PairState.PAUSED:
@@ -598,7 +603,10 @@ class PullMachine:
 
         401/403 -> STOPPED, :class:`PairStopped`; CURSOR_RESET /
         CURSOR_FROM_FUTURE / CURSOR_INVALID for a request with a cursor -> IDLE
-        with the cursor dropped, :class:`CursorWasReset`; anything else ->
+        with the cursor dropped, :class:`CursorWasReset` (but a reset within
+        ``_RESET_WINDOW_MS`` of the last one drops the cursor and backs off,
+        :class:`RetryScheduled`, longer with each: a source cannot make the
+        puller loop by answering a page, then a reset); anything else ->
         BACKING_OFF, :class:`RetryScheduled`, whose delay is at least
         ``retry_after`` (default: ``err.retry_after`` of a ``RateLimited``).
         Raises only ``PullMachineError`` (not AWAITING_PAGE).
@@ -614,8 +622,28 @@ class PullMachine:
             self._advance(_In.ERROR_STOP)
             return PairStopped(error=err, pair=self._pair)
         if isinstance(err, _RESET_CLASSES) and since is not None:
-            self._pair = self._pair.apply(PairAction.RESET, now_ms=now)
             self._cursor = None
+            recent = (
+                self._last_reset_ms is not None and now - self._last_reset_ms < _RESET_WINDOW_MS
+            )
+            self._last_reset_ms = now
+            if recent:
+                # Another reset soon after the last: a source that keeps forgetting
+                # our cursor (or a hostile one serving a page, then a reset) would
+                # otherwise loop without pause. Pull from scratch after a backoff
+                # that grows with every such reset.
+                self._reset_streak += 1
+                last = LastError.from_error(err, at_ms=now)
+                pair = self._pair.apply(PairAction.RESET, now_ms=now).apply(
+                    PairAction.FAIL, now_ms=now, error=last
+                )
+                delay = self._backoff.delay(self._reset_streak - 1, rng=self._rng)
+                self._pair = attrs.evolve(pair, stats=pair.stats.with_backoff(round(delay, 3)))
+                self._retry_delay_s = delay
+                self._advance(_In.ERROR_RETRY)
+                return RetryScheduled(error=err, delay_s=delay, pair=self._pair)
+            self._reset_streak = 0
+            self._pair = self._pair.apply(PairAction.RESET, now_ms=now)
             self._advance(_In.ERROR_RESET)
             return CursorWasReset(previous_cursor=since, error=err, pair=self._pair)
         if retry_after is None and isinstance(err, RateLimited):
