@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 from starlette.responses import Response, StreamingResponse
 
+from ..consent.grants import EVERYTHING
 from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
 from ..store.base import ChangeFilter, StoredRecord
@@ -53,11 +54,13 @@ def _q(ctx: Ctx, name: str) -> str | None:
     return value
 
 
-def _limit(ctx: Ctx) -> int:
+def _limit(ctx: Ctx, default: int | None = None) -> int:
+    """The ``limit`` parameter: 1..page_limit_max; absent, ``default`` (None: the
+    page_limit_default), never above the maximum the node advertises."""
     raw = _q(ctx, "limit")
     cfg = ctx.app.config
-    if raw is None:  # the default never exceeds the maximum the node advertises
-        return min(cfg.page_limit_default, cfg.page_limit_max)
+    if raw is None:
+        return min(cfg.page_limit_default if default is None else default, cfg.page_limit_max)
     try:
         limit = int(raw)
     except ValueError:
@@ -180,7 +183,8 @@ async def post_record(ctx: Ctx) -> Response:
         body=obj["body"],
         parents=parents,
         view=await ctx.view("records:write"),
-        read_view=await ctx.view("records:read"),
+        # what the parents' clocks may count (only read when there are parents)
+        read_view=await ctx.view("records:read") if parents else EVERYTHING,
     )
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": True}, ctx.request, status=201
@@ -262,7 +266,9 @@ async def list_records(ctx: Ctx) -> Response:
 async def list_threads(ctx: Ctx) -> Response:
     prefix = _name_param(ctx, "namespace")
     # a page of (namespace, thread) pairs: the whole page limit unless asked for less
-    limit = _limit(ctx) if _q(ctx, "limit") is not None else ctx.app.config.page_limit_max
+    # absent: a whole page_limit_max page, so a client that does not follow pages
+    # (as before paging) still gets every thread of a node with fewer than that
+    limit = _limit(ctx, default=ctx.app.config.page_limit_max)
     infos, next_cursor = await ctx.app.records.threads_page(
         prefix, limit=limit, since=_q(ctx, "since"), view=await ctx.view("records:read")
     )

@@ -762,10 +762,13 @@ class Discovery:
         self._resolving[key] = False
         nursery.start_soon(self._resolve, zc, name, nursery)
 
-    def _resolve_next(self, zc: Zeroconf, nursery: anyio.abc.TaskGroup) -> None:
-        """A network slot came free: resolve the waiting name that is due and has
-        failed least (a name parked only for want of a slot first), so waiting
-        names are served as slots free up, not only on the next poll."""
+    def _resolve_next(self, zc: Zeroconf, nursery: anyio.abc.TaskGroup) -> bool:
+        """Resolve the waiting name that is due and has failed least (a name
+        parked only for want of a slot first); False when none is due or no
+        network slot is free. Called as a slot frees up and on every poll, so
+        waiting names are served in one order whichever comes first."""
+        if len(self._resolving) >= _MAX_RESOLVING:
+            return False
         now = time.monotonic()
         best: tuple[float, float, str] | None = None
         for key, parked in self._unresolved.items():
@@ -773,8 +776,11 @@ class Discovery:
                 rank = (parked.delay, parked.due, key)
                 if best is None or rank < best:
                     best = rank
-        if best is not None:
-            self._request_resolve(zc, self._unresolved[best[2]].name, nursery)
+        if best is None:
+            return False
+        # from the cache or to the network: either way it leaves the waiting list
+        self._request_resolve(zc, self._unresolved[best[2]].name, nursery)
+        return True
 
     def _park(self, key: str, name: str, *, failed: bool) -> None:
         """Keep ``name`` for a later resolve: due now (no free slot), or after a
@@ -922,12 +928,9 @@ class Discovery:
             # (their wait doubles), while network slots are free.
             for entry in self.roster.entries():
                 self._request_resolve(zc, entry.name, nursery)
-            clock = time.monotonic()
-            for key, parked in list(self._unresolved.items()):
-                if len(self._resolving) >= _MAX_RESOLVING:
+            for _ in range(len(self._unresolved)):  # each round takes a name off the list
+                if not self._resolve_next(zc, nursery):
                     break
-                if parked.due <= clock and key not in self._resolving:
-                    self._request_resolve(zc, parked.name, nursery)
             for entry in self.roster.due_for_check(
                 now, retry_s=self.retry_s, reverify_s=self.reverify_s
             ):

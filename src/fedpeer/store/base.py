@@ -34,7 +34,7 @@ fingerprint of the record at its seq (:mod:`fedpeer.sync.feed`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 import attrs
@@ -57,7 +57,7 @@ __all__ = [
     "cid_key",
     "prefix_upper_bound",
     "record_bytes",
-    "within_budget",
+    "take_within",
 ]
 
 T = TypeVar("T")
@@ -453,17 +453,22 @@ def record_bytes(rec: StoredRecord) -> int:
     return len(rec.cid) + len(rec.data) + len(rec.sig) + RECORD_OVERHEAD
 
 
-def within_budget(records: Sequence[StoredRecord], max_bytes: int | None) -> int:
-    """How many of ``records`` (in order) a page with budget ``max_bytes`` keeps:
-    up to and including the one that reaches it, at least one. Pure."""
-    if max_bytes is None:
-        return len(records)
+def take_within(
+    records: Iterable[StoredRecord], max_bytes: int
+) -> tuple[tuple[StoredRecord, ...], bool]:
+    """The records of a page with budget ``max_bytes`` (``Store.changes``): up to
+    and including the one whose :func:`record_bytes` reach it (at least one),
+    and whether the budget cut the page there. Takes no record more from
+    ``records`` than it keeps, so a lazy source (rows read one by one) loads no
+    more than the page. Pure."""
+    out: list[StoredRecord] = []
     used = 0
-    for i, rec in enumerate(records):
+    for rec in records:
+        out.append(rec)
         used += record_bytes(rec)
         if used >= max_bytes:
-            return i + 1
-    return len(records)
+            return tuple(out), True
+    return tuple(out), False
 
 
 def dump_json(value: object, what: str = "state value") -> str:

@@ -40,7 +40,7 @@ from .base import (
     cid_key,
     dump_json,
     load_json,
-    within_budget,
+    take_within,
 )
 
 __all__ = ["DEFAULT_SCAN_WINDOW", "MemoryStore"]
@@ -244,10 +244,11 @@ class MemoryStore:
         await self._enter()
         check_changes_args(since_seq, limit, max_bytes)
         page = self._changes(since_seq, limit, filter)
-        keep = within_budget(page.records, max_bytes)
-        if keep == len(page.records):
+        if max_bytes is None:
             return page
-        records = page.records[:keep]
+        records, cut = take_within(page.records, max_bytes)
+        if not cut or records[-1].seq == page.last_seq:
+            return page
         return self._page(records, records[-1].seq, page.head_seq)
 
     def _changes(self, since_seq: int, limit: int, filter: ChangeFilter | None) -> ChangesPage:

@@ -99,7 +99,7 @@ from .base import (
     dump_json,
     load_json,
     prefix_upper_bound,
-    record_bytes,
+    take_within,
 )
 from .memory import DEFAULT_SCAN_WINDOW
 
@@ -552,7 +552,8 @@ def _changes(
             records = tuple(StoredRecord(*row) for row in cur.fetchall())
             cut = False
         else:
-            records, cut = _fetch_within(cur, max_bytes)
+            records, cut = take_within((StoredRecord(*row) for row in cur), max_bytes)
+            cur.close()  # rows past the budget are never read
         if cut or len(records) == limit:
             last = records[-1].seq
         else:
@@ -564,24 +565,6 @@ def _changes(
     finally:
         conn.execute("COMMIT")
     return ChangesPage(records, last, head, last_cid)
-
-
-def _fetch_within(cur: sqlite3.Cursor, max_bytes: int) -> tuple[tuple[StoredRecord, ...], bool]:
-    """The rows of ``cur`` up to the one whose running :func:`record_bytes` reach
-    ``max_bytes`` (at least one), and whether the budget cut the page there. Reads
-    one row at a time (as fetchall does inside), so a page of large records holds
-    its budget, not its limit; reaching the budget counts as a cut without
-    reading a row more (at worst the next page is empty)."""
-    out: list[StoredRecord] = []
-    used = 0
-    for row in cur:
-        rec = StoredRecord(*row)
-        out.append(rec)
-        used += record_bytes(rec)
-        if used >= max_bytes:
-            cur.close()
-            return tuple(out), True
-    return tuple(out), False
 
 
 def _cid_at(conn: sqlite3.Connection, seq: int) -> bytes | None:

@@ -633,13 +633,8 @@ class PullMachine:
                 # otherwise loop without pause. Pull from scratch after a backoff
                 # that grows with every such reset.
                 self._reset_streak += 1
-                last = LastError.from_error(err, at_ms=now)
-                pair = self._pair.apply(PairAction.RESET, now_ms=now).apply(
-                    PairAction.FAIL, now_ms=now, error=last
-                )
-                delay = self._backoff.delay(self._reset_streak - 1, rng=self._rng)
-                self._pair = attrs.evolve(pair, stats=pair.stats.with_backoff(round(delay, 3)))
-                self._retry_delay_s = delay
+                self._pair = self._pair.apply(PairAction.RESET, now_ms=now)
+                delay = self._fail(err, now, retry_after=None, attempt=self._reset_streak - 1)
                 self._advance(_In.ERROR_RETRY)
                 return RetryScheduled(error=err, delay_s=delay, pair=self._pair)
             self._reset_streak = 0
@@ -761,15 +756,25 @@ class PullMachine:
         self._require(inp)
         self._state = MACHINE_TRANSITIONS[self._state][inp]
 
-    def _delay(self, retry_after: float | None) -> float:
-        attempt = max(0, self._pair.retries - 1)
+    def _delay(self, retry_after: float | None, attempt: int | None = None) -> float:
+        """The backoff before the next try: for the pair's failure count, or for
+        ``attempt`` (0-based) when given (a streak counted apart)."""
+        if attempt is None:
+            attempt = max(0, self._pair.retries - 1)
         return self._backoff.delay(attempt, rng=self._rng, retry_after=retry_after)
 
-    def _fail(self, err: FedpeerError, now: int, *, retry_after: float | None) -> float:
+    def _fail(
+        self,
+        err: FedpeerError,
+        now: int,
+        *,
+        retry_after: float | None,
+        attempt: int | None = None,
+    ) -> float:
         last = LastError.from_error(err, at_ms=now)
         pair = self._pair.apply(PairAction.FAIL, now_ms=now, error=last)
         self._pair = pair
-        delay = self._delay(retry_after)
+        delay = self._delay(retry_after, attempt)
         self._pair = attrs.evolve(pair, stats=pair.stats.with_backoff(round(delay, 3)))
         self._retry_delay_s = delay
         return delay

@@ -29,7 +29,8 @@ _MAX_LIST = 10_000
 _NEWEST_WINDOW = 256  # first window scanned backwards for newest-first listings
 _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
 _NEWEST_SCAN = 10_000  # rows a newest-first page reads before it answers what it found
-_FETCH_STEP = 4  # records a budgeted batch fetch reads at a time (past the budget: < 4)
+_FETCH_STEP = 4  # fewest records a budgeted batch fetch reads at a time
+_THREADS_CURSOR_MAX = 1024  # longest threads-listing cursor text taken
 
 
 def parse_cid(value: CID | str) -> CID:
@@ -244,9 +245,10 @@ class RecordService:
         missing, later)``, where ``found`` ends with the record whose
         :func:`~fedpeer.store.base.record_bytes` reach ``max_bytes`` (None: no
         budget; at least one record) and ``later`` lists the ids not looked at
-        after it, in request order. Reads a few records at a time, so the
-        answer costs its budget (and at most three records more) in memory, not
-        ``batch_fetch_max`` records."""
+        after it, in request order. Reads as many records at a time as the
+        budget left could hold at ``max_record_bytes`` each (at least
+        ``_FETCH_STEP``), so the answer costs its budget (and at most that many
+        records more) in memory, not ``batch_fetch_max`` records."""
         limit = self._core.config.batch_fetch_max
         if len(cids) > limit:
             raise InvalidRequest(f"at most {limit} ids per request")
@@ -260,9 +262,18 @@ class RecordService:
         out: builtins.list[StoredRecord] = []
         missing: builtins.list[str] = []
         used = 0
-        step = len(wanted) if max_bytes is None else _FETCH_STEP
-        for start in range(0, len(wanted), max(1, step)):
+        largest = self._core.limits.max_record_bytes
+        start = 0
+        while start < len(wanted):
+            # As many as the budget left could hold at the largest record size (at
+            # least _FETCH_STEP): one read for small budgets' worth, never far past it.
+            step = (
+                len(wanted)
+                if max_bytes is None
+                else max(_FETCH_STEP, (max_bytes - used) // largest)
+            )
             chunk = wanted[start : start + step]
+            start += len(chunk)
             found = {r.cid: r for r in await self._core.store.get_many([c.raw for c in chunk])}
             for i, cid in enumerate(chunk):
                 rec = found.get(cid.raw)
@@ -272,7 +283,7 @@ class RecordService:
                 out.append(rec)
                 used += record_bytes(rec)
                 if max_bytes is not None and used >= max_bytes:
-                    later = [str(c) for c in chunk[i + 1 :] + wanted[start + step :]]
+                    later = [str(c) for c in chunk[i + 1 :] + wanted[start:]]
                     return out, missing, later
         return out, missing, []
 
@@ -427,7 +438,7 @@ def _threads_cursor(namespace: str, thread: str) -> str:
 
 def _threads_cursor_decode(text: str) -> tuple[str, str]:
     try:
-        value = dagcbor_decode(b64url_decode(text)) if len(text) <= 1024 else None
+        value = dagcbor_decode(b64url_decode(text)) if len(text) <= _THREADS_CURSOR_MAX else None
     except FedpeerError:
         value = None
     if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, str) for v in value):
