@@ -434,10 +434,25 @@ async def test_federated_proof_is_single_use(store: Store) -> None:
     assert [k for k, _ in await store.list_state("proofs")] == ["c" * 64]
 
 
+def federated(secret: str, key: SigningKey = HOLDER, **kw: object) -> RedeemRequest:
+    """A federated request whose proof the caller has verified (redeem with a
+    ``used_proof_hash``)."""
+    return RedeemRequest(
+        holder_type="federated",
+        holder_did=key.did,
+        secret=secret,
+        proof="p",
+        issued_at_ms=T0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 async def test_revoke_kills_tokens_grants_and_reciprocal(store: Store) -> None:
-    issued = await issue(store, max_uses=3)
+    issued = await issue(store, max_uses=3, accept_holder_types=["guest", "federated"])
     recip = Reciprocal(token="fp_back", scopes=frozenset({"sync:read"}), url="http://10.0.0.2:1")
-    a = await redeem(store, issued, guest(issued.secret, reciprocal=recip))
+    a = await redeem(
+        store, issued, federated(issued.secret, reciprocal=recip), used_proof_hash="a" * 64
+    )
     b = await redeem(store, issued, guest(issued.secret, OTHER))
     row = await store.get_state(inv.RECIPROCAL_TABLE, HOLDER.did)
     assert row is not None
@@ -465,6 +480,35 @@ async def test_revoke_kills_tokens_grants_and_reciprocal(store: Store) -> None:
         await redeem(store, issued, guest(issued.secret))
     with pytest.raises(InviteNotFound):
         await store.transact(lambda tx: revoke_invite(tx, "11" * 16))
+
+
+async def test_a_guest_reciprocal_is_ignored(store: Store) -> None:
+    """A guest's DID is only the key it names, and a paired peer's key is public:
+    its reciprocal must neither replace the peer's reciprocal credential nor
+    revoke the account the peer's federated redemption gave it."""
+    issued = await issue(store, max_uses=3, accept_holder_types=["guest", "federated"])
+    recip = Reciprocal(token="fp_back", scopes=frozenset({"sync:read"}), url="http://10.0.0.2:1")
+    peer = await redeem(
+        store, issued, federated(issued.secret, reciprocal=recip), used_proof_hash="a" * 64
+    )
+    evil = Reciprocal(token="evil", scopes=frozenset({"sync:read"}), url="http://10.6.6.6:1")
+    impostor = await redeem(store, issued, guest(issued.secret, reciprocal=evil))
+    assert impostor.holder_did == peer.holder_did == HOLDER.did
+    row = await store.get_state(inv.RECIPROCAL_TABLE, HOLDER.did)
+    assert row is not None
+    assert (row["token"], row["url"], row["sa_id"]) == (
+        "fp_back",
+        "http://10.0.0.2:1",
+        peer.service_account.id,
+    )
+    await store.transact(lambda tx: authenticate(tx, peer.token.bearer, T0))  # still valid
+    events = [e for e in await store.audit_log(0, 1000) if e.event["type"] == "invite.redeemed"]
+    assert [e.event["reciprocal"] for e in events] == [True, False]
+    # a guest alone stores none either
+    await store.transact(lambda tx: inv.revoke_credential(tx, peer.service_account.id, now_ms=T0))
+    await store.transact(lambda tx: tx.delete(inv.RECIPROCAL_TABLE, HOLDER.did))
+    await redeem(store, issued, guest(issued.secret, OTHER, reciprocal=evil))
+    assert await store.get_state(inv.RECIPROCAL_TABLE, OTHER.did) is None
 
 
 async def test_bulk_revoke(store: Store) -> None:

@@ -47,6 +47,7 @@ class DocServer:
         self.routes: dict[str, tuple[int, bytes, list[tuple[bytes, bytes]]]] = {}
         self.hits: Counter[str] = Counter()
         self.release = trio.Event()  # for the "never answers" route
+        self.hit = trio.Event()  # set (and replaced) on every request
 
     def put_json(self, path: str, obj: object, status: int = 200) -> None:
         self.routes[path] = (status, json.dumps(obj).encode(), [])
@@ -63,6 +64,8 @@ class DocServer:
         assert scope["type"] == "http"
         path = scope["path"]
         self.hits[path] += 1
+        self.hit.set()
+        self.hit = trio.Event()
         if path == "/hang/did.json":
             await self.release.wait()
         status, body, headers = self.routes.get(path, (404, b"not found", []))
@@ -407,11 +410,55 @@ async def test_did_web_path_form_with_default_client(server: tuple[DocServer, in
 async def test_did_web_https_by_default(server: tuple[DocServer, int]) -> None:
     """Without allow_http the driver speaks TLS to the plain-http server and fails."""
     app, port = server
-    did = _web_did(port)
+    did = f"did:web:localhost%3A{port}"  # a name: an address literal would be refused
     app.put_json("/.well-known/did.json", _web_doc(did))
     resolver = Resolver(drivers={"web": DidWebDriver(timeout_s=5)})
-    with pytest.raises(DidNotFound):
+    with pytest.raises(DidNotFound, match="cannot fetch"):
         await resolver.resolve(did)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "10.0.0.1", "192.168.1.20", "169.254.1.1", "100.64.0.1", "0.0.0.0"]
+)
+async def test_did_web_at_an_internal_address_is_not_fetched(
+    server: tuple[DocServer, int], host: str
+) -> None:
+    """A did:web names the host the resolver connects to, and strangers name DIDs
+    (an invite redeemer its own): an internal address literal is refused without
+    a connection, so a DID cannot be used to probe the node's network."""
+    app, port = server
+    did = f"did:web:{host}%3A{port}"
+    app.put_json("/.well-known/did.json", _web_doc(did))
+    resolver = Resolver(drivers={"web": DidWebDriver(timeout_s=5)})
+    with pytest.raises(DidNotFound, match="must be a public one"):
+        await resolver.resolve(did)
+    assert not app.hits
+    if host == "127.0.0.1":  # tests' allow_http lets loopback through
+        assert await _web_resolver().resolve(did) == _web_doc(did)
+
+
+async def test_did_web_fetches_run_a_few_at_a_time(server: tuple[DocServer, int]) -> None:
+    """Resolutions that hang hold at most ``max_concurrent`` connections; the rest
+    wait for a turn within their own timeout."""
+    app, port = server
+    driver = DidWebDriver(allow_http=True, timeout_s=30, max_concurrent=2)
+    resolver = Resolver(drivers={"web": driver})
+    hang = _web_did(port, "hang")
+
+    async def resolve_hang() -> None:
+        with pytest.raises(DidNotFound):
+            await resolver.resolve(hang)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(resolve_hang)
+        with trio.fail_after(10):
+            while app.hits["/hang/did.json"] < 2:
+                await app.hit.wait()
+        await trio.testing.wait_all_tasks_blocked(0.2)
+        assert app.hits["/hang/did.json"] == 2  # the other three wait for a turn
+        app.release.set()
+    assert app.hits["/hang/did.json"] == 5
 
 
 async def test_did_web_404(server: tuple[DocServer, int]) -> None:

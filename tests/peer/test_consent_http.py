@@ -709,9 +709,13 @@ async def test_token_rotation(node: Node, http: httpx.AsyncClient, admin_token: 
 async def test_reciprocal_credential_is_stored(
     node: Node, http: httpx.AsyncClient, admin_token: str
 ) -> None:
-    invite = await make_invite(http, admin_token)
+    invite = await make_invite(http, admin_token, max_uses=2)
     recip = {"token": "fp_for_the_issuer", "scopes": ["reader"], "url": "http://127.0.0.1:9/"}
+    # a guest's is ignored: its DID is only the key it names (protocol.md §11.2)
     r = await redeem(http, invite, guest_body(str(invite["url"]), reciprocal=recip))
+    assert r.status_code == 201, r.text
+    assert await node.store.get_state(inv.RECIPROCAL_TABLE, HOLDER.did) is None
+    r = await redeem(http, invite, {**federated_body(str(invite["url"])), "reciprocal": recip})
     assert r.status_code == 201, r.text
     row = await node.store.get_state(inv.RECIPROCAL_TABLE, HOLDER.did)
     assert row is not None

@@ -158,6 +158,7 @@ __all__ = [
     "parse_invite_url",
     "parse_redeem_request",
     "proof_hash",
+    "proof_signature",
     "redeem_in_tx",
     "redeem_proof_payload",
     "revoke_credential",
@@ -351,6 +352,21 @@ def sign_redeem_proof(
     return b64url_encode(key.sign(jcs(payload))), issued
 
 
+def proof_signature(proof: object) -> bytes:
+    """The 64 signature bytes of a ``holder_proof``: the shape check of
+    :func:`verify_redeem_proof`, cheap enough to run before the holder DID is
+    resolved. Raises ``BAD_PROOF``. Pure."""
+    if not isinstance(proof, str):
+        raise BadProof("holder_proof must be a base64url string")
+    try:
+        signature = b64url_decode(proof)
+    except FedpeerError:
+        raise BadProof("holder_proof is not base64url without padding") from None
+    if len(signature) != 64:
+        raise BadProof("holder_proof must be a 64-byte Ed25519 signature")
+    return signature
+
+
 def verify_redeem_proof(
     public_keys: Sequence[bytes],
     proof: str,
@@ -373,14 +389,7 @@ def verify_redeem_proof(
     Raises ``BAD_PROOF`` (not base64url, not 64 bytes, verifies under no key),
     ``KEY_UNKNOWN`` (no usable key at all) or ``FRESHNESS_VIOLATION``. Pure CPU.
     """
-    if not isinstance(proof, str):
-        raise BadProof("holder_proof must be a base64url string")
-    try:
-        signature = b64url_decode(proof)
-    except FedpeerError:
-        raise BadProof("holder_proof is not base64url without padding") from None
-    if len(signature) != 64:
-        raise BadProof("holder_proof must be a 64-byte Ed25519 signature")
+    signature = proof_signature(proof)
     message = jcs(
         redeem_proof_payload(
             invite_id=invite_id,
@@ -438,7 +447,10 @@ async def holder_public_keys(resolver: Resolver, holder_did: str) -> list[bytes]
     try:
         doc = await resolver.resolve(holder_did)
     except FedpeerError as err:
-        raise KeyUnknown(f"cannot resolve the holder DID: {err}") from err
+        # The cause stays chained (the node logs it), not in the message: a redeemer
+        # names the DID, and the reason a fetch failed (refused, timed out, answered
+        # some status) would tell it what listens where on the issuer's network.
+        raise KeyUnknown("cannot resolve the holder DID to a document") from err
     keys: list[bytes] = []
     entries = doc.get("authentication")
     for entry in entries if isinstance(entries, list) else []:
@@ -1143,8 +1155,9 @@ def redeem_in_tx(
     replay), then: records the proof hash, creates the service account
     (``origin="invite:<id>"``, the invite's scopes, a token valid
     ``token_ttl_s``), a grant for the invite's target bound to that account,
-    the ``invite_accounts`` row, the reciprocal credential if any, and counts
-    the use. Writes ``invite.redeemed``.
+    the ``invite_accounts`` row, the reciprocal credential if any (a federated
+    holder's only: a guest's is ignored, as its DID is unproven), and counts the
+    use. Writes ``invite.redeemed``.
 
     Raises ``INVITE_NOT_FOUND``, ``INVITE_REVOKED``, ``INVITE_EXHAUSTED``,
     ``INVITE_EXPIRED``, ``INVITE_SECRET_INVALID``, ``HOLDER_TYPE_MISMATCH``,
@@ -1204,7 +1217,13 @@ def redeem_in_tx(
             "created_ms": now,
         },
     )
-    if request.reciprocal is not None:
+    # A reciprocal credential is a federated holder's: its proof established the DID
+    # the row is keyed by. A guest's DID is only the key it names (anyone can name a
+    # paired peer's public key), so a guest's reciprocal is ignored (protocol.md
+    # §11.2): storing it would let any invite holder replace, and revoke, the
+    # credential of the peer it impersonates.
+    reciprocal = request.reciprocal if request.holder_type == "federated" else None
+    if reciprocal is not None:
         # Pairing again (a new invite, the same holder): the account the earlier
         # pairing gave that holder is revoked, so it never holds two active ones.
         previous = tx.get(RECIPROCAL_TABLE, request.holder_did)
@@ -1218,9 +1237,9 @@ def redeem_in_tx(
                 "holder_did": request.holder_did,
                 "invite_id": invite_id,
                 "sa_id": sa.id,
-                "token": request.reciprocal.token,
-                "scopes": scopes_to_list(request.reciprocal.scopes),
-                "url": request.reciprocal.url,
+                "token": reciprocal.token,
+                "scopes": scopes_to_list(reciprocal.scopes),
+                "url": reciprocal.url,
                 "received_ms": now,
             },
         )
@@ -1239,7 +1258,7 @@ def redeem_in_tx(
             "grant_id": grant.id,
             "uses": invite.uses,
             "uses_remaining": invite.uses_remaining,
-            "reciprocal": request.reciprocal is not None,
+            "reciprocal": reciprocal is not None,
         },
         ts_ms=now,
     )

@@ -124,13 +124,30 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
     return f"{scheme}://{authority}/{suffix}"
 
 
+def _is_internal_address(host: str) -> bool:
+    """Whether ``host`` is an IP address literal that is not a global one
+    (private, loopback, link-local, shared, reserved...)."""
+    try:
+        return not ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False  # a DNS name
+
+
 class DidWebDriver:
     """The did:web driver: GET the document over HTTPS with httpx.
 
     ``client``: an ``httpx.AsyncClient`` to reuse (you own and close it); by default
     a short-lived client is made per resolution. ``allow_http``: fetch loopback hosts
-    over plain http (tests only). ``timeout_s`` bounds the whole fetch and
-    ``max_bytes`` the document size. Redirects are not followed.
+    over plain http (tests only). ``timeout_s`` bounds the whole fetch, waiting for
+    a turn included, and ``max_bytes`` the document size. Redirects are not
+    followed.
+
+    A did:web names the host the resolver connects to, and strangers name DIDs
+    (an invite redeemer names its own): so at most ``max_concurrent`` fetches run
+    at a time, and a host that is an IP address literal must be a global one
+    (``did:web:10.0.0.1`` or ``did:web:127.0.0.1%3A22`` is ``DID_NOT_FOUND``
+    without a connection; with ``allow_http``, loopback is allowed). A DNS name
+    is fetched whatever it resolves to.
     """
 
     def __init__(
@@ -140,11 +157,14 @@ class DidWebDriver:
         *,
         timeout_s: float = 10.0,
         max_bytes: int = 256 * 1024,
+        max_concurrent: int = 4,
     ) -> None:
         self._client = client
         self._allow_http = allow_http
         self._timeout_s = timeout_s
         self._max_bytes = max_bytes
+        self._max_concurrent = max_concurrent
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def resolve(self, did: str) -> dict[str, object]:
         """Fetch and parse the document of ``did``.
@@ -155,13 +175,22 @@ class DidWebDriver:
         bounded by ``timeout_s``; cancellable.
         """
         url = did_web_url(did, allow_http=self._allow_http)
+        host = httpx.URL(url).host
+        if _is_internal_address(host) and not (self._allow_http and _is_loopback(host)):
+            raise DidNotFound(
+                "a did:web host that is an IP address must be a public one; "
+                f"{host} is a private, loopback or reserved address"
+            )
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._max_concurrent)
         body = b""
         with anyio.move_on_after(self._timeout_s) as scope:
-            if self._client is not None:
-                body = await self._fetch(self._client, url)
-            else:
-                async with httpx.AsyncClient() as client:
-                    body = await self._fetch(client, url)
+            async with self._limiter:
+                if self._client is not None:
+                    body = await self._fetch(self._client, url)
+                else:
+                    async with httpx.AsyncClient() as client:
+                        body = await self._fetch(client, url)
         if scope.cancelled_caught:
             raise DidNotFound(f"fetching {url} timed out after {self._timeout_s:g} s")
         try:

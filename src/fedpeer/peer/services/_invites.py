@@ -24,7 +24,7 @@ import anyio
 
 from ...consent import invites as inv
 from ...consent.grants import Target
-from ...errors import FedpeerError, InvalidRequest, InviteNotFound, PairSelf
+from ...errors import FedpeerError, InvalidRequest, InviteNotFound, KeyUnknown, PairSelf
 from ...store.base import StateTx
 from ._core import NodeCore
 from ._views import AuditEvent, AuditPage, InviteCreated, InviteInfo, RedeemAnswer
@@ -276,7 +276,13 @@ class InviteService:
             if parsed.holder_type == "federated":
                 assert parsed.proof is not None
                 assert parsed.issued_at_ms is not None
-                keys = await inv.holder_public_keys(core.resolver, parsed.holder_did)
+                inv.proof_signature(parsed.proof)  # BAD_PROOF before any fetch (§10.4 order)
+                try:
+                    keys = await inv.holder_public_keys(core.resolver, parsed.holder_did)
+                except KeyUnknown as err:
+                    if err.__cause__ is not None:  # the redeemer sees no cause: it is logged
+                        log.info("invite %s: holder DID unresolved: %s", invite_id, err.__cause__)
+                    raise
                 signature = inv.verify_redeem_proof(
                     keys,
                     parsed.proof,

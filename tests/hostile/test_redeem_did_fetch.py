@@ -1,0 +1,87 @@
+"""A redeemer cannot use its holder DID to probe the issuer's network.
+
+A federated redemption names its holder DID, and a did:web makes the issuer
+fetch ``https://<host>:<port>/.../did.json``. Before, that happened before the
+proof was even looked at, the answer's KEY_UNKNOWN message told the redeemer
+why the fetch failed (refused, timed out, "answered HTTP 401": what listens
+where), and a failed redemption leaves the invite as it was, so one invite URL
+gave unlimited probes. Now: the proof's shape is checked first; a DID whose
+host is an internal address literal is refused without a connection; the
+message names no cause (the node logs it); fetches run a few at a time
+(tests/identity/test_resolver.py).
+
+A real issuer node (SQLite, hypercorn on loopback); a loopback listener that
+counts the connections the node makes.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+from fedpeer.consent.invites import parse_invite_url
+from fedpeer.peer import NodeConfig, open_node
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+async def test_a_holder_did_cannot_probe_the_issuers_network(tmp_path: Path) -> None:
+    accepted: list[object] = []
+
+    async def count(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        await stream.aclose()
+
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+    async with trio.open_nursery() as nursery:
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener.socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, count, [listener])
+        async with open_node(tmp_path / "issuer", config=cfg) as issuer:
+            created = await issuer.invites.create(
+                scopes=["reader"], accept_holder_types=["federated"]
+            )
+            invite = parse_invite_url(created.url)
+
+            async def redeem(holder_did: str, proof: str) -> httpx.Response:
+                async with httpx.AsyncClient(base_url=issuer.url, timeout=30) as http:
+                    return await http.post(
+                        f"/v1/invites/{invite.invite_id}/redeem",
+                        json={
+                            "holder_type": "federated",
+                            "holder_did": holder_did,
+                            "holder_proof": proof,
+                            "holder_proof_issued_at_ms": int(time.time() * 1000),
+                            "secret": invite.secret,
+                        },
+                    )
+
+            sixty_four = _b64(bytes(64))
+            # a proof that cannot be a signature: refused before any fetch
+            answer = await redeem(f"did:web:localhost%3A{port}", "not-a-signature")
+            assert answer.json()["error"]["code"] == "BAD_PROOF"
+            # an internal address literal: refused without a connection
+            answer = await redeem(f"did:web:127.0.0.1%3A{port}", sixty_four)
+            assert answer.status_code == 403
+            assert answer.json()["error"] == {
+                "code": "KEY_UNKNOWN",
+                "message": "cannot resolve the holder DID to a document",
+            }
+            assert accepted == []
+            # a name is fetched (it may be a public host), but the answer does not say
+            # what happened there: here a plain TCP listener that hangs up
+            answer = await redeem(f"did:web:localhost%3A{port}", sixty_four)
+            assert answer.json()["error"] == {
+                "code": "KEY_UNKNOWN",
+                "message": "cannot resolve the holder DID to a document",
+            }
+            assert len(accepted) == 1
+            (info,) = await issuer.invites.list()
+            assert (info.invite_id, info.state, info.uses) == (invite.invite_id, "active", 0)
+        nursery.cancel_scope.cancel()
