@@ -36,6 +36,7 @@ from fedpeer.consent.invites import (
 from fedpeer.consent.tokens import authenticate
 from fedpeer.errors import (
     BadProof,
+    DidInvalid,
     DidMismatch,
     FedpeerError,
     FreshnessViolation,
@@ -54,7 +55,7 @@ from fedpeer.errors import (
     TokenInvalid,
 )
 from fedpeer.identity import Resolver, SigningKey, b64url_encode, jcs
-from fedpeer.identity.didkey import ed25519_multibase
+from fedpeer.identity.didkey import ed25519_multibase, x25519_multibase
 from fedpeer.identity.envelope import verify_document
 from fedpeer.store.base import Store
 
@@ -303,6 +304,19 @@ def test_redeem_request_parsing() -> None:
     ):
         with pytest.raises((InvalidRequest, Malformed)):
             parse_redeem_request(bad)
+    # a did:key that is not an Ed25519 key (here X25519) is refused with the body
+    # (protocol.md §2.1, §10.5 step 1), not as KEY_UNKNOWN after the invite checks
+    x25519_did = "did:key:" + x25519_multibase(bytes(range(32)))
+    with pytest.raises(DidInvalid):
+        parse_redeem_request(
+            {
+                "holder_type": "federated",
+                "holder_did": x25519_did,
+                "holder_proof": "x",
+                "holder_proof_issued_at_ms": 1,
+                "secret": "s",
+            }
+        )
 
 
 # --- transactions ----------------------------------------------------------------------

@@ -241,6 +241,32 @@ async def test_honest_big_records_still_sync_under_the_page_budget(tmp_path: Pat
         assert dst.pairs.get(pair.id).last_error is None
 
 
+async def test_a_source_whose_pages_ignore_the_byte_budget_still_syncs(tmp_path: Path) -> None:
+    """A source without a page byte budget (another implementation; here a node
+    whose budget is far above the puller's cap) answers the first page with all
+    12 records of ~300 KiB, over the puller's 2 MiB cap. Before, the puller asked
+    the same page again after every PAGE_TOO_LARGE, for good. Now it halves the
+    records it asks for at each one (protocol.md §8.2) until pages fit."""
+    src_cfg = NodeConfig(page_max_bytes=64 * MIB)
+    dst_cfg = NodeConfig(pull_max_page_bytes=2 * MIB)
+    async with (
+        open_node(tmp_path / "src", config=src_cfg) as src,
+        open_node(tmp_path / "dst", config=dst_cfg, sync=FAST_RETRY) as dst,
+    ):
+        for i in range(12):
+            await src.append(namespace="big", thread="t", kind="blob", body="x" * 300_000 + str(i))
+        pair, _ = await dst.pairs.create(src.url, token=src.admin_token, peer_did=src.did)
+        codes: list[str | None] = []
+        dst.pairs.add_listener(lambda ev: codes.append(ev.code) if ev.kind == "retry" else None)
+
+        with trio.fail_after(30):
+            await dst.pairs.wait_for(pair.id, lambda p: p.state.value == "caught_up")
+        assert await dst.store.count() == 12
+        assert codes
+        assert set(codes) == {"PAGE_TOO_LARGE"}
+        assert len(codes) <= 9  # 500 asked first: halved to 3 at most, by 8 refusals
+
+
 async def test_record_listings_and_batch_fetch_hold_the_page_budget(tmp_path: Path) -> None:
     """Found by a read-only audit: ``GET /v1/records`` (both orders) and the batch
     fetch built their answers from up to ``limit`` (10,000) or 1,000 records,

@@ -52,6 +52,32 @@ async def test_cbor_and_json_give_the_same_records(
     assert j["records"][0]["record"]["body"] == {"i": 0}
 
 
+async def test_accept_quality_parameter_name_is_case_insensitive(
+    node: Node, http: httpx.AsyncClient, admin_token: str
+) -> None:
+    """RFC 9110: parameter names are case-insensitive, so ``Q=0`` refuses JSON."""
+    for accept in (
+        "application/json;Q=0, application/cbor",
+        "application/json; Q=0.5, application/cbor",
+    ):
+        r = await http.get("/v1/sync/changes", headers={**_auth(admin_token), "Accept": accept})
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/cbor"), accept
+
+
+async def test_a_thread_name_with_a_slash_is_reached_raw_and_encoded(
+    node: Node, http: httpx.AsyncClient, admin_token: str
+) -> None:
+    """protocol.md §8.1: ``{thread}`` is the rest of the path up to ``/records``;
+    a ``/`` in the name works raw and as ``%2F``."""
+    (cid,) = await _fill(node, 1, thread="team/notes")
+    await _fill(node, 1, thread="team")
+    for path in ("/v1/threads/team/notes/records", "/v1/threads/team%2Fnotes/records"):
+        r = await http.get(path, headers=_auth(admin_token))
+        assert r.status_code == 200, (path, r.text)
+        assert [rec["cid"]["/"] for rec in r.json()["records"]] == [cid], path
+
+
 async def test_longpoll_returns_when_a_record_lands(node: Node, admin_token: str) -> None:
     async with PeerClient(node.url, token=admin_token) as peer:
         head = await peer.changes()
@@ -82,6 +108,38 @@ async def test_longpoll_times_out_with_cursor(node: Node, admin_token: str) -> N
             page = await peer.changes(head.next_cursor, feed="longpoll", timeout=0.2)
         assert page.records == ()
         assert page.next_cursor == head.next_cursor
+
+
+async def test_longpoll_timeout_is_plain_decimal_text_and_always_checked(
+    node: Node, http: httpx.AsyncClient, admin_token: str
+) -> None:
+    """protocol.md §8.1: ``timeout`` is a decimal number of seconds ("30", "0.5").
+    The client never sends "30.0" (a server parsing integers would refuse every
+    longpoll), and the node refuses a bad one even when it has records to answer
+    at once (before: only when it came to wait)."""
+    sent: list[str | None] = []
+
+    async def hook(request: httpx.Request) -> None:
+        sent.append(request.url.params.get("timeout"))
+
+    async with (
+        httpx.AsyncClient(event_hooks={"request": [hook]}) as raw,
+        PeerClient(node.url, token=admin_token, client=raw) as peer,
+    ):
+        head = await peer.changes()
+        with trio.fail_after(10):
+            await peer.changes(head.next_cursor, feed="longpoll", timeout=0.25)
+            await _fill(node, 1)
+            await peer.changes(head.next_cursor, feed="longpoll")  # the 30 s default
+    assert sent == [None, "0.25", "30"]
+    for bad in ("abc", "30s"):
+        r = await http.get(
+            "/v1/sync/changes",
+            params={"feed": "longpoll", "timeout": bad},
+            headers=_auth(admin_token),
+        )
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["error"]["code"] == "INVALID_REQUEST"
 
 
 async def test_sse_resume_delivers_each_record_once(node: Node, admin_token: str) -> None:

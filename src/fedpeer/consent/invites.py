@@ -1084,6 +1084,8 @@ def parse_redeem_request(obj: Mapping[str, object]) -> RedeemRequest:
             reciprocal=reciprocal,
         )
     holder_did = _check_did(obj.get("holder_did"))
+    if holder_did.startswith(DID_KEY_PREFIX):
+        public_key_from_did(holder_did)  # DID_INVALID: a did:key that is not Ed25519 (§2.1)
     proof = obj.get("holder_proof")
     issued = obj.get("holder_proof_issued_at_ms")
     if not isinstance(proof, str) or len(proof) > 256:

@@ -42,7 +42,7 @@ def negotiate(request: Request) -> Encoding:
         media = fields[0].lower()
         q = 1.0
         for f in fields[1:]:
-            if f.startswith("q="):
+            if f[:2].lower() == "q=":  # parameter names are case-insensitive (RFC 9110)
                 try:
                     q = float(f[2:])
                 except ValueError:

@@ -337,15 +337,15 @@ async def changes(ctx: Ctx) -> Response:
     if feed == "continuous":
         since_text = ctx.request.headers.get("last-event-id") or since_text
         return await _stream(ctx, flt, since_text, limit)
+    timeout = ctx.app.config.longpoll_max_s
+    raw_timeout = _q(ctx, "timeout") if feed == "longpoll" else None
+    if raw_timeout is not None:  # checked whenever given, not only when the wait comes
+        try:
+            timeout = min(timeout, max(0.0, float(raw_timeout)))
+        except ValueError:
+            raise InvalidRequest("timeout must be a number of seconds") from None
     page = await _one_page(ctx, flt, since_text, limit)
     if feed == "longpoll" and not page.records and not page.has_more:
-        timeout = ctx.app.config.longpoll_max_s
-        raw_timeout = _q(ctx, "timeout")
-        if raw_timeout is not None:
-            try:
-                timeout = min(timeout, max(0.0, float(raw_timeout)))
-            except ValueError:
-                raise InvalidRequest("timeout must be a number of seconds") from None
         deadline = anyio.current_time() + timeout
         # Loop: records may land that the caller may not see; keep waiting until a
         # visible one lands or time is up, advancing the cursor past the rest. A

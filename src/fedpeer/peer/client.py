@@ -266,7 +266,8 @@ class PeerClient(HttpTransport):
         http_timeout: float | None = None
         if feed == "longpoll":
             wait = 30.0 if timeout is None else timeout
-            params["timeout"] = str(wait)
+            # "30", "0.5": plain decimal text, never "30.0" or "1e-05" (protocol.md §8.1)
+            params["timeout"] = f"{wait:.3f}".rstrip("0").rstrip(".")
             # Slack for the answer to travel; proportional, so a dead link is noticed
             # soon after the longpoll would have ended (not a fixed 15 s later).
             http_timeout = wait + max(5.0, wait * 0.25)

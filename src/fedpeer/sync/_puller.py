@@ -559,6 +559,9 @@ class Puller:
         self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
         self._ramp = _FIRST_PAGE  # the next catch-up fetch's most records (slow start)
         self._fresh = True  # the next catch-up fetch is the first of its catch-up
+        # After a PAGE_TOO_LARGE: the most records a page may ask for from now on (a
+        # source whose pages ignore the byte budget, §8.2), halved at each one
+        self._page_cap: int | None = None
         self._commit_wait = opts.commit_wait_s
         self._fold_scope: anyio.CancelScope | None = None
         self._acting = 0  # user actions waiting for the lock: commit what is ready now
@@ -1003,6 +1006,12 @@ class Puller:
                     body = await self._source.fetch(pair, sized)
                     _check_count(body, sized.limit, pair.peer_url)
                 except FedpeerError as err:
+                    if err.code == "PAGE_TOO_LARGE" and sized.limit > 1:
+                        # too many bytes for our cap: ask for fewer records from now on
+                        half = sized.limit // 2
+                        self._page_cap = (
+                            half if self._page_cap is None else min(self._page_cap, half)
+                        )
                     fetch.error = err
                     return
                 except Exception as exc:
@@ -1039,6 +1048,8 @@ class Puller:
         ramp again. The first fetch of a catch-up and a longpoll are marked
         ``eager``: their page is committed without waiting to fold the next."""
         request = fetch.request
+        if self._page_cap is not None and request.limit > self._page_cap:
+            request = attrs.evolve(request, limit=self._page_cap)
         if request.feed != "normal":
             # its answer opens the next catch-up, if any: committed at once, and the
             # normal pages after it start small
