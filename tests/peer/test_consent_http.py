@@ -380,6 +380,21 @@ async def test_rejected_redeems_of_one_invite_stop_growing_the_audit_log(
         f"{MAX_REJECTIONS_AUDITED + 1} rejected redeems" in rec.getMessage()
         for rec in caplog.records
     )
+    # a restart does not start the count again (before: 100 more rows per restart)
+    async with (
+        running("sqlite", tmp_path) as (node, admin),
+        httpx.AsyncClient(base_url=node.url, timeout=30) as http,
+    ):
+        for _ in range(5):
+            r = await redeem(http, invite, wrong)
+            assert code(r) in ("INVITE_SECRET_INVALID", "INVITE_EXHAUSTED")
+        r = await http.get(
+            "/v1/invites/audit",
+            params={"invite_id": str(invite["invite_id"]), "limit": 1000},
+            headers=bearer(admin),
+        )
+        kinds = [e["event"]["type"] for e in r.json()["events"]]
+        assert kinds.count("invite.redeem_rejected") == MAX_REJECTIONS_AUDITED
 
 
 async def test_guest_redeem_sees_its_target_only(

@@ -166,6 +166,17 @@ async def test_the_unpair_request_is_checked_before_anything_changes(
     tampered["to"] = a.did + "x"
     with pytest.raises(BadSignature):
         check_unpair_request(tampered, local_did=a.did + "x")
+    # the check order of protocol.md §11.3, over HTTP
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        good = build_unpair_request(b.key, a.did)
+        for body, want in (
+            ([good], "MALFORMED"),  # not an object
+            ({**good, "extra": 1}, "INVALID_REQUEST"),
+            ({**good, "from": "did:web:example.com"}, "DID_INVALID"),
+            ({**good, "nonce": "short"}, "INVALID_REQUEST"),
+        ):
+            r = await http.post("/v1/sync/unpair", json=body)
+            assert r.json()["error"]["code"] == want, (body, r.text)
 
 
 async def _nonce_rows(node: Node) -> list[str]:

@@ -24,7 +24,7 @@ import os
 
 from ..consent import tokens as _tokens
 from ..consent.invites import RECIPROCAL_TABLE, revoke_credential
-from ..errors import InvalidRequest, ProofReplayed
+from ..errors import InvalidRequest, Malformed, ProofReplayed
 from ..identity._b64 import b64url_encode
 from ..identity.didkey import public_key_from_did
 from ..identity.envelope import sign_document, verify_document
@@ -75,12 +75,16 @@ def check_unpair_request(
     """Check an unpair request addressed to ``local_did``; return ``(sender DID,
     nonce, expiry in unix ms)``.
 
-    Raises INVALID_REQUEST (shape, type, another addressee, a validity longer than
-    :data:`MAX_VALIDITY_S`), DID_INVALID, and the signature errors of protocol.md
-    §4.4 (BAD_SIGNATURE, DID_MISMATCH, SIGNATURE_EXPIRED, SIGNATURE_NOT_YET_VALID,
-    KEY_UNKNOWN). Pure CPU.
+    Checks, in this order (protocol.md §11.3): a JSON object (MALFORMED); exactly
+    the members, and the type (INVALID_REQUEST); ``from`` an Ed25519 did:key
+    (DID_INVALID); ``to`` this node and the nonce's length (INVALID_REQUEST); the
+    signature (protocol.md §4.4: BAD_SIGNATURE, DID_MISMATCH, SIGNATURE_EXPIRED,
+    SIGNATURE_NOT_YET_VALID, KEY_UNKNOWN); a validity of at most
+    :data:`MAX_VALIDITY_S` (INVALID_REQUEST). Pure CPU.
     """
-    if not isinstance(doc, dict) or set(doc) != _FIELDS:
+    if not isinstance(doc, dict):
+        raise Malformed("an unpair request is a JSON object (protocol.md §6.2, §11.3)")
+    if set(doc) != _FIELDS:
         raise InvalidRequest(
             f"an unpair request is a signed object with exactly {sorted(_FIELDS)} "
             "(protocol.md §11.3)"

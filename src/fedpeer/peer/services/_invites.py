@@ -38,10 +38,12 @@ log = logging.getLogger("fedpeer.consent")
 
 _AUDIT_SCAN_PAGE = 1000
 MAX_REJECTIONS_AUDITED = 100
-"""Rejected redeems of one invite written to the audit log per node process; the
-rest are counted in the node log. A redeem needs no credential, so whoever holds
-an invite's URL (an expired or used-up one included) could otherwise grow the
-audit table by one row per request, as fast as the rate limit lets them."""
+"""Rejected redeems of one invite written to the audit log, in all (the count is
+kept in the store, so a restart does not start it again); the rest are counted
+in the node log. A redeem needs no credential, so whoever holds an invite's URL
+(an expired or used-up one included) could otherwise grow the audit table by one
+row per request, as fast as the rate limit lets them."""
+_REJECTIONS_TABLE = "invite_rejections"  # invite id -> {"audited": n}
 _REJECTION_COUNTS_MAX = 4096  # invites whose rejections are counted (oldest forgotten)
 _AUDIT_SCAN_PAGES = 20
 
@@ -326,7 +328,8 @@ class InviteService:
 
     def _count_rejection(self, invite_id: str, code: str) -> bool:
         """Count a rejected redeem of ``invite_id``; whether it may be audited
-        (the first :data:`MAX_REJECTIONS_AUDITED` of this process are)."""
+        (not once :data:`MAX_REJECTIONS_AUDITED` are known to be; the store has
+        the last word)."""
         seen = self._rejections.pop(invite_id, 0) + 1
         if len(self._rejections) >= _REJECTION_COUNTS_MAX:
             del self._rejections[next(iter(self._rejections))]  # the least recently rejected
@@ -358,12 +361,19 @@ class InviteService:
             return  # not an invite id at all: nothing worth an audit entry
         now = self._core.now_ms()
 
-        def write(tx: StateTx) -> int | None:
+        def write(tx: StateTx) -> int:
+            """The rejections of this invite audited so far, this one included."""
             if tx.get(inv.INVITE_TABLE, invite_id) is None:
-                return None
-            return inv.audit_rejected(
+                return 0
+            row = tx.get(_REJECTIONS_TABLE, invite_id)
+            audited = row.get("audited") if row is not None else 0
+            if not isinstance(audited, int) or audited >= MAX_REJECTIONS_AUDITED:
+                return MAX_REJECTIONS_AUDITED  # audited in full (by an earlier process)
+            tx.put(_REJECTIONS_TABLE, invite_id, {"audited": audited + 1})
+            inv.audit_rejected(
                 tx, invite_id, code, holder_type=holder_type, holder_did=holder_did, now_ms=now
             )
+            return audited + 1
 
         try:
             with anyio.CancelScope(shield=True):
@@ -371,6 +381,9 @@ class InviteService:
                     return  # no such invite (checked without a write first)
                 if not self._count_rejection(invite_id, code):
                     return
-                await self._core.store.transact(write)
+                audited = await self._core.store.transact(write)
+                if audited >= MAX_REJECTIONS_AUDITED:  # later ones skip the transaction
+                    seen = self._rejections.get(invite_id, 0)
+                    self._rejections[invite_id] = max(seen, MAX_REJECTIONS_AUDITED)
         except FedpeerError:
             log.exception("could not audit a rejected redeem of invite %s", invite_id)
