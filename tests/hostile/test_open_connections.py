@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from hypothesis import strategies as st
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.peer._serve import ConnectionSlot, OpenConnections, connections_budget
 from fedpeer.peer.node import Node
+from fedpeer.store import NewRecord
 from tests.conftest import BOTH_BACKENDS
 
 QUIET = 60.0  # a header timeout no test waits for: whatever closes early is the cap
@@ -256,6 +259,89 @@ async def test_a_connection_with_a_request_in_the_app_is_not_evicted(
             assert conns.evicted == 0
             for sock in uploads:
                 assert not await _closed_by_server(sock, 0.05)
+
+
+def _shrink_send_buffers(port: int) -> None:
+    """Give the node's listening socket on ``port`` (and so every connection it
+    accepts: Linux copies the size) a small kernel send buffer, so the end of a
+    large answer to a slow reader waits in the server's own buffers."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue  # not a socket
+        with sock:
+            if (
+                sock.family == socket.AF_INET
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockname()[1] == port
+                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            ):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                found += 1
+    assert found == 1
+
+
+@pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
+async def test_an_evicted_connection_still_gets_the_end_of_its_last_response(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """A keep-alive connection is idle once the server has *written* its response,
+    while the end of it may still wait in the server's buffers for a slow reader.
+    Evicting it then must not cut that response short: asyncio closes the
+    transport once its buffer is out (before: an abort dropped it), trio closes
+    a socket whose data the kernel already holds."""
+    cfg = NodeConfig(max_open_conns=2, header_timeout_s=QUIET, body_timeout_s=QUIET)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        conns = _no_stale(node)
+        await node.store.put(
+            [
+                NewRecord(
+                    cid=b"\x01\x71\x12\x20" + i.to_bytes(32, "big"),
+                    data=b"\x5a" + (400_000).to_bytes(4, "big") + bytes([i]) * 400_000,
+                    sig=b"\x00" * 64,
+                    author=node.did,
+                    namespace="big",
+                    thread="t",
+                    kind="k",
+                    ts=1,
+                )
+                for i in range(3)
+            ]
+        )
+        host, port = _host_port(node.url)
+        _shrink_send_buffers(port)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader's window
+        raw.bind(("127.0.0.3", 0))
+        raw.connect((host, port))  # loopback: at once
+        async with await anyio.abc.SocketStream.from_socket(raw) as slow:
+            await slow.send(
+                b"GET /v1/sync/changes?limit=3 HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {node.admin_token}\r\n\r\n".encode()
+            )
+            got = bytearray()
+            with anyio.fail_after(30):  # read slowly until the node has written it all
+                while not got or "127.0.0.3" not in conns._idle:
+                    got += await slow.receive(1024)
+            head = bytes(got).partition(b"\r\n\r\n")[0]
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            total = len(head) + 4 + length
+            assert len(got) < total  # the tail is still on its way
+            async with _silent(node, 1, "127.0.0.3"):  # a younger idle one: at the cap
+                assert await _health_from(node.url, "127.0.0.4") == 200
+                assert conns.evicted == 1
+                with anyio.fail_after(10), contextlib.suppress(anyio.EndOfStream):
+                    while True:
+                        got += await slow.receive()
+        assert len(got) == total  # all of it, then the close
+        page = json.loads(bytes(got[len(head) + 4 :]))
+        assert len(page["records"]) == 3
 
 
 @pytest.mark.parametrize("anyio_backend", BOTH_BACKENDS)
