@@ -714,9 +714,16 @@ class TlsPinMismatch(PeerInvalid):
 
 class PageTooLarge(PeerError):
     """A peer's answer is larger than this client accepts (bytes or records per
-    page); the peer is broken or hostile, or the cap is set too low."""
+    page); the peer is broken or hostile, or the cap is set too low.
+
+    ``max_bytes``: the byte cap the answer went over, when bytes were the cause
+    (None for too many records, or an error a peer sent)."""
 
     code = "PAGE_TOO_LARGE"
+
+    def __init__(self, message: str = "", max_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.max_bytes = max_bytes
 
 
 class PeerTooSlow(PeerError):

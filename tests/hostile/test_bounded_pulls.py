@@ -264,7 +264,18 @@ async def test_a_source_whose_pages_ignore_the_byte_budget_still_syncs(tmp_path:
         assert await dst.store.count() == 12
         assert codes
         assert set(codes) == {"PAGE_TOO_LARGE"}
-        assert len(codes) <= 9  # 500 asked first: halved to 3 at most, by 8 refusals
+        assert len(codes) <= 8  # 500 asked first, halved to 3 (7 refusals); then sized
+        # small records again: pages grow back to whole pages (no cap left behind)
+        sizes: list[int] = []
+        dst.pairs.add_listener(lambda ev: sizes.append(ev.records) if ev.kind == "page" else None)
+        await dst.pairs.pause(pair.id)
+        for i in range(400):
+            await src.append(namespace="small", thread="t", kind="note", body=i)
+        await dst.pairs.resume(pair.id)
+        with trio.fail_after(30):
+            await dst.pairs.wait_for(pair.id, lambda p: p.stats.records >= 412)
+        assert len(codes) <= 8  # no new refusal
+        assert max(sizes) > 100, sizes  # not 3 or 5 records a page any more
 
 
 async def test_record_listings_and_batch_fetch_hold_the_page_budget(tmp_path: Path) -> None:

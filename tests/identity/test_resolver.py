@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import trio
@@ -407,18 +408,19 @@ async def test_did_web_path_form_with_default_client(server: tuple[DocServer, in
     assert app.hits["/user/alice/did.json"] == 1
 
 
-async def test_did_web_https_by_default(server: tuple[DocServer, int]) -> None:
-    """Without allow_http the driver speaks TLS to the plain-http server and fails."""
-    app, port = server
-    did = f"did:web:localhost%3A{port}"  # a name: an address literal would be refused
-    app.put_json("/.well-known/did.json", _web_doc(did))
-    resolver = Resolver(drivers={"web": DidWebDriver(timeout_s=5)})
-    with pytest.raises(DidNotFound, match="cannot fetch"):
-        await resolver.resolve(did)
-
-
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "10.0.0.1", "192.168.1.20", "169.254.1.1", "100.64.0.1", "0.0.0.0"]
+    "host",
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "192.168.1.20",
+        "169.254.1.1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "localhost",
+        "LOCALHOST",
+        "node.localhost",
+    ],
 )
 async def test_did_web_at_an_internal_address_is_not_fetched(
     server: tuple[DocServer, int], host: str
@@ -433,8 +435,39 @@ async def test_did_web_at_an_internal_address_is_not_fetched(
     with pytest.raises(DidNotFound, match="must be a public one"):
         await resolver.resolve(did)
     assert not app.hits
-    if host == "127.0.0.1":  # tests' allow_http lets loopback through
+    if host in ("127.0.0.1", "localhost"):  # tests' allow_http lets loopback through
         assert await _web_resolver().resolve(did) == _web_doc(did)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.1", "2130706433", "0x7f000001", "0", "10.1", "999.1.1.1", "127.000.000.001"]
+)
+async def test_a_did_web_host_ending_in_a_number_must_be_a_dotted_quad(
+    server: tuple[DocServer, int], host: str
+) -> None:
+    """URL parsers and getaddrinfo read these as IPv4 addresses (most of them as
+    127.0.0.1); the address check must not see a "DNS name" there. Refused as
+    DID_INVALID, without a connection, and never an unexpected exception."""
+    app, port = server
+    did = f"did:web:{host}%3A{port}"
+    with pytest.raises(DidInvalid, match="dotted-quad"):
+        did_web_url(did)
+    for resolver in (Resolver(drivers={"web": DidWebDriver(timeout_s=5)}), _web_resolver()):
+        with pytest.raises(DidInvalid):
+            await resolver.resolve(did)
+    assert not app.hits
+
+
+async def test_one_driver_serves_asyncio_and_trio(server: tuple[DocServer, int]) -> None:
+    """The fetch limiter belongs to one event loop library: a driver used from
+    asyncio first (an embedder) still works under trio after."""
+    app, port = server
+    did = _web_did(port)
+    app.put_json("/.well-known/did.json", _web_doc(did))
+    driver = DidWebDriver(allow_http=True, timeout_s=5)
+    got = await trio.to_thread.run_sync(lambda: anyio.run(driver.resolve, did, backend="asyncio"))
+    assert got == _web_doc(did)
+    assert await driver.resolve(did) == _web_doc(did)
 
 
 async def test_did_web_fetches_run_a_few_at_a_time(server: tuple[DocServer, int]) -> None:

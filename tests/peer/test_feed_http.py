@@ -132,7 +132,11 @@ async def test_longpoll_timeout_is_plain_decimal_text_and_always_checked(
             await _fill(node, 1)
             await peer.changes(head.next_cursor, feed="longpoll")  # the 30 s default
     assert sent == [None, "0.25", "30"]
-    for bad in ("abc", "30s"):
+    async with PeerClient(node.url, token=admin_token) as peer:
+        for nonsense in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(ValueError, match="0 to 86400"):
+                await peer.changes(head.next_cursor, feed="longpoll", timeout=nonsense)
+    for bad in ("abc", "30s", "nan", "inf", "1e3", "0x10"):
         r = await http.get(
             "/v1/sync/changes",
             params={"feed": "longpoll", "timeout": bad},

@@ -92,6 +92,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     node.stop()
 
 
+_FRAMING_HEADERS = frozenset({"transfer-encoding", "content-length", "connection", "host"})
+
+
 # Bodies of POST /v1/service-accounts include DIDs and scope names that random data
 # rarely hits; the strategy still explores every field's shape and error path.
 @schema.parametrize()
@@ -104,6 +107,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
 def test_api_conforms(case: schemathesis.Case, live: LiveNode) -> None:
     if case.path == "/v1/sync/changes" and (case.query or {}).get("feed") == "continuous":
         case.query = {**(case.query or {}), "feed": "longpoll"}
+    if case.headers:
+        # Framing headers belong to HTTP, not to the API the schema describes: a
+        # generated "transfer-encoding: VG" is answered 501 by h11 before any route
+        # runs (RFC 9112 6.1), whatever the schema says.
+        case.headers = {k: v for k, v in case.headers.items() if k.lower() not in _FRAMING_HEADERS}
     case.call_and_validate(
         base_url=live.url,
         headers={"Authorization": f"Bearer {live.token}"},

@@ -33,6 +33,7 @@ from typing import Protocol
 
 import anyio
 import httpx
+import sniffio
 
 from fedpeer.errors import DidInvalid, DidMethodUnsupported, DidNotFound, FedpeerError, KeyUnknown
 
@@ -110,6 +111,18 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
     host, sep, port = domain.replace("%3a", "%3A").partition("%3A")
     if _HOST_RE.fullmatch(host) is None:
         raise DidInvalid("the did:web host must be a DNS name or IPv4 address")
+    last = host.rsplit(".", 1)[-1].lower()
+    if last.isdigit() or last.startswith("0x"):
+        # A host ending in a number is an IPv4 address to URL parsers and to
+        # getaddrinfo ("127.1", "2130706433", "0x7f000001", "0" all reach this
+        # machine): only the dotted-quad spelling is one, so nothing reads it
+        # as another address than the one checked.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise DidInvalid(
+                "a did:web host ending in a number must be a dotted-quad IPv4 address"
+            ) from None
     if sep and (not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536):
         raise DidInvalid("the did:web port (after %3A) must be a number 1..65535")
     for seg in path:
@@ -125,12 +138,16 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
 
 
 def _is_internal_address(host: str) -> bool:
-    """Whether ``host`` is an IP address literal that is not a global one
-    (private, loopback, link-local, shared, reserved...)."""
+    """Whether ``host`` names this machine or is an IP address that is not a
+    global one (private, loopback, link-local, shared, reserved...): ``localhost``
+    and ``*.localhost`` (RFC 6761) count as loopback."""
+    lowered = host.lower()
+    if lowered == "localhost" or lowered.endswith(".localhost"):
+        return True
     try:
         return not ipaddress.ip_address(host).is_global
     except ValueError:
-        return False  # a DNS name
+        return False  # another DNS name
 
 
 class DidWebDriver:
@@ -144,10 +161,11 @@ class DidWebDriver:
 
     A did:web names the host the resolver connects to, and strangers name DIDs
     (an invite redeemer names its own): so at most ``max_concurrent`` fetches run
-    at a time, and a host that is an IP address literal must be a global one
-    (``did:web:10.0.0.1`` or ``did:web:127.0.0.1%3A22`` is ``DID_NOT_FOUND``
-    without a connection; with ``allow_http``, loopback is allowed). A DNS name
-    is fetched whatever it resolves to.
+    at a time (per event loop library), and the host must not be this machine or
+    an internal address (``did:web:10.0.0.1``, ``did:web:localhost%3A22`` are
+    ``DID_NOT_FOUND`` without a connection; with ``allow_http``, loopback is
+    allowed; a host ending in a number must be a dotted quad, see
+    :func:`did_web_url`). Another DNS name is fetched whatever it resolves to.
     """
 
     def __init__(
@@ -164,7 +182,7 @@ class DidWebDriver:
         self._timeout_s = timeout_s
         self._max_bytes = max_bytes
         self._max_concurrent = max_concurrent
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
 
     async def resolve(self, did: str) -> dict[str, object]:
         """Fetch and parse the document of ``did``.
@@ -175,17 +193,20 @@ class DidWebDriver:
         bounded by ``timeout_s``; cancellable.
         """
         url = did_web_url(did, allow_http=self._allow_http)
-        host = httpx.URL(url).host
+        host = did[len("did:web:") :].split(":", 1)[0].replace("%3a", "%3A").partition("%3A")[0]
         if _is_internal_address(host) and not (self._allow_http and _is_loopback(host)):
             raise DidNotFound(
-                "a did:web host that is an IP address must be a public one; "
-                f"{host} is a private, loopback or reserved address"
+                "a did:web host must be a public one; "
+                f"{host} is this machine or a private, loopback or reserved address"
             )
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self._max_concurrent)
+        # one limiter per event loop library (an embedder may use asyncio and trio)
+        library = sniffio.current_async_library()
+        limiter = self._limiters.get(library)
+        if limiter is None:
+            limiter = self._limiters[library] = anyio.CapacityLimiter(self._max_concurrent)
         body = b""
         with anyio.move_on_after(self._timeout_s) as scope:
-            async with self._limiter:
+            async with limiter:
                 if self._client is not None:
                     body = await self._fetch(self._client, url)
                 else:

@@ -7,6 +7,7 @@ negotiated encoding.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -327,6 +328,9 @@ def _feed_filter(ctx: Ctx) -> ChangeFilter:
     )
 
 
+_TIMEOUT_RE = re.compile(r"-?[0-9]{1,9}(?:\.[0-9]{1,9})?")  # protocol.md §8.1
+
+
 async def changes(ctx: Ctx) -> Response:
     feed = _q(ctx, "feed") or "normal"
     if feed not in ("normal", "longpoll", "continuous"):
@@ -340,10 +344,9 @@ async def changes(ctx: Ctx) -> Response:
     timeout = ctx.app.config.longpoll_max_s
     raw_timeout = _q(ctx, "timeout") if feed == "longpoll" else None
     if raw_timeout is not None:  # checked whenever given, not only when the wait comes
-        try:
-            timeout = min(timeout, max(0.0, float(raw_timeout)))
-        except ValueError:
-            raise InvalidRequest("timeout must be a number of seconds") from None
+        if _TIMEOUT_RE.fullmatch(raw_timeout) is None:  # float() would take nan, inf, 1e3
+            raise InvalidRequest("timeout must be a decimal number of seconds, like 30 or 0.5")
+        timeout = min(timeout, max(0.0, float(raw_timeout)))
     page = await _one_page(ctx, flt, since_text, limit)
     if feed == "longpoll" and not page.records and not page.has_more:
         deadline = anyio.current_time() + timeout

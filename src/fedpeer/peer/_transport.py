@@ -491,7 +491,8 @@ def refuse_unbounded(response: httpx.Response, cap: int, where: str) -> None:
     if declared is not None and declared.strip().isdigit() and int(declared) > cap:
         raise PageTooLarge(
             f"{where} announced a {declared}-byte answer to {what}; at most {cap} bytes "
-            "are read. Check that it is a fedpeer node, or raise the cap if it is yours"
+            "are read. Check that it is a fedpeer node, or raise the cap if it is yours",
+            max_bytes=cap,
         )
 
 
@@ -508,7 +509,8 @@ async def read_bounded(response: httpx.Response, cap: int, where: str) -> bytes:
             raise PageTooLarge(
                 f"{where} sent more than {cap} bytes for {request.method} {request.url.path}; "
                 "the answer was dropped. Check that it is a fedpeer node, or raise the cap "
-                "if it is yours"
+                "if it is yours",
+                max_bytes=cap,
             )
         body += chunk
     return bytes(body)

@@ -266,6 +266,8 @@ class PeerClient(HttpTransport):
         http_timeout: float | None = None
         if feed == "longpoll":
             wait = 30.0 if timeout is None else timeout
+            if not 0 <= wait <= 86_400:  # nan and inf included
+                raise ValueError(f"a longpoll timeout is 0 to 86400 seconds, got {wait!r}")
             # "30", "0.5": plain decimal text, never "30.0" or "1e-05" (protocol.md §8.1)
             params["timeout"] = f"{wait:.3f}".rstrip("0").rstrip(".")
             # Slack for the answer to travel; proportional, so a dead link is noticed

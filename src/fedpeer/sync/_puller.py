@@ -63,7 +63,7 @@ import attrs
 
 from .. import _ed25519
 from .._clock import now_ms as _now_ms
-from ..errors import FedpeerError, PageInvalid, PeerError
+from ..errors import FedpeerError, PageInvalid, PageTooLarge, PeerError
 from ..identity.keys import verify_batch
 from ..store.base import StateTx, Store
 from ._machine import (
@@ -559,9 +559,12 @@ class Puller:
         self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
         self._ramp = _FIRST_PAGE  # the next catch-up fetch's most records (slow start)
         self._fresh = True  # the next catch-up fetch is the first of its catch-up
-        # After a PAGE_TOO_LARGE: the most records a page may ask for from now on (a
-        # source whose pages ignore the byte budget, §8.2), halved at each one
+        # After a page over our byte cap (a source whose pages ignore the byte
+        # budget, §8.2): the most records a page may ask for, and that cap. Halved
+        # at each such page; after each page that fits, set from its bytes per
+        # record to fill 3/4 of the cap (None again once that is a whole page).
         self._page_cap: int | None = None
+        self._cap_bytes = 0
         self._commit_wait = opts.commit_wait_s
         self._fold_scope: anyio.CancelScope | None = None
         self._acting = 0  # user actions waiting for the lock: commit what is ready now
@@ -1006,12 +1009,14 @@ class Puller:
                     body = await self._source.fetch(pair, sized)
                     _check_count(body, sized.limit, pair.peer_url)
                 except FedpeerError as err:
-                    if err.code == "PAGE_TOO_LARGE" and sized.limit > 1:
-                        # too many bytes for our cap: ask for fewer records from now on
+                    if isinstance(err, PageTooLarge) and err.max_bytes and sized.limit > 1:
+                        # more bytes than our cap (not more records than asked, nor
+                        # an error the peer sent): ask for fewer records from now on
                         half = sized.limit // 2
                         self._page_cap = (
                             half if self._page_cap is None else min(self._page_cap, half)
                         )
+                        self._cap_bytes = err.max_bytes
                     fetch.error = err
                     return
                 except Exception as exc:
@@ -1023,6 +1028,8 @@ class Puller:
                         "retries with backoff, the node log has the details"
                     )
                     return
+                if self._page_cap is not None:
+                    self._resize_cap(body, sized.limit, fetch.request.limit)
                 fetch.body = body
                 fetch.arrived = True
                 if fetch in self._chain:
@@ -1031,6 +1038,24 @@ class Puller:
                 fetch.verified = await self._preverify(body, fetch.now_ms)
         finally:
             fetch.done.set()
+
+    def _resize_cap(self, body: object, asked: int, page_limit: int) -> None:
+        """After a page that fit under the byte cap while ``_page_cap`` holds: the
+        cap that fills 3/4 of the byte cap at this page's bytes per record, or no
+        cap once that is a whole page. A page with few records says little: only
+        a full one (``asked`` records) may raise the cap."""
+        cap = self._page_cap
+        records = body.get("records") if type(body) is dict else None
+        if cap is None or type(records) is not list or not records:
+            return
+        size = sum(
+            len(r.get("data") or b"") + len(r.get("sig") or b"") + 64
+            for r in records
+            if type(r) is dict
+        )
+        fit = max(1, self._cap_bytes * 3 // 4 // max(1, size // len(records)))
+        if fit < cap or len(records) >= asked:
+            self._page_cap = None if fit >= page_limit else fit
 
     def _sized(self, fetch: _Fetch) -> PageRequest:
         """``request`` with its ``limit`` cut to this pair's share of the node's
