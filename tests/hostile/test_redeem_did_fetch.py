@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from fedpeer.consent.invites import parse_invite_url
+from fedpeer.consent.invites import InviteUrl, parse_invite_url
 from fedpeer.identity.resolver import DidWebDriver, Resolver
 from fedpeer.peer import NodeConfig, open_node
 
@@ -86,4 +86,83 @@ async def test_a_holder_did_cannot_probe_the_issuers_network(tmp_path: Path) -> 
             assert len(accepted) == 1
             (info,) = await issuer.invites.list()
             assert (info.invite_id, info.state, info.uses) == (invite.invite_id, "active", 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_invite_holds_at_most_one_did_fetch_at_a_time(tmp_path: Path) -> None:
+    """The resolver runs a few did:web fetches at a time for the whole node: one
+    invite URL must not be enough to hold them all (with hosts that accept and
+    stall) and shut every other federated did:web redeemer out. A second redeem
+    of an invite whose holder DID is being fetched is RATE_LIMITED at once; other
+    invites still get their turn."""
+    held: list[trio.SocketStream] = []
+    arrived = trio.Event()
+    release = trio.Event()
+
+    async def stall(stream: trio.SocketStream) -> None:
+        held.append(stream)
+        arrived.set()
+        await release.wait()
+        await stream.aclose()
+
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+    async with trio.open_nursery() as nursery:
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener.socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, stall, [listener])
+        async with (
+            open_node(tmp_path / "issuer", config=cfg) as issuer,
+            httpx.AsyncClient(base_url=issuer.url, timeout=60) as http,
+        ):
+            issuer.core._resolver = Resolver(
+                drivers={"web": DidWebDriver(allow_http=True, timeout_s=30)}
+            )
+            invites = [
+                parse_invite_url(
+                    (
+                        await issuer.invites.create(
+                            scopes=["reader"], accept_holder_types=["federated"]
+                        )
+                    ).url
+                )
+                for _ in range(2)
+            ]
+            stalled = f"did:web:127.0.0.1%3A{port}"
+
+            async def redeem(invite: InviteUrl) -> httpx.Response:
+                return await http.post(
+                    f"/v1/invites/{invite.invite_id}/redeem",
+                    json={
+                        "holder_type": "federated",
+                        "holder_did": stalled,
+                        "holder_proof": _b64(bytes(64)),
+                        "holder_proof_issued_at_ms": int(time.time() * 1000),
+                        "secret": invite.secret,
+                    },
+                )
+
+            answers: list[httpx.Response] = []
+            done = trio.Event()
+
+            async def first() -> None:
+                answers.append(await redeem(invites[0]))
+                done.set()
+
+            nursery.start_soon(first)
+            with trio.fail_after(10):
+                await arrived.wait()  # the first redeem's fetch is in, stalled
+                again = await redeem(invites[0])
+            assert again.status_code == 429, again.text
+            assert again.json()["error"]["code"] == "RATE_LIMITED"
+            assert len(held) == 1  # refused without a fetch
+            arrived = trio.Event()
+            async with trio.open_nursery() as other:
+                other.start_soon(redeem, invites[1])
+                with trio.fail_after(10):
+                    await arrived.wait()  # another invite's redeem gets its own fetch
+                assert len(held) == 2
+                release.set()
+            with trio.fail_after(40):
+                await done.wait()
+            assert answers[0].json()["error"]["code"] == "KEY_UNKNOWN"
         nursery.cancel_scope.cancel()

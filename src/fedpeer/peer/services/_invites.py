@@ -24,7 +24,14 @@ import anyio
 
 from ...consent import invites as inv
 from ...consent.grants import Target
-from ...errors import FedpeerError, InvalidRequest, InviteNotFound, KeyUnknown, PairSelf
+from ...errors import (
+    FedpeerError,
+    InvalidRequest,
+    InviteNotFound,
+    KeyUnknown,
+    PairSelf,
+    RateLimited,
+)
 from ...store.base import StateTx
 from ._core import NodeCore
 from ._views import AuditEvent, AuditPage, InviteCreated, InviteInfo, RedeemAnswer
@@ -98,6 +105,7 @@ class InviteService:
         self._core = core
         self._pairs = pairs
         self._rejections: dict[str, int] = {}  # invite id -> rejected redeems seen
+        self._resolving: set[str] = set()  # invites with a holder DID being fetched
 
     def attach_pairs(self, pairs: PairService) -> None:
         """Use ``pairs`` for two-way redemptions (the node does this at start)."""
@@ -279,12 +287,7 @@ class InviteService:
                 assert parsed.proof is not None
                 assert parsed.issued_at_ms is not None
                 inv.proof_signature(parsed.proof)  # BAD_PROOF before any fetch (§10.4 order)
-                try:
-                    keys = await inv.holder_public_keys(core.resolver, parsed.holder_did)
-                except KeyUnknown as err:
-                    if err.__cause__ is not None:  # the redeemer sees no cause: it is logged
-                        log.info("invite %s: holder DID unresolved: %s", invite_id, err.__cause__)
-                    raise
+                keys = await self._holder_keys(invite_id, parsed.holder_did)
                 signature = inv.verify_redeem_proof(
                     keys,
                     parsed.proof,
@@ -325,6 +328,29 @@ class InviteService:
                 target=redeemed.grant.target,
             )
         return RedeemAnswer.of(redeemed, reverse)
+
+    async def _holder_keys(self, invite_id: str, holder_did: str) -> builtins.list[bytes]:
+        """The holder DID's keys; a DID that needs fetching (did:web) one at a time
+        per invite, so whoever holds one invite URL holds at most one of the
+        resolver's few fetch slots, not all of them (RATE_LIMITED meanwhile).
+        KEY_UNKNOWN names no cause (it is logged)."""
+        remote = not holder_did.startswith("did:key:")
+        if remote:
+            if invite_id in self._resolving:
+                raise RateLimited(
+                    "a redemption of this invite is being checked; try again in a moment",
+                    retry_after=1.0,
+                )
+            self._resolving.add(invite_id)
+        try:
+            return await inv.holder_public_keys(self._core.resolver, holder_did)
+        except KeyUnknown as err:
+            if err.__cause__ is not None:
+                log.info("invite %s: holder DID unresolved: %s", invite_id, err.__cause__)
+            raise
+        finally:
+            if remote:
+                self._resolving.discard(invite_id)
 
     def _count_rejection(self, invite_id: str, code: str) -> bool:
         """Count a rejected redeem of ``invite_id``; whether it may be audited
