@@ -154,6 +154,7 @@ async def test_one_invite_holds_at_most_one_did_fetch_at_a_time(tmp_path: Path) 
                 again = await redeem(invites[0])
             assert again.status_code == 429, again.text
             assert again.json()["error"]["code"] == "RATE_LIMITED"
+            assert again.headers["retry-after"] == "1"
             assert len(held) == 1  # refused without a fetch
             arrived = trio.Event()
             async with trio.open_nursery() as other:

@@ -7,6 +7,7 @@ the same value goes out in either, chosen by ``Accept``.
 from __future__ import annotations
 
 import json
+import math
 from typing import Literal
 
 import anyio
@@ -19,6 +20,7 @@ from ..errors import (
     FedpeerError,
     Malformed,
     NotAcceptable,
+    RateLimited,
     UnsupportedMediaType,
 )
 from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode, dagjson_encode
@@ -77,7 +79,10 @@ def respond(
 
 
 def error_response(err: FedpeerError, headers: dict[str, str] | None = None) -> Response:
-    """``{"error": {"code", "message"}}`` as JSON with the error's status."""
+    """``{"error": {"code", "message"}}`` as JSON with the error's status (and
+    ``Retry-After`` for a ``RateLimited`` that says when)."""
+    if isinstance(err, RateLimited) and err.retry_after is not None:
+        headers = {**(headers or {}), "retry-after": str(max(1, math.ceil(err.retry_after)))}
     body = json.dumps(err.to_dict(), ensure_ascii=False).encode()
     return Response(body, status_code=err.http_status, media_type=JSON, headers=headers)
 
