@@ -81,8 +81,12 @@ def respond(
 def error_response(err: FedpeerError, headers: dict[str, str] | None = None) -> Response:
     """``{"error": {"code", "message"}}`` as JSON with the error's status (and
     ``Retry-After`` for a ``RateLimited`` that says when)."""
-    if isinstance(err, RateLimited) and err.retry_after is not None:
-        headers = {**(headers or {}), "retry-after": str(max(1, math.ceil(err.retry_after)))}
+    if (
+        isinstance(err, RateLimited)
+        and err.retry_after is not None
+        and not any(k.lower() == "retry-after" for k in headers or {})
+    ):
+        headers = {**(headers or {}), "Retry-After": str(max(1, math.ceil(err.retry_after)))}
     body = json.dumps(err.to_dict(), ensure_ascii=False).encode()
     return Response(body, status_code=err.http_status, media_type=JSON, headers=headers)
 
