@@ -12,10 +12,12 @@ cap (PAGE_TOO_LARGE), a record-count cap read from the page header
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -218,25 +220,31 @@ async def test_small_byte_cap_applies_to_each_page_answer(tmp_path: Path) -> Non
     assert max(peer.sent) < 1 * MIB + 16 * MIB, peer.sent
 
 
-async def test_honest_big_records_still_sync_under_the_page_budget(tmp_path: Path) -> None:
-    """A node cuts its pages at its byte budget, so an honest peer with large records
-    never trips a puller's cap: 12 records of ~300 KiB with a 1 MiB budget and a
-    2 MiB cap arrive in several pages."""
-    src_cfg = NodeConfig(page_max_bytes=1 * MIB)
-    dst_cfg = NodeConfig(pull_max_page_bytes=2 * MIB)
+@contextlib.asynccontextmanager
+async def _big_records_pair(
+    tmp_path: Path, *, page_max_bytes: int
+) -> AsyncIterator[tuple[Node, Node, Pair]]:
+    """A source with 12 records of ~300 KiB and a page budget of ``page_max_bytes``,
+    and a puller with a 2 MiB page cap, paired."""
     async with (
-        open_node(tmp_path / "src", config=src_cfg) as src,
-        open_node(tmp_path / "dst", config=dst_cfg, sync=FAST_RETRY) as dst,
+        open_node(tmp_path / "src", config=NodeConfig(page_max_bytes=page_max_bytes)) as src,
+        open_node(
+            tmp_path / "dst", config=NodeConfig(pull_max_page_bytes=2 * MIB), sync=FAST_RETRY
+        ) as dst,
     ):
         for i in range(12):
             await src.append(namespace="big", thread="t", kind="blob", body="x" * 300_000 + str(i))
         pair, _ = await dst.pairs.create(src.url, token=src.admin_token, peer_did=src.did)
+        yield src, dst, pair
 
-        def caught_up(p: Pair) -> bool:
-            return p.state.value == "caught_up"
 
+async def test_honest_big_records_still_sync_under_the_page_budget(tmp_path: Path) -> None:
+    """A node cuts its pages at its byte budget, so an honest peer with large records
+    never trips a puller's cap: 12 records of ~300 KiB with a 1 MiB budget and a
+    2 MiB cap arrive in several pages."""
+    async with _big_records_pair(tmp_path, page_max_bytes=1 * MIB) as (_src, dst, pair):
         with trio.fail_after(20):
-            await dst.pairs.wait_for(pair.id, caught_up)
+            await dst.pairs.wait_for(pair.id, lambda p: p.state.value == "caught_up")
         assert await dst.store.count() == 12
         assert dst.pairs.get(pair.id).last_error is None
 
@@ -247,15 +255,7 @@ async def test_a_source_whose_pages_ignore_the_byte_budget_still_syncs(tmp_path:
     12 records of ~300 KiB, over the puller's 2 MiB cap. Before, the puller asked
     the same page again after every PAGE_TOO_LARGE, for good. Now it halves the
     records it asks for at each one (protocol.md §8.2) until pages fit."""
-    src_cfg = NodeConfig(page_max_bytes=64 * MIB)
-    dst_cfg = NodeConfig(pull_max_page_bytes=2 * MIB)
-    async with (
-        open_node(tmp_path / "src", config=src_cfg) as src,
-        open_node(tmp_path / "dst", config=dst_cfg, sync=FAST_RETRY) as dst,
-    ):
-        for i in range(12):
-            await src.append(namespace="big", thread="t", kind="blob", body="x" * 300_000 + str(i))
-        pair, _ = await dst.pairs.create(src.url, token=src.admin_token, peer_did=src.did)
+    async with _big_records_pair(tmp_path, page_max_bytes=64 * MIB) as (src, dst, pair):
         codes: list[str | None] = []
         dst.pairs.add_listener(lambda ev: codes.append(ev.code) if ev.kind == "retry" else None)
 

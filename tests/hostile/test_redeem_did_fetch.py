@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,32 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+async def _listen(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
+) -> int:
+    """The port of a loopback listener serving ``handler`` in ``nursery``."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handler, [listener])
+    return int(listener.socket.getsockname()[1])
+
+
+async def _redeem(
+    http: httpx.AsyncClient, invite: InviteUrl, holder_did: str, proof: str = ""
+) -> httpx.Response:
+    """A federated redeem of ``invite`` as ``holder_did`` (a proof of the right
+    shape that verifies under no key, unless ``proof`` is given)."""
+    return await http.post(
+        f"/v1/invites/{invite.invite_id}/redeem",
+        json={
+            "holder_type": "federated",
+            "holder_did": holder_did,
+            "holder_proof": proof or _b64(bytes(64)),
+            "holder_proof_issued_at_ms": int(time.time() * 1000),
+            "secret": invite.secret,
+        },
+    )
+
+
 async def test_a_holder_did_cannot_probe_the_issuers_network(tmp_path: Path) -> None:
     accepted: list[object] = []
 
@@ -41,9 +68,7 @@ async def test_a_holder_did_cannot_probe_the_issuers_network(tmp_path: Path) -> 
 
     cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
     async with trio.open_nursery() as nursery:
-        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listener.socket.getsockname()[1]
-        nursery.start_soon(trio.serve_listeners, count, [listener])
+        port = await _listen(nursery, count)
         async with open_node(tmp_path / "issuer", config=cfg) as issuer:
             created = await issuer.invites.create(
                 scopes=["reader"], accept_holder_types=["federated"]
@@ -52,16 +77,7 @@ async def test_a_holder_did_cannot_probe_the_issuers_network(tmp_path: Path) -> 
 
             async def redeem(holder_did: str, proof: str) -> httpx.Response:
                 async with httpx.AsyncClient(base_url=issuer.url, timeout=30) as http:
-                    return await http.post(
-                        f"/v1/invites/{invite.invite_id}/redeem",
-                        json={
-                            "holder_type": "federated",
-                            "holder_did": holder_did,
-                            "holder_proof": proof,
-                            "holder_proof_issued_at_ms": int(time.time() * 1000),
-                            "secret": invite.secret,
-                        },
-                    )
+                    return await _redeem(http, invite, holder_did, proof)
 
             sixty_four = _b64(bytes(64))
             generic = {
@@ -107,9 +123,7 @@ async def test_one_invite_holds_at_most_one_did_fetch_at_a_time(tmp_path: Path) 
 
     cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
     async with trio.open_nursery() as nursery:
-        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listener.socket.getsockname()[1]
-        nursery.start_soon(trio.serve_listeners, stall, [listener])
+        port = await _listen(nursery, stall)
         async with (
             open_node(tmp_path / "issuer", config=cfg) as issuer,
             httpx.AsyncClient(base_url=issuer.url, timeout=60) as http,
@@ -130,16 +144,7 @@ async def test_one_invite_holds_at_most_one_did_fetch_at_a_time(tmp_path: Path) 
             stalled = f"did:web:127.0.0.1%3A{port}"
 
             async def redeem(invite: InviteUrl) -> httpx.Response:
-                return await http.post(
-                    f"/v1/invites/{invite.invite_id}/redeem",
-                    json={
-                        "holder_type": "federated",
-                        "holder_did": stalled,
-                        "holder_proof": _b64(bytes(64)),
-                        "holder_proof_issued_at_ms": int(time.time() * 1000),
-                        "secret": invite.secret,
-                    },
-                )
+                return await _redeem(http, invite, stalled)
 
             answers: list[httpx.Response] = []
             done = trio.Event()

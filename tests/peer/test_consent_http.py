@@ -341,6 +341,16 @@ async def test_concurrent_redeems_over_http(
         assert {e["reason"] for e in rejected} == {"INVITE_EXHAUSTED"}
 
 
+async def _audit_kinds(http: httpx.AsyncClient, admin: str, invite: dict[str, object]) -> list[str]:
+    """The types of the audit events of ``invite``, oldest first."""
+    r = await http.get(
+        "/v1/invites/audit",
+        params={"invite_id": str(invite["invite_id"]), "limit": 1000},
+        headers=bearer(admin),
+    )
+    return [e["event"]["type"] for e in r.json()["events"]]
+
+
 async def test_rejected_redeems_of_one_invite_stop_growing_the_audit_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -358,22 +368,12 @@ async def test_rejected_redeems_of_one_invite_stop_growing_the_audit_log(
         for _ in range(n):
             r = await redeem(http, invite, wrong)
             assert (r.status_code, code(r)) == (403, "INVITE_SECRET_INVALID")
-        r = await http.get(
-            "/v1/invites/audit",
-            params={"invite_id": str(invite["invite_id"]), "limit": 1000},
-            headers=bearer(admin),
-        )
-        kinds = [e["event"]["type"] for e in r.json()["events"]]
+        kinds = await _audit_kinds(http, admin, invite)
         assert kinds.count("invite.redeem_rejected") == MAX_REJECTIONS_AUDITED
         # the invite still works for its rightful holder, and that is audited
         r = await redeem(http, invite, guest_body(url))
         assert r.status_code == 201, r.text
-        r = await http.get(
-            "/v1/invites/audit",
-            params={"invite_id": str(invite["invite_id"]), "limit": 1000},
-            headers=bearer(admin),
-        )
-        kinds = [e["event"]["type"] for e in r.json()["events"]]
+        kinds = await _audit_kinds(http, admin, invite)
         assert kinds.count("invite.redeemed") == 1
         assert kinds.count("invite.redeem_rejected") == MAX_REJECTIONS_AUDITED
     assert any(
@@ -388,12 +388,7 @@ async def test_rejected_redeems_of_one_invite_stop_growing_the_audit_log(
         for _ in range(5):
             r = await redeem(http, invite, wrong)
             assert code(r) in ("INVITE_SECRET_INVALID", "INVITE_EXHAUSTED")
-        r = await http.get(
-            "/v1/invites/audit",
-            params={"invite_id": str(invite["invite_id"]), "limit": 1000},
-            headers=bearer(admin),
-        )
-        kinds = [e["event"]["type"] for e in r.json()["events"]]
+        kinds = await _audit_kinds(http, admin, invite)
         assert kinds.count("invite.redeem_rejected") == MAX_REJECTIONS_AUDITED
 
 
