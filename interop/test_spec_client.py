@@ -55,6 +55,7 @@ async def test_a_client_written_from_the_spec_alone_interoperates(
                 max_uses=1,
                 accept_holder_types=["guest", "federated"],
             )
+            assert "pin=" in invite.url  # so the client checks the pin it was given
             out = await _run_client("--invite", invite.url, "--probe", *common)
             probes = _PROBE.findall(out)
             assert len(probes) >= 10, out[-4000:]

@@ -717,13 +717,17 @@ class PageTooLarge(PeerError):
     page); the peer is broken or hostile, or the cap is set too low.
 
     ``max_bytes``: the byte cap the answer went over, when bytes were the cause
-    (None for too many records, or an error a peer sent)."""
+    (None for too many records, or an error a peer sent); ``asked``: the records
+    the request asked for, when the caller knows (a pull's page source sets it)."""
 
     code = "PAGE_TOO_LARGE"
 
-    def __init__(self, message: str = "", max_bytes: int | None = None) -> None:
+    def __init__(
+        self, message: str = "", max_bytes: int | None = None, asked: int | None = None
+    ) -> None:
         super().__init__(message)
         self.max_bytes = max_bytes
+        self.asked = asked
 
 
 class PeerTooSlow(PeerError):

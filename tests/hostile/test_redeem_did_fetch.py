@@ -160,6 +160,8 @@ async def test_one_invite_holds_at_most_one_did_fetch_at_a_time(tmp_path: Path) 
             assert again.status_code == 429, again.text
             assert again.json()["error"]["code"] == "RATE_LIMITED"
             assert again.headers["retry-after"] == "1"
+            audit = await issuer.store.audit_log(0, 1000)
+            assert not [e for e in audit if e.event.get("reason") == "RATE_LIMITED"]
             assert len(held) == 1  # refused without a fetch
             arrived = trio.Event()
             async with trio.open_nursery() as other:

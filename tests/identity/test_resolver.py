@@ -408,6 +408,21 @@ async def test_did_web_path_form_with_default_client(server: tuple[DocServer, in
     assert app.hits["/user/alice/did.json"] == 1
 
 
+async def test_did_web_is_fetched_over_https_without_allow_http() -> None:
+    """A public host is fetched over https (no network: a transport records it)."""
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json=_web_doc("did:web:example.com%3A8443:u"))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        resolver = Resolver(drivers={"web": DidWebDriver(client, timeout_s=5)})
+        doc = await resolver.resolve("did:web:example.com%3A8443:u")
+    assert doc["id"] == "did:web:example.com%3A8443:u"
+    assert seen == ["https://example.com:8443/u/did.json"]
+
+
 @pytest.mark.parametrize(
     "host",
     [

@@ -173,6 +173,9 @@ async def test_the_unpair_request_is_checked_before_anything_changes(
             ([good], "MALFORMED"),  # not an object
             ({**good, "extra": 1}, "INVALID_REQUEST"),
             ({**good, "from": "did:web:example.com"}, "DID_INVALID"),
+            ({**good, "from": "did:web:example.com", "to": 5}, "DID_INVALID"),  # from first
+            ({**good, "from": 5}, "DID_INVALID"),
+            ({**good, "to": 5}, "INVALID_REQUEST"),
             ({**good, "nonce": "short"}, "INVALID_REQUEST"),
         ):
             r = await http.post("/v1/sync/unpair", json=body)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import httpx
 
+from ..errors import PageTooLarge
 from ..sync._machine import PageRequest
 from ..sync.pairs import Pair
 from ..sync.records import DEFAULT_LIMITS, Limits
@@ -90,17 +91,21 @@ class PeerPageSource:
             cap = self.verifier.page_limit_max(pair.peer_url, pair.peer_did)
             if cap is not None:
                 limit = min(limit, cap)
-            return await peer.changes_raw(
-                request.since,
-                limit=limit,
-                feed=request.feed,
-                namespace=request.namespace,
-                thread=request.thread,
-                timeout=self.longpoll_s if request.feed == "longpoll" else None,
-                max_bytes=self.max_page_bytes,
-                deadline=self.page_deadline_s,
-                strict_cbor=True,
-            )
+            try:
+                return await peer.changes_raw(
+                    request.since,
+                    limit=limit,
+                    feed=request.feed,
+                    namespace=request.namespace,
+                    thread=request.thread,
+                    timeout=self.longpoll_s if request.feed == "longpoll" else None,
+                    max_bytes=self.max_page_bytes,
+                    deadline=self.page_deadline_s,
+                    strict_cbor=True,
+                )
+            except PageTooLarge as err:
+                err.asked = limit  # what was asked, after the source's own cap
+                raise
 
         return await self.verifier.run(pair.peer_url, pair.peer_did, page)
 

@@ -24,7 +24,7 @@ import os
 
 from ..consent import tokens as _tokens
 from ..consent.invites import RECIPROCAL_TABLE, revoke_credential
-from ..errors import InvalidRequest, Malformed, ProofReplayed
+from ..errors import DidInvalid, InvalidRequest, Malformed, ProofReplayed
 from ..identity._b64 import b64url_encode
 from ..identity.didkey import public_key_from_did
 from ..identity.envelope import sign_document, verify_document
@@ -92,11 +92,13 @@ def check_unpair_request(
     if doc["type"] != UNPAIR_TYPE:
         raise InvalidRequest(f"type must be {UNPAIR_TYPE!r}")
     sender, to, nonce = doc["from"], doc["to"], doc["nonce"]
-    if not isinstance(sender, str) or not isinstance(to, str):
-        raise InvalidRequest("from and to must be DIDs")
+    if not isinstance(sender, str):
+        raise DidInvalid("from must be the sender's did:key")
     public_key_from_did(sender)  # DID_INVALID
-    if to != local_did:
-        raise InvalidRequest(f"this unpair request is addressed to {to[:80]}, not to this node")
+    if not isinstance(to, str) or to != local_did:
+        raise InvalidRequest(
+            f"this unpair request is addressed to {str(to)[:80]}, not to this node"
+        )
     if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
         raise InvalidRequest("nonce must be a string of 16 to 64 characters")
     verified = verify_document(doc, expected_did=sender, now=now)

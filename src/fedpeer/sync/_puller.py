@@ -109,6 +109,13 @@ _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_ed25519.__file__)))
 
 
+def _records_that_fit(records: Sequence[SignedRecord], max_bytes: int) -> int:
+    """How many records like ``records`` fill 3/4 of a ``max_bytes`` page (at
+    least one): their wire bytes (cid, data, sig, and some framing) on average."""
+    size = sum(len(r.cid.raw) + len(r.data) + len(r.sig) + 16 for r in records)
+    return max(1, max_bytes * 3 // 4 // max(1, size // max(1, len(records))))
+
+
 # --- signature checks in worker processes ----------------------------------------------
 
 
@@ -1009,10 +1016,12 @@ class Puller:
                     body = await self._source.fetch(pair, sized)
                     _check_count(body, sized.limit, pair.peer_url)
                 except FedpeerError as err:
-                    if isinstance(err, PageTooLarge) and err.max_bytes and sized.limit > 1:
+                    if isinstance(err, PageTooLarge) and err.max_bytes:
                         # more bytes than our cap (not more records than asked, nor
-                        # an error the peer sent): ask for fewer records from now on
-                        half = sized.limit // 2
+                        # an error the peer sent): ask for fewer records from now on,
+                        # half of what the source was asked (its page_limit_max may
+                        # have cut our limit below ``sized.limit``)
+                        half = max(1, (err.asked or sized.limit) // 2)
                         self._page_cap = (
                             half if self._page_cap is None else min(self._page_cap, half)
                         )
@@ -1028,32 +1037,27 @@ class Puller:
                         "retries with backoff, the node log has the details"
                     )
                     return
-                if self._page_cap is not None:
-                    self._resize_cap(body, sized.limit, fetch.request.limit)
                 fetch.body = body
                 fetch.arrived = True
                 if fetch in self._chain:
                     self._extend_chain()
                 fetch.now_ms = _now_ms()
                 fetch.verified = await self._preverify(body, fetch.now_ms)
+                if self._page_cap is not None and fetch.verified:
+                    # sized from records that passed every check, never from raw input
+                    self._resize_cap(fetch.verified, sized.limit, fetch.request.limit)
         finally:
             fetch.done.set()
 
-    def _resize_cap(self, body: object, asked: int, page_limit: int) -> None:
-        """After a page that fit under the byte cap while ``_page_cap`` holds: the
-        cap that fills 3/4 of the byte cap at this page's bytes per record, or no
+    def _resize_cap(self, records: Sequence[SignedRecord], asked: int, page_limit: int) -> None:
+        """After a verified page that fit under the byte cap while ``_page_cap``
+        holds: :func:`_records_that_fit` at this page's bytes per record, or no
         cap once that is a whole page. A page with few records says little: only
         a full one (``asked`` records) may raise the cap."""
         cap = self._page_cap
-        records = body.get("records") if type(body) is dict else None
-        if cap is None or type(records) is not list or not records:
+        if cap is None or not records:
             return
-        size = sum(
-            len(r.get("data") or b"") + len(r.get("sig") or b"") + 64
-            for r in records
-            if type(r) is dict
-        )
-        fit = max(1, self._cap_bytes * 3 // 4 // max(1, size // len(records)))
+        fit = _records_that_fit(records, self._cap_bytes)
         if fit < cap or len(records) >= asked:
             self._page_cap = None if fit >= page_limit else fit
 

@@ -303,7 +303,8 @@ class InviteService:
                 lambda tx: inv.redeem_in_tx(tx, invite_id, parsed, used_proof_hash=used, now_ms=now)
             )
         except FedpeerError as err:
-            await self.audit_rejection(invite_id, err.code, holder_type, holder_did)
+            if not isinstance(err, RateLimited):  # "try again": not an attempt refused
+                await self.audit_rejection(invite_id, err.code, holder_type, holder_did)
             raise
         await core.signed_manifest()  # a grant was created: a new consent revision
         log.info(
