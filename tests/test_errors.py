@@ -52,3 +52,27 @@ def test_duplicate_code_is_refused() -> None:
 def test_every_exported_name_exists() -> None:
     for name in errors.__all__:
         assert hasattr(errors, name), name
+
+
+def test_errors_received_from_another_node_are_cut_escaped_and_checked() -> None:
+    """A peer chooses the code and message of the errors it answers: both are
+    stored in a pair's last_error, logged and printed (audit)."""
+    from fedpeer.errors import (
+        MAX_REMOTE_MESSAGE,
+        PeerInvalid,
+        TokenInvalid,
+        clean_remote_text,
+        error_from_code,
+    )
+
+    err = error_from_code("TOKEN_INVALID", "x" * 100_000, 401)
+    assert isinstance(err, TokenInvalid)
+    assert len(err.message) == MAX_REMOTE_MESSAGE + 3  # then "..."
+    assert clean_remote_text("a\nb\x1b[2J\u202e\U000e0001 c") == (
+        "a\\x0ab\\x1b[2J\\u202e\\U000e0001 c"
+    )
+    bad = error_from_code("X\x1b[31m\nY", "m", 403)
+    assert isinstance(bad, PeerInvalid)  # not a fedpeer code: not a 403 that stops a pair
+    assert "\x1b" not in bad.message
+    assert error_from_code("A_NEWER_CODE", "fine", 418).code == "A_NEWER_CODE"
+    assert error_from_code("lower", "m").code == "PEER_INVALID"

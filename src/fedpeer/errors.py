@@ -92,6 +92,8 @@ The tree::
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import ClassVar
 
 __all__ = [
@@ -210,12 +212,45 @@ class FedpeerError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+_CODE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+MAX_REMOTE_MESSAGE = 500
+"""The most characters of a message received from another node that are kept."""
+
+
+def clean_remote_text(text: str, limit: int = MAX_REMOTE_MESSAGE) -> str:
+    """``text`` from another node made safe to store, log and print: at most
+    ``limit`` characters (then "..."), every character of Unicode category C
+    (controls such as newline and ESC, format characters such as bidi
+    overrides, surrogates, unassigned) written as an escape (``\\x1b``,
+    ``\\u202e``), so it can neither forge a log line nor drive a terminal. Pure."""
+    cut = len(text) > limit
+    out = []
+    for c in text[:limit]:
+        if unicodedata.category(c)[0] == "C":
+            n = ord(c)
+            out.append(
+                f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+            )
+        else:
+            out.append(c)
+    return "".join(out) + ("..." if cut else "")
+
+
 def error_from_code(code: str, message: str, status: int | None = None) -> FedpeerError:
     """Rebuild the error class named by ``code`` (as received over HTTP).
 
     An unknown code gives a plain :class:`FedpeerError` carrying that code and
-    status, so newer servers do not crash older clients.
+    status, so newer servers do not crash older clients. What another node sent
+    is not trusted: a ``code`` that is not upper-case letters, digits and ``_``
+    (at most 64) gives ``PEER_INVALID``, and the message is cut and escaped by
+    :func:`clean_remote_text`.
     """
+    message = clean_remote_text(str(message))
+    if not isinstance(code, str) or _CODE_RE.fullmatch(code) is None:
+        return PeerInvalid(
+            f"the peer answered an error whose code is not a fedpeer code "
+            f"({clean_remote_text(str(code), 64)}): {message}"
+        )
     cls = _REGISTRY.get(code)
     if cls is not None:
         return cls(message)

@@ -14,7 +14,8 @@ answers other paths with one hostile behaviour:
 - ``sse_endless_line``: a continuous feed (``text/event-stream``) whose record
   event's ``data:`` line never ends (64 KiB of ``x`` per chunk);
 - ``sse_mute``: opens a continuous feed, then sends nothing, not even heartbeats;
-- ``silent``: reads the request and never answers (not even the status line).
+- ``silent``: reads the request and never answers (not even the status line);
+- ``error`` (changes only, keep-alive): ``500`` with ``error_body``, every time.
 
 ``manifest_behaviour`` applies one of those to the manifest path instead
 (for the reciprocal-URL test). Every loop is bounded; the server counts the
@@ -83,6 +84,7 @@ class HostilePeer:
     url: str = ""
     sent: list[int] = attrs.field(factory=list)  # bytes of body sent, per hostile answer
     requests: dict[str, int] = attrs.field(factory=dict)
+    error_body: bytes = b""  # what ``error`` answers
     _manifest: bytes = b""
     _many: bytes = b""
 
@@ -117,6 +119,9 @@ class HostilePeer:
                 )
                 if behaviour == "reset" and route == "/v1/sync/changes":
                     await self._reset(stream, path)
+                    continue
+                if behaviour == "error" and route == "/v1/sync/changes":
+                    await self._send(stream, 500, self.error_body, "application/json")
                     continue
                 await self._hostile(stream, behaviour or "")
                 return

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -451,6 +452,43 @@ async def test_the_threads_listing_comes_in_pages(tmp_path: Path) -> None:
             assert bad.status_code == 400, bad.text
         assert found == [mine]
         assert max(grouped) <= 1000
+
+
+@pytest.mark.parametrize("code", ["PEER_ERROR", "X\x1b[31mRED\nFORGED"])
+async def test_a_peers_error_text_is_cut_and_escaped_before_it_is_kept_or_logged(
+    tmp_path: Path, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a read-only audit: a source answering every page with a 4 MB
+    error message wrote 80 MB to the log in 6 s, kept the whole message in the
+    pair's last_error (rewritten to SQLite on every retry), and newlines and
+    escape sequences in it forged log lines and drove the terminal of
+    ``fedpeer pairs``. Now a peer's message is cut to 500 characters with every
+    control or format character escaped, and a code that is not a fedpeer code
+    is PEER_INVALID."""
+    evil = "ok\n2030-01-01 ERROR fedpeer.auth: FORGED \x1b]0;PWNED\x07\x1b[2J\u202e" + "x" * MIB
+    peer = HostilePeer(
+        "error", error_body=json.dumps({"error": {"code": code, "message": evil}}).encode()
+    )
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", sync=FAST_RETRY) as node:
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did)
+            with trio.fail_after(20):
+                failed = await node.pairs.wait_for(
+                    pair.id, lambda p: p.last_error is not None and p.retries >= 2
+                )
+        nursery.cancel_scope.cancel()
+    err = failed.last_error
+    assert err is not None
+    assert err.code == ("PEER_ERROR" if code == "PEER_ERROR" else "PEER_INVALID")
+    assert len(err.message) < 1000
+    assert not any(unicodedata.category(c)[0] == "C" for c in err.message + err.code)
+    assert "\\x1b]0;PWNED" in err.message  # shown, escaped
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "\x1b" not in logged
+    assert "\nFORGED" not in logged
+    assert "\n2030-01-01" not in logged
+    assert len(logged) < 100_000
 
 
 async def test_a_source_that_keeps_resetting_our_cursor_is_backed_off(tmp_path: Path) -> None:

@@ -979,3 +979,16 @@ async def test_address_changes_are_announced(lan2: netns.Lan, spawn: Spawn) -> N
     await b.wait_for(a_on(extra), 20, "B to see A only on its remaining address", since=mark)
     for node in (a, b):
         assert await node.stop() == 0
+
+
+def test_an_invalid_announcements_unchecked_handle_is_kept_escaped() -> None:
+    """An announcement that fails its checks keeps its raw handle for display
+    (`fedpeer peers`); any LAN host can send one, unsigned, so control and format
+    characters in it are escaped, never stored raw (audit)."""
+    txt = txt_for(handle="alice")
+    txt["handle"] = "mallory\x1b]0;PWNED\x07\x1b[2J\u202e"  # the signature no longer fits
+    entry, needs = Roster().observe(NAME_A, props(txt), ["10.0.0.5"], 8750, now=NOW)
+    assert entry is not None
+    assert not needs
+    assert entry.status == "invalid"
+    assert entry.handle == "mallory\\x1b]0;PWNED\\x07\\x1b[2J\\u202e"

@@ -29,7 +29,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import trio
 
-from ..errors import FedpeerError, NodeNotRunning, TimedOut
+from ..errors import FedpeerError, NodeNotRunning, TimedOut, clean_remote_text
 
 __all__ = [
     "EXIT_DOCTOR",
@@ -138,7 +138,17 @@ def table(*columns: str) -> Any:
     table also takes ``--json``."""
     from rich.table import Table
 
-    out = Table(box=None)
+    class SafeTable(Table):
+        # Cells carry other nodes' text (handles, error messages, record bodies):
+        # control and format characters (ESC, newlines, bidi overrides) are shown
+        # escaped, never sent to the terminal.
+        def add_row(self, *cells: Any, **kwargs: Any) -> None:
+            super().add_row(
+                *(clean_remote_text(c, len(c)) if isinstance(c, str) else c for c in cells),
+                **kwargs,
+            )
+
+    out = SafeTable(box=None)
     for col in columns:
         out.add_column(col, overflow="fold")
     return out

@@ -32,7 +32,7 @@ from typing import Literal
 
 import attrs
 
-from ..errors import FedpeerError
+from ..errors import FedpeerError, clean_remote_text
 from ._mdns_txt import DEFAULT_MAX_SKEW_S, TxtProperties, decode_txt, verify_txt
 
 __all__ = [
@@ -319,7 +319,7 @@ class Roster:
             bad = RosterEntry(
                 name=name,
                 did=raw_did[:200],
-                handle=_raw_str(properties, "handle")[:128],
+                handle=clean_remote_text(_raw_str(properties, "handle"), 128),  # unchecked
                 addresses=addrs,
                 port=port,
                 first_seen=first_seen,

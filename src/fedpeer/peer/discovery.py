@@ -808,6 +808,7 @@ class Discovery:
         if info.port is None:
             self._park(name.lower(), name, failed=True)
             return
+        before = self.roster.get(name)
         entry, needs_check = self.roster.observe(
             name,
             info.properties,
@@ -818,8 +819,14 @@ class Discovery:
         self._sync_roster()
         if entry is not None and needs_check:
             self._start_check(entry, nursery)
-        elif entry is not None and entry.status == "invalid":
-            log.warning("mDNS: %s is invalid: %s", name, entry.reason)
+        elif (
+            entry is not None
+            and entry.status == "invalid"
+            and (before is None or before.generation != entry.generation)
+        ):
+            # once per verdict, not on every poll (a LAN host can keep hundreds of
+            # bad announcements cached); the name is a stranger's text: repr
+            log.warning("mDNS: %r is invalid: %s", name, entry.reason)
 
     async def _resolve(self, zc: Zeroconf, name: str, nursery: anyio.abc.TaskGroup) -> None:
         key = name.lower()
