@@ -992,3 +992,49 @@ def test_an_invalid_announcements_unchecked_handle_is_kept_escaped() -> None:
     assert not needs
     assert entry.status == "invalid"
     assert entry.handle == "mallory\\x1b]0;PWNED\\x07\\x1b[2J\\u202e"
+
+
+def test_an_announcement_that_keeps_failing_its_check_is_checked_less_often() -> None:
+    """Any LAN host can announce, with a fresh key, addresses and ports of other
+    hosts: each unverified entry used to be checked every 10 s for as long as
+    its announcement lived (about 100 connections a second from 256 entries),
+    and an announcement with new addresses was checked at once (audit). Now the
+    wait doubles with each failed check, up to 30 min, and the same DID moving
+    to new addresses waits for its turn."""
+    roster = Roster()
+    day = 24 * 3600  # an announcement that lives long enough for the whole test
+    entry, needs = roster.observe(NAME_A, props(txt_for(ttl_s=day)), ["10.0.0.5"], 8750, now=NOW)
+    assert entry is not None
+    assert needs
+    failed = CheckResult("unverified", "PEER_UNREACHABLE: refused")
+    t = float(NOW)
+    waits = []
+    for _ in range(12):
+        entry = roster.apply_check(NAME_A, entry.generation, failed, now=t)
+        assert entry is not None
+        due_at = next(
+            dt
+            for dt in (2.0**k for k in range(14))
+            if roster.due_for_check(t + dt, retry_s=10.0, reverify_s=600.0)
+        )
+        waits.append(due_at)
+        t += due_at
+    assert waits[:4] == [16.0, 32.0, 64.0, 128.0]  # 10, 20, 40, 80 s: the next power of 2
+    assert max(waits) == 2048.0  # capped at 30 min
+    assert entry.failed_checks == 12
+    entry = roster.apply_check(NAME_A, entry.generation, failed, now=t)  # the 13th, at t
+    assert entry is not None
+    # the same DID announcing new addresses: no check at once, its turn comes
+    moved, needs = roster.observe(
+        NAME_A, props(txt_for(seq=8, ttl_s=day)), ["10.0.0.6"], 8750, now=t + 1
+    )
+    assert moved is not None
+    assert not needs
+    assert moved.failed_checks == 13
+    assert not roster.due_for_check(t + 60, retry_s=10.0, reverify_s=600.0)
+    assert roster.due_for_check(t + 1800, retry_s=10.0, reverify_s=600.0) == (moved,)
+    # a check that passes starts the count again
+    ok = CheckResult("verified", "", "http://10.0.0.6:8750")
+    after = roster.apply_check(NAME_A, moved.generation, ok, now=t + 1800)
+    assert after is not None
+    assert after.failed_checks == 0

@@ -121,6 +121,10 @@ class CheckResult:
     url: str | None = None
 
 
+RECHECK_MAX_S = 1800.0
+"""The longest wait between manifest checks of an announcement that keeps failing."""
+
+
 @attrs.frozen
 class RosterEntry:
     """One announced service instance, as last seen. Times are unix seconds."""
@@ -142,6 +146,7 @@ class RosterEntry:
     checked_at: float | None = None
     generation: int = 0
     tls_pin: str | None = None
+    failed_checks: int = 0  # manifest checks in a row that left it unverified
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -371,12 +376,19 @@ class Roster:
                     verified_url=old.verified_url,
                     checked_at=old.checked_at,
                     generation=old.generation,
+                    failed_checks=old.failed_checks,
                 )
                 return self._store(entry, old), pending and bool(addrs)
         if not addrs:
             entry = attrs.evolve(entry, reason=NO_ADDRESS, generation=self._next_generation())
             return self._store(entry, old), False
         entry = attrs.evolve(entry, generation=self._next_generation())
+        if old is not None and old.did == ann.did and old.failed_checks:
+            # The same DID, failing, now elsewhere: the new endpoint is checked when
+            # its backoff says (due_for_check), not at once, so announcing new
+            # addresses cannot turn into a connection per packet.
+            entry = attrs.evolve(entry, checked_at=old.checked_at, failed_checks=old.failed_checks)
+            return self._store(entry, old), False
         return self._store(entry, old), True
 
     def apply_check(
@@ -396,6 +408,7 @@ class Roster:
             reason=result.reason,
             verified_url=result.url if result.status == "verified" else None,
             checked_at=now,
+            failed_checks=old.failed_checks + 1 if result.status == "unverified" else 0,
         )
         return self._store(entry, old)
 
@@ -450,9 +463,12 @@ class Roster:
         """Entries whose manifest should be fetched (again) now.
 
         Unverified entries with an address and a live announcement, checked
-        never or more than ``retry_s`` ago; verified entries checked more than
-        ``reverify_s`` ago (so a vanished peer does not stay verified).
-        Invalid entries wait for a new announcement.
+        never, or longer ago than ``retry_s`` doubled for each check in a row that
+        failed (at most :data:`RECHECK_MAX_S`: announcements pointing at hosts
+        that do not answer as the node cost a connection now and then, not every
+        ``retry_s``); verified entries checked more than ``reverify_s`` ago (so a
+        vanished peer does not stay verified). Invalid entries wait for a new
+        announcement.
         """
         due = []
         for e in self._entries.values():
@@ -460,7 +476,10 @@ class Roster:
                 continue
             if e.expires_at and now > e.expires_at + self.max_skew_s:
                 continue
-            wait = retry_s if e.status == "unverified" else reverify_s
+            if e.status == "unverified":
+                wait = min(retry_s * 2 ** min(max(e.failed_checks - 1, 0), 16), RECHECK_MAX_S)
+            else:
+                wait = reverify_s
             if e.checked_at is None or now - e.checked_at >= wait:
                 due.append(e)
         return tuple(due)
