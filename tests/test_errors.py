@@ -7,7 +7,7 @@ import re
 import pytest
 
 from fedpeer import errors
-from fedpeer.errors import FedpeerError, all_codes, error_from_code
+from fedpeer.errors import _ABOUT_THE_PEER, FedpeerError, all_codes, error_from_code
 
 
 def test_every_code_is_upper_snake_and_unique() -> None:
@@ -25,8 +25,11 @@ def test_round_trip_through_wire_form(code: str) -> None:
     err = cls("do this next")
     body = err.to_dict()
     assert body == {"error": {"code": code, "message": "do this next"}}
-    back = error_from_code(body["error"]["code"], body["error"]["message"])
-    assert type(back) is cls
+    back = error_from_code(body["error"]["code"], body["error"]["message"], cls.http_status)
+    # Codes that say what this side found wrong with a peer come back as plain
+    # errors with that code and status: a peer cannot hand us our own verdict.
+    assert type(back) is (FedpeerError if code in _ABOUT_THE_PEER else cls)
+    assert back.code == code
     assert back.http_status == cls.http_status
     assert str(back) == f"{code}: do this next"
 

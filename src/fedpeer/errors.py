@@ -213,6 +213,19 @@ class FedpeerError(Exception):
 
 
 _CODE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_ABOUT_THE_PEER = frozenset(
+    {
+        "DID_MISMATCH",
+        "TLS_PIN_MISMATCH",
+        "PEER_ERROR",
+        "PEER_INVALID",
+        "PAGE_INVALID",
+        "PAGE_TOO_LARGE",
+        "REDIRECT_REFUSED",
+        "PEER_UNREACHABLE",
+        "PEER_TOO_SLOW",
+    }
+)
 MAX_REMOTE_MESSAGE = 500
 """The most characters of a message received from another node that are kept."""
 
@@ -252,8 +265,13 @@ def error_from_code(code: str, message: str, status: int | None = None) -> Fedpe
             f"({clean_remote_text(str(code), 64)}): {message}"
         )
     cls = _REGISTRY.get(code)
-    if cls is not None:
+    if cls is not None and code not in _ABOUT_THE_PEER:
         return cls(message)
+    # An unknown code, or one of the codes that describe what this side found
+    # wrong with the peer (DID_MISMATCH, TLS_PIN_MISMATCH, PAGE_TOO_LARGE...): a
+    # peer saying them about itself is only an error with that code and status,
+    # never taken for this side's own verdict (which stops a pair with "the node
+    # did not prove it is ..., the credential was not sent": untrue here).
     err = FedpeerError(message)
     err.code = code  # type: ignore[misc]
     if status is not None:

@@ -15,7 +15,8 @@ answers other paths with one hostile behaviour:
   event's ``data:`` line never ends (64 KiB of ``x`` per chunk);
 - ``sse_mute``: opens a continuous feed, then sends nothing, not even heartbeats;
 - ``silent``: reads the request and never answers (not even the status line);
-- ``error`` (changes only, keep-alive): ``500`` with ``error_body``, every time.
+- ``error`` (changes only, keep-alive): ``error_status`` (500) with ``error_body``,
+  every time.
 
 ``manifest_behaviour`` applies one of those to the manifest path instead
 (for the reciprocal-URL test). Every loop is bounded; the server counts the
@@ -85,6 +86,7 @@ class HostilePeer:
     sent: list[int] = attrs.field(factory=list)  # bytes of body sent, per hostile answer
     requests: dict[str, int] = attrs.field(factory=dict)
     error_body: bytes = b""  # what ``error`` answers
+    error_status: int = 500
     _manifest: bytes = b""
     _many: bytes = b""
 
@@ -121,7 +123,7 @@ class HostilePeer:
                     await self._reset(stream, path)
                     continue
                 if behaviour == "error" and route == "/v1/sync/changes":
-                    await self._send(stream, 500, self.error_body, "application/json")
+                    await self._send(stream, self.error_status, self.error_body, "application/json")
                     continue
                 await self._hostile(stream, behaviour or "")
                 return

@@ -491,6 +491,36 @@ async def test_a_peers_error_text_is_cut_and_escaped_before_it_is_kept_or_logged
     assert len(logged) < 100_000
 
 
+@pytest.mark.parametrize(("status", "stops"), [(500, False), (403, True)])
+async def test_a_peer_cannot_hand_us_our_own_verdict_on_it(
+    tmp_path: Path, status: int, stops: bool
+) -> None:
+    """DID_MISMATCH and TLS_PIN_MISMATCH are what this side concludes about a
+    peer; a peer answering them about itself made the pair stop with "the node
+    did not prove it is ..., the credential was not sent" (the credential was
+    sent) whatever its status (audit). Now such a code is only an error with that
+    code and status: a 500 is retried, a 403 stops the pair as a refused
+    credential."""
+    body = json.dumps({"error": {"code": "TLS_PIN_MISMATCH", "message": "says who"}}).encode()
+    peer = HostilePeer("error", error_body=body, error_status=status)
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", sync=FAST_RETRY) as node:
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did, token="t")
+            with trio.fail_after(20):
+                done = await node.pairs.wait_for(
+                    pair.id,
+                    lambda p: p.state.value == "stopped" or p.retries >= 2,
+                )
+        nursery.cancel_scope.cancel()
+    err = done.last_error
+    assert err is not None
+    assert err.code == "TLS_PIN_MISMATCH"
+    assert (done.state.value == "stopped") is stops
+    assert "did not prove" not in err.message
+    assert "credential was not sent" not in err.message
+
+
 async def test_a_source_that_keeps_resetting_our_cursor_is_backed_off(tmp_path: Path) -> None:
     """Found by a read-only audit: a source serving an empty page, then
     CURSOR_RESET for the cursor it gave, made the node loop without pause (1,032
