@@ -71,8 +71,8 @@ def test_errors_received_from_another_node_are_cut_escaped_and_checked() -> None
     err = error_from_code("TOKEN_INVALID", "x" * 100_000, 401)
     assert isinstance(err, TokenInvalid)
     assert len(err.message) == MAX_REMOTE_MESSAGE + 3  # then "..."
-    assert clean_remote_text("a\nb\x1b[2J\u202e\U000e0001 c") == (
-        "a\\x0ab\\x1b[2J\\u202e\\U000e0001 c"
+    assert clean_remote_text("a\nb\x1b[2J\u202e\U000e0001 c\u2028d\u200de") == (
+        "a\\x0ab\\x1b[2J\\u202e\\U000e0001 c\\u2028d\u200de"  # ZWJ is ordinary text
     )
     bad = error_from_code("X\x1b[31m\nY", "m", 403)
     assert isinstance(bad, PeerInvalid)  # not a fedpeer code: not a 403 that stops a pair

@@ -226,20 +226,26 @@ _ABOUT_THE_PEER = frozenset(
         "PEER_TOO_SLOW",
     }
 )
-MAX_REMOTE_MESSAGE = 500
-"""The most characters of a message received from another node that are kept."""
+MAX_REMOTE_MESSAGE = 2000
+"""The most characters of a message received from another node that are kept (a
+fedpeer message is a sentence or two; a node's own messages to its CLI fit)."""
+
+_KEPT_FORMAT = frozenset("\u200c\u200d")  # zero-width (non-)joiners: ordinary text
+_LINE_BREAKS = frozenset("\u2028\u2029")  # category Z, but splitlines() breaks on them
 
 
 def clean_remote_text(text: str, limit: int = MAX_REMOTE_MESSAGE) -> str:
     """``text`` from another node made safe to store, log and print: at most
     ``limit`` characters (then "..."), every character of Unicode category C
     (controls such as newline and ESC, format characters such as bidi
-    overrides, surrogates, unassigned) written as an escape (``\\x1b``,
-    ``\\u202e``), so it can neither forge a log line nor drive a terminal. Pure."""
+    overrides, surrogates, unassigned; the zero-width joiners of ordinary
+    scripts and emoji excepted) and the line and paragraph separators written
+    as an escape (``\\x1b``, ``\\u202e``), so it can neither forge a log line
+    nor drive a terminal. Pure."""
     cut = len(text) > limit
     out = []
     for c in text[:limit]:
-        if unicodedata.category(c)[0] == "C":
+        if c in _LINE_BREAKS or (unicodedata.category(c)[0] == "C" and c not in _KEPT_FORMAT):
             n = ord(c)
             out.append(
                 f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"

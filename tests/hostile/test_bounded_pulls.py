@@ -31,9 +31,11 @@ from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, PeerClient, open_node
 from fedpeer.peer.node import Node
 from fedpeer.store import NewRecord
+from fedpeer.sync._puller import _records_that_fit
 from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.options import SyncOptions
 from fedpeer.sync.pairs import Pair
+from fedpeer.sync.records import build_record
 from tests.hostile.fakepeer import HostilePeer
 
 CHILD = Path(__file__).with_name("puller_child.py")
@@ -279,6 +281,19 @@ async def test_a_source_whose_pages_ignore_the_byte_budget_still_syncs(tmp_path:
         assert max(sizes) > 100, sizes  # not 3 or 5 records a page any more
 
 
+def test_the_page_cap_is_sized_from_verified_records_only() -> None:
+    """The records-per-page cap after a page over the byte cap comes from
+    records that passed every check (a raw page's ``"data": 5`` once crashed the
+    fetch task, review): 3/4 of the cap at their average wire size, at least one."""
+    key = SigningKey.generate()
+    small = [build_record(key, namespace="n", thread="t", kind="k", body=i) for i in range(10)]
+    big = build_record(key, namespace="n", thread="t", kind="k", body="x" * 300_000)
+    per_small = sum(len(r.cid.raw) + len(r.data) + len(r.sig) + 16 for r in small) // 10
+    assert _records_that_fit(small, 2 * MIB) == 2 * MIB * 3 // 4 // per_small
+    assert _records_that_fit([big], 2 * MIB) == 5  # 300 KB records under 1.5 MiB
+    assert _records_that_fit([big], 100_000) == 1  # never below one
+
+
 async def test_record_listings_and_batch_fetch_hold_the_page_budget(tmp_path: Path) -> None:
     """Found by a read-only audit: ``GET /v1/records`` (both orders) and the batch
     fetch built their answers from up to ``limit`` (10,000) or 1,000 records,
@@ -462,7 +477,7 @@ async def test_a_peers_error_text_is_cut_and_escaped_before_it_is_kept_or_logged
     error message wrote 80 MB to the log in 6 s, kept the whole message in the
     pair's last_error (rewritten to SQLite on every retry), and newlines and
     escape sequences in it forged log lines and drove the terminal of
-    ``fedpeer pairs``. Now a peer's message is cut to 500 characters with every
+    ``fedpeer pairs``. Now a peer's message is cut to 2000 characters with every
     control or format character escaped, and a code that is not a fedpeer code
     is PEER_INVALID."""
     evil = "ok\n2030-01-01 ERROR fedpeer.auth: FORGED \x1b]0;PWNED\x07\x1b[2J\u202e" + "x" * MIB
@@ -481,7 +496,7 @@ async def test_a_peers_error_text_is_cut_and_escaped_before_it_is_kept_or_logged
     err = failed.last_error
     assert err is not None
     assert err.code == ("PEER_ERROR" if code == "PEER_ERROR" else "PEER_INVALID")
-    assert len(err.message) < 1000
+    assert len(err.message) < 2200  # 2000 characters kept (and a prefix), of the 1 MiB sent
     assert not any(unicodedata.category(c)[0] == "C" for c in err.message + err.code)
     assert "\\x1b]0;PWNED" in err.message  # shown, escaped
     logged = "\n".join(r.getMessage() for r in caplog.records)

@@ -981,6 +981,20 @@ async def test_address_changes_are_announced(lan2: netns.Lan, spawn: Spawn) -> N
         assert await node.stop() == 0
 
 
+def test_an_expired_announcement_seen_again_keeps_its_verdict() -> None:
+    """The SIGNATURE_EXPIRED reason holds the time; seen again on the next poll,
+    the same verdict must keep its generation (its warning is logged once per
+    verdict, not every 5 s for each cached announcement; review)."""
+    roster = Roster()
+    first, _ = roster.observe(NAME_A, props(txt_for()), ["10.0.0.5"], 8750, now=NOW + 4000)
+    again, _ = roster.observe(NAME_A, props(txt_for()), ["10.0.0.5"], 8750, now=NOW + 4005)
+    assert first is not None
+    assert again is not None
+    assert first.status == again.status == "invalid"
+    assert again.reason.startswith("SIGNATURE_EXPIRED")
+    assert again.generation == first.generation
+
+
 def test_an_invalid_announcements_unchecked_handle_is_kept_escaped() -> None:
     """An announcement that fails its checks keeps its raw handle for display
     (`fedpeer peers`); any LAN host can send one, unsigned, so control and format
@@ -999,8 +1013,9 @@ def test_an_announcement_that_keeps_failing_its_check_is_checked_less_often() ->
     hosts: each unverified entry used to be checked every 10 s for as long as
     its announcement lived (about 100 connections a second from 256 entries),
     and an announcement with new addresses was checked at once (audit). Now the
-    wait doubles with each failed check, up to 30 min, and the same DID moving
-    to new addresses waits for its turn."""
+    wait doubles with each failed check, up to 5 min, and the same DID moving
+    to new addresses (directly, or after an announcement without addresses or
+    an invalid one) waits for its turn."""
     roster = Roster()
     day = 24 * 3600  # an announcement that lives long enough for the whole test
     entry, needs = roster.observe(NAME_A, props(txt_for(ttl_s=day)), ["10.0.0.5"], 8750, now=NOW)
@@ -1020,7 +1035,7 @@ def test_an_announcement_that_keeps_failing_its_check_is_checked_less_often() ->
         waits.append(due_at)
         t += due_at
     assert waits[:4] == [16.0, 32.0, 64.0, 128.0]  # 10, 20, 40, 80 s: the next power of 2
-    assert max(waits) == 2048.0  # capped at 30 min
+    assert max(waits) == 512.0  # capped at 5 min (300 s: the next power of 2)
     assert entry.failed_checks == 12
     entry = roster.apply_check(NAME_A, entry.generation, failed, now=t)  # the 13th, at t
     assert entry is not None
@@ -1032,9 +1047,19 @@ def test_an_announcement_that_keeps_failing_its_check_is_checked_less_often() ->
     assert not needs
     assert moved.failed_checks == 13
     assert not roster.due_for_check(t + 60, retry_s=10.0, reverify_s=600.0)
-    assert roster.due_for_check(t + 1800, retry_s=10.0, reverify_s=600.0) == (moved,)
+    assert roster.due_for_check(t + 300, retry_s=10.0, reverify_s=600.0) == (moved,)
+    # through an announcement without addresses, or an invalid one: still waiting
+    roster.observe(NAME_A, props(txt_for(seq=9, ttl_s=day)), [], 8750, now=t + 2)
+    bad = txt_for(seq=10, ttl_s=day, port=9999)  # PORT_MISMATCH with the SRV port
+    roster.observe(NAME_A, props(bad), ["10.0.0.7"], 8750, now=t + 3)
+    again, needs = roster.observe(
+        NAME_A, props(txt_for(seq=11, ttl_s=day)), ["10.0.0.8"], 8750, now=t + 4
+    )
+    assert again is not None
+    assert not needs
+    assert again.failed_checks == 13
     # a check that passes starts the count again
-    ok = CheckResult("verified", "", "http://10.0.0.6:8750")
-    after = roster.apply_check(NAME_A, moved.generation, ok, now=t + 1800)
+    ok = CheckResult("verified", "", "http://10.0.0.8:8750")
+    after = roster.apply_check(NAME_A, again.generation, ok, now=t + 300)
     assert after is not None
     assert after.failed_checks == 0

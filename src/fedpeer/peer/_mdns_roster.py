@@ -121,7 +121,7 @@ class CheckResult:
     url: str | None = None
 
 
-RECHECK_MAX_S = 1800.0
+RECHECK_MAX_S = 300.0
 """The longest wait between manifest checks of an announcement that keeps failing."""
 
 
@@ -277,11 +277,13 @@ class Roster:
         return self._generation
 
     def _invalid(self, entry: RosterEntry, reason: str, old: RosterEntry | None) -> RosterEntry:
-        # Same verdict on the same announcement: keep the generation (no churn).
-        same = old is not None and (old.status, old.did, old.reason) == (
-            "invalid",
-            entry.did,
-            reason,
+        # Same verdict (its code: a message may hold the time) on the same DID: keep
+        # the generation (no churn, and the warning is logged once).
+        same = (
+            old is not None
+            and old.status == "invalid"
+            and old.did == entry.did
+            and old.reason.partition(":")[0] == reason.partition(":")[0]
         )
         if same:
             assert old is not None
@@ -289,6 +291,8 @@ class Roster:
         else:
             generation = self._next_generation()
         bad = attrs.evolve(entry, status="invalid", reason=reason, generation=generation)
+        if old is not None and old.did == entry.did:  # a failing DID keeps its backoff
+            bad = attrs.evolve(bad, checked_at=old.checked_at, failed_checks=old.failed_checks)
         return self._store(bad, old)
 
     def observe(
@@ -381,6 +385,10 @@ class Roster:
                 return self._store(entry, old), pending and bool(addrs)
         if not addrs:
             entry = attrs.evolve(entry, reason=NO_ADDRESS, generation=self._next_generation())
+            if old is not None and old.did == ann.did:  # a failing DID keeps its backoff
+                entry = attrs.evolve(
+                    entry, checked_at=old.checked_at, failed_checks=old.failed_checks
+                )
             return self._store(entry, old), False
         entry = attrs.evolve(entry, generation=self._next_generation())
         if old is not None and old.did == ann.did and old.failed_checks:

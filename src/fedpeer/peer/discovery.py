@@ -393,7 +393,7 @@ def _forwarder(
         try:
             send.send_nowait(event)
         except anyio.WouldBlock:
-            log.warning("mDNS event queue full; dropped %s for %s", event[1], event[0])
+            log.warning("mDNS event queue full; dropped %s for %r", event[1], event[0])
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
@@ -732,7 +732,7 @@ class Discovery:
                     self._epoch[key] = self._epoch.get(key, 0) + 1
                 self._unresolved.pop(key, None)
                 if self.roster.remove(name) is not None:
-                    log.info("mDNS: %s left", name)
+                    log.info("mDNS: %r left", name)  # a stranger's name: repr
                     self._sync_roster()
             else:
                 self._request_resolve(zc, name, nursery)
@@ -877,7 +877,7 @@ class Discovery:
                 self._sync_roster()
                 if updated.status != entry.status:  # log transitions, not every re-check
                     level = logging.WARNING if result.status == "invalid" else logging.INFO
-                    log.log(level, "mDNS: %s (%s) is %s %s", entry.name, entry.did,
+                    log.log(level, "mDNS: %r (%s) is %s %s", entry.name, entry.did,
                             result.status, result.reason)  # fmt: skip
         finally:
             self._checking.discard(marker)
