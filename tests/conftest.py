@@ -95,6 +95,19 @@ def hold_user_port() -> Iterator[socket.socket | None]:
             sock.close()
 
 
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` of a loopback port this test holds bound and
+    does not listen on: every connection to it is refused, whatever else runs on
+    the machine (unlike a fixed port such as 9)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
 PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 """Proxy settings (any case) httpx and curl read: the suite talks only to loopback
 and its own namespaces, never through a proxy."""

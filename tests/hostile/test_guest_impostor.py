@@ -28,7 +28,7 @@ _PEER_TOKEN = "fp_" + "0" * 20 + "_" + "0" * 64  # what the peer hands the issue
 
 
 async def test_a_guest_naming_a_paired_peers_key_changes_nothing_of_its_pairing(
-    tmp_path: Path, anyio_backend: str
+    tmp_path: Path, anyio_backend: str, refused_url: str
 ) -> None:
     cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
     peer = SigningKey.generate()
@@ -41,7 +41,7 @@ async def test_a_guest_naming_a_paired_peers_key_changes_nothing_of_its_pairing(
                 reciprocal={
                     "token": _PEER_TOKEN,
                     "scopes": ["sync:read"],
-                    "url": "http://127.0.0.1:9",
+                    "url": refused_url,
                 },
             )
         before = await issuer.store.get_state(RECIPROCAL_TABLE, peer.did)

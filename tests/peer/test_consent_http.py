@@ -717,10 +717,10 @@ async def test_token_rotation(node: Node, http: httpx.AsyncClient, admin_token: 
 
 
 async def test_reciprocal_credential_is_stored(
-    node: Node, http: httpx.AsyncClient, admin_token: str
+    node: Node, http: httpx.AsyncClient, admin_token: str, refused_url: str
 ) -> None:
     invite = await make_invite(http, admin_token, max_uses=2)
-    recip = {"token": "fp_for_the_issuer", "scopes": ["reader"], "url": "http://127.0.0.1:9/"}
+    recip = {"token": "fp_for_the_issuer", "scopes": ["reader"], "url": refused_url + "/"}
     # a guest's is ignored: its DID is only the key it names (protocol.md §11.2)
     r = await redeem(http, invite, guest_body(str(invite["url"]), reciprocal=recip))
     assert r.status_code == 201, r.text
@@ -730,7 +730,7 @@ async def test_reciprocal_credential_is_stored(
     row = await node.store.get_state(inv.RECIPROCAL_TABLE, HOLDER.did)
     assert row is not None
     assert row["token"] == "fp_for_the_issuer"
-    assert row["url"] == "http://127.0.0.1:9"
+    assert row["url"] == refused_url
     assert row["scopes"] == ["records:read", "sync:read"]
     assert row["invite_id"] == invite["invite_id"]
 

@@ -92,6 +92,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _did_web_parts(did: str) -> tuple[str, str | None, list[str]]:
+    """``(host, port text or None without "%3A", path segments)`` of a did:web,
+    unchecked."""
+    domain, *path = did[len("did:web:") :].split(":")
+    host, sep, port = domain.replace("%3a", "%3A").partition("%3A")
+    return host, port if sep else None, path
+
+
 def did_web_url(did: str, *, allow_http: bool = False) -> str:
     """The URL of the DID document of a did:web (did:web spec, "Read").
 
@@ -107,8 +115,7 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
     """
     if not isinstance(did, str) or not did.startswith("did:web:") or len(did) > MAX_DID_LEN:
         raise DidInvalid("not a did:web (did:web:<host>[:<path>...])")
-    domain, *path = did[len("did:web:") :].split(":")
-    host, sep, port = domain.replace("%3a", "%3A").partition("%3A")
+    host, port, path = _did_web_parts(did)
     if _HOST_RE.fullmatch(host) is None:
         raise DidInvalid("the did:web host must be a DNS name or IPv4 address")
     last = host.rsplit(".", 1)[-1].lower()
@@ -123,7 +130,7 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
             raise DidInvalid(
                 "a did:web host ending in a number must be a dotted-quad IPv4 address"
             ) from None
-    if sep and (not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536):
+    if port is not None and (not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536):
         raise DidInvalid("the did:web port (after %3A) must be a number 1..65535")
     for seg in path:
         if _PATH_SEGMENT_RE.fullmatch(seg) is None or seg in (".", ".."):
@@ -132,7 +139,7 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
         if "%2f" in lowered or "%5c" in lowered or lowered in ("%2e", "%2e%2e", ".%2e", "%2e."):
             raise DidInvalid("a did:web path segment cannot encode '/', '\\' or dot segments")
     scheme = "http" if allow_http and _is_loopback(host) else "https"
-    authority = f"{host}:{port}" if sep else host
+    authority = host if port is None else f"{host}:{port}"
     suffix = "/".join(path) + "/did.json" if path else ".well-known/did.json"
     return f"{scheme}://{authority}/{suffix}"
 
@@ -193,7 +200,7 @@ class DidWebDriver:
         bounded by ``timeout_s``; cancellable.
         """
         url = did_web_url(did, allow_http=self._allow_http)
-        host = did[len("did:web:") :].split(":", 1)[0].replace("%3a", "%3A").partition("%3A")[0]
+        host = _did_web_parts(did)[0]  # checked by did_web_url
         if _is_internal_address(host) and not (self._allow_http and _is_loopback(host)):
             raise DidNotFound(
                 "a did:web host must be a public one; "

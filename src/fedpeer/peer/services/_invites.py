@@ -32,6 +32,7 @@ from ...errors import (
     PairSelf,
     RateLimited,
 )
+from ...identity.didkey import DID_KEY_PREFIX
 from ...store.base import StateTx
 from ._core import NodeCore
 from ._views import AuditEvent, AuditPage, InviteCreated, InviteInfo, RedeemAnswer
@@ -335,7 +336,7 @@ class InviteService:
         per invite, so whoever holds one invite URL holds at most one of the
         resolver's few fetch slots, not all of them (RATE_LIMITED meanwhile).
         KEY_UNKNOWN names no cause (it is logged)."""
-        remote = not holder_did.startswith("did:key:")
+        remote = not holder_did.startswith(DID_KEY_PREFIX)
         if remote:
             if invite_id in self._resolving:
                 raise RateLimited(
