@@ -93,6 +93,16 @@ async def test_a_holder_did_cannot_probe_the_issuers_network(tmp_path: Path) -> 
                 assert answer.status_code == 403, answer.text
                 assert answer.json()["error"] == generic
             assert accepted == []
+            # a DNS name that looks up to this machine (DNS rebinding): no connection
+
+            async def to_this_machine(host: str, port: int) -> list[str]:
+                return ["127.0.0.1"]
+
+            issuer.core._resolver = Resolver(drivers={"web": DidWebDriver(lookup=to_this_machine)})
+            answer = await redeem(f"did:web:rebind.example%3A{port}", sixty_four)
+            assert answer.status_code == 403, answer.text
+            assert answer.json()["error"] == generic
+            assert accepted == []
             # a host that is fetched (a public name; here loopback, let through as
             # in tests): the answer does not say what happened there, a listener
             # that hangs up

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
@@ -409,18 +416,149 @@ async def test_did_web_path_form_with_default_client(server: tuple[DocServer, in
 
 
 async def test_did_web_is_fetched_over_https_without_allow_http() -> None:
-    """A public host is fetched over https (no network: a transport records it)."""
-    seen: list[str] = []
+    """A public host is fetched over https, from the address its lookup gave; the
+    server and the certificate check still see the name (no network: a transport
+    records the request, a lookup answers for DNS)."""
+    seen: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
+        seen.append(request)
         return httpx.Response(200, json=_web_doc("did:web:example.com%3A8443:u"))
 
+    looked_up: list[tuple[str, int]] = []
+
+    async def lookup(host: str, port: int) -> list[str]:
+        looked_up.append((host, port))
+        return ["93.184.215.14"]
+
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        resolver = Resolver(drivers={"web": DidWebDriver(client, timeout_s=5)})
-        doc = await resolver.resolve("did:web:example.com%3A8443:u")
+        driver = DidWebDriver(client, timeout_s=5, lookup=lookup)
+        doc = await Resolver(drivers={"web": driver}).resolve("did:web:example.com%3A8443:u")
     assert doc["id"] == "did:web:example.com%3A8443:u"
-    assert seen == ["https://example.com:8443/u/did.json"]
+    assert looked_up == [("example.com", 8443)]
+    (request,) = seen
+    assert str(request.url) == "https://93.184.215.14:8443/u/did.json"
+    assert request.headers["host"] == "example.com:8443"
+    assert request.extensions["sni_hostname"] == "example.com"
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["127.0.0.1"],
+        ["10.0.0.5"],
+        ["::1"],
+        ["fd00::1"],
+        ["fe80::1%eth0"],
+        ["::ffff:127.0.0.1"],
+        ["93.184.215.14", "192.168.1.20"],  # one internal address is enough
+        [],
+        ["not-an-address"],
+    ],
+)
+async def test_a_did_web_name_that_looks_up_to_an_internal_address_is_not_fetched(
+    addresses: list[str],
+) -> None:
+    """DNS rebinding: any name can look up to this machine or the LAN, so the
+    address check applies to what the name looks up to, and nothing is fetched."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=_web_doc("did:web:rebind.example"))
+
+    async def lookup(host: str, port: int) -> list[str]:
+        return addresses
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        resolver = Resolver(drivers={"web": DidWebDriver(client, timeout_s=5, lookup=lookup)})
+        with pytest.raises(DidNotFound):
+            await resolver.resolve("did:web:rebind.example")
+    assert seen == []
+
+
+async def test_a_did_web_name_that_does_not_look_up_is_not_found() -> None:
+    async def lookup(host: str, port: int) -> list[str]:
+        raise OSError(-2, "Name or service not known")
+
+    resolver = Resolver(drivers={"web": DidWebDriver(timeout_s=5, lookup=lookup)})
+    with pytest.raises(DidNotFound, match="cannot look up"):
+        await resolver.resolve("did:web:nowhere.example")
+
+
+def _tls_files(tmp_path: Path, dns_name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``dns_name`` only (no IP address in it), and
+    its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / f"{dns_name}.crt", tmp_path / f"{dns_name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_did_web_connects_to_the_checked_address_and_checks_the_name(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A real HTTPS server on 127.0.0.1 whose certificate names ``docs.example``
+    only. The lookup answers two addresses: nothing listens on the first, so the
+    driver tries the second, connects to the address (not to the name, which no
+    DNS here knows) and checks the certificate against the name."""
+    cert_file, key_file = _tls_files(tmp_path, "docs.example")
+    app = DocServer()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.certfile, config.keyfile = str(cert_file), str(key_file)
+    config.accesslog = config.errorlog = None
+    config.graceful_timeout = 1
+    shutdown = trio.Event()
+    urls: list[str] = await nursery.start(
+        partial(serve, app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    )
+    port = int(urls[0].rsplit(":", 1)[1])
+    did = f"did:web:docs.example%3A{port}"
+    app.put_json("/.well-known/did.json", _web_doc(did))
+    looked_up: list[str] = []
+
+    async def lookup(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return ["127.0.0.2", "127.0.0.1"]  # 127.0.0.2: nothing listens there
+
+    trusted = ssl.create_default_context(cafile=str(cert_file))
+    try:
+        async with httpx.AsyncClient(verify=trusted) as client:
+            # allow_http lets loopback addresses through (tests only); the name
+            # is still fetched over https
+            driver = DidWebDriver(client, allow_http=True, timeout_s=10, lookup=lookup)
+            assert await Resolver(drivers={"web": driver}).resolve(did) == _web_doc(did)
+            assert looked_up == ["docs.example"]
+            assert app.hits["/.well-known/did.json"] == 1
+            # the same server under another name: its certificate does not name it
+            other = f"did:web:other.example%3A{port}"
+            with pytest.raises(DidNotFound):
+                await Resolver(drivers={"web": driver}).resolve(other)
+            assert app.hits["/.well-known/did.json"] == 1
+    finally:
+        shutdown.set()
 
 
 @pytest.mark.parametrize(

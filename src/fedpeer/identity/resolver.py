@@ -22,13 +22,15 @@ same DID may each reach the driver.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import json
 import re
+import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import anyio
@@ -46,10 +48,12 @@ __all__ = [
     "DidDriver",
     "DidKeyDriver",
     "DidWebDriver",
+    "Lookup",
     "Resolver",
     "did_web_url",
     "find_verification_method",
     "public_key_from_method",
+    "system_lookup",
 ]
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -144,6 +148,23 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
     return f"{scheme}://{authority}/{suffix}"
 
 
+Lookup = Callable[[str, int], Awaitable[Sequence[str]]]
+"""Resolve ``(host name, port)`` to IP address texts (see :class:`DidWebDriver`)."""
+
+MAX_ADDRESSES = 8
+"""Addresses of one did:web host name that are checked and tried, at most."""
+
+
+async def system_lookup(host: str, port: int) -> list[str]:
+    """The addresses ``getaddrinfo`` gives for ``host`` (TCP), in its order,
+    without repeats. Raises ``OSError`` when the name does not resolve."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: dict[str, None] = {}
+    for info in infos:
+        seen.setdefault(str(info[4][0]), None)
+    return list(seen)
+
+
 def _is_internal_address(host: str) -> bool:
     """Whether ``host`` names this machine or is an IP address that is not a
     global one (private, loopback, link-local, shared, reserved...): ``localhost``
@@ -160,8 +181,9 @@ def _is_internal_address(host: str) -> bool:
 class DidWebDriver:
     """The did:web driver: GET the document over HTTPS with httpx.
 
-    ``client``: an ``httpx.AsyncClient`` to reuse (you own and close it); by default
-    a short-lived client is made per resolution. ``allow_http``: fetch loopback hosts
+    ``client``: an ``httpx.AsyncClient`` to reuse (you own and close it; use it for
+    did:web fetches only, as its pooled connections are keyed by address); by
+    default a short-lived client is made per resolution. ``allow_http``: fetch loopback hosts
     over plain http (tests only). ``timeout_s`` bounds the whole fetch, waiting for
     a turn included, and ``max_bytes`` the document size. Redirects are not
     followed.
@@ -172,7 +194,12 @@ class DidWebDriver:
     an internal address (``did:web:10.0.0.1``, ``did:web:localhost%3A22`` are
     ``DID_NOT_FOUND`` without a connection; with ``allow_http``, loopback is
     allowed; a host ending in a number must be a dotted quad, see
-    :func:`did_web_url`). Another DNS name is fetched whatever it resolves to.
+    :func:`did_web_url`). A DNS name is looked up first (``lookup``, by default
+    :func:`system_lookup`): if any of its addresses is internal it is refused the
+    same way, and the fetch then connects to a checked address (the URL names
+    the address; ``Host`` and the TLS server name, checked against the
+    certificate, stay the DNS name), so a name cannot answer the check with a
+    public address and the connection with an internal one (DNS rebinding).
     """
 
     def __init__(
@@ -183,8 +210,10 @@ class DidWebDriver:
         timeout_s: float = 10.0,
         max_bytes: int = 256 * 1024,
         max_concurrent: int = 4,
+        lookup: Lookup = system_lookup,
     ) -> None:
         self._client = client
+        self._lookup = lookup
         self._allow_http = allow_http
         self._timeout_s = timeout_s
         self._max_bytes = max_bytes
@@ -214,11 +243,12 @@ class DidWebDriver:
         body = b""
         with anyio.move_on_after(self._timeout_s) as scope:
             async with limiter:
+                targets = await self._checked_targets(url, host)
                 if self._client is not None:
-                    body = await self._fetch(self._client, url)
+                    body = await self._fetch_first(self._client, url, targets)
                 else:
                     async with httpx.AsyncClient() as client:
-                        body = await self._fetch(client, url)
+                        body = await self._fetch_first(client, url, targets)
         if scope.cancelled_caught:
             raise DidNotFound(f"fetching {url} timed out after {self._timeout_s:g} s")
         try:
@@ -231,10 +261,67 @@ class DidWebDriver:
             raise DidInvalid(f"the document at {url} is for another DID; its id must be {did}")
         return doc
 
-    async def _fetch(self, client: httpx.AsyncClient, url: str) -> bytes:
-        headers = {"Accept": "application/did+json, application/json"}
+    async def _checked_targets(self, url: str, host: str) -> list[str | None]:
+        """The addresses to connect to for ``url``: ``[None]`` (connect to the URL's
+        host as it is) for an address literal or a loopback name tests allow;
+        otherwise the looked-up addresses of the DNS name, every one of them
+        public (``DID_NOT_FOUND`` if not, or if the name does not resolve)."""
+        if _is_loopback(host) or _is_internal_address(host):
+            return [None]  # resolve() let it through: loopback in tests
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            return [None]  # a public address literal
+        port = httpx.URL(url).port or (443 if url.startswith("https:") else 80)
         try:
-            async with client.stream("GET", url, headers=headers, follow_redirects=False) as resp:
+            found = list(await self._lookup(host, port))
+        except OSError as err:
+            raise DidNotFound(f"cannot look up the did:web host {host} ({err})") from err
+        addresses: list[str | None] = []
+        for text in found[:MAX_ADDRESSES]:
+            try:
+                address = ipaddress.ip_address(text.partition("%")[0])
+            except ValueError:
+                raise DidNotFound(f"the did:web host {host} looked up to {text!r}") from None
+            if not address.is_global and not (self._allow_http and address.is_loopback):
+                raise DidNotFound(
+                    "a did:web host must be a public one; "
+                    f"{host} resolves to a private, loopback or reserved address"
+                )
+            addresses.append(str(address))
+        if not addresses:
+            raise DidNotFound(f"the did:web host {host} has no address")
+        return addresses
+
+    async def _fetch_first(
+        self, client: httpx.AsyncClient, url: str, targets: Sequence[str | None]
+    ) -> bytes:
+        """Fetch ``url`` from the first of ``targets`` that takes the connection."""
+        for i, target in enumerate(targets):
+            try:
+                return await self._fetch(client, url, target)
+            except DidNotFound as err:
+                if i + 1 == len(targets) or not isinstance(err.__cause__, httpx.ConnectError):
+                    raise
+        raise AssertionError("unreachable: targets is never empty")
+
+    async def _fetch(self, client: httpx.AsyncClient, url: str, address: str | None) -> bytes:
+        headers = {"Accept": "application/did+json, application/json"}
+        extensions: dict[str, str] = {}
+        target = httpx.URL(url)
+        if address is not None:
+            # connect to the checked address; the server and its certificate
+            # still see the DNS name. httpx pools connections by address, not by
+            # the name checked: "close" keeps a connection that proved one name
+            # from serving a request for another at the same address.
+            headers["Host"] = target.netloc.decode("ascii")
+            headers["Connection"] = "close"
+            if target.scheme == "https":
+                extensions["sni_hostname"] = target.host
+            target = target.copy_with(host=address)
+        try:
+            async with client.stream(
+                "GET", target, headers=headers, follow_redirects=False, extensions=extensions
+            ) as resp:
                 if resp.status_code == 404:
                     raise DidNotFound(f"{url} answered 404: no DID document is published there")
                 if resp.status_code != 200:
