@@ -50,10 +50,12 @@ from .keys import verify_signature as verify_signature
 from .resolver import DidDriver as DidDriver
 from .resolver import DidKeyDriver as DidKeyDriver
 from .resolver import DidWebDriver as DidWebDriver
+from .resolver import Lookup as Lookup
 from .resolver import Resolver as Resolver
 from .resolver import did_web_url as did_web_url
 from .resolver import find_verification_method as find_verification_method
 from .resolver import public_key_from_method as public_key_from_method
+from .resolver import system_lookup as system_lookup
 
 __all__ = [
     "CID",
@@ -70,6 +72,7 @@ __all__ = [
     "DidDriver",
     "DidKeyDriver",
     "DidWebDriver",
+    "Lookup",
     "Resolver",
     "SigningKey",
     "VerifiedDocument",
@@ -97,6 +100,7 @@ __all__ = [
     "public_key_from_did",
     "public_key_from_method",
     "sign_document",
+    "system_lookup",
     "verify_batch",
     "verify_document",
     "verify_document_resolved",

@@ -148,8 +148,13 @@ def did_web_url(did: str, *, allow_http: bool = False) -> str:
     return f"{scheme}://{authority}/{suffix}"
 
 
-Lookup = Callable[[str, int], Awaitable[Sequence[str]]]
-"""Resolve ``(host name, port)`` to IP address texts (see :class:`DidWebDriver`)."""
+class Lookup(Protocol):
+    """Resolves a host name to IP address texts, for :class:`DidWebDriver`."""
+
+    def __call__(self, host: str, port: int, /) -> Awaitable[Sequence[str]]:
+        """The addresses of ``host`` (``port`` is the one to be connected to);
+        ``OSError`` when it does not resolve."""
+        ...
 
 MAX_ADDRESSES = 8
 """Addresses of one did:web host name that are checked and tried, at most."""
