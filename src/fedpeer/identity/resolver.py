@@ -156,6 +156,7 @@ class Lookup(Protocol):
         ``OSError`` when it does not resolve."""
         ...
 
+
 MAX_ADDRESSES = 8
 """Addresses of one did:web host name that are checked and tried, at most."""
 
