@@ -285,6 +285,24 @@ async def test_thread_filter_and_both_filters(store: Store) -> None:
     assert got == []
 
 
+async def test_exact_namespace_filter(store: Store) -> None:
+    """``namespace_exact``: the namespace equals the prefix (a grant on one thread of
+    one namespace); "ns1x" and "ns10" start with "ns1" but are other namespaces."""
+    names = ["ns1", "ns1x", "ns10", "ns", ""]
+    rows = [rec(i, namespace=names[i % 5], thread=f"t{i % 2}") for i in range(40)]
+    await store.put(rows)
+    for namespace in names:
+        flt = ChangeFilter(namespace_prefix=namespace, thread="t1", namespace_exact=True)
+        assert not flt.is_empty
+        got = await all_changes(store, flt, page=3)
+        want = [r.cid for r in rows if r.namespace == namespace and r.thread == "t1"]
+        assert [r.cid for r in got] == want, namespace
+        assert all(flt.matches(r.namespace, r.thread) for r in got)
+    only = ChangeFilter(namespace_prefix="ns1", namespace_exact=True)
+    got = await all_changes(store, only, page=4)
+    assert [r.cid for r in got] == [r.cid for r in rows if r.namespace == "ns1"]
+
+
 async def test_cursor_advances_when_window_matches_nothing(
     store_factory: StoreFactory, tmp_path: Path
 ) -> None:

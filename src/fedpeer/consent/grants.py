@@ -520,8 +520,11 @@ class ConsentView:
         stores nothing this reader could be shown. None: any commit (sees
         everything, no filter); ``()``: no commit at all (nothing granted).
 
-        A superset is fine (a waiter re-checks after waking): a thread target
-        pinned to one namespace gives that namespace as a *prefix*. Pure.
+        Exactly the records the view may see among those ``flt`` names (a thread
+        target pinned to one namespace gives ``namespace_exact``), so the same
+        filters drive consent scans (:func:`fedpeer.peer.services.visible_changes`):
+        a page then never ends on, or counts, a record the reader may not see.
+        Pure.
         """
         if self.everything:
             return None if flt.is_empty else (flt,)
@@ -548,8 +551,8 @@ def _longer_prefix(a: str | None, b: str | None) -> tuple[bool, str | None]:
 
 
 def _join(target: Target, flt: ChangeFilter) -> ChangeFilter | None:
-    """The filter of records under ``target`` that ``flt`` also lets through (a
-    superset), or None when there are none."""
+    """The filter of exactly the records under ``target`` that ``flt`` also lets
+    through, or None when there are none."""
     if target.type == "instance":
         return flt
     if target.type == "namespace":
@@ -557,8 +560,13 @@ def _join(target: Target, flt: ChangeFilter) -> ChangeFilter | None:
         return ChangeFilter(namespace_prefix=prefix, thread=flt.thread) if overlap else None
     if flt.thread is not None and flt.thread != target.value:
         return None
-    overlap, prefix = _longer_prefix(target.namespace, flt.namespace_prefix)
-    return ChangeFilter(namespace_prefix=prefix, thread=target.value) if overlap else None
+    if target.namespace is None:
+        return ChangeFilter(namespace_prefix=flt.namespace_prefix, thread=target.value)
+    if flt.namespace_prefix and not target.namespace.startswith(flt.namespace_prefix):
+        return None
+    return ChangeFilter(
+        namespace_prefix=target.namespace, thread=target.value, namespace_exact=True
+    )
 
 
 EVERYTHING = ConsentView(everything=True)

@@ -6,11 +6,14 @@ the same value goes out in either, chosen by ``Accept``.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import anyio
+import sniffio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -27,6 +30,13 @@ from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode,
 
 CBOR = "application/cbor"
 JSON = "application/json"
+
+PUBLIC_BODY_MAX = 64 * 1024
+"""Largest body a route open to anyone reads (an invite redeem, an unpair notice:
+a few KiB at most). 4 MiB of nested CBOR decodes to ~300 MB in ~3 s."""
+_INLINE_DECODE_MAX = 64 * 1024
+"""Larger bodies are decoded in a worker thread, not on the event loop."""
+_DECODE_LIMITERS: dict[str, anyio.CapacityLimiter] = {}  # per event loop library
 Encoding = Literal["cbor", "json"]
 
 
@@ -175,9 +185,32 @@ async def read_value(request: Request, limit: int) -> object:
     body = await read_body(request, limit)
     if not body:
         raise Malformed("the request needs a body")
-    if enc == "cbor":
-        return dagcbor_decode(body)
-    return dagjson_decode(body)
+    decode = dagcbor_decode if enc == "cbor" else dagjson_decode
+    if len(body) <= _INLINE_DECODE_MAX:
+        return decode(body)
+    # a large body may take seconds (millions of tiny items): off the event loop,
+    # one at a time (threads contend for the GIL with the event loop), so every
+    # other request goes on meanwhile
+    library = sniffio.current_async_library()
+    limiter = _DECODE_LIMITERS.get(library)
+    if limiter is None:
+        limiter = _DECODE_LIMITERS[library] = anyio.CapacityLimiter(1)
+    return await anyio.to_thread.run_sync(_decode_without_gc, decode, body, limiter=limiter)
+
+
+def _decode_without_gc(decode: Callable[[bytes], object], body: bytes) -> object:
+    """``decode(body)`` with the cyclic collector paused: a body of millions of
+    tiny containers otherwise sets off full collections over all of them, each
+    holding the GIL (and so the event loop) for a second or more. A value holds
+    no cycles until the caller makes one, so nothing is missed; the collector
+    runs as usual once it is back on."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return decode(body)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def read_json_object(value: object) -> dict[str, object]:

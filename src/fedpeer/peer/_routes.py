@@ -21,6 +21,7 @@ from ..sync.feed import (
     Cursor,
     FeedPage,
     build_page,
+    changes_in,
     cursor_at,
     encode_page_cbor,
     page_cursor,
@@ -318,7 +319,10 @@ async def _one_page(
     view = await ctx.view(scope)
     view.check_change_filter(flt)  # CONSENT_DENIED for a namespace/thread outside every grant
     since = await resolve_cursor(store, since_text)
-    changes = await store.changes(since, limit, flt, max_bytes=ctx.app.config.page_max_bytes)
+    # the caller's grants go into the scan: a page never ends on a hidden record
+    changes = await changes_in(
+        store, since, limit, view.wake_filters(flt), max_bytes=ctx.app.config.page_max_bytes
+    )
     return build_page(changes, epoch=store.epoch, key=store.cursor_key, visible=view.record_visible)
 
 
@@ -401,7 +405,9 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                 view = await ctx.view("sync:read")
                 visible = view.record_visible
                 checked = anyio.current_time()
-                page = await store.changes(seq, limit, flt, max_bytes=page_max_bytes)
+                page = await changes_in(
+                    store, seq, limit, view.wake_filters(flt), max_bytes=page_max_bytes
+                )
                 for rec in page.records:
                     # Within a page too (a slow reader makes each yield wait): the
                     # bearer and the grants again every _RECHECK_S, so a revocation

@@ -15,7 +15,14 @@ from ..consent import invites as inv
 from ..consent.scopes import ALL_SCOPES, scopes_to_list
 from ..errors import AuthRequired, FedpeerError, InvalidRequest
 from ..identity.canonical import dagcbor_decode, dagjson_decode
-from ._http import read_body, read_json_object, read_value, request_encoding, respond
+from ._http import (
+    PUBLIC_BODY_MAX,
+    read_body,
+    read_json_object,
+    read_value,
+    request_encoding,
+    respond,
+)
 from ._routing import Ctx, Param, RouteSpec
 
 # --- body helpers --------------------------------------------------------------------
@@ -164,7 +171,9 @@ async def redeem_invite(ctx: Ctx) -> Response:
     invite_id = ctx.request.path_params["invite_id"]
     invites = ctx.app.invites
     try:
-        obj = await _body(ctx)
+        # anyone may call this: a small body limit, whatever max_body_bytes is
+        limit = min(ctx.app.config.max_body_bytes, PUBLIC_BODY_MAX)
+        obj = read_json_object(await read_value(ctx.request, limit))
     except FedpeerError as err:
         await invites.audit_rejection(invite_id, err.code, None, None)
         raise

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ..errors import InternalError, InvalidRequest
 from ..sync.pairs import PairAction, PairFilter
-from ._http import read_json_object, read_value, respond
+from ._http import PUBLIC_BODY_MAX, read_json_object, read_value, respond
 from ._routing import Ctx, Param, RouteSpec
 from .services import PairService
 
@@ -133,7 +133,8 @@ async def unpair(ctx: Ctx) -> Response:
 
 
 async def unpair_request(ctx: Ctx) -> Response:
-    value = await read_value(ctx.request, ctx.app.config.max_body_bytes)
+    # anyone may call this: a small body limit, whatever max_body_bytes is
+    value = await read_value(ctx.request, min(ctx.app.config.max_body_bytes, PUBLIC_BODY_MAX))
     return respond(await _pairs(ctx).unpaired_by_peer(value), ctx.request)
 
 

@@ -149,18 +149,27 @@ class ChangeFilter:
     ``"app/x"`` and ``"apple"``; no wildcard characters exist). ``thread`` is an
     exact match. ``None`` (or an empty prefix) means "no constraint"; both
     given means both must hold.
+
+    ``namespace_exact``: the namespace must *equal* ``namespace_prefix`` (``None``
+    counts as ``""``). Consent scans use it for a grant on one thread of one
+    namespace, so that a page never counts records the reader may not see. A
+    store written before it existed and ignoring it answers a superset, which
+    the feed still filters out record by record.
     """
 
     namespace_prefix: str | None = None
     thread: str | None = None
+    namespace_exact: bool = False
 
     @property
     def is_empty(self) -> bool:
         """True when the filter lets every record through."""
-        return not self.namespace_prefix and self.thread is None
+        return not self.namespace_prefix and self.thread is None and not self.namespace_exact
 
     def matches(self, namespace: str, thread: str) -> bool:
         """Whether a record with this namespace and thread passes the filter."""
+        if self.namespace_exact and namespace != (self.namespace_prefix or ""):
+            return False
         return filter_matches(self.namespace_prefix, self.thread, namespace, thread)
 
 

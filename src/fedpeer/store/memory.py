@@ -257,7 +257,7 @@ class MemoryStore:
             page = self._records[since_seq : since_seq + limit]
             last = page[-1].seq if len(page) == limit else max(since_seq, head)
             return self._page(tuple(page), last, head)
-        if not filter.namespace_prefix:
+        if not filter.namespace_prefix and not filter.namespace_exact:
             # thread only: the per-thread seq list gives exact answers without a window
             seqs = self._by_thread.get(filter.thread or "", [])
             start = bisect_right(seqs, since_seq)

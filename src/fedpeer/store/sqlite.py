@@ -528,7 +528,7 @@ def _changes(
         if filter is None or filter.is_empty:
             sql = _BY_SEQ
             params: list[object] = [since_seq, limit]
-        elif not filter.namespace_prefix:
+        elif not filter.namespace_prefix and not filter.namespace_exact:
             sql = _BY_THREAD
             params = [filter.thread, since_seq, limit]
         else:
@@ -536,12 +536,18 @@ def _changes(
             end = min(head, since_seq + window)
             # "+namespace" keeps the planner on the seq range (bounded work) instead
             # of walking the whole namespace range of the index.
-            clauses = ["seq > ?", "seq <= ?", "+namespace >= ?"]
-            params = [since_seq, end, filter.namespace_prefix]
-            upper = prefix_upper_bound(filter.namespace_prefix)
-            if upper is not None:
-                clauses.append("+namespace < ?")
-                params.append(upper)
+            clauses = ["seq > ?", "seq <= ?"]
+            params = [since_seq, end]
+            if filter.namespace_exact:
+                clauses.append("+namespace = ?")
+                params.append(filter.namespace_prefix or "")
+            else:
+                clauses.append("+namespace >= ?")
+                params.append(filter.namespace_prefix)
+                upper = prefix_upper_bound(filter.namespace_prefix or "")
+                if upper is not None:
+                    clauses.append("+namespace < ?")
+                    params.append(upper)
             if filter.thread is not None:
                 clauses.append("thread = ?")
                 params.append(filter.thread)

@@ -83,7 +83,7 @@ from fedpeer.errors import CursorFromFuture, CursorInvalid, CursorReset, PageInv
 from fedpeer.identity._cid import _trusted as _trusted_cid
 from fedpeer.identity._dagcbor import head, parse_unchecked
 from fedpeer.identity.canonical import CID, dagcbor_decode
-from fedpeer.store.base import ChangesPage, Store, StoredRecord
+from fedpeer.store.base import ChangeFilter, ChangesPage, Store, StoredRecord, take_within
 
 from .records import SignedRecord, record_to_wire
 
@@ -96,6 +96,7 @@ __all__ = [
     "FeedPage",
     "WirePage",
     "build_page",
+    "changes_in",
     "cursor_at",
     "decode_page_cbor",
     "encode_page_cbor",
@@ -289,6 +290,52 @@ def resolve_since(
             "without a cursor (records dedupe by CID)"
         )
     return parsed.seq
+
+
+async def changes_in(
+    store: Store,
+    since_seq: int,
+    limit: int,
+    filters: Sequence[ChangeFilter] | None,
+    *,
+    max_bytes: int | None = None,
+) -> ChangesPage:
+    """:meth:`Store.changes` over the union of ``filters`` (None: every record;
+    ``()``: none), as one page: the records in seq order, at most ``limit`` and
+    within ``max_bytes`` as one scan would give.
+
+    This is how a reader's consent is pushed into the scan (the filters of
+    :meth:`~fedpeer.consent.grants.ConsentView.wake_filters`): a page then only
+    counts the records the reader may see, so where it ends, ``has_more`` and the
+    cursor never depend on records it may not see (a scan with the request's own
+    filter, filtered afterwards, ends on them). Each filter's scan is complete up
+    to its ``last_seq``; the page ends at the lowest of them, a position that is
+    a record the reader may see, a scan-window end or the head. One store scan
+    per filter.
+    """
+    if filters is None:
+        return await store.changes(since_seq, limit, None, max_bytes=max_bytes)
+    if len(filters) == 1:
+        return await store.changes(since_seq, limit, filters[0], max_bytes=max_bytes)
+    if not filters:
+        head = await store.head_seq()
+        last = max(since_seq, head)
+        return ChangesPage((), last, head, await store.cid_at(last))
+    pages = [await store.changes(since_seq, limit, f, max_bytes=max_bytes) for f in filters]
+    end = min(p.last_seq for p in pages)
+    head = max(p.head_seq for p in pages)
+    merged = sorted(
+        {r.seq: r for p in pages for r in p.records if r.seq <= end}.values(),
+        key=lambda r: r.seq,
+    )
+    taken: tuple[StoredRecord, ...] = tuple(merged[:limit])
+    if max_bytes is not None and taken:
+        taken = take_within(taken, max_bytes)[0]
+    if len(taken) < len(merged):
+        end = taken[-1].seq  # cut by the limit or the budget: at a record it may see
+    if taken and taken[-1].seq == end:
+        return ChangesPage(taken, end, head, taken[-1].cid)
+    return ChangesPage(taken, end, head, await store.cid_at(end))
 
 
 async def resolve_cursor(store: Store, cursor: str | None) -> int:

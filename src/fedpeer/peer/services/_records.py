@@ -9,16 +9,19 @@ exactly like a missing one (RECORD_NOT_FOUND, no existence leak).
 from __future__ import annotations
 
 import builtins
+import hashlib
 from collections import deque
 from collections.abc import Sequence
 
 import anyio
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
 
 from ...consent.grants import EVERYTHING, ConsentView
 from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
 from ...identity.canonical import CID, b64url_decode, b64url_encode, dagcbor_decode, dagcbor_encode
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
-from ...sync.feed import build_page, cursor_at, resolve_cursor
+from ...sync.feed import build_page, changes_in, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, check_parents, verify_record
 from ._core import NodeCore
 from ._views import RecordEntry, RecordsPage
@@ -30,7 +33,7 @@ _NEWEST_WINDOW = 256  # first window scanned backwards for newest-first listings
 _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
 _NEWEST_SCAN = 10_000  # rows a newest-first page reads before it answers what it found
 _FETCH_STEP = 4  # fewest records a budgeted batch fetch reads at a time
-_THREADS_CURSOR_MAX = 1024  # longest threads-listing cursor text taken
+_THREADS_CURSOR_MAX = 4096  # longest threads-listing cursor text taken (2 names of 256)
 
 
 def parse_cid(value: CID | str) -> CID:
@@ -315,7 +318,7 @@ class RecordService:
         since_seq = await resolve_cursor(store, since)
         if not newest_first:
             page = build_page(
-                await store.changes(since_seq, limit, flt, max_bytes=budget),
+                await changes_in(store, since_seq, limit, view.wake_filters(flt), max_bytes=budget),
                 epoch=store.epoch,
                 key=store.cursor_key,
                 visible=view.record_visible,
@@ -350,6 +353,7 @@ class RecordService:
         the next page's cursor is that seq + 1.
         """
         store = self._core.store
+        filters = view.wake_filters(flt)  # the grants in the scan, as oldest first
         out: builtins.list[StoredRecord] = []
         used = 0
         scanned = 0
@@ -369,7 +373,9 @@ class RecordService:
             room, left = limit - len(out), budget - used
             pos = lo
             for _ in range(window + 1):  # each pass moves pos forward by at least one seq
-                page = await store.changes(pos, min(window, _MAX_LIST), flt, max_bytes=budget)
+                page = await changes_in(
+                    store, pos, min(window, _MAX_LIST), filters, max_bytes=budget
+                )
                 scanned += len(page.records)
                 for rec in page.records:
                     if rec.seq > hi or not view.record_visible(rec):
@@ -419,28 +425,43 @@ class RecordService:
         for a ``since`` that is not such a cursor, CONSENT_DENIED as
         :meth:`threads`."""
         view.check_filter(namespace, None)
-        after = None if since is None else _threads_cursor_decode(since)
+        key = self._core.store.cursor_key
+        after = None if since is None else _threads_cursor_decode(key, since)
         infos = await self._core.store.threads(namespace, after=after, limit=limit)
         visible = [i for i in infos if view.visible(i.namespace, i.thread)]
         if len(infos) < limit:
             return visible, None
-        return visible, _threads_cursor(infos[-1].namespace, infos[-1].thread)
+        return visible, _threads_cursor(key, infos[-1].namespace, infos[-1].thread)
 
     async def count(self) -> int:
         """How many records this node holds."""
         return await self._core.store.count()
 
 
-def _threads_cursor(namespace: str, thread: str) -> str:
-    """The opaque cursor of a threads listing: past this (namespace, thread)."""
-    return b64url_encode(dagcbor_encode([namespace, thread]))
+def _threads_box(cursor_key: bytes) -> SecretBox:
+    """The key that seals threads-listing cursors, derived from the store's
+    secret cursor key (so it survives restarts and stays with the store)."""
+    key = hashlib.blake2b(cursor_key, digest_size=32, person=b"fedpeer/threads").digest()
+    return SecretBox(key)
 
 
-def _threads_cursor_decode(text: str) -> tuple[str, str]:
-    try:
-        value = dagcbor_decode(b64url_decode(text)) if len(text) <= _THREADS_CURSOR_MAX else None
-    except FedpeerError:
-        value = None
+def _threads_cursor(cursor_key: bytes, namespace: str, thread: str) -> str:
+    """The opaque cursor of a threads listing: past this (namespace, thread).
+
+    Sealed (XSalsa20-Poly1305 under a node secret): the last pair a page passed
+    over may be one the reader may not see, and its names must not reach it."""
+    return b64url_encode(
+        bytes(_threads_box(cursor_key).encrypt(dagcbor_encode([namespace, thread])))
+    )
+
+
+def _threads_cursor_decode(cursor_key: bytes, text: str) -> tuple[str, str]:
+    value: object = None
+    if isinstance(text, str) and len(text) <= _THREADS_CURSOR_MAX:
+        try:
+            value = dagcbor_decode(_threads_box(cursor_key).decrypt(b64url_decode(text)))
+        except (FedpeerError, CryptoError, ValueError, TypeError):
+            value = None
     if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, str) for v in value):
         raise InvalidRequest("since is not a cursor of this threads listing")
     return value[0], value[1]

@@ -1,0 +1,182 @@
+"""A reader learns nothing from where its pages end (audit, round 6).
+
+Before: a scan ran with the request's own filter and dropped the records the
+reader may not see afterwards, so a page counted them. A reader granted
+``public/`` who asked ``?thread=payroll-2024&limit=1`` got empty pages whose
+cursors stopped on each hidden payroll record in turn (seq 2, 3, 4, then the
+head): whether a thread exists anywhere, how many records it holds and when
+each was written. ``GET /v1/threads`` handed out cursors that *were* the
+(namespace, thread) names of hidden threads, base64 of DAG-CBOR.
+
+Now the reader's grants go into the scan (``changes_in`` over
+``ConsentView.wake_filters``), so a page only counts records the reader may
+see, and the threads cursor is sealed. Real node (SQLite, hypercorn), plain
+httpx clients holding tokens of a DID with narrow grants.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import httpx
+
+from fedpeer.consent.grants import Target
+from fedpeer.identity.keys import SigningKey
+from fedpeer.peer import NodeConfig, open_node
+from fedpeer.peer.node import Node
+from fedpeer.sync.feed import Cursor
+
+CFG = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+HIDDEN_NAMES = ("secret/hr", "payroll-2024", "zzz-private", "merger-talks")
+
+
+async def _holder(node: Node, *targets: Target) -> dict[str, str]:
+    """Headers of a token for a fresh DID granted ``reader`` on ``targets``."""
+    did = SigningKey.generate().did
+    for target in targets:
+        await node.grants.create(did, target=target, scopes=["reader"])
+    issued = await node.tokens.create("narrow", scopes=["reader"], holder_did=did)
+    return {"Authorization": f"Bearer {issued.token}", "Accept": "application/json"}
+
+
+async def _fill(node: Node) -> dict[int, tuple[str, str]]:
+    """Records visible and hidden, interleaved; seq -> (namespace, thread)."""
+    layout = [
+        ("public/", "t"),
+        ("secret/hr", "payroll-2024"),
+        ("secret/hr", "payroll-2024"),
+        ("public/x", "t"),  # under a "public/" prefix, but not the pinned namespace
+        ("public/", "chat"),
+        ("secret/hr", "payroll-2024"),
+        ("public/x", "t"),
+        ("public/", "t"),
+        ("zzz-private", "merger-talks"),
+        ("public/x", "t"),
+    ]
+    placed: dict[int, tuple[str, str]] = {}
+    for i, (namespace, thread) in enumerate(layout):
+        entry = await node.records.append(namespace=namespace, thread=thread, kind="n", body=i)
+        placed[entry.seq] = (namespace, thread)
+    return placed
+
+
+async def _walk(
+    http: httpx.AsyncClient, path: str, params: dict[str, str]
+) -> list[tuple[list[int], int, bool]]:
+    """Every page of a listing: (seqs of its records, its cursor's seq, has_more)."""
+    pages: list[tuple[list[int], int, bool]] = []
+    since: str | None = None
+    for _ in range(40):
+        answer = await http.get(path, params=params | ({"since": since} if since else {}))
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        seqs = [int(r["seq"]) for r in body["records"]]
+        since = body["next_cursor"]
+        assert isinstance(since, str)
+        pages.append((seqs, Cursor.decode(since).seq, body["has_more"]))
+        if not body["has_more"]:
+            return pages
+    raise AssertionError(f"{path} {params} did not end in 40 pages")
+
+
+async def test_a_page_never_ends_on_a_record_the_reader_may_not_see(tmp_path: Path) -> None:
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        placed = await _fill(node)
+        head = max(placed)
+        cases = [
+            # one namespace, a probe for a thread that exists only where it may not look
+            ((Target("namespace", "public/"),), {"thread": "payroll-2024"}),
+            ((Target("namespace", "public/"),), {"thread": "merger-talks"}),
+            ((Target("namespace", "public/"),), {}),
+            # a thread pinned to one namespace: "public/x" also starts with "public/"
+            ((Target("thread", "t", "public/"),), {}),
+            ((Target("thread", "t", "public/"),), {"thread": "t"}),
+            # two grants: the scan is a merge of two
+            ((Target("thread", "t", "public/"), Target("namespace", "public/")), {}),
+            ((Target("thread", "chat", "public/"), Target("thread", "t", "public/")), {}),
+        ]
+        for targets, flt in cases:
+            headers = await _holder(node, *targets)
+
+            def visible(seq: int, targets: tuple[Target, ...] = targets) -> bool:
+                return any(t.matches(*placed[seq]) for t in targets)
+
+            async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
+                for path in ("/v1/sync/changes", "/v1/records"):
+                    pages = await _walk(http, path, flt | {"limit": "1"})
+                    shown = [s for seqs, _, _ in pages for s in seqs]
+                    wanted = sorted(
+                        s
+                        for s in placed
+                        if visible(s) and ("thread" not in flt or placed[s][1] == flt["thread"])
+                    )
+                    assert shown == wanted, (targets, flt, path, pages)
+                    for seqs, at, more in pages:
+                        # a cursor stops on a record it returned, or at the head
+                        assert at == (seqs[-1] if more else head), (targets, flt, path, pages)
+                        assert visible(at) or at == head
+                if "thread" in flt and not any(visible(s) for s in placed):
+                    continue
+                thread = flt.get("thread", "t")
+                pages = await _walk(http, f"/v1/threads/{thread}/records", {"limit": "1"})
+                for seqs, at, more in pages:
+                    assert at == (seqs[-1] if more else head), (targets, thread, pages)
+
+
+async def test_a_probe_for_a_hidden_thread_looks_like_one_that_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        placed = await _fill(node)
+        headers = await _holder(node, Target("namespace", "public/"))
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
+            answers = []
+            for thread in ("payroll-2024", "merger-talks", "no-such-thread"):
+                pages = await _walk(http, "/v1/sync/changes", {"thread": thread, "limit": "1"})
+                answers.append(pages)
+                newest = await http.get(
+                    "/v1/records", params={"thread": thread, "limit": "1", "order": "newest"}
+                )
+                assert newest.status_code == 200
+                assert newest.json()["records"] == []
+                assert newest.json()["has_more"] is False
+            assert answers[0] == answers[1] == answers[2] == [([], max(placed), False)]
+
+
+def _unseal_attempts(cursor: str) -> bytes:
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+
+
+async def test_threads_cursor_names_no_hidden_thread(tmp_path: Path) -> None:
+    """``GET /v1/threads?limit=1`` pages through every (namespace, thread) pair:
+    no answer, cursor included, holds a name the reader may not see, and a
+    cursor made up by the reader (the old, readable form) is refused."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        await _fill(node)
+        headers = await _holder(node, Target("namespace", "public/"))
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
+            listed: list[tuple[str, str]] = []
+            since: str | None = None
+            for _ in range(20):
+                params = {"limit": "1"} | ({"since": since} if since else {})
+                answer = await http.get("/v1/threads", params=params)
+                assert answer.status_code == 200, answer.text
+                raw = answer.content
+                body = answer.json()
+                listed += [(t["namespace"], t["thread"]) for t in body["threads"]]
+                since = body.get("next_cursor")
+                if since is not None:
+                    raw += _unseal_attempts(since)
+                for name in HIDDEN_NAMES:
+                    assert name.encode() not in raw, (name, body)
+                if not body["has_more"]:
+                    break
+            else:
+                raise AssertionError("the threads listing did not end in 20 pages")
+            assert listed == [("public/", "chat"), ("public/", "t"), ("public/x", "t")]
+            # a cursor the reader made, naming where to start: refused
+            forged = base64.urlsafe_b64encode(b"\x82\x69secret/hr\x60").rstrip(b"=").decode()
+            answer = await http.get("/v1/threads", params={"since": forged})
+            assert answer.status_code == 400
+            assert answer.json()["error"]["code"] == "INVALID_REQUEST"
