@@ -16,7 +16,9 @@ answers other paths with one hostile behaviour:
 - ``sse_mute``: opens a continuous feed, then sends nothing, not even heartbeats;
 - ``silent``: reads the request and never answers (not even the status line);
 - ``error`` (changes only, keep-alive): ``error_status`` (500) with ``error_body``,
-  every time.
+  every time;
+- ``instant`` (changes only, keep-alive): a valid empty page at once, every
+  time, longpolls included (a source that never holds a longpoll).
 
 ``manifest_behaviour`` applies one of those to the manifest path instead
 (for the reciprocal-URL test). Every loop is bounded; the server counts the
@@ -87,6 +89,7 @@ class HostilePeer:
     requests: dict[str, int] = attrs.field(factory=dict)
     error_body: bytes = b""  # what ``error`` answers
     error_status: int = 500
+    seen: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per request
     _manifest: bytes = b""
     _many: bytes = b""
 
@@ -113,6 +116,8 @@ class HostilePeer:
                 path = head.split(b" ", 2)[1].decode("latin-1")
                 route = path.split("?", 1)[0]
                 self.requests[route] = self.requests.get(route, 0) + 1
+                self.seen.set()
+                self.seen = trio.Event()
                 if route == "/.well-known/fedpeer" and self.manifest_behaviour is None:
                     await self._send(stream, 200, self._manifest, "application/cbor")
                     continue
@@ -121,6 +126,12 @@ class HostilePeer:
                 )
                 if behaviour == "reset" and route == "/v1/sync/changes":
                     await self._reset(stream, path)
+                    continue
+                if behaviour == "instant" and route == "/v1/sync/changes":
+                    # a valid empty page at once, every time, longpolls included
+                    cursor = cursor_at("ab" * 16, 0, None, key=b"k" * 16).encode()
+                    page = {"records": [], "next_cursor": cursor, "has_more": False}
+                    await self._send(stream, 200, dagcbor_encode(page), "application/cbor")
                     continue
                 if behaviour == "error" and route == "/v1/sync/changes":
                     await self._send(stream, self.error_status, self.error_body, "application/json")

@@ -561,3 +561,26 @@ async def test_a_source_that_keeps_resetting_our_cursor_is_backed_off(tmp_path: 
             assert len(resets) == 1, resets
             assert peer.requests.get("/v1/sync/changes", 0) <= 6, peer.requests
         nursery.cancel_scope.cancel()
+
+
+async def test_a_source_that_never_holds_a_longpoll_is_polled_not_spun_on(
+    tmp_path: Path,
+) -> None:
+    """Found by a read-only audit: a source answering every longpoll at once with
+    an empty page (valid protocol) made the puller ask again at once, and commit
+    a store transaction each time: 1,169 requests and 1,166 transactions in 5 s,
+    a CPU core. Now a longpoll answered empty before half its time is paced: 1 s,
+    then doubling up to ``longpoll_s``; a record or a held longpoll resets it."""
+    peer = HostilePeer("instant")
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", sync=FAST_RETRY) as node:
+            await node.pairs.create(peer.url, peer_did=peer.did)
+            started = trio.current_time()
+            with trio.fail_after(20):
+                # a catch-up page, a longpoll, then longpolls paced 1 s and 2 s apart
+                while peer.requests.get("/v1/sync/changes", 0) < 4:
+                    await peer.seen.wait()
+            elapsed = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    assert elapsed >= 2.5, elapsed  # at once (a few ms) before the pacing

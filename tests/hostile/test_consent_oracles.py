@@ -22,10 +22,12 @@ from pathlib import Path
 import httpx
 
 from fedpeer.consent.grants import Target
+from fedpeer.identity.canonical import dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.peer.node import Node
 from fedpeer.sync.feed import Cursor
+from fedpeer.sync.records import build_record
 
 CFG = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
 HIDDEN_NAMES = ("secret/hr", "payroll-2024", "zzz-private", "merger-talks")
@@ -180,3 +182,52 @@ async def test_threads_cursor_names_no_hidden_thread(tmp_path: Path) -> None:
             answer = await http.get("/v1/threads", params={"since": forged})
             assert answer.status_code == 400
             assert answer.json()["error"]["code"] == "INVALID_REQUEST"
+
+
+async def test_a_drop_box_writer_is_not_told_what_the_node_already_had(tmp_path: Path) -> None:
+    """A holder that may write ``inbox/`` but not read it re-posts the bytes of a
+    record it has a copy of: the answer must be the same as for a record the
+    node never had (before: 200 ``created: false`` with the record's seq, and
+    ``existing: 1`` from the import)."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        there = await node.records.append(namespace="inbox/", thread="t", kind="n", body="x")
+        did = SigningKey.generate().did
+        await node.grants.create(
+            did, target=Target("namespace", "inbox/"), scopes=["records:write"]
+        )
+        issued = await node.tokens.create("drop box", scopes=["records:write"], holder_did=did)
+        headers = {
+            "Authorization": f"Bearer {issued.token}",
+            "Content-Type": "application/cbor",
+            "Accept": "application/json",
+        }
+        author = SigningKey.generate()
+
+        def fresh(body: object) -> dict[str, bytes]:
+            signed = build_record(author, namespace="inbox/", thread="t", kind="n", body=body)
+            return {"data": signed.data, "sig": signed.sig}
+
+        old = {"data": there.data, "sig": there.sig}
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
+            answers = []
+            for item in (old, fresh(1)):
+                answer = await http.post("/v1/records", content=dagcbor_encode(item))
+                answers.append((answer.status_code, sorted(answer.json())))
+                assert answer.json()["created"] is True
+            assert answers[0] == answers[1] == (201, ["cid", "created"])
+            for batch in ([old], [fresh(2)], [old, fresh(3)]):
+                answer = await http.post(
+                    "/v1/records/import", content=dagcbor_encode({"records": batch})
+                )
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == {"stored": len(batch), "existing": 0}
+        # a caller that may read the record is still told
+        admin = headers | {"Authorization": f"Bearer {node.admin_token}"}
+        async with httpx.AsyncClient(base_url=node.url, headers=admin, timeout=10) as http:
+            answer = await http.post("/v1/records", content=dagcbor_encode(old))
+            assert answer.status_code == 200
+            assert answer.json() == {"cid": str(there.cid), "seq": there.seq, "created": False}
+            answer = await http.post(
+                "/v1/records/import", content=dagcbor_encode({"records": [old]})
+            )
+            assert answer.json() == {"stored": 0, "existing": 1}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -106,6 +108,31 @@ async def test_auth_off_opens_non_admin_routes_only(tmp_path: object) -> None:
         r = await http.get("/v1/service-accounts")
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "AUTH_REQUIRED"
+
+
+async def test_a_readable_admin_token_file_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a read-only audit: ``node.key`` is refused when others may read
+    it, ``admin.token`` (full control over HTTP) was read without a look. Now
+    the node says so at start (and the token still works: it is the owner's)."""
+    async with open_node(tmp_path / "n") as node:
+        path = node.admin_token_path
+        assert path is not None
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="fedpeer.node"):
+        async with open_node(tmp_path / "n") as node:
+            assert node.admin_token == path.read_text().strip()
+    warned = [r.getMessage() for r in caplog.records if "admin token file" in r.getMessage()]
+    assert len(warned) == 1
+    assert "0644" in warned[0]
+    assert "chmod 600" in warned[0]
+    path.chmod(0o600)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedpeer.node"):
+        async with open_node(tmp_path / "n"):
+            pass
+    assert not [r for r in caplog.records if "admin token file" in r.getMessage()]
 
 
 async def test_admin_token_file_is_private_and_works(node: Node, http: httpx.AsyncClient) -> None:

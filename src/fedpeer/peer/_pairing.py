@@ -12,6 +12,7 @@ import ipaddress
 import urllib.parse
 from collections.abc import Iterable
 
+import anyio
 import httpx
 
 from ..errors import PageTooLarge
@@ -107,7 +108,21 @@ class PeerPageSource:
                 err.asked = limit  # what was asked, after the source's own cap
                 raise
 
-        return await self.verifier.run(pair.peer_url, pair.peer_did, page)
+        started = anyio.current_time()
+        body = await self.verifier.run(pair.peer_url, pair.peer_did, page)
+        if request.feed == "longpoll" and _is_empty_page(body):
+            held = anyio.current_time() - started
+            if held < min(1.0, self.longpoll_s / 2):
+                # A longpoll answered at once with nothing: most often the source
+                # shutting down. Whoever holds its address next proves it is the
+                # peer before the credential goes out again, as after an error.
+                self.verifier.forget(pair.peer_url, pair.peer_did)
+        return body
+
+
+def _is_empty_page(body: object) -> bool:
+    items = body.get("records") if type(body) is dict else getattr(body, "records", None)
+    return isinstance(items, (list, tuple)) and not items
 
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}

@@ -199,6 +199,10 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
         raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
     entry, created = await ctx.app.records.ingest(data, sig, view=await ctx.view("records:write"))
+    if not (await ctx.view("records:read")).visible(entry.record.namespace, entry.record.thread):
+        # a holder that may write here but not read (a drop box) is not told
+        # whether the node already had this record, nor where it sits
+        return respond({"cid": str(entry.cid), "created": True}, ctx.request, status=201)
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": created},
         ctx.request,
@@ -222,7 +226,9 @@ async def import_records(ctx: Ctx) -> Response:
         pairs.append((data, sig))
     # the caller's write grants apply to every record, as on POST /v1/records
     view = await ctx.view("records:write")
-    stored, existing = await ctx.app.records.ingest_many(pairs, view=view)
+    stored, existing = await ctx.app.records.ingest_many(
+        pairs, view=view, read_view=await ctx.view("records:read")
+    )
     return respond({"stored": stored, "existing": existing}, ctx.request)
 
 

@@ -566,6 +566,23 @@ async def _close_shielded(store: Store) -> None:
         await store.aclose()
 
 
+def _read_admin_token(path: Path) -> str:
+    """The admin token file's text; a warning when others may read it (the token
+    is full control of the node over HTTP, like the key file, which is refused)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, encoding="utf-8") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if os.name == "posix" and mode & 0o077:
+            log.warning(
+                "the admin token file %s is accessible by other users (mode %04o): "
+                "run `chmod 600 %s` and rotate the token if others could read it",
+                path,
+                mode & 0o7777,
+                path,
+            )
+        return f.read(4096)
+
+
 async def _ensure_admin_token(store: Store, did: str, data_dir: Path | None) -> str | None:
     """The admin bearer of this node.
 
@@ -587,7 +604,7 @@ async def _ensure_admin_token(store: Store, did: str, data_dir: Path | None) -> 
         return await store.transact(mint)
     path = data_dir / ADMIN_TOKEN_FILE
     if path.exists():
-        text = await anyio.to_thread.run_sync(path.read_text)
+        text = await anyio.to_thread.run_sync(_read_admin_token, path)
         return text.strip() or None
     now = now_ms()
 

@@ -104,6 +104,7 @@ _WORKER_BATCH_TIMEOUT_S = 120.0
 _WORKER_RETRY_S = 60.0  # after a worker failure: threads for this long (doubling), then processes
 _WORKER_RETRY_MAX_S = 3600.0
 _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
+_LONGPOLL_PACE_MIN_S = 1.0  # a longpoll answered empty sooner than this was not held
 # The directory holding the fedpeer package, put first on the worker's sys.path so
 # it imports this very fedpeer whatever the parent's sys.path tricks were.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_ed25519.__file__)))
@@ -572,6 +573,11 @@ class Puller:
         # record to fill 3/4 of the cap (None again once that is a whole page).
         self._page_cap: int | None = None
         self._cap_bytes = 0
+        # A longpoll the source answered at once with nothing: wait this long before
+        # the next one (doubling up to longpoll_s), so a source that never holds a
+        # longpoll (hostile, or one that does not support it) is polled, not spun on.
+        self._longpoll_pace = 0.0
+        self._longpoll_s = opts.longpoll_s
         self._commit_wait = opts.commit_wait_s
         self._fold_scope: anyio.CancelScope | None = None
         self._acting = 0  # user actions waiting for the lock: commit what is ready now
@@ -1012,9 +1018,15 @@ class Puller:
                 return
             with fetch.scope:
                 sized = self._sized(fetch)
+                longpoll = sized.feed == "longpoll"
+                if longpoll and self._longpoll_pace:
+                    await anyio.sleep(self._longpoll_pace)  # cancelled by a poke
+                started = anyio.current_time()
                 try:
                     body = await self._source.fetch(pair, sized)
                     _check_count(body, sized.limit, pair.peer_url)
+                    if longpoll:
+                        self._pace_longpolls(body, anyio.current_time() - started)
                 except FedpeerError as err:
                     if isinstance(err, PageTooLarge) and err.max_bytes:
                         # more bytes than our cap (not more records than asked, nor
@@ -1048,6 +1060,20 @@ class Puller:
                     self._resize_cap(fetch.verified, sized.limit, fetch.request.limit)
         finally:
             fetch.done.set()
+
+    def _pace_longpolls(self, body: object, held_s: float) -> None:
+        """After a longpoll's answer: pace the next one if the source answered
+        with no records before holding it for half the time asked (and under a
+        second), else do not (a record, or a hold, resets it). The pace starts at
+        one second (``longpoll_s`` if shorter) and doubles up to ``longpoll_s``."""
+        items = body.get("records") if type(body) is dict else getattr(body, "records", None)
+        empty = isinstance(items, (list, tuple)) and not items
+        asked = self._longpoll_s
+        if empty and held_s < min(_LONGPOLL_PACE_MIN_S, asked / 2):
+            first = min(_LONGPOLL_PACE_MIN_S, asked)
+            self._longpoll_pace = min(max(first, self._longpoll_pace * 2), max(first, asked))
+        else:
+            self._longpoll_pace = 0.0
 
     def _resize_cap(self, records: Sequence[SignedRecord], asked: int, page_limit: int) -> None:
         """After a verified page that fit under the byte cap while ``_page_cap``

@@ -151,10 +151,17 @@ class RecordService:
         return await self.put_verified(signed)
 
     async def ingest_many(
-        self, items: Sequence[tuple[bytes, bytes]], *, view: ConsentView = EVERYTHING
+        self,
+        items: Sequence[tuple[bytes, bytes]],
+        *,
+        view: ConsentView = EVERYTHING,
+        read_view: ConsentView = EVERYTHING,
     ) -> tuple[int, int]:
         """Verify a batch of records signed elsewhere (``(data, sig)`` pairs) and store
-        them in one transaction: ``(stored, already here)``.
+        them in one transaction: ``(stored, already here)``. When ``read_view``
+        (what the caller may read) does not cover every record of the batch, the
+        answer is ``(all of them, 0)``: a holder that may write but not read is
+        not told which records the node already had.
 
         ``view`` is what the caller may write (as for :meth:`append`; the import
         route passes the caller's ``records:write`` view): one record whose
@@ -195,6 +202,8 @@ class RecordService:
         if not signed:
             return 0, 0
         result = await core.store.put([s.to_new() for s in signed])
+        if not all(read_view.visible(s.record.namespace, s.record.thread) for s in signed):
+            return len(signed), 0
         return len(result.new), result.duplicates
 
     async def put_verified(self, signed: SignedRecord) -> tuple[RecordEntry, bool]:
