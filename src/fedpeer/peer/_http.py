@@ -9,11 +9,12 @@ from __future__ import annotations
 import gc
 import json
 import math
+import threading
 from collections.abc import Callable
 from typing import Literal
 
 import anyio
-import sniffio
+from anyio.lowlevel import RunVar
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -26,17 +27,25 @@ from ..errors import (
     RateLimited,
     UnsupportedMediaType,
 )
+from ..identity._dagcbor import parse_unchecked
 from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode, dagjson_encode
 
 CBOR = "application/cbor"
 JSON = "application/json"
 
-PUBLIC_BODY_MAX = 64 * 1024
+PUBLIC_BODY_MAX = 16 * 1024
 """Largest body a route open to anyone reads (an invite redeem, an unpair notice:
 a few KiB at most). 4 MiB of nested CBOR decodes to ~300 MB in ~3 s."""
+PUBLIC_BODY_ITEMS = 1024
+"""Most values (map keys and values, list items, nested) such a body may hold: it
+is counted on a fast parse before the full decode (16 KiB of empty CBOR arrays
+costs ~11 ms to decode, ~3 ms to refuse this way)."""
 _INLINE_DECODE_MAX = 64 * 1024
 """Larger bodies are decoded in a worker thread, not on the event loop."""
-_DECODE_LIMITERS: dict[str, anyio.CapacityLimiter] = {}  # per event loop library
+_DECODE_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("fedpeer_decode_limiter")  # per loop
+_GC_LOCK = threading.Lock()
+_gc_pauses = 0  # decodes running with the collector paused (under _GC_LOCK)
+_gc_resume = False  # whether the first of them found it enabled
 Encoding = Literal["cbor", "json"]
 
 
@@ -179,23 +188,56 @@ def request_encoding(request: Request) -> Encoding:
     raise UnsupportedMediaType(f"cannot read {ctype!r}; send {JSON} or {CBOR}")
 
 
-async def read_value(request: Request, limit: int) -> object:
-    """Read and decode a DAG-JSON or DAG-CBOR body (Malformed, NonCanonical)."""
+async def read_value(request: Request, limit: int, *, max_items: int | None = None) -> object:
+    """Read and decode a DAG-JSON or DAG-CBOR body (Malformed, NonCanonical).
+
+    ``max_items``: refuse (``MALFORMED``) a body holding more values than that,
+    before the full decode (for the routes anyone may call)."""
     enc = request_encoding(request)
     body = await read_body(request, limit)
     if not body:
         raise Malformed("the request needs a body")
+    if max_items is not None and _holds_more_than(body, enc, max_items):
+        raise Malformed(f"the body holds more than {max_items} values; this route takes a few")
     decode = dagcbor_decode if enc == "cbor" else dagjson_decode
     if len(body) <= _INLINE_DECODE_MAX:
         return decode(body)
     # a large body may take seconds (millions of tiny items): off the event loop,
     # one at a time (threads contend for the GIL with the event loop), so every
     # other request goes on meanwhile
-    library = sniffio.current_async_library()
-    limiter = _DECODE_LIMITERS.get(library)
-    if limiter is None:
-        limiter = _DECODE_LIMITERS[library] = anyio.CapacityLimiter(1)
+    try:
+        limiter = _DECODE_LIMITER.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _DECODE_LIMITER.set(limiter)
     return await anyio.to_thread.run_sync(_decode_without_gc, decode, body, limiter=limiter)
+
+
+def _holds_more_than(body: bytes, enc: Encoding, budget: int) -> bool:
+    """Whether a fast parse of ``body`` (C parsers, no canonical check) finds more
+    than ``budget`` values. A body they cannot parse is left to the full decoder,
+    which names what is wrong with it."""
+    try:
+        value = parse_unchecked(body) if enc == "cbor" else json.loads(body)
+    except (FedpeerError, ValueError, RecursionError):
+        return False
+    stack: list[object] = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(item, dict):
+            if len(item) > budget:
+                return True
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            if len(item) > budget:
+                return True
+            stack.extend(item)
+    return False
 
 
 def _decode_without_gc(decode: Callable[[bytes], object], body: bytes) -> object:
@@ -203,14 +245,22 @@ def _decode_without_gc(decode: Callable[[bytes], object], body: bytes) -> object
     tiny containers otherwise sets off full collections over all of them, each
     holding the GIL (and so the event loop) for a second or more. A value holds
     no cycles until the caller makes one, so nothing is missed; the collector
-    runs as usual once it is back on."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+    runs as usual once it is back on. Decodes of several event loops (threads)
+    overlap safely: the last one to finish turns it back on, if the first found
+    it on."""
+    global _gc_pauses, _gc_resume
+    with _GC_LOCK:
+        if _gc_pauses == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         return decode(body)
     finally:
-        if was_enabled:
-            gc.enable()
+        with _GC_LOCK:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_resume:
+                gc.enable()
 
 
 def read_json_object(value: object) -> dict[str, object]:

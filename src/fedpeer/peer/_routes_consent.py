@@ -16,6 +16,7 @@ from ..consent.scopes import ALL_SCOPES, scopes_to_list
 from ..errors import AuthRequired, FedpeerError, InvalidRequest
 from ..identity.canonical import dagcbor_decode, dagjson_decode
 from ._http import (
+    PUBLIC_BODY_ITEMS,
     PUBLIC_BODY_MAX,
     read_body,
     read_json_object,
@@ -173,7 +174,7 @@ async def redeem_invite(ctx: Ctx) -> Response:
     try:
         # anyone may call this: a small body limit, whatever max_body_bytes is
         limit = min(ctx.app.config.max_body_bytes, PUBLIC_BODY_MAX)
-        obj = read_json_object(await read_value(ctx.request, limit))
+        obj = read_json_object(await read_value(ctx.request, limit, max_items=PUBLIC_BODY_ITEMS))
     except FedpeerError as err:
         await invites.audit_rejection(invite_id, err.code, None, None)
         raise

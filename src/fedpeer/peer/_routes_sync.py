@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ..errors import InternalError, InvalidRequest
 from ..sync.pairs import PairAction, PairFilter
-from ._http import PUBLIC_BODY_MAX, read_json_object, read_value, respond
+from ._http import PUBLIC_BODY_ITEMS, PUBLIC_BODY_MAX, read_json_object, read_value, respond
 from ._routing import Ctx, Param, RouteSpec
 from .services import PairService
 
@@ -134,7 +134,11 @@ async def unpair(ctx: Ctx) -> Response:
 
 async def unpair_request(ctx: Ctx) -> Response:
     # anyone may call this: a small body limit, whatever max_body_bytes is
-    value = await read_value(ctx.request, min(ctx.app.config.max_body_bytes, PUBLIC_BODY_MAX))
+    value = await read_value(
+        ctx.request,
+        min(ctx.app.config.max_body_bytes, PUBLIC_BODY_MAX),
+        max_items=PUBLIC_BODY_ITEMS,
+    )
     return respond(await _pairs(ctx).unpaired_by_peer(value), ctx.request)
 
 
