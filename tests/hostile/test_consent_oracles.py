@@ -159,6 +159,7 @@ async def test_threads_cursor_names_no_hidden_thread(tmp_path: Path) -> None:
         headers = await _holder(node, Target("namespace", "public/"))
         async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
             listed: list[tuple[str, str]] = []
+            pages: list[list[str]] = []
             since: str | None = None
             for _ in range(20):
                 params = {"limit": "1"} | ({"since": since} if since else {})
@@ -167,6 +168,7 @@ async def test_threads_cursor_names_no_hidden_thread(tmp_path: Path) -> None:
                 raw = answer.content
                 body = answer.json()
                 listed += [(t["namespace"], t["thread"]) for t in body["threads"]]
+                pages.append([t["namespace"] + t["thread"] for t in body["threads"]])
                 since = body.get("next_cursor")
                 if since is not None:
                     raw += _unseal_attempts(since)
@@ -177,6 +179,9 @@ async def test_threads_cursor_names_no_hidden_thread(tmp_path: Path) -> None:
             else:
                 raise AssertionError("the threads listing did not end in 20 pages")
             assert listed == [("public/", "chat"), ("public/", "t"), ("public/x", "t")]
+            # the hidden pairs add no page either (before: one empty page each,
+            # where they sort): only the last page is empty, as with none hidden
+            assert pages == [["public/chat"], ["public/t"], ["public/xt"], []]
             # a cursor the reader made, naming where to start: refused
             forged = base64.urlsafe_b64encode(b"\x82\x69secret/hr\x60").rstrip(b"=").decode()
             answer = await http.get("/v1/threads", params={"since": forged})
@@ -231,3 +236,39 @@ async def test_a_drop_box_writer_is_not_told_what_the_node_already_had(tmp_path:
                 "/v1/records/import", content=dagcbor_encode({"records": [old]})
             )
             assert answer.json() == {"stored": 0, "existing": 1}
+
+
+async def test_threads_pages_count_only_what_the_reader_may_see(tmp_path: Path) -> None:
+    """Several grants (a namespace, a thread pinned to a namespace, a thread in
+    any namespace), pages of 2: the listing is the same pairs, in the same
+    pages, whether or not hidden pairs sit between them."""
+
+    async def pages_of(node: Node) -> list[list[tuple[str, str]]]:
+        headers = await _holder(
+            node,
+            Target("namespace", "b/"),
+            Target("thread", "t", "d"),
+            Target("thread", "u"),
+        )
+        out: list[list[tuple[str, str]]] = []
+        since: str | None = None
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
+            for _ in range(20):
+                params = {"limit": "2"} | ({"since": since} if since else {})
+                body = (await http.get("/v1/threads", params=params)).json()
+                out.append([(t["namespace"], t["thread"]) for t in body["threads"]])
+                since = body.get("next_cursor")
+                if not body["has_more"]:
+                    return out
+        raise AssertionError("the threads listing did not end in 20 pages")
+
+    seen = [("a", "u"), ("b/", "x"), ("b/", "y"), ("c", "u"), ("d", "t"), ("e", "u")]
+    hidden = [("a", "t"), ("b", "x"), ("b0", "y"), ("d", "x"), ("dd", "t"), ("e", "v")]
+    answers = []
+    for name, pairs in (("clean", seen), ("crowded", seen + hidden)):
+        async with open_node(tmp_path / name, config=CFG) as node:
+            for namespace, thread in pairs:
+                await node.records.append(namespace=namespace, thread=thread, kind="n", body=1)
+            answers.append(await pages_of(node))
+    assert answers[0] == answers[1]
+    assert [p for page in answers[0] for p in page] == seen

@@ -303,6 +303,21 @@ async def test_exact_namespace_filter(store: Store) -> None:
     assert [r.cid for r in got] == [r.cid for r in rows if r.namespace == "ns1"]
 
 
+async def test_threads_by_thread_and_exact_namespace(store: Store) -> None:
+    names = ["ns1", "ns1x", "ns10", "ns"]
+    await store.put([rec(i, namespace=names[i % 4], thread=f"t{i % 3}") for i in range(48)])
+    pairs = [(t.namespace, t.thread) for t in await store.threads()]
+    got = await store.threads(thread="t1")
+    assert [(t.namespace, t.thread) for t in got] == [p for p in pairs if p[1] == "t1"]
+    got = await store.threads("ns1", thread="t2", namespace_exact=True)
+    assert [(t.namespace, t.thread) for t in got] == [("ns1", "t2")]
+    assert got[0].count == 4
+    got = await store.threads("ns1", namespace_exact=True, after=("ns1", "t0"), limit=1)
+    assert [(t.namespace, t.thread) for t in got] == [("ns1", "t1")]
+    got = await store.threads("ns1", thread="t0")
+    assert [t.namespace for t in got] == ["ns1", "ns10", "ns1x"]
+
+
 async def test_cursor_advances_when_window_matches_nothing(
     store_factory: StoreFactory, tmp_path: Path
 ) -> None:

@@ -522,7 +522,7 @@ class ConsentView:
 
         Exactly the records the view may see among those ``flt`` names (a thread
         target pinned to one namespace gives ``namespace_exact``), so the same
-        filters drive consent scans (:func:`fedpeer.peer.services.visible_changes`):
+        filters drive consent scans (:func:`fedpeer.sync.feed.changes_in`):
         a page then never ends on, or counts, a record the reader may not see.
         Pure.
         """

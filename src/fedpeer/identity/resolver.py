@@ -188,8 +188,9 @@ class DidWebDriver:
     """The did:web driver: GET the document over HTTPS with httpx.
 
     ``client``: an ``httpx.AsyncClient`` to reuse (you own and close it; use it for
-    did:web fetches only, as its pooled connections are keyed by address); by
-    default a short-lived client is made per resolution. ``allow_http``: fetch loopback hosts
+    did:web fetches only, as its pooled connections are keyed by address, with
+    no proxy and HTTP/1.1 only); by default a short-lived client is made per
+    resolution, connecting directly (proxy variables are not read). ``allow_http``: fetch loopback hosts
     over plain http (tests only). ``timeout_s`` bounds the whole fetch, waiting for
     a turn included, and ``max_bytes`` the document size. Redirects are not
     followed.
@@ -253,7 +254,9 @@ class DidWebDriver:
                 if self._client is not None:
                     body = await self._fetch_first(self._client, url, targets)
                 else:
-                    async with httpx.AsyncClient() as client:
+                    # direct: through an HTTP(S)_PROXY the checked address would be
+                    # the proxy's business (and httpcore's tunnel ignores the TLS name)
+                    async with httpx.AsyncClient(trust_env=False) as client:
                         body = await self._fetch_first(client, url, targets)
         if scope.cancelled_caught:
             raise DidNotFound(f"fetching {url} timed out after {self._timeout_s:g} s")

@@ -391,6 +391,8 @@ class Store(Protocol):
         *,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        thread: str | None = None,
+        namespace_exact: bool = False,
     ) -> list[ThreadInfo]:
         """Every (namespace, thread) in the log with its count and latest seq.
 
@@ -398,6 +400,10 @@ class Store(Protocol):
         ``after`` starts past that (namespace, thread) pair; ``limit`` (None: no
         limit; else >= 1, ``InvalidRequest`` otherwise) returns at most that
         many, so a listing can be paged: a store should stop grouping there.
+        ``thread`` (None: any) keeps that thread only, and ``namespace_exact``
+        the namespace equal to ``namespace_prefix`` only, as in
+        :class:`ChangeFilter` (a reader's grants go into a threads listing this
+        way, so a page never counts a pair it may not see).
         """
         ...
 

@@ -308,15 +308,17 @@ class MemoryStore:
         *,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        thread: str | None = None,
+        namespace_exact: bool = False,
     ) -> list[ThreadInfo]:
         """See :meth:`fedpeer.store.Store.threads`."""
         await self._enter()
         check_threads_args(limit)
-        prefix = namespace_prefix or ""
+        flt = ChangeFilter(namespace_prefix, thread, namespace_exact)
         out = [
             ThreadInfo(ns, th, len(seqs), seqs[-1])
             for (ns, th), seqs in sorted(self._by_pair.items())
-            if ns.startswith(prefix) and (after is None or (ns, th) > after)
+            if flt.matches(ns, th) and (after is None or (ns, th) > after)
         ]
         return out if limit is None else out[:limit]
 

@@ -831,6 +831,8 @@ class SQLiteStore:
         *,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        thread: str | None = None,
+        namespace_exact: bool = False,
     ) -> list[ThreadInfo]:
         """See :meth:`fedpeer.store.Store.threads` (a walk of the (namespace,
         thread) index, grouped as it goes: a page stops after ``limit`` groups)."""
@@ -839,7 +841,13 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> list[ThreadInfo]:
             clauses: list[str] = []
             params: list[object] = []
-            if namespace_prefix:
+            if thread is not None:
+                clauses.append("thread = ?")
+                params.append(thread)
+            if namespace_exact:
+                clauses.append("namespace = ?")
+                params.append(namespace_prefix or "")
+            elif namespace_prefix:
                 clauses.append("namespace >= ?")
                 params.append(namespace_prefix)
                 upper = prefix_upper_bound(namespace_prefix)

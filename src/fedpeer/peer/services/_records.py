@@ -32,6 +32,7 @@ _MAX_LIST = 10_000
 _NEWEST_WINDOW = 256  # first window scanned backwards for newest-first listings
 _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
 _NEWEST_SCAN = 10_000  # rows a newest-first page reads before it answers what it found
+_NEWEST_SPAN = 200_000  # seqs its store scans step over (all scans) before it does
 _FETCH_STEP = 4  # fewest records a budgeted batch fetch reads at a time
 _THREADS_CURSOR_MAX = 4096  # longest threads-listing cursor text taken (2 names of 256)
 
@@ -351,8 +352,10 @@ class RecordService:
     ) -> tuple[builtins.list[StoredRecord], int]:
         """Up to ``limit`` visible records with seq <= ``upper``, newest first,
         ending with the one whose record bytes reach ``budget``; once about
-        ``_NEWEST_SCAN`` rows were read (records the caller may not see), what
-        was found so far, with more to come.
+        ``_NEWEST_SCAN`` rows were read, or the store scans stepped over
+        ``_NEWEST_SPAN`` seqs in all (one scan per grant of the caller: records
+        it may not see are stepped over, never read), what was found so far,
+        with more to come.
 
         Scans windows backwards (each window forwards through ``Store.changes``,
         so any Store works), doubling the window while it finds too little; of a
@@ -363,18 +366,23 @@ class RecordService:
         """
         store = self._core.store
         filters = view.wake_filters(flt)  # the grants in the scan, as oldest first
+        scans = len(filters) if filters else 1  # store scans per window
         out: builtins.list[StoredRecord] = []
         used = 0
         scanned = 0
+        covered = 0  # seqs stepped over, once per store scan (the store's own work)
         hi = upper
-        window = max(_NEWEST_WINDOW, limit)
+        # Several grants: several store scans, each stepping over a window of its
+        # own whatever is asked for; start with the largest window, so a page
+        # does not spend its span on scans running past a small one.
+        window = max(_NEWEST_WINDOW, limit) if scans == 1 else _MAX_LIST
         for _ in range(_NEWEST_ROUNDS):
             if hi <= 0:
                 return out, 0
-            if scanned >= max(limit, _NEWEST_SCAN):
-                # Records the caller may not see filled the windows read so far: answer
-                # what was found (perhaps nothing) with has_more, and go on next page,
-                # so one request cannot make the node read the whole log.
+            if scanned >= max(limit, _NEWEST_SCAN) or covered >= _NEWEST_SPAN:
+                # The windows read so far held too little: answer what was found
+                # (perhaps nothing) with has_more, and go on next page, so one
+                # request cannot make the node read the whole log.
                 return out, hi
             lo = max(0, hi - window)
             chunk: deque[StoredRecord] = deque()
@@ -386,6 +394,7 @@ class RecordService:
                     store, pos, min(window, _MAX_LIST), filters, max_bytes=budget
                 )
                 scanned += len(page.records)
+                covered += (page.last_seq - pos) * scans  # the scans ran that far
                 for rec in page.records:
                     if rec.seq > hi or not view.record_visible(rec):
                         continue
@@ -427,20 +436,49 @@ class RecordService:
         view: ConsentView = EVERYTHING,
     ) -> tuple[builtins.list[ThreadInfo], str | None]:
         """One page of :meth:`threads` (``GET /v1/threads``): the threads ``view``
-        may see among the next ``limit`` (namespace, thread) pairs after
-        ``since``, and the cursor of the next page (None: this was the last).
-        A page may hold fewer than ``limit`` threads, or none, while more
-        follow (threads the caller may not see are passed over). INVALID_REQUEST
+        may see, at most ``limit`` of them after ``since``, and the cursor of
+        the next page (None: this was the last). The caller's grants go into the
+        scan (one store scan per grant, merged), so pairs it may not see never
+        count toward ``limit`` nor end a page; a page may still hold fewer than
+        ``limit`` while more follow (where one grant's scan stopped). INVALID_REQUEST
         for a ``since`` that is not such a cursor, CONSENT_DENIED as
         :meth:`threads`."""
         view.check_filter(namespace, None)
-        key = self._core.store.cursor_key
+        store = self._core.store
+        key = store.cursor_key
         after = None if since is None else _threads_cursor_decode(key, since)
-        infos = await self._core.store.threads(namespace, after=after, limit=limit)
-        visible = [i for i in infos if view.visible(i.namespace, i.thread)]
-        if len(infos) < limit:
-            return visible, None
-        return visible, _threads_cursor(key, infos[-1].namespace, infos[-1].thread)
+        filters = view.wake_filters(ChangeFilter(namespace_prefix=namespace or None))
+        if filters is None:
+            scans = [await store.threads(namespace, after=after, limit=limit)]
+        else:
+            # the caller's grants in the scan (as changes_in does for records): a
+            # page never counts, nor ends on, a pair it may not see
+            scans = [
+                await store.threads(
+                    f.namespace_prefix,
+                    after=after,
+                    limit=limit,
+                    thread=f.thread,
+                    namespace_exact=f.namespace_exact,
+                )
+                for f in filters
+            ]
+        # each scan is complete up to its last pair when it is full, to the end if not
+        full = [(i[-1].namespace, i[-1].thread) for i in scans if len(i) == limit]
+        bound = min(full) if full else None
+        merged = sorted(
+            {
+                (i.namespace, i.thread): i
+                for infos in scans
+                for i in infos
+                if bound is None or (i.namespace, i.thread) <= bound
+            }.items()
+        )
+        page = [i for _, i in merged[:limit] if view.visible(i.namespace, i.thread)]
+        if len(merged) <= limit and bound is None:
+            return page, None
+        last = merged[min(limit, len(merged)) - 1][0]
+        return page, _threads_cursor(key, *last)
 
     async def count(self) -> int:
         """How many records this node holds."""
