@@ -190,8 +190,8 @@ class DidWebDriver:
     ``client``: an ``httpx.AsyncClient`` to reuse (you own and close it; use it for
     did:web fetches only, as its pooled connections are keyed by address, with
     no proxy and HTTP/1.1 only); by default a short-lived client is made per
-    resolution, connecting directly (proxy variables are not read). ``allow_http``: fetch loopback hosts
-    over plain http (tests only). ``timeout_s`` bounds the whole fetch, waiting for
+    resolution, connecting directly (proxy variables are not read).
+    ``allow_http``: fetch loopback hosts over plain http (tests only). ``timeout_s`` bounds the whole fetch, waiting for
     a turn included, and ``max_bytes`` the document size. Redirects are not
     followed.
 
