@@ -191,9 +191,9 @@ class DidWebDriver:
     did:web fetches only, as its pooled connections are keyed by address, with
     no proxy and HTTP/1.1 only); by default a short-lived client is made per
     resolution, connecting directly (proxy variables are not read).
-    ``allow_http``: fetch loopback hosts over plain http (tests only). ``timeout_s`` bounds the whole fetch, waiting for
-    a turn included, and ``max_bytes`` the document size. Redirects are not
-    followed.
+    ``allow_http``: fetch loopback hosts over plain http (tests only).
+    ``timeout_s`` bounds the whole fetch, waiting for a turn included, and
+    ``max_bytes`` the document size. Redirects are not followed.
 
     A did:web names the host the resolver connects to, and strangers name DIDs
     (an invite redeemer names its own): so at most ``max_concurrent`` fetches run
