@@ -11,7 +11,8 @@ import json
 import math
 import threading
 from collections.abc import Callable
-from typing import Literal
+from functools import partial
+from typing import Literal, TypeVar, TypeVarTuple
 
 import anyio
 from anyio.lowlevel import RunVar
@@ -30,6 +31,9 @@ from ..errors import (
 from ..identity._dagcbor import parse_unchecked
 from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode, dagjson_encode
 
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
 CBOR = "application/cbor"
 JSON = "application/json"
 
@@ -40,8 +44,9 @@ PUBLIC_BODY_ITEMS = 1024
 """Most values (map keys and values, list items, nested) such a body may hold: it
 is counted on a fast parse before the full decode (16 KiB of empty CBOR arrays
 costs ~11 ms to decode, ~3 ms to refuse this way)."""
-_INLINE_DECODE_MAX = 64 * 1024
-"""Larger bodies are decoded in a worker thread, not on the event loop."""
+INLINE_MAX = 64 * 1024
+"""Bodies, and records to decode or render, weighing more than this are handled
+in a worker thread (:func:`off_loop`), not on the event loop."""
 _DECODE_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("fedpeer_decode_limiter")  # per loop
 _GC_LOCK = threading.Lock()
 _gc_pauses = 0  # decodes running with the collector paused (under _GC_LOCK)
@@ -200,17 +205,38 @@ async def read_value(request: Request, limit: int, *, max_items: int | None = No
     if max_items is not None and _holds_more_than(body, enc, max_items):
         raise Malformed(f"the body holds more than {max_items} values; this route takes a few")
     decode = dagcbor_decode if enc == "cbor" else dagjson_decode
-    if len(body) <= _INLINE_DECODE_MAX:
+    if len(body) <= INLINE_MAX:
         return decode(body)
-    # a large body may take seconds (millions of tiny items): off the event loop,
-    # one at a time (threads contend for the GIL with the event loop), so every
-    # other request goes on meanwhile
+    # a large body may take seconds (millions of tiny items): off the event loop
+    return await off_loop(decode, body)
+
+
+async def off_loop(fn: Callable[[*Ts], T], *args: *Ts) -> T:
+    """``fn(*args)`` in a worker thread, one at a time per event loop (threads
+    contend for the GIL with the event loop), with the cyclic collector paused:
+    for the heavy work of decoding or rendering a large value (millions of tiny
+    items take seconds), so every other request goes on meanwhile."""
     try:
         limiter = _DECODE_LIMITER.get()
     except LookupError:
         limiter = anyio.CapacityLimiter(1)
         _DECODE_LIMITER.set(limiter)
-    return await anyio.to_thread.run_sync(_decode_without_gc, decode, body, limiter=limiter)
+    return await anyio.to_thread.run_sync(_without_gc, partial(fn, *args), limiter=limiter)
+
+
+async def respond_heavy(
+    build: Callable[[], object], request: Request, weight: int, status: int = 200
+) -> Response:
+    """:func:`respond` for a value ``build()`` makes, whose making and encoding
+    cost grows with ``weight`` (the bytes of the records in it): above 64 KiB
+    both happen off the event loop (:func:`off_loop`); a record of a million
+    empty lists takes a second to render as JSON."""
+    encoding = negotiate(request)
+    if weight <= INLINE_MAX:
+        body, media = encode_body(build(), encoding)
+    else:
+        body, media = await off_loop(lambda: encode_body(build(), encoding))
+    return Response(body, status_code=status, media_type=media)
 
 
 def _holds_more_than(body: bytes, enc: Encoding, budget: int) -> bool:
@@ -240,14 +266,14 @@ def _holds_more_than(body: bytes, enc: Encoding, budget: int) -> bool:
     return False
 
 
-def _decode_without_gc(decode: Callable[[bytes], object], body: bytes) -> object:
-    """``decode(body)`` with the cyclic collector paused: a body of millions of
-    tiny containers otherwise sets off full collections over all of them, each
-    holding the GIL (and so the event loop) for a second or more. A value holds
-    no cycles until the caller makes one, so nothing is missed; the collector
-    runs as usual once it is back on. Decodes of several event loops (threads)
-    overlap safely: the last one to finish turns it back on, if the first found
-    it on."""
+def _without_gc(fn: Callable[[], T]) -> T:
+    """``fn()`` with the cyclic collector paused: a value of millions of tiny
+    containers otherwise sets off full collections over all of them, each
+    holding the GIL (and so the event loop) for a second or more. A decoded or
+    rendered value holds no cycles until someone makes one, so nothing is
+    missed; the collector runs as usual once it is back on. Calls of several
+    event loops (threads) overlap safely: the last one to finish turns it back
+    on, if the first found it on."""
     global _gc_pauses, _gc_resume
     with _GC_LOCK:
         if _gc_pauses == 0:
@@ -255,7 +281,7 @@ def _decode_without_gc(decode: Callable[[bytes], object], body: bytes) -> object
             gc.disable()
         _gc_pauses += 1
     try:
-        return decode(body)
+        return fn()
     finally:
         with _GC_LOCK:
             _gc_pauses -= 1

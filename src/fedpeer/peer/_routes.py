@@ -29,7 +29,7 @@ from ..sync.feed import (
     resolve_cursor,
 )
 from ..sync.records import record_to_wire
-from ._http import CBOR, read_json_object, read_value, respond
+from ._http import CBOR, off_loop, read_json_object, read_value, respond, respond_heavy
 from ._routes_consent import CONSENT_ROUTES
 from ._routes_discovery import MDNS_ROUTE
 from ._routes_sync import SYNC_ROUTES
@@ -77,6 +77,10 @@ def _name_param(ctx: Ctx, name: str) -> str | None:
     if value is not None and len(value) > ctx.app.limits.max_name_len:
         raise InvalidRequest(f"{name} is longer than {ctx.app.limits.max_name_len} characters")
     return value
+
+
+def _rec_json_bytes(rec: StoredRecord) -> bytes:
+    return dagjson_encode(_rec_json(rec))
 
 
 def _rec_json(rec: StoredRecord) -> dict[str, object]:
@@ -240,7 +244,7 @@ async def get_record(ctx: Ctx) -> Response:
         wire = record_to_wire(rec)
         wire["seq"] = rec.seq
         return respond(wire, ctx.request)
-    return respond(_rec_json(rec), ctx.request)
+    return await respond_heavy(lambda: _rec_json(rec), ctx.request, len(rec.data))
 
 
 def _wants_cbor(ctx: Ctx) -> bool:
@@ -261,14 +265,14 @@ async def list_records(ctx: Ctx) -> Response:
         newest_first=order == "newest",
         view=await ctx.view("records:read"),
     )
-    if _wants_cbor(ctx):
-        records: list[object] = [e.to_wire() for e in page.records]
-    else:
-        records = [e.to_dict() for e in page.records]
-    return respond(
-        {"records": records, "next_cursor": page.next_cursor, "has_more": page.has_more},
-        ctx.request,
-    )
+    cbor = _wants_cbor(ctx)
+
+    def build() -> object:
+        records = [e.to_wire() if cbor else e.to_dict() for e in page.records]
+        return {"records": records, "next_cursor": page.next_cursor, "has_more": page.has_more}
+
+    weight = 0 if cbor else sum(len(e.data) for e in page.records)
+    return await respond_heavy(build, ctx.request, weight)
 
 
 async def list_threads(ctx: Ctx) -> Response:
@@ -302,20 +306,24 @@ async def thread_records(ctx: Ctx) -> Response:
         raise InvalidRequest("thread name too long")
     flt = ChangeFilter(namespace_prefix=_name_param(ctx, "namespace"), thread=thread)
     page = await _one_page(ctx, flt, _q(ctx, "since"), _limit(ctx), scope="records:read")
-    return _page_response(ctx, page)
+    return await _page_response(ctx, page)
 
 
 # --- sync feed ---------------------------------------------------------------------
 
 
-def _page_response(ctx: Ctx, page: FeedPage) -> Response:
+async def _page_response(ctx: Ctx, page: FeedPage) -> Response:
     if _wants_cbor(ctx):
         # the fast page encoder: the same bytes as dagcbor_encode(page_to_wire(page))
         body = encode_page_cbor(page.records, page.next_cursor, page.has_more)
         return Response(body, media_type=CBOR)
-    wire = page_to_wire(page)
-    wire["records"] = [_rec_json(r) for r in page.records]
-    return respond(wire, ctx.request)
+
+    def build() -> object:
+        wire = page_to_wire(page)
+        wire["records"] = [_rec_json(r) for r in page.records]
+        return wire
+
+    return await respond_heavy(build, ctx.request, sum(len(r.data) for r in page.records))
 
 
 async def _one_page(
@@ -374,10 +382,11 @@ async def changes(ctx: Ctx) -> Response:
                 page = await _one_page(ctx, flt, page.next_cursor, limit)
                 if page.records or page.has_more:
                     break
-    return _page_response(ctx, page)
+    return await _page_response(ctx, page)
 
 
 _RECHECK_S = 0.5  # how often a stream re-checks its bearer and grants mid-page
+_SSE_INLINE_MAX = 64 * 1024  # a record larger than this renders off the event loop
 
 
 def _sse_error(err: FedpeerError) -> bytes:
@@ -425,7 +434,11 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                         checked = anyio.current_time()
                     if visible(rec):
                         cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key)
-                        yield _sse_event("record", cursor.encode(), dagjson_encode(_rec_json(rec)))
+                        if len(rec.data) <= _SSE_INLINE_MAX:
+                            data = dagjson_encode(_rec_json(rec))
+                        else:  # a large record renders off the event loop
+                            data = await off_loop(_rec_json_bytes, rec)
+                        yield _sse_event("record", cursor.encode(), data)
                         last_write = anyio.current_time()
                 if page.last_seq > seq:
                     last_sent = page.records[-1].seq if page.records else seq
@@ -467,11 +480,16 @@ async def batch_records(ctx: Ctx) -> Response:
         ids, view=await ctx.view("sync:read"), max_bytes=ctx.app.config.page_max_bytes
     )
     cbor = _wants_cbor(ctx)
-    out: list[object] = [record_to_wire(r) if cbor else _rec_json(r) for r in found]
-    answer: dict[str, object] = {"records": out, "missing": missing}
-    if later:
-        answer["later"] = later
-    return respond(answer, ctx.request)
+
+    def build() -> object:
+        out: list[object] = [record_to_wire(r) if cbor else _rec_json(r) for r in found]
+        answer: dict[str, object] = {"records": out, "missing": missing}
+        if later:
+            answer["later"] = later
+        return answer
+
+    weight = 0 if cbor else sum(len(r.data) for r in found)
+    return await respond_heavy(build, ctx.request, weight)
 
 
 # --- service accounts --------------------------------------------------------------

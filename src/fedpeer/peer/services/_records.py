@@ -23,6 +23,7 @@ from ...identity.canonical import CID, b64url_decode, b64url_encode, dagcbor_dec
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
 from ...sync.feed import build_page, changes_in, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, check_parents, verify_record
+from .._http import INLINE_MAX, off_loop
 from ._core import NodeCore
 from ._views import RecordEntry, RecordsPage
 
@@ -228,7 +229,7 @@ class RecordService:
         is not a CID.
         """
         rec = await self.get_stored(cid, view=view)
-        return RecordEntry.from_stored(rec)
+        return (await _entries([rec]))[0]
 
     async def get_stored(self, cid: CID | str, *, view: ConsentView = EVERYTHING) -> StoredRecord:
         """:meth:`get` as the stored row (for serving its exact bytes)."""
@@ -334,7 +335,7 @@ class RecordService:
                 visible=view.record_visible,
             )
             return RecordsPage(
-                tuple(RecordEntry.from_stored(r) for r in page.records),
+                await _entries(page.records),
                 page.next_cursor,
                 page.has_more,
             )
@@ -345,7 +346,7 @@ class RecordService:
         more = next_upper > 0
         at = next_upper + 1 if more else 0
         cursor = cursor_at(store.epoch, at, await store.cid_at(at), key=store.cursor_key)
-        return RecordsPage(tuple(RecordEntry.from_stored(r) for r in rows), cursor.encode(), more)
+        return RecordsPage(await _entries(rows), cursor.encode(), more)
 
     async def _scan_back(
         self, upper: int, limit: int, flt: ChangeFilter, view: ConsentView, budget: int
@@ -483,6 +484,18 @@ class RecordService:
     async def count(self) -> int:
         """How many records this node holds."""
         return await self._core.store.count()
+
+
+async def _entries(records: Sequence[StoredRecord]) -> tuple[RecordEntry, ...]:
+    """The decoded entries of ``records``: off the event loop when they weigh
+    over 64 KiB (a stored record of a million empty lists takes a second)."""
+
+    def decode() -> tuple[RecordEntry, ...]:
+        return tuple(RecordEntry.from_stored(r) for r in records)
+
+    if sum(len(r.data) for r in records) <= INLINE_MAX:
+        return decode()
+    return await off_loop(decode)
 
 
 def _threads_box(cursor_key: bytes) -> SecretBox:
