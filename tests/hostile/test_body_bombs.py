@@ -21,8 +21,11 @@ import anyio
 import httpx
 import trio
 
+from fedpeer.identity.canonical import dagcbor_encode
+from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.peer._http import PUBLIC_BODY_ITEMS, PUBLIC_BODY_MAX
+from fedpeer.sync.records import build_record
 
 CFG = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
 
@@ -151,4 +154,41 @@ async def test_records_of_many_tiny_values_render_off_the_event_loop(tmp_path: P
             longest, probes = await _probe_health(http, done)
         assert [a.status_code for a in answers] == [200] * 3
         assert all(len(a.json()["records"]) == 4 for a in answers)
+        assert longest < 1.0, (longest, probes)
+
+
+async def test_writing_records_of_many_tiny_values_keeps_the_node_answering(
+    tmp_path: Path,
+) -> None:
+    """Found by a read-only audit: a writer's record of a million empty lists
+    blocked the event loop while the node built it (POST /v1/records with a
+    body) or verified it (with {data, sig}): 2.3 s a record. Both now happen off
+    the loop once the body holds over 10,000 values or the record 64 KiB."""
+    async with (
+        open_node(tmp_path / "n", config=CFG) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=60) as http,
+    ):
+        headers = {"Authorization": f"Bearer {node.admin_token}"}
+        body = [[]] * 1_000_000  # just under the 1 MiB record limit
+        signed = await trio.to_thread.run_sync(
+            lambda: build_record(
+                SigningKey.generate(), namespace="n", thread="t", kind="k", body=body
+            )
+        )
+        done = trio.Event()
+        answers: list[httpx.Response] = []
+
+        async def write() -> None:
+            for i in range(2):
+                content = {"namespace": "n", "thread": "t", "kind": "k", "body": [*body, i]}
+                answers.append(await http.post("/v1/records", json=content, headers=headers))
+            record = dagcbor_encode({"data": signed.data, "sig": signed.sig})
+            cbor = headers | {"Content-Type": "application/cbor"}
+            answers.append(await http.post("/v1/records", content=record, headers=cbor))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            longest, probes = await _probe_health(http, done)
+        assert [a.status_code for a in answers] == [201] * 3, [a.text[:200] for a in answers]
         assert longest < 1.0, (longest, probes)

@@ -247,6 +247,12 @@ def _holds_more_than(body: bytes, enc: Encoding, budget: int) -> bool:
         value = parse_unchecked(body) if enc == "cbor" else json.loads(body)
     except (FedpeerError, ValueError, RecursionError):
         return False
+    return values_exceed(value, budget)
+
+
+def values_exceed(value: object, budget: int) -> bool:
+    """Whether ``value`` holds more than ``budget`` values (map keys and values,
+    list items, nested ones included); stops counting there. Pure."""
     stack: list[object] = [value]
     seen = 0
     while stack:

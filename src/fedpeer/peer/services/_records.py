@@ -12,6 +12,7 @@ import builtins
 import hashlib
 from collections import deque
 from collections.abc import Sequence
+from functools import partial
 
 import anyio
 from nacl.exceptions import CryptoError
@@ -23,7 +24,7 @@ from ...identity.canonical import CID, b64url_decode, b64url_encode, dagcbor_dec
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
 from ...sync.feed import build_page, changes_in, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, check_parents, verify_record
-from .._http import INLINE_MAX, off_loop
+from .._http import INLINE_MAX, off_loop, values_exceed
 from ._core import NodeCore
 from ._views import RecordEntry, RecordsPage
 
@@ -35,6 +36,7 @@ _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
 _NEWEST_SCAN = 10_000  # rows a newest-first page reads before it answers what it found
 _NEWEST_SPAN = 200_000  # seqs its store scans step over (all scans) before it does
 _FETCH_STEP = 4  # fewest records a budgeted batch fetch reads at a time
+_INLINE_VALUES = 10_000  # a record body with more values is built off the event loop
 _THREADS_CURSOR_MAX = 4096  # longest threads-listing cursor text taken (2 names of 256)
 
 
@@ -104,13 +106,17 @@ class RecordService:
             meta = await core.store.get_state("meta", "clock")
             clock = int(str(meta["value"])) if meta else 0
             if parent_cids:
-                for prow in await core.store.get_many([p.raw for p in parent_cids]):
-                    if not read_view.record_visible(prow):
-                        continue
-                    pmap = dagcbor_decode(prow.data)
-                    if isinstance(pmap, dict) and isinstance(pmap.get("clock"), int):
-                        clock = max(clock, int(pmap["clock"]))
-            signed = build_record(
+                rows = [
+                    p
+                    for p in await core.store.get_many([p.raw for p in parent_cids])
+                    if read_view.record_visible(p)
+                ]
+                if sum(len(p.data) for p in rows) <= INLINE_MAX:
+                    clock = max(clock, _max_clock(rows))
+                else:  # parents of many tiny values decode off the event loop
+                    clock = max(clock, await off_loop(_max_clock, rows))
+            build = partial(
+                build_record,
                 core.key,
                 namespace=namespace,
                 thread=thread,
@@ -121,6 +127,8 @@ class RecordService:
                 ts=core.now_ms(),
                 limits=core.limits,
             )
+            # a body of many values takes its time to encode: off the event loop
+            signed = await off_loop(build) if values_exceed(body, _INLINE_VALUES) else build()
             new = signed.to_new()
             next_clock = clock + 1
 
@@ -148,7 +156,8 @@ class RecordService:
         if not isinstance(data, bytes) or not isinstance(sig, bytes):
             raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
         core = self._core
-        signed = verify_record(data, sig, limits=core.limits, now_ms=core.now_ms())
+        check = partial(verify_record, data, sig, limits=core.limits, now_ms=core.now_ms())
+        signed = await off_loop(check) if len(data) > INLINE_MAX else check()
         view.check_write(signed.record.namespace, signed.record.thread)
         return await self.put_verified(signed)
 
@@ -484,6 +493,16 @@ class RecordService:
     async def count(self) -> int:
         """How many records this node holds."""
         return await self._core.store.count()
+
+
+def _max_clock(rows: Sequence[StoredRecord]) -> int:
+    """The largest ``clock`` of the records ``rows`` (0 if none has one)."""
+    clock = 0
+    for row in rows:
+        pmap = dagcbor_decode(row.data)
+        if isinstance(pmap, dict) and isinstance(pmap.get("clock"), int):
+            clock = max(clock, int(pmap["clock"]))
+    return clock
 
 
 async def _entries(records: Sequence[StoredRecord]) -> tuple[RecordEntry, ...]:
