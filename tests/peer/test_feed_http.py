@@ -204,6 +204,31 @@ async def test_batch_fetch_lists_missing(node: Node, admin_token: str) -> None:
     assert missing == [str(other.cid)]
 
 
+async def test_batch_fetch_of_many_long_spelled_ids(node: Node, admin_token: str) -> None:
+    """Ids in a rare long spelling (base2: 289 characters) parse slowly; a batch
+    of them (over 16 KiB of text) is parsed off the event loop, with the same
+    answer: what the node has, the rest under ``missing`` in canonical text."""
+    from multiformats import CID as MfCID
+    from multiformats import multihash
+
+    cids = await _fill(node, 2)
+    others = [
+        build_record(SigningKey.generate(), namespace="x", thread="y", kind="z", body=i).cid
+        for i in range(100)
+    ]
+
+    def base2(cid: str) -> str:
+        parsed = MfCID.decode(cid)
+        return str(MfCID("base2", 1, parsed.codec, multihash.wrap(parsed.raw_digest, "sha2-256")))
+
+    ids = [base2(cids[1]), *(base2(str(c)) for c in others)]
+    assert sum(map(len, ids)) > 16 * 1024
+    async with PeerClient(node.url, token=admin_token) as peer:
+        records, missing = await peer.fetch_records(ids)
+    assert [str(r.cid) for r in records] == [cids[1]]
+    assert missing == [str(c) for c in others]
+
+
 async def test_signed_record_ingest_and_dedupe(node: Node, admin_token: str) -> None:
     author = SigningKey.generate()
     rec = build_record(author, namespace="ns", thread="t", kind="k", body={"a": 1})

@@ -36,6 +36,7 @@ _NEWEST_ROUNDS = 64  # bound on windows per newest-first page
 _NEWEST_SCAN = 10_000  # rows a newest-first page reads before it answers what it found
 _NEWEST_SPAN = 200_000  # seqs its store scans step over (all scans) before it does
 _FETCH_STEP = 4  # fewest records a budgeted batch fetch reads at a time
+_INLINE_ID_TEXT = 16 * 1024  # batch ids' text above which they parse off the event loop
 _INLINE_VALUES = 10_000  # a record body with more values is built off the event loop
 _THREADS_CURSOR_MAX = 4096  # longest threads-listing cursor text taken (2 names of 256)
 
@@ -275,13 +276,21 @@ class RecordService:
         limit = self._core.config.batch_fetch_max
         if len(cids) > limit:
             raise InvalidRequest(f"at most {limit} ids per request")
-        wanted: builtins.list[CID] = []
-        seen: set[bytes] = set()
-        for item in cids:
-            cid = parse_cid(item)
-            if cid.raw not in seen:
-                seen.add(cid.raw)
-                wanted.append(cid)
+
+        def parse_all() -> builtins.list[CID]:
+            wanted: builtins.list[CID] = []
+            seen: set[bytes] = set()
+            for item in cids:
+                cid = parse_cid(item)
+                if cid.raw not in seen:
+                    seen.add(cid.raw)
+                    wanted.append(cid)
+            return wanted
+
+        # ids in rare long spellings (base10, base2: 1 KiB each) parse slowly: a
+        # request of many off the event loop
+        text = sum(len(c) for c in cids if isinstance(c, str))
+        wanted = await off_loop(parse_all) if text > _INLINE_ID_TEXT else parse_all()
         out: builtins.list[StoredRecord] = []
         missing: builtins.list[str] = []
         used = 0
