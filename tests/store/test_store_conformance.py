@@ -285,6 +285,24 @@ async def test_thread_filter_and_both_filters(store: Store) -> None:
     assert got == []
 
 
+async def test_count_follows_every_write_and_duplicates(store: Store) -> None:
+    """count() is kept between writes (SQLite counts only the rows past the last
+    count): it must match the rows after each put, duplicates included, also
+    when writes race the count."""
+    total = 0
+    for batch in range(5):
+        rows = [rec(f"c{batch}-{i}") for i in range(batch * 7 + 1)]
+        await store.put(rows + rows[:2])  # two duplicates, not counted
+        total += len(rows)
+        assert await store.count() == total
+        assert await store.count() == total  # again, from what was kept
+    async with anyio.create_task_group() as tg:
+        for batch in range(10):
+            tg.start_soon(store.put, [rec(f"r{batch}-{i}") for i in range(3)])
+            tg.start_soon(store.count)
+    assert await store.count() == total + 30 == len(await all_changes(store))
+
+
 async def test_exact_namespace_filter(store: Store) -> None:
     """``namespace_exact``: the namespace equals the prefix (a grant on one thread of
     one namespace); "ns1x" and "ns10" start with "ns1" but are other namespaces."""
