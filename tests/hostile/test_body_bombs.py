@@ -14,6 +14,7 @@ hypercorn), plain httpx clients.
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import anyio
 import httpx
 import trio
 
-from fedpeer.identity.canonical import dagcbor_encode
+from fedpeer.identity.canonical import dagcbor_decode, dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.peer._http import PUBLIC_BODY_ITEMS, PUBLIC_BODY_MAX
@@ -192,3 +193,48 @@ async def test_writing_records_of_many_tiny_values_keeps_the_node_answering(
             longest, probes = await _probe_health(http, done)
         assert [a.status_code for a in answers] == [201] * 3, [a.text[:200] for a in answers]
         assert longest < 1.0, (longest, probes)
+
+
+async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path) -> None:
+    """Found by a read-only audit: the page byte budget counted records' wire
+    bytes, and the JSON view of a body of empty lists weighs several times that:
+    one JSON page of the audit's records was 36 MB against 8 MiB. A JSON page now
+    ends after the record whose JSON reaches the budget, its cursor there."""
+    budget = 256 * 1024
+    config = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=budget)
+    async with (
+        open_node(tmp_path / "n", config=config) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=60) as http,
+    ):
+        for i in range(4):
+            await node.records.append(
+                namespace="n", thread="t", kind="k", body=[[]] * 150_000 + [i]
+            )
+        headers = {"Authorization": f"Bearer {node.admin_token}"}
+        seen: dict[str, list[list[str]]] = {"json": [], "cbor": []}
+        for accept in seen:
+            since: str | None = None
+            for _ in range(10):
+                answer = await http.get(
+                    "/v1/sync/changes",
+                    params={"since": since} if since else {},
+                    headers=headers | {"Accept": f"application/{accept}"},
+                )
+                assert answer.status_code == 200
+                if accept == "json":
+                    body = answer.json()
+                    one = max(len(json.dumps(r, separators=(",", ":"))) for r in body["records"])
+                    assert len(answer.content) <= budget + one
+                    ids = [r["cid"]["/"] for r in body["records"]]
+                else:
+                    body = dagcbor_decode(answer.content)
+                    ids = [str(r["cid"]) for r in body["records"]]
+                seen[accept].append(ids)
+                since = body["next_cursor"]
+                if not body["has_more"]:
+                    break
+        flat = {k: [c for page in v for c in page] for k, v in seen.items()}
+        assert flat["json"] == flat["cbor"]
+        assert len(flat["json"]) == 4
+        assert max(map(len, seen["json"])) == 1  # each record's JSON fills a page
+        assert max(map(len, seen["cbor"])) == 2  # the wire bytes fit two

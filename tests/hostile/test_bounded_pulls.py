@@ -631,3 +631,26 @@ async def test_a_source_that_never_holds_a_longpoll_is_polled_not_spun_on(
             elapsed = trio.current_time() - started
         nursery.cancel_scope.cancel()
     assert elapsed >= 2.5, elapsed  # at once (a few ms) before the pacing
+
+
+async def test_a_source_that_holds_longpolls_briefly_is_not_paced(tmp_path: Path) -> None:
+    """Review of the pacing: a real source whose longpoll_max_s is short (0.2 s
+    here) answers empty longpolls after a short hold; that is a held longpoll,
+    never paced (it was, doubling towards 30 s: a record appended after 12 s of
+    quiet took 5.1 s to arrive, and longer the longer the quiet)."""
+    source_cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, longpoll_max_s=0.2)
+    async with (
+        open_node(tmp_path / "a", config=source_cfg) as a,
+        open_node(tmp_path / "b", sync=FAST_RETRY) as b,
+    ):
+        created = await a.invites.create()
+        result = await b.pair_from_invite(created.url, bidirectional=False)
+        await a.append(namespace="n", thread="t", kind="k", body=0)
+        with trio.fail_after(20):
+            await b.pairs.wait_for(result.pair.id, lambda p: p.stats.records >= 1)
+        # the quiet under test (not a synchronisation): about twenty short holds
+        # answered empty; a doubling pace would be at 4 s by now
+        await trio.sleep(4.0)
+        await a.append(namespace="n", thread="t", kind="k", body=1)
+        with trio.fail_after(1.5):  # a hold (0.2 s) and a round trip, not a pace
+            await b.pairs.wait_for(result.pair.id, lambda p: p.stats.records >= 2)

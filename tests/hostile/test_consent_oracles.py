@@ -272,3 +272,18 @@ async def test_threads_pages_count_only_what_the_reader_may_see(tmp_path: Path) 
             answers.append(await pages_of(node))
     assert answers[0] == answers[1]
     assert [p for page in answers[0] for p in page] == seen
+
+
+async def test_a_reader_without_grants_gets_one_empty_page(tmp_path: Path) -> None:
+    """Review: a caller with no grant at all paged newest-first through the whole
+    log a window at a time (73 empty pages on 20k rows in the review's probe).
+    Nothing can be visible: one empty page, whichever order."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        await _fill(node)
+        headers = await _holder(node)
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
+            for order in ("newest", "oldest"):
+                answer = await http.get("/v1/records", params={"order": order, "limit": "1"})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["records"] == []
+                assert answer.json()["has_more"] is False

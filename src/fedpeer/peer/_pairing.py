@@ -112,7 +112,7 @@ class PeerPageSource:
         body = await self.verifier.run(pair.peer_url, pair.peer_did, page)
         if request.feed == "longpoll" and _is_empty_page(body):
             held = anyio.current_time() - started
-            if held < min(1.0, self.longpoll_s / 2):
+            if held < min(0.05, self.longpoll_s / 2):
                 # A longpoll answered at once with nothing: most often the source
                 # shutting down. Whoever holds its address next proves it is the
                 # peer before the credential goes out again, as after an error.

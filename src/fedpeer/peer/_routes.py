@@ -29,7 +29,16 @@ from ..sync.feed import (
     resolve_cursor,
 )
 from ..sync.records import record_to_wire
-from ._http import CBOR, off_loop, read_json_object, read_value, respond, respond_heavy
+from ._http import (
+    CBOR,
+    INLINE_MAX,
+    JSON,
+    off_loop,
+    read_json_object,
+    read_value,
+    respond,
+    respond_heavy,
+)
 from ._routes_consent import CONSENT_ROUTES
 from ._routes_discovery import MDNS_ROUTE
 from ._routes_sync import SYNC_ROUTES
@@ -318,12 +327,34 @@ async def _page_response(ctx: Ctx, page: FeedPage) -> Response:
         body = encode_page_cbor(page.records, page.next_cursor, page.has_more)
         return Response(body, media_type=CBOR)
 
-    def build() -> object:
-        wire = page_to_wire(page)
-        wire["records"] = [_rec_json(r) for r in page.records]
-        return wire
+    store = ctx.app.store
+    budget = ctx.app.config.page_max_bytes
 
-    return await respond_heavy(build, ctx.request, sum(len(r.data) for r in page.records))
+    def render() -> bytes:
+        # The JSON view of a record can weigh several times its bytes (a body of
+        # empty lists: "[]," for one byte): the page's byte budget holds for the
+        # JSON answer too, cut after the record that reaches it (at least one),
+        # the cursor then at that record.
+        items: list[bytes] = []
+        used = 0
+        for rec in page.records:
+            item = _rec_json_bytes(rec)
+            items.append(item)
+            used += len(item)
+            if used >= budget:
+                break
+        cut = page
+        if len(items) < len(page.records):
+            last = page.records[len(items) - 1]
+            cursor = cursor_at(store.epoch, last.seq, last.cid, key=store.cursor_key)
+            cut = FeedPage(page.records[: len(items)], cursor.encode(), True)
+        head = dagjson_encode(page_to_wire(FeedPage((), cut.next_cursor, cut.has_more)))
+        assert head.endswith(b'"records":[]}')  # the last key, sorted
+        return head[:-2] + b",".join(items) + b"]}"
+
+    weight = sum(len(r.data) for r in page.records)
+    body = await off_loop(render) if weight > INLINE_MAX else render()
+    return Response(body, media_type=JSON)
 
 
 async def _one_page(

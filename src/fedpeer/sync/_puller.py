@@ -104,7 +104,8 @@ _WORKER_BATCH_TIMEOUT_S = 120.0
 _WORKER_RETRY_S = 60.0  # after a worker failure: threads for this long (doubling), then processes
 _WORKER_RETRY_MAX_S = 3600.0
 _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
-_LONGPOLL_PACE_MIN_S = 1.0  # a longpoll answered empty sooner than this was not held
+_LONGPOLL_PACE_MIN_S = 1.0  # the first wait after a longpoll that was not held
+_LONGPOLL_INSTANT_S = 0.05  # a longpoll answered empty sooner than this was not held
 # The directory holding the fedpeer package, put first on the worker's sys.path so
 # it imports this very fedpeer whatever the parent's sys.path tricks were.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_ed25519.__file__)))
@@ -698,6 +699,7 @@ class Puller:
     def _poke(self) -> None:
         """Wake the driver out of whatever it waits for; drop the speculative fetch."""
         self._pokes += 1
+        self._longpoll_pace = 0.0  # "poll now" means now
         if self._wait_scope is not None:
             self._wait_scope.cancel()
         self._drop_chain()
@@ -1063,13 +1065,14 @@ class Puller:
 
     def _pace_longpolls(self, body: object, held_s: float) -> None:
         """After a longpoll's answer: pace the next one if the source answered
-        with no records before holding it for half the time asked (and under a
-        second), else do not (a record, or a hold, resets it). The pace starts at
-        one second (``longpoll_s`` if shorter) and doubles up to ``longpoll_s``."""
+        at once (within :data:`_LONGPOLL_INSTANT_S`) with no records, else do
+        not (a record, or any hold, resets it: a source may hold for less than
+        asked). The pace starts at one second (``longpoll_s`` if shorter) and
+        doubles up to ``longpoll_s``; a user action (a poke) resets it."""
         items = body.get("records") if type(body) is dict else getattr(body, "records", None)
         empty = isinstance(items, (list, tuple)) and not items
         asked = self._longpoll_s
-        if empty and held_s < min(_LONGPOLL_PACE_MIN_S, asked / 2):
+        if empty and held_s < min(_LONGPOLL_INSTANT_S, asked / 2):
             first = min(_LONGPOLL_PACE_MIN_S, asked)
             self._longpoll_pace = min(max(first, self._longpoll_pace * 2), max(first, asked))
         else:

@@ -385,6 +385,8 @@ class RecordService:
         """
         store = self._core.store
         filters = view.wake_filters(flt)  # the grants in the scan, as oldest first
+        if filters == ():
+            return [], 0  # no grant covers anything here: nothing to look for
         scans = len(filters) if filters else 1  # store scans per window
         out: builtins.list[StoredRecord] = []
         used = 0
@@ -413,7 +415,9 @@ class RecordService:
                     store, pos, min(window, _MAX_LIST), filters, max_bytes=budget
                 )
                 scanned += len(page.records)
-                covered += (page.last_seq - pos) * scans  # the scans ran that far
+                # the span this window took (a scan may run past hi, by at most a
+                # store window: the first window is that large with several scans)
+                covered += (min(page.last_seq, hi) - pos) * scans
                 for rec in page.records:
                     if rec.seq > hi or not view.record_visible(rec):
                         continue
