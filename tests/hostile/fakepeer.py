@@ -18,7 +18,9 @@ answers other paths with one hostile behaviour:
 - ``error`` (changes only, keep-alive): ``error_status`` (500) with ``error_body``,
   every time;
 - ``instant`` (changes only, keep-alive): a valid empty page at once, every
-  time, longpolls included (a source that never holds a longpoll).
+  time, longpolls included (a source that never holds a longpoll);
+- ``pagebomb`` (changes only, keep-alive): a 1 MB page whose one record is a
+  million empty lists.
 
 ``manifest_behaviour`` applies one of those to the manifest path instead
 (for the reciprocal-URL test). Every loop is bounded; the server counts the
@@ -92,6 +94,7 @@ class HostilePeer:
     seen: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per request
     _manifest: bytes = b""
     _many: bytes = b""
+    _bomb: bytes = b""
 
     @property
     def did(self) -> str:
@@ -106,6 +109,13 @@ class HostilePeer:
         self._manifest = await manifest_bytes(self.key, self.url)
         if self.behaviour == "many":
             self._many = many_records_page()
+        if self.behaviour == "pagebomb":
+            # one "record" that is a million empty lists: 1 MB, under every byte
+            # cap and the record count, seconds of decoding
+            cursor = cursor_at("ab" * 16, 1, None, key=b"k" * 16).encode()
+            self._bomb = dagcbor_encode(
+                {"records": [[[]] * 1_000_000], "next_cursor": cursor, "has_more": False}
+            )
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -126,6 +136,9 @@ class HostilePeer:
                 )
                 if behaviour == "reset" and route == "/v1/sync/changes":
                     await self._reset(stream, path)
+                    continue
+                if behaviour == "pagebomb" and route == "/v1/sync/changes":
+                    await self._send(stream, 200, self._bomb, "application/cbor")
                     continue
                 if behaviour == "instant" and route == "/v1/sync/changes":
                     # a valid empty page at once, every time, longpolls included

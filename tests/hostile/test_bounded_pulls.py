@@ -654,3 +654,30 @@ async def test_a_source_that_holds_longpolls_briefly_is_not_paced(tmp_path: Path
         await a.append(namespace="n", thread="t", kind="k", body=1)
         with trio.fail_after(1.5):  # a hold (0.2 s) and a round trip, not a pace
             await b.pairs.wait_for(result.pair.id, lambda p: p.stats.records >= 2)
+
+
+async def test_a_page_of_many_tiny_values_decodes_off_the_event_loop(tmp_path: Path) -> None:
+    """Review: a page whose one record is a million empty lists passes the byte
+    cap and the record count, misses the fast page decoder and took the general
+    decoder seconds on the event loop, on every retry (6.1 s stalls for a 4 MB
+    page). Such a page now decodes off the loop; the node keeps answering."""
+    peer = HostilePeer("pagebomb")
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with (
+            open_node(tmp_path / "n", sync=FAST_RETRY) as node,
+            httpx.AsyncClient(base_url=node.url, timeout=30) as http,
+        ):
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did)
+            longest, probes, last = 0.0, 0, trio.current_time()
+            with trio.fail_after(60):
+                while peer.requests.get("/v1/sync/changes", 0) < 3:  # and its retries
+                    assert (await http.get("/health")).status_code == 200
+                    now = trio.current_time()
+                    longest, last, probes = max(longest, now - last), now, probes + 1
+                    with trio.move_on_after(0.05):
+                        await peer.seen.wait()
+            failed = node.pairs.get(pair.id)
+        nursery.cancel_scope.cancel()
+    assert failed.last_error is not None  # refused (not a record), and retried
+    assert longest < 1.0, (longest, probes)

@@ -6,16 +6,12 @@ the same value goes out in either, chosen by ``Accept``.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
-import threading
 from collections.abc import Callable
-from functools import partial
-from typing import Literal, TypeVar, TypeVarTuple
+from typing import Literal
 
 import anyio
-from anyio.lowlevel import RunVar
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -30,9 +26,7 @@ from ..errors import (
 )
 from ..identity._dagcbor import parse_unchecked
 from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode, dagjson_encode
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
+from ._offloop import INLINE_MAX, off_loop
 
 CBOR = "application/cbor"
 JSON = "application/json"
@@ -44,13 +38,6 @@ PUBLIC_BODY_ITEMS = 1024
 """Most values (map keys and values, list items, nested) such a body may hold: it
 is counted on a fast parse before the full decode (16 KiB of empty CBOR arrays
 costs ~11 ms to decode, ~3 ms to refuse this way)."""
-INLINE_MAX = 64 * 1024
-"""Bodies, and records to decode or render, weighing more than this are handled
-in a worker thread (:func:`off_loop`), not on the event loop."""
-_DECODE_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("fedpeer_decode_limiter")  # per loop
-_GC_LOCK = threading.Lock()
-_gc_pauses = 0  # decodes running with the collector paused (under _GC_LOCK)
-_gc_resume = False  # whether the first of them found it enabled
 Encoding = Literal["cbor", "json"]
 
 
@@ -211,19 +198,6 @@ async def read_value(request: Request, limit: int, *, max_items: int | None = No
     return await off_loop(decode, body)
 
 
-async def off_loop(fn: Callable[[*Ts], T], *args: *Ts) -> T:
-    """``fn(*args)`` in a worker thread, one at a time per event loop (threads
-    contend for the GIL with the event loop), with the cyclic collector paused:
-    for the heavy work of decoding or rendering a large value (millions of tiny
-    items take seconds), so every other request goes on meanwhile."""
-    try:
-        limiter = _DECODE_LIMITER.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(1)
-        _DECODE_LIMITER.set(limiter)
-    return await anyio.to_thread.run_sync(_without_gc, partial(fn, *args), limiter=limiter)
-
-
 async def respond_heavy(
     build: Callable[[], object], request: Request, weight: int, status: int = 200
 ) -> Response:
@@ -270,29 +244,6 @@ def values_exceed(value: object, budget: int) -> bool:
                 return True
             stack.extend(item)
     return False
-
-
-def _without_gc(fn: Callable[[], T]) -> T:
-    """``fn()`` with the cyclic collector paused: a value of millions of tiny
-    containers otherwise sets off full collections over all of them, each
-    holding the GIL (and so the event loop) for a second or more. A decoded or
-    rendered value holds no cycles until someone makes one, so nothing is
-    missed; the collector runs as usual once it is back on. Calls of several
-    event loops (threads) overlap safely: the last one to finish turns it back
-    on, if the first found it on."""
-    global _gc_pauses, _gc_resume
-    with _GC_LOCK:
-        if _gc_pauses == 0:
-            _gc_resume = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        return fn()
-    finally:
-        with _GC_LOCK:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_resume:
-                gc.enable()
 
 
 def read_json_object(value: object) -> dict[str, object]:

@@ -31,14 +31,13 @@ from ..sync.feed import (
 from ..sync.records import record_to_wire
 from ._http import (
     CBOR,
-    INLINE_MAX,
     JSON,
-    off_loop,
     read_json_object,
     read_value,
     respond,
     respond_heavy,
 )
+from ._offloop import INLINE_MAX, off_loop
 from ._routes_consent import CONSENT_ROUTES
 from ._routes_discovery import MDNS_ROUTE
 from ._routes_sync import SYNC_ROUTES

@@ -38,8 +38,9 @@ from ..errors import (
 from ..identity.canonical import CID, b64url_encode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
 from ..identity.keys import SigningKey
-from ..sync.feed import decode_page_cbor, page_from_wire
+from ..sync.feed import decode_page_cbor, decode_page_cbor_fast, page_from_wire
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
+from ._offloop import INLINE_MAX, off_loop
 from ._pinning import MAX_MANIFEST_BYTES, check_peer
 from ._transport import (
     CBOR,
@@ -292,7 +293,13 @@ class PeerClient(HttpTransport):
                     f"{self.base_url} sent a page of {count} records; {limit} were asked "
                     "for. The peer is broken or hostile: check that it runs fedpeer"
                 )
-            return decode_page_cbor(body)  # = dagcbor_decode, faster for pages
+            fast = decode_page_cbor_fast(body)  # a page of the wire shape: the hot path
+            if fast is not None:
+                return fast
+            if len(body) <= INLINE_MAX:
+                return decode_page_cbor(body)  # = dagcbor_decode, faster for pages
+            # anything else may be millions of tiny values: off the event loop
+            return await off_loop(decode_page_cbor, body)
         if strict_cbor:
             raise PageInvalid(
                 f"{self.base_url} answered a feed page as {ctype or 'no type'!r}, not "

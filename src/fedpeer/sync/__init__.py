@@ -27,6 +27,7 @@ from .feed import build_page as build_page
 from .feed import changes_in as changes_in
 from .feed import cursor_at as cursor_at
 from .feed import decode_page_cbor as decode_page_cbor
+from .feed import decode_page_cbor_fast as decode_page_cbor_fast
 from .feed import encode_page_cbor as encode_page_cbor
 from .feed import everything as everything
 from .feed import fingerprint as fingerprint
@@ -106,6 +107,7 @@ __all__ = [
     "changes_in",
     "cursor_at",
     "decode_page_cbor",
+    "decode_page_cbor_fast",
     "encode_page_cbor",
     "everything",
     "fingerprint",
