@@ -220,6 +220,12 @@ async def test_a_drop_box_writer_is_not_told_what_the_node_already_had(tmp_path:
                 answers.append((answer.status_code, sorted(answer.json())))
                 assert answer.json()["created"] is True
             assert answers[0] == answers[1] == (201, ["cid", "created"])
+            # its own appends do not say where they sit either (two seqs one apart
+            # would say that nothing was stored in between)
+            append = {"namespace": "inbox/", "thread": "t", "kind": "n", "body": 1}
+            answer = await http.post("/v1/records", content=dagcbor_encode(append))
+            assert answer.status_code == 201
+            assert sorted(answer.json()) == ["cid", "created"]
             for batch in ([old], [fresh(2)], [old, fresh(3)]):
                 answer = await http.post(
                     "/v1/records/import", content=dagcbor_encode({"records": batch})
