@@ -92,6 +92,7 @@ class HostilePeer:
     error_body: bytes = b""  # what ``error`` answers
     error_status: int = 500
     seen: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per request
+    delay_s: float = 0.0  # ``instant``: wait this long first (a distant source)
     _manifest: bytes = b""
     _many: bytes = b""
     _bomb: bytes = b""
@@ -142,6 +143,8 @@ class HostilePeer:
                     continue
                 if behaviour == "instant" and route == "/v1/sync/changes":
                     # a valid empty page at once, every time, longpolls included
+                    if self.delay_s:
+                        await trio.sleep(self.delay_s)  # the round trip of a far source
                     cursor = cursor_at("ab" * 16, 0, None, key=b"k" * 16).encode()
                     page = {"records": [], "next_cursor": cursor, "has_more": False}
                     await self._send(stream, 200, dagcbor_encode(page), "application/cbor")

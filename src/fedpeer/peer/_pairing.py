@@ -112,9 +112,10 @@ class PeerPageSource:
         body = await self.verifier.run(pair.peer_url, pair.peer_did, page)
         if request.feed == "longpoll" and _is_empty_page(body):
             held = anyio.current_time() - started
-            if held < min(0.05, self.longpoll_s / 2):
-                # A longpoll answered at once with nothing: most often the source
-                # shutting down. Whoever holds its address next proves it is the
+            if held < self.longpoll_s / 2:
+                # A longpoll answered early with nothing: the source shutting
+                # down, or one that does not hold longpolls (then at most once a
+                # second: the puller paces those). Whoever holds its address next proves it is the
                 # peer before the credential goes out again, as after an error.
                 self.verifier.forget(pair.peer_url, pair.peer_did)
         return body

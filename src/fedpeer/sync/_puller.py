@@ -104,8 +104,7 @@ _WORKER_BATCH_TIMEOUT_S = 120.0
 _WORKER_RETRY_S = 60.0  # after a worker failure: threads for this long (doubling), then processes
 _WORKER_RETRY_MAX_S = 3600.0
 _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
-_LONGPOLL_PACE_MIN_S = 1.0  # the first wait after a longpoll that was not held
-_LONGPOLL_INSTANT_S = 0.05  # a longpoll answered empty sooner than this was not held
+_LONGPOLL_PACE_S = 1.0  # at most one longpoll a second to a source that does not hold them
 # The directory holding the fedpeer package, put first on the worker's sys.path so
 # it imports this very fedpeer whatever the parent's sys.path tricks were.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_ed25519.__file__)))
@@ -1064,17 +1063,16 @@ class Puller:
             fetch.done.set()
 
     def _pace_longpolls(self, body: object, held_s: float) -> None:
-        """After a longpoll's answer: pace the next one if the source answered
-        at once (within :data:`_LONGPOLL_INSTANT_S`) with no records, else do
-        not (a record, or any hold, resets it: a source may hold for less than
-        asked). The pace starts at one second (``longpoll_s`` if shorter) and
-        doubles up to ``longpoll_s``; a user action (a poke) resets it."""
+        """After a longpoll's answer: if it came back with no records before half
+        the time asked (a source that does not hold longpolls, or holds them
+        briefly, or a hostile one), the next longpoll waits until a second has
+        passed since this one was sent, so such a source is asked at most once a
+        second whatever the round trip; otherwise (a record, or a long hold) it
+        goes at once. A user action (a poke) cancels the wait."""
         items = body.get("records") if type(body) is dict else getattr(body, "records", None)
         empty = isinstance(items, (list, tuple)) and not items
-        asked = self._longpoll_s
-        if empty and held_s < min(_LONGPOLL_INSTANT_S, asked / 2):
-            first = min(_LONGPOLL_PACE_MIN_S, asked)
-            self._longpoll_pace = min(max(first, self._longpoll_pace * 2), max(first, asked))
+        if empty and held_s < self._longpoll_s / 2:
+            self._longpoll_pace = max(0.0, min(_LONGPOLL_PACE_S, self._longpoll_s) - held_s)
         else:
             self._longpoll_pace = 0.0
 
