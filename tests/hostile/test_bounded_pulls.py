@@ -682,5 +682,8 @@ async def test_a_page_of_many_tiny_values_decodes_off_the_event_loop(tmp_path: P
                         await peer.seen.wait()
             failed = node.pairs.get(pair.id)
         nursery.cancel_scope.cancel()
-    assert failed.last_error is not None  # refused (not a record), and retried
+    assert failed.last_error is not None
+    # refused from its heads, before any decoding: far more values than a record holds
+    assert failed.last_error.code == "PAGE_INVALID"
+    assert "far more values" in failed.last_error.message
     assert longest < 1.0, (longest, probes)

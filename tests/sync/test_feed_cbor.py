@@ -19,7 +19,13 @@ from fedpeer.identity.canonical import CID, dagcbor_decode, dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.store.base import StoredRecord
 from fedpeer.sync import feed as feed_module
-from fedpeer.sync.feed import FeedPage, decode_page_cbor, encode_page_cbor, page_to_wire
+from fedpeer.sync.feed import (
+    FeedPage,
+    cbor_items_exceed,
+    decode_page_cbor,
+    encode_page_cbor,
+    page_to_wire,
+)
 from fedpeer.sync.records import build_record
 
 NOW = 1_700_000_000_000
@@ -238,3 +244,46 @@ def test_strict_page_parser_leaves_unusual_items_to_the_general_decoder() -> Non
     blob = dagcbor_encode(short_sig)
     assert feed_module._strict_page(blob) is None
     assert decode_page_cbor(blob) == short_sig
+
+
+def _items(value: object) -> int:
+    """Data items in the DAG-CBOR encoding of ``value`` (a CID link is a tag and
+    its byte string: two)."""
+    if isinstance(value, dict):
+        return 1 + sum(1 + _items(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_items(v) for v in value)
+    if isinstance(value, CID):
+        return 2
+    return 1
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=5)
+    | st.binary(max_size=5)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_values)
+def test_cbor_items_exceed_counts_every_head(value: object) -> None:
+    data = dagcbor_encode(value)
+    n = _items(value)
+    assert not cbor_items_exceed(data, n)
+    assert cbor_items_exceed(data, n - 1)
+
+
+def test_cbor_items_exceed_stops_early_and_leaves_odd_encodings_to_the_decoder() -> None:
+    bomb = dagcbor_encode({"records": [[[]] * 1_000_000], "next_cursor": "x", "has_more": False})
+    assert cbor_items_exceed(bomb, 100)
+    page = dagcbor_encode({"records": [], "next_cursor": "x", "has_more": False})
+    assert not cbor_items_exceed(page, 7)
+    assert not cbor_items_exceed(b"\x9f\x80\xff", 1)  # indefinite length: the decoder's call
+    assert not cbor_items_exceed(b"\x9b" + b"\xff" * 8, 10**9)  # truncated

@@ -38,7 +38,12 @@ from ..errors import (
 from ..identity.canonical import CID, b64url_encode, dagjson_decode
 from ..identity.envelope import VerifiedDocument
 from ..identity.keys import SigningKey
-from ..sync.feed import decode_page_cbor, decode_page_cbor_fast, page_from_wire
+from ..sync.feed import (
+    cbor_items_exceed,
+    decode_page_cbor,
+    decode_page_cbor_fast,
+    page_from_wire,
+)
 from ..sync.records import DEFAULT_LIMITS, Limits, SignedRecord, record_from_wire
 from ._offloop import INLINE_MAX, off_loop
 from ._pinning import MAX_MANIFEST_BYTES, check_peer
@@ -296,6 +301,11 @@ class PeerClient(HttpTransport):
             fast = decode_page_cbor_fast(body)  # a page of the wire shape: the hot path
             if fast is not None:
                 return fast
+            if cbor_items_exceed(body, 16 * count + 32):
+                raise PageInvalid(
+                    f"{self.base_url} sent a page holding far more values than "
+                    f"{count} records can; the peer is broken or hostile"
+                )
             if len(body) <= INLINE_MAX:
                 return decode_page_cbor(body)  # = dagcbor_decode, faster for pages
             # anything else may be millions of tiny values: off the event loop

@@ -24,6 +24,7 @@ from .feed import Cursor as Cursor
 from .feed import FeedPage as FeedPage
 from .feed import WirePage as WirePage
 from .feed import build_page as build_page
+from .feed import cbor_items_exceed as cbor_items_exceed
 from .feed import changes_in as changes_in
 from .feed import cursor_at as cursor_at
 from .feed import decode_page_cbor as decode_page_cbor
@@ -104,6 +105,7 @@ __all__ = [
     "WirePage",
     "build_page",
     "build_record",
+    "cbor_items_exceed",
     "changes_in",
     "cursor_at",
     "decode_page_cbor",

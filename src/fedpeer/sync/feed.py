@@ -96,6 +96,7 @@ __all__ = [
     "FeedPage",
     "WirePage",
     "build_page",
+    "cbor_items_exceed",
     "changes_in",
     "cursor_at",
     "decode_page_cbor",
@@ -628,6 +629,42 @@ def _strict_page(data: bytes) -> dict[str, object] | None:
     except UnicodeDecodeError:
         return None
     return {"records": records, "has_more": has_more, "next_cursor": cursor}
+
+
+def cbor_items_exceed(data: bytes, budget: int) -> bool:
+    """Whether the CBOR in ``data`` holds more than ``budget`` data items (every
+    head counts: a map, each key and value, a tag and its content...), counted
+    on the heads alone, without building a value, stopping at ``budget``: a
+    page of ``n`` records holds about ``8 n + 7``, and a "page" of a million
+    empty lists is refused before it costs a second and 100 MB to decode. An
+    encoding it cannot walk (indefinite lengths, reserved values, truncation)
+    counts as within: the strict decoder names the problem. Pure."""
+    i, seen, pending, size = 0, 0, 1, len(data)
+    while pending and i < size:
+        pending -= 1
+        seen += 1
+        if seen > budget:
+            return True
+        initial = data[i]
+        major, info = initial >> 5, initial & 31
+        i += 1
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            arg = int.from_bytes(data[i : i + width], "big")
+            i += width
+        else:
+            return False
+        if major in (2, 3):
+            i += arg
+        elif major == 4:
+            pending += arg
+        elif major == 5:
+            pending += 2 * arg
+        elif major == 6:
+            pending += 1
+    return False
 
 
 def decode_page_cbor_fast(data: bytes) -> object | None:
