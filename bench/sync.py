@@ -655,6 +655,13 @@ async def parent_main(args: argparse.Namespace) -> None:
         print(f"    (waiters on A during the second set: {waiting})")
 
 
+def _pair_counts(text: str) -> list[int]:
+    counts = [int(x) for x in text.split(",") if x]
+    if any(k < 1 for k in counts):
+        raise argparse.ArgumentTypeError("pair counts are 1 or more, like 1,2,4")
+    return counts
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1].startswith("--child-"):
         mode, rest = sys.argv[1], sys.argv[2:]
@@ -675,7 +682,10 @@ def main() -> None:
     parser.add_argument("--longpollers", type=int, default=100)
     parser.add_argument("--page-limit", type=int, default=SyncOptions().page_limit)
     parser.add_argument(
-        "--scaling", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 2, 4]
+        "--scaling",
+        type=_pair_counts,
+        default=[1, 2, 4],
+        help="concurrent pair counts, comma-separated (1 is the main run); '' for none",
     )
     parser.add_argument("--big-records", type=int, default=1_000_000)
     parser.add_argument(
