@@ -26,6 +26,7 @@ from fedpeer.identity.canonical import dagcbor_decode, dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.peer._http import PUBLIC_BODY_ITEMS, PUBLIC_BODY_MAX
+from fedpeer.peer.node import Node
 from fedpeer.sync.records import build_record
 
 CFG = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
@@ -44,6 +45,12 @@ async def _probe_health(http: httpx.AsyncClient, done: trio.Event) -> tuple[floa
         with trio.move_on_after(0.05):
             await done.wait()
     return longest, probes
+
+
+async def _append_empty_lists(node: Node, each: int, count: int = 4) -> None:
+    """``count`` records whose bodies are ``each`` empty lists (and a number)."""
+    for i in range(count):
+        await node.records.append(namespace="n", thread="t", kind="k", body=[[]] * each + [i])
 
 
 def _cbor_bomb(size: int) -> bytes:
@@ -137,10 +144,7 @@ async def test_records_of_many_tiny_values_render_off_the_event_loop(tmp_path: P
         open_node(tmp_path / "n", config=CFG) as node,
         httpx.AsyncClient(base_url=node.url, timeout=60) as http,
     ):
-        for i in range(4):
-            await node.records.append(
-                namespace="n", thread="t", kind="k", body=[[]] * 200_000 + [i]
-            )
+        await _append_empty_lists(node, 200_000)
         headers = {"Authorization": f"Bearer {node.admin_token}", "Accept": "application/json"}
         done = trio.Event()
         answers: list[httpx.Response] = []
@@ -206,10 +210,7 @@ async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path) -> None
         open_node(tmp_path / "n", config=config) as node,
         httpx.AsyncClient(base_url=node.url, timeout=60) as http,
     ):
-        for i in range(4):
-            await node.records.append(
-                namespace="n", thread="t", kind="k", body=[[]] * 150_000 + [i]
-            )
+        await _append_empty_lists(node, 150_000)
         headers = {"Authorization": f"Bearer {node.admin_token}"}
         seen: dict[str, list[list[str]]] = {"json": [], "cbor": []}
         for accept in seen:

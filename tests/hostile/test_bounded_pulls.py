@@ -381,6 +381,26 @@ async def _guest_token(node: Node, target: Target) -> str:
     return cred.token
 
 
+async def _newest_first(node: Node, token: str, per_page: list[int], pages: int) -> list[str]:
+    """Page ``GET /v1/records?order=newest&limit=1`` to the end (at most ``pages``),
+    appending a 0 to ``per_page`` before each request (the store counter adds to
+    it); the ids found."""
+    found: list[str] = []
+    params = {"order": "newest", "limit": "1"}
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+        for _ in range(pages):
+            per_page.append(0)
+            r = await client.get(node.url + "/v1/records", params=params)
+            assert r.status_code == 200, r.text
+            page = r.json()
+            found += [rec["cid"]["/"] for rec in page["records"]]
+            if not page["has_more"]:
+                break
+            params["since"] = page["next_cursor"]
+    return found
+
+
 async def test_a_newest_first_listing_reads_a_bounded_number_of_rows_per_page(
     tmp_path: Path,
 ) -> None:
@@ -405,19 +425,7 @@ async def test_a_newest_first_listing_reads_a_bounded_number_of_rows_per_page(
             return page
 
         node.store.changes = counting_changes  # type: ignore[method-assign]
-        found: list[str] = []
-        params = {"order": "newest", "limit": "1"}
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
-            for _ in range(10):
-                rows.append(0)
-                r = await client.get(node.url + "/v1/records", params=params)
-                assert r.status_code == 200, r.text
-                page = r.json()
-                found += [rec["cid"]["/"] for rec in page["records"]]
-                if not page["has_more"]:
-                    break
-                params["since"] = page["next_cursor"]
+        found = await _newest_first(node, token, rows, pages=10)
         assert found == [str(mine.cid)]
         # the caller's grants are in the scan (protocol.md §8.6): the hidden
         # records are never read at all, only the one it may see
@@ -453,19 +461,7 @@ async def test_a_newest_first_listing_steps_over_a_bounded_span_per_page(
             return page
 
         node.store.changes = counting_changes  # type: ignore[method-assign]
-        found: list[str] = []
-        params = {"order": "newest", "limit": "1"}
-        async with httpx.AsyncClient(timeout=30) as client:
-            client.headers["Authorization"] = f"Bearer {token}"
-            for _ in range(20):
-                spans.append(0)
-                r = await client.get(node.url + "/v1/records", params=params)
-                assert r.status_code == 200, r.text
-                page = r.json()
-                found += [rec["cid"]["/"] for rec in page["records"]]
-                if not page["has_more"]:
-                    break
-                params["since"] = page["next_cursor"]
+        found = await _newest_first(node, token, spans, pages=20)
         assert found == [str(mine.cid)]
         assert len(spans) >= 2, spans  # 30,001 seqs x 21 scans: more than one page
         assert max(spans) <= _NEWEST_SPAN + 21 * _MAX_LIST, spans
