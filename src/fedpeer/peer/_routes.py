@@ -11,9 +11,10 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..consent.grants import EVERYTHING
+from ..consent.grants import EVERYTHING, ConsentView
 from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
 from ..store.base import ChangeFilter, StoredRecord
@@ -42,7 +43,7 @@ from ._routes_consent import CONSENT_ROUTES
 from ._routes_discovery import MDNS_ROUTE
 from ._routes_sync import SYNC_ROUTES
 from ._routing import Ctx, Param, RouteSpec
-from .services import NodeCore, parse_cid
+from .services import NodeCore, RecordEntry, parse_cid
 
 Visible = Callable[[StoredRecord], bool]
 
@@ -190,6 +191,7 @@ async def post_record(ctx: Ctx) -> Response:
     if not isinstance(raw_parents, list):
         raise InvalidRequest("parents must be a list of CIDs")
     parents = [p if isinstance(p, CID) else parse_cid(str(p)) for p in raw_parents]
+    read_view = await ctx.view("records:read")
     entry = await ctx.app.records.append(
         namespace=str(obj["namespace"]),
         thread=str(obj["thread"]),
@@ -198,15 +200,9 @@ async def post_record(ctx: Ctx) -> Response:
         parents=parents,
         view=await ctx.view("records:write"),
         # what the parents' clocks may count (only read when there are parents)
-        read_view=await ctx.view("records:read") if parents else EVERYTHING,
+        read_view=read_view if parents else EVERYTHING,
     )
-    if not (await ctx.view("records:read")).visible(entry.record.namespace, entry.record.thread):
-        # a drop box writer: no seq, as for {data, sig} (seqs one apart would say
-        # that nothing, or something, was stored in between)
-        return respond({"cid": str(entry.cid), "created": True}, ctx.request, status=201)
-    return respond(
-        {"cid": str(entry.cid), "seq": entry.seq, "created": True}, ctx.request, status=201
-    )
+    return _stored_answer(entry, True, read_view, ctx.request)
 
 
 async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
@@ -215,13 +211,22 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
         raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
     entry, created = await ctx.app.records.ingest(data, sig, view=await ctx.view("records:write"))
-    if not (await ctx.view("records:read")).visible(entry.record.namespace, entry.record.thread):
-        # a holder that may write here but not read (a drop box) is not told
-        # whether the node already had this record, nor where it sits
-        return respond({"cid": str(entry.cid), "created": True}, ctx.request, status=201)
+    return _stored_answer(entry, created, await ctx.view("records:read"), ctx.request)
+
+
+def _stored_answer(
+    entry: RecordEntry, created: bool, read_view: ConsentView, request: Request
+) -> Response:
+    """The answer to a record write: ``{cid, seq, created}``, 201 or 200. A caller
+    that may write here but not read (a drop box) gets 201 ``{cid, created:
+    true}`` whatever happened: whether the node already had the record, and
+    where it sits, are not its to know (seqs of two writes one apart would say
+    that nothing was stored in between)."""
+    if not read_view.visible(entry.record.namespace, entry.record.thread):
+        return respond({"cid": str(entry.cid), "created": True}, request, status=201)
     return respond(
         {"cid": str(entry.cid), "seq": entry.seq, "created": created},
-        ctx.request,
+        request,
         status=201 if created else 200,
     )
 
