@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 import trio
 
 from fedpeer.identity.canonical import dagcbor_decode, dagcbor_encode
@@ -199,11 +200,15 @@ async def test_writing_records_of_many_tiny_values_keeps_the_node_answering(
         assert longest < 1.0, (longest, probes)
 
 
-async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "path", ["/v1/sync/changes", "/v1/records?order=oldest", "/v1/records?order=newest"]
+)
+async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path, path: str) -> None:
     """Found by a read-only audit: the page byte budget counted records' wire
     bytes, and the JSON view of a body of empty lists weighs several times that:
     one JSON page of the audit's records was 36 MB against 8 MiB. A JSON page now
-    ends after the record whose JSON reaches the budget, its cursor there."""
+    ends after the record whose JSON reaches the budget, its cursor there (the
+    feed, and the listing in either order)."""
     budget = 256 * 1024
     config = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=budget)
     async with (
@@ -217,15 +222,14 @@ async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path) -> None
             since: str | None = None
             for _ in range(10):
                 answer = await http.get(
-                    "/v1/sync/changes",
+                    path,
                     params={"since": since} if since else {},
                     headers=headers | {"Accept": f"application/{accept}"},
                 )
                 assert answer.status_code == 200
                 if accept == "json":
                     body = answer.json()
-                    one = max(len(json.dumps(r, separators=(",", ":"))) for r in body["records"])
-                    assert len(answer.content) <= budget + one
+                    assert len(answer.content) <= budget + _largest(body["records"])
                     ids = [r["cid"]["/"] for r in body["records"]]
                 else:
                     body = dagcbor_decode(answer.content)
@@ -239,3 +243,33 @@ async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path) -> None
         assert len(flat["json"]) == 4
         assert max(map(len, seen["json"])) == 1  # each record's JSON fills a page
         assert max(map(len, seen["cbor"])) == 2  # the wire bytes fit two
+
+
+def _largest(records: list[dict[str, object]]) -> int:
+    return max(len(json.dumps(r, separators=(",", ":"))) for r in records)
+
+
+async def test_a_json_batch_fetch_keeps_to_the_page_byte_budget(tmp_path: Path) -> None:
+    """The same for a batch fetch: the records its JSON cannot take come back
+    under ``later``, first, in the order asked."""
+    budget = 256 * 1024
+    config = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=budget)
+    async with (
+        open_node(tmp_path / "n", config=config) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=60) as http,
+    ):
+        await _append_empty_lists(node, 150_000)
+        ids = [str(e.cid) for e in (await node.records.list(limit=10)).records]
+        headers = {"Authorization": f"Bearer {node.admin_token}", "Accept": "application/json"}
+        got: list[str] = []
+        asked = ids
+        for _ in range(10):
+            answer = await http.post("/v1/sync/records", json={"ids": asked}, headers=headers)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert len(answer.content) <= budget + _largest(body["records"])
+            got += [r["cid"]["/"] for r in body["records"]]
+            asked = body.get("later", [])
+            if not asked:
+                break
+        assert got == ids

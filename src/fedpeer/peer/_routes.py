@@ -8,7 +8,7 @@ negotiated encoding.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import anyio
 from starlette.requests import Request
@@ -282,14 +282,26 @@ async def list_records(ctx: Ctx) -> Response:
         newest_first=order == "newest",
         view=await ctx.view("records:read"),
     )
-    cbor = _wants_cbor(ctx)
+    if _wants_cbor(ctx):
+        records = [e.to_wire() for e in page.records]
+        body = {"records": records, "next_cursor": page.next_cursor, "has_more": page.has_more}
+        return respond(body, ctx.request)
+    store = ctx.app.store
+    budget = ctx.app.config.page_max_bytes
 
-    def build() -> object:
-        records = [e.to_wire() if cbor else e.to_dict() for e in page.records]
-        return {"records": records, "next_cursor": page.next_cursor, "has_more": page.has_more}
+    def render() -> bytes:
+        # cut by the JSON's size, the cursor then at the last record kept (it
+        # names that record's seq in either order, as the listing's cursors do)
+        items = _within_budget((dagjson_encode(e.to_dict()) for e in page.records), budget)
+        cursor, more = page.next_cursor, page.has_more
+        if len(items) < len(page.records):
+            last = page.records[len(items) - 1]
+            cursor = cursor_at(store.epoch, last.seq, last.cid.raw, key=store.cursor_key).encode()
+            more = True
+        return _with_records({"next_cursor": cursor, "has_more": more}, items)
 
-    weight = 0 if cbor else sum(len(e.data) for e in page.records)
-    return await respond_heavy(build, ctx.request, weight)
+    weight = sum(len(e.data) for e in page.records)
+    return Response(await off_loop(render) if weight > INLINE_MAX else render(), media_type=JSON)
 
 
 async def list_threads(ctx: Ctx) -> Response:
@@ -329,6 +341,31 @@ async def thread_records(ctx: Ctx) -> Response:
 # --- sync feed ---------------------------------------------------------------------
 
 
+def _within_budget(items: Iterable[bytes], budget: int) -> list[bytes]:
+    """The JSON records of an answer up to and including the one whose bytes
+    reach ``budget`` (at least one), rendering no more. The JSON view of a
+    record can weigh several times its wire bytes (a body of empty lists: "[],"
+    for one byte), so a JSON answer is cut by its own size, not its records'."""
+    out: list[bytes] = []
+    used = 0
+    for item in items:
+        out.append(item)
+        used += len(item)
+        if used >= budget:
+            break
+    return out
+
+
+def _with_records(rest: dict[str, object], items: list[bytes]) -> bytes:
+    """DAG-JSON of ``rest`` with ``"records"`` set to the already encoded
+    ``items``: the same bytes as encoding the whole value ("records" sorts last
+    among the keys these answers have)."""
+    head = dagjson_encode({**rest, "records": []})
+    if not head.endswith(b'"records":[]}'):
+        raise AssertionError("records is not the last key of this answer")
+    return head[:-2] + b",".join(items) + b"]}"
+
+
 async def _page_response(ctx: Ctx, page: FeedPage) -> Response:
     if _wants_cbor(ctx):
         # the fast page encoder: the same bytes as dagcbor_encode(page_to_wire(page))
@@ -339,26 +376,13 @@ async def _page_response(ctx: Ctx, page: FeedPage) -> Response:
     budget = ctx.app.config.page_max_bytes
 
     def render() -> bytes:
-        # The JSON view of a record can weigh several times its bytes (a body of
-        # empty lists: "[]," for one byte): the page's byte budget holds for the
-        # JSON answer too, cut after the record that reaches it (at least one),
-        # the cursor then at that record.
-        items: list[bytes] = []
-        used = 0
-        for rec in page.records:
-            item = _rec_json_bytes(rec)
-            items.append(item)
-            used += len(item)
-            if used >= budget:
-                break
+        items = _within_budget((_rec_json_bytes(r) for r in page.records), budget)
         cut = page
         if len(items) < len(page.records):
             last = page.records[len(items) - 1]
             cursor = cursor_at(store.epoch, last.seq, last.cid, key=store.cursor_key)
             cut = FeedPage(page.records[: len(items)], cursor.encode(), True)
-        head = dagjson_encode(page_to_wire(FeedPage((), cut.next_cursor, cut.has_more)))
-        assert head.endswith(b'"records":[]}')  # the last key, sorted
-        return head[:-2] + b",".join(items) + b"]}"
+        return _with_records(page_to_wire(FeedPage((), cut.next_cursor, cut.has_more)), items)
 
     weight = sum(len(r.data) for r in page.records)
     body = await off_loop(render) if weight > INLINE_MAX else render()
@@ -474,7 +498,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                     if visible(rec):
                         cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key)
                         if len(rec.data) <= _SSE_INLINE_MAX:
-                            data = dagjson_encode(_rec_json(rec))
+                            data = _rec_json_bytes(rec)
                         else:  # a large record renders off the event loop
                             data = await off_loop(_rec_json_bytes, rec)
                         yield _sse_event("record", cursor.encode(), data)
@@ -518,17 +542,25 @@ async def batch_records(ctx: Ctx) -> Response:
     found, missing, later = await ctx.app.records.fetch_within(
         ids, view=await ctx.view("sync:read"), max_bytes=ctx.app.config.page_max_bytes
     )
-    cbor = _wants_cbor(ctx)
-
-    def build() -> object:
-        out: list[object] = [record_to_wire(r) if cbor else _rec_json(r) for r in found]
-        answer: dict[str, object] = {"records": out, "missing": missing}
+    if _wants_cbor(ctx):
+        answer: dict[str, object] = {"records": [record_to_wire(r) for r in found]}
+        answer["missing"] = missing
         if later:
             answer["later"] = later
-        return answer
+        return respond(answer, ctx.request)
+    budget = ctx.app.config.page_max_bytes
 
-    weight = 0 if cbor else sum(len(r.data) for r in found)
-    return await respond_heavy(build, ctx.request, weight)
+    def render() -> bytes:
+        # cut by the JSON's size: the records left out go first under "later"
+        items = _within_budget((_rec_json_bytes(r) for r in found), budget)
+        rest: dict[str, object] = {"missing": missing}
+        left = [str(CID(r.cid)) for r in found[len(items) :]] + list(later)
+        if left:
+            rest["later"] = left
+        return _with_records(rest, items)
+
+    weight = sum(len(r.data) for r in found)
+    return Response(await off_loop(render) if weight > INLINE_MAX else render(), media_type=JSON)
 
 
 # --- service accounts --------------------------------------------------------------
