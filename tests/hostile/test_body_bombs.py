@@ -14,8 +14,10 @@ hypercorn), plain httpx clients.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -200,6 +202,22 @@ async def test_writing_records_of_many_tiny_values_keeps_the_node_answering(
         assert longest < 1.0, (longest, probes)
 
 
+_BUDGET = 256 * 1024
+
+
+@contextlib.asynccontextmanager
+async def _budget_node(tmp_path: Path) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
+    """A node whose page byte budget is 256 KiB, holding 4 records of 150k
+    empty lists (whose JSON fills a page each), and a client for it."""
+    config = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=_BUDGET)
+    async with (
+        open_node(tmp_path / "n", config=config) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=60) as http,
+    ):
+        await _append_empty_lists(node, 150_000)
+        yield node, http
+
+
 @pytest.mark.parametrize(
     "path", ["/v1/sync/changes", "/v1/records?order=oldest", "/v1/records?order=newest"]
 )
@@ -209,13 +227,7 @@ async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path, path: s
     one JSON page of the audit's records was 36 MB against 8 MiB. A JSON page now
     ends after the record whose JSON reaches the budget, its cursor there (the
     feed, and the listing in either order)."""
-    budget = 256 * 1024
-    config = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=budget)
-    async with (
-        open_node(tmp_path / "n", config=config) as node,
-        httpx.AsyncClient(base_url=node.url, timeout=60) as http,
-    ):
-        await _append_empty_lists(node, 150_000)
+    async with _budget_node(tmp_path) as (node, http):
         headers = {"Authorization": f"Bearer {node.admin_token}"}
         seen: dict[str, list[list[str]]] = {"json": [], "cbor": []}
         for accept in seen:
@@ -229,7 +241,7 @@ async def test_a_json_page_keeps_to_the_page_byte_budget(tmp_path: Path, path: s
                 assert answer.status_code == 200
                 if accept == "json":
                     body = answer.json()
-                    assert len(answer.content) <= budget + _largest(body["records"])
+                    assert len(answer.content) <= _BUDGET + _largest(body["records"])
                     ids = [r["cid"]["/"] for r in body["records"]]
                 else:
                     body = dagcbor_decode(answer.content)
@@ -252,13 +264,7 @@ def _largest(records: list[dict[str, object]]) -> int:
 async def test_a_json_batch_fetch_keeps_to_the_page_byte_budget(tmp_path: Path) -> None:
     """The same for a batch fetch: the records its JSON cannot take come back
     under ``later``, first, in the order asked."""
-    budget = 256 * 1024
-    config = NodeConfig(rate_per_s=1e6, rate_burst=10**6, page_max_bytes=budget)
-    async with (
-        open_node(tmp_path / "n", config=config) as node,
-        httpx.AsyncClient(base_url=node.url, timeout=60) as http,
-    ):
-        await _append_empty_lists(node, 150_000)
+    async with _budget_node(tmp_path) as (node, http):
         ids = [str(e.cid) for e in (await node.records.list(limit=10)).records]
         headers = {"Authorization": f"Bearer {node.admin_token}", "Accept": "application/json"}
         got: list[str] = []
@@ -267,7 +273,7 @@ async def test_a_json_batch_fetch_keeps_to_the_page_byte_budget(tmp_path: Path) 
             answer = await http.post("/v1/sync/records", json={"ids": asked}, headers=headers)
             assert answer.status_code == 200, answer.text
             body = answer.json()
-            assert len(answer.content) <= budget + _largest(body["records"])
+            assert len(answer.content) <= _BUDGET + _largest(body["records"])
             got += [r["cid"]["/"] for r in body["records"]]
             asked = body.get("later", [])
             if not asked:

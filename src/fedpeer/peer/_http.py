@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..identity._dagcbor import parse_unchecked
 from ..identity.canonical import dagcbor_decode, dagcbor_encode, dagjson_decode, dagjson_encode
-from ._offloop import INLINE_MAX, off_loop
+from ._offloop import INLINE_MAX, off_loop, values_exceed
 
 CBOR = "application/cbor"
 JSON = "application/json"
@@ -222,28 +222,6 @@ def _holds_more_than(body: bytes, enc: Encoding, budget: int) -> bool:
     except (FedpeerError, ValueError, RecursionError):
         return False
     return values_exceed(value, budget)
-
-
-def values_exceed(value: object, budget: int) -> bool:
-    """Whether ``value`` holds more than ``budget`` values (map keys and values,
-    list items, nested ones included); stops counting there. Pure."""
-    stack: list[object] = [value]
-    seen = 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > budget:
-            return True
-        if isinstance(item, dict):
-            if len(item) > budget:
-                return True
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            if len(item) > budget:
-                return True
-            stack.extend(item)
-    return False
 
 
 def read_json_object(value: object) -> dict[str, object]:

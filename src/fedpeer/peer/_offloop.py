@@ -18,7 +18,7 @@ from typing import TypeVar, TypeVarTuple
 import anyio
 from anyio.lowlevel import RunVar
 
-__all__ = ["INLINE_MAX", "off_loop"]
+__all__ = ["INLINE_MAX", "off_loop", "values_exceed"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -66,3 +66,25 @@ def _without_gc(fn: Callable[[], T]) -> T:
             _gc_pauses -= 1
             if _gc_pauses == 0 and _gc_resume:
                 gc.enable()
+
+
+def values_exceed(value: object, budget: int) -> bool:
+    """Whether ``value`` holds more than ``budget`` values (map keys and values,
+    list items, nested ones included); stops counting there. Pure."""
+    stack: list[object] = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(item, dict):
+            if len(item) > budget:
+                return True
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            if len(item) > budget:
+                return True
+            stack.extend(item)
+    return False

@@ -24,8 +24,7 @@ from ...identity.canonical import CID, b64url_decode, b64url_encode, dagcbor_dec
 from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
 from ...sync.feed import build_page, changes_in, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, check_parents, verify_record
-from .._http import values_exceed
-from .._offloop import INLINE_MAX, off_loop
+from .._offloop import INLINE_MAX, off_loop, values_exceed
 from ._core import NodeCore
 from ._views import RecordEntry, RecordsPage
 
