@@ -55,6 +55,17 @@ def test_file_then_env_and_what_they_turn_into(tmp_path: Path) -> None:
     assert (big.backoff.base_s, big.backoff.cap_s) == (DEFAULT_BACKOFF.base_s, 60.0)
 
 
+def test_write_quota_settings(tmp_path: Path) -> None:
+    """``write_quota_records`` / ``write_quota_bytes``: a whole number, 0 for no bound."""
+    (tmp_path / "fedpeer.toml").write_text("write_quota_records = 0\nwrite_quota_bytes = 5000\n")
+    s = load_settings(tmp_path, {"FEDPEER_WRITE_QUOTA_BYTES": "7000"})
+    cfg = NodeConfig(**_rate_settings(s))
+    assert (cfg.write_quota_records, cfg.write_quota_bytes) == (None, 7000)
+    assert s.sources["write_quota_records"] == "fedpeer.toml"
+    defaults = NodeConfig(**_rate_settings(load_settings(tmp_path / "none", {})))
+    assert (defaults.write_quota_records, defaults.write_quota_bytes) == (1_000_000, 1 << 30)
+
+
 def test_backoff_base_setting(tmp_path: Path) -> None:
     # the first retry's ceiling (issue 14's e2e runs use 600 s); alone it raises the cap
     # to at least itself, with a cap it is capped by it
@@ -83,6 +94,8 @@ def test_backoff_base_setting(tmp_path: Path) -> None:
         ("rate_burst = 1.5\n", {}, "rate_burst must be a whole number"),
         ("rate_burst = 0\n", {}, "rate_burst"),
         ("rate_limit = 5\n", {}, "unknown setting(s) rate_limit"),
+        ("write_quota_records = -1\n", {}, "write_quota_records must be a whole number >= 0"),
+        ("", {"FEDPEER_WRITE_QUOTA_BYTES": "1.5"}, "FEDPEER_WRITE_QUOTA_BYTES"),
     ],
 )
 def test_bad_tuning_values_name_the_culprit(

@@ -55,6 +55,7 @@ The tree::
     │   └── TokenRevoked          TOKEN_REVOKED            401
     ├── ScopeForbidden            SCOPE_FORBIDDEN          403
     ├── ConsentDenied             CONSENT_DENIED           403
+    ├── QuotaExceeded             QUOTA_EXCEEDED           403
     ├── NotFound                  NOT_FOUND                404
     │   ├── RecordNotFound        RECORD_NOT_FOUND         404
     │   ├── PairNotFound          PAIR_NOT_FOUND           404
@@ -150,6 +151,7 @@ __all__ = [
     "PeerTooSlow",
     "PeerUnreachable",
     "ProofReplayed",
+    "QuotaExceeded",
     "RateLimited",
     "RecordFromFuture",
     "RecordInvalid",
@@ -586,6 +588,15 @@ class ConsentDenied(FedpeerError):
     """No grant lets the caller see this; ask the node's owner for a grant."""
 
     code = "CONSENT_DENIED"
+    http_status = 403
+
+
+class QuotaExceeded(FedpeerError):
+    """A holder's writes would pass its write quota (``NodeConfig.write_quota_records``
+    or ``write_quota_bytes``): nothing of the write is stored; the node's owner can
+    raise the quota."""
+
+    code = "QUOTA_EXCEEDED"
     http_status = 403
 
 

@@ -231,7 +231,11 @@ def test_token_create_list_rotate_revoke(one_node: NodeThread) -> None:
     assert mine
     assert mine[0]["name"] == "ci reader"
     assert mine[0]["revoked_ms"] is None
-    assert "ci reader" in fp(a, "token", "list").stdout
+    assert (mine[0]["written_records"], mine[0]["written_bytes"]) == (0, 0)  # write quota use
+    table = fp(a, "token", "list").stdout
+    assert "ci reader" in table
+    assert "written" in table
+    assert "0 records, 0 B" in table
 
     plain = fp(a, "token", "create", "--name", "plain")
     assert plain.exit_code == 0

@@ -26,6 +26,9 @@ Tuning (`fedpeer run` only; defaults are the library's)::
                               #   it doubles per failure up to the cap
     rate_per_s = 50           # FEDPEER_RATE_PER_S          requests per second per token / address
     rate_burst = 200          # FEDPEER_RATE_BURST          burst allowance of that rate limit
+    write_quota_records = 1000000   # FEDPEER_WRITE_QUOTA_RECORDS  records each token holder
+                              #   (not an admin) may write; 0: no bound
+    write_quota_bytes = 1073741824  # FEDPEER_WRITE_QUOTA_BYTES    their bytes; 0: no bound
 
 ``FEDPEER_TOKEN`` overrides the admin token read from ``admin.token``.
 
@@ -86,6 +89,8 @@ _KEYS = (
     "sync_backoff_base_s",
     "rate_per_s",
     "rate_burst",
+    "write_quota_records",
+    "write_quota_bytes",
 )
 MAX_LONGPOLL_S = 300.0
 MAX_BACKOFF_CAP_S = 86_400.0
@@ -113,6 +118,8 @@ class Settings:
     sync_backoff_base_s: float | None = None
     rate_per_s: float | None = None
     rate_burst: int | None = None
+    write_quota_records: int | None = None
+    write_quota_bytes: int | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
@@ -244,6 +251,14 @@ def _check_burst(value: object, where: str) -> int:
     return int(burst)
 
 
+def _check_quota(value: object, where: str) -> int:
+    what = "a whole number >= 0 (0: no bound)"
+    quota = _number(value, where, what)
+    if not (math.isfinite(quota) and quota >= 0 and quota == int(quota)):
+        raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
+    return int(quota)
+
+
 _CHECKS: dict[str, Callable[[object, str], object]] = {
     "host": _check_host,
     "port": _check_port,
@@ -256,6 +271,8 @@ _CHECKS: dict[str, Callable[[object, str], object]] = {
     "sync_backoff_base_s": _seconds_check(MAX_BACKOFF_CAP_S),
     "rate_per_s": _check_rate,
     "rate_burst": _check_burst,
+    "write_quota_records": _check_quota,
+    "write_quota_bytes": _check_quota,
 }
 
 

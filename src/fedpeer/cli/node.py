@@ -87,12 +87,18 @@ def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:
 
 
 def rate_settings(settings: Settings) -> dict[str, Any]:
-    """NodeConfig keyword arguments for the rate limit settings that are set."""
+    """NodeConfig keyword arguments for the rate limit and write quota settings
+    that are set."""
     out: dict[str, Any] = {}
     if settings.rate_per_s is not None:
         out["rate_per_s"] = settings.rate_per_s
     if settings.rate_burst is not None:
         out["rate_burst"] = settings.rate_burst
+    # the write quotas: 0 in the settings is no bound (None in NodeConfig)
+    if settings.write_quota_records is not None:
+        out["write_quota_records"] = settings.write_quota_records or None
+    if settings.write_quota_bytes is not None:
+        out["write_quota_bytes"] = settings.write_quota_bytes or None
     return out
 
 

@@ -169,6 +169,16 @@ def when(ms: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
 
 
+def human_bytes(n: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``20.0 MiB``, ``1.0 GiB`` for tables."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 def ago(ms: object, now_ms: int | None = None) -> str:
     """``5m ago`` (or ``-``)."""
     if not isinstance(ms, int) or isinstance(ms, bool):

@@ -9,7 +9,7 @@ import click
 from ..consent import scopes_to_list
 from ..peer.node import rotate_admin_token
 from .main import Ctx
-from .output import console, json_out, run_async, short_did, table, when
+from .output import console, human_bytes, json_out, run_async, short_did, table, when
 from .params import JSON_OPT, Duration, Scopes
 
 __all__ = ["token"]
@@ -29,7 +29,9 @@ def token_list(obj: Ctx, as_json: bool) -> None:
     if as_json:
         json_out({"service_accounts": [sa.to_dict() for sa in accounts]})
         return
-    rows = table("id", "name", "holder", "scopes", "origin", "created", "state", "tokens")
+    rows = table(
+        "id", "name", "holder", "scopes", "origin", "created", "state", "tokens", "written"
+    )
     for sa in accounts:
         rows.add_row(
             sa.id,
@@ -40,6 +42,7 @@ def token_list(obj: Ctx, as_json: bool) -> None:
             when(sa.created_ms),
             "revoked" if sa.revoked_ms else "active",
             str(len(sa.token_ids)),
+            f"{sa.written_records} records, {human_bytes(sa.written_bytes)}",
         )
     console().print(rows)
 

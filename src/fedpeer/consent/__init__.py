@@ -54,9 +54,11 @@ from .tokens import IssuedToken as IssuedToken
 from .tokens import Principal as Principal
 from .tokens import ServiceAccount as ServiceAccount
 from .tokens import StateReader as StateReader
+from .tokens import WriteQuota as WriteQuota
 from .tokens import authenticate as authenticate
 from .tokens import authenticate_bearer as authenticate_bearer
 from .tokens import bootstrap_admin as bootstrap_admin
+from .tokens import charge_write as charge_write
 from .tokens import create_service_account as create_service_account
 from .tokens import get_service_account as get_service_account
 from .tokens import hash_bearer as hash_bearer
@@ -92,10 +94,12 @@ __all__ = [
     "ServiceAccount",
     "StateReader",
     "Target",
+    "WriteQuota",
     "authenticate",
     "authenticate_bearer",
     "bootstrap_admin",
     "bulk_revoke",
+    "charge_write",
     "confirmation_code",
     "create_grant",
     "create_invite",

@@ -25,7 +25,9 @@ It has one or more *tokens*; a token is what a client sends as
 State rows (tables named in docs/architecture.md, values JSON-able):
 
 - ``service_accounts/<sa_id>``: ``{id, name, holder_did, scopes: [..], origin,
-  created_ms, revoked_ms, token_ids: [live token ids]}``
+  created_ms, revoked_ms, token_ids: [live token ids], written_records,
+  written_bytes}`` (the last two count the account's record writes,
+  :func:`charge_write`; absent in rows written before they existed: 0)
 - ``tokens/<token_id>``: ``{token_id, sa_id, holder_did, hash (hex sha256),
   created_ms, expires_ms, revoked_ms, replaced_by}``; revoked tokens stay as
   history (``revoked_ms`` set) and leave the SA's ``token_ids``.
@@ -56,11 +58,13 @@ from ..errors import (
     Conflict,
     DidInvalid,
     InvalidRequest,
+    QuotaExceeded,
     RotateNotSelf,
     ServiceAccountNotFound,
     StoreCorrupt,
     TokenExpired,
     TokenInvalid,
+    TokenRevoked,
 )
 from ..identity._syntax import is_did
 from .scopes import ALL_SCOPES, has_scope, parse_scopes, scopes_to_list
@@ -75,9 +79,11 @@ __all__ = [
     "Principal",
     "ServiceAccount",
     "StateReader",
+    "WriteQuota",
     "authenticate",
     "authenticate_bearer",
     "bootstrap_admin",
+    "charge_write",
     "create_service_account",
     "get_service_account",
     "hash_bearer",
@@ -134,6 +140,9 @@ class ServiceAccount:
 
     ``origin`` is ``"bootstrap"``, ``"api"`` or ``"invite:<invite_id>"``;
     ``token_ids`` are the ids of its live (unrevoked) tokens.
+    ``written_records`` and ``written_bytes`` count what its holder wrote
+    (:func:`charge_write`): every record a write of it carried, records the
+    node already had included, and their ``data`` plus ``sig`` bytes.
     """
 
     id: str
@@ -144,6 +153,8 @@ class ServiceAccount:
     created_ms: int
     revoked_ms: int | None
     token_ids: tuple[str, ...] = ()
+    written_records: int = 0
+    written_bytes: int = 0
 
     @property
     def revoked(self) -> bool:
@@ -160,6 +171,8 @@ class ServiceAccount:
             "created_ms": self.created_ms,
             "revoked_ms": self.revoked_ms,
             "token_ids": list(self.token_ids),
+            "written_records": self.written_records,
+            "written_bytes": self.written_bytes,
         }
 
 
@@ -303,6 +316,8 @@ def _sa_from_row(row: Mapping[str, object]) -> ServiceAccount:
         created_ms=_field_int(row, "created_ms"),
         revoked_ms=_field_opt_int(row, "revoked_ms"),
         token_ids=tuple(_field_str_list(row, "token_ids")),
+        written_records=_field_opt_int(row, "written_records") or 0,
+        written_bytes=_field_opt_int(row, "written_bytes") or 0,
     )
 
 
@@ -437,6 +452,79 @@ def list_service_accounts(tx: StateTx, *, include_revoked: bool = True) -> list[
         out = [sa for sa in out if sa.revoked_ms is None]
     out.sort(key=lambda sa: (sa.created_ms, sa.id))
     return out
+
+
+@attrs.frozen
+class WriteQuota:
+    """How much one service account may write, in records and in bytes (``data``
+    plus ``sig`` of each record); None: no bound."""
+
+    records: int | None = None
+    bytes: int | None = None
+
+
+def charge_write(
+    tx: StateTx,
+    principal: Principal,
+    *,
+    records: int,
+    nbytes: int,
+    quota: WriteQuota,
+    now_ms: int | None = None,
+) -> ServiceAccount:
+    """Count a write of ``records`` records (``nbytes`` bytes) against the account
+    ``principal`` speaks for, in the transaction that stores them.
+
+    Every record the write carries counts, records the node already had
+    included: what a holder may write is bounded by what it sends, and a holder
+    that may not read a record cannot learn from its quota whether the node had
+    it. Raises, so that the transaction stores nothing:
+
+    - ``TOKEN_REVOKED`` when the account or the token was revoked (or rotated
+      away) since the request was authenticated, ``TOKEN_EXPIRED`` when the token
+      expired since: no write commits after a revocation has;
+    - ``QUOTA_EXCEEDED`` when the account's counts would pass ``quota``.
+
+    Returns the account with its new counts. Synchronous; run it in
+    ``Store.transact``.
+    """
+    now = _now_ms(now_ms)
+    row = tx.get(SA_TABLE, principal.sa_id) if _SA_ID_RE.fullmatch(principal.sa_id) else None
+    token = tx.get(TOKEN_TABLE, principal.token_id)
+    sa = _sa_from_row(row) if row is not None else None
+    if (
+        sa is None
+        or sa.revoked_ms is not None
+        or principal.token_id not in sa.token_ids
+        or token is None
+        or token.get("revoked_ms") is not None
+    ):
+        raise TokenRevoked(
+            "this token was revoked while the request was open; nothing was stored. "
+            "Ask the node's owner for a new one"
+        )
+    expires_ms = _field_opt_int(token, "expires_ms")
+    if expires_ms is not None and now >= expires_ms:
+        raise TokenExpired(
+            "the bearer token expired while the request was open; nothing was stored"
+        )
+    written = sa.written_records + records
+    written_bytes = sa.written_bytes + nbytes
+    if quota.records is not None and written > quota.records:
+        raise QuotaExceeded(
+            f"this holder has written {sa.written_records} records of the "
+            f"{quota.records} it may write (this write has {records}); nothing was "
+            "stored. Ask the node's owner to raise write_quota_records"
+        )
+    if quota.bytes is not None and written_bytes > quota.bytes:
+        raise QuotaExceeded(
+            f"this holder has written {sa.written_bytes} bytes of records of the "
+            f"{quota.bytes} it may write (this write has {nbytes}); nothing was "
+            "stored. Ask the node's owner to raise write_quota_bytes"
+        )
+    sa = attrs.evolve(sa, written_records=written, written_bytes=written_bytes)
+    tx.put(SA_TABLE, sa.id, _sa_to_row(sa))
+    return sa
 
 
 def revoke_service_account(tx: StateTx, sa_id: str, *, now_ms: int | None = None) -> ServiceAccount:

@@ -17,6 +17,13 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
         raise ConfigInvalid(f"{attr.name} must be > 0, got {value!r}")
 
 
+def _positive_or_none(inst: object, attr: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigInvalid(f"{attr.name} must be a whole number or None, got {value!r}")
+        _positive(inst, attr, value)
+
+
 MAX_HEARTBEAT_S = 15.0
 """protocol.md §8.5: a stream's heartbeat comes at least every 15 s; clients drop a
 stream silent for four intervals (fedpeer: 60 s), so a longer one would have every
@@ -78,6 +85,14 @@ class NodeConfig:
     (``fedpeer run`` turns it on; :mod:`fedpeer.peer._netwatch`). Whatever this
     setting, a failing pair is also retried at once when its peer is seen again:
     a verified mDNS announcement, a request from the peer, a manifest fetched.
+
+    ``write_quota_records`` and ``write_quota_bytes`` bound what each holder of a
+    token that is not an admin's may write over its life: records (every one it
+    sends, those the node already had included) and their bytes (``data`` plus
+    ``sig``). A write that would pass either is QUOTA_EXCEEDED and stores
+    nothing; ``fedpeer token list`` shows what each holder wrote. None: no
+    bound. The node's own appends, admins' writes and pulls from paired peers
+    are not counted.
     """
 
     handle: str = "fedpeer"
@@ -110,3 +125,5 @@ class NodeConfig:
     tls: bool | None = None
     insecure_http: bool = False
     watch_network: bool = False
+    write_quota_records: int | None = attrs.field(default=1_000_000, validator=_positive_or_none)
+    write_quota_bytes: int | None = attrs.field(default=1 << 30, validator=_positive_or_none)

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..consent.grants import EVERYTHING, ConsentView
+from ..consent.tokens import Principal
 from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
 from ..store.base import ChangeFilter, StoredRecord
@@ -201,6 +202,7 @@ async def post_record(ctx: Ctx) -> Response:
         view=await ctx.view("records:write"),
         # what the parents' clocks may count (only read when there are parents)
         read_view=read_view if parents else EVERYTHING,
+        writer=_writer(ctx),
     )
     return _stored_answer(entry, True, read_view, ctx.request)
 
@@ -210,8 +212,17 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     data, sig = obj.get("data"), obj.get("sig")
     if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
         raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
-    entry, created = await ctx.app.records.ingest(data, sig, view=await ctx.view("records:write"))
+    entry, created = await ctx.app.records.ingest(
+        data, sig, view=await ctx.view("records:write"), writer=_writer(ctx)
+    )
     return _stored_answer(entry, created, await ctx.view("records:read"), ctx.request)
+
+
+def _writer(ctx: Ctx) -> Principal | None:
+    """Whom a record write counts for (``NodeConfig.write_quota_*``): the caller's
+    account, unless it is an admin's (or the caller is anonymous, auth off)."""
+    principal = ctx.principal
+    return None if principal is None or principal.allows("admin") else principal
 
 
 def _stored_answer(
@@ -248,7 +259,7 @@ async def import_records(ctx: Ctx) -> Response:
     # the caller's write grants apply to every record, as on POST /v1/records
     view = await ctx.view("records:write")
     stored, existing = await ctx.app.records.ingest_many(
-        pairs, view=view, read_view=await ctx.view("records:read")
+        pairs, view=view, read_view=await ctx.view("records:read"), writer=_writer(ctx)
     )
     return respond({"stored": stored, "existing": existing}, ctx.request)
 
@@ -623,6 +634,8 @@ _RECORD_WRITE_ERRORS = (
     "INVALID_REQUEST",
     "BODY_TOO_LARGE",
     "DID_INVALID",
+    "QUOTA_EXCEEDED",
+    "TOKEN_REVOKED",
 )
 _LIMIT = Param(
     "limit",

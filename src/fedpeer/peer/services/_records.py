@@ -19,9 +19,18 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 
 from ...consent.grants import EVERYTHING, ConsentView
+from ...consent.tokens import Principal, WriteQuota, charge_write
 from ...errors import FedpeerError, InvalidRequest, Malformed, RecordNotFound
 from ...identity.canonical import CID, b64url_decode, b64url_encode, dagcbor_decode, dagcbor_encode
-from ...store.base import ChangeFilter, StateTx, StoredRecord, ThreadInfo, record_bytes
+from ...store.base import (
+    ChangeFilter,
+    NewRecord,
+    PutResult,
+    StateTx,
+    StoredRecord,
+    ThreadInfo,
+    record_bytes,
+)
 from ...sync.feed import build_page, changes_in, cursor_at, resolve_cursor
 from ...sync.records import SignedRecord, build_record, check_parents, verify_record
 from .._offloop import INLINE_MAX, off_loop, values_exceed
@@ -81,6 +90,7 @@ class RecordService:
         parents: Sequence[CID | str] = (),
         view: ConsentView = EVERYTHING,
         read_view: ConsentView = EVERYTHING,
+        writer: Principal | None = None,
     ) -> RecordEntry:
         """Build, sign and store a record authored by this node; return it with its seq.
 
@@ -90,6 +100,8 @@ class RecordService:
         ``read_view`` is what the caller may read (``records:read``): a parent
         it may not see counts for nothing below, so the new record's clock tells
         nothing about records hidden from the caller.
+        ``writer`` is the token holder the write counts for (None: the node
+        itself or an admin, not counted; see :meth:`_put_counted`).
 
         ``clock`` is a Lamport clock: one more than the largest of this node's
         last clock and the parents' clocks. Raises RECORD_INVALID (checked
@@ -134,7 +146,7 @@ class RecordService:
             next_clock = clock + 1
 
             def commit(tx: StateTx) -> int:
-                result = tx.put_records([new])
+                result = self._put_counted(tx, [new], writer)
                 tx.put("meta", "clock", {"value": next_clock})
                 return result.new[0][1]
 
@@ -142,12 +154,18 @@ class RecordService:
             return RecordEntry(seq, signed)
 
     async def ingest(
-        self, data: bytes, sig: bytes, *, view: ConsentView = EVERYTHING
+        self,
+        data: bytes,
+        sig: bytes,
+        *,
+        view: ConsentView = EVERYTHING,
+        writer: Principal | None = None,
     ) -> tuple[RecordEntry, bool]:
         """Verify a record signed elsewhere and store it as is.
 
         ``view`` is what the caller may write (as for :meth:`append`): a record
         whose namespace/thread it does not cover is CONSENT_DENIED and not stored.
+        ``writer``: as for :meth:`append`.
 
         Returns ``(entry, created)``; storing a record twice is a no-op
         (``created`` False, the existing seq). Raises what
@@ -160,7 +178,7 @@ class RecordService:
         check = partial(verify_record, data, sig, limits=core.limits, now_ms=core.now_ms())
         signed = await off_loop(check) if len(data) > INLINE_MAX else check()
         view.check_write(signed.record.namespace, signed.record.thread)
-        return await self.put_verified(signed)
+        return await self.put_verified(signed, writer=writer)
 
     async def ingest_many(
         self,
@@ -168,6 +186,7 @@ class RecordService:
         *,
         view: ConsentView = EVERYTHING,
         read_view: ConsentView = EVERYTHING,
+        writer: Principal | None = None,
     ) -> tuple[int, int]:
         """Verify a batch of records signed elsewhere (``(data, sig)`` pairs) and store
         them in one transaction: ``(stored, already here)``. When ``read_view``
@@ -178,6 +197,7 @@ class RecordService:
         ``view`` is what the caller may write (as for :meth:`append`; the import
         route passes the caller's ``records:write`` view): one record whose
         namespace/thread it does not cover is CONSENT_DENIED for the whole batch.
+        ``writer``: as for :meth:`append` (the whole batch counts).
 
         Every record is verified and checked before any is stored: one that fails
         raises its error (BAD_SIGNATURE, RECORD_INVALID, NON_CANONICAL,
@@ -213,21 +233,44 @@ class RecordService:
         signed = await anyio.to_thread.run_sync(verify_all)
         if not signed:
             return 0, 0
-        result = await core.store.put([s.to_new() for s in signed])
+        new = [s.to_new() for s in signed]
+        result = await core.store.transact(lambda tx: self._put_counted(tx, new, writer))
         if not all(read_view.visible(s.record.namespace, s.record.thread) for s in signed):
             return len(signed), 0
         return len(result.new), result.duplicates
 
-    async def put_verified(self, signed: SignedRecord) -> tuple[RecordEntry, bool]:
-        """Store a record that went through the pipeline; ``(entry, created)``."""
+    async def put_verified(
+        self, signed: SignedRecord, *, writer: Principal | None = None
+    ) -> tuple[RecordEntry, bool]:
+        """Store a record that went through the pipeline; ``(entry, created)``.
+        ``writer``: as for :meth:`append`."""
         store = self._core.store
-        result = await store.put([signed.to_new()])
+        new = [signed.to_new()]
+        result = await store.transact(lambda tx: self._put_counted(tx, new, writer))
         if result.new:
             return RecordEntry(result.new[0][1], signed), True
         existing = await store.get(signed.cid.raw)
         if existing is None:  # pragma: no cover - a store that loses what it just kept
             raise RecordNotFound(f"record {signed.cid} vanished while it was stored")
         return RecordEntry(existing.seq, signed), False
+
+    def _put_counted(
+        self, tx: StateTx, new: Sequence[NewRecord], writer: Principal | None
+    ) -> PutResult:
+        """Store ``new`` in ``tx``, counted against ``writer``'s write quota (when
+        there is one): QUOTA_EXCEEDED, TOKEN_REVOKED or TOKEN_EXPIRED roll the
+        whole transaction back (:func:`~fedpeer.consent.tokens.charge_write`)."""
+        if writer is not None:
+            cfg = self._core.config
+            charge_write(
+                tx,
+                writer,
+                records=len(new),
+                nbytes=sum(len(r.data) + len(r.sig) for r in new),
+                quota=WriteQuota(cfg.write_quota_records, cfg.write_quota_bytes),
+                now_ms=self._core.now_ms(),
+            )
+        return tx.put_records(new)
 
     # --- reads ---
 

@@ -230,6 +230,9 @@ def service_account_from_dict(obj: object) -> ServiceAccount:
         created_ms=r.integer("created_ms"),
         revoked_ms=r.opt_integer("revoked_ms"),
         token_ids=r.texts("token_ids"),
+        # absent from nodes older than write quotas
+        written_records=r.opt_integer("written_records") or 0,
+        written_bytes=r.opt_integer("written_bytes") or 0,
     )
 
 
