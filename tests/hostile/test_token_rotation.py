@@ -37,7 +37,7 @@ async def _guest(node: Node, token_ttl_s: int | None = None) -> tuple[str, str]:
 
 
 async def test_rotating_a_token_does_not_refill_the_rate_limit(tmp_path: Path) -> None:
-    cfg = NodeConfig(rate_per_s=0.01, rate_burst=5)
+    cfg = NodeConfig(rate_per_s=0.01, rate_burst=5, rotate_min_age_s=0)
     async with open_node(tmp_path / "n", config=cfg) as node:
         token, token_id = await _guest(node)
         statuses: list[int] = []
@@ -57,7 +57,7 @@ async def test_rotating_a_token_does_not_refill_the_rate_limit(tmp_path: Path) -
 
 
 async def test_a_rotation_cannot_lengthen_an_invite_tokens_lifetime(tmp_path: Path) -> None:
-    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6, rotate_min_age_s=0)
     async with open_node(tmp_path / "n", config=cfg) as node:
         token, token_id = await _guest(node, token_ttl_s=3600)
         async with httpx.AsyncClient(timeout=10) as client:
@@ -69,3 +69,56 @@ async def test_a_rotation_cannot_lengthen_an_invite_tokens_lifetime(tmp_path: Pa
         assert r.status_code == 200, r.text
         expires_ms = r.json()["expires_ms"]
         assert expires_ms <= time.time() * 1000 + 3600_000 + 60_000  # not 31 years
+
+
+async def _age(node: Node, token_id: str, seconds: int) -> None:
+    """Make a token ``seconds`` older than it is (its row's ``created_ms``)."""
+    row = await node.store.get_state("tokens", token_id)
+    assert row is not None
+    older = {**row, "created_ms": int(row["created_ms"]) - seconds * 1000}  # type: ignore[call-overload]
+    await node.store.transact(lambda tx: tx.put("tokens", token_id, older))
+
+
+async def test_a_holder_cannot_rotate_at_its_request_rate(tmp_path: Path) -> None:
+    """Every rotation is a durable write (a token row, an audit entry, an fsync):
+    before, a guest could rotate 50 times a second, its request rate, and grow the
+    node's state by gigabytes a day. Now a token rotates itself once it is a
+    minute old (429 RATE_LIMITED with Retry-After before; the token keeps
+    working), and a chain of rotations keeps two token rows, not one per
+    rotation."""
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)  # the default rotate_min_age_s
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        token, token_id = await _guest(node)
+        sa_id = (await node.tokens.authenticate(token)).sa_id
+        audit_before = len(await node.store.audit_log(limit=10_000))
+        async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+            r = await client.post(
+                f"/v1/tokens/{token_id}/rotate",
+                json={},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 429, r.text
+            assert r.json()["error"]["code"] == "RATE_LIMITED"
+            assert 55 <= int(r.headers["Retry-After"]) <= 60
+            ok = await client.get("/v1/records", headers={"Authorization": f"Bearer {token}"})
+            assert ok.status_code == 200  # still the live token
+            assert len(await node.store.audit_log(limit=10_000)) == audit_before
+
+            for _ in range(5):
+                await _age(node, token_id, 61)
+                r = await client.post(
+                    f"/v1/tokens/{token_id}/rotate",
+                    json={},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert r.status_code == 200, r.text
+                token, token_id = r.json()["token"], r.json()["token_id"]
+                again = await client.post(
+                    f"/v1/tokens/{token_id}/rotate",
+                    json={},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert again.status_code == 429  # the new token is a minute from rotating
+        rows = [v for _, v in await node.store.list_state("tokens") if v["sa_id"] == sa_id]
+        assert len(rows) == 2  # the live token and the one it replaced
+        assert sorted(r["revoked_ms"] is None for r in rows) == [False, True]

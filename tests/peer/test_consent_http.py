@@ -35,7 +35,9 @@ from fedpeer.store.base import StateTx, Store
 from fedpeer.store.memory import MemoryStore
 from fedpeer.sync.records import DEFAULT_LIMITS, SignedRecord, build_record
 
-FAST = NodeConfig(rate_per_s=100_000, rate_burst=100_000, handle="consent-test")
+# rotate_min_age_s=0: these tests rotate fresh tokens (the minimum age has its own
+# test in tests/hostile/test_token_rotation.py)
+FAST = NodeConfig(rate_per_s=100_000, rate_burst=100_000, handle="consent-test", rotate_min_age_s=0)
 HOLDER = SigningKey.from_seed(b"h" * 32)
 OTHER = SigningKey.from_seed(b"o" * 32)
 CBOR = {"Accept": "application/cbor"}
@@ -702,6 +704,16 @@ async def test_token_rotation(node: Node, http: httpx.AsyncClient, admin_token: 
     r = await http.post(f"/v1/tokens/{got['token_id']}/rotate")
     assert (r.status_code, code(r)) == (401, "AUTH_REQUIRED")
     r = await http.post(f"/v1/tokens/{got['token_id']}/rotate", headers=old)
+    assert (r.status_code, code(r)) == (429, "RATE_LIMITED")  # a minute old first
+
+    async def age(token_id: object) -> None:  # as if the token were made 2 minutes ago
+        row = await node.store.get_state("tokens", str(token_id))
+        assert row is not None
+        aged = {**row, "created_ms": now_ms() - 120_000}
+        await node.store.transact(lambda tx: tx.put("tokens", str(token_id), aged))
+
+    await age(got["token_id"])
+    r = await http.post(f"/v1/tokens/{got['token_id']}/rotate", headers=old)
     assert r.status_code == 200, r.text
     new = r.json()
     assert new["old_token_id"] == got["token_id"]
@@ -709,6 +721,7 @@ async def test_token_rotation(node: Node, http: httpx.AsyncClient, admin_token: 
     assert new["expires_ms"] >= got["expires_ms"]  # the same lifetime, from now
     assert (await http.get("/v1/sync/changes", headers=old)).status_code == 401
     assert (await http.get("/v1/sync/changes", headers=bearer(new["token"]))).status_code == 200
+    await age(new["token_id"])
     r = await http.post(
         f"/v1/tokens/{new['token_id']}/rotate", json={"ttl_s": 120}, headers=bearer(new["token"])
     )

@@ -29,8 +29,9 @@ State rows (tables named in docs/architecture.md, values JSON-able):
   written_bytes}`` (the last two count the account's record writes,
   :func:`charge_write`; absent in rows written before they existed: 0)
 - ``tokens/<token_id>``: ``{token_id, sa_id, holder_did, hash (hex sha256),
-  created_ms, expires_ms, revoked_ms, replaced_by}``; revoked tokens stay as
-  history (``revoked_ms`` set) and leave the SA's ``token_ids``.
+  created_ms, expires_ms, revoked_ms, replaced_by, replaces?}``; revoked tokens
+  stay as history (``revoked_ms`` set) and leave the SA's ``token_ids``, except
+  that a self-rotation deletes the row its token replaced (:func:`rotate_token`).
 - ``meta/consent.bootstrap``: ``{sa_id, closed_ms}`` once the bootstrap admin
   SA exists.
 
@@ -59,6 +60,7 @@ from ..errors import (
     DidInvalid,
     InvalidRequest,
     QuotaExceeded,
+    RateLimited,
     RotateNotSelf,
     ServiceAccountNotFound,
     StoreCorrupt,
@@ -598,6 +600,7 @@ def rotate_token(
     *,
     ttl_ms: int | None = None,
     now_ms: int | None = None,
+    min_age_ms: int = 0,
 ) -> IssuedToken:
     """Replace the caller's own token ``token_id`` with a new one.
 
@@ -611,9 +614,16 @@ def rotate_token(
     bearer stops working. Returns the one-time :class:`IssuedToken`; writes
     ``token.rotated``.
 
+    A token younger than ``min_age_ms`` may not rotate yet (``RATE_LIMITED``,
+    ``retry_after`` the seconds left): every rotation is a durable write (a
+    token row, an audit entry), which a holder must not be able to repeat at
+    its request rate. The row of the token the old one replaced, if any, is
+    deleted: a chain of self-rotations keeps two rows, the live token and the
+    one it replaced.
+
     Raises ``ROTATE_NOT_SELF``, ``TOKEN_INVALID`` (the token or account was
-    revoked meanwhile), ``TOKEN_EXPIRED`` or ``INVALID_REQUEST`` (ttl_ms).
-    Synchronous; run it in ``Store.transact``.
+    revoked meanwhile), ``TOKEN_EXPIRED``, ``RATE_LIMITED`` or
+    ``INVALID_REQUEST`` (ttl_ms). Synchronous; run it in ``Store.transact``.
     """
     now = _now_ms(now_ms)
     if token_id != caller.token_id:
@@ -631,6 +641,14 @@ def rotate_token(
     old_expires = _field_opt_int(row, "expires_ms")
     if old_expires is not None and now >= old_expires:
         raise TokenExpired("the bearer token has expired; ask the node's owner for a new one")
+    age = now - _field_int(row, "created_ms")
+    if age < min_age_ms:
+        wait_s = (min_age_ms - age) / 1000
+        raise RateLimited(
+            f"this token was made {max(0, age) // 1000} s ago; a token may rotate itself "
+            f"once it is {min_age_ms // 1000} s old: retry in {wait_s:.0f} s",
+            retry_after=wait_s,
+        )
     # A rotation slides the expiry; it never lengthens the token's lifetime (the
     # issuer's policy): a longer ttl is cut to the old token's own lifetime, and
     # to MAX_ROTATE_TTL_MS for one that never expired.
@@ -641,8 +659,14 @@ def rotate_token(
         expires = now + lifetime
     else:
         expires = None
-    issued, _ = _mint(tx, sa, now_ms=now, expires_ms=expires)
+    issued, new_row = _mint(tx, sa, now_ms=now, expires_ms=expires)
+    tx.put(TOKEN_TABLE, issued.token_id, {**new_row, "replaces": token_id})
     _revoke_tokens(tx, [token_id], now_ms=now, replaced_by=issued.token_id)
+    before = row.get("replaces")
+    if isinstance(before, str) and before != token_id:
+        gone = tx.get(TOKEN_TABLE, before)
+        if gone is not None and gone.get("revoked_ms") is not None:
+            tx.delete(TOKEN_TABLE, before)
     token_ids = (*(t for t in sa.token_ids if t != token_id), issued.token_id)
     tx.put(SA_TABLE, sa.id, _sa_to_row(attrs.evolve(sa, token_ids=token_ids)))
     tx.audit(

@@ -24,6 +24,11 @@ def _positive_or_none(inst: object, attr: attrs.Attribute[Any], value: int | Non
         _positive(inst, attr, value)
 
 
+def _not_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ConfigInvalid(f"{attr.name} must be >= 0, got {value!r}")
+
+
 MAX_HEARTBEAT_S = 15.0
 """protocol.md §8.5: a stream's heartbeat comes at least every 15 s; clients drop a
 stream silent for four intervals (fedpeer: 60 s), so a longer one would have every
@@ -93,6 +98,10 @@ class NodeConfig:
     nothing; ``fedpeer token list`` shows what each holder wrote. None: no
     bound. The node's own appends, admins' writes and pulls from paired peers
     are not counted.
+
+    ``rotate_min_age_s``: a holder may rotate its own token (``POST
+    /v1/tokens/{id}/rotate``) once the token is that old (RATE_LIMITED before):
+    each rotation is a durable write, not to be repeated at the request rate.
     """
 
     handle: str = "fedpeer"
@@ -127,3 +136,4 @@ class NodeConfig:
     watch_network: bool = False
     write_quota_records: int | None = attrs.field(default=1_000_000, validator=_positive_or_none)
     write_quota_bytes: int | None = attrs.field(default=1 << 30, validator=_positive_or_none)
+    rotate_min_age_s: float = attrs.field(default=60.0, validator=_not_negative)

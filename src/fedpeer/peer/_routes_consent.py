@@ -429,7 +429,13 @@ CONSENT_ROUTES: list[RouteSpec] = [
         "rotate_token",
         params=(Param("token_id", "path", required=True),),
         response_schema={"type": "object", "required": ["token", "token_id", "expires_ms"]},
-        errors=("ROTATE_NOT_SELF", "AUTH_REQUIRED", "TOKEN_INVALID", "TOKEN_EXPIRED"),
+        errors=(
+            "ROTATE_NOT_SELF",
+            "AUTH_REQUIRED",
+            "TOKEN_INVALID",
+            "TOKEN_EXPIRED",
+            "RATE_LIMITED",
+        ),
     ),
 ]
 

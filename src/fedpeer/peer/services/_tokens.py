@@ -66,11 +66,15 @@ class TokenService:
     ) -> RotatedToken:
         """``principal`` rotates its own token ``token_id``: a new bearer with a slid
         expiry; the old one stops working. ROTATE_NOT_SELF, TOKEN_INVALID,
-        TOKEN_EXPIRED."""
+        TOKEN_EXPIRED, RATE_LIMITED (a token younger than
+        ``config.rotate_min_age_s``)."""
         ttl_ms = lifetime_ms(ttl_s)
         now = self._core.now_ms()
+        min_age_ms = round(self._core.config.rotate_min_age_s * 1000)
         issued = await self._core.store.transact(
-            lambda tx: tokens.rotate_token(tx, token_id, principal, ttl_ms=ttl_ms, now_ms=now)
+            lambda tx: tokens.rotate_token(
+                tx, token_id, principal, ttl_ms=ttl_ms, now_ms=now, min_age_ms=min_age_ms
+            )
         )
         return RotatedToken(issued.bearer, issued.token_id, issued.expires_ms, token_id)
 
