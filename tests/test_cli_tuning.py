@@ -64,6 +64,14 @@ def test_write_quota_settings(tmp_path: Path) -> None:
     assert s.sources["write_quota_records"] == "fedpeer.toml"
     defaults = NodeConfig(**_rate_settings(load_settings(tmp_path / "none", {})))
     assert (defaults.write_quota_records, defaults.write_quota_bytes) == (1_000_000, 1 << 30)
+    # the redeem pairs' quotas go to the pullers' options, 0 for no bound as well
+    opts = _sync_options(
+        load_settings(
+            tmp_path, {"FEDPEER_REDEEM_QUOTA_RECORDS": "0", "FEDPEER_REDEEM_QUOTA_BYTES": "9"}
+        )
+    )
+    assert (opts.redeem_quota_records, opts.redeem_quota_bytes) == (None, 9)
+    assert _sync_options(load_settings(tmp_path / "none", {})) == SyncOptions()
 
 
 def test_backoff_base_setting(tmp_path: Path) -> None:

@@ -178,6 +178,8 @@ def test_public_names_are_reexported() -> None:
         "RateLimiter",
         "ServiceAccount",
         "StateReader",
+        "WriteQuota",
+        "charge_write",
         "authenticate",
         "authenticate_bearer",
         "bootstrap_admin",

@@ -19,6 +19,7 @@ from pathlib import Path
 import attrs
 import httpx
 import pytest
+import trio
 
 from fedpeer.consent.grants import Target
 from fedpeer.consent.tokens import Principal
@@ -27,6 +28,8 @@ from fedpeer.identity.canonical import dagcbor_encode
 from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import NodeConfig, open_node
 from fedpeer.peer.node import Node
+from fedpeer.sync.options import SyncOptions
+from fedpeer.sync.pairs import PairState
 from fedpeer.sync.records import SignedRecord, build_record
 
 CFG = NodeConfig(rate_per_s=1e6, rate_burst=10**6, write_quota_records=4)
@@ -205,6 +208,15 @@ async def test_no_write_lands_after_its_token_was_revoked(tmp_path: Path) -> Non
         with pytest.raises(TokenRevoked):
             await records.ingest(rec.data, rec.sig, writer=principal2)
 
+        # an admin's token too: its writes are not bounded, but they are checked
+        admin = await node.tokens.create("ops", scopes=["admin"])
+        admin_principal = await node.tokens.authenticate(admin.token)
+        await node.tokens.revoke(admin.service_account.id)
+        with pytest.raises(TokenRevoked):
+            await records.append(
+                namespace="inbox/", thread="t", kind="n", body=2, writer=admin_principal
+            )
+
         _, headers3 = await _writer(node, ["contributor"])
         principal3 = await _principal(node, headers3)
         token = await node.store.get_state("tokens", principal3.token_id)
@@ -230,6 +242,29 @@ async def test_no_write_lands_after_its_token_was_revoked(tmp_path: Path) -> Non
             )
 
 
+async def test_the_owners_accounts_are_counted_not_bounded(tmp_path: Path) -> None:
+    """An admin token, and a token bound to the node's own DID (``fedpeer token
+    create`` without ``--holder``: the owner's own tools), write past the quota;
+    what they wrote still shows."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        tool = await node.tokens.create("backup job", scopes=["contributor"])
+        assert tool.service_account.holder_did == node.did
+        headers = {
+            "Authorization": f"Bearer {tool.token}",
+            "Content-Type": "application/cbor",
+            "Accept": "application/json",
+        }
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=10) as http:
+            batch = {"records": [_item(_signed(i)) for i in range(6)]}
+            r = await http.post("/v1/records/import", content=dagcbor_encode(batch))
+            assert r.json() == {"stored": 6, "existing": 0}
+            http.headers["Authorization"] = f"Bearer {node.admin_token}"
+            assert (await http.post("/v1/records", content=_append(1))).status_code == 201
+        assert (await _written(node, tool.service_account.id))[0] == 6
+        admin_sa = (await node.tokens.authenticate(str(node.admin_token))).sa_id
+        assert (await _written(node, admin_sa))[0] == 1
+
+
 def test_quota_settings_are_checked() -> None:
     for bad in (0, -1, 1.5, True, "10"):
         with pytest.raises(ConfigInvalid):
@@ -239,3 +274,62 @@ def test_quota_settings_are_checked() -> None:
     assert NodeConfig(write_quota_records=None).write_quota_records is None
     defaults = NodeConfig()
     assert (defaults.write_quota_records, defaults.write_quota_bytes) == (1_000_000, 1 << 30)
+
+
+async def test_a_pair_set_up_by_a_redeem_stops_at_its_quota(tmp_path: Path) -> None:
+    """A redeemer that sends a reciprocal credential makes the issuer pull from it
+    (the reverse pair), whatever the invite's scopes: before, that pull stored
+    all it was served, uncounted. Now a pair a redeem set up (``origin`` redeem)
+    stops with QUOTA_EXCEEDED at the commit that would pass
+    ``SyncOptions.redeem_quota_records``, and that commit stores nothing; a pair
+    the owner set up is not bounded. Two real nodes; B plays the redeemer with
+    more records than A allows."""
+    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+    # pages of 4, one page per commit, so the quota falls between two commits
+    small = SyncOptions(page_limit=4, commit_max_records=4, commit_wait_s=0, redeem_quota_records=5)
+    async with (
+        open_node(tmp_path / "a", config=cfg, sync=small) as a,
+        open_node(tmp_path / "b", config=cfg, sync=small) as b,
+    ):
+        for i in range(12):
+            await b.append(namespace="n", thread="t", kind="k", body={"from": "b", "i": i})
+        for i in range(6):
+            await a.append(namespace="n", thread="t", kind="k", body={"from": "a", "i": i})
+        invite = await a.invites.create(scopes=["reader"])
+        result = await b.pair_from_invite(invite.url)
+        assert result.reverse is not None
+        [back] = a.pairs.list()
+        [forward] = b.pairs.list()
+        assert (back.origin, forward.origin) == ("redeem", "owner")
+        with trio.fail_after(30):
+            stopped = await a.pairs.wait_for(back.id, lambda p: p.state is PairState.STOPPED)
+        assert stopped.last_error is not None
+        assert stopped.last_error.code == "QUOTA_EXCEEDED"
+        assert "redeem_quota_records" in stopped.last_error.message
+        held = (await a.store.changes(0, 1000)).records
+        assert len([r for r in held if r.author == b.did]) == 4  # the one page that fitted
+        assert stopped.stats.records == 4
+
+        # the owner's pair on B is not bounded: it pulls all of A's records (and the
+        # 4 of its own A holds: 10 delivered, past the 5 a redeem pair may take)
+        with trio.fail_after(30):
+            while True:
+                head = await b.store.head_seq()
+                mine = (await b.store.changes(0, 1000)).records
+                if len([r for r in mine if r.author == a.did]) == 6:
+                    break
+                await b.store.wait_for_seq(head)
+        pulled = await b.pairs.wait_for(forward.id, lambda p: p.stats.records >= 10)
+        assert pulled.state is not PairState.STOPPED
+
+        # a resume tries again, and stops again at the same place: nothing more lands
+        await a.pairs.resume(back.id)
+        with trio.fail_after(30):
+            again = await a.pairs.wait_for(
+                back.id,
+                lambda p: p.state is PairState.STOPPED and p.updated_ms > stopped.updated_ms,
+            )
+        assert again.last_error is not None
+        assert again.last_error.code == "QUOTA_EXCEEDED"
+        held = (await a.store.changes(0, 1000)).records
+        assert len([r for r in held if r.author == b.did]) == 4

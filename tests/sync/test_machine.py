@@ -28,6 +28,7 @@ from fedpeer.errors import (
     InvalidRequest,
     PairStateInvalid,
     PeerUnreachable,
+    QuotaExceeded,
     RateLimited,
     ScopeForbidden,
     StoreError,
@@ -484,6 +485,26 @@ def test_commit_failure_leaves_the_cursor_and_refetches() -> None:
     out = m.commit_failed(StoreError("locked"), now_ms=NOW)
     assert isinstance(out, RetryScheduled)
     assert out.code == "STORE_ERROR"
+
+
+def test_a_quota_refusal_stops_the_pair_where_a_store_error_retries() -> None:
+    """QUOTA_EXCEEDED from the commit (the pair may store no more) stops the pair:
+    retrying would fail again. The cursor stays; a resume pulls the same page."""
+    m, src, before = _after_first_page()
+    ev = _pull_one(m, src)
+    assert isinstance(ev, PageAccepted)
+    out = m.commit_failed(QuotaExceeded("no more"), now_ms=NOW)
+    assert isinstance(out, PairStopped)
+    assert out.pair.state is PairState.STOPPED
+    assert out.pair.last_error is not None
+    assert out.pair.last_error.code == "QUOTA_EXCEEDED"
+    assert out.pair.cursor == before
+    assert _state(m) is M.STOPPED
+    assert m.retry_delay_s is None
+    m.resume(now_ms=NOW)
+    req = m.next_request()
+    assert req is not None
+    assert req.since == before
 
 
 # --- errors from the request ----------------------------------------------------------

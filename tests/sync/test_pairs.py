@@ -288,6 +288,18 @@ def test_round_trip_through_json() -> None:
     assert Pair.from_dict(json.loads(json.dumps(bare.to_dict()))) == bare
 
 
+def test_origin_round_trips_and_old_rows_are_the_owners() -> None:
+    mine = _pair()
+    assert mine.origin == "owner"
+    theirs = attrs.evolve(mine, origin="redeem")
+    assert Pair.from_dict(json.loads(json.dumps(theirs.to_dict()))).origin == "redeem"
+    old = mine.to_dict()
+    del old["origin"]  # a row written before pairs had an origin
+    assert Pair.from_dict(old).origin == "owner"
+    with pytest.raises(ValueError, match="origin"):
+        attrs.evolve(mine, origin="stranger")
+
+
 def _row() -> dict[str, object]:
     return _pair().to_dict()
 
@@ -308,6 +320,7 @@ def _row() -> dict[str, object]:
         lambda r: r.update(filter={"namespace": "/x"}),
         lambda r: r.update(credential="bad token " + SECRET),
         lambda r: r.pop("created_ms"),
+        lambda r: r.update(origin="stranger"),
     ],
 )
 def test_corrupt_rows_raise_store_corrupt_without_the_credential(mutate: object) -> None:

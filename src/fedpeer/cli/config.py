@@ -29,6 +29,9 @@ Tuning (`fedpeer run` only; defaults are the library's)::
     write_quota_records = 1000000   # FEDPEER_WRITE_QUOTA_RECORDS  records each token holder
                               #   (not an admin) may write; 0: no bound
     write_quota_bytes = 1073741824  # FEDPEER_WRITE_QUOTA_BYTES    their bytes; 0: no bound
+    redeem_quota_records = 1000000  # FEDPEER_REDEEM_QUOTA_RECORDS records a pair set up by
+                              #   someone redeeming this node's invite may pull; 0: no bound
+    redeem_quota_bytes = 1073741824 # FEDPEER_REDEEM_QUOTA_BYTES   their bytes; 0: no bound
 
 ``FEDPEER_TOKEN`` overrides the admin token read from ``admin.token``.
 
@@ -91,6 +94,8 @@ _KEYS = (
     "rate_burst",
     "write_quota_records",
     "write_quota_bytes",
+    "redeem_quota_records",
+    "redeem_quota_bytes",
 )
 MAX_LONGPOLL_S = 300.0
 MAX_BACKOFF_CAP_S = 86_400.0
@@ -120,6 +125,8 @@ class Settings:
     rate_burst: int | None = None
     write_quota_records: int | None = None
     write_quota_bytes: int | None = None
+    redeem_quota_records: int | None = None
+    redeem_quota_bytes: int | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
@@ -273,6 +280,8 @@ _CHECKS: dict[str, Callable[[object, str], object]] = {
     "rate_burst": _check_burst,
     "write_quota_records": _check_quota,
     "write_quota_bytes": _check_quota,
+    "redeem_quota_records": _check_quota,
+    "redeem_quota_bytes": _check_quota,
 }
 
 

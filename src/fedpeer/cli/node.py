@@ -103,7 +103,8 @@ def rate_settings(settings: Settings) -> dict[str, Any]:
 
 
 def sync_options(settings: Settings) -> SyncOptions:
-    """The pullers' options: the library defaults with the sync_* settings applied."""
+    """The pullers' options: the library defaults with the sync_* and redeem_quota_*
+    settings applied."""
     opts = SyncOptions()
     if settings.sync_longpoll_s is not None:
         opts = attrs.evolve(opts, longpoll_s=settings.sync_longpoll_s)
@@ -117,6 +118,11 @@ def sync_options(settings: Settings) -> SyncOptions:
             max_retry_after_s=DEFAULT_BACKOFF.max_retry_after_s,
         )
         opts = attrs.evolve(opts, backoff=backoff)
+    # the redeem pairs' quotas: 0 in the settings is no bound (None in SyncOptions)
+    if settings.redeem_quota_records is not None:
+        opts = attrs.evolve(opts, redeem_quota_records=settings.redeem_quota_records or None)
+    if settings.redeem_quota_bytes is not None:
+        opts = attrs.evolve(opts, redeem_quota_bytes=settings.redeem_quota_bytes or None)
     return opts
 
 

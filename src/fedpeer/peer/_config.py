@@ -91,13 +91,15 @@ class NodeConfig:
     setting, a failing pair is also retried at once when its peer is seen again:
     a verified mDNS announcement, a request from the peer, a manifest fetched.
 
-    ``write_quota_records`` and ``write_quota_bytes`` bound what each holder of a
-    token that is not an admin's may write over its life: records (every one it
-    sends, those the node already had included) and their bytes (``data`` plus
-    ``sig``). A write that would pass either is QUOTA_EXCEEDED and stores
-    nothing; ``fedpeer token list`` shows what each holder wrote. None: no
-    bound. The node's own appends, admins' writes and pulls from paired peers
-    are not counted.
+    ``write_quota_records`` and ``write_quota_bytes`` bound what each service
+    account may write over its life (each redemption of an invite makes one):
+    records (every one it sends, those the node already had included) and
+    their bytes (``data`` plus ``sig``). A write that would pass either is
+    QUOTA_EXCEEDED and stores nothing; ``fedpeer token list`` shows what each
+    account wrote. None: no bound. The owner's accounts (admins, and accounts
+    bound to this node's own DID) are counted, not bounded; the node's own
+    appends and anonymous writes (auth off) are not counted. What a pair set
+    up by a redeem may pull has its own bound (``SyncOptions.redeem_quota_*``).
 
     ``rotate_min_age_s``: a holder may rotate its own token (``POST
     /v1/tokens/{id}/rotate``) once the token is that old (RATE_LIMITED before):

@@ -116,6 +116,7 @@ from ..errors import (
     FedpeerError,
     PageInvalid,
     PairStateInvalid,
+    QuotaExceeded,
     RateLimited,
     RecordInvalid,
     ScopeForbidden,
@@ -177,6 +178,7 @@ class _In(enum.Enum):
     ERROR_RESET = "receive_error (cursor reset)"
     COMMIT_OK = "commit_done"
     COMMIT_FAIL = "commit_failed"
+    COMMIT_STOP = "commit_failed (stop)"
     BACKOFF_ELAPSED = "backoff_elapsed"
     PAUSE = "pause"
     RESUME = "resume"
@@ -204,6 +206,7 @@ MACHINE_TRANSITIONS: Mapping[MachineState, Mapping[_In, MachineState]] = {
     _M.AWAITING_COMMIT: {
         _In.COMMIT_OK: _M.IDLE,
         _In.COMMIT_FAIL: _M.BACKING_OFF,
+        _In.COMMIT_STOP: _M.STOPPED,
         _In.PAGE_MORE: _M.AWAITING_COMMIT,
     },
     _M.BACKING_OFF: {_In.BACKOFF_ELAPSED: _M.IDLE, _In.CREDENTIAL: _M.BACKING_OFF, **_USER},
@@ -323,8 +326,10 @@ class RetryScheduled:
 
 @attrs.frozen(eq=False)
 class PairStopped:
-    """The source refused the credential (401/403). Persist ``pair`` (``stopped``,
-    ``last_error`` naming the credential to fix); nothing happens until a resume."""
+    """The source refused the credential (401/403), or the pair may store no more
+    (QUOTA_EXCEEDED, from :meth:`PullMachine.commit_failed`). Persist ``pair``
+    (``stopped``, ``last_error`` naming what to fix); nothing happens until a
+    resume."""
 
     error: FedpeerError
     pair: Pair
@@ -666,15 +671,17 @@ class PullMachine:
 
     def commit_failed(
         self, err: Exception, *, now_ms: int | None = None
-    ) -> RetryScheduled | PairChanged:
+    ) -> RetryScheduled | PairStopped | PairChanged:
         """The driver's transaction failed (nothing of it was stored).
 
         The page is dropped and the cursor stays where it was: the same page is
         fetched again after the backoff (AWAITING_COMMIT -> BACKING_OFF,
         :class:`RetryScheduled`). ``err`` is kept as ``last_error`` (a
-        non-fedpeer exception becomes ``StoreError``). If user actions were
-        deferred meanwhile they apply now and :class:`PairChanged` is returned
-        instead. Raises ``PullMachineError`` outside AWAITING_COMMIT.
+        non-fedpeer exception becomes ``StoreError``). A ``QUOTA_EXCEEDED``
+        (the pair may store no more) stops the pair instead (-> STOPPED,
+        :class:`PairStopped`): trying again would fail again. If user actions
+        were deferred meanwhile they apply now and :class:`PairChanged` is
+        returned instead. Raises ``PullMachineError`` outside AWAITING_COMMIT.
         """
         self._require(_In.COMMIT_FAIL)
         now = _now(now_ms)
@@ -684,6 +691,13 @@ class PullMachine:
             if isinstance(err, FedpeerError)
             else StoreError(f"the store could not commit the page ({type(err).__name__}: {err})")
         )
+        if isinstance(ferr, QuotaExceeded):
+            last = LastError.from_error(ferr, at_ms=now)
+            self._pair = self._pair.apply(PairAction.STOP, now_ms=now, error=last)
+            self._retry_delay_s = None
+            self._advance(_In.COMMIT_STOP)
+            changed = self._apply_deferred(now)
+            return changed if changed is not None else PairStopped(error=ferr, pair=self._pair)
         delay = self._fail(ferr, now, retry_after=None)
         self._advance(_In.COMMIT_FAIL)
         changed = self._apply_deferred(now)

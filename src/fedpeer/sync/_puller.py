@@ -63,7 +63,7 @@ import attrs
 
 from .. import _ed25519
 from .._clock import now_ms as _now_ms
-from ..errors import FedpeerError, PageInvalid, PageTooLarge, PeerError
+from ..errors import FedpeerError, PageInvalid, PageTooLarge, PeerError, QuotaExceeded
 from ..identity.keys import verify_batch
 from ..store.base import StateTx, Store
 from ._machine import (
@@ -564,6 +564,7 @@ class Puller:
             opts.verify_threads, enabled=opts.verify_processes
         )
         self._commit_max = opts.commit_max_records
+        self._redeem_quota = (opts.redeem_quota_records, opts.redeem_quota_bytes)
         self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
         self._ramp = _FIRST_PAGE  # the next catch-up fetch's most records (slow start)
         self._fresh = True  # the next catch-up fetch is the first of its catch-up
@@ -892,8 +893,11 @@ class Puller:
         new = ev.new_records
         row = ev.pair.to_dict()
         pid = ev.pair.id
+        over = self._over_quota(ev.pair)
 
         def commit(tx: StateTx) -> None:
+            if over is not None:
+                raise over  # nothing of this commit is stored; the machine stops the pair
             if new:
                 tx.put_records(new)
             tx.put("pairs", pid, row)
@@ -906,6 +910,10 @@ class Puller:
             self._restart()
             after = m.commit_failed(exc)
             await self._persist(after.pair)
+            if isinstance(after, PairStopped):
+                log.error("pair %s stopped: %s", pid, exc)
+                self._emit(SyncEvent("stopped", after.pair, code=after.error.code))
+                return
             log.warning("pair %s: could not store a page: %r", pid, exc)
             if isinstance(after, RetryScheduled):
                 self._emit(SyncEvent("retry", after.pair, code=after.code, delay_s=after.delay_s))
@@ -920,6 +928,28 @@ class Puller:
             self._emit(SyncEvent("page", ev.pair, records=size))
         if changed is not None:  # pragma: no cover - the lock keeps user actions out
             await self._persist(changed.pair)
+
+    def _over_quota(self, pair: Pair) -> QuotaExceeded | None:
+        """QUOTA_EXCEEDED when ``pair`` (with the page being committed counted in
+        its stats) was set up by a redeem and has delivered more than
+        ``SyncOptions.redeem_quota_*`` allow, else None."""
+        if pair.origin != "redeem":
+            return None
+        most_records, most_bytes = self._redeem_quota
+        stats = pair.stats
+        if most_records is not None and stats.records > most_records:
+            what = f"{stats.records} records, past the {most_records}"
+            setting = "redeem_quota_records"
+        elif most_bytes is not None and stats.bytes > most_bytes:
+            what = f"{stats.bytes} bytes of records, past the {most_bytes}"
+            setting = "redeem_quota_bytes"
+        else:
+            return None
+        return QuotaExceeded(
+            f"{pair.peer_did} set this pair up by redeeming an invite and has sent {what} "
+            f"such a pair may store (SyncOptions.{setting}); the pair stopped and the "
+            "last records were not stored. Raise the quota and resume it, or delete it"
+        )
 
     async def _on_request_error(self, err: FedpeerError) -> None:
         m = self._m

@@ -282,8 +282,11 @@ class PairManager:
         credential: str | None,
         filter: PairFilter | None = None,
         author_allowlist: Iterable[str] | None = None,
+        origin: str = "owner",
     ) -> tuple[Pair, bool]:
         """Create the pair "this node pulls ``filter`` from ``peer_did``" and start it.
+        ``origin``: who set it up (:attr:`~fedpeer.sync.pairs.Pair.origin`; a
+        repeat create keeps the existing pair's).
 
         Returns ``(pair, created)``: the same DIDs and filter give the same id,
         so a repeat create returns the existing pair unchanged with ``created``
@@ -300,6 +303,7 @@ class PairManager:
             credential=credential,
             filter=filter,
             author_allowlist=author_allowlist,
+            origin=origin,
         )
         async with self._lock:
             existing = self._pullers.get(pair.id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -47,6 +47,11 @@ def _check_page_limit(_inst: object, _attr: attrs.Attribute[int], value: int) ->
 def _check_positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{attr.name} must be a positive int, got {value!r}")
+
+
+def _check_positive_or_none(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise ValueError(f"{attr.name} must be a positive int or None, got {value!r}")
 
 
 def _check_wait(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
@@ -98,6 +103,13 @@ class SyncOptions:
     ``max_records_in_flight // (100 * (pipeline_depth + 1))`` pairs catching up
     at once (66 by default); past that the 100-record floor wins and it grows
     by 300 records a pair.
+    ``redeem_quota_records`` and ``redeem_quota_bytes`` bound what a pair set
+    up by a redeem (``Pair.origin == "redeem"``: the pull back from someone
+    who redeemed one of this node's invites) may deliver over its life: the
+    records it verified and their ``data`` bytes (``Pair.stats``). The commit
+    that would pass either stores nothing and stops the pair with
+    QUOTA_EXCEEDED (a resume tries again). None: no bound. Pairs the owner
+    set up are not bounded.
     """
 
     backoff: Backoff = DEFAULT_BACKOFF
@@ -113,6 +125,10 @@ class SyncOptions:
     commit_max_records: int = attrs.field(default=5000, validator=_check_positive_int)
     commit_wait_s: float = attrs.field(default=0.25, validator=_check_wait)
     max_records_in_flight: int = attrs.field(default=20_000, validator=_check_positive_int)
+    redeem_quota_records: int | None = attrs.field(
+        default=1_000_000, validator=_check_positive_or_none
+    )
+    redeem_quota_bytes: int | None = attrs.field(default=1 << 30, validator=_check_positive_or_none)
 
 
 @attrs.frozen

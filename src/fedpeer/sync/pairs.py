@@ -64,6 +64,7 @@ from .feed import Cursor
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
+    "PAIR_ORIGINS",
     "PAIR_TRANSITIONS",
     "LastError",
     "Pair",
@@ -77,6 +78,8 @@ __all__ = [
 ]
 
 PAIR_SCHEMA_VERSION = 1
+PAIR_ORIGINS = ("owner", "redeem")
+"""Who set a pair up (:attr:`Pair.origin`)."""
 
 # --- states and the one transition table ------------------------------------------
 
@@ -557,7 +560,11 @@ class Pair:
     cursor up to which records are stored here (``None``: start from the
     beginning). ``retries`` counts consecutive failures (the backoff attempt
     number). ``author_allowlist``, when set, limits accepted records to those
-    authors (sorted, unique).
+    authors (sorted, unique). ``origin`` says who set the pair up: ``"owner"``
+    (this node's owner, ``fedpeer pair`` or the admin API) or ``"redeem"`` (the
+    pull back from someone who redeemed one of this node's invites with a
+    reciprocal credential): what a ``redeem`` pair may store is bounded
+    (``SyncOptions.redeem_quota_*``).
     """
 
     id: str
@@ -574,6 +581,7 @@ class Pair:
     updated_ms: int
     stats: PairStats = attrs.field(factory=PairStats)
     author_allowlist: tuple[str, ...] | None = None
+    origin: str = attrs.field(default="owner", validator=attrs.validators.in_(PAIR_ORIGINS))
 
     # --- transitions ---
 
@@ -652,6 +660,7 @@ class Pair:
             "created_ms": self.created_ms,
             "updated_ms": self.updated_ms,
             "stats": self.stats.to_dict(),
+            "origin": self.origin,
         }
 
     def to_public_dict(self, *, now_ms: int | None = None) -> dict[str, object]:
@@ -719,6 +728,8 @@ class Pair:
                 updated_ms=_int(obj, "updated_ms"),
                 stats=PairStats.from_dict(stats),
                 author_allowlist=_check_allowlist(allow),
+                # rows written before pairs had an origin: the owner's
+                origin=obj.get("origin", "owner"),  # type: ignore[arg-type]  # validated
             )
         except (FedpeerError, ValueError, TypeError, KeyError) as exc:
             # FedpeerError messages here never echo the credential (see _check_credential)
@@ -751,8 +762,10 @@ def make_pair(
     filter: PairFilter | None = None,
     author_allowlist: Iterable[str] | None = None,
     now_ms: int | None = None,
+    origin: str = "owner",
 ) -> Pair:
     """A new pair in state ``running`` with no cursor (pull from the beginning).
+    ``origin``: see :class:`Pair` (``ValueError`` for another value).
 
     The id comes from :func:`pair_id`; the caller looks it up first and returns
     the existing pair on a repeat create. Raises ``PairSelf`` (PAIR_SELF) when
@@ -786,4 +799,5 @@ def make_pair(
         updated_ms=now,
         stats=PairStats(),
         author_allowlist=_check_allowlist(author_allowlist),
+        origin=origin,
     )

@@ -181,6 +181,26 @@ class PairService:
         peer does not serve a valid fedpeer manifest; DID_INVALID. Blocks on one
         HTTP request (at most 10 s).
         """
+        return await self._create(
+            peer_url,
+            token=token,
+            peer_did=peer_did,
+            filter=filter,
+            author_allowlist=author_allowlist,
+            origin="owner",
+        )
+
+    async def _create(
+        self,
+        peer_url: str,
+        *,
+        token: str | None,
+        peer_did: str | None,
+        filter: PairFilter | None,
+        author_allowlist: Iterable[str] | None,
+        origin: str,
+    ) -> tuple[Pair, bool]:
+        """:meth:`create`, for a pair that ``origin`` set up (``Pair.origin``)."""
         local = self._core.did
         if peer_did is not None and peer_did == local:
             raise PairSelf(
@@ -230,6 +250,7 @@ class PairService:
             credential=token,
             filter=filter,
             author_allowlist=author_allowlist,
+            origin=origin,
         )
 
     async def from_invite(
@@ -504,8 +525,15 @@ class PairService:
         the redeemer can still pull) and logged.
         """
         try:
-            pair, created = await self.create(
-                url, token=token, peer_did=holder_did, filter=filter_for_target(target)
+            # a pull set up by someone else: what it may store is bounded
+            # (SyncOptions.redeem_quota_*)
+            pair, created = await self._create(
+                url,
+                token=token,
+                peer_did=holder_did,
+                filter=filter_for_target(target),
+                author_allowlist=None,
+                origin="redeem",
             )
             if not created:
                 pair = await self._refresh(pair, token)

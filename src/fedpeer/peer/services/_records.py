@@ -47,6 +47,7 @@ _NEWEST_SPAN = 200_000  # seqs its store scans step over (all scans) before it d
 _FETCH_STEP = 4  # fewest records a budgeted batch fetch reads at a time
 _INLINE_ID_TEXT = 16 * 1024  # batch ids' text above which they parse off the event loop
 _INLINE_VALUES = 10_000  # a record body with more values is built off the event loop
+_NO_QUOTA = WriteQuota()  # the owner's writes are counted, not bounded
 _THREADS_CURSOR_MAX = 4096  # longest threads-listing cursor text taken (2 names of 256)
 
 
@@ -101,7 +102,7 @@ class RecordService:
         it may not see counts for nothing below, so the new record's clock tells
         nothing about records hidden from the caller.
         ``writer`` is the token holder the write counts for (None: the node
-        itself or an admin, not counted; see :meth:`_put_counted`).
+        itself, not counted; see :meth:`_put_counted`).
 
         ``clock`` is a Lamport clock: one more than the largest of this node's
         last clock and the parents' clocks. Raises RECORD_INVALID (checked
@@ -257,17 +258,25 @@ class RecordService:
     def _put_counted(
         self, tx: StateTx, new: Sequence[NewRecord], writer: Principal | None
     ) -> PutResult:
-        """Store ``new`` in ``tx``, counted against ``writer``'s write quota (when
-        there is one): QUOTA_EXCEEDED, TOKEN_REVOKED or TOKEN_EXPIRED roll the
-        whole transaction back (:func:`~fedpeer.consent.tokens.charge_write`)."""
+        """Store ``new`` in ``tx``, counted for ``writer`` (when there is one):
+        its token is checked again, and a writer that is neither an admin nor
+        bound to this node's own DID is held to the write quota; QUOTA_EXCEEDED,
+        TOKEN_REVOKED or TOKEN_EXPIRED roll the whole transaction back
+        (:func:`~fedpeer.consent.tokens.charge_write`)."""
         if writer is not None:
             cfg = self._core.config
+            # admins, and accounts bound to this node's own DID (the owner's own
+            # tools: `fedpeer token create` without --holder), are counted, not bounded
+            owners = writer.allows("admin") or writer.holder_did == self._core.did
+            quota = (
+                _NO_QUOTA if owners else WriteQuota(cfg.write_quota_records, cfg.write_quota_bytes)
+            )
             charge_write(
                 tx,
                 writer,
                 records=len(new),
                 nbytes=sum(len(r.data) + len(r.sig) for r in new),
-                quota=WriteQuota(cfg.write_quota_records, cfg.write_quota_bytes),
+                quota=quota,
                 now_ms=self._core.now_ms(),
             )
         return tx.put_records(new)
