@@ -72,6 +72,10 @@ def test_write_quota_settings(tmp_path: Path) -> None:
     )
     assert (opts.redeem_quota_records, opts.redeem_quota_bytes) == (None, 9)
     assert _sync_options(load_settings(tmp_path / "none", {})) == SyncOptions()
+    floor = NodeConfig(
+        **_rate_settings(load_settings(tmp_path, {"FEDPEER_MIN_FREE_DISK_PERCENT": "5"}))
+    )
+    assert floor.min_free_disk_percent == 5.0
 
 
 def test_backoff_base_setting(tmp_path: Path) -> None:
@@ -104,6 +108,7 @@ def test_backoff_base_setting(tmp_path: Path) -> None:
         ("rate_limit = 5\n", {}, "unknown setting(s) rate_limit"),
         ("write_quota_records = -1\n", {}, "write_quota_records must be a whole number >= 0"),
         ("", {"FEDPEER_WRITE_QUOTA_BYTES": "1.5"}, "FEDPEER_WRITE_QUOTA_BYTES"),
+        ("min_free_disk_percent = 60\n", {}, "min_free_disk_percent must be a number from 0"),
     ],
 )
 def test_bad_tuning_values_name_the_culprit(

@@ -41,6 +41,17 @@ class SmallDisk:
             os.close(fd)
         return written
 
+    def take(self, size: int) -> None:
+        """Write a filler file of ``size`` bytes (at most the free space)."""
+        block = b"\0" * _CHUNK
+        fd = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            left = size
+            while left > 0:
+                left -= os.write(fd, block[: min(left, _CHUNK)])
+        finally:
+            os.close(fd)
+
     def free(self) -> None:
         """Delete the filler: the space is back."""
         self._filler.unlink()

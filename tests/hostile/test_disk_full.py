@@ -5,13 +5,17 @@ that the test fills to the last byte (the kernel's ENOSPC, not a mock)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
 
+from fedpeer.errors import ConfigInvalid
 from fedpeer.peer import Node, NodeConfig, open_node
+from fedpeer.store import SQLiteStore
 from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.options import SyncOptions
 from fedpeer.sync.pairs import Pair, PairState
@@ -124,3 +128,50 @@ async def _same_cids(a: Node, b: Node) -> None:
     pa = await a.store.changes(0, 1000)
     pb = await b.store.changes(0, 1000)
     assert {r.cid for r in pa.records} == {r.cid for r in pb.records}
+
+
+async def test_records_never_eat_into_the_free_disk_floor(small_disk: SmallDisk) -> None:
+    """A peer or holder that sends records without end, each within its quota,
+    must not take the machine's last free space: records stop at the share of
+    the disk the node keeps free (``min_free_disk_percent``), as on a full disk
+    (507 STORE_FULL, nothing stored, reads serving), while the disk still has
+    room; writes resume once space is back. Here the floor is 50 % of the 4 MiB
+    tmpfs and a filler file takes the disk just below it."""
+    cfg = attrs.evolve(NOAUTH, min_free_disk_percent=50)
+    async with (
+        open_node(small_disk.path / "node", config=cfg) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=30) as client,
+    ):
+        first = await client.post("/v1/records", json=_body(0, 100))
+        assert first.status_code == 201, first.text
+        st = os.statvfs(small_disk.path)
+        free = st.f_bavail * st.f_frsize
+        # leave 45 % of the disk free: under the floor, with room to spare
+        small_disk.take(free - int(st.f_blocks * st.f_frsize * 0.45))
+        count = await node.store.count()
+        refused = await client.post("/v1/records", json=_body(1, 100))
+        assert refused.status_code == 507, refused.text
+        assert refused.json()["error"]["code"] == "STORE_FULL"
+        assert "min_free_disk_percent" in refused.json()["error"]["message"]
+        st = os.statvfs(small_disk.path)
+        assert st.f_bavail * st.f_frsize > st.f_blocks * st.f_frsize * 0.4  # not full at all
+        assert await node.store.count() == count
+        got = await client.get(f"/v1/records/{first.json()['cid']}")
+        assert got.status_code == 200
+        # state writes still go through (a pair's cursor, a grant)
+        await node.store.transact(lambda tx: tx.put("meta", "probe", {"ok": True}))
+
+        small_disk.free()
+        back = await client.post("/v1/records", json=_body(2, 100))
+        assert back.status_code == 201, back.text
+        assert await node.store.count() == count + 1
+
+
+async def test_the_floor_is_checked_when_the_store_opens(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="min_free_percent"):
+        await SQLiteStore.open(tmp_path / "s.db", min_free_percent=51)
+    with pytest.raises(ConfigInvalid):
+        NodeConfig(min_free_disk_percent=-1)
+    with pytest.raises(ConfigInvalid):
+        NodeConfig(min_free_disk_percent=True)  # type: ignore[arg-type]
+    assert NodeConfig().min_free_disk_percent == 1.0

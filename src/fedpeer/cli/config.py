@@ -32,6 +32,8 @@ Tuning (`fedpeer run` only; defaults are the library's)::
     redeem_quota_records = 1000000  # FEDPEER_REDEEM_QUOTA_RECORDS records a pair set up by
                               #   someone redeeming this node's invite may pull; 0: no bound
     redeem_quota_bytes = 1073741824 # FEDPEER_REDEEM_QUOTA_BYTES   their bytes; 0: no bound
+    min_free_disk_percent = 1 # FEDPEER_MIN_FREE_DISK_PERCENT share of the store's disk that
+                              #   records never eat into (0 to 50; 0: none)
 
 ``FEDPEER_TOKEN`` overrides the admin token read from ``admin.token``.
 
@@ -96,6 +98,7 @@ _KEYS = (
     "write_quota_bytes",
     "redeem_quota_records",
     "redeem_quota_bytes",
+    "min_free_disk_percent",
 )
 MAX_LONGPOLL_S = 300.0
 MAX_BACKOFF_CAP_S = 86_400.0
@@ -127,6 +130,7 @@ class Settings:
     write_quota_bytes: int | None = None
     redeem_quota_records: int | None = None
     redeem_quota_bytes: int | None = None
+    min_free_disk_percent: float | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
@@ -266,6 +270,14 @@ def _check_quota(value: object, where: str) -> int:
     return int(quota)
 
 
+def _check_free_percent(value: object, where: str) -> float:
+    what = "a number from 0 to 50 (percent; 0: none)"
+    share = _number(value, where, what)
+    if not (math.isfinite(share) and 0 <= share <= 50):
+        raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
+    return share
+
+
 _CHECKS: dict[str, Callable[[object, str], object]] = {
     "host": _check_host,
     "port": _check_port,
@@ -282,6 +294,7 @@ _CHECKS: dict[str, Callable[[object, str], object]] = {
     "write_quota_bytes": _check_quota,
     "redeem_quota_records": _check_quota,
     "redeem_quota_bytes": _check_quota,
+    "min_free_disk_percent": _check_free_percent,
 }
 
 

@@ -87,8 +87,8 @@ def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:
 
 
 def rate_settings(settings: Settings) -> dict[str, Any]:
-    """NodeConfig keyword arguments for the rate limit and write quota settings
-    that are set."""
+    """NodeConfig keyword arguments for the rate limit, write quota and free disk
+    settings that are set."""
     out: dict[str, Any] = {}
     if settings.rate_per_s is not None:
         out["rate_per_s"] = settings.rate_per_s
@@ -99,6 +99,8 @@ def rate_settings(settings: Settings) -> dict[str, Any]:
         out["write_quota_records"] = settings.write_quota_records or None
     if settings.write_quota_bytes is not None:
         out["write_quota_bytes"] = settings.write_quota_bytes or None
+    if settings.min_free_disk_percent is not None:
+        out["min_free_disk_percent"] = settings.min_free_disk_percent
     return out
 
 

@@ -29,6 +29,11 @@ def _not_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> No
         raise ConfigInvalid(f"{attr.name} must be >= 0, got {value!r}")
 
 
+def _percent_floor(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 50:
+        raise ConfigInvalid(f"{attr.name} must be a number from 0 to 50, got {value!r}")
+
+
 MAX_HEARTBEAT_S = 15.0
 """protocol.md §8.5: a stream's heartbeat comes at least every 15 s; clients drop a
 stream silent for four intervals (fedpeer: 60 s), so a longer one would have every
@@ -104,6 +109,13 @@ class NodeConfig:
     ``rotate_min_age_s``: a holder may rotate its own token (``POST
     /v1/tokens/{id}/rotate``) once the token is that old (RATE_LIMITED before):
     each rotation is a durable write, not to be repeated at the request rate.
+
+    ``min_free_disk_percent`` (0 to 50; 0: none): the share of the disk holding
+    the data dir's store that records never eat into (as Syncthing keeps 1 %
+    free): a write of records (an append, an import, a pulled page) that would
+    leave less free is STORE_FULL (507) and stores nothing; pairs retry with
+    backoff and writes resume once space is back. Another program filling the
+    disk, or many holders each within their quota, leave the machine usable.
     """
 
     handle: str = "fedpeer"
@@ -139,3 +151,4 @@ class NodeConfig:
     write_quota_records: int | None = attrs.field(default=1_000_000, validator=_positive_or_none)
     write_quota_bytes: int | None = attrs.field(default=1 << 30, validator=_positive_or_none)
     rotate_min_age_s: float = attrs.field(default=60.0, validator=_not_negative)
+    min_free_disk_percent: float = attrs.field(default=1.0, validator=_percent_floor)

@@ -467,7 +467,13 @@ async def open_node(
                 else await anyio.to_thread.run_sync(load_or_create_key, ddir)
             )
         if store is None:
-            store = MemoryStore() if ddir is None else await SQLiteStore.open(ddir / STORE_FILE)
+            store = (
+                MemoryStore()
+                if ddir is None
+                else await SQLiteStore.open(
+                    ddir / STORE_FILE, min_free_percent=cfg.min_free_disk_percent
+                )
+            )
             stack.push_async_callback(_close_shielded, store)
         tls = (
             await anyio.to_thread.run_sync(TlsIdentity.load_or_create, key.did, ddir)

@@ -376,11 +376,41 @@ def _open_writer(path: Path, synchronous: str) -> tuple[sqlite3.Connection, str,
     return conn, epoch, head, cursor_key
 
 
+def _space_check(path: Path, min_free_percent: float) -> Callable[[int], None] | None:
+    """What a transaction runs before it stores records: STORE_FULL when, with
+    ``incoming`` more bytes, the file system holding ``path`` would have less than
+    ``min_free_percent`` of its size available (None: no floor). A file system
+    that cannot be asked (statvfs fails) is not held back."""
+    if min_free_percent <= 0:
+        return None
+    where = path.parent
+
+    def check(incoming: int) -> None:
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        floor = st.f_blocks * st.f_frsize * min_free_percent / 100
+        if free - incoming < floor:
+            raise StoreFull(
+                f"storing records: {free // 1024} KiB left on the disk holding the store, "
+                f"under the {min_free_percent:g} % ({int(floor) // 1024} KiB) this node keeps "
+                "free (min_free_disk_percent); free some space (writes resume by themselves, "
+                "nothing stored was lost; reads keep working meanwhile)"
+            )
+
+    return check
+
+
 class _SQLiteTx:
     """The StateTx of a SQLiteStore transaction; used on the writer thread only."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, space_check: Callable[[int], None] | None = None
+    ) -> None:
         self._conn = conn
+        self._space_check = space_check
         self.finished = False
         self.max_new_seq = 0
         self.touched: set[tuple[str, str]] = set()  # (namespace, thread) of new records
@@ -449,6 +479,8 @@ class _SQLiteTx:
         self._check()
         if not records:
             return PutResult((), 0)
+        if self._space_check is not None:
+            self._space_check(sum(len(r.data) + len(r.sig) for r in records))
         conn = self._conn
         rows = [
             (r.cid, r.data, r.sig, r.author, r.namespace, r.thread, r.kind, r.ts) for r in records
@@ -624,9 +656,12 @@ class SQLiteStore:
         scan_window: int,
         readers: int,
         cursor_key: bytes,
+        min_free_percent: float = 0.0,
     ) -> None:
         """Internal: use :meth:`open`."""
         self.path = path
+        self.min_free_percent = min_free_percent
+        self._space_check = _space_check(path, min_free_percent)
         self.epoch = epoch
         self.cursor_key = cursor_key
         self.scan_window = scan_window
@@ -649,12 +684,17 @@ class SQLiteStore:
         synchronous: Literal["NORMAL", "FULL"] = DEFAULT_SYNCHRONOUS,
         scan_window: int = DEFAULT_SCAN_WINDOW,
         readers: int = 4,
+        min_free_percent: float = 0.0,
     ) -> SQLiteStore:
         """Open (creating with mode 0600 and migrating if needed) the store at ``path``.
 
         ``synchronous`` picks durability (module docstring): ``FULL`` (the
         default) survives power loss, ``NORMAL`` only process crashes. ``scan_window`` bounds a
         namespace-filtered ``changes`` call; ``readers`` is the read pool size.
+        ``min_free_percent`` (0 to 50; 0: none) is the share of the disk holding
+        the store that storing records never eats into: a write of records that
+        would leave less free is STORE_FULL and stores nothing, as on a full disk
+        (state writes, a pair's cursor say, still go through).
         Raises ``SchemaTooNew`` (file from a newer fedpeer), ``StoreCorrupt``
         (not a SQLite database / damaged) or ``StoreError`` (cannot create or
         open: missing directory, permissions). Runs on a worker thread; a
@@ -664,9 +704,20 @@ class SQLiteStore:
             raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
         if scan_window < 1 or readers < 1:
             raise ValueError("scan_window and readers must be >= 1")
+        if not 0 <= min_free_percent <= 50:
+            raise ValueError("min_free_percent must be from 0 to 50")
         p = Path(path)
         writer, epoch, head, key = await anyio.to_thread.run_sync(_open_writer, p, synchronous)
-        return cls(p, writer, epoch, head, scan_window=scan_window, readers=readers, cursor_key=key)
+        return cls(
+            p,
+            writer,
+            epoch,
+            head,
+            scan_window=scan_window,
+            readers=readers,
+            cursor_key=key,
+            min_free_percent=min_free_percent,
+        )
 
     # --- plumbing ---------------------------------------------------------
 
@@ -711,7 +762,7 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise _map_error(exc, "begin a write transaction", self.path) from exc
-        tx = _SQLiteTx(conn)
+        tx = _SQLiteTx(conn, self._space_check)
         try:
             result = fn(tx)
             if inspect.isawaitable(result):
