@@ -293,3 +293,39 @@ async def test_a_reader_without_grants_gets_one_empty_page(tmp_path: Path) -> No
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["records"] == []
                 assert answer.json()["has_more"] is False
+
+
+async def test_health_tells_only_an_admin_how_much_the_node_holds(tmp_path: Path) -> None:
+    """``/health`` showed anyone the record count, the head seq and the sync
+    activity: a reader learnt how much the node holds beyond its grants, and a
+    drop box re-posting a record learnt whether the node had it (the count
+    moving or not). Now the counts show to an admin only."""
+    async with open_node(tmp_path / "n", config=CFG) as node:
+        there = await node.records.append(namespace="inbox/", thread="t", kind="n", body="x")
+        await node.records.append(namespace="secret/", thread="t", kind="n", body="y")
+        reader = await _holder(node, Target("namespace", "inbox/"))
+        async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+            for headers in ({}, reader):
+                body = (await http.get("/health", headers=headers)).json()
+                assert set(body) == {"status", "did", "transport"}, body
+            # a drop box re-posts a record the node holds: nothing on /health moves
+            did = SigningKey.generate().did
+            await node.grants.create(
+                did, target=Target("namespace", "inbox/"), scopes=["records:write"]
+            )
+            drop = await node.tokens.create("drop", scopes=["records:write"], holder_did=did)
+            before = (await http.get("/health")).json()
+            posted = await http.post(
+                "/v1/records",
+                content=dagcbor_encode({"data": there.data, "sig": there.sig}),
+                headers={
+                    "Authorization": f"Bearer {drop.token}",
+                    "Content-Type": "application/cbor",
+                },
+            )
+            assert posted.status_code == 201
+            assert (await http.get("/health")).json() == before
+            admin = {"Authorization": f"Bearer {node.admin_token}"}
+            full = (await http.get("/health", headers=admin)).json()
+            assert (full["records"], full["head_seq"]) == (2, 2)
+            assert "health" in full

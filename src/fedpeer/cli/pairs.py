@@ -97,7 +97,9 @@ def _print_paired(result: Json) -> None:
 
 
 async def _peer_head(peer: PeerClient) -> int | None:
-    """The peer's head seq from its public ``/health`` (None when it does not say)."""
+    """The peer's head seq from its ``/health`` (None when it does not say: a node
+    shows it only to callers who may read every record, so the progress shows the
+    records pulled without a total)."""
     try:
         with trio.move_on_after(PEER_HEAD_TIMEOUT_S):
             body = await peer.get_value("/health")

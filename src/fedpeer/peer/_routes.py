@@ -117,16 +117,23 @@ def transport_info(core: NodeCore) -> dict[str, object]:
 
 
 async def health(ctx: Ctx) -> Response:
+    """Liveness for anyone: ``{status, did, transport}``. The store's size and the
+    sync summary (``records``, ``head_seq``, ``health``) only for a caller who may
+    read every record (an admin; anyone with authentication off): to others they
+    would tell how much the node holds beyond their grants, and whether a record
+    a drop box re-posted was new, by the count moving or not."""
     store = ctx.app.store
     body: dict[str, object] = {
         "status": "ok",
         "did": ctx.app.did,
-        "records": await store.count(),
-        "head_seq": await store.head_seq(),
         "transport": transport_info(ctx.app.core),
     }
-    if ctx.app.pairs is not None:
-        body["health"] = await ctx.app.pairs.health_summary()
+    principal = ctx.principal
+    if not ctx.app.config.auth_enabled or (principal is not None and principal.allows("admin")):
+        body["records"] = await store.count()
+        body["head_seq"] = await store.head_seq()
+        if ctx.app.pairs is not None:
+            body["health"] = await ctx.app.pairs.health_summary()
     return respond(body, ctx.request)
 
 
@@ -682,7 +689,14 @@ _SA_CREATED = {
 }
 
 ROUTES: list[RouteSpec] = [
-    RouteSpec("GET", "/health", "public", health, "Liveness and sync health", "health"),
+    RouteSpec(
+        "GET",
+        "/health",
+        "public",
+        health,
+        "Liveness; with an admin token also the record count and sync health",
+        "health",
+    ),
     RouteSpec(
         "GET",
         "/.well-known/fedpeer",
