@@ -6,7 +6,8 @@ up to ``max_body_bytes`` (4 MiB). One CBOR array of 4 million empty arrays takes
 ~3.5 s and ~300 MB to decode: 8 at once stalled ``/health`` for 33 s and took the
 node to 2.4 GB. Now the public routes read at most ``PUBLIC_BODY_MAX`` (16 KiB)
 holding at most ``PUBLIC_BODY_ITEMS`` values (counted on a fast parse first),
-and a body over 64 KiB is decoded in a worker thread, one at a time, with the
+and a body over 8 KiB (``INLINE_MAX``; 64 KiB at first) is decoded in a worker
+thread, one at a time, with the
 cyclic collector paused (its full collections over millions of fresh
 containers held the GIL for a second or more). Real node (SQLite,
 hypercorn), plain httpx clients.
@@ -171,7 +172,7 @@ async def test_writing_records_of_many_tiny_values_keeps_the_node_answering(
     """Found by a read-only audit: a writer's record of a million empty lists
     blocked the event loop while the node built it (POST /v1/records with a
     body) or verified it (with {data, sig}): 2.3 s a record. Both now happen off
-    the loop once the body holds over 10,000 values or the record 64 KiB."""
+    the loop once the body holds over 10,000 values or the record 8 KiB."""
     async with (
         open_node(tmp_path / "n", config=CFG) as node,
         httpx.AsyncClient(base_url=node.url, timeout=60) as http,
@@ -279,3 +280,45 @@ async def test_a_json_batch_fetch_keeps_to_the_page_byte_budget(tmp_path: Path) 
             if not asked:
                 break
         assert got == ids
+
+
+async def test_a_record_of_tiny_values_is_verified_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes are a poor measure when a record is many tiny values: 64 KiB of empty
+    lists took 107 ms to verify, on the event loop, for each {data, sig} a holder
+    posted (a contributor posting them back to back held the node most of the
+    time). Records over ``INLINE_MAX`` (8 KiB, ~5 ms at worst) are verified in a
+    worker thread now; small ones stay on the loop. The real verify runs; the
+    test only notes the thread it ran in."""
+    import threading
+
+    from fedpeer.peer._offloop import INLINE_MAX
+    from fedpeer.peer.services import _records
+
+    ran_in: list[str] = []
+    real = _records.verify_record
+
+    def noting(*args: object, **kw: object) -> object:
+        ran_in.append(threading.current_thread().name)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_records, "verify_record", noting)
+    key = SigningKey.generate()
+    loop_thread = threading.current_thread().name
+    async with (
+        open_node(tmp_path / "n", config=CFG) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=30) as http,
+    ):
+        headers = {
+            "Authorization": f"Bearer {node.admin_token}",
+            "Content-Type": "application/cbor",
+        }
+        for values in (100, 16 * 1024):  # ~200 bytes, ~16 KiB of empty lists
+            rec = build_record(key, namespace="n", thread="t", kind="k", body=[[]] * values)
+            assert (len(rec.data) > INLINE_MAX) == (values > 1000)
+            body = dagcbor_encode({"data": rec.data, "sig": rec.sig})
+            answer = await http.post("/v1/records", content=body, headers=headers)
+            assert answer.status_code == 201, answer.text
+    assert ran_in[0] == loop_thread
+    assert ran_in[1] != loop_thread

@@ -202,7 +202,7 @@ async def respond_heavy(
     build: Callable[[], object], request: Request, weight: int, status: int = 200
 ) -> Response:
     """:func:`respond` for a value ``build()`` makes, whose making and encoding
-    cost grows with ``weight`` (the bytes of the records in it): above 64 KiB
+    cost grows with ``weight`` (the bytes of the records in it): above ``INLINE_MAX``
     both happen off the event loop (:func:`off_loop`); a record of a million
     empty lists takes a second to render as JSON."""
     encoding = negotiate(request)

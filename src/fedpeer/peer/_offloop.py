@@ -23,9 +23,12 @@ __all__ = ["INLINE_MAX", "off_loop", "values_exceed"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-INLINE_MAX = 64 * 1024
+INLINE_MAX = 8 * 1024
 """Bodies, and records to decode or render, weighing more than this are handled
-in a worker thread (:func:`off_loop`), not on the event loop."""
+in a worker thread (:func:`off_loop`), not on the event loop. Bytes are a poor
+measure of the work when a value is many tiny items: 8 KiB of empty lists takes
+about 5 ms to verify as a record (64 KiB took 107 ms, on the event loop, for
+every holder's post), so the bound is low; a larger value pays one thread hop."""
 _DECODE_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("fedpeer_decode_limiter")  # per loop
 _GC_LOCK = threading.Lock()
 _gc_pauses = 0  # decodes running with the collector paused (under _GC_LOCK)

@@ -467,7 +467,6 @@ async def changes(ctx: Ctx) -> Response:
 
 
 _RECHECK_S = 0.5  # how often a stream re-checks its bearer and grants mid-page
-_SSE_INLINE_MAX = 64 * 1024  # a record larger than this renders off the event loop
 
 
 def _sse_error(err: FedpeerError) -> bytes:
@@ -515,7 +514,7 @@ async def _stream(ctx: Ctx, flt: ChangeFilter, since_text: str | None, limit: in
                         checked = anyio.current_time()
                     if visible(rec):
                         cursor = cursor_at(store.epoch, rec.seq, rec.cid, key=store.cursor_key)
-                        if len(rec.data) <= _SSE_INLINE_MAX:
+                        if len(rec.data) <= INLINE_MAX:
                             data = _rec_json_bytes(rec)
                         else:  # a large record renders off the event loop
                             data = await off_loop(_rec_json_bytes, rec)

@@ -572,7 +572,7 @@ def _max_clock(rows: Sequence[StoredRecord]) -> int:
 
 async def _entries(records: Sequence[StoredRecord]) -> tuple[RecordEntry, ...]:
     """The decoded entries of ``records``: off the event loop when they weigh
-    over 64 KiB (a stored record of a million empty lists takes a second)."""
+    over ``INLINE_MAX`` (a stored record of a million empty lists takes a second)."""
 
     def decode() -> tuple[RecordEntry, ...]:
         return tuple(RecordEntry.from_stored(r) for r in records)
