@@ -20,7 +20,10 @@ answers other paths with one hostile behaviour:
 - ``instant`` (changes only, keep-alive): a valid empty page at once, every
   time, longpolls included (a source that never holds a longpoll);
 - ``pagebomb`` (changes only, keep-alive): a 1 MB page whose one record is a
-  million empty lists.
+  million empty lists;
+- ``creep`` (changes only, keep-alive): a valid empty page at once with
+  ``has_more`` and a cursor one seq further each time (a source stepping its
+  cursor one by one, which the protocol allows).
 
 ``manifest_behaviour`` applies one of those to the manifest path instead
 (for the reciprocal-URL test). Every loop is bounded; the server counts the
@@ -93,6 +96,7 @@ class HostilePeer:
     error_status: int = 500
     seen: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per request
     delay_s: float = 0.0  # ``instant``: wait this long first (a distant source)
+    crept: int = 0  # ``creep``: the seq of the last cursor given
     _manifest: bytes = b""
     _many: bytes = b""
     _bomb: bytes = b""
@@ -147,6 +151,12 @@ class HostilePeer:
                         await trio.sleep(self.delay_s)  # the round trip of a far source
                     cursor = cursor_at("ab" * 16, 0, None, key=b"k" * 16).encode()
                     page = {"records": [], "next_cursor": cursor, "has_more": False}
+                    await self._send(stream, 200, dagcbor_encode(page), "application/cbor")
+                    continue
+                if behaviour == "creep" and route == "/v1/sync/changes":
+                    self.crept += 1
+                    cursor = cursor_at("ab" * 16, self.crept, None, key=b"k" * 16).encode()
+                    page = {"records": [], "next_cursor": cursor, "has_more": True}
                     await self._send(stream, 200, dagcbor_encode(page), "application/cbor")
                     continue
                 if behaviour == "error" and route == "/v1/sync/changes":

@@ -20,7 +20,9 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -33,6 +35,7 @@ from fedpeer.peer.node import Node
 from fedpeer.store import NewRecord
 from fedpeer.sync._puller import _records_that_fit
 from fedpeer.sync.backoff import Backoff
+from fedpeer.sync.feed import Cursor
 from fedpeer.sync.options import SyncOptions
 from fedpeer.sync.pairs import Pair
 from fedpeer.sync.records import build_record
@@ -686,3 +689,48 @@ async def test_a_page_of_many_tiny_values_decodes_off_the_event_loop(tmp_path: P
     assert failed.last_error.code == "PAGE_INVALID"
     assert "far more values" in failed.last_error.message
     assert longest < 1.0, (longest, probes)
+
+
+async def test_a_source_stepping_its_cursor_one_by_one_costs_no_commit_each(
+    tmp_path: Path,
+) -> None:
+    """Left open by the last audit: a source answering every page at once, empty,
+    with ``has_more`` and a cursor one seq further (valid protocol: an honest
+    node does it at the end of each scan window a filtered pull finds empty) had
+    the puller commit a store transaction, an fsync, per page: about 600 a
+    second. A page that moves only the cursor is now committed at most once a
+    second; the requests still follow the source's pace (its round trip). (With
+    pages fetched ahead, the default, the pages ready behind the one being
+    committed are folded into its commit: the cost showed with one page at a
+    time.)"""
+    peer = HostilePeer("creep")
+    # no pages fetched ahead: they would be folded into one commit anyway
+    one_by_one = attrs.evolve(FAST_RETRY, pipeline_depth=1)
+    async with trio.open_nursery() as nursery:
+        await peer.start(nursery)
+        async with open_node(tmp_path / "n", sync=one_by_one) as node:
+            commits = 0
+            real = node.store.transact
+
+            async def counting(fn: Any) -> Any:
+                nonlocal commits
+                commits += 1
+                return await real(fn)
+
+            node.store.transact = counting  # type: ignore[method-assign]
+            pair, _ = await node.pairs.create(peer.url, peer_did=peer.did)
+            started = trio.current_time()
+            before = commits
+            with trio.fail_after(30):
+                while peer.requests.get("/v1/sync/changes", 0) < 300:
+                    await peer.seen.wait()
+            elapsed = trio.current_time() - started
+            during = commits - before
+            cursor_seq = Cursor.decode(node.pairs.get(pair.id).cursor or "").seq
+            row = await node.store.get_state("pairs", pair.id)
+            assert row is not None
+            stored_seq = Cursor.decode(str(row["cursor"])).seq
+        nursery.cancel_scope.cancel()
+    assert cursor_seq >= 150  # the cursor followed the pages (some are in flight)
+    assert 1 <= stored_seq <= cursor_seq  # and was stored, a second behind at most
+    assert during <= elapsed / 1.0 + 3, (during, elapsed)  # one a second, not one a page

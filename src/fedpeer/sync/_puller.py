@@ -105,6 +105,11 @@ _WORKER_RETRY_S = 60.0  # after a worker failure: threads for this long (doublin
 _WORKER_RETRY_MAX_S = 3600.0
 _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
 _LONGPOLL_PACE_S = 1.0  # at most one longpoll a second to a source that does not hold them
+# An empty page with more to come (a scan window that held nothing for us, or a
+# source stepping its cursor one by one) moves only the cursor: its commit is
+# skipped while the last such commit is younger than this. A restart then pulls
+# that second of empty pages again; nothing is lost.
+_EMPTY_COMMIT_EVERY_S = 1.0
 # The directory holding the fedpeer package, put first on the worker's sys.path so
 # it imports this very fedpeer whatever the parent's sys.path tricks were.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_ed25519.__file__)))
@@ -565,6 +570,7 @@ class Puller:
         )
         self._commit_max = opts.commit_max_records
         self._redeem_quota = (opts.redeem_quota_records, opts.redeem_quota_bytes)
+        self._empty_commit_at = -math.inf  # loop time of the last empty page's commit
         self._fold_max = opts.commit_max_records  # cut to the in-flight share by _sized
         self._ramp = _FIRST_PAGE  # the next catch-up fetch's most records (slow start)
         self._fresh = True  # the next catch-up fetch is the first of its catch-up
@@ -891,6 +897,16 @@ class Puller:
             self._drop_chain()
             self._chain.append(self._start_fetch(nxt))
         new = ev.new_records
+        if not new and ev.has_more:
+            now = anyio.current_time()  # the loop's clock: virtual in tests that mock it
+            if now - self._empty_commit_at < _EMPTY_COMMIT_EVERY_S:
+                # only the cursor moved: no store transaction (one a second at most)
+                changed = m.commit_done()
+                self._emit_pages(ev)
+                if changed is not None:  # pragma: no cover - the lock keeps user actions out
+                    await self._persist(changed.pair)
+                return
+            self._empty_commit_at = now
         row = ev.pair.to_dict()
         pid = ev.pair.id
         over = self._over_quota(ev.pair)
@@ -924,10 +940,14 @@ class Puller:
         if ev.caught_up:
             self.caught_up_ms = _now_ms()
             await self._workers.done_with(self)  # caught up: small pages from now on
-        for size in ev.page_sizes:
-            self._emit(SyncEvent("page", ev.pair, records=size))
+        self._emit_pages(ev)
         if changed is not None:  # pragma: no cover - the lock keeps user actions out
             await self._persist(changed.pair)
+
+    def _emit_pages(self, ev: PageAccepted) -> None:
+        """Tell the listeners about the pages of a commit that went through."""
+        for size in ev.page_sizes:
+            self._emit(SyncEvent("page", ev.pair, records=size))
 
     def _over_quota(self, pair: Pair) -> QuotaExceeded | None:
         """QUOTA_EXCEEDED when ``pair`` (with the page being committed counted in
