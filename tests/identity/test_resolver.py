@@ -39,6 +39,7 @@ from fedpeer.identity import (
     verify_document_resolved,
     x25519_multibase,
 )
+from fedpeer.identity.resolver import CACHE_MAX_VALUES
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -329,6 +330,31 @@ async def test_cache_ttl_lru_and_copies() -> None:
     resolver.clear_cache()
     await resolver.resolve("did:example:a")
     assert driver.calls == 6
+
+
+async def test_the_cache_holds_a_bounded_number_of_values() -> None:
+    """Found by an audit: the cache kept 1024 documents of up to 256 KiB each,
+    whatever they held; did:web documents of empty objects took 5.8 MB each once
+    parsed (6 GB at the cap), for anyone holding an invite URL. The cached
+    documents now hold CACHE_MAX_VALUES values at most together (the least
+    recently used go first), and a document over that is not cached at all."""
+    per = 3000
+    driver = CountingDriver(lambda did: {"id": did, "n": [{}] * per})
+    resolver = Resolver(drivers={"example": driver}, cache_ttl_s=60)
+    fit = CACHE_MAX_VALUES // (per + 4)
+    for i in range(fit + 5):
+        await resolver.resolve(f"did:example:{i}")
+    assert driver.calls == fit + 5
+    await resolver.resolve(f"did:example:{fit + 4}")  # the newest is still cached
+    assert driver.calls == fit + 5
+    await resolver.resolve("did:example:0")  # the oldest was evicted by weight
+    assert driver.calls == fit + 6
+
+    huge = CountingDriver(lambda did: {"id": did, "n": [0] * (CACHE_MAX_VALUES + 1)})
+    resolver = Resolver(drivers={"example": huge}, cache_ttl_s=60)
+    for _ in range(2):
+        await resolver.resolve("did:example:big")
+    assert huge.calls == 2  # never cached
 
 
 async def test_ttl_zero_disables_cache_and_failures_are_not_cached() -> None:
@@ -704,6 +730,20 @@ async def test_did_web_timeout(server: tuple[DocServer, int]) -> None:
         with pytest.raises(DidNotFound, match="timed out"):
             await resolver.resolve(_web_did(port, "hang"))
     assert app.hits["/hang/did.json"] == 1
+
+
+async def test_did_web_refuses_a_document_of_many_values(server: tuple[DocServer, int]) -> None:
+    """A DID document holds a few keys: one of more than MAX_DOCUMENT_VALUES values
+    (here 200 KB of empty objects, under the byte cap) is DID_NOT_FOUND."""
+    app, port = server
+    did = _web_did(port)
+    doc = _web_doc(did)
+    app.put_json("/.well-known/did.json", {**doc, "padding": [{}] * 50_000})
+    resolver = Resolver(drivers={"web": DidWebDriver(allow_http=True)})
+    with pytest.raises(DidNotFound, match="values"):
+        await resolver.resolve(did)
+    app.put_json("/.well-known/did.json", {**doc, "padding": [{}] * 100})
+    assert await resolver.public_key_for(f"{did}#mk") == KEY.public_key
 
 
 async def test_did_web_cache_ttl_counts_server_hits(server: tuple[DocServer, int]) -> None:

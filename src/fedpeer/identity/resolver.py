@@ -158,6 +158,31 @@ class Lookup(Protocol):
 
 
 MAX_ADDRESSES = 8
+MAX_DOCUMENT_VALUES = 4096
+"""The most values (object members, array items, nested ones included) a did:web
+document may hold. A real one holds tens; 256 KiB of ``[{},{},...]`` is about
+85,000 and took 5.8 MB of memory once parsed, per document."""
+CACHE_MAX_VALUES = 65_536
+"""The most values all the documents a :class:`Resolver` caches may hold together
+(about 5 MB): documents of strangers' choosing must not fill memory."""
+
+
+def _count_values(value: object, cap: int) -> int:
+    """How many values ``value`` holds (itself included), counting up to ``cap + 1``
+    at most. Pure."""
+    stack: list[object] = [value]
+    seen = 0
+    while stack and seen <= cap:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            seen += len(item)  # the keys
+        elif isinstance(item, list):
+            stack.extend(item)
+    return min(seen, cap + 1)
+
+
 """Addresses of one did:web host name that are checked and tried, at most."""
 
 
@@ -232,7 +257,8 @@ class DidWebDriver:
 
         Raises :class:`~fedpeer.errors.DidInvalid` (syntax, or the document's ``id``
         is not ``did``) and :class:`~fedpeer.errors.DidNotFound` (non-200 status,
-        network error, timeout, body too large, not a JSON object). Network I/O
+        network error, timeout, body too large, not a JSON object, more than
+        :data:`MAX_DOCUMENT_VALUES` values). Network I/O
         bounded by ``timeout_s``; cancellable.
         """
         url = did_web_url(did, allow_http=self._allow_http)
@@ -266,6 +292,11 @@ class DidWebDriver:
             raise DidNotFound(f"{url} did not return JSON; it is not a DID document") from None
         if not isinstance(doc, dict):
             raise DidNotFound(f"{url} did not return a JSON object; it is not a DID document")
+        if _count_values(doc, MAX_DOCUMENT_VALUES) > MAX_DOCUMENT_VALUES:
+            raise DidNotFound(
+                f"the document at {url} holds more than {MAX_DOCUMENT_VALUES} values; "
+                "a DID document holds a few keys"
+            )
         if doc.get("id") != did:
             raise DidInvalid(f"the document at {url} is for another DID; its id must be {did}")
         return doc
@@ -419,8 +450,9 @@ class Resolver:
     :class:`DidKeyDriver` for ``key`` and a default :class:`DidWebDriver` (https
     only) for ``web``; a mapping registers ``key`` plus exactly the given drivers
     (which may replace ``key``). ``cache_ttl_s`` (0 disables caching),
-    ``cache_size`` entries at most (least recently used evicted), ``clock`` a
-    monotonic clock in seconds (inject one in tests).
+    ``cache_size`` entries at most, holding :data:`CACHE_MAX_VALUES` values at
+    most together (least recently used evicted), ``clock`` a monotonic clock in
+    seconds (inject one in tests).
     """
 
     def __init__(
@@ -434,7 +466,10 @@ class Resolver:
         self._ttl = cache_ttl_s
         self._cache_size = cache_size
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[float, dict[str, object]]] = OrderedDict()
+        # did -> (expiry, document, its values): the values of all add up to
+        # CACHE_MAX_VALUES at most (_cache_values)
+        self._cache: OrderedDict[str, tuple[float, dict[str, object], int]] = OrderedDict()
+        self._cache_values = 0
         self._drivers: dict[str, DidDriver] = {"key": DidKeyDriver()}
         if drivers is None:
             self._drivers["web"] = DidWebDriver()
@@ -451,7 +486,7 @@ class Resolver:
             raise DidInvalid("a DID method name is lower-case letters and digits, like 'web'")
         self._drivers[method] = driver
         for did in [d for d in self._cache if d.startswith(f"did:{method}:")]:
-            del self._cache[did]
+            self._forget(did)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -461,6 +496,10 @@ class Resolver:
     def clear_cache(self) -> None:
         """Forget every cached document."""
         self._cache.clear()
+        self._cache_values = 0
+
+    def _forget(self, did: str) -> None:
+        self._cache_values -= self._cache.pop(did)[2]
 
     async def _resolve_shared(self, did: str) -> dict[str, object]:
         if not isinstance(did, str) or len(did) > MAX_DID_LEN:
@@ -473,7 +512,7 @@ class Resolver:
             if self._clock() < cached[0]:
                 self._cache.move_to_end(did)
                 return cached[1]
-            del self._cache[did]
+            self._forget(did)
         driver = self._drivers.get(method)
         if driver is None:
             raise DidMethodUnsupported(
@@ -483,10 +522,14 @@ class Resolver:
         doc = await driver.resolve(did)
         if not isinstance(doc, dict) or doc.get("id") != did:
             raise DidInvalid(f"the resolved document is for another DID; its id must be {did}")
-        if self._ttl > 0:
-            self._cache[did] = (self._clock() + self._ttl, doc)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        values = _count_values(doc, CACHE_MAX_VALUES)
+        if self._ttl > 0 and values <= CACHE_MAX_VALUES:
+            if did in self._cache:  # resolved twice at once: keep one
+                self._forget(did)
+            self._cache[did] = (self._clock() + self._ttl, doc, values)
+            self._cache_values += values
+            while len(self._cache) > self._cache_size or self._cache_values > CACHE_MAX_VALUES:
+                self._forget(next(iter(self._cache)))
         return doc
 
     async def resolve(self, did: str) -> dict[str, object]:
