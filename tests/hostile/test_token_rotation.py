@@ -72,20 +72,23 @@ async def test_a_rotation_cannot_lengthen_an_invite_tokens_lifetime(tmp_path: Pa
 
 
 async def _age(node: Node, token_id: str, seconds: int) -> None:
-    """Make a token ``seconds`` older than it is (its row's ``created_ms``)."""
+    """Make a token ``seconds`` older than it is (its row's ``created_ms``, and its
+    ``expires_ms`` when it has one: ``seconds`` of its life went by)."""
     row = await node.store.get_state("tokens", token_id)
     assert row is not None
     older = {**row, "created_ms": int(row["created_ms"]) - seconds * 1000}  # type: ignore[call-overload]
+    if row.get("expires_ms") is not None:
+        older["expires_ms"] = int(row["expires_ms"]) - seconds * 1000  # type: ignore[call-overload]
     await node.store.transact(lambda tx: tx.put("tokens", token_id, older))
 
 
 async def test_a_holder_cannot_rotate_at_its_request_rate(tmp_path: Path) -> None:
     """Every rotation is a durable write (a token row, an audit entry, an fsync):
     before, a guest could rotate 50 times a second, its request rate, and grow the
-    node's state by gigabytes a day. Now a token rotates itself once it is a
-    minute old (429 RATE_LIMITED with Retry-After before; the token keeps
-    working), and a chain of rotations keeps two token rows, not one per
-    rotation."""
+    node's state by gigabytes a day. Now a token rotates itself once it is an
+    hour old, or a quarter of its lifetime if less (429 RATE_LIMITED with
+    Retry-After before; the token keeps working), and a chain of rotations keeps
+    two token rows, not one per rotation."""
     cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)  # the default rotate_min_age_s
     async with open_node(tmp_path / "n", config=cfg) as node:
         token, token_id = await _guest(node)
@@ -99,13 +102,14 @@ async def test_a_holder_cannot_rotate_at_its_request_rate(tmp_path: Path) -> Non
             )
             assert r.status_code == 429, r.text
             assert r.json()["error"]["code"] == "RATE_LIMITED"
-            assert 55 <= int(r.headers["Retry-After"]) <= 60
+            assert 3590 <= int(r.headers["Retry-After"]) <= 3600  # an hour, for a token that
+            # never expires
             ok = await client.get("/v1/records", headers={"Authorization": f"Bearer {token}"})
             assert ok.status_code == 200  # still the live token
             assert len(await node.store.audit_log(limit=10_000)) == audit_before
 
             for _ in range(5):
-                await _age(node, token_id, 61)
+                await _age(node, token_id, 3601)
                 r = await client.post(
                     f"/v1/tokens/{token_id}/rotate",
                     json={},
@@ -122,3 +126,19 @@ async def test_a_holder_cannot_rotate_at_its_request_rate(tmp_path: Path) -> Non
         rows = [v for _, v in await node.store.list_state("tokens") if v["sa_id"] == sa_id]
         assert len(rows) == 2  # the live token and the one it replaced
         assert sorted(r["revoked_ms"] is None for r in rows) == [False, True]
+
+
+async def test_a_short_lived_token_can_still_slide_its_expiry(tmp_path: Path) -> None:
+    """A token that lives 10 minutes could not rotate in time if it had to be an
+    hour old: it may rotate once a quarter of its life (150 s) has passed."""
+    cfg = NodeConfig(rate_per_s=1e6, rate_burst=10**6)
+    async with open_node(tmp_path / "n", config=cfg) as node:
+        token, token_id = await _guest(node, token_ttl_s=600)
+        async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+            headers = {"Authorization": f"Bearer {token}"}
+            r = await client.post(f"/v1/tokens/{token_id}/rotate", json={}, headers=headers)
+            assert r.status_code == 429
+            assert 140 <= int(r.headers["Retry-After"]) <= 150
+            await _age(node, token_id, 151)
+            r = await client.post(f"/v1/tokens/{token_id}/rotate", json={}, headers=headers)
+            assert r.status_code == 200, r.text

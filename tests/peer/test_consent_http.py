@@ -706,10 +706,10 @@ async def test_token_rotation(node: Node, http: httpx.AsyncClient, admin_token: 
     r = await http.post(f"/v1/tokens/{got['token_id']}/rotate", headers=old)
     assert (r.status_code, code(r)) == (429, "RATE_LIMITED")  # a minute old first
 
-    async def age(token_id: object) -> None:  # as if the token were made 2 minutes ago
+    async def age(token_id: object) -> None:  # as if the token were made 2 hours ago
         row = await node.store.get_state("tokens", str(token_id))
         assert row is not None
-        aged = {**row, "created_ms": now_ms() - 120_000}
+        aged = {**row, "created_ms": now_ms() - 7_200_000}
         await node.store.transact(lambda tx: tx.put("tokens", str(token_id), aged))
 
     await age(got["token_id"])

@@ -614,10 +614,11 @@ def rotate_token(
     bearer stops working. Returns the one-time :class:`IssuedToken`; writes
     ``token.rotated``.
 
-    A token younger than ``min_age_ms`` may not rotate yet (``RATE_LIMITED``,
-    ``retry_after`` the seconds left): every rotation is a durable write (a
-    token row, an audit entry), which a holder must not be able to repeat at
-    its request rate. The row of the token the old one replaced, if any, is
+    A token younger than ``min_age_ms``, or than a quarter of its lifetime if
+    that is less, may not rotate yet (``RATE_LIMITED``, ``retry_after`` the
+    seconds left): every rotation is a durable write (a token row, an audit
+    entry that is never deleted), which a holder must not be able to repeat
+    at its request rate. The row of the token the old one replaced, if any, is
     deleted: a chain of self-rotations keeps two rows, the live token and the
     one it replaced.
 
@@ -641,12 +642,16 @@ def rotate_token(
     old_expires = _field_opt_int(row, "expires_ms")
     if old_expires is not None and now >= old_expires:
         raise TokenExpired("the bearer token has expired; ask the node's owner for a new one")
-    age = now - _field_int(row, "created_ms")
-    if age < min_age_ms:
-        wait_s = (min_age_ms - age) / 1000
+    created = _field_int(row, "created_ms")
+    age = now - created
+    # a token that expires may rotate once a quarter of its life has passed, if
+    # that comes sooner: it must be able to slide its expiry in time
+    needed = min_age_ms if old_expires is None else min(min_age_ms, (old_expires - created) // 4)
+    if age < needed:
+        wait_s = (needed - age) / 1000
         raise RateLimited(
-            f"this token was made {max(0, age) // 1000} s ago; a token may rotate itself "
-            f"once it is {min_age_ms // 1000} s old: retry in {wait_s:.0f} s",
+            f"this token was made {max(0, age) // 1000} s ago; it may rotate itself "
+            f"once it is {needed // 1000} s old: retry in {wait_s:.0f} s",
             retry_after=wait_s,
         )
     # A rotation slides the expiry; it never lengthens the token's lifetime (the

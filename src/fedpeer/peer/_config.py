@@ -107,8 +107,10 @@ class NodeConfig:
     up by a redeem may pull has its own bound (``SyncOptions.redeem_quota_*``).
 
     ``rotate_min_age_s``: a holder may rotate its own token (``POST
-    /v1/tokens/{id}/rotate``) once the token is that old (RATE_LIMITED before):
-    each rotation is a durable write, not to be repeated at the request rate.
+    /v1/tokens/{id}/rotate``) once the token is that old (an hour), or a quarter
+    of its lifetime if that is less (RATE_LIMITED before): each rotation is a
+    durable write, and an audit entry kept for good, not to be repeated at the
+    request rate.
 
     ``min_free_disk_percent`` (0 to 50; 0: none): the share of the disk holding
     the data dir's store that records never eat into (as Syncthing keeps 1 %
@@ -150,5 +152,5 @@ class NodeConfig:
     watch_network: bool = False
     write_quota_records: int | None = attrs.field(default=1_000_000, validator=_positive_or_none)
     write_quota_bytes: int | None = attrs.field(default=1 << 30, validator=_positive_or_none)
-    rotate_min_age_s: float = attrs.field(default=60.0, validator=_not_negative)
+    rotate_min_age_s: float = attrs.field(default=3600.0, validator=_not_negative)
     min_free_disk_percent: float = attrs.field(default=1.0, validator=_percent_floor)
