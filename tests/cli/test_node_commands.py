@@ -317,6 +317,7 @@ def test_pairs_empty_then_one_way_pair(two_nodes: NodeThread) -> None:
     assert (rows[0]["peer_did"], rows[0]["peer_url"]) == (a.did, a.url)
     assert rows[0]["state"] == "caught_up"
     assert rows[0]["stats"]["records"] == 3
+    assert rows[0]["origin"] == "owner"  # b set it up (a redeem's pull back would be "redeem")
     table = fp(b, "pairs").stdout
     assert rows[0]["id"] in table
     assert "caught_up" in table

@@ -301,6 +301,7 @@ async def test_a_pair_set_up_by_a_redeem_stops_at_its_quota(tmp_path: Path) -> N
         [back] = a.pairs.list()
         [forward] = b.pairs.list()
         assert (back.origin, forward.origin) == ("redeem", "owner")
+        assert a.pairs.status(back.id).to_dict()["origin"] == "redeem"  # the API shows it
         with trio.fail_after(30):
             stopped = await a.pairs.wait_for(back.id, lambda p: p.state is PairState.STOPPED)
         assert stopped.last_error is not None

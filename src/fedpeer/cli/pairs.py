@@ -261,7 +261,9 @@ def pairs(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         click.echo("no pairs: pair with another node with `fedpeer pair URL`")
         return
-    out = table("id", "peer", "state", "next try", "lag", "records", "rate/s", "last error")
+    out = table(
+        "id", "peer", "set up by", "state", "next try", "lag", "records", "rate/s", "last error"
+    )
     for row in rows:
         err = row.last_error
         err_text = f"{err.code}: {err.message}" if err is not None else "-"
@@ -269,6 +271,7 @@ def pairs(ctx: click.Context, as_json: bool) -> None:
         out.add_row(
             row.id,
             f"{short_did(row.peer_did)} {row.peer_url}",
+            "you" if row.origin == "owner" else "their redeem",
             row.state.value,
             next_try_text(row),
             _lag_text(row),

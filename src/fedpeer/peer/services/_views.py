@@ -538,7 +538,9 @@ def _last_error(obj: object) -> LastError | None:
 class PairStatus:
     """A pair as the API shows it: everything but the credential, with its stats
     snapshot, its lag (``{caught_up, behind_s, cursor_seq}``) and, while it backs
-    off, ``next_try_s``: seconds until its next retry (None otherwise)."""
+    off, ``next_try_s``: seconds until its next retry (None otherwise).
+    ``origin``: who set it up (``owner``, or ``redeem`` for the pull back from
+    someone who redeemed this node's invite, bounded by the redeem quota)."""
 
     id: str
     local_did: str
@@ -556,6 +558,7 @@ class PairStatus:
     stats: dict[str, object] = attrs.field(eq=False)
     lag: dict[str, object] = attrs.field(eq=False)
     next_try_s: float | None = attrs.field(default=None, eq=False)
+    origin: str = "owner"
 
     @classmethod
     def of(
@@ -593,6 +596,7 @@ class PairStatus:
             "has_credential": self.has_credential,
             "lag": dict(self.lag),
             "next_try_s": self.next_try_s,
+            "origin": self.origin,
         }
 
     @classmethod
@@ -622,6 +626,8 @@ class PairStatus:
             stats=r.mapping("stats"),
             lag=r.mapping("lag"),
             next_try_s=_seconds_or_none(r.obj.get("next_try_s")),
+            # absent from nodes older than pair origins
+            origin="redeem" if r.obj.get("origin") == "redeem" else "owner",
         )
 
 
