@@ -14,11 +14,13 @@ import pytest
 import trio
 
 from fedpeer.errors import ConfigInvalid
+from fedpeer.identity.keys import SigningKey
 from fedpeer.peer import Node, NodeConfig, open_node
 from fedpeer.store import SQLiteStore
 from fedpeer.sync.backoff import Backoff
 from fedpeer.sync.options import SyncOptions
 from fedpeer.sync.pairs import Pair, PairState
+from fedpeer.sync.records import build_record
 from tests.hostile.diskfill import SmallDisk
 
 NOAUTH = NodeConfig(auth_enabled=False, rate_per_s=1e6, rate_burst=10**6)
@@ -175,3 +177,32 @@ async def test_the_floor_is_checked_when_the_store_opens(tmp_path: Path) -> None
     with pytest.raises(ConfigInvalid):
         NodeConfig(min_free_disk_percent=True)  # type: ignore[arg-type]
     assert NodeConfig().min_free_disk_percent == 1.0
+
+
+async def test_a_file_system_that_reports_no_size_is_not_held_to_a_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: some FUSE and virtual file systems report no blocks at all; the
+    floor was then 0 and so was the free space, and every record write was
+    STORE_FULL. Such a file system is not held to the floor (this one cannot be
+    mounted here: its statvfs answer is faked)."""
+    import fedpeer.store.sqlite as sqlite_mod
+
+    real = os.statvfs
+
+    def sizeless(path: object) -> os.statvfs_result:
+        st = real(path)  # type: ignore[arg-type]
+        fields = list(st)
+        fields[0] = fields[1] = 4096  # f_bsize, f_frsize
+        fields[2] = fields[3] = fields[4] = 0  # f_blocks, f_bfree, f_bavail
+        return os.statvfs_result(fields)
+
+    store = await SQLiteStore.open(tmp_path / "s.db", min_free_percent=10)
+    try:
+        monkeypatch.setattr(sqlite_mod.os, "statvfs", sizeless)
+        key = SigningKey.generate()
+        rec = build_record(key, namespace="n", thread="t", kind="k", body=1)
+        result = await store.put([rec.to_new()])
+        assert len(result.new) == 1
+    finally:
+        await store.aclose()

@@ -266,6 +266,9 @@ async def test_the_owners_accounts_are_counted_not_bounded(tmp_path: Path) -> No
 
 
 def test_quota_settings_are_checked() -> None:
+    for bad_age in (float("inf"), float("nan"), -1, True, "60"):
+        with pytest.raises(ConfigInvalid):
+            NodeConfig(rotate_min_age_s=bad_age)  # type: ignore[arg-type]
     for bad in (0, -1, 1.5, True, "10"):
         with pytest.raises(ConfigInvalid):
             NodeConfig(write_quota_records=bad)  # type: ignore[arg-type]
@@ -334,3 +337,33 @@ async def test_a_pair_set_up_by_a_redeem_stops_at_its_quota(tmp_path: Path) -> N
         assert again.last_error.code == "QUOTA_EXCEEDED"
         held = (await a.store.changes(0, 1000)).records
         assert len([r for r in held if r.author == b.did]) == 4
+
+
+async def test_records_the_node_already_had_cost_a_redeem_pair_nothing(tmp_path: Path) -> None:
+    """Review: the redeem quota counted every record the pair delivered, so a
+    cursor reset (the other laptop restored from a backup) counted everything
+    twice and stopped a pair that had stored half its quota. It counts the
+    records the node did not have: here A already holds 8 of B's 12 records, and
+    a quota of 5 lets the pair through with the 4 it lacked."""
+    cfg = NodeConfig(rate_per_s=10_000, rate_burst=10_000)
+    small = SyncOptions(page_limit=4, commit_max_records=4, commit_wait_s=0, redeem_quota_records=5)
+    async with (
+        open_node(tmp_path / "a", config=cfg, sync=small) as a,
+        open_node(tmp_path / "b", config=cfg, sync=small) as b,
+    ):
+        made = [
+            await b.append(namespace="n", thread="t", kind="k", body={"i": i}) for i in range(12)
+        ]
+        await a.records.ingest_many([(e.data, e.sig) for e in made[:8]])
+        invite = await a.invites.create(scopes=["reader"])
+        await b.pair_from_invite(invite.url)
+        [back] = a.pairs.list()
+        with trio.fail_after(30):
+            done = await a.pairs.wait_for(
+                back.id, lambda p: p.state in (PairState.CAUGHT_UP, PairState.STOPPED)
+            )
+        assert done.state is PairState.CAUGHT_UP, done.last_error
+        held = (await a.store.changes(0, 1000)).records
+        assert len([r for r in held if r.author == b.did]) == 12
+        used = await a.store.get_state("pair_quota", back.id)
+        assert used == {"records": 4, "bytes": sum(len(e.data) + 64 for e in made[8:])}

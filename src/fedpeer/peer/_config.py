@@ -24,9 +24,13 @@ def _positive_or_none(inst: object, attr: attrs.Attribute[Any], value: int | Non
         _positive(inst, attr, value)
 
 
-def _not_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if not value >= 0:
-        raise ConfigInvalid(f"{attr.name} must be >= 0, got {value!r}")
+def _seconds(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= 366 * 24 * 3600
+    ):
+        raise ConfigInvalid(f"{attr.name} must be a number of seconds, 0 to a year, got {value!r}")
 
 
 def _percent_floor(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
@@ -152,5 +156,5 @@ class NodeConfig:
     watch_network: bool = False
     write_quota_records: int | None = attrs.field(default=1_000_000, validator=_positive_or_none)
     write_quota_bytes: int | None = attrs.field(default=1 << 30, validator=_positive_or_none)
-    rotate_min_age_s: float = attrs.field(default=3600.0, validator=_not_negative)
+    rotate_min_age_s: float = attrs.field(default=3600.0, validator=_seconds)
     min_free_disk_percent: float = attrs.field(default=1.0, validator=_percent_floor)

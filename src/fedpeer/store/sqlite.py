@@ -390,6 +390,8 @@ def _space_check(path: Path, min_free_percent: float) -> Callable[[int], None] |
             st = os.statvfs(where)
         except OSError:
             return
+        if st.f_blocks == 0 or st.f_frsize == 0:
+            return  # a file system that reports no size (some FUSE ones): no floor to keep
         free = st.f_bavail * st.f_frsize
         floor = st.f_blocks * st.f_frsize * min_free_percent / 100
         if free - incoming < floor:

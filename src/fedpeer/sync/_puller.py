@@ -65,7 +65,7 @@ from .. import _ed25519
 from .._clock import now_ms as _now_ms
 from ..errors import FedpeerError, PageInvalid, PageTooLarge, PeerError, QuotaExceeded
 from ..identity.keys import verify_batch
-from ..store.base import StateTx, Store
+from ..store.base import NewRecord, StateTx, Store
 from ._machine import (
     CursorWasReset,
     MachineState,
@@ -105,6 +105,9 @@ _WORKER_RETRY_S = 60.0  # after a worker failure: threads for this long (doublin
 _WORKER_RETRY_MAX_S = 3600.0
 _WORKER_CODE = "from fedpeer._ed25519 import worker_main; worker_main()"
 _LONGPOLL_PACE_S = 1.0  # at most one longpoll a second to a source that does not hold them
+QUOTA_TABLE = "pair_quota"
+"""State rows ``pair_quota/<pair id>``: ``{records, bytes}`` a pair a redeem set up
+has stored (records this node did not have before), for the redeem quota."""
 # An empty page with more to come (a scan window that held nothing for us, or a
 # source stepping its cursor one by one) moves only the cursor: its commit is
 # skipped while the last such commit is younger than this. A restart then pulls
@@ -606,7 +609,8 @@ class Puller:
 
     @property
     def pair(self) -> Pair:
-        """The pair as last committed or changed (its cursor is the stored one)."""
+        """The pair as last committed or changed: its cursor is the stored one, or,
+        after pages that moved only the cursor, up to a second of them ahead."""
         return self._m.pair
 
     @property
@@ -909,13 +913,14 @@ class Puller:
             self._empty_commit_at = now
         row = ev.pair.to_dict()
         pid = ev.pair.id
-        over = self._over_quota(ev.pair)
+        bounded = ev.pair.origin == "redeem" and self._redeem_quota != (None, None)
 
         def commit(tx: StateTx) -> None:
-            if over is not None:
-                raise over  # nothing of this commit is stored; the machine stops the pair
             if new:
-                tx.put_records(new)
+                stored = tx.put_records(new)
+                if bounded and stored.new:
+                    # QUOTA_EXCEEDED rolls all of it back; the machine stops the pair
+                    self._count_stored(tx, ev.pair, new, stored.new)
             tx.put("pairs", pid, row)
 
         try:
@@ -949,26 +954,36 @@ class Puller:
         for size in ev.page_sizes:
             self._emit(SyncEvent("page", ev.pair, records=size))
 
-    def _over_quota(self, pair: Pair) -> QuotaExceeded | None:
-        """QUOTA_EXCEEDED when ``pair`` (with the page being committed counted in
-        its stats) was set up by a redeem and has delivered more than
-        ``SyncOptions.redeem_quota_*`` allow, else None."""
-        if pair.origin != "redeem":
-            return None
+    def _count_stored(
+        self,
+        tx: StateTx,
+        pair: Pair,
+        new: Sequence[NewRecord],
+        stored: Sequence[tuple[bytes, int]],
+    ) -> None:
+        """Count the records of a commit this node did not have yet (``stored``,
+        from ``put_records``) against a pair a redeem set up, in the commit's
+        transaction: QUOTA_EXCEEDED past ``SyncOptions.redeem_quota_*``. Records
+        it already had cost nothing, so a cursor reset pulling everything again
+        counts nothing twice."""
+        cids = {cid for cid, _seq in stored}
+        added = sum(len(r.data) + len(r.sig) for r in new if r.cid in cids)
+        used = tx.get(QUOTA_TABLE, pair.id) or {}
+        records = int(str(used.get("records", 0))) + len(cids)
+        nbytes = int(str(used.get("bytes", 0))) + added
         most_records, most_bytes = self._redeem_quota
-        stats = pair.stats
-        if most_records is not None and stats.records > most_records:
-            what = f"{stats.records} records, past the {most_records}"
-            setting = "redeem_quota_records"
-        elif most_bytes is not None and stats.bytes > most_bytes:
-            what = f"{stats.bytes} bytes of records, past the {most_bytes}"
-            setting = "redeem_quota_bytes"
+        if most_records is not None and records > most_records:
+            what, setting = f"{records} records, past the {most_records}", "records"
+        elif most_bytes is not None and nbytes > most_bytes:
+            what, setting = f"{nbytes} bytes of records, past the {most_bytes}", "bytes"
         else:
-            return None
-        return QuotaExceeded(
-            f"{pair.peer_did} set this pair up by redeeming an invite and has sent {what} "
-            f"such a pair may store (SyncOptions.{setting}); the pair stopped and the "
-            "last records were not stored. Raise the quota and resume it, or delete it"
+            tx.put(QUOTA_TABLE, pair.id, {"records": records, "bytes": nbytes})
+            return
+        raise QuotaExceeded(
+            f"{pair.peer_did} set this pair up by redeeming an invite, and storing what "
+            f"it sent would make {what} such a pair may store (redeem_quota_{setting}); "
+            "the pair stopped and the last records were not stored. Raise the quota (0: "
+            "no bound), restart and resume the pair, or delete it"
         )
 
     async def _on_request_error(self, err: FedpeerError) -> None:
@@ -1236,6 +1251,7 @@ class Puller:
         def write(tx: StateTx) -> None:
             if row is None:
                 tx.delete("pairs", pid)
+                tx.delete(QUOTA_TABLE, pid)  # a pair made again later starts afresh
             else:
                 tx.put("pairs", pid, row)
             if audit is not None:

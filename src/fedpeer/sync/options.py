@@ -105,11 +105,12 @@ class SyncOptions:
     by 300 records a pair.
     ``redeem_quota_records`` and ``redeem_quota_bytes`` bound what a pair set
     up by a redeem (``Pair.origin == "redeem"``: the pull back from someone
-    who redeemed one of this node's invites) may deliver over its life: the
-    records it verified and their ``data`` bytes (``Pair.stats``). The commit
-    that would pass either stores nothing and stops the pair with
-    QUOTA_EXCEEDED (a resume tries again). None: no bound. Pairs the owner
-    set up are not bounded.
+    who redeemed one of this node's invites) may store over its life: the
+    records it brought that this node did not have, and their ``data`` plus
+    ``sig`` bytes (state rows ``pair_quota/<pair id>``; a cursor reset that
+    pulls everything again counts nothing twice). The commit that would pass
+    either stores nothing and stops the pair with QUOTA_EXCEEDED (a resume
+    tries again). None: no bound. Pairs the owner set up are not bounded.
     """
 
     backoff: Backoff = DEFAULT_BACKOFF
