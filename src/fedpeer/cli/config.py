@@ -254,20 +254,20 @@ def _check_rate(value: object, where: str) -> float:
     return rate
 
 
-def _check_burst(value: object, where: str) -> int:
-    what = "a whole number of requests >= 1"
-    burst = _number(value, where, what)
-    if not (math.isfinite(burst) and burst >= 1 and burst == int(burst)):
-        raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
-    return int(burst)
+def _whole_check(lowest: int, what: str) -> Callable[[object, str], int]:
+    """A check for a whole number >= ``lowest`` (``what`` names it in messages)."""
+
+    def check(value: object, where: str) -> int:
+        number = _number(value, where, what)
+        if not (math.isfinite(number) and number >= lowest and number == int(number)):
+            raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
+        return int(number)
+
+    return check
 
 
-def _check_quota(value: object, where: str) -> int:
-    what = "a whole number >= 0 (0: no bound)"
-    quota = _number(value, where, what)
-    if not (math.isfinite(quota) and quota >= 0 and quota == int(quota)):
-        raise ConfigInvalid(f"{where} must be {what}, got {value!r}")
-    return int(quota)
+_check_burst = _whole_check(1, "a whole number of requests >= 1")
+_check_quota = _whole_check(0, "a whole number >= 0 (0: no bound)")
 
 
 def _check_free_percent(value: object, where: str) -> float:
