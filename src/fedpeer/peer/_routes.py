@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..consent.grants import EVERYTHING, ConsentView
-from ..consent.tokens import Principal
 from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
 from ..store.base import ChangeFilter, StoredRecord
@@ -209,7 +208,7 @@ async def post_record(ctx: Ctx) -> Response:
         view=await ctx.view("records:write"),
         # what the parents' clocks may count (only read when there are parents)
         read_view=read_view if parents else EVERYTHING,
-        writer=_writer(ctx),
+        writer=ctx.principal,
     )
     return _stored_answer(entry, True, read_view, ctx.request)
 
@@ -220,16 +219,9 @@ async def _ingest_signed(ctx: Ctx, obj: dict[str, object]) -> Response:
     if not isinstance(data, bytes) or not isinstance(sig, bytes) or set(obj) - {"data", "sig"}:
         raise Malformed("a signed record is a map {data: bytes, sig: bytes}")
     entry, created = await ctx.app.records.ingest(
-        data, sig, view=await ctx.view("records:write"), writer=_writer(ctx)
+        data, sig, view=await ctx.view("records:write"), writer=ctx.principal
     )
     return _stored_answer(entry, created, await ctx.view("records:read"), ctx.request)
-
-
-def _writer(ctx: Ctx) -> Principal | None:
-    """Whom a record write counts for: the caller's account (None: an anonymous
-    caller, auth off). Its write transaction checks the token again and, unless
-    it is an admin's, its write quota (``NodeConfig.write_quota_*``)."""
-    return ctx.principal
 
 
 def _stored_answer(
@@ -266,7 +258,7 @@ async def import_records(ctx: Ctx) -> Response:
     # the caller's write grants apply to every record, as on POST /v1/records
     view = await ctx.view("records:write")
     stored, existing = await ctx.app.records.ingest_many(
-        pairs, view=view, read_view=await ctx.view("records:read"), writer=_writer(ctx)
+        pairs, view=view, read_view=await ctx.view("records:read"), writer=ctx.principal
     )
     return respond({"stored": stored, "existing": existing}, ctx.request)
 

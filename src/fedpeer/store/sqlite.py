@@ -662,7 +662,6 @@ class SQLiteStore:
     ) -> None:
         """Internal: use :meth:`open`."""
         self.path = path
-        self.min_free_percent = min_free_percent
         self._space_check = _space_check(path, min_free_percent)
         self.epoch = epoch
         self.cursor_key = cursor_key
