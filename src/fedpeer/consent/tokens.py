@@ -335,9 +335,15 @@ def _load_sa(tx: StateReader, sa_id: str) -> ServiceAccount:
 
 
 def _mint(
-    tx: StateTx, sa: ServiceAccount, *, now_ms: int, expires_ms: int | None
+    tx: StateTx,
+    sa: ServiceAccount,
+    *,
+    now_ms: int,
+    expires_ms: int | None,
+    replaces: str | None = None,
 ) -> tuple[IssuedToken, dict[str, object]]:
-    """Create and store a token row for ``sa`` (caller updates the SA row)."""
+    """Create and store a token row for ``sa`` (caller updates the SA row);
+    ``replaces``: the token a self-rotation replaces (:func:`rotate_token`)."""
     token_id = _new_id(tx, TOKEN_TABLE, _TOKEN_ID_HEX // 2)
     bearer = f"{TOKEN_PREFIX}{sa.id}_{secrets.token_hex(_SECRET_HEX // 2)}"
     row: dict[str, object] = {
@@ -350,6 +356,8 @@ def _mint(
         "revoked_ms": None,
         "replaced_by": None,
     }
+    if replaces is not None:
+        row["replaces"] = replaces
     tx.put(TOKEN_TABLE, token_id, row)
     issued = IssuedToken(
         sa_id=sa.id,
@@ -664,8 +672,7 @@ def rotate_token(
         expires = now + lifetime
     else:
         expires = None
-    issued, new_row = _mint(tx, sa, now_ms=now, expires_ms=expires)
-    tx.put(TOKEN_TABLE, issued.token_id, {**new_row, "replaces": token_id})
+    issued, _ = _mint(tx, sa, now_ms=now, expires_ms=expires, replaces=token_id)
     _revoke_tokens(tx, [token_id], now_ms=now, replaced_by=issued.token_id)
     before = row.get("replaces")
     if isinstance(before, str) and before != token_id:

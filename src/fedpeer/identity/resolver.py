@@ -37,6 +37,7 @@ import anyio
 import httpx
 import sniffio
 
+from fedpeer._values import count_values
 from fedpeer.errors import DidInvalid, DidMethodUnsupported, DidNotFound, FedpeerError, KeyUnknown
 
 from ._syntax import MAX_DID_LEN, METHOD_RE, is_did
@@ -167,22 +168,6 @@ CACHE_MAX_VALUES = 65_536
 (about 5 MB): documents of strangers' choosing must not fill memory."""
 
 
-def _count_values(value: object, cap: int) -> int:
-    """How many values ``value`` holds (itself included), counting up to ``cap + 1``
-    at most. Pure."""
-    stack: list[object] = [value]
-    seen = 0
-    while stack and seen <= cap:
-        item = stack.pop()
-        seen += 1
-        if isinstance(item, dict):
-            stack.extend(item.values())
-            seen += len(item)  # the keys
-        elif isinstance(item, list):
-            stack.extend(item)
-    return min(seen, cap + 1)
-
-
 """Addresses of one did:web host name that are checked and tried, at most."""
 
 
@@ -292,7 +277,7 @@ class DidWebDriver:
             raise DidNotFound(f"{url} did not return JSON; it is not a DID document") from None
         if not isinstance(doc, dict):
             raise DidNotFound(f"{url} did not return a JSON object; it is not a DID document")
-        if _count_values(doc, MAX_DOCUMENT_VALUES) > MAX_DOCUMENT_VALUES:
+        if count_values(doc, MAX_DOCUMENT_VALUES) > MAX_DOCUMENT_VALUES:
             raise DidNotFound(
                 f"the document at {url} holds more than {MAX_DOCUMENT_VALUES} values; "
                 "a DID document holds a few keys"
@@ -522,7 +507,7 @@ class Resolver:
         doc = await driver.resolve(did)
         if not isinstance(doc, dict) or doc.get("id") != did:
             raise DidInvalid(f"the resolved document is for another DID; its id must be {did}")
-        values = _count_values(doc, CACHE_MAX_VALUES)
+        values = count_values(doc, CACHE_MAX_VALUES)
         if self._ttl > 0 and values <= CACHE_MAX_VALUES:
             if did in self._cache:  # resolved twice at once: keep one
                 self._forget(did)

@@ -18,6 +18,8 @@ from typing import TypeVar, TypeVarTuple
 import anyio
 from anyio.lowlevel import RunVar
 
+from .._values import count_values
+
 __all__ = ["INLINE_MAX", "off_loop", "values_exceed"]
 
 T = TypeVar("T")
@@ -74,20 +76,4 @@ def _without_gc(fn: Callable[[], T]) -> T:
 def values_exceed(value: object, budget: int) -> bool:
     """Whether ``value`` holds more than ``budget`` values (map keys and values,
     list items, nested ones included); stops counting there. Pure."""
-    stack: list[object] = [value]
-    seen = 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > budget:
-            return True
-        if isinstance(item, dict):
-            if len(item) > budget:
-                return True
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            if len(item) > budget:
-                return True
-            stack.extend(item)
-    return False
+    return count_values(value, budget) > budget

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from ..consent.grants import EVERYTHING, ConsentView
 from ..errors import AuthRequired, FedpeerError, InvalidRequest, Malformed
 from ..identity.canonical import CID, dagcbor_decode, dagjson_encode
-from ..store.base import ChangeFilter, StoredRecord
+from ..store.base import ChangeFilter, StoredRecord, take_until
 from ..sync.feed import (
     Cursor,
     FeedPage,
@@ -356,14 +356,7 @@ def _within_budget(items: Iterable[bytes], budget: int) -> list[bytes]:
     reach ``budget`` (at least one), rendering no more. The JSON view of a
     record can weigh several times its wire bytes (a body of empty lists: "[],"
     for one byte), so a JSON answer is cut by its own size, not its records'."""
-    out: list[bytes] = []
-    used = 0
-    for item in items:
-        out.append(item)
-        used += len(item)
-        if used >= budget:
-            break
-    return out
+    return take_until(items, budget, len)[0]
 
 
 def _with_records(rest: dict[str, object], items: list[bytes]) -> bytes:

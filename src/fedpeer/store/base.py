@@ -57,6 +57,7 @@ __all__ = [
     "cid_key",
     "prefix_upper_bound",
     "record_bytes",
+    "take_until",
     "take_within",
 ]
 
@@ -476,14 +477,22 @@ def take_within(
     and whether the budget cut the page there. Takes no record more from
     ``records`` than it keeps, so a lazy source (rows read one by one) loads no
     more than the page. Pure."""
-    out: list[StoredRecord] = []
+    out, cut = take_until(records, max_bytes, record_bytes)
+    return tuple(out), cut
+
+
+def take_until(items: Iterable[T], budget: int, size: Callable[[T], int]) -> tuple[list[T], bool]:
+    """The items up to and including the one whose ``size`` sum reaches ``budget``
+    (at least one), and whether the budget cut them there; takes no item more
+    from ``items`` than it keeps. Pure."""
+    out: list[T] = []
     used = 0
-    for rec in records:
-        out.append(rec)
-        used += record_bytes(rec)
-        if used >= max_bytes:
-            return tuple(out), True
-    return tuple(out), False
+    for item in items:
+        out.append(item)
+        used += size(item)
+        if used >= budget:
+            return out, True
+    return out, False
 
 
 def dump_json(value: object, what: str = "state value") -> str:
